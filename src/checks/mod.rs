@@ -1,0 +1,179 @@
+//! The check interface and the built-in check kinds. A check is an async task
+//! that looks at what is known at one stage and returns a result from the
+//! RFC 8601 vocabulary; the engine maps results to actions from the config.
+
+use crate::config::options::Options;
+use crate::message::{ConnectionFacts, Envelope, Message};
+use crate::stage::Stage;
+use crate::tables::TableSet;
+use serde::Serialize;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub mod authorize_sender;
+pub mod command;
+pub mod header;
+pub mod require_auth;
+pub mod require_tls;
+pub mod size;
+
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// What a check sees: a snapshot of everything known when it was started.
+#[derive(Clone, Debug)]
+pub struct CheckInput {
+    /// The stage at which the check was started.
+    pub stage: Stage,
+    pub connection: ConnectionFacts,
+    /// Present from MAIL FROM on.
+    pub envelope: Option<Envelope>,
+    /// Present at end of message.
+    pub message: Option<Arc<Message>>,
+    /// The MTA's queue id (`i` macro), once known.
+    pub queue_id: Option<String>,
+}
+
+/// The result vocabulary of RFC 8601 §2.7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Softfail,
+    Neutral,
+    None,
+    Temperror,
+    Permerror,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pass,
+        Status::Fail,
+        Status::Softfail,
+        Status::Neutral,
+        Status::None,
+        Status::Temperror,
+        Status::Permerror,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Softfail => "softfail",
+            Status::Neutral => "neutral",
+            Status::None => "none",
+            Status::Temperror => "temperror",
+            Status::Permerror => "permerror",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a check found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub status: Status,
+    /// Why, in a few words; may end up in an SMTP reply and in logs.
+    pub reason: Option<String>,
+    /// A score the check suggests, used by the `score` action without a number.
+    pub score: Option<f64>,
+    /// A `method=result` fragment for Authentication-Results (RFC 8601 §2.2).
+    pub auth_results: Option<String>,
+}
+
+impl CheckResult {
+    pub fn new(status: Status) -> Self {
+        CheckResult {
+            status,
+            reason: None,
+            score: None,
+            auth_results: None,
+        }
+    }
+
+    pub fn with_reason(status: Status, reason: impl Into<String>) -> Self {
+        CheckResult {
+            reason: Some(reason.into()),
+            ..CheckResult::new(status)
+        }
+    }
+
+    pub fn pass() -> Self {
+        CheckResult::new(Status::Pass)
+    }
+
+    pub fn fail(reason: impl Into<String>) -> Self {
+        CheckResult::with_reason(Status::Fail, reason)
+    }
+
+    pub fn temperror(reason: impl Into<String>) -> Self {
+        CheckResult::with_reason(Status::Temperror, reason)
+    }
+
+    pub fn permerror(reason: impl Into<String>) -> Self {
+        CheckResult::with_reason(Status::Permerror, reason)
+    }
+}
+
+/// One configured check kind. Implementations hold their compiled options and
+/// are shared by every session, so `run` takes `Arc<Self>` and returns a
+/// `'static` future the engine can spawn.
+pub trait Check: Send + Sync + 'static {
+    /// The earliest stage at which the check's inputs exist. The engine starts
+    /// the check then, so I/O overlaps the rest of the SMTP dialogue.
+    fn inputs(&self) -> Stage;
+
+    /// The stage whose decision needs the result, by default the input stage.
+    /// A check may be awaited later than this (when the dispatch branch that
+    /// lists it is only known later), never earlier than `inputs`.
+    fn decides(&self) -> Stage {
+        self.inputs()
+    }
+
+    /// Whether the check needs the message body (so the adapter buffers it).
+    fn needs_body(&self) -> bool {
+        false
+    }
+
+    /// Run the check. Errors should be returned as `Temperror` or `Permerror`
+    /// results; a panic or a timeout is turned into `Temperror` by the engine.
+    fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult>;
+}
+
+/// What a check builder gets: its options (kind-specific keys only; the common
+/// keys `kind`, `timeout`, `on_*`, `reply`, `tempfail_reply` are taken before)
+/// and the named tables.
+pub struct CheckBuildContext<'o, 'd, 'a> {
+    pub name: &'o str,
+    pub options: &'o mut Options<'d, 'a>,
+    pub tables: &'o TableSet,
+}
+
+/// Builds one check from its options; reports errors through the options and
+/// returns `None` when the block is invalid.
+pub type CheckBuilder =
+    Arc<dyn Fn(&mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> + Send + Sync>;
+
+/// The built-in check kinds, by `kind` name.
+pub fn builtin() -> Vec<(&'static str, CheckBuilder)> {
+    vec![
+        ("require_tls", Arc::new(require_tls::RequireTlsCheck::build)),
+        ("require_auth", Arc::new(require_auth::RequireAuthCheck::build)),
+        (
+            "authorize_sender",
+            Arc::new(authorize_sender::AuthorizeSenderCheck::build),
+        ),
+        ("header", Arc::new(header::HeaderCheck::build)),
+        ("size", Arc::new(size::SizeCheck::build)),
+        ("command", Arc::new(command::CommandCheck::build)),
+    ]
+}

@@ -1,0 +1,254 @@
+//! The ordered list of changes the engine wants made to one message. The
+//! daemon sends it to the MTA at end of message as one batch; the offline
+//! `test` command prints it. Everything that reaches a header is validated
+//! here, so no input can inject a header line.
+
+use crate::message::Header;
+use serde::Serialize;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Edit {
+    /// Append a header at the end of the header block.
+    AddHeader { name: String, value: String },
+    /// Insert a header at a 0-based position (0 is the very top, before the
+    /// MTA's own `Received:`).
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: String,
+    },
+    /// Replace the `index`-th (1-based, counted per name) header of this name.
+    ChangeHeader {
+        name: String,
+        index: u32,
+        value: String,
+    },
+    /// Delete the `index`-th (1-based, counted per name) header of this name.
+    DeleteHeader { name: String, index: u32 },
+    AddRecipient {
+        address: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<String>,
+    },
+    /// Remove a recipient, spelled as the MTA gave it at RCPT TO.
+    DeleteRecipient { address: String },
+    ChangeSender {
+        address: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<String>,
+    },
+    /// Put the whole message on hold (Postfix hold queue, Sendmail quarantine).
+    Quarantine { reason: String },
+}
+
+impl Edit {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Edit::AddHeader { .. } => "add_header",
+            Edit::InsertHeader { .. } => "insert_header",
+            Edit::ChangeHeader { .. } => "change_header",
+            Edit::DeleteHeader { .. } => "delete_header",
+            Edit::AddRecipient { .. } => "add_recipient",
+            Edit::DeleteRecipient { .. } => "delete_recipient",
+            Edit::ChangeSender { .. } => "change_sender",
+            Edit::Quarantine { .. } => "quarantine",
+        }
+    }
+
+    /// True for edits that change who gets the mail or whether it moves on;
+    /// dry-run keeps only the others.
+    pub fn changes_delivery(&self) -> bool {
+        matches!(
+            self,
+            Edit::AddRecipient { .. }
+                | Edit::DeleteRecipient { .. }
+                | Edit::ChangeSender { .. }
+                | Edit::Quarantine { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for Edit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Edit::AddHeader { name, value } => write!(f, "add header      {name}: {value}"),
+            Edit::InsertHeader { index, name, value } => {
+                write!(f, "insert header   #{index} {name}: {value}")
+            }
+            Edit::ChangeHeader { name, index, value } => {
+                write!(f, "change header   {name}[{index}]: {value}")
+            }
+            Edit::DeleteHeader { name, index } => write!(f, "delete header   {name}[{index}]"),
+            Edit::AddRecipient { address, args } => {
+                write!(f, "add recipient   <{address}>")?;
+                args.iter().try_for_each(|a| write!(f, " {a}"))
+            }
+            Edit::DeleteRecipient { address } => write!(f, "del recipient   <{address}>"),
+            Edit::ChangeSender { address, args } => {
+                write!(f, "change sender   <{address}>")?;
+                args.iter().try_for_each(|a| write!(f, " {a}"))
+            }
+            Edit::Quarantine { reason } => write!(f, "quarantine      {reason}"),
+        }
+    }
+}
+
+/// A header field name per RFC 5322 §3.6.8: printable ASCII, no colon.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+}
+
+/// Make text safe for a header value or reply: CR, LF and NUL removed (a line
+/// break turns into a space), other control characters but TAB dropped.
+pub fn sanitize_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\r' | '\0' => {}
+            '\n' => {
+                if !out.ends_with(' ') {
+                    out.push(' ');
+                }
+            }
+            '\t' => out.push('\t'),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.trim().to_string()
+}
+
+/// An edit list under construction. Header edits go through methods that
+/// validate names and sanitise values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EditList {
+    edits: Vec<Edit>,
+}
+
+impl EditList {
+    pub fn new() -> Self {
+        EditList::default()
+    }
+
+    pub fn edits(&self) -> &[Edit] {
+        &self.edits
+    }
+
+    pub fn into_vec(self) -> Vec<Edit> {
+        self.edits
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
+    pub fn push(&mut self, edit: Edit) {
+        self.edits.push(edit);
+    }
+
+    pub fn retain(&mut self, f: impl FnMut(&Edit) -> bool) {
+        self.edits.retain(f);
+    }
+
+    fn checked_name(name: &str) -> Result<String, String> {
+        if valid_header_name(name) {
+            Ok(name.to_string())
+        } else {
+            Err(format!("invalid header name \"{}\"", sanitize_value(name)))
+        }
+    }
+
+    pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        let name = Self::checked_name(name)?;
+        self.edits.push(Edit::AddHeader {
+            name,
+            value: sanitize_value(value),
+        });
+        Ok(())
+    }
+
+    pub fn insert_header(&mut self, index: u32, name: &str, value: &str) -> Result<(), String> {
+        let name = Self::checked_name(name)?;
+        self.edits.push(Edit::InsertHeader {
+            index,
+            name,
+            value: sanitize_value(value),
+        });
+        Ok(())
+    }
+
+    /// Delete every header called `name` among `headers`, highest index first
+    /// so the remaining indexes stay valid while the MTA applies them.
+    pub fn delete_headers_named(&mut self, name: &str, headers: &[Header]) {
+        self.delete_headers_where(name, headers, |_| true);
+    }
+
+    /// Delete the headers called `name` whose value satisfies `pred`, highest
+    /// index first.
+    pub fn delete_headers_where(
+        &mut self,
+        name: &str,
+        headers: &[Header],
+        pred: impl Fn(&str) -> bool,
+    ) {
+        let matching: Vec<(u32, &Header)> = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .zip(1u32..)
+            .map(|(h, i)| (i, h))
+            .collect();
+        for (index, header) in matching.into_iter().rev() {
+            if pred(&header.value) {
+                self.edits.push(Edit::DeleteHeader {
+                    name: header.name.clone(),
+                    index,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_cannot_inject_headers() {
+        let mut list = EditList::new();
+        list.add_header("X-Sender", "evil@example.org\r\nBcc: victim@example.org")
+            .unwrap();
+        match &list.edits()[0] {
+            Edit::AddHeader { value, .. } => {
+                assert!(!value.contains('\n') && !value.contains('\r'));
+                assert_eq!(value, "evil@example.org Bcc: victim@example.org");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(list.add_header("X-Bad:Name", "v").is_err());
+        assert!(list.add_header("X Bad", "v").is_err());
+        assert!(list.add_header("", "v").is_err());
+    }
+
+    #[test]
+    fn deletes_highest_index_first() {
+        let headers = vec![
+            Header { name: "Received".into(), value: "a".into() },
+            Header { name: "X-Spam".into(), value: "1".into() },
+            Header { name: "x-spam".into(), value: "2".into() },
+            Header { name: "X-SPAM".into(), value: "3".into() },
+        ];
+        let mut list = EditList::new();
+        list.delete_headers_named("X-Spam", &headers);
+        let indexes: Vec<u32> = list
+            .edits()
+            .iter()
+            .map(|e| match e {
+                Edit::DeleteHeader { index, .. } => *index,
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(indexes, vec![3, 2, 1]);
+    }
+}

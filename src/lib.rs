@@ -1,0 +1,18 @@
+//! dispatch-milter: a policy milter for Postfix and Sendmail.
+//!
+//! The library holds everything: the configuration and its compiled policy,
+//! the protocol-free engine that runs checks in parallel and modifiers in
+//! order, and the offline commands. The binary only parses arguments.
+
+pub mod address;
+pub mod checks;
+pub mod cli;
+pub mod config;
+pub mod edits;
+pub mod engine;
+pub mod message;
+pub mod modifiers;
+pub mod policy;
+pub mod reply;
+pub mod stage;
+pub mod tables;

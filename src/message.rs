@@ -1,0 +1,100 @@
+//! The plain data the engine works on: what is known about the connection,
+//! the envelope and the message. Built by the milter adapter or by the offline
+//! `test` command; nothing here knows the wire protocol.
+
+use crate::address::Address;
+use serde::Serialize;
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TlsInfo {
+    /// `{tls_version}`, for example `TLSv1.3`.
+    pub version: String,
+    /// `{cipher}`, when the MTA sent it.
+    pub cipher: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuthInfo {
+    /// `{auth_authen}`: the SASL login name.
+    pub user: String,
+    /// `{auth_type}`: the SASL mechanism.
+    pub mechanism: Option<String>,
+}
+
+/// Facts about the SMTP client, filled in as the stages reveal them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnectionFacts {
+    pub client_ip: Option<IpAddr>,
+    pub client_name: Option<String>,
+    /// `{daemon_name}`: which MTA service the client talks to.
+    pub daemon_name: Option<String>,
+    pub helo: Option<String>,
+    pub tls: Option<TlsInfo>,
+    pub auth: Option<AuthInfo>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// The sender after rewrites by global modifiers (what dispatch matched).
+    pub sender: Address,
+    /// ESMTP parameters of MAIL FROM, such as `SIZE=12345`.
+    pub mail_args: Vec<String>,
+    /// Accepted recipients so far, after rewrites.
+    pub recipients: Vec<Address>,
+}
+
+impl Envelope {
+    /// The `SIZE=` the client declared at MAIL FROM (RFC 1870), if any.
+    pub fn declared_size(&self) -> Option<u64> {
+        self.mail_args.iter().find_map(|arg| {
+            let (k, v) = arg.split_once('=')?;
+            k.eq_ignore_ascii_case("SIZE").then(|| v.parse().ok())?
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Header {
+    pub name: String,
+    /// The value as received, without the leading space after the colon and
+    /// with folding kept as the MTA sent it.
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Message {
+    pub headers: Vec<Header>,
+    /// The body as buffered, at most the pipeline's body limit.
+    pub body: Vec<u8>,
+    /// True when the body was longer than the limit and the rest was not kept.
+    pub body_truncated: bool,
+    /// The size of headers and body as received, in bytes.
+    pub size: u64,
+}
+
+impl Message {
+    /// The values of every header with this name, in order (names compare
+    /// case-insensitively, RFC 5322 §1.2.2).
+    pub fn header_values<'m>(&'m self, name: &'m str) -> impl Iterator<Item = &'m str> + 'm {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_size() {
+        let env = Envelope {
+            sender: Address::Null,
+            mail_args: vec!["BODY=8BITMIME".into(), "size=4096".into()],
+            recipients: vec![],
+        };
+        assert_eq!(env.declared_size(), Some(4096));
+    }
+}

@@ -1,0 +1,86 @@
+//! The modifier interface and the built-in modifier kinds. Modifiers run
+//! serially, in the order the config lists them (global, then source, then
+//! destination), so their combined effect is predictable. Envelope rewrites
+//! happen as the envelope arrives (dispatch may depend on them); header edits
+//! are collected at end of message into the message's edit list.
+
+use crate::address::Address;
+use crate::config::options::Options;
+use crate::edits::EditList;
+use crate::message::{ConnectionFacts, Envelope, Message};
+use crate::tables::TableSet;
+use std::sync::Arc;
+
+pub mod add_header;
+pub mod alias;
+pub mod remove_header;
+pub mod rewrite_rcpt;
+pub mod rewrite_sender;
+pub mod strip_plus;
+
+/// What a modifier sees at end of message.
+pub struct MessageContext<'m> {
+    pub connection: &'m ConnectionFacts,
+    pub envelope: &'m Envelope,
+    pub message: &'m Message,
+    pub queue_id: Option<&'m str>,
+    pub pipeline: &'m str,
+}
+
+/// Which parts of a message a modifier can change; used to negotiate milter
+/// actions and to compare branches for `split_transactions`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub sender: bool,
+    pub recipients: bool,
+    pub headers: bool,
+}
+
+pub trait Modifier: Send + Sync + 'static {
+    fn effects(&self) -> Effects;
+
+    /// A new sender, or `None` to leave it as it is.
+    fn rewrite_sender(&self, _sender: &Address) -> Result<Option<Address>, String> {
+        Ok(None)
+    }
+
+    /// The addresses that replace this recipient (one or several), or `None`
+    /// to leave it as it is.
+    fn rewrite_recipient(&self, _recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+        Ok(None)
+    }
+
+    /// Header edits at end of message.
+    fn edit_message(&self, _ctx: &MessageContext<'_>, _edits: &mut EditList) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+pub struct ModifierBuildContext<'o, 'd, 'a> {
+    pub name: &'o str,
+    /// Kind-specific keys only; `kind` is taken before.
+    pub options: &'o mut Options<'d, 'a>,
+    pub tables: &'o TableSet,
+}
+
+pub type ModifierBuilder = Arc<
+    dyn Fn(&mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> + Send + Sync,
+>;
+
+/// The built-in modifier kinds, by `kind` name.
+pub fn builtin() -> Vec<(&'static str, ModifierBuilder)> {
+    vec![
+        (
+            "rewrite_sender",
+            Arc::new(rewrite_sender::RewriteSenderModifier::build),
+        ),
+        ("rewrite_rcpt", Arc::new(rewrite_rcpt::RewriteRcptModifier::build)),
+        ("alias", Arc::new(alias::AliasModifier::build)),
+        ("strip_plus", Arc::new(strip_plus::StripPlusModifier::build)),
+        ("add_header", Arc::new(add_header::AddHeaderModifier::build)),
+        (
+            "remove_header",
+            Arc::new(remove_header::RemoveHeaderModifier::build),
+        ),
+    ]
+}

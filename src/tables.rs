@@ -1,0 +1,438 @@
+//! Lookup tables: inline in TOML, a file of `key value` lines (Postfix map
+//! style), or an ordered regex list. Tables are named in `[tables.NAME]` and
+//! referred to by name from checks, modifiers and dispatch blocks. File tables
+//! notice when their file changes and reload it; a file that fails to reload
+//! keeps the previous contents and logs why.
+
+use crate::address::Address;
+use crate::config::options::Options;
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+use toml::Value;
+use unicode_normalization::UnicodeNormalization;
+
+/// How often a file table looks at its file's modification time at most.
+const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+pub type TableSet = BTreeMap<String, Arc<Table>>;
+
+#[derive(Debug)]
+pub struct Table {
+    name: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Map(HashMap<String, Vec<String>>),
+    File(FileMap),
+    Regex(Vec<(Regex, String)>),
+}
+
+#[derive(Debug)]
+struct FileMap {
+    path: PathBuf,
+    entries: RwLock<Arc<HashMap<String, Vec<String>>>>,
+    stamp: Mutex<FileStamp>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FileStamp {
+    checked: Instant,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+/// Which part of an address matched in `Table::lookup_address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddressMatch {
+    Address,
+    Domain,
+}
+
+/// Keys compare case-insensitively and in NFC.
+pub fn normalize_key(key: &str) -> String {
+    key.trim().nfc().collect::<String>().to_lowercase()
+}
+
+impl Table {
+    pub fn inline(name: &str, entries: HashMap<String, Vec<String>>) -> Table {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| (normalize_key(&k), v))
+            .collect();
+        Table {
+            name: name.to_string(),
+            source: Source::Map(entries),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The values stored for `key`, or `None` when the key is absent. For a
+    /// regex table, the replacement of the first pattern that matches.
+    pub fn lookup(&self, key: &str) -> Option<Vec<String>> {
+        match &self.source {
+            Source::Map(map) => map.get(&normalize_key(key)).cloned(),
+            Source::File(file) => file.current().get(&normalize_key(key)).cloned(),
+            Source::Regex(rules) => rules.iter().find_map(|(re, replacement)| {
+                let caps = re.captures(key.trim())?;
+                let mut out = String::new();
+                caps.expand(replacement, &mut out);
+                Some(split_values(&out))
+            }),
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.lookup(key).is_some()
+    }
+
+    /// Look an address up as Postfix does: the full address, then `@domain`,
+    /// then the bare domain.
+    pub fn lookup_address(&self, address: &Address) -> Option<(AddressMatch, Vec<String>)> {
+        if let Some(v) = self.lookup(&address.key()) {
+            return Some((AddressMatch::Address, v));
+        }
+        let domain = address.domain()?;
+        self.lookup(&format!("@{domain}"))
+            .or_else(|| self.lookup(domain))
+            .map(|v| (AddressMatch::Domain, v))
+    }
+
+    /// Build a table from a `[tables.NAME]` block. Relative paths resolve
+    /// against `base_dir`, the directory of the config file.
+    pub fn build(name: &str, options: &mut Options<'_, '_>, base_dir: &Path) -> Option<Table> {
+        let kind = options.required_string("type")?;
+        let table = match kind.get_ref().as_str() {
+            "inline" => {
+                let entries = options.value("entries");
+                let Some(entries) = entries else {
+                    let span = options.span();
+                    options.error(span, format!("table \"{name}\" needs `entries`"));
+                    return None;
+                };
+                let map = inline_entries(entries.get_ref()).or_else(|| {
+                    options.error(
+                        entries.span(),
+                        "`entries` of an inline table must be a table of strings or lists of strings, like { \"alice\" = [\"alice@example.org\"] }",
+                    );
+                    None
+                })?;
+                Table::inline(name, map)
+            }
+            "file" => {
+                let path = options.required_string("path")?;
+                let full = base_dir.join(path.get_ref());
+                match FileMap::load(&full) {
+                    Ok(map) => Table {
+                        name: name.to_string(),
+                        source: Source::File(map),
+                    },
+                    Err(e) => {
+                        options.error(
+                            path.span(),
+                            format!("cannot read table file \"{}\": {e}", full.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            "regex" => {
+                let entries = options.value("entries");
+                let Some(entries) = entries else {
+                    let span = options.span();
+                    options.error(span, format!("table \"{name}\" needs `entries`"));
+                    return None;
+                };
+                let Some(pairs) = regex_pairs(entries.get_ref()) else {
+                    options.error(
+                        entries.span(),
+                        "`entries` of a regex table must be a list of [\"pattern\", \"replacement\"] pairs",
+                    );
+                    return None;
+                };
+                let mut rules = Vec::new();
+                for (pattern, replacement) in pairs {
+                    match Regex::new(&format!("(?i){pattern}")) {
+                        Ok(re) => rules.push((re, replacement)),
+                        Err(e) => options.error(
+                            entries.span(),
+                            format!("invalid regex \"{pattern}\" in table \"{name}\": {}", first_line(&e.to_string())),
+                        ),
+                    }
+                }
+                Table {
+                    name: name.to_string(),
+                    source: Source::Regex(rules),
+                }
+            }
+            other => {
+                options.error(
+                    kind.span(),
+                    format!("unknown table type \"{other}\": use \"inline\", \"file\" or \"regex\""),
+                );
+                return None;
+            }
+        };
+        Some(table)
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().last().unwrap_or(s).trim().to_string()
+}
+
+fn inline_entries(value: &Value) -> Option<HashMap<String, Vec<String>>> {
+    let table = value.as_table()?;
+    table
+        .iter()
+        .map(|(k, v)| {
+            let values = match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()?,
+                Value::Boolean(true) => Vec::new(),
+                _ => return None,
+            };
+            Some((k.clone(), values))
+        })
+        .collect()
+}
+
+fn regex_pairs(value: &Value) -> Option<Vec<(String, String)>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|pair| {
+            let pair = pair.as_array()?;
+            match pair.as_slice() {
+                [Value::String(p), Value::String(r)] => Some((p.clone(), r.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Values on a table line are separated by commas and/or white space.
+fn split_values(s: &str) -> Vec<String> {
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parse a Postfix-style map file: `key value, value`; `#` comments and blank
+/// lines ignored; a line starting with white space continues the previous one.
+pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut logical: Vec<(usize, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            match logical.last_mut() {
+                Some((_, prev)) => {
+                    prev.push(' ');
+                    prev.push_str(trimmed);
+                    continue;
+                }
+                None => return Err(format!("line {}: continuation line without a key", n + 1)),
+            }
+        }
+        logical.push((n + 1, trimmed.to_string()));
+    }
+    let mut map = HashMap::new();
+    for (_, line) in logical {
+        let (key, rest) = match line.split_once(char::is_whitespace) {
+            Some((k, r)) => (k, r),
+            None => (line.as_str(), ""),
+        };
+        map.insert(normalize_key(key), split_values(rest));
+    }
+    Ok(map)
+}
+
+impl FileMap {
+    fn load(path: &Path) -> Result<FileMap, String> {
+        let (entries, stamp) = Self::read(path)?;
+        Ok(FileMap {
+            path: path.to_path_buf(),
+            entries: RwLock::new(Arc::new(entries)),
+            stamp: Mutex::new(stamp),
+        })
+    }
+
+    fn read(path: &Path) -> Result<(HashMap<String, Vec<String>>, FileStamp), String> {
+        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        let entries = parse_map_file(&text)?;
+        let stamp = FileStamp {
+            checked: Instant::now(),
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        };
+        Ok((entries, stamp))
+    }
+
+    /// The current contents, reloading first when the file changed.
+    fn current(&self) -> Arc<HashMap<String, Vec<String>>> {
+        self.reload_if_changed();
+        match self.entries.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn reload_if_changed(&self) {
+        let Ok(mut stamp) = self.stamp.try_lock() else {
+            // Another lookup is checking right now; use what we have.
+            return;
+        };
+        if stamp.checked.elapsed() < RELOAD_CHECK_INTERVAL {
+            return;
+        }
+        stamp.checked = Instant::now();
+        let Ok(meta) = std::fs::metadata(&self.path) else {
+            tracing::error!(path = %self.path.display(), "table file vanished; keeping its previous contents");
+            return;
+        };
+        if meta.modified().ok() == stamp.modified && meta.len() == stamp.len {
+            return;
+        }
+        match Self::read(&self.path) {
+            Ok((entries, new_stamp)) => {
+                *stamp = new_stamp;
+                let mut guard = match self.entries.write() {
+                    Ok(g) => g,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                *guard = Arc::new(entries);
+                tracing::info!(path = %self.path.display(), "table file reloaded");
+            }
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "table file reload failed; keeping its previous contents");
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn force_recheck(&self) {
+        if let Ok(mut s) = self.stamp.lock() {
+            s.checked = Instant::now() - RELOAD_CHECK_INTERVAL * 2;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_file_format() {
+        let map = parse_map_file(
+            "# aliases\n\nSales@Example.org  alice@example.org, bob@example.org\n  carol@example.org\nexample.net\n",
+        )
+        .unwrap();
+        assert_eq!(
+            map["sales@example.org"],
+            vec!["alice@example.org", "bob@example.org", "carol@example.org"]
+        );
+        assert_eq!(map["example.net"], Vec::<String>::new());
+        assert!(parse_map_file("  orphan\n").is_err());
+    }
+
+    #[test]
+    fn address_lookup_order() {
+        let mut m = HashMap::new();
+        m.insert("joe@example.org".to_string(), vec!["a".to_string()]);
+        m.insert("example.org".to_string(), vec!["d".to_string()]);
+        let t = Table::inline("t", m);
+        let joe = Address::parse("<JOE@example.org>");
+        assert_eq!(t.lookup_address(&joe), Some((AddressMatch::Address, vec!["a".into()])));
+        let ann = Address::parse("<ann@Example.ORG>");
+        assert_eq!(t.lookup_address(&ann), Some((AddressMatch::Domain, vec!["d".into()])));
+        assert_eq!(t.lookup_address(&Address::parse("<x@other.org>")), None);
+        assert_eq!(t.lookup_address(&Address::Null), None);
+    }
+
+    #[test]
+    fn regex_table_expands_captures_in_order() {
+        let t = Table {
+            name: "r".into(),
+            source: Source::Regex(vec![
+                (Regex::new("(?i)^(.+)@old\\.example$").unwrap(), "$1@new.example".into()),
+                (Regex::new("(?i)^.*$").unwrap(), "fallback@example.org".into()),
+            ]),
+        };
+        assert_eq!(t.lookup("Joe@OLD.example"), Some(vec!["Joe@new.example".to_string()]));
+        assert_eq!(t.lookup("x@y"), Some(vec!["fallback@example.org".to_string()]));
+    }
+
+    #[test]
+    fn file_table_reloads_and_keeps_old_on_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org ok\n").unwrap();
+        let file = FileMap::load(&path).unwrap();
+        let t = Table {
+            name: "f".into(),
+            source: Source::File(file),
+        };
+        assert!(t.contains("a@example.org"));
+        std::fs::write(&path, "b@example.org ok\nc@example.org ok\n").unwrap();
+        let Source::File(f) = &t.source else { unreachable!() };
+        f.force_recheck();
+        assert!(t.contains("b@example.org"));
+        assert!(!t.contains("a@example.org"));
+        std::fs::write(&path, "  broken continuation\n").unwrap();
+        f.force_recheck();
+        assert!(t.contains("b@example.org"), "old contents kept after a bad reload");
+    }
+}
+
+/// Read a table option: either the name of a `[tables.NAME]` block or an
+/// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
+pub fn table_option(
+    options: &mut Options<'_, '_>,
+    tables: &TableSet,
+    key: &'static str,
+) -> Option<Arc<Table>> {
+    let value = options.value(key)?;
+    match value.get_ref() {
+        Value::String(name) => match tables.get(name) {
+            Some(t) => Some(t.clone()),
+            None => {
+                let hint = crate::config::error::did_you_mean(name, tables.keys().map(String::as_str))
+                    .map(|s| format!("did you mean \"{s}\"?"))
+                    .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
+                options
+                    .diag()
+                    .error_hint(value.span(), format!("unknown table \"{name}\""), hint);
+                None
+            }
+        },
+        other => match inline_entries(other) {
+            Some(map) => Some(Arc::new(Table::inline(
+                &format!("{} {key}", options.what()),
+                map,
+            ))),
+            None => {
+                let msg = format!(
+                    "`{key}` in {} must name a table or be an inline table of strings",
+                    options.what()
+                );
+                options.error(value.span(), msg);
+                None
+            }
+        },
+    }
+}
