@@ -1,1 +1,274 @@
-//! policy
+//! The compiled, immutable policy: check and modifier instances resolved to
+//! indexes, and per pipeline a dispatch tree ready for lookups. Built once by
+//! the config compiler and shared behind an `Arc`; nothing here is parsed or
+//! looked up by name at message time.
+
+use crate::address::Address;
+use crate::checks::{Check, Status};
+use crate::modifiers::Modifier;
+use crate::reply::Reply;
+use crate::stage::Stage;
+use crate::tables::{AddressMatch, Table, TableSet};
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type CheckId = usize;
+pub type ModifierId = usize;
+
+pub struct Policy {
+    pub file: PathBuf,
+    pub checks: Vec<CheckInstance>,
+    pub modifiers: Vec<ModifierInstance>,
+    pub tables: TableSet,
+    pub pipelines: Vec<Pipeline>,
+}
+
+impl Policy {
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+
+    pub fn pipeline_index(&self, name: &str) -> Option<usize> {
+        self.pipelines.iter().position(|p| p.name == name)
+    }
+}
+
+/// What to do with a check result.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    Ignore,
+    Reject,
+    Tempfail,
+    Quarantine,
+    /// Add to the message's score; `None` uses the score the check suggested.
+    Score(Option<f64>),
+    /// Whatever the pipeline's `error_action` says (the default for
+    /// temperror and permerror).
+    Error,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Ignore => f.write_str("ignore"),
+            Action::Reject => f.write_str("reject"),
+            Action::Tempfail => f.write_str("tempfail"),
+            Action::Quarantine => f.write_str("quarantine"),
+            Action::Score(Some(n)) => write!(f, "score {n}"),
+            Action::Score(None) => f.write_str("score"),
+            Action::Error => f.write_str("error_action"),
+        }
+    }
+}
+
+pub struct CheckInstance {
+    pub name: String,
+    pub kind: String,
+    pub check: Arc<dyn Check>,
+    pub timeout: Duration,
+    /// Indexed by `Status` position in `Status::ALL`.
+    pub actions: [Action; 7],
+    pub reject_reply: Reply,
+    pub tempfail_reply: Reply,
+    pub inputs: Stage,
+    pub decides: Stage,
+}
+
+impl CheckInstance {
+    pub fn action_for(&self, status: Status) -> Action {
+        let idx = Status::ALL.iter().position(|s| *s == status).unwrap_or(0);
+        self.actions[idx]
+    }
+}
+
+pub struct ModifierInstance {
+    pub name: String,
+    pub kind: String,
+    pub modifier: Arc<dyn Modifier>,
+}
+
+/// What the pipeline does when something inside fails (a modifier error, a
+/// check whose action is `error_action`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ErrorAction {
+    Tempfail(Reply),
+    Reject(Reply),
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    pub quarantine_score: Option<f64>,
+    pub reject_score: Option<f64>,
+    pub error_action: ErrorAction,
+    pub dry_run: bool,
+    pub split_transactions: bool,
+    pub quarantine_header: String,
+    pub max_body_size: u64,
+}
+
+pub struct Pipeline {
+    pub name: String,
+    pub settings: PipelineSettings,
+    pub checks: Vec<CheckId>,
+    pub modifiers: Vec<ModifierId>,
+    pub sources: SourceDispatch,
+    /// Every branch of the tree, indexed by `Branch::id`.
+    pub branches: Vec<Arc<Branch>>,
+}
+
+/// A source block, compiled: what applies to all mail from this source.
+pub struct SourceNode {
+    pub label: String,
+    pub checks: Vec<CheckId>,
+    pub modifiers: Vec<ModifierId>,
+    pub destinations: Dispatch<Arc<Branch>>,
+}
+
+/// A leaf of the tree: what happens to a recipient.
+pub struct Branch {
+    pub id: usize,
+    /// Where it stands in the config, for people: `source example.org > destination joe@example.com`.
+    pub label: String,
+    /// Global, source and destination checks in that order, each once.
+    pub checks: Vec<CheckId>,
+    /// The destination's own modifiers (global and source ones run earlier).
+    pub modifiers: Vec<ModifierId>,
+    pub outcome: Outcome,
+    pub redirect: Option<Address>,
+    pub copy: Vec<Address>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Accept,
+    Reject(Reply),
+    Tempfail(Reply),
+    Quarantine(String),
+    Discard,
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Accept => "accept",
+            Outcome::Reject(_) => "reject",
+            Outcome::Tempfail(_) => "tempfail",
+            Outcome::Quarantine(_) => "quarantine",
+            Outcome::Discard => "discard",
+        }
+    }
+}
+
+/// How a block was chosen, for the `test` report and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchedBy {
+    AuthUser,
+    Network,
+    DaemonName,
+    Address,
+    Domain,
+    Table,
+    Default,
+}
+
+impl MatchedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchedBy::AuthUser => "auth user",
+            MatchedBy::Network => "network",
+            MatchedBy::DaemonName => "daemon name",
+            MatchedBy::Address => "address",
+            MatchedBy::Domain => "domain",
+            MatchedBy::Table => "table",
+            MatchedBy::Default => "default",
+        }
+    }
+}
+
+/// Address-based dispatch of one level. Precedence: full address, then
+/// domain, then table membership (address keys before domain keys, then
+/// config order), then the default.
+pub struct Dispatch<T> {
+    pub by_address: HashMap<String, T>,
+    pub by_domain: HashMap<String, T>,
+    pub tables: Vec<(Arc<Table>, T)>,
+    pub default: T,
+}
+
+impl<T> Dispatch<T> {
+    pub fn select(&self, address: &Address) -> (&T, MatchedBy) {
+        if let Some(t) = self.by_address.get(&address.key()) {
+            return (t, MatchedBy::Address);
+        }
+        if let Some(t) = address.domain().and_then(|d| self.by_domain.get(d)) {
+            return (t, MatchedBy::Domain);
+        }
+        let mut best: Option<(AddressMatch, &T)> = None;
+        for (table, t) in &self.tables {
+            if let Some((how, _)) = table.lookup_address(address)
+                && best.as_ref().is_none_or(|(b, _)| how < *b)
+            {
+                best = Some((how, t));
+            }
+        }
+        match best {
+            Some((_, t)) => (t, MatchedBy::Table),
+            None => (&self.default, MatchedBy::Default),
+        }
+    }
+}
+
+/// Source dispatch: facts about the connection first (they cannot be forged
+/// by the client), then the envelope sender.
+pub struct SourceDispatch {
+    pub by_auth_user: HashMap<String, Arc<SourceNode>>,
+    /// `auth_users = ["*"]`: any authenticated user.
+    pub any_auth_user: Option<Arc<SourceNode>>,
+    /// Sorted by prefix length, longest first.
+    pub by_network: Vec<(IpNet, Arc<SourceNode>)>,
+    pub by_daemon_name: HashMap<String, Arc<SourceNode>>,
+    pub by_sender: Dispatch<Arc<SourceNode>>,
+}
+
+/// What the source dispatch looks at.
+pub struct SourceFacts<'a> {
+    pub auth_user: Option<&'a str>,
+    pub client_ip: Option<IpAddr>,
+    pub daemon_name: Option<&'a str>,
+    pub sender: &'a Address,
+}
+
+impl SourceDispatch {
+    pub fn select(&self, facts: &SourceFacts<'_>) -> (&Arc<SourceNode>, MatchedBy) {
+        if let Some(user) = facts.auth_user {
+            if let Some(n) = self.by_auth_user.get(&crate::tables::normalize_key(user)) {
+                return (n, MatchedBy::AuthUser);
+            }
+            if let Some(n) = &self.any_auth_user {
+                return (n, MatchedBy::AuthUser);
+            }
+        }
+        if let Some(ip) = facts.client_ip {
+            let ip = canonical_ip(ip);
+            if let Some((_, n)) = self.by_network.iter().find(|(net, _)| net.contains(&ip)) {
+                return (n, MatchedBy::Network);
+            }
+        }
+        if let Some(n) = facts.daemon_name.and_then(|d| self.by_daemon_name.get(d)) {
+            return (n, MatchedBy::DaemonName);
+        }
+        self.by_sender.select(facts.sender)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) match IPv4 networks.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}

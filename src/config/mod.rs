@@ -2,5 +2,30 @@
 //! line and column (`error`, `options`), and its compilation into the
 //! immutable [`Policy`](crate::policy::Policy) the engine runs (`compile`).
 
+pub mod compile;
 pub mod error;
 pub mod options;
+pub mod raw;
+
+pub use compile::{Registry, compile_str};
+pub use error::{ConfigError, ConfigErrors};
+
+use crate::policy::Policy;
+use std::path::Path;
+
+/// Read and compile a configuration file with the built-in kinds.
+pub fn load(path: &Path) -> Result<Policy, ConfigErrors> {
+    load_with(path, &Registry::builtin())
+}
+
+pub fn load_with(path: &Path, registry: &Registry) -> Result<Policy, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => compile_str(path, &text, registry),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            position: None,
+            message: format!("cannot read the configuration: {e}"),
+            hint: Some("check the path given with -c and the file's permissions".to_string()),
+        }])),
+    }
+}
