@@ -234,10 +234,22 @@ mod tests {
     #[test]
     fn deletes_highest_index_first() {
         let headers = vec![
-            Header { name: "Received".into(), value: "a".into() },
-            Header { name: "X-Spam".into(), value: "1".into() },
-            Header { name: "x-spam".into(), value: "2".into() },
-            Header { name: "X-SPAM".into(), value: "3".into() },
+            Header {
+                name: "Received".into(),
+                value: "a".into(),
+            },
+            Header {
+                name: "X-Spam".into(),
+                value: "1".into(),
+            },
+            Header {
+                name: "x-spam".into(),
+                value: "2".into(),
+            },
+            Header {
+                name: "X-SPAM".into(),
+                value: "3".into(),
+            },
         ];
         let mut list = EditList::new();
         list.delete_headers_named("X-Spam", &headers);

@@ -1,1 +1,149 @@
-fn main() {}
+//! The dispatch-milter command line: parses arguments and calls the library.
+
+use clap::{Parser, Subcommand};
+use dispatch_milter::cli;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "dispatch-milter",
+    version,
+    about = "A policy milter for Postfix and Sendmail"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a configuration file and print a one-line summary.
+    Check {
+        /// The configuration file.
+        #[arg(short, long, default_value = "milter-config.toml")]
+        config: PathBuf,
+    },
+    /// Run the policy on one message offline and show what it would do.
+    Test {
+        #[arg(short, long, default_value = "milter-config.toml")]
+        config: PathBuf,
+        /// The pipeline to use (default: the first one in the file).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        client_ip: IpAddr,
+        #[arg(long)]
+        client_name: Option<String>,
+        #[arg(long)]
+        helo: Option<String>,
+        /// The envelope sender; "" for the null sender.
+        #[arg(long)]
+        from: String,
+        /// An envelope recipient; repeat for several.
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The SASL user name, as if the client had authenticated.
+        #[arg(long)]
+        auth_user: Option<String>,
+        /// Pretend the client used TLS 1.3.
+        #[arg(long)]
+        tls: bool,
+        /// The MTA's {daemon_name}.
+        #[arg(long)]
+        daemon_name: Option<String>,
+        #[arg(long)]
+        queue_id: Option<String>,
+        /// Print one JSON object instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// The message file (RFC 5322: headers, a blank line, the body).
+        message: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match Args::parse().command {
+        Command::Check { config } => exit(cli::check::run(&config)),
+        Command::Test {
+            config,
+            pipeline,
+            client_ip,
+            client_name,
+            helo,
+            from,
+            to,
+            auth_user,
+            tls,
+            daemon_name,
+            queue_id,
+            json,
+            message,
+        } => {
+            let policy = match dispatch_milter::config::load(&config) {
+                Ok(p) => Arc::new(p),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return exit(cli::EXIT_CONFIG);
+                }
+            };
+            let raw = match std::fs::read(&message) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    eprintln!("{}: cannot read the message: {e}", message.display());
+                    return exit(1);
+                }
+            };
+            let input = cli::test::TestInput {
+                pipeline,
+                client_ip: Some(client_ip),
+                client_name,
+                helo,
+                from,
+                to,
+                auth_user,
+                tls,
+                daemon_name,
+                queue_id,
+                message: raw,
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return exit(1);
+                }
+            };
+            match runtime.block_on(cli::test::run(policy, &input)) {
+                Ok(outcome) if json => {
+                    println!("{}", cli::test::to_json(&outcome));
+                    exit(0)
+                }
+                Ok(outcome) => {
+                    print!("{}", cli::test::render_text(&outcome));
+                    exit(0)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    exit(1)
+                }
+            }
+        }
+    }
+}

@@ -118,6 +118,9 @@ pub struct Pipeline {
     pub sources: SourceDispatch,
     /// Every branch of the tree, indexed by `Branch::id`.
     pub branches: Vec<Arc<Branch>>,
+    /// Every check any branch of this pipeline can run, in config order;
+    /// those whose inputs exist at connect or HELO start there.
+    pub all_checks: Vec<CheckId>,
 }
 
 /// A source block, compiled: what applies to all mail from this source.

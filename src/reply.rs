@@ -31,12 +31,7 @@ impl ReplyClass {
 impl Reply {
     /// Build and validate a reply. `class` is what the reply is used for
     /// (reject or tempfail); code and enhanced status must both agree with it.
-    pub fn new(
-        class: ReplyClass,
-        code: u16,
-        status: &str,
-        text: &str,
-    ) -> Result<Reply, String> {
+    pub fn new(class: ReplyClass, code: u16, status: &str, text: &str) -> Result<Reply, String> {
         let digit = class.digit();
         let what = match class {
             ReplyClass::Permanent => "reject",
@@ -49,7 +44,9 @@ impl Reply {
         }
         let parts: Vec<&str> = status.split('.').collect();
         let well_formed = parts.len() == 3
-            && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()));
         if !well_formed {
             return Err(format!(
                 "enhanced status \"{status}\" is not of the form {digit}.X.Y (RFC 3463)"

@@ -163,7 +163,10 @@ impl Table {
                         Ok(re) => rules.push((re, replacement)),
                         Err(e) => options.error(
                             entries.span(),
-                            format!("invalid regex \"{pattern}\" in table \"{name}\": {}", first_line(&e.to_string())),
+                            format!(
+                                "invalid regex \"{pattern}\" in table \"{name}\": {}",
+                                first_line(&e.to_string())
+                            ),
                         ),
                     }
                 }
@@ -175,7 +178,9 @@ impl Table {
             other => {
                 options.error(
                     kind.span(),
-                    format!("unknown table type \"{other}\": use \"inline\", \"file\" or \"regex\""),
+                    format!(
+                        "unknown table type \"{other}\": use \"inline\", \"file\" or \"regex\""
+                    ),
                 );
                 return None;
             }
@@ -332,6 +337,45 @@ impl FileMap {
     }
 }
 
+/// Read a table option: either the name of a `[tables.NAME]` block or an
+/// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
+pub fn table_option(
+    options: &mut Options<'_, '_>,
+    tables: &TableSet,
+    key: &'static str,
+) -> Option<Arc<Table>> {
+    let value = options.value(key)?;
+    match value.get_ref() {
+        Value::String(name) => match tables.get(name) {
+            Some(t) => Some(t.clone()),
+            None => {
+                let hint =
+                    crate::config::error::did_you_mean(name, tables.keys().map(String::as_str))
+                        .map(|s| format!("did you mean \"{s}\"?"))
+                        .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
+                options
+                    .diag()
+                    .error_hint(value.span(), format!("unknown table \"{name}\""), hint);
+                None
+            }
+        },
+        other => match inline_entries(other) {
+            Some(map) => Some(Arc::new(Table::inline(
+                &format!("{} {key}", options.what()),
+                map,
+            ))),
+            None => {
+                let msg = format!(
+                    "`{key}` in {} must name a table or be an inline table of strings",
+                    options.what()
+                );
+                options.error(value.span(), msg);
+                None
+            }
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -357,9 +401,15 @@ mod tests {
         m.insert("example.org".to_string(), vec!["d".to_string()]);
         let t = Table::inline("t", m);
         let joe = Address::parse("<JOE@example.org>");
-        assert_eq!(t.lookup_address(&joe), Some((AddressMatch::Address, vec!["a".into()])));
+        assert_eq!(
+            t.lookup_address(&joe),
+            Some((AddressMatch::Address, vec!["a".into()]))
+        );
         let ann = Address::parse("<ann@Example.ORG>");
-        assert_eq!(t.lookup_address(&ann), Some((AddressMatch::Domain, vec!["d".into()])));
+        assert_eq!(
+            t.lookup_address(&ann),
+            Some((AddressMatch::Domain, vec!["d".into()]))
+        );
         assert_eq!(t.lookup_address(&Address::parse("<x@other.org>")), None);
         assert_eq!(t.lookup_address(&Address::Null), None);
     }
@@ -369,12 +419,24 @@ mod tests {
         let t = Table {
             name: "r".into(),
             source: Source::Regex(vec![
-                (Regex::new("(?i)^(.+)@old\\.example$").unwrap(), "$1@new.example".into()),
-                (Regex::new("(?i)^.*$").unwrap(), "fallback@example.org".into()),
+                (
+                    Regex::new("(?i)^(.+)@old\\.example$").unwrap(),
+                    "$1@new.example".into(),
+                ),
+                (
+                    Regex::new("(?i)^.*$").unwrap(),
+                    "fallback@example.org".into(),
+                ),
             ]),
         };
-        assert_eq!(t.lookup("Joe@OLD.example"), Some(vec!["Joe@new.example".to_string()]));
-        assert_eq!(t.lookup("x@y"), Some(vec!["fallback@example.org".to_string()]));
+        assert_eq!(
+            t.lookup("Joe@OLD.example"),
+            Some(vec!["Joe@new.example".to_string()])
+        );
+        assert_eq!(
+            t.lookup("x@y"),
+            Some(vec!["fallback@example.org".to_string()])
+        );
     }
 
     #[test]
@@ -389,50 +451,17 @@ mod tests {
         };
         assert!(t.contains("a@example.org"));
         std::fs::write(&path, "b@example.org ok\nc@example.org ok\n").unwrap();
-        let Source::File(f) = &t.source else { unreachable!() };
+        let Source::File(f) = &t.source else {
+            unreachable!()
+        };
         f.force_recheck();
         assert!(t.contains("b@example.org"));
         assert!(!t.contains("a@example.org"));
         std::fs::write(&path, "  broken continuation\n").unwrap();
         f.force_recheck();
-        assert!(t.contains("b@example.org"), "old contents kept after a bad reload");
-    }
-}
-
-/// Read a table option: either the name of a `[tables.NAME]` block or an
-/// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
-pub fn table_option(
-    options: &mut Options<'_, '_>,
-    tables: &TableSet,
-    key: &'static str,
-) -> Option<Arc<Table>> {
-    let value = options.value(key)?;
-    match value.get_ref() {
-        Value::String(name) => match tables.get(name) {
-            Some(t) => Some(t.clone()),
-            None => {
-                let hint = crate::config::error::did_you_mean(name, tables.keys().map(String::as_str))
-                    .map(|s| format!("did you mean \"{s}\"?"))
-                    .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
-                options
-                    .diag()
-                    .error_hint(value.span(), format!("unknown table \"{name}\""), hint);
-                None
-            }
-        },
-        other => match inline_entries(other) {
-            Some(map) => Some(Arc::new(Table::inline(
-                &format!("{} {key}", options.what()),
-                map,
-            ))),
-            None => {
-                let msg = format!(
-                    "`{key}` in {} must name a table or be an inline table of strings",
-                    options.what()
-                );
-                options.error(value.span(), msg);
-                None
-            }
-        },
+        assert!(
+            t.contains("b@example.org"),
+            "old contents kept after a bad reload"
+        );
     }
 }

@@ -167,7 +167,10 @@ pub type CheckBuilder =
 pub fn builtin() -> Vec<(&'static str, CheckBuilder)> {
     vec![
         ("require_tls", Arc::new(require_tls::RequireTlsCheck::build)),
-        ("require_auth", Arc::new(require_auth::RequireAuthCheck::build)),
+        (
+            "require_auth",
+            Arc::new(require_auth::RequireAuthCheck::build),
+        ),
         (
             "authorize_sender",
             Arc::new(authorize_sender::AuthorizeSenderCheck::build),

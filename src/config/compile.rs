@@ -259,13 +259,19 @@ impl Compiler<'_, '_> {
             return;
         };
         let Some(builder) = registry.checks.get(kind.get_ref()) else {
-            let hint = match did_you_mean(kind.get_ref(), registry.checks.keys().map(String::as_str)) {
-                Some(s) => format!("did you mean \"{s}\"?"),
-                None => format!(
-                    "known kinds: {}",
-                    registry.checks.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            };
+            let hint =
+                match did_you_mean(kind.get_ref(), registry.checks.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean \"{s}\"?"),
+                    None => format!(
+                        "known kinds: {}",
+                        registry
+                            .checks
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
             options.diag().error_hint(
                 kind.span(),
                 format!("unknown check kind \"{}\"", kind.get_ref()),
@@ -274,7 +280,9 @@ impl Compiler<'_, '_> {
             options.finish();
             return;
         };
-        let timeout = options.duration("timeout").unwrap_or(defaults::CHECK_TIMEOUT);
+        let timeout = options
+            .duration("timeout")
+            .unwrap_or(defaults::CHECK_TIMEOUT);
         let mut actions = [Action::Ignore; 7];
         for (i, status) in Status::ALL.iter().enumerate() {
             actions[i] = match status {
@@ -370,11 +378,19 @@ impl Compiler<'_, '_> {
             return;
         };
         let Some(builder) = registry.modifiers.get(kind.get_ref()) else {
-            let hint = match did_you_mean(kind.get_ref(), registry.modifiers.keys().map(String::as_str)) {
+            let hint = match did_you_mean(
+                kind.get_ref(),
+                registry.modifiers.keys().map(String::as_str),
+            ) {
                 Some(s) => format!("did you mean \"{s}\"?"),
                 None => format!(
                     "known kinds: {}",
-                    registry.modifiers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    registry
+                        .modifiers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
             options.diag().error_hint(
@@ -413,9 +429,10 @@ impl Compiler<'_, '_> {
                 ),
                 Some(id) => ids.push(*id),
                 None => {
-                    let hint = did_you_mean(name.get_ref(), self.check_ids.keys().map(String::as_str))
-                        .map(|s| format!("did you mean \"{s}\"?"))
-                        .unwrap_or_else(|| "define it in a [checks.NAME] block".to_string());
+                    let hint =
+                        did_you_mean(name.get_ref(), self.check_ids.keys().map(String::as_str))
+                            .map(|s| format!("did you mean \"{s}\"?"))
+                            .unwrap_or_else(|| "define it in a [checks.NAME] block".to_string());
                     self.diag.error_hint(
                         name.span(),
                         format!("check \"{}\" is not defined", name.get_ref()),
@@ -427,15 +444,19 @@ impl Compiler<'_, '_> {
         ids
     }
 
-    fn resolve_modifiers(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<ModifierId> {
+    fn resolve_modifiers(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Vec<ModifierId> {
         let mut ids = Vec::new();
         for name in list.iter().flat_map(|l| l.get_ref()) {
             match self.modifier_ids.get(name.get_ref()) {
                 Some(id) => ids.push(*id),
                 None => {
-                    let hint = did_you_mean(name.get_ref(), self.modifier_ids.keys().map(String::as_str))
-                        .map(|s| format!("did you mean \"{s}\"?"))
-                        .unwrap_or_else(|| "define it in a [modifiers.NAME] block".to_string());
+                    let hint =
+                        did_you_mean(name.get_ref(), self.modifier_ids.keys().map(String::as_str))
+                            .map(|s| format!("did you mean \"{s}\"?"))
+                            .unwrap_or_else(|| "define it in a [modifiers.NAME] block".to_string());
                     self.diag.error_hint(
                         name.span(),
                         format!("modifier \"{}\" is not defined", name.get_ref()),
@@ -526,7 +547,10 @@ impl Compiler<'_, '_> {
         } else if let Some(d) = default {
             let d = d.into_inner();
             if let Some(span) = d.selector_span() {
-                self.diag.error(span, "a default block matches everything; remove the selector");
+                self.diag.error(
+                    span,
+                    "a default block matches everything; remove the selector",
+                );
             }
             d
         } else {
@@ -543,7 +567,14 @@ impl Compiler<'_, '_> {
         let mut by_network = sources.by_network;
         by_network.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         let branches = std::mem::take(&mut self.branches);
+        let mut all_checks: Vec<CheckId> = branches
+            .iter()
+            .flat_map(|b| b.checks.iter().copied())
+            .collect();
+        all_checks.sort_unstable();
+        all_checks.dedup();
         Some(Pipeline {
+            all_checks,
             name: pipeline_name,
             settings: settings?,
             checks: global_checks,
@@ -567,9 +598,15 @@ impl Compiler<'_, '_> {
     fn pipeline_settings(&mut self, raw: &RawPipeline) -> Option<PipelineSettings> {
         let mut ok = true;
         let error_reply_spec = raw.error_reply.as_ref();
-        let error_action = match raw.error_action.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        let error_action = match raw
+            .error_action
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
             None | Some(("tempfail", _)) => {
-                let spec = error_reply_spec.map(|s| s.get_ref().clone()).unwrap_or_default();
+                let spec = error_reply_spec
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default();
                 match build_reply(&spec, ReplyClass::Temporary) {
                     Ok(r) => ErrorAction::Tempfail(r),
                     Err(e) => {
@@ -581,7 +618,9 @@ impl Compiler<'_, '_> {
                 }
             }
             Some(("reject", _)) => {
-                let spec = error_reply_spec.map(|s| s.get_ref().clone()).unwrap_or_default();
+                let spec = error_reply_spec
+                    .map(|s| s.get_ref().clone())
+                    .unwrap_or_default();
                 match build_reply(&spec, ReplyClass::Permanent) {
                     Ok(r) => ErrorAction::Reject(r),
                     Err(e) => {
@@ -628,7 +667,8 @@ impl Compiler<'_, '_> {
         let quarantine_header = match &raw.quarantine_header {
             Some(h) if !valid_header_name(h.get_ref()) => {
                 ok = false;
-                self.diag.error(h.span(), format!("invalid header name \"{}\"", h.get_ref()));
+                self.diag
+                    .error(h.span(), format!("invalid header name \"{}\"", h.get_ref()));
                 String::new()
             }
             Some(h) => h.get_ref().clone(),
@@ -682,12 +722,18 @@ impl Compiler<'_, '_> {
         let mut sel = AddressSelectors::default();
         for m in block.matches.iter().flat_map(|l| l.get_ref()) {
             let text = m.get_ref().trim();
-            let is_address = text.contains('@') || text == "<>" || text.eq_ignore_ascii_case("postmaster");
+            let is_address =
+                text.contains('@') || text == "<>" || text.eq_ignore_ascii_case("postmaster");
             if is_address {
                 match Address::parse_config(text) {
                     Ok(addr) => {
                         let key = addr.key();
-                        if self.claim(level, format!("a:{key}"), &format!("address \"{text}\""), m.span()) {
+                        if self.claim(
+                            level,
+                            format!("a:{key}"),
+                            &format!("address \"{text}\""),
+                            m.span(),
+                        ) {
                             sel.addresses.push(key);
                         }
                     }
@@ -711,7 +757,12 @@ impl Compiler<'_, '_> {
         if let Some(t) = &block.table {
             match self.tables.get(t.get_ref()).cloned() {
                 Some(table) => {
-                    if self.claim(level, format!("t:{}", t.get_ref()), &format!("table \"{}\"", t.get_ref()), t.span()) {
+                    if self.claim(
+                        level,
+                        format!("t:{}", t.get_ref()),
+                        &format!("table \"{}\"", t.get_ref()),
+                        t.span(),
+                    ) {
                         sel.table = Some(table);
                     }
                 }
@@ -719,7 +770,11 @@ impl Compiler<'_, '_> {
                     let hint = did_you_mean(t.get_ref(), self.tables.keys().map(String::as_str))
                         .map(|s| format!("did you mean \"{s}\"?"))
                         .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
-                    self.diag.error_hint(t.span(), format!("unknown table \"{}\"", t.get_ref()), hint);
+                    self.diag.error_hint(
+                        t.span(),
+                        format!("unknown table \"{}\"", t.get_ref()),
+                        hint,
+                    );
                 }
             }
         }
@@ -754,7 +809,12 @@ impl Compiler<'_, '_> {
             match parsed {
                 Ok(net) => {
                     let net = net.trunc();
-                    if self.claim(level, format!("n:{net}"), &format!("network \"{}\"", n.get_ref()), n.span()) {
+                    if self.claim(
+                        level,
+                        format!("n:{net}"),
+                        &format!("network \"{}\"", n.get_ref()),
+                        n.span(),
+                    ) {
                         networks.push(net);
                     }
                 }
@@ -770,13 +830,23 @@ impl Compiler<'_, '_> {
             let key = normalize_key(u.get_ref());
             if key.is_empty() {
                 self.diag.error(u.span(), "empty user name in `auth_users`");
-            } else if self.claim(level, format!("u:{key}"), &format!("user \"{}\"", u.get_ref()), u.span()) {
+            } else if self.claim(
+                level,
+                format!("u:{key}"),
+                &format!("user \"{}\"", u.get_ref()),
+                u.span(),
+            ) {
                 users.push(key);
             }
         }
         let mut daemons = Vec::new();
         for d in block.daemon_names.iter().flat_map(|l| l.get_ref()) {
-            if self.claim(level, format!("m:{}", d.get_ref()), &format!("daemon name \"{}\"", d.get_ref()), d.span()) {
+            if self.claim(
+                level,
+                format!("m:{}", d.get_ref()),
+                &format!("daemon name \"{}\"", d.get_ref()),
+                d.span(),
+            ) {
                 daemons.push(d.get_ref().clone());
             }
         }
@@ -807,7 +877,12 @@ impl Compiler<'_, '_> {
 
     /// A block at source level: it may hold destination blocks and a default;
     /// without them its own outcome is its default destination.
-    fn source_level(&mut self, block: &RawBlock, label: &str, global_checks: &[CheckId]) -> Arc<SourceNode> {
+    fn source_level(
+        &mut self,
+        block: &RawBlock,
+        label: &str,
+        global_checks: &[CheckId],
+    ) -> Arc<SourceNode> {
         for s in &block.source {
             self.diag.error(
                 s.span(),
@@ -838,14 +913,24 @@ impl Compiler<'_, '_> {
             for (field, span) in [
                 ("networks", dest.networks.as_ref().map(Spanned::span)),
                 ("auth_users", dest.auth_users.as_ref().map(Spanned::span)),
-                ("daemon_names", dest.daemon_names.as_ref().map(Spanned::span)),
+                (
+                    "daemon_names",
+                    dest.daemon_names.as_ref().map(Spanned::span),
+                ),
             ] {
                 if let Some(span) = span {
-                    self.diag.error(span, format!("`{field}` can only select a source block, not a destination"));
+                    self.diag.error(
+                        span,
+                        format!("`{field}` can only select a source block, not a destination"),
+                    );
                 }
             }
             if dest.matches.is_none() && dest.table.is_none() {
-                self.diag.error_hint(dest_span, "a destination block needs a selector", "add `match` or `table`; for everything else use default");
+                self.diag.error_hint(
+                    dest_span,
+                    "a destination block needs a selector",
+                    "add `match` or `table`; for everything else use default",
+                );
                 continue;
             }
             let sel = self.address_selectors(dest, &mut level);
@@ -866,11 +951,16 @@ impl Compiler<'_, '_> {
                 let d_ref = d.get_ref();
                 self.reject_nested_dispatch(d_ref, "the default of a destination level");
                 if let Some(span) = d_ref.selector_span() {
-                    self.diag.error(span, "a default block matches everything; remove the selector");
+                    self.diag.error(
+                        span,
+                        "a default block matches everything; remove the selector",
+                    );
                 }
                 self.leaf(d_ref, &format!("{label} > default"), &checks)
             }
-            None if has_dispatch => self.leaf(&RawBlock::default(), &format!("{label} > default"), &checks),
+            None if has_dispatch => {
+                self.leaf(&RawBlock::default(), &format!("{label} > default"), &checks)
+            }
             None => {
                 // The block reads as its own default: its outcome is the
                 // default destination's; its checks and modifiers stay at
@@ -908,10 +998,16 @@ impl Compiler<'_, '_> {
             );
         }
         if let Some(d) = block.destination.first() {
-            self.diag.error(d.span(), format!("destination blocks cannot be nested inside {what}"));
+            self.diag.error(
+                d.span(),
+                format!("destination blocks cannot be nested inside {what}"),
+            );
         }
         if let Some(d) = &block.default {
-            self.diag.error(d.span(), format!("a default block cannot be nested inside {what}"));
+            self.diag.error(
+                d.span(),
+                format!("a default block cannot be nested inside {what}"),
+            );
         }
     }
 
@@ -923,15 +1019,23 @@ impl Compiler<'_, '_> {
         let modifiers = self.resolve_modifiers(&block.modify);
         let action = block.action.as_ref();
         let action_name = action.map_or("accept", |a| a.get_ref().as_str());
-        let reply_spec = block.reply.as_ref().map(|r| r.get_ref().clone()).unwrap_or_default();
+        let reply_spec = block
+            .reply
+            .as_ref()
+            .map(|r| r.get_ref().clone())
+            .unwrap_or_default();
         let reply_span = block.reply.as_ref().map(Spanned::span);
-        let reply_for = |class: ReplyClass, diag: &mut Diagnostics| match build_reply(&reply_spec, class) {
-            Ok(r) => r,
-            Err(e) => {
-                diag.error(reply_span.clone().unwrap_or(0..0), format!("invalid reply: {e}"));
-                Reply::default_reject()
-            }
-        };
+        let reply_for =
+            |class: ReplyClass, diag: &mut Diagnostics| match build_reply(&reply_spec, class) {
+                Ok(r) => r,
+                Err(e) => {
+                    diag.error(
+                        reply_span.clone().unwrap_or(0..0),
+                        format!("invalid reply: {e}"),
+                    );
+                    Reply::default_reject()
+                }
+            };
         let outcome = match action_name {
             "accept" => Outcome::Accept,
             "reject" => Outcome::Reject(reply_for(ReplyClass::Permanent, &mut self.diag)),
@@ -957,17 +1061,24 @@ impl Compiler<'_, '_> {
         if let Some(span) = reply_span.clone()
             && !matches!(outcome, Outcome::Reject(_) | Outcome::Tempfail(_))
         {
-            self.diag.error(span, "`reply` only goes with action \"reject\" or \"tempfail\"");
+            self.diag.error(
+                span,
+                "`reply` only goes with action \"reject\" or \"tempfail\"",
+            );
         }
         if let Some(r) = &block.reason
             && !matches!(outcome, Outcome::Quarantine(_))
         {
-            self.diag.error(r.span(), "`reason` only goes with action \"quarantine\"");
+            self.diag
+                .error(r.span(), "`reason` only goes with action \"quarantine\"");
         }
         let delivers = matches!(outcome, Outcome::Accept | Outcome::Quarantine(_));
         let redirect = block.redirect.as_ref().and_then(|r| {
             if !delivers {
-                self.diag.error(r.span(), format!("`redirect` cannot go with action \"{action_name}\""));
+                self.diag.error(
+                    r.span(),
+                    format!("`redirect` cannot go with action \"{action_name}\""),
+                );
             }
             self.delivery_address(r)
         });
@@ -977,7 +1088,10 @@ impl Compiler<'_, '_> {
             .flat_map(|l| l.get_ref())
             .filter_map(|c| {
                 if !delivers {
-                    self.diag.error(c.span(), format!("`copy` cannot go with action \"{action_name}\""));
+                    self.diag.error(
+                        c.span(),
+                        format!("`copy` cannot go with action \"{action_name}\""),
+                    );
                 }
                 self.delivery_address(c)
             })
@@ -999,7 +1113,10 @@ impl Compiler<'_, '_> {
         match Address::parse_config(s.get_ref()) {
             Ok(a) if a.domain().is_some() => Some(a),
             Ok(_) => {
-                self.diag.error(s.span(), format!("\"{}\" needs a domain: write user@example.org", s.get_ref()));
+                self.diag.error(
+                    s.span(),
+                    format!("\"{}\" needs a domain: write user@example.org", s.get_ref()),
+                );
                 None
             }
             Err(e) => {
@@ -1010,7 +1127,11 @@ impl Compiler<'_, '_> {
     }
 }
 
-fn reply_option(options: &mut Options<'_, '_>, key: &'static str, class: ReplyClass) -> Option<Reply> {
+fn reply_option(
+    options: &mut Options<'_, '_>,
+    key: &'static str,
+    class: ReplyClass,
+) -> Option<Reply> {
     let v = options.value(key)?;
     let spec: RawReply = match v.get_ref().clone().try_into() {
         Ok(spec) => spec,
@@ -1046,7 +1167,11 @@ fn describe_selectors(block: &RawBlock, what: &str) -> String {
         parts.extend(u.get_ref().iter().map(|s| format!("user:{}", s.get_ref())));
     }
     if let Some(d) = &block.daemon_names {
-        parts.extend(d.get_ref().iter().map(|s| format!("daemon:{}", s.get_ref())));
+        parts.extend(
+            d.get_ref()
+                .iter()
+                .map(|s| format!("daemon:{}", s.get_ref())),
+        );
     }
     let mut shown = parts.iter().take(3).cloned().collect::<Vec<_>>().join(" ");
     if parts.len() > 3 {

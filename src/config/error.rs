@@ -119,7 +119,10 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 }
 
 /// The closest of `candidates` to `word`, for "did you mean" hints.
-pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))
@@ -159,7 +162,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("tiemout", ["timeout", "kind"]), Some("timeout"));
+        assert_eq!(
+            did_you_mean("tiemout", ["timeout", "kind"]),
+            Some("timeout")
+        );
         assert_eq!(did_you_mean("zzz", ["timeout", "kind"]), None);
     }
 }

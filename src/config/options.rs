@@ -167,7 +167,11 @@ impl<'d, 'a> Options<'d, 'a> {
             Err(e) => {
                 let detail = e.to_string();
                 let detail = detail.lines().last().unwrap_or_default().trim().to_string();
-                let msg = format!("invalid regex \"{}\" in {}: {detail}", v.get_ref(), self.what);
+                let msg = format!(
+                    "invalid regex \"{}\" in {}: {detail}",
+                    v.get_ref(),
+                    self.what
+                );
                 self.diag.error(v.span(), msg);
                 None
             }

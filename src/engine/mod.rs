@@ -1,1 +1,1025 @@
-//! engine
+//! The policy engine: one [`Session`] per SMTP connection, fed plain data
+//! stage by stage, answering with replies at each stage and, at end of
+//! message, a decision and one ordered list of edits. It knows nothing of the
+//! milter protocol; the daemon and the offline `test` command both drive it.
+//!
+//! Checks start as soon as their inputs exist (connect, HELO, MAIL, RCPT,
+//! end of message) and are awaited where the policy needs their answer, so
+//! slow I/O overlaps the SMTP dialogue. Modifiers run in config order.
+
+pub mod report;
+pub mod runner;
+pub mod verdict;
+
+use crate::address::Address;
+use crate::checks::CheckInput;
+use crate::edits::{Edit, EditList};
+use crate::message::{AuthInfo, ConnectionFacts, Envelope, Header, Message, TlsInfo};
+use crate::modifiers::MessageContext;
+use crate::policy::{
+    Action, Branch, CheckId, ErrorAction, MatchedBy, ModifierId, Outcome, Pipeline, Policy,
+    SourceFacts, SourceNode,
+};
+use crate::reply::Reply;
+use crate::stage::Stage;
+pub use report::{CheckReport, MessageReport, RecipientReport};
+use runner::{Runner, Scope};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+pub use verdict::{Decision, Verdict};
+
+/// The answer to a stage before end of message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum StageReply {
+    Continue,
+    Reject(Reply),
+    Tempfail(Reply),
+}
+
+impl StageReply {
+    fn from_decision(d: &Decision) -> StageReply {
+        match d.verdict {
+            Verdict::Reject => {
+                StageReply::Reject(d.reply.clone().unwrap_or_else(Reply::default_reject))
+            }
+            Verdict::Tempfail => {
+                StageReply::Tempfail(d.reply.clone().unwrap_or_else(Reply::default_tempfail))
+            }
+            _ => StageReply::Continue,
+        }
+    }
+
+    pub fn is_continue(&self) -> bool {
+        matches!(self, StageReply::Continue)
+    }
+}
+
+/// The outcome of one message.
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageOutcome {
+    /// What the MTA is told. In dry-run mode always accept.
+    pub decision: Decision,
+    /// What the policy decided; differs from `decision` only in dry-run mode.
+    pub policy_decision: Decision,
+    /// The edits to send, in order; empty unless the message goes on.
+    pub edits: Vec<Edit>,
+    pub report: MessageReport,
+}
+
+/// The reply `split_transactions` gives to a recipient whose branch differs
+/// from the first accepted one: RFC 5321 §4.5.3.1.10 tells clients to send
+/// the rest in a new transaction.
+pub fn split_reply() -> Reply {
+    Reply::fixed(
+        452,
+        "4.5.3",
+        "Too many recipients for one policy, send this one in a new transaction",
+    )
+}
+
+const DRY_RUN_HEADER: &str = "X-Dispatch-Dry-Run";
+
+struct RecipientState {
+    /// As the MTA gave it at RCPT TO: DELRCPT must name it this way.
+    original: Address,
+    /// After rewrites, each with the branch it was dispatched to.
+    targets: Vec<Target>,
+    /// Dry-run only: what the recipient would have been told.
+    would_refuse: Option<StageReply>,
+}
+
+struct Target {
+    address: Address,
+    branch: Arc<Branch>,
+    matched_by: MatchedBy,
+}
+
+struct MessageState {
+    original_sender: Address,
+    sender: Address,
+    mail_args: Vec<String>,
+    source: Arc<SourceNode>,
+    recipients: Vec<RecipientState>,
+    /// Branch signature of the first accepted recipient (split_transactions).
+    first_signature: Option<Vec<usize>>,
+    headers: Vec<Header>,
+    body: Vec<u8>,
+    body_truncated: bool,
+    size: u64,
+    report: MessageReport,
+}
+
+pub struct Session {
+    policy: Arc<Policy>,
+    pipeline: usize,
+    facts: ConnectionFacts,
+    runner: Runner,
+    message: Option<MessageState>,
+    queue_id: Option<String>,
+}
+
+impl Session {
+    /// A session on `policy.pipelines[pipeline]`. The policy is kept for the
+    /// whole session: a reload changes nothing for connections already open.
+    pub fn new(policy: Arc<Policy>, pipeline: usize, facts: ConnectionFacts) -> Session {
+        let runner = Runner::new(policy.checks.len());
+        Session {
+            policy,
+            pipeline,
+            facts,
+            runner,
+            message: None,
+            queue_id: None,
+        }
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.policy.pipelines[self.pipeline]
+    }
+
+    pub fn facts(&self) -> &ConnectionFacts {
+        &self.facts
+    }
+
+    /// The largest number of checks this session had running at once.
+    pub fn checks_in_flight_peak(&self) -> usize {
+        self.runner.in_flight_peak()
+    }
+
+    pub fn set_queue_id(&mut self, queue_id: Option<&str>) {
+        if let Some(q) = queue_id.filter(|q| !q.is_empty()) {
+            self.queue_id = Some(q.to_string());
+        }
+    }
+
+    fn input(&self, stage: Stage) -> Arc<CheckInput> {
+        let envelope = self.message.as_ref().map(|m| self.envelope_of(m));
+        let message = match (&self.message, stage) {
+            (Some(m), Stage::Eom) => Some(Arc::new(Message {
+                headers: m.headers.clone(),
+                body: m.body.clone(),
+                body_truncated: m.body_truncated,
+                size: m.size,
+            })),
+            _ => None,
+        };
+        Arc::new(CheckInput {
+            stage,
+            connection: self.facts.clone(),
+            envelope,
+            message,
+            queue_id: self.queue_id.clone(),
+        })
+    }
+
+    fn envelope_of(&self, m: &MessageState) -> Envelope {
+        Envelope {
+            sender: m.sender.clone(),
+            mail_args: m.mail_args.clone(),
+            recipients: m
+                .recipients
+                .iter()
+                .flat_map(|r| r.targets.iter().map(|t| t.address.clone()))
+                .collect(),
+        }
+    }
+
+    /// Start the checks among `ids` whose inputs exist at `stage`.
+    fn start_checks(&mut self, ids: &[CheckId], stage: Stage) {
+        let policy = self.policy.clone();
+        let mut input = None;
+        for &id in ids {
+            let instance = &policy.checks[id];
+            if instance.inputs <= stage && self.runner.is_idle(id) {
+                let input = input.get_or_insert_with(|| self.input(stage));
+                let scope = if instance.inputs <= Stage::Helo {
+                    Scope::Connection
+                } else {
+                    Scope::Message
+                };
+                self.runner.start(id, instance, input, scope);
+            }
+        }
+    }
+
+    /// What a finished check asks for, with the pipeline's error action
+    /// resolved.
+    fn resolve_action(&self, id: CheckId) -> Option<(Action, &crate::checks::CheckResult)> {
+        let finished = self.runner.finished(id)?;
+        let action = self.policy.checks[id].action_for(finished.result.status);
+        Some((action, &finished.result))
+    }
+
+    /// The refusal (reject or tempfail) the finished checks among `ids` ask
+    /// for; scores and quarantine wait for end of message.
+    fn refusal(&self, ids: &[CheckId]) -> Decision {
+        let mut decision = Decision::accept();
+        for &id in ids {
+            if let Some(d) = self.check_decision(id)
+                && d.verdict >= Verdict::Tempfail
+            {
+                decision.merge(d);
+            }
+        }
+        decision
+    }
+
+    /// What one finished check decides on its own (scores aside).
+    fn check_decision(&self, id: CheckId) -> Option<Decision> {
+        let (action, result) = self.resolve_action(id)?;
+        let instance = &self.policy.checks[id];
+        let reason = result
+            .reason
+            .clone()
+            .unwrap_or_else(|| result.status.to_string());
+        let described = format!("{}: {}", instance.name, reason);
+        let error_action = &self.pipeline().settings.error_action;
+        let (verdict, reply) = match action {
+            Action::Reject => (Verdict::Reject, Some(instance.reject_reply.clone())),
+            Action::Tempfail => (Verdict::Tempfail, Some(instance.tempfail_reply.clone())),
+            Action::Error => match error_action {
+                ErrorAction::Tempfail(r) => (Verdict::Tempfail, Some(r.clone())),
+                ErrorAction::Reject(r) => (Verdict::Reject, Some(r.clone())),
+            },
+            Action::Quarantine => (Verdict::Quarantine, None),
+            Action::Ignore | Action::Score(_) => return None,
+        };
+        Some(Decision {
+            verdict,
+            reply,
+            reason: Some(described),
+        })
+    }
+
+    /// Wait for `ids`, stopping early when one asks for a reject.
+    async fn await_checks(&mut self, ids: &[CheckId]) {
+        let policy = self.policy.clone();
+        let pipeline = self.pipeline;
+        self.runner
+            .wait_for(ids, |f| {
+                let action = policy.checks[f.id].action_for(f.result.status);
+                match action {
+                    Action::Reject => true,
+                    Action::Error => matches!(
+                        policy.pipelines[pipeline].settings.error_action,
+                        ErrorAction::Reject(_)
+                    ),
+                    _ => false,
+                }
+            })
+            .await;
+    }
+
+    fn record_checks(&mut self, ids: &[CheckId], stage: Stage) {
+        let reports: Vec<CheckReport> = ids
+            .iter()
+            .filter_map(|&id| {
+                let finished = self.runner.finished(id)?;
+                let instance = &self.policy.checks[id];
+                Some(CheckReport::finished(instance, finished, stage))
+            })
+            .collect();
+        if let Some(m) = &mut self.message {
+            for r in reports {
+                if !m.report.checks.iter().any(|c| c.name == r.name) {
+                    m.report.checks.push(r);
+                }
+            }
+        }
+    }
+
+    fn checks_deciding_by(&self, ids: &[CheckId], stage: Stage) -> Vec<CheckId> {
+        ids.iter()
+            .copied()
+            .filter(|&id| self.policy.checks[id].decides <= stage)
+            .collect()
+    }
+
+    /// Connection opened: start the checks whose inputs are the client's
+    /// address and name, and decide on those the policy needs now.
+    pub async fn connect(&mut self) -> StageReply {
+        let all = self.pipeline().all_checks.clone();
+        self.start_checks(&all, Stage::Connect);
+        let global = self.checks_deciding_by(&self.pipeline().checks.clone(), Stage::Connect);
+        self.await_checks(&global).await;
+        self.stage_reply(&global)
+    }
+
+    /// HELO or EHLO. A second EHLO (after STARTTLS) restarts the HELO-stage
+    /// checks, since what they look at has changed.
+    pub async fn helo(&mut self, helo: &str, tls: Option<TlsInfo>) -> StageReply {
+        self.facts.helo = Some(helo.to_string());
+        if tls.is_some() {
+            self.facts.tls = tls;
+        }
+        let policy = self.policy.clone();
+        let input = self.input(Stage::Helo);
+        for &id in &self.pipeline().all_checks.clone() {
+            let instance = &policy.checks[id];
+            if instance.inputs == Stage::Helo {
+                self.runner.restart(id, instance, &input, Scope::Connection);
+            } else if instance.inputs < Stage::Helo && self.runner.is_idle(id) {
+                self.runner.start(id, instance, &input, Scope::Connection);
+            }
+        }
+        let global = self.checks_deciding_by(&self.pipeline().checks.clone(), Stage::Helo);
+        self.await_checks(&global).await;
+        self.stage_reply(&global)
+    }
+
+    /// Record the TLS facts when they arrive apart from HELO (for example
+    /// with MAIL FROM macros).
+    pub fn set_tls(&mut self, tls: Option<TlsInfo>) {
+        if tls.is_some() {
+            self.facts.tls = tls;
+        }
+    }
+
+    fn stage_reply(&self, ids: &[CheckId]) -> StageReply {
+        let d = self.refusal(ids);
+        if self.pipeline().settings.dry_run {
+            return StageReply::Continue;
+        }
+        StageReply::from_decision(&d)
+    }
+
+    /// MAIL FROM: a new message. Global sender rewrites run first, then the
+    /// source is chosen, then the source's sender rewrites run.
+    pub async fn mail(
+        &mut self,
+        sender: &str,
+        args: &[String],
+        auth: Option<AuthInfo>,
+    ) -> StageReply {
+        self.abort();
+        if auth.is_some() {
+            self.facts.auth = auth;
+        }
+        let policy = self.policy.clone();
+        let pipeline = &policy.pipelines[self.pipeline];
+        let original_sender = Address::parse(sender);
+
+        let rewritten = rewrite_sender(&policy, &pipeline.modifiers, &original_sender);
+        let mut sender = match rewritten {
+            Ok(s) => s,
+            Err(e) => return self.internal_error("mail", &e),
+        };
+        let facts = SourceFacts {
+            auth_user: self.facts.auth.as_ref().map(|a| a.user.as_str()),
+            client_ip: self.facts.client_ip,
+            daemon_name: self.facts.daemon_name.as_deref(),
+            sender: &sender,
+        };
+        let (source, source_matched) = pipeline.sources.select(&facts);
+        let source = source.clone();
+        sender = match rewrite_sender(&policy, &source.modifiers, &sender) {
+            Ok(s) => s,
+            Err(e) => return self.internal_error("mail", &e),
+        };
+
+        self.message = Some(MessageState {
+            report: MessageReport::new(
+                &pipeline.name,
+                &original_sender,
+                &sender,
+                &source.label,
+                source_matched,
+            ),
+            original_sender,
+            sender,
+            mail_args: args.to_vec(),
+            source: source.clone(),
+            recipients: Vec::new(),
+            first_signature: None,
+            headers: Vec::new(),
+            body: Vec::new(),
+            body_truncated: false,
+            size: 0,
+        });
+
+        self.start_checks(&source.checks, Stage::Mail);
+        let now = self.checks_deciding_by(&source.checks, Stage::Mail);
+        self.await_checks(&now).await;
+        self.record_checks(&now, Stage::Mail);
+        let reply = self.stage_reply(&now);
+        if !reply.is_continue() {
+            self.runner.cancel_running();
+            if let Some(m) = &mut self.message {
+                m.report.mail_reply = Some(reply.clone());
+            }
+            self.finish_report_only();
+        }
+        reply
+    }
+
+    fn internal_error(&mut self, stage: &str, error: &str) -> StageReply {
+        tracing::error!(stage, error, queue_id = ?self.queue_id, pipeline = %self.pipeline().name, "modifier failed; applying the error action");
+        match &self.pipeline().settings.error_action {
+            ErrorAction::Tempfail(r) => StageReply::Tempfail(r.clone()),
+            ErrorAction::Reject(r) => StageReply::Reject(r.clone()),
+        }
+    }
+
+    /// RCPT TO: rewrite, dispatch, run what decides at RCPT, and answer for
+    /// this recipient only.
+    pub async fn rcpt(&mut self, recipient: &str, _args: &[String]) -> StageReply {
+        let Some(message) = &self.message else {
+            tracing::error!(
+                recipient,
+                "RCPT without MAIL; answering with the error action"
+            );
+            return self.internal_error("rcpt", "RCPT TO before MAIL FROM");
+        };
+        let policy = self.policy.clone();
+        let pipeline = &policy.pipelines[self.pipeline];
+        let source = message.source.clone();
+        let original = Address::parse(recipient);
+
+        let targets = match dispatch_recipient(&policy, pipeline, &source, &original) {
+            Ok(t) => t,
+            Err(e) => {
+                let reply = self.internal_error("rcpt", &e);
+                self.note_recipient(&original, None, &reply, "error");
+                return reply;
+            }
+        };
+
+        // The branch outcome first: it needs no check.
+        let mut decision = Decision::accept();
+        for t in &targets {
+            let d = match &t.branch.outcome {
+                Outcome::Reject(r) => Decision {
+                    verdict: Verdict::Reject,
+                    reply: Some(r.clone()),
+                    reason: Some(t.branch.label.clone()),
+                },
+                Outcome::Tempfail(r) => Decision {
+                    verdict: Verdict::Tempfail,
+                    reply: Some(r.clone()),
+                    reason: Some(t.branch.label.clone()),
+                },
+                _ => continue,
+            };
+            decision.merge(d);
+        }
+
+        let mut checks: Vec<CheckId> = Vec::new();
+        for t in &targets {
+            for id in &t.branch.checks {
+                if !checks.contains(id) {
+                    checks.push(*id);
+                }
+            }
+        }
+        checks.sort_unstable();
+        if decision.verdict < Verdict::Tempfail {
+            self.start_checks(&checks, Stage::Rcpt);
+            let now = self.checks_deciding_by(&checks, Stage::Rcpt);
+            self.await_checks(&now).await;
+            self.record_checks(&now, Stage::Rcpt);
+            decision.merge(self.refusal(&now));
+        }
+
+        let mut reply = StageReply::from_decision(&decision);
+        let settings = &pipeline.settings;
+        if reply.is_continue() && settings.split_transactions {
+            let signature = branch_signature(pipeline, &source, &targets);
+            if let Some(message) = self.message.as_mut() {
+                match &message.first_signature {
+                    None => message.first_signature = Some(signature),
+                    Some(first) if *first != signature => {
+                        reply = StageReply::Tempfail(split_reply())
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let outcome = match &reply {
+            StageReply::Continue => "accept",
+            StageReply::Reject(_) => "reject",
+            StageReply::Tempfail(r) if *r == split_reply() => "split",
+            StageReply::Tempfail(_) => "tempfail",
+        };
+        self.note_recipient_targets(&original, &targets, &reply, outcome);
+
+        let refused = !reply.is_continue();
+        let (kept, answer) = match (refused, settings.dry_run) {
+            (false, _) => (Some(None), reply),
+            (true, true) => (Some(Some(reply)), StageReply::Continue),
+            (true, false) => (None, reply),
+        };
+        if let (Some(would_refuse), Some(message)) = (kept, self.message.as_mut()) {
+            message.recipients.push(RecipientState {
+                original,
+                targets,
+                would_refuse,
+            });
+        }
+        answer
+    }
+
+    fn note_recipient(
+        &mut self,
+        original: &Address,
+        branch: Option<String>,
+        reply: &StageReply,
+        outcome: &str,
+    ) {
+        if let Some(m) = &mut self.message {
+            m.report.recipients.push(RecipientReport::new(
+                original,
+                branch,
+                None,
+                reply,
+                outcome,
+                Vec::new(),
+            ));
+        }
+    }
+
+    fn note_recipient_targets(
+        &mut self,
+        original: &Address,
+        targets: &[Target],
+        reply: &StageReply,
+        outcome: &str,
+    ) {
+        let delivered: Vec<String> = targets.iter().map(|t| t.address.to_string()).collect();
+        let mut labels: Vec<&str> = Vec::new();
+        for t in targets {
+            if !labels.contains(&t.branch.label.as_str()) {
+                labels.push(&t.branch.label);
+            }
+        }
+        let branch = (!labels.is_empty()).then(|| labels.join(", "));
+        let matched = targets.first().map(|t| t.matched_by);
+        if let Some(m) = &mut self.message {
+            let mut r = RecipientReport::new(original, branch, matched, reply, outcome, delivered);
+            r.copies = targets
+                .iter()
+                .flat_map(|t| t.branch.copy.iter().map(|c| c.to_string()))
+                .collect();
+            m.report.recipients.push(r);
+        }
+    }
+
+    /// One header as received (value without the leading space).
+    pub fn header(&mut self, name: &str, value: &str) {
+        if let Some(m) = &mut self.message {
+            m.size += (name.len() + value.len() + 4) as u64;
+            m.headers.push(Header {
+                name: name.to_string(),
+                value: value.to_string(),
+            });
+        }
+    }
+
+    /// A piece of the body. Only the pipeline's `max_body_size` is kept.
+    pub fn body(&mut self, chunk: &[u8]) {
+        let limit = self.pipeline().settings.max_body_size;
+        if let Some(m) = &mut self.message {
+            m.size += chunk.len() as u64;
+            let room = limit.saturating_sub(m.body.len() as u64) as usize;
+            if chunk.len() > room {
+                m.body_truncated = true;
+            }
+            m.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+    }
+
+    /// The message was aborted (RSET, or the client went away): cancel its
+    /// checks and forget it. Connection-level results stay.
+    pub fn abort(&mut self) {
+        self.message = None;
+        self.runner.end_message();
+    }
+
+    fn finish_report_only(&mut self) {
+        self.message = None;
+        self.runner.end_message();
+    }
+
+    /// End of message: run what is left, decide, and build the edits.
+    pub async fn eom(&mut self) -> MessageOutcome {
+        let Some(message) = &self.message else {
+            tracing::error!("end of message without a message; applying the error action");
+            let d = self.error_decision("end of message without MAIL FROM");
+            return MessageOutcome {
+                decision: d.clone(),
+                policy_decision: d,
+                edits: Vec::new(),
+                report: MessageReport::new(
+                    &self.pipeline().name,
+                    &Address::Null,
+                    &Address::Null,
+                    "",
+                    MatchedBy::Default,
+                ),
+            };
+        };
+        let policy = self.policy.clone();
+        let pipeline = &policy.pipelines[self.pipeline];
+
+        let mut checks: Vec<CheckId> = message.source.checks.clone();
+        for r in &message.recipients {
+            for t in &r.targets {
+                for id in &t.branch.checks {
+                    if !checks.contains(id) {
+                        checks.push(*id);
+                    }
+                }
+            }
+        }
+        checks.sort_unstable();
+        self.start_checks(&checks, Stage::Eom);
+        self.await_checks(&checks).await;
+        let cancelled = self.runner.cancel_running();
+        self.record_checks(&checks, Stage::Eom);
+
+        let mut decision = Decision::accept();
+        let mut score = 0.0;
+        for &id in &checks {
+            if let Some(d) = self.check_decision(id) {
+                decision.merge(d);
+            }
+            if let Some((Action::Score(n), result)) = self.resolve_action(id) {
+                score += n.or(result.score).unwrap_or(0.0);
+            }
+        }
+        let settings = &pipeline.settings;
+        if let Some(limit) = settings.reject_score
+            && score >= limit
+        {
+            decision.merge(Decision {
+                verdict: Verdict::Reject,
+                reply: Some(Reply::default_reject().with_text(&format!(
+                    "Message rejected by policy (score {score} reaches {limit})"
+                ))),
+                reason: Some(format!("score {score} reaches reject_score {limit}")),
+            });
+        } else if let Some(limit) = settings.quarantine_score
+            && score >= limit
+        {
+            decision.merge(Decision {
+                verdict: Verdict::Quarantine,
+                reply: None,
+                reason: Some(format!("score {score} reaches quarantine_score {limit}")),
+            });
+        }
+
+        let Some(message) = self.message.as_ref() else {
+            let d = self.error_decision("message state lost");
+            return MessageOutcome {
+                decision: d.clone(),
+                policy_decision: d,
+                edits: Vec::new(),
+                report: MessageReport::new(
+                    &pipeline.name,
+                    &Address::Null,
+                    &Address::Null,
+                    "",
+                    MatchedBy::Default,
+                ),
+            };
+        };
+        let all_discard = !message.recipients.is_empty()
+            && message.recipients.iter().all(|r| {
+                r.targets
+                    .iter()
+                    .all(|t| t.branch.outcome == Outcome::Discard)
+            });
+        for r in &message.recipients {
+            if let Some(refusal) = &r.would_refuse {
+                let (verdict, reply) = match refusal {
+                    StageReply::Reject(reply) => (Verdict::Reject, reply.clone()),
+                    StageReply::Tempfail(reply) => (Verdict::Tempfail, reply.clone()),
+                    StageReply::Continue => continue,
+                };
+                decision.merge(Decision {
+                    verdict,
+                    reply: Some(reply),
+                    reason: Some(format!("recipient {}", r.original)),
+                });
+            }
+            for t in &r.targets {
+                if let Outcome::Quarantine(reason) = &t.branch.outcome {
+                    decision.merge(Decision {
+                        verdict: Verdict::Quarantine,
+                        reply: None,
+                        reason: Some(reason.clone()),
+                    });
+                }
+            }
+        }
+        if all_discard {
+            decision.merge(Decision {
+                verdict: Verdict::Discard,
+                reply: None,
+                reason: Some("discard".to_string()),
+            });
+        }
+        if decision.verdict == Verdict::Quarantine && decision.reason.is_none() {
+            decision.reason = Some("quarantined by policy".to_string());
+        }
+
+        let edits = if matches!(decision.verdict, Verdict::Accept | Verdict::Quarantine)
+            || settings.dry_run
+        {
+            match self.build_edits(pipeline, &decision) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, queue_id = ?self.queue_id, "building the edits failed; no edit is sent and the error action applies");
+                    decision = self.error_decision(&e);
+                    EditList::new()
+                }
+            }
+        } else {
+            EditList::new()
+        };
+
+        let policy_decision = decision.clone();
+        let (decision, edits) = if settings.dry_run {
+            let mut kept = edits;
+            kept.retain(|e| !e.changes_delivery() && !is_quarantine_header(e, settings));
+            if policy_decision.verdict != Verdict::Accept {
+                let what = match &policy_decision.reason {
+                    Some(r) => format!("would {}: {r}", policy_decision.verdict),
+                    None => format!("would {}", policy_decision.verdict),
+                };
+                // The header text is built from check reasons: add_header sanitises it.
+                if kept.add_header(DRY_RUN_HEADER, &what).is_err() {
+                    tracing::error!("dry-run header rejected");
+                }
+            }
+            (Decision::accept(), kept)
+        } else {
+            (decision, edits)
+        };
+
+        let mut report = match self.message.take() {
+            Some(m) => m.report,
+            None => MessageReport::new(
+                &pipeline.name,
+                &Address::Null,
+                &Address::Null,
+                "",
+                MatchedBy::Default,
+            ),
+        };
+        for id in cancelled {
+            report
+                .checks
+                .push(CheckReport::cancelled(&policy.checks[id]));
+        }
+        report.checks.sort_by_key(|c| c.order);
+        report.score = score;
+        report.queue_id = self.queue_id.clone();
+        self.runner.end_message();
+        MessageOutcome {
+            decision,
+            policy_decision,
+            edits: edits.into_vec(),
+            report,
+        }
+    }
+
+    fn error_decision(&self, why: &str) -> Decision {
+        let (verdict, reply) = match &self.pipeline().settings.error_action {
+            ErrorAction::Tempfail(r) => (Verdict::Tempfail, r.clone()),
+            ErrorAction::Reject(r) => (Verdict::Reject, r.clone()),
+        };
+        Decision {
+            verdict,
+            reply: Some(reply),
+            reason: Some(why.to_string()),
+        }
+    }
+
+    /// The edit list: sender, recipients, header modifiers, quarantine. Any
+    /// failure returns an error and no edit at all is sent.
+    fn build_edits(&self, pipeline: &Pipeline, decision: &Decision) -> Result<EditList, String> {
+        let message = self.message.as_ref().ok_or("no message")?;
+        let mut edits = EditList::new();
+
+        if message.sender.original() != message.original_sender.original() {
+            edits.push(Edit::ChangeSender {
+                address: message.sender.original().to_string(),
+                args: None,
+            });
+        }
+
+        let all_discard = message.recipients.iter().all(|r| {
+            r.targets
+                .iter()
+                .all(|t| t.branch.outcome == Outcome::Discard)
+        });
+        // Recipients that stay as they are: never add them a second time.
+        let mut present: HashSet<String> = message
+            .recipients
+            .iter()
+            .filter(|r| r.unchanged())
+            .map(|r| r.original.key())
+            .collect();
+        for r in &message.recipients {
+            let delivered: Vec<&Target> = r
+                .targets
+                .iter()
+                .filter(|t| all_discard || t.branch.outcome != Outcome::Discard)
+                .collect();
+            if !r.unchanged() || delivered.len() != r.targets.len() {
+                edits.push(Edit::DeleteRecipient {
+                    address: r.original.original().to_string(),
+                });
+                for t in &delivered {
+                    if present.insert(t.address.key()) {
+                        edits.push(Edit::AddRecipient {
+                            address: t.address.original().to_string(),
+                            args: None,
+                        });
+                    }
+                }
+            }
+            for t in &delivered {
+                for copy in &t.branch.copy {
+                    if present.insert(copy.key()) {
+                        edits.push(Edit::AddRecipient {
+                            address: copy.original().to_string(),
+                            args: None,
+                        });
+                    }
+                }
+            }
+        }
+
+        let envelope = self.envelope_of(message);
+        let body = Message {
+            headers: message.headers.clone(),
+            body: Vec::new(),
+            body_truncated: message.body_truncated,
+            size: message.size,
+        };
+        let ctx = MessageContext {
+            connection: &self.facts,
+            envelope: &envelope,
+            message: &body,
+            queue_id: self.queue_id.as_deref(),
+            pipeline: &pipeline.name,
+        };
+        for id in eom_modifiers(pipeline, message) {
+            let instance = &self.policy.modifiers[id];
+            instance
+                .modifier
+                .edit_message(&ctx, &mut edits)
+                .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?;
+        }
+
+        if decision.verdict == Verdict::Quarantine {
+            let reason = decision.reason.clone().unwrap_or_default();
+            edits.add_header(&pipeline.settings.quarantine_header, &reason)?;
+            edits.push(Edit::Quarantine {
+                reason: crate::edits::sanitize_value(&reason),
+            });
+        }
+        Ok(edits)
+    }
+}
+
+fn is_quarantine_header(e: &Edit, settings: &crate::policy::PipelineSettings) -> bool {
+    matches!(e, Edit::AddHeader { name, .. } if *name == settings.quarantine_header)
+}
+
+impl RecipientState {
+    fn unchanged(&self) -> bool {
+        matches!(self.targets.as_slice(), [t] if t.address.original() == self.original.original())
+    }
+}
+
+/// Global, source, then each branch's modifiers in the order the branches
+/// were first seen; each modifier once.
+fn eom_modifiers(pipeline: &Pipeline, message: &MessageState) -> Vec<ModifierId> {
+    let mut ids: Vec<ModifierId> = Vec::new();
+    let mut push = |list: &[ModifierId]| {
+        for id in list {
+            if !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+    };
+    push(&pipeline.modifiers);
+    push(&message.source.modifiers);
+    let mut seen = Vec::new();
+    for r in &message.recipients {
+        for t in &r.targets {
+            if !seen.contains(&t.branch.id) {
+                seen.push(t.branch.id);
+                push(&t.branch.modifiers);
+            }
+        }
+    }
+    ids
+}
+
+fn rewrite_sender(
+    policy: &Policy,
+    modifiers: &[ModifierId],
+    sender: &Address,
+) -> Result<Address, String> {
+    let mut current = sender.clone();
+    for &id in modifiers {
+        let instance = &policy.modifiers[id];
+        if let Some(new) = instance
+            .modifier
+            .rewrite_sender(&current)
+            .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
+        {
+            current = new;
+        }
+    }
+    Ok(current)
+}
+
+fn rewrite_recipients(
+    policy: &Policy,
+    modifiers: &[ModifierId],
+    addresses: Vec<Address>,
+) -> Result<Vec<Address>, String> {
+    let mut current = addresses;
+    for &id in modifiers {
+        let instance = &policy.modifiers[id];
+        let mut next = Vec::with_capacity(current.len());
+        for a in current {
+            match instance
+                .modifier
+                .rewrite_recipient(&a)
+                .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
+            {
+                Some(replaced) => next.extend(replaced),
+                None => next.push(a),
+            }
+        }
+        current = next;
+    }
+    let mut seen = HashSet::new();
+    current.retain(|a| seen.insert(a.key()));
+    Ok(current)
+}
+
+/// Global and source rewrites, dispatch of each result, then the
+/// destination's own rewrites and its redirect.
+fn dispatch_recipient(
+    policy: &Policy,
+    pipeline: &Pipeline,
+    source: &SourceNode,
+    original: &Address,
+) -> Result<Vec<Target>, String> {
+    let rewritten = rewrite_recipients(policy, &pipeline.modifiers, vec![original.clone()])?;
+    let rewritten = rewrite_recipients(policy, &source.modifiers, rewritten)?;
+    let mut targets = Vec::new();
+    for address in rewritten {
+        let (branch, matched_by) = source.destinations.select(&address);
+        let finals = match &branch.redirect {
+            Some(r) => vec![r.clone()],
+            None => rewrite_recipients(policy, &branch.modifiers, vec![address])?,
+        };
+        for a in finals {
+            targets.push(Target {
+                address: a,
+                branch: branch.clone(),
+                matched_by,
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// What a recipient's branch does to the whole message: the checks it runs,
+/// the modifiers it applies and a quarantine. Recipients with the same
+/// signature can share a transaction.
+fn branch_signature(pipeline: &Pipeline, source: &SourceNode, targets: &[Target]) -> Vec<usize> {
+    let mut sig: Vec<usize> = Vec::new();
+    let mut checks: Vec<usize> = targets
+        .iter()
+        .flat_map(|t| t.branch.checks.iter().copied())
+        .collect();
+    checks.sort_unstable();
+    checks.dedup();
+    sig.extend(checks);
+    sig.push(usize::MAX);
+    sig.extend(pipeline.modifiers.iter().copied());
+    sig.extend(source.modifiers.iter().copied());
+    let mut mods: Vec<usize> = targets
+        .iter()
+        .flat_map(|t| t.branch.modifiers.iter().copied())
+        .collect();
+    mods.dedup();
+    sig.extend(mods);
+    sig.push(usize::MAX);
+    for t in targets {
+        if matches!(t.branch.outcome, Outcome::Quarantine(_)) {
+            sig.push(t.branch.id);
+        }
+    }
+    sig
+}

@@ -1,18 +1,429 @@
-//! TODO: the `add_header` modifier.
+//! The `add_header` modifier: adds the header `name` (required) with the
+//! template `value` (required), at `position` "bottom" (default) or "top".
+//! Placeholders, filled in at end of message, absent values reading "unknown":
+//! {sender} {recipients} {client_ip} {client_name} {helo} {queue_id}
+//! {pipeline} {auth_user} {daemon_name}; `{{` and `}}` are literal braces.
 
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use crate::edits::{EditList, valid_header_name};
 use std::sync::Arc;
 
-pub struct AddHeaderModifier;
+/// What an absent value reads as, so the header always has the same shape.
+const UNKNOWN: &str = "unknown";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Sender,
+    Recipients,
+    ClientIp,
+    ClientName,
+    Helo,
+    QueueId,
+    Pipeline,
+    AuthUser,
+    DaemonName,
+}
+
+impl Field {
+    const ALL: [(&'static str, Field); 9] = [
+        ("sender", Field::Sender),
+        ("recipients", Field::Recipients),
+        ("client_ip", Field::ClientIp),
+        ("client_name", Field::ClientName),
+        ("helo", Field::Helo),
+        ("queue_id", Field::QueueId),
+        ("pipeline", Field::Pipeline),
+        ("auth_user", Field::AuthUser),
+        ("daemon_name", Field::DaemonName),
+    ];
+
+    fn from_name(name: &str) -> Option<Field> {
+        Field::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
+    }
+
+    fn value(self, ctx: &MessageContext<'_>) -> Option<String> {
+        let conn = ctx.connection;
+        let env = ctx.envelope;
+        match self {
+            // Display gives `<>` for the null sender, which is a real value.
+            Field::Sender => Some(env.sender.to_string()),
+            Field::Recipients => Some(
+                env.recipients
+                    .iter()
+                    .map(|r| r.original())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Field::ClientIp => conn.client_ip.map(|ip| ip.to_string()),
+            Field::ClientName => conn.client_name.clone(),
+            Field::Helo => conn.helo.clone(),
+            Field::QueueId => ctx.queue_id.map(str::to_string),
+            Field::Pipeline => Some(ctx.pipeline.to_string()),
+            Field::AuthUser => conn.auth.as_ref().map(|a| a.user.clone()),
+            Field::DaemonName => conn.daemon_name.clone(),
+        }
+        // An empty macro from the MTA says as little as a missing one.
+        .filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(Field),
+}
+
+/// Split a template into literal text and placeholders once, at build time,
+/// so a typo in a placeholder is a config error and not a surprise in mail.
+fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut literal = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        literal.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            literal.push_str(&tail[..1]);
+            rest = &tail[2..];
+            continue;
+        }
+        if tail.starts_with('}') {
+            return Err("has a \"}\" without \"{\": write }} for a literal brace".to_string());
+        }
+        let Some(end) = tail.find('}') else {
+            return Err("has a \"{\" without \"}\": write {{ for a literal brace".to_string());
+        };
+        let name = &tail[1..end];
+        let Some(field) = Field::from_name(name) else {
+            let known: Vec<String> = Field::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+            return Err(format!(
+                "has an unknown placeholder \"{{{}}}\": use one of {}, or {{{{ and }}}} for literal braces",
+                name.escape_debug(),
+                known.join(", ")
+            ));
+        };
+        if !literal.is_empty() {
+            parts.push(Part::Literal(std::mem::take(&mut literal)));
+        }
+        parts.push(Part::Field(field));
+        rest = &tail[end + 1..];
+    }
+    literal.push_str(rest);
+    if !literal.is_empty() {
+        parts.push(Part::Literal(literal));
+    }
+    Ok(parts)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Position {
+    Top,
+    Bottom,
+}
+
+pub struct AddHeaderModifier {
+    name: String,
+    template: Vec<Part>,
+    position: Position,
+}
 
 impl AddHeaderModifier {
-    pub fn build(_ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        Some(Arc::new(AddHeaderModifier))
+    pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
+        // Every key is read before any early return, so all mistakes in the
+        // block are reported in one pass.
+        let name = header_name_option(ctx);
+        let template = Self::template(ctx);
+        let position = Self::position(ctx);
+        Some(Arc::new(AddHeaderModifier {
+            name: name?,
+            template: template?,
+            position: position?,
+        }))
     }
+
+    fn template(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<Part>> {
+        let value = ctx.options.required_string("value")?;
+        // The MTA folds long headers itself; a line break written here would
+        // only be flattened by sanitising, so say so instead.
+        let problem = if value.get_ref().contains(['\r', '\n', '\0']) {
+            Err("must be a single line: the MTA folds long headers itself".to_string())
+        } else {
+            parse_template(value.get_ref())
+        };
+        match problem {
+            Ok(parts) => Some(parts),
+            Err(msg) => {
+                let msg = format!("`value` in {} {msg}", ctx.options.what());
+                ctx.options.error(value.span(), msg);
+                None
+            }
+        }
+    }
+
+    fn position(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Position> {
+        if ctx.options.value("position").is_none() {
+            return Some(Position::Bottom);
+        }
+        let position = ctx.options.string("position")?;
+        match position.get_ref().as_str() {
+            "bottom" => Some(Position::Bottom),
+            "top" => Some(Position::Top),
+            other => {
+                let msg = format!(
+                    "`position` in {} must be \"top\" or \"bottom\", found \"{}\"",
+                    ctx.options.what(),
+                    other.escape_debug()
+                );
+                ctx.options.error(position.span(), msg);
+                None
+            }
+        }
+    }
+
+    fn render(&self, ctx: &MessageContext<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.template {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Field(f) => out.push_str(f.value(ctx).as_deref().unwrap_or(UNKNOWN)),
+            }
+        }
+        out
+    }
+}
+
+/// The required `name` option, checked to be a valid header field name. Also
+/// used by `remove_header`.
+pub(crate) fn header_name_option(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<String> {
+    let name = ctx.options.required_string("name")?;
+    if !valid_header_name(name.get_ref()) {
+        let msg = format!(
+            "`name` in {} must be a header name such as \"X-Spam-Flag\" (printable ASCII without spaces or colons), found \"{}\"",
+            ctx.options.what(),
+            name.get_ref().escape_debug()
+        );
+        ctx.options.error(name.span(), msg);
+        return None;
+    }
+    Some(name.into_inner())
 }
 
 impl Modifier for AddHeaderModifier {
     fn effects(&self) -> Effects {
-        Effects::default()
+        Effects {
+            headers: true,
+            ..Effects::default()
+        }
+    }
+
+    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+        // EditList strips CR, LF and NUL from the value, so envelope data in
+        // a placeholder cannot start a header line of its own.
+        let value = self.render(ctx);
+        match self.position {
+            Position::Bottom => edits.add_header(&self.name, &value),
+            Position::Top => edits.insert_header(0, &self.name, &value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rewrite_sender::test_support::{build, has_error};
+    use super::*;
+    use crate::address::Address;
+    use crate::edits::Edit;
+    use crate::message::{AuthInfo, ConnectionFacts, Envelope, Message};
+    use crate::tables::TableSet;
+
+    fn modifier(src: &str) -> Arc<dyn Modifier> {
+        let (m, errors) = build(src, &TableSet::new(), AddHeaderModifier::build);
+        assert!(errors.is_empty(), "{errors:?}");
+        m.unwrap()
+    }
+
+    fn errors_of(src: &str) -> Vec<String> {
+        let (m, errors) = build(src, &TableSet::new(), AddHeaderModifier::build);
+        assert!(m.is_none(), "{src}");
+        errors
+    }
+
+    fn run(
+        m: &Arc<dyn Modifier>,
+        conn: &ConnectionFacts,
+        env: &Envelope,
+        queue_id: Option<&str>,
+    ) -> Vec<Edit> {
+        let message = Message::default();
+        let ctx = MessageContext {
+            connection: conn,
+            envelope: env,
+            message: &message,
+            queue_id,
+            pipeline: "inbound",
+        };
+        let mut edits = EditList::new();
+        m.edit_message(&ctx, &mut edits).unwrap();
+        edits.into_vec()
+    }
+
+    fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            sender: Address::parse(sender),
+            mail_args: vec![],
+            recipients: rcpts.iter().map(|r| Address::parse(r)).collect(),
+        }
+    }
+
+    #[test]
+    fn fills_every_placeholder() {
+        let m = modifier(
+            "name = 'X-Trace'\nvalue = '{sender} > {recipients} from {client_name} [{client_ip}] helo={helo} id={queue_id} p={pipeline} auth={auth_user} d={daemon_name}'",
+        );
+        assert_eq!(
+            m.effects(),
+            Effects {
+                headers: true,
+                ..Effects::default()
+            }
+        );
+        let conn = ConnectionFacts {
+            client_ip: Some("192.0.2.7".parse().unwrap()),
+            client_name: Some("mx.example.net".into()),
+            daemon_name: Some("smtpd".into()),
+            helo: Some("mx.example.net".into()),
+            tls: None,
+            auth: Some(AuthInfo {
+                user: "joe".into(),
+                mechanism: None,
+            }),
+        };
+        let env = envelope("<Joe@example.net>", &["<a@example.org>", "<B@example.org>"]);
+        assert_eq!(
+            run(&m, &conn, &env, Some("4XyZ")),
+            [Edit::AddHeader {
+                name: "X-Trace".into(),
+                value: "Joe@example.net > a@example.org, B@example.org from mx.example.net [192.0.2.7] helo=mx.example.net id=4XyZ p=inbound auth=joe d=smtpd".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn absent_values_read_unknown_and_braces_escape() {
+        let m = modifier(
+            "name = 'X-Info'\nvalue = '{{{helo}}} {auth_user} {queue_id} {client_ip} {sender} }}'",
+        );
+        let conn = ConnectionFacts {
+            helo: Some(String::new()),
+            ..ConnectionFacts::default()
+        };
+        let edits = run(&m, &conn, &envelope("<>", &[]), None);
+        assert_eq!(
+            edits,
+            [Edit::AddHeader {
+                name: "X-Info".into(),
+                value: "{unknown} unknown unknown unknown <> }".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn positions() {
+        let env = envelope("a@example.org", &["b@example.org"]);
+        let conn = ConnectionFacts::default();
+        let top = modifier("name = 'X-Top'\nvalue = 'v'\nposition = 'top'");
+        assert_eq!(
+            run(&top, &conn, &env, None),
+            [Edit::InsertHeader {
+                index: 0,
+                name: "X-Top".into(),
+                value: "v".into()
+            }]
+        );
+        let bottom = modifier("name = 'X-Bottom'\nvalue = 'v'\nposition = 'bottom'");
+        assert_eq!(
+            run(&bottom, &conn, &env, None),
+            [Edit::AddHeader {
+                name: "X-Bottom".into(),
+                value: "v".into()
+            }]
+        );
+        let default = modifier("name = 'X-Bottom'\nvalue = 'v'");
+        assert!(matches!(
+            run(&default, &conn, &env, None)[..],
+            [Edit::AddHeader { .. }]
+        ));
+    }
+
+    #[test]
+    fn envelope_data_cannot_inject_headers() {
+        let m = modifier("name = 'X-Sender'\nvalue = 'from {sender} to {recipients}'");
+        let env = envelope(
+            "<evil@example.org\r\nBcc: victim@example.org>",
+            &["<a@example.org\nX-Evil: 1>"],
+        );
+        let edits = run(&m, &ConnectionFacts::default(), &env, None);
+        let [Edit::AddHeader { value, .. }] = &edits[..] else {
+            panic!("unexpected {edits:?}");
+        };
+        assert!(!value.contains(['\r', '\n', '\0']), "{value:?}");
+        assert_eq!(
+            value,
+            "from evil@example.org Bcc: victim@example.org to a@example.org X-Evil: 1"
+        );
+    }
+
+    #[test]
+    fn template_errors() {
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = '{nope}'"),
+            "unknown placeholder \"{nope}\""
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = '{Sender}'"),
+            "unknown placeholder"
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = 'a {sender'"),
+            "without \"}\""
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = 'a } b'"),
+            "without \"{\""
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = \"a\\nb\""),
+            "single line"
+        ));
+        assert_eq!(
+            parse_template("a{sender}{helo}b").unwrap(),
+            [
+                Part::Literal("a".into()),
+                Part::Field(Field::Sender),
+                Part::Field(Field::Helo),
+                Part::Literal("b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn option_errors() {
+        assert!(has_error(&errors_of("value = 'v'"), "needs `name`"));
+        assert!(has_error(&errors_of("name = 'X'"), "needs `value`"));
+        assert!(has_error(
+            &errors_of("name = 'X Bad'\nvalue = 'v'"),
+            "must be a header name"
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X:'\nvalue = 'v'"),
+            "must be a header name"
+        ));
+        assert!(has_error(
+            &errors_of("name = 'X'\nvalue = 'v'\nposition = 'middle'"),
+            "\"top\" or \"bottom\""
+        ));
+        // All problems of a block at once.
+        let errors = errors_of("name = ''\nvalue = '{x}'\nposition = 1");
+        assert_eq!(errors.len(), 3, "{errors:?}");
     }
 }

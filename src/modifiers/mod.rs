@@ -63,9 +63,8 @@ pub struct ModifierBuildContext<'o, 'd, 'a> {
     pub tables: &'o TableSet,
 }
 
-pub type ModifierBuilder = Arc<
-    dyn Fn(&mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> + Send + Sync,
->;
+pub type ModifierBuilder =
+    Arc<dyn Fn(&mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> + Send + Sync>;
 
 /// The built-in modifier kinds, by `kind` name.
 pub fn builtin() -> Vec<(&'static str, ModifierBuilder)> {
@@ -74,7 +73,10 @@ pub fn builtin() -> Vec<(&'static str, ModifierBuilder)> {
             "rewrite_sender",
             Arc::new(rewrite_sender::RewriteSenderModifier::build),
         ),
-        ("rewrite_rcpt", Arc::new(rewrite_rcpt::RewriteRcptModifier::build)),
+        (
+            "rewrite_rcpt",
+            Arc::new(rewrite_rcpt::RewriteRcptModifier::build),
+        ),
         ("alias", Arc::new(alias::AliasModifier::build)),
         ("strip_plus", Arc::new(strip_plus::StripPlusModifier::build)),
         ("add_header", Arc::new(add_header::AddHeaderModifier::build)),

@@ -1,18 +1,222 @@
-//! TODO: the `strip_plus` modifier.
+//! The `strip_plus` modifier: drops the address extension, `user+tag@domain`
+//! becoming `user@domain`. `separator` (default "+") lists the separator
+//! characters, each one counting, like Postfix's `recipient_delimiter`;
+//! `sender` (default false) strips the envelope sender too.
 
 use super::{Effects, Modifier, ModifierBuildContext};
+use crate::address::Address;
 use std::sync::Arc;
 
-pub struct StripPlusModifier;
+pub struct StripPlusModifier {
+    separators: Vec<char>,
+    sender: bool,
+}
 
 impl StripPlusModifier {
-    pub fn build(_ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        Some(Arc::new(StripPlusModifier))
+    pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
+        // The typed accessors return `None` both for an absent key and for a
+        // wrongly typed one (already reported); only absence means default.
+        let separators = match ctx.options.value("separator") {
+            None => Some(vec!['+']),
+            Some(_) => Self::separators(ctx),
+        };
+        let sender = match ctx.options.value("sender") {
+            None => Some(false),
+            Some(_) => ctx.options.bool("sender"),
+        };
+        let (separators, sender) = (separators?, sender?);
+        Some(Arc::new(StripPlusModifier { separators, sender }))
+    }
+
+    fn separators(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<char>> {
+        let s = ctx.options.string("separator")?;
+        let chars: Vec<char> = s.get_ref().chars().collect();
+        // `@` would cut into the domain, a quote would unbalance quoting, and
+        // white space or control characters never occur in a plain local part.
+        let usable = !chars.is_empty()
+            && chars
+                .iter()
+                .all(|&c| c != '@' && c != '"' && !c.is_whitespace() && !c.is_control());
+        if !usable {
+            let msg = format!(
+                "`separator` in {} must be one or more characters such as \"+\" or \"+-\", without @, quotes or white space, found \"{}\"",
+                ctx.options.what(),
+                s.get_ref().escape_debug()
+            );
+            ctx.options.error(s.span(), msg);
+            return None;
+        }
+        Some(chars)
+    }
+
+    /// The address without its extension, or `None` when it has none.
+    fn strip(&self, address: &Address) -> Option<Address> {
+        let (local, domain) = match address {
+            Address::Null => return None,
+            Address::Local { original, .. } => (original.as_str(), None),
+            Address::Mailbox { original, .. } => {
+                let at = original.rfind('@')?;
+                (&original[..at], Some(&original[at + 1..]))
+            }
+        };
+        // A separator inside a quoted local part is quoted text, and cutting
+        // there would leave an unbalanced quote.
+        if local.starts_with('"') {
+            return None;
+        }
+        let cut = local.find(|c| self.separators.contains(&c))?;
+        // `+tag@domain` has no user to keep; leave such addresses alone.
+        if cut == 0 {
+            return None;
+        }
+        // Rebuilt from the original so the MTA sees the spelling it gave us.
+        let stripped = match domain {
+            Some(domain) => format!("{}@{domain}", &local[..cut]),
+            None => local[..cut].to_string(),
+        };
+        Some(Address::parse(&stripped))
     }
 }
 
 impl Modifier for StripPlusModifier {
     fn effects(&self) -> Effects {
-        Effects::default()
+        Effects {
+            sender: self.sender,
+            recipients: true,
+            headers: false,
+        }
+    }
+
+    fn rewrite_sender(&self, sender: &Address) -> Result<Option<Address>, String> {
+        if !self.sender {
+            return Ok(None);
+        }
+        Ok(self.strip(sender))
+    }
+
+    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+        Ok(self.strip(recipient).map(|a| vec![a]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rewrite_sender::test_support::{build, has_error};
+    use super::*;
+    use crate::tables::TableSet;
+
+    fn modifier(src: &str) -> Arc<dyn Modifier> {
+        let (m, errors) = build(src, &TableSet::new(), StripPlusModifier::build);
+        assert!(errors.is_empty(), "{errors:?}");
+        m.unwrap()
+    }
+
+    fn rcpt(m: &Arc<dyn Modifier>, a: &str) -> Option<String> {
+        m.rewrite_recipient(&Address::parse(a)).unwrap().map(|v| {
+            assert_eq!(v.len(), 1);
+            v[0].original().to_string()
+        })
+    }
+
+    #[test]
+    fn strips_at_the_first_separator_keeping_spelling() {
+        let m = modifier("");
+        assert_eq!(
+            rcpt(&m, "<User+Tag@Example.ORG>").as_deref(),
+            Some("User@Example.ORG")
+        );
+        assert_eq!(
+            rcpt(&m, "user+a+b@example.org").as_deref(),
+            Some("user@example.org")
+        );
+        assert_eq!(
+            rcpt(&m, "user+@example.org").as_deref(),
+            Some("user@example.org")
+        );
+        assert_eq!(rcpt(&m, "postmaster+x").as_deref(), Some("postmaster"));
+        let stripped = m
+            .rewrite_recipient(&Address::parse("User+x@Example.ORG"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(stripped[0].key(), "user@example.org");
+    }
+
+    #[test]
+    fn leaves_addresses_without_a_usable_extension() {
+        let m = modifier("");
+        assert_eq!(rcpt(&m, "user@example.org"), None);
+        assert_eq!(rcpt(&m, "+tag@example.org"), None);
+        assert_eq!(rcpt(&m, "user-tag@example.org"), None);
+        assert_eq!(rcpt(&m, "\"a+b\"@example.org"), None);
+        // A separator in the domain is not an extension.
+        assert_eq!(rcpt(&m, "user@a+b.example"), None);
+        assert_eq!(m.rewrite_recipient(&Address::Null).unwrap(), None);
+    }
+
+    #[test]
+    fn several_separator_characters() {
+        let m = modifier("separator = '+-'");
+        assert_eq!(
+            rcpt(&m, "user-tag@example.org").as_deref(),
+            Some("user@example.org")
+        );
+        assert_eq!(
+            rcpt(&m, "user-a+b@example.org").as_deref(),
+            Some("user@example.org")
+        );
+        assert_eq!(
+            rcpt(&m, "user+a-b@example.org").as_deref(),
+            Some("user@example.org")
+        );
+        let m = modifier("separator = '-'");
+        assert_eq!(rcpt(&m, "user+tag@example.org"), None);
+    }
+
+    #[test]
+    fn sender_only_when_enabled() {
+        let m = modifier("");
+        assert_eq!(
+            m.effects(),
+            Effects {
+                recipients: true,
+                ..Effects::default()
+            }
+        );
+        assert_eq!(
+            m.rewrite_sender(&Address::parse("a+b@example.org"))
+                .unwrap(),
+            None
+        );
+
+        let m = modifier("sender = true");
+        assert_eq!(
+            m.effects(),
+            Effects {
+                sender: true,
+                recipients: true,
+                headers: false
+            }
+        );
+        let s = m
+            .rewrite_sender(&Address::parse("a+b@example.org"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.original(), "a@example.org");
+        assert_eq!(m.rewrite_sender(&Address::Null).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_options() {
+        for src in [
+            "separator = ''",
+            "separator = '+@'",
+            "separator = '+ '",
+            "separator = 3",
+            "sender = 'yes'",
+        ] {
+            let (m, errors) = build(src, &TableSet::new(), StripPlusModifier::build);
+            assert!(has_error(&errors, "`se"), "{src}: {errors:?}");
+            assert!(m.is_none(), "{src}");
+        }
     }
 }

@@ -1,0 +1,43 @@
+//! `dispatch-milter check -c FILE`: load and compile the configuration and
+//! print a one-line summary, or every error with file, line and column.
+
+use crate::config;
+use crate::policy::Policy;
+use std::path::Path;
+
+/// A one-line description of a compiled policy.
+pub fn summary(policy: &Policy) -> String {
+    let pipelines: Vec<String> = policy
+        .pipelines
+        .iter()
+        .map(|p| format!("{} ({} branches)", p.name, p.branches.len()))
+        .collect();
+    format!(
+        "{}: ok: {} checks, {} modifiers, {} tables, pipelines: {}",
+        policy.file.display(),
+        policy.checks.len(),
+        policy.modifiers.len(),
+        policy.tables.len(),
+        pipelines.join(", ")
+    )
+}
+
+/// Run `check`; returns the process exit status.
+pub fn run(path: &Path) -> i32 {
+    match config::load(path) {
+        Ok(policy) => {
+            println!("{}", summary(&policy));
+            0
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            let n = errors.0.len();
+            eprintln!(
+                "{}: {n} error{} found; nothing was applied",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
+            super::EXIT_CONFIG
+        }
+    }
+}

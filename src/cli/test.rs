@@ -1,0 +1,405 @@
+//! `dispatch-milter test`: run the whole policy on one message offline, the
+//! way the daemon would stage by stage, and print what happened: each check
+//! with its result, action and time, the branch of each recipient, the
+//! replies, the verdict and the exact edits. `--json` prints one object.
+
+use crate::engine::{MessageReport, Session, StageReply, Verdict};
+use crate::message::{AuthInfo, ConnectionFacts, TlsInfo};
+use crate::policy::Policy;
+use crate::reply::Reply;
+use serde::Serialize;
+use serde_json::json;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Everything the command line says about the message.
+#[derive(Clone, Debug, Default)]
+pub struct TestInput {
+    pub pipeline: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub client_name: Option<String>,
+    pub helo: Option<String>,
+    pub from: String,
+    pub to: Vec<String>,
+    pub auth_user: Option<String>,
+    pub tls: bool,
+    pub daemon_name: Option<String>,
+    pub queue_id: Option<String>,
+    /// The message as read from the file: headers, a blank line, the body.
+    pub message: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageLine {
+    pub stage: String,
+    pub detail: String,
+    pub reply: StageReply,
+}
+
+/// What `test` found.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestOutcome {
+    pub pipeline: String,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// In dry-run mode: what the policy would have done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run_verdict: Option<Verdict>,
+    pub stages: Vec<StageLine>,
+    pub report: Option<MessageReport>,
+    pub edits: Vec<crate::edits::Edit>,
+}
+
+/// Split a message into headers (unfolded lines kept with their CRLF
+/// folding, as an MTA passes them) and a CRLF body.
+pub fn parse_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
+    let text = String::from_utf8_lossy(raw);
+    let normalized = text.replace("\r\n", "\n");
+    let (head, body) = match normalized.find("\n\n") {
+        Some(i) => (&normalized[..i], &normalized[i + 2..]),
+        None if normalized.starts_with('\n') => ("", &normalized[1..]),
+        None => (normalized.as_str(), ""),
+    };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = headers.last_mut() {
+                value.push_str("\r\n");
+                value.push_str(line);
+            }
+            continue;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((
+                name.trim().to_string(),
+                value.strip_prefix(' ').unwrap_or(value).to_string(),
+            ));
+        }
+    }
+    let body = body.replace('\n', "\r\n").into_bytes();
+    (headers, body)
+}
+
+fn stage(stages: &mut Vec<StageLine>, name: &str, detail: String, reply: &StageReply) {
+    stages.push(StageLine {
+        stage: name.to_string(),
+        detail,
+        reply: reply.clone(),
+    });
+}
+
+/// Run the policy on one message. Errors are for the command line (an
+/// unknown pipeline), not for the policy's verdict.
+pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, String> {
+    let pipeline = match &input.pipeline {
+        Some(name) => policy.pipeline_index(name).ok_or_else(|| {
+            let names: Vec<&str> = policy.pipelines.iter().map(|p| p.name.as_str()).collect();
+            format!(
+                "no pipeline \"{name}\" in {}; pipelines: {}",
+                policy.file.display(),
+                names.join(", ")
+            )
+        })?,
+        None => 0,
+    };
+    let facts = ConnectionFacts {
+        client_ip: input.client_ip,
+        client_name: input.client_name.clone(),
+        daemon_name: input.daemon_name.clone(),
+        helo: None,
+        tls: None,
+        auth: None,
+    };
+    let mut session = Session::new(policy.clone(), pipeline, facts);
+    let pipeline_name = session.pipeline().name.clone();
+    let mut stages = Vec::new();
+    let refused = |verdict: Verdict, reply: &StageReply, stages: Vec<StageLine>| TestOutcome {
+        pipeline: pipeline_name.clone(),
+        verdict,
+        reply: match reply {
+            StageReply::Reject(r) | StageReply::Tempfail(r) => Some(r.clone()),
+            StageReply::Continue => None,
+        },
+        reason: None,
+        dry_run_verdict: None,
+        stages,
+        report: None,
+        edits: Vec::new(),
+    };
+    let verdict_of = |reply: &StageReply| match reply {
+        StageReply::Reject(_) => Verdict::Reject,
+        _ => Verdict::Tempfail,
+    };
+
+    let client = format!(
+        "{} [{}]",
+        input
+            .client_ip
+            .map_or("unknown".to_string(), |ip| ip.to_string()),
+        input.client_name.as_deref().unwrap_or("unknown")
+    );
+    let reply = session.connect().await;
+    stage(&mut stages, "connect", client, &reply);
+    if !reply.is_continue() {
+        return Ok(refused(verdict_of(&reply), &reply, stages));
+    }
+    let tls = input.tls.then(|| TlsInfo {
+        version: "TLSv1.3".to_string(),
+        cipher: Some("TLS_AES_256_GCM_SHA384".to_string()),
+    });
+    let helo = input
+        .helo
+        .clone()
+        .or_else(|| input.client_name.clone())
+        .unwrap_or_else(|| "localhost".to_string());
+    let reply = session.helo(&helo, tls).await;
+    let tls_text = if input.tls { "TLSv1.3" } else { "no TLS" };
+    stage(&mut stages, "helo", format!("{helo}, {tls_text}"), &reply);
+    if !reply.is_continue() {
+        return Ok(refused(verdict_of(&reply), &reply, stages));
+    }
+    let auth = input.auth_user.as_ref().map(|u| AuthInfo {
+        user: u.clone(),
+        mechanism: Some("PLAIN".to_string()),
+    });
+    let auth_text = input
+        .auth_user
+        .as_ref()
+        .map_or(String::new(), |u| format!(", auth {u}"));
+    let reply = session.mail(&format!("<{}>", input.from), &[], auth).await;
+    stage(
+        &mut stages,
+        "mail",
+        format!("<{}>{auth_text}", input.from),
+        &reply,
+    );
+    if !reply.is_continue() {
+        return Ok(refused(verdict_of(&reply), &reply, stages));
+    }
+    let mut accepted = 0;
+    let mut worst: Option<StageReply> = None;
+    for to in &input.to {
+        let reply = session.rcpt(&format!("<{to}>"), &[]).await;
+        stage(&mut stages, "rcpt", format!("<{to}>"), &reply);
+        if reply.is_continue() {
+            accepted += 1;
+        } else if worst
+            .as_ref()
+            .is_none_or(|w| matches!(w, StageReply::Tempfail(_)))
+        {
+            worst = Some(reply);
+        }
+    }
+    session.set_queue_id(input.queue_id.as_deref());
+    if accepted == 0 {
+        let reply = worst.unwrap_or(StageReply::Continue);
+        let mut out = refused(verdict_of(&reply), &reply, stages);
+        out.reason = Some("no recipient was accepted".to_string());
+        return Ok(out);
+    }
+    let (headers, body) = parse_message(&input.message);
+    for (name, value) in &headers {
+        session.header(name, value);
+    }
+    session.body(&body);
+    let outcome = session.eom().await;
+    let decision = &outcome.decision;
+    stage(
+        &mut stages,
+        "eom",
+        format!("{} headers, {} body bytes", headers.len(), body.len()),
+        &match decision.verdict {
+            Verdict::Reject => {
+                StageReply::Reject(decision.reply.clone().unwrap_or_else(Reply::default_reject))
+            }
+            Verdict::Tempfail => StageReply::Tempfail(
+                decision
+                    .reply
+                    .clone()
+                    .unwrap_or_else(Reply::default_tempfail),
+            ),
+            _ => StageReply::Continue,
+        },
+    );
+    let dry_run = session.pipeline().settings.dry_run;
+    Ok(TestOutcome {
+        pipeline: pipeline_name,
+        verdict: decision.verdict,
+        reply: decision.reply.clone(),
+        reason: outcome.policy_decision.reason.clone(),
+        dry_run_verdict: dry_run.then_some(outcome.policy_decision.verdict),
+        stages,
+        report: Some(outcome.report),
+        edits: outcome.edits,
+    })
+}
+
+/// The JSON form: `verdict`, `recipients`, `checks`, `edits` and more.
+pub fn to_json(outcome: &TestOutcome) -> serde_json::Value {
+    let recipients: Vec<serde_json::Value> = match &outcome.report {
+        Some(r) => r
+            .recipients
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect(),
+        None => outcome
+            .stages
+            .iter()
+            .filter(|s| s.stage == "rcpt")
+            .map(|s| {
+                let (state, reply) = match &s.reply {
+                    StageReply::Continue => ("accept", None),
+                    StageReply::Reject(r) => ("reject", Some(r)),
+                    StageReply::Tempfail(r) => ("tempfail", Some(r)),
+                };
+                json!({"address": s.detail.trim_matches(['<', '>']), "outcome": state, "reply": reply})
+            })
+            .collect(),
+    };
+    let checks = outcome
+        .report
+        .as_ref()
+        .map(|r| serde_json::to_value(&r.checks).unwrap_or_default())
+        .unwrap_or_else(|| json!([]));
+    let mut v = json!({
+        "pipeline": outcome.pipeline,
+        "verdict": outcome.verdict,
+        "recipients": recipients,
+        "checks": checks,
+        "edits": outcome.edits,
+        "stages": outcome.stages,
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(r) = &outcome.reply {
+            obj.insert("reply".into(), json!(r));
+        }
+        if let Some(r) = &outcome.reason {
+            obj.insert("reason".into(), json!(r));
+        }
+        if let Some(d) = outcome.dry_run_verdict {
+            obj.insert("dry_run_verdict".into(), json!(d));
+        }
+        if let Some(r) = &outcome.report {
+            obj.insert("score".into(), json!(r.score));
+            obj.insert("source".into(), json!(r.source));
+        }
+    }
+    v
+}
+
+fn reply_text(reply: &StageReply) -> String {
+    match reply {
+        StageReply::Continue => "continue".to_string(),
+        StageReply::Reject(r) | StageReply::Tempfail(r) => r.to_string(),
+    }
+}
+
+/// The human form, meant to be read top to bottom like the SMTP dialogue.
+pub fn render_text(outcome: &TestOutcome) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "pipeline  {}", outcome.pipeline);
+    if let Some(r) = &outcome.report {
+        let _ = writeln!(
+            out,
+            "source    {} (matched by {})",
+            r.source, r.source_matched_by
+        );
+        if let Some(s) = &r.sender_rewritten {
+            let _ = writeln!(out, "sender    {} rewritten to {s}", r.sender);
+        }
+    }
+    let _ = writeln!(out);
+    for s in &outcome.stages {
+        let _ = writeln!(
+            out,
+            "{:<8}  {:<40}  {}",
+            s.stage,
+            s.detail,
+            reply_text(&s.reply)
+        );
+        if s.stage == "rcpt"
+            && let Some(r) = outcome.report.as_ref().and_then(|r| {
+                r.recipients
+                    .iter()
+                    .find(|x| format!("<{}>", x.address) == s.detail)
+            })
+        {
+            if let Some(b) = &r.branch {
+                let by = r
+                    .matched_by
+                    .as_deref()
+                    .map_or(String::new(), |m| format!(" (by {m})"));
+                let _ = writeln!(out, "          -> {b}{by}");
+            }
+            if r.delivered_to.len() != 1 || r.delivered_to.first() != Some(&r.address) {
+                let _ = writeln!(
+                    out,
+                    "          -> delivered to {}",
+                    r.delivered_to.join(", ")
+                );
+            }
+            if !r.copies.is_empty() {
+                let _ = writeln!(out, "          -> copy to {}", r.copies.join(", "));
+            }
+        }
+    }
+    if let Some(r) = &outcome.report
+        && !r.checks.is_empty()
+    {
+        let _ = writeln!(out, "\nchecks");
+        for c in &r.checks {
+            let reason = c
+                .reason
+                .as_deref()
+                .map_or(String::new(), |r| format!("  {r}"));
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<10} {:<12} {:>9.3} ms  {}->{}{}",
+                c.name, c.result, c.action, c.elapsed_ms, c.started, c.decided, reason
+            );
+        }
+        if r.score != 0.0 {
+            let _ = writeln!(out, "  score {}", r.score);
+        }
+    }
+    let _ = writeln!(out);
+    let mut verdict = outcome.verdict.as_str().to_uppercase();
+    if let Some(r) = &outcome.reply {
+        verdict.push_str(&format!("  {r}"));
+    }
+    if let Some(d) = outcome.dry_run_verdict {
+        verdict.push_str(&format!("  (dry run: the policy says {d})"));
+    }
+    let _ = writeln!(out, "verdict   {verdict}");
+    if let Some(reason) = &outcome.reason
+        && outcome.verdict != Verdict::Accept
+    {
+        let _ = writeln!(out, "reason    {reason}");
+    }
+    if outcome.edits.is_empty() {
+        let _ = writeln!(out, "edits     none");
+    } else {
+        let _ = writeln!(out, "edits");
+        for e in &outcome.edits {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_message;
+
+    #[test]
+    fn message_parsing_keeps_folding_and_crlf_body() {
+        let (h, b) = parse_message(b"Subject: hi\n  there\nFrom: a@b\n\nline1\nline2\n");
+        assert_eq!(h[0], ("Subject".to_string(), "hi\r\n  there".to_string()));
+        assert_eq!(h[1].0, "From");
+        assert_eq!(b, b"line1\r\nline2\r\n");
+    }
+}

@@ -1,0 +1,155 @@
+//! What happened to one message, for the log line and the `test` command:
+//! each check with its result, action and time, each recipient with its
+//! branch and reply, and the score.
+
+use super::StageReply;
+use super::runner::Finished;
+use crate::address::Address;
+use crate::policy::{CheckInstance, MatchedBy};
+use crate::reply::Reply;
+use crate::stage::Stage;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CheckReport {
+    pub name: String,
+    pub kind: String,
+    /// pass, fail, ..., or `cancelled` when a reject made it moot.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    /// The stage the check started at and the stage its result was used at.
+    pub started: Stage,
+    pub decided: Stage,
+    pub elapsed_ms: f64,
+    /// Position in the config, to list checks in a stable order.
+    #[serde(skip)]
+    pub order: usize,
+}
+
+impl CheckReport {
+    pub(crate) fn finished(instance: &CheckInstance, f: &Finished, decided: Stage) -> CheckReport {
+        let action = instance.action_for(f.result.status);
+        CheckReport {
+            name: instance.name.clone(),
+            kind: instance.kind.clone(),
+            result: f.result.status.to_string(),
+            reason: f.result.reason.clone(),
+            action: action.to_string(),
+            score: match action {
+                crate::policy::Action::Score(n) => n.or(f.result.score),
+                _ => None,
+            },
+            started: f.started_at,
+            decided,
+            elapsed_ms: (f.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            order: f.id,
+        }
+    }
+
+    pub(crate) fn cancelled(instance: &CheckInstance) -> CheckReport {
+        CheckReport {
+            name: instance.name.clone(),
+            kind: instance.kind.clone(),
+            result: "cancelled".to_string(),
+            reason: Some("another check already rejected the message".to_string()),
+            action: "ignore".to_string(),
+            score: None,
+            started: instance.inputs,
+            decided: Stage::Eom,
+            elapsed_ms: 0.0,
+            order: usize::MAX,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RecipientReport {
+    /// As given at RCPT TO.
+    pub address: String,
+    /// accept, reject, tempfail, split (452 4.5.3 under split_transactions)
+    /// or error.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+    /// Where the mail goes after rewrites, aliases and redirect.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delivered_to: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
+}
+
+impl RecipientReport {
+    pub(crate) fn new(
+        original: &Address,
+        branch: Option<String>,
+        matched_by: Option<MatchedBy>,
+        reply: &StageReply,
+        outcome: &str,
+        delivered_to: Vec<String>,
+    ) -> RecipientReport {
+        let reply = match reply {
+            StageReply::Continue => None,
+            StageReply::Reject(r) | StageReply::Tempfail(r) => Some(r.clone()),
+        };
+        RecipientReport {
+            address: original.to_string(),
+            outcome: outcome.to_string(),
+            branch,
+            matched_by: matched_by.map(|m| m.as_str().to_string()),
+            reply,
+            delivered_to,
+            copies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MessageReport {
+    pub pipeline: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    pub sender: String,
+    /// The sender after rewrites, when it changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_rewritten: Option<String>,
+    pub source: String,
+    pub source_matched_by: String,
+    /// Set when MAIL FROM itself was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_reply: Option<StageReply>,
+    pub recipients: Vec<RecipientReport>,
+    pub checks: Vec<CheckReport>,
+    pub score: f64,
+}
+
+impl MessageReport {
+    pub(crate) fn new(
+        pipeline: &str,
+        sender: &Address,
+        rewritten: &Address,
+        source: &str,
+        matched: MatchedBy,
+    ) -> MessageReport {
+        MessageReport {
+            pipeline: pipeline.to_string(),
+            queue_id: None,
+            sender: sender.to_string(),
+            sender_rewritten: (rewritten.original() != sender.original())
+                .then(|| rewritten.to_string()),
+            source: source.to_string(),
+            source_matched_by: matched.as_str().to_string(),
+            mail_reply: None,
+            recipients: Vec::new(),
+            checks: Vec::new(),
+            score: 0.0,
+        }
+    }
+}

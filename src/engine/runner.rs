@@ -1,0 +1,306 @@
+//! Runs checks as tokio tasks: each under its own timeout, a panic caught and
+//! turned into temperror, results collected by check id, and every task still
+//! running aborted when its message ends or its session is dropped.
+
+use crate::checks::{Check, CheckInput, CheckResult};
+use crate::policy::{CheckId, CheckInstance};
+use crate::stage::Stage;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// Whether a result outlives the message it was started for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Inputs are connection facts only (client, HELO, TLS): reused by every
+    /// message of the session.
+    Connection,
+    Message,
+}
+
+/// A finished check.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    pub id: CheckId,
+    pub result: CheckResult,
+    pub elapsed: Duration,
+    pub started_at: Stage,
+}
+
+enum State {
+    Idle,
+    Running {
+        token: u64,
+        abort: AbortHandle,
+        started_at: Stage,
+    },
+    Done(Finished),
+}
+
+struct Slot {
+    state: State,
+    scope: Scope,
+}
+
+struct Message {
+    token: u64,
+    id: CheckId,
+    result: CheckResult,
+    elapsed: Duration,
+}
+
+pub struct Runner {
+    tx: mpsc::UnboundedSender<Message>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    slots: Vec<Slot>,
+    next_token: u64,
+    /// The largest number of checks seen running at once (for tests and the
+    /// report: proof that checks overlap).
+    in_flight_peak: usize,
+}
+
+impl Runner {
+    pub fn new(check_count: usize) -> Runner {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Runner {
+            tx,
+            rx,
+            slots: (0..check_count)
+                .map(|_| Slot {
+                    state: State::Idle,
+                    scope: Scope::Message,
+                })
+                .collect(),
+            next_token: 0,
+            in_flight_peak: 0,
+        }
+    }
+
+    pub fn is_idle(&self, id: CheckId) -> bool {
+        matches!(self.slots[id].state, State::Idle)
+    }
+
+    pub fn finished(&self, id: CheckId) -> Option<&Finished> {
+        match &self.slots[id].state {
+            State::Done(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| matches!(s.state, State::Running { .. }))
+            .count()
+    }
+
+    pub fn in_flight_peak(&self) -> usize {
+        self.in_flight_peak
+    }
+
+    /// Start a check unless it already ran or runs.
+    pub fn start(
+        &mut self,
+        id: CheckId,
+        instance: &CheckInstance,
+        input: &Arc<CheckInput>,
+        scope: Scope,
+    ) {
+        if self.is_idle(id) {
+            self.spawn(id, instance, input, scope);
+        }
+    }
+
+    /// Start a check afresh, dropping an earlier run (a second EHLO after
+    /// STARTTLS changes what the TLS checks see).
+    pub fn restart(
+        &mut self,
+        id: CheckId,
+        instance: &CheckInstance,
+        input: &Arc<CheckInput>,
+        scope: Scope,
+    ) {
+        self.abort(id);
+        self.spawn(id, instance, input, scope);
+    }
+
+    fn abort(&mut self, id: CheckId) {
+        if let State::Running { abort, .. } = &self.slots[id].state {
+            abort.abort();
+        }
+        self.slots[id].state = State::Idle;
+    }
+
+    fn spawn(
+        &mut self,
+        id: CheckId,
+        instance: &CheckInstance,
+        input: &Arc<CheckInput>,
+        scope: Scope,
+    ) {
+        self.next_token += 1;
+        let token = self.next_token;
+        let check = instance.check.clone();
+        let timeout = instance.timeout;
+        let started_at = input.stage;
+        let input = input.clone();
+        let tx = self.tx.clone();
+        let name = instance.name.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = run_guarded(check, input, timeout, &name).await;
+            // The receiver is gone only when the session ended; nothing to do.
+            let _ = tx.send(Message {
+                token,
+                id,
+                result,
+                elapsed: started.elapsed(),
+            });
+        });
+        self.slots[id] = Slot {
+            state: State::Running {
+                token,
+                abort: task.abort_handle(),
+                started_at,
+            },
+            scope,
+        };
+        self.in_flight_peak = self.in_flight_peak.max(self.running_count());
+    }
+
+    /// Wait until none of `ids` is running, or until `stop` says a finished
+    /// check makes waiting for the others pointless. Checks never started are
+    /// not waited for.
+    pub async fn wait_for(&mut self, ids: &[CheckId], stop: impl Fn(&Finished) -> bool) {
+        loop {
+            let pending = ids
+                .iter()
+                .any(|id| matches!(self.slots[*id].state, State::Running { .. }));
+            if !pending {
+                return;
+            }
+            // The runner holds a sender itself, so `recv` cannot return None.
+            let Some(msg) = self.rx.recv().await else {
+                return;
+            };
+            if let Some(done) = self.accept(msg)
+                && ids.contains(&done.id)
+                && stop(&done)
+            {
+                return;
+            }
+        }
+    }
+
+    fn accept(&mut self, msg: Message) -> Option<Finished> {
+        let slot = &mut self.slots[msg.id];
+        let State::Running {
+            token, started_at, ..
+        } = slot.state
+        else {
+            return None;
+        };
+        if token != msg.token {
+            return None;
+        }
+        let done = Finished {
+            id: msg.id,
+            result: msg.result,
+            elapsed: msg.elapsed,
+            started_at,
+        };
+        slot.state = State::Done(done.clone());
+        Some(done)
+    }
+
+    /// Abort every message-scoped check still running and forget all
+    /// message-scoped results; connection-scoped ones stay.
+    pub fn end_message(&mut self) {
+        for id in 0..self.slots.len() {
+            if self.slots[id].scope == Scope::Message {
+                self.abort(id);
+            }
+        }
+        while let Ok(msg) = self.rx.try_recv() {
+            self.accept(msg);
+        }
+    }
+
+    /// Abort the message-scoped checks still running, keeping finished results.
+    /// Returns the ids that were cancelled.
+    pub fn cancel_running(&mut self) -> Vec<CheckId> {
+        let mut cancelled = Vec::new();
+        for id in 0..self.slots.len() {
+            if self.slots[id].scope == Scope::Message
+                && matches!(self.slots[id].state, State::Running { .. })
+            {
+                self.abort(id);
+                cancelled.push(id);
+            }
+        }
+        cancelled
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        for slot in &self.slots {
+            if let State::Running { abort, .. } = &slot.state {
+                abort.abort();
+            }
+        }
+    }
+}
+
+/// Run one check with its timeout; a panic, in `run` itself or in its future,
+/// becomes temperror.
+async fn run_guarded(
+    check: Arc<dyn Check>,
+    input: Arc<CheckInput>,
+    timeout: Duration,
+    name: &str,
+) -> CheckResult {
+    let future = match std::panic::catch_unwind(AssertUnwindSafe(|| check.run(input))) {
+        Ok(f) => f,
+        Err(panic) => return panicked(name, panic),
+    };
+    match tokio::time::timeout(timeout, CatchUnwind(future)).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => panicked(name, panic),
+        Err(_) => CheckResult::temperror(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+fn panicked(name: &str, panic: Box<dyn std::any::Any + Send>) -> CheckResult {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string());
+    tracing::error!(check = name, panic = %what, "check panicked; treating it as temperror");
+    CheckResult::temperror("internal error in check")
+}
+
+/// Poll a future inside `catch_unwind`, so a panicking check fails alone.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
