@@ -27,41 +27,44 @@ enum Command {
         config: PathBuf,
     },
     /// Run the policy on one message offline and show what it would do.
-    Test {
-        #[arg(short, long, default_value = "milter-config.toml")]
-        config: PathBuf,
-        /// The pipeline to use (default: the first one in the file).
-        #[arg(long)]
-        pipeline: Option<String>,
-        #[arg(long)]
-        client_ip: IpAddr,
-        #[arg(long)]
-        client_name: Option<String>,
-        #[arg(long)]
-        helo: Option<String>,
-        /// The envelope sender; "" for the null sender.
-        #[arg(long)]
-        from: String,
-        /// An envelope recipient; repeat for several.
-        #[arg(long, required = true)]
-        to: Vec<String>,
-        /// The SASL user name, as if the client had authenticated.
-        #[arg(long)]
-        auth_user: Option<String>,
-        /// Pretend the client used TLS 1.3.
-        #[arg(long)]
-        tls: bool,
-        /// The MTA's {daemon_name}.
-        #[arg(long)]
-        daemon_name: Option<String>,
-        #[arg(long)]
-        queue_id: Option<String>,
-        /// Print one JSON object instead of the report.
-        #[arg(long)]
-        json: bool,
-        /// The message file (RFC 5322: headers, a blank line, the body).
-        message: PathBuf,
-    },
+    Test(Box<TestArgs>),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    #[arg(short, long, default_value = "milter-config.toml")]
+    config: PathBuf,
+    /// The pipeline to use (default: the first one in the file).
+    #[arg(long)]
+    pipeline: Option<String>,
+    #[arg(long)]
+    client_ip: IpAddr,
+    #[arg(long)]
+    client_name: Option<String>,
+    #[arg(long)]
+    helo: Option<String>,
+    /// The envelope sender; "" for the null sender.
+    #[arg(long)]
+    from: String,
+    /// An envelope recipient; repeat for several.
+    #[arg(long, required = true)]
+    to: Vec<String>,
+    /// The SASL user name, as if the client had authenticated.
+    #[arg(long)]
+    auth_user: Option<String>,
+    /// Pretend the client used TLS 1.3.
+    #[arg(long)]
+    tls: bool,
+    /// The MTA's {daemon_name}.
+    #[arg(long)]
+    daemon_name: Option<String>,
+    #[arg(long)]
+    queue_id: Option<String>,
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    json: bool,
+    /// The message file (RFC 5322: headers, a blank line, the body).
+    message: PathBuf,
 }
 
 fn init_logging() {
@@ -81,21 +84,22 @@ fn main() -> ExitCode {
     init_logging();
     match Args::parse().command {
         Command::Check { config } => exit(cli::check::run(&config)),
-        Command::Test {
-            config,
-            pipeline,
-            client_ip,
-            client_name,
-            helo,
-            from,
-            to,
-            auth_user,
-            tls,
-            daemon_name,
-            queue_id,
-            json,
-            message,
-        } => {
+        Command::Test(args) => {
+            let TestArgs {
+                config,
+                pipeline,
+                client_ip,
+                client_name,
+                helo,
+                from,
+                to,
+                auth_user,
+                tls,
+                daemon_name,
+                queue_id,
+                json,
+                message,
+            } = *args;
             let policy = match dispatch_milter::config::load(&config) {
                 Ok(p) => Arc::new(p),
                 Err(e) => {

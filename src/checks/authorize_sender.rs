@@ -1,23 +1,452 @@
-//! TODO: the `authorize_sender` check.
+//! The `authorize_sender` check: an authenticated user may only use the
+//! envelope senders and From: addresses a table grants them, so one account
+//! cannot send mail as another.
+//!
+//! Options: `table` (required; a table name or an inline table): key = SASL
+//! user name, values = allowed addresses, each `alice@example.org`,
+//! `*@example.org` or `@example.org` (any local part in that domain).
+//! `check_envelope` (default true): check MAIL FROM; the null sender `<>` is
+//! always allowed, since bounces have no sender. `check_header_from` (default
+//! true): check every address in every From: header. At least one must be
+//! true. Unauthenticated sessions get "none": demanding AUTH is the job of
+//! `require_auth`.
 
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult};
+use super::header::unfold;
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use crate::address::{Address, normalize_domain};
 use crate::stage::Stage;
+use crate::tables::{Table, table_option};
 use std::sync::Arc;
 
-pub struct AuthorizeSenderCheck;
+pub struct AuthorizeSenderCheck {
+    table: Arc<Table>,
+    check_envelope: bool,
+    check_header_from: bool,
+}
+
+/// Whether any table value grants this address. Values are parsed on every
+/// lookup because file tables reload behind our back.
+fn granted(values: &[String], address: &Address) -> bool {
+    if address.is_null() {
+        return false;
+    }
+    values.iter().any(|value| {
+        let value = value.trim();
+        let domain_rule = value.strip_prefix("*@").or_else(|| value.strip_prefix('@'));
+        match domain_rule {
+            Some(domain) => match normalize_domain(domain) {
+                Ok(domain) => address.domain() == Some(domain.as_str()),
+                Err(e) => {
+                    tracing::warn!(value, error = %e, "authorize_sender: table value ignored");
+                    false
+                }
+            },
+            None => {
+                let allowed = Address::parse(value);
+                !allowed.is_null() && allowed.key() == address.key()
+            }
+        }
+    })
+}
+
+/// Split a header value at commas that separate list members, i.e. those
+/// outside quoted strings, comments and angle brackets.
+fn split_members(value: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let (mut start, mut quoted, mut escaped, mut comment, mut angle) =
+        (0, false, false, 0u32, false);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || comment > 0 => escaped = true,
+            '"' if comment == 0 => quoted = !quoted,
+            '(' if !quoted => comment += 1,
+            ')' if !quoted && comment > 0 => comment -= 1,
+            '<' if !quoted && comment == 0 => angle = true,
+            '>' if !quoted && comment == 0 => angle = false,
+            ',' if !quoted && comment == 0 && !angle => {
+                members.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(&value[start..]);
+    members
+}
+
+/// The text inside each `<...>` of one list member, ignoring brackets within
+/// quoted display names and comments.
+fn bracketed(member: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let (mut quoted, mut escaped, mut comment, mut open) = (false, false, 0u32, None);
+    for (i, c) in member.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || comment > 0 => escaped = true,
+            '"' if comment == 0 && open.is_none() => quoted = !quoted,
+            '(' if !quoted && open.is_none() => comment += 1,
+            ')' if !quoted && comment > 0 => comment -= 1,
+            '<' if !quoted && comment == 0 => open = Some(i + 1),
+            '>' if !quoted && comment == 0 => {
+                if let Some(from) = open.take() {
+                    found.push(&member[from..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The addresses of a From: header, parsed simply: what is inside angle
+/// brackets if there are any, else every bare token containing '@'. Taking
+/// every '@' token errs towards checking too much, which is the safe side for
+/// an anti-spoofing check.
+fn from_addresses(value: &str) -> Vec<Address> {
+    let value = unfold(value);
+    let mut out = Vec::new();
+    for member in split_members(&value) {
+        let inner = bracketed(member);
+        let candidates: Vec<&str> = if inner.is_empty() {
+            member
+                .split_whitespace()
+                .filter(|t| t.contains('@'))
+                .map(|t| t.trim_matches(|c: char| "\"'()<>;:,".contains(c)))
+                .collect()
+        } else {
+            inner
+        };
+        out.extend(
+            candidates
+                .into_iter()
+                .map(Address::parse)
+                .filter(|a| !a.is_null()),
+        );
+    }
+    out
+}
 
 impl AuthorizeSenderCheck {
-    pub fn build(_ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        Some(Arc::new(AuthorizeSenderCheck))
+    pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
+        let what = ctx.options.what().to_string();
+        let mut ok = true;
+
+        let table = if ctx.options.value("table").is_some() {
+            table_option(ctx.options, ctx.tables, "table")
+        } else {
+            let span = ctx.options.span();
+            ctx.options.error(
+                span,
+                format!("{what} needs `table`: a table that maps user names to the addresses they may use"),
+            );
+            None
+        };
+        ok &= table.is_some();
+
+        let mut flag = |key: &'static str| {
+            let present = ctx.options.value(key).is_some();
+            match ctx.options.bool(key) {
+                Some(b) => Some(b),
+                None if present => None,
+                None => Some(true),
+            }
+        };
+        let check_envelope = flag("check_envelope");
+        let check_header_from = flag("check_header_from");
+        let (Some(check_envelope), Some(check_header_from)) = (check_envelope, check_header_from)
+        else {
+            return None;
+        };
+        if !check_envelope && !check_header_from {
+            let span = ctx.options.span();
+            ctx.options.error(
+                span,
+                format!(
+                    "{what} checks nothing: set `check_envelope` or `check_header_from` to true"
+                ),
+            );
+            ok = false;
+        }
+
+        let table = table.filter(|_| ok)?;
+        Some(Arc::new(AuthorizeSenderCheck {
+            table,
+            check_envelope,
+            check_header_from,
+        }))
+    }
+
+    fn decide(&self, input: &CheckInput) -> CheckResult {
+        let Some(auth) = &input.connection.auth else {
+            return CheckResult::with_reason(Status::None, "not authenticated");
+        };
+        // Debug formatting quotes names and addresses and escapes anything
+        // that would break a one-line SMTP reply.
+        let user = &auth.user;
+        let Some(values) = self.table.lookup(user) else {
+            return CheckResult::fail(format!("user {user:?} may not send mail"));
+        };
+        if self.check_envelope {
+            let Some(envelope) = &input.envelope else {
+                return CheckResult::permerror("the envelope sender is not available");
+            };
+            let sender = &envelope.sender;
+            // Bounces carry the null sender and belong to no one.
+            if !sender.is_null() && !granted(&values, sender) {
+                return CheckResult::fail(format!(
+                    "user {user:?} may not use sender {:?}",
+                    sender.original()
+                ));
+            }
+        }
+        if self.check_header_from {
+            let Some(message) = &input.message else {
+                return CheckResult::permerror("the message headers are not available");
+            };
+            // A message without From: is left alone: it impersonates no one,
+            // and MTAs that add one take the envelope sender, which
+            // `check_envelope` covers.
+            for value in message.header_values("From") {
+                let addresses = from_addresses(value);
+                if addresses.is_empty() {
+                    return CheckResult::fail("unparsable From header");
+                }
+                if let Some(refused) = addresses.iter().find(|a| !granted(&values, a)) {
+                    return CheckResult::fail(format!(
+                        "user {user:?} may not use From address {:?}",
+                        refused.original()
+                    ));
+                }
+            }
+        }
+        CheckResult::pass()
     }
 }
 
 impl Check for AuthorizeSenderCheck {
+    /// The From: header exists only at end of message; the envelope alone can
+    /// be judged at MAIL FROM.
     fn inputs(&self) -> Stage {
-        Stage::Eom
+        if self.check_header_from {
+            Stage::Eom
+        } else {
+            Stage::Mail
+        }
     }
 
-    fn run(self: Arc<Self>, _input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
-        Box::pin(async { CheckResult::pass() })
+    fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
+        Box::pin(async move { self.decide(&input) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::require_tls::tests::{build_err, build_ok, build_ok_with, input, run};
+    use crate::message::{AuthInfo, Envelope, Header, Message};
+    use crate::tables::TableSet;
+    use std::collections::HashMap;
+
+    const TABLE: &str = r#"table = { alice = ["Alice@Example.org", "*@sales.example.org"], bob = "@bücher.example", carol = [] }"#;
+
+    fn session(user: Option<&str>, sender: &str, from: &[&str]) -> CheckInput {
+        let mut i = input(Stage::Eom);
+        i.connection.auth = user.map(|u| AuthInfo {
+            user: u.into(),
+            mechanism: Some("PLAIN".into()),
+        });
+        i.envelope = Some(Envelope {
+            sender: Address::parse(sender),
+            mail_args: vec![],
+            recipients: vec![Address::parse("<rcpt@example.net>")],
+        });
+        i.message = Some(Arc::new(Message {
+            headers: from
+                .iter()
+                .map(|v| Header {
+                    name: "From".into(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            ..Message::default()
+        }));
+        i
+    }
+
+    fn addrs(value: &str) -> Vec<String> {
+        from_addresses(value).iter().map(Address::key).collect()
+    }
+
+    #[test]
+    fn from_header_parsing() {
+        assert_eq!(addrs("alice@example.org"), ["alice@example.org"]);
+        assert_eq!(
+            addrs("\"Smith, Alice\" <Alice@Example.org>"),
+            ["alice@example.org"]
+        );
+        assert_eq!(
+            addrs("\"a <x@evil.org>\" <a@ok.org>, b@ok.org (Bob)"),
+            ["a@ok.org", "b@ok.org"]
+        );
+        assert_eq!(
+            addrs("Alice\r\n <alice@example.org>"),
+            ["alice@example.org"]
+        );
+        assert_eq!(addrs("alice@example.org (ceo@bank.example)").len(), 2);
+        assert!(addrs("Alice Smith").is_empty());
+        assert!(addrs("<>").is_empty());
+    }
+
+    #[tokio::test]
+    async fn allowed_addresses_pass() {
+        let check = build_ok(AuthorizeSenderCheck::build, TABLE);
+        assert_eq!(check.inputs(), Stage::Eom);
+        assert_eq!(check.decides(), Stage::Eom);
+        let ok = [
+            session(
+                Some("alice"),
+                "<alice@EXAMPLE.org>",
+                &["Alice <alice@example.org>"],
+            ),
+            session(
+                Some("Alice"),
+                "<x@Sales.Example.org>",
+                &["y@sales.example.org"],
+            ),
+            session(
+                Some("bob"),
+                "<b@xn--bcher-kva.example>",
+                &["<B@BÜCHER.example>"],
+            ),
+            // Bounces and messages without From: have nothing to refuse.
+            session(Some("alice"), "<>", &[]),
+        ];
+        for i in ok {
+            let r = run(&check, i).await;
+            assert_eq!(r, CheckResult::pass());
+        }
+    }
+
+    #[tokio::test]
+    async fn foreign_envelope_sender_fails_naming_it() {
+        let check = build_ok(AuthorizeSenderCheck::build, TABLE);
+        let r = run(
+            &check,
+            session(Some("alice"), "<ceo@example.org>", &["alice@example.org"]),
+        )
+        .await;
+        assert_eq!(
+            r,
+            CheckResult::fail("user \"alice\" may not use sender \"ceo@example.org\"")
+        );
+        // A subdomain is not the domain.
+        let r = run(
+            &check,
+            session(Some("alice"), "<x@eu.sales.example.org>", &[]),
+        )
+        .await;
+        assert_eq!(r.status, Status::Fail);
+        // A user listed with no addresses may use none.
+        let r = run(&check, session(Some("carol"), "<carol@example.org>", &[])).await;
+        assert_eq!(r.status, Status::Fail);
+    }
+
+    #[tokio::test]
+    async fn every_from_address_is_checked() {
+        let check = build_ok(AuthorizeSenderCheck::build, TABLE);
+        let r = run(
+            &check,
+            session(
+                Some("alice"),
+                "<alice@example.org>",
+                &[
+                    "alice@example.org",
+                    "Alice <alice@example.org>, The CEO <CEO@example.org>",
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(
+            r,
+            CheckResult::fail("user \"alice\" may not use From address \"CEO@example.org\"")
+        );
+        let r = run(
+            &check,
+            session(Some("alice"), "<alice@example.org>", &["Undisclosed"]),
+        )
+        .await;
+        assert_eq!(r, CheckResult::fail("unparsable From header"));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_no_auth() {
+        let check = build_ok(AuthorizeSenderCheck::build, TABLE);
+        let r = run(&check, session(Some("mallory"), "<alice@example.org>", &[])).await;
+        assert_eq!(r, CheckResult::fail("user \"mallory\" may not send mail"));
+        let r = run(
+            &check,
+            session(None, "<ceo@example.org>", &["ceo@example.org"]),
+        )
+        .await;
+        assert_eq!(
+            r,
+            CheckResult::with_reason(Status::None, "not authenticated")
+        );
+    }
+
+    #[tokio::test]
+    async fn flags_select_what_is_checked() {
+        let src = format!("{TABLE}\ncheck_header_from = false");
+        let check = build_ok(AuthorizeSenderCheck::build, &src);
+        assert_eq!(check.inputs(), Stage::Mail);
+        let mut i = session(Some("alice"), "<alice@example.org>", &["ceo@example.org"]);
+        i.stage = Stage::Mail;
+        i.message = None;
+        assert_eq!(run(&check, i).await, CheckResult::pass());
+
+        let src = format!("{TABLE}\ncheck_envelope = false");
+        let check = build_ok(AuthorizeSenderCheck::build, &src);
+        assert_eq!(check.inputs(), Stage::Eom);
+        let i = session(Some("alice"), "<ceo@example.org>", &["alice@example.org"]);
+        assert_eq!(run(&check, i).await, CheckResult::pass());
+    }
+
+    #[tokio::test]
+    async fn named_table() {
+        let mut entries = HashMap::new();
+        entries.insert("dave".to_string(), vec!["dave@example.org".to_string()]);
+        let mut tables = TableSet::new();
+        tables.insert(
+            "senders".into(),
+            Arc::new(Table::inline("senders", entries)),
+        );
+        let check = build_ok_with(
+            AuthorizeSenderCheck::build,
+            "table = \"senders\"\ncheck_header_from = false",
+            &tables,
+        );
+        let r = run(&check, session(Some("dave"), "<dave@example.org>", &[])).await;
+        assert_eq!(r, CheckResult::pass());
+    }
+
+    #[test]
+    fn config_errors() {
+        let e = build_err(AuthorizeSenderCheck::build, "");
+        assert!(e.contains("needs `table`"), "{e}");
+        let e = build_err(AuthorizeSenderCheck::build, "table = \"nope\"");
+        assert!(e.contains("unknown table \"nope\""), "{e}");
+        let src = format!("{TABLE}\ncheck_envelope = false\ncheck_header_from = false");
+        let e = build_err(AuthorizeSenderCheck::build, &src);
+        assert!(e.contains("checks nothing"), "{e}");
+        let src = format!("{TABLE}\ncheck_envelope = \"yes\"");
+        let e = build_err(AuthorizeSenderCheck::build, &src);
+        assert!(e.contains("`check_envelope`"), "{e}");
     }
 }

@@ -1,23 +1,263 @@
-//! TODO: the `require_tls` check.
+//! The `require_tls` check: passes when the client talks to the MTA over TLS,
+//! optionally of at least a given protocol version. Option: `min_version`
+//! (optional; "TLSv1", "TLSv1.1", "TLSv1.2" or "TLSv1.3").
 
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult};
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::stage::Stage;
 use std::sync::Arc;
 
-pub struct RequireTlsCheck;
+/// The versions an administrator may name, with their rank.
+const CONFIG_VERSIONS: [(&str, u8); 4] =
+    [("TLSv1", 2), ("TLSv1.1", 3), ("TLSv1.2", 4), ("TLSv1.3", 5)];
+
+pub struct RequireTlsCheck {
+    /// The lowest acceptable rank and its name, for reasons.
+    min_version: Option<(u8, &'static str)>,
+}
+
+/// Rank a protocol name as the MTA reports it (`{tls_version}`, which is
+/// OpenSSL's name). SSL versions are known so that they fail as "older" rather
+/// than as "unknown"; the MTA's spelling is matched loosely because Sendmail
+/// and Postfix builds differ in case and in writing "TLSv1" as "TLSv1.0".
+fn mta_rank(version: &str) -> Option<u8> {
+    match version.trim().to_ascii_lowercase().as_str() {
+        "sslv2" => Some(0),
+        "sslv3" => Some(1),
+        "tlsv1" | "tlsv1.0" => Some(2),
+        "tlsv1.1" => Some(3),
+        "tlsv1.2" => Some(4),
+        "tlsv1.3" => Some(5),
+        _ => None,
+    }
+}
+
+/// A pass that says which version was used, for logs and Authentication-Results
+/// comments; control characters are dropped so the reason stays one line.
+fn passed(version: &str) -> CheckResult {
+    let version: String = version.trim().chars().filter(|c| !c.is_control()).collect();
+    if version.is_empty() {
+        CheckResult::pass()
+    } else {
+        CheckResult::with_reason(Status::Pass, version)
+    }
+}
 
 impl RequireTlsCheck {
-    pub fn build(_ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        Some(Arc::new(RequireTlsCheck))
+    pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
+        let min_version = match ctx.options.value("min_version") {
+            None => None,
+            Some(raw) => {
+                let wanted = raw.get_ref().as_str();
+                match CONFIG_VERSIONS
+                    .iter()
+                    .find(|(name, _)| Some(*name) == wanted)
+                {
+                    Some(&(name, rank)) => Some((rank, name)),
+                    None => {
+                        let allowed = CONFIG_VERSIONS
+                            .iter()
+                            .map(|(name, _)| format!("\"{name}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let found = match wanted {
+                            Some(s) => format!("\"{s}\""),
+                            None => format!("a {}", raw.get_ref().type_str()),
+                        };
+                        let msg = format!(
+                            "`min_version` in {} must be one of {allowed}, found {found}",
+                            ctx.options.what()
+                        );
+                        ctx.options.error(raw.span(), msg);
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Arc::new(RequireTlsCheck { min_version }))
+    }
+
+    fn decide(&self, input: &CheckInput) -> CheckResult {
+        let Some(tls) = &input.connection.tls else {
+            return CheckResult::fail("TLS required");
+        };
+        let Some((min_rank, min_name)) = self.min_version else {
+            return passed(&tls.version);
+        };
+        // Debug formatting quotes the MTA's string and escapes control
+        // characters, so the reason stays on one line whatever the MTA sent.
+        match mta_rank(&tls.version) {
+            None => CheckResult::fail(format!("unknown TLS version {:?}", tls.version)),
+            Some(rank) if rank < min_rank => CheckResult::fail(format!(
+                "TLS version {:?} is older than {min_name}",
+                tls.version
+            )),
+            Some(_) => passed(&tls.version),
+        }
     }
 }
 
 impl Check for RequireTlsCheck {
+    /// TLS is known once the client has said EHLO again after STARTTLS.
     fn inputs(&self) -> Stage {
-        Stage::Eom
+        Stage::Helo
     }
 
-    fn run(self: Arc<Self>, _input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
-        Box::pin(async { CheckResult::pass() })
+    /// Refusing at MAIL lets the client see why before sending anything.
+    fn decides(&self) -> Stage {
+        Stage::Mail
+    }
+
+    fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
+        Box::pin(async move { self.decide(&input) })
+    }
+}
+
+/// Helpers shared by the tests of every check module.
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::checks::CheckBuildContext;
+    use crate::config::error::Diagnostics;
+    use crate::config::options::{Options, RawOptions};
+    use crate::message::{ConnectionFacts, TlsInfo};
+    use crate::tables::TableSet;
+    use std::path::Path;
+
+    pub(crate) type Builder = fn(&mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>>;
+
+    /// Build a check from a flat TOML snippet of its kind-specific keys the
+    /// way the config compiler does (including the unknown-key pass), and
+    /// return the check or every error message.
+    pub(crate) fn try_build(
+        build: Builder,
+        src: &str,
+        tables: &TableSet,
+    ) -> Result<Arc<dyn Check>, Vec<String>> {
+        let raw: RawOptions = toml::from_str(src).unwrap();
+        let mut diag = Diagnostics::new(Path::new("t.toml"), src);
+        let built = {
+            let mut opts = Options::new("check \"t\"".into(), 0..0, raw, &mut diag);
+            let built = {
+                let mut ctx = CheckBuildContext {
+                    name: "t",
+                    options: &mut opts,
+                    tables,
+                };
+                build(&mut ctx)
+            };
+            opts.finish();
+            built
+        };
+        let errors: Vec<String> = diag
+            .into_errors()
+            .0
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        match built {
+            Some(check) if errors.is_empty() => Ok(check),
+            None if errors.is_empty() => panic!("builder returned None without an error"),
+            _ => Err(errors),
+        }
+    }
+
+    pub(crate) fn build_ok(build: Builder, src: &str) -> Arc<dyn Check> {
+        build_ok_with(build, src, &TableSet::new())
+    }
+
+    pub(crate) fn build_ok_with(build: Builder, src: &str, tables: &TableSet) -> Arc<dyn Check> {
+        match try_build(build, src, tables) {
+            Ok(check) => check,
+            Err(errors) => panic!("unexpected config errors: {errors:?}"),
+        }
+    }
+
+    /// The errors a snippet produces, joined for `contains` assertions.
+    pub(crate) fn build_err(build: Builder, src: &str) -> String {
+        match try_build(build, src, &TableSet::new()) {
+            Ok(_) => panic!("config {src:?} was accepted"),
+            Err(errors) => errors.join("\n"),
+        }
+    }
+
+    pub(crate) fn input(stage: Stage) -> CheckInput {
+        CheckInput {
+            stage,
+            connection: ConnectionFacts::default(),
+            envelope: None,
+            message: None,
+            queue_id: None,
+        }
+    }
+
+    pub(crate) async fn run(check: &Arc<dyn Check>, input: CheckInput) -> CheckResult {
+        check.clone().run(Arc::new(input)).await
+    }
+
+    fn with_tls(version: &str) -> CheckInput {
+        let mut i = input(Stage::Helo);
+        i.connection.tls = Some(TlsInfo {
+            version: version.into(),
+            cipher: None,
+        });
+        i
+    }
+
+    #[tokio::test]
+    async fn plain_connection_fails() {
+        let check = build_ok(RequireTlsCheck::build, "");
+        assert_eq!(check.inputs(), Stage::Helo);
+        assert_eq!(check.decides(), Stage::Mail);
+        let r = run(&check, input(Stage::Helo)).await;
+        assert_eq!(r, CheckResult::fail("TLS required"));
+    }
+
+    #[tokio::test]
+    async fn any_tls_passes_without_min_version() {
+        let check = build_ok(RequireTlsCheck::build, "");
+        let r = run(&check, with_tls("TLSv1")).await;
+        assert_eq!(r.status, Status::Pass);
+        assert_eq!(r.reason.as_deref(), Some("TLSv1"));
+        // Even a version nobody knows is TLS when no minimum is asked for.
+        let r = run(&check, with_tls("QUIC9")).await;
+        assert_eq!(r.status, Status::Pass);
+    }
+
+    #[tokio::test]
+    async fn min_version_compares_by_rank() {
+        let check = build_ok(RequireTlsCheck::build, "min_version = \"TLSv1.2\"");
+        assert_eq!(run(&check, with_tls("TLSv1.3")).await.status, Status::Pass);
+        assert_eq!(run(&check, with_tls("TLSv1.2")).await.status, Status::Pass);
+        // Some MTAs spell the oldest TLS "TLSv1.0".
+        let r = run(&check, with_tls("TLSv1.0")).await;
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("TLS version \"TLSv1.0\" is older than TLSv1.2")
+        );
+        assert_eq!(run(&check, with_tls("TLSv1.1")).await.status, Status::Fail);
+        assert_eq!(run(&check, with_tls("SSLv3")).await.status, Status::Fail);
+        assert_eq!(run(&check, with_tls("tlsv1.3")).await.status, Status::Pass);
+    }
+
+    #[tokio::test]
+    async fn unknown_mta_version_fails_naming_it() {
+        let check = build_ok(RequireTlsCheck::build, "min_version = \"TLSv1\"");
+        let r = run(&check, with_tls("TLSv9\r\nX")).await;
+        assert_eq!(r.status, Status::Fail);
+        let reason = r.reason.unwrap();
+        assert!(reason.contains("TLSv9"), "{reason}");
+        assert!(!reason.contains(['\r', '\n']), "{reason}");
+    }
+
+    #[test]
+    fn bad_min_version_is_a_config_error() {
+        let e = build_err(RequireTlsCheck::build, "min_version = \"TLSv1.4\"");
+        assert!(e.contains("\"TLSv1.4\""), "{e}");
+        assert!(e.contains("\"TLSv1.2\", \"TLSv1.3\""), "{e}");
+        let e = build_err(RequireTlsCheck::build, "min_version = 1.2");
+        assert!(e.contains("min_version"), "{e}");
+        let e = build_err(RequireTlsCheck::build, "min_versoin = \"TLSv1.2\"");
+        assert!(e.contains("unknown key `min_versoin`"), "{e}");
     }
 }

@@ -151,7 +151,7 @@ fn explain_toml_error(message: &str) -> (String, Option<String>) {
         && let Some((field, expected)) = rest.split_once("`, expected ")
     {
         let candidates: Vec<&str> = expected
-            .split(|c| c == '`' || c == ',' || c == ' ')
+            .split(['`', ',', ' '])
             .filter(|s| !s.is_empty() && *s != "one" && *s != "of" && *s != "or")
             .collect();
         let hint = match did_you_mean(field, candidates.iter().copied()) {

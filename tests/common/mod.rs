@@ -1,0 +1,254 @@
+//! Shared test helpers: compile a policy from inline TOML with test-only
+//! check kinds, and drive a session through the SMTP stages.
+#![allow(dead_code)]
+
+use dispatch_milter::checks::{
+    BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status,
+};
+use dispatch_milter::config::{ConfigErrors, Registry, compile_str};
+use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
+use dispatch_milter::message::{AuthInfo, ConnectionFacts, TlsInfo};
+use dispatch_milter::policy::Policy;
+use dispatch_milter::stage::Stage;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Counters shared by every `probe` check of one registry.
+#[derive(Default)]
+pub struct Probes {
+    pub running: AtomicUsize,
+    pub peak: AtomicUsize,
+    pub started: AtomicUsize,
+    pub finished: AtomicUsize,
+    /// Futures dropped before they finished (cancelled or timed out).
+    pub dropped: AtomicUsize,
+}
+
+/// A test check: returns `status` after `delay`, at stage `inputs`; may
+/// panic; counts how many run at once and how many were dropped unfinished.
+struct ProbeCheck {
+    status: Status,
+    delay: Duration,
+    inputs: Stage,
+    panics: bool,
+    score: Option<f64>,
+    probes: Arc<Probes>,
+}
+
+struct RunGuard {
+    probes: Arc<Probes>,
+    done: bool,
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        self.probes.running.fetch_sub(1, Ordering::SeqCst);
+        if self.done {
+            self.probes.finished.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.probes.dropped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Check for ProbeCheck {
+    fn inputs(&self) -> Stage {
+        self.inputs
+    }
+
+    fn run(self: Arc<Self>, _input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
+        Box::pin(async move {
+            let now = self.probes.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.probes.peak.fetch_max(now, Ordering::SeqCst);
+            self.probes.started.fetch_add(1, Ordering::SeqCst);
+            let mut guard = RunGuard {
+                probes: self.probes.clone(),
+                done: false,
+            };
+            tokio::time::sleep(self.delay).await;
+            if self.panics {
+                panic!("probe asked to panic");
+            }
+            guard.done = true;
+            let mut r =
+                CheckResult::with_reason(self.status, format!("probe said {}", self.status));
+            r.score = self.score;
+            r
+        })
+    }
+}
+
+fn parse_status(s: &str) -> Option<Status> {
+    Status::ALL.into_iter().find(|st| st.as_str() == s)
+}
+
+/// The built-in kinds plus `probe` (options: status, delay_ms, inputs,
+/// panic, score).
+pub fn registry(probes: Arc<Probes>) -> Registry {
+    let mut reg = Registry::builtin();
+    reg.add_check(
+        "probe",
+        Arc::new(move |ctx: &mut CheckBuildContext<'_, '_, '_>| {
+            let status = ctx
+                .options
+                .string("status")
+                .and_then(|s| parse_status(s.get_ref()))
+                .unwrap_or(Status::Pass);
+            let delay = ctx
+                .options
+                .integer("delay_ms")
+                .map_or(0, |d| *d.get_ref() as u64);
+            let inputs = ctx
+                .options
+                .string("inputs")
+                .and_then(|s| Stage::parse(s.get_ref()))
+                .unwrap_or(Stage::Eom);
+            let panics = ctx.options.bool("panic").unwrap_or(false);
+            let score = ctx.options.number("score").map(|s| *s.get_ref());
+            Some(Arc::new(ProbeCheck {
+                status,
+                delay: Duration::from_millis(delay),
+                inputs,
+                panics,
+                score,
+                probes: probes.clone(),
+            }) as Arc<dyn Check>)
+        }),
+    );
+    reg
+}
+
+pub fn try_compile(src: &str) -> Result<Policy, ConfigErrors> {
+    compile_str(
+        Path::new("test.toml"),
+        src,
+        &registry(Arc::new(Probes::default())),
+    )
+}
+
+pub fn compile(src: &str) -> Arc<Policy> {
+    match try_compile(src) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("config should compile:\n{e}"),
+    }
+}
+
+pub fn compile_with(src: &str, probes: Arc<Probes>) -> Arc<Policy> {
+    match compile_str(Path::new("test.toml"), src, &registry(probes)) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("config should compile:\n{e}"),
+    }
+}
+
+/// The error text of a config that must not compile.
+pub fn errors_of(src: &str) -> String {
+    match try_compile(src) {
+        Ok(_) => panic!("config should not compile"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A client and its message, fed through a session stage by stage.
+#[derive(Clone)]
+pub struct Mail {
+    pub client_ip: &'static str,
+    pub daemon_name: Option<&'static str>,
+    pub auth_user: Option<&'static str>,
+    pub tls: bool,
+    pub from: String,
+    pub to: Vec<String>,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Mail {
+    pub fn new(from: &str, to: &[&str]) -> Mail {
+        Mail {
+            client_ip: "192.0.2.10",
+            daemon_name: None,
+            auth_user: None,
+            tls: false,
+            from: from.to_string(),
+            to: to.iter().map(|s| s.to_string()).collect(),
+            headers: vec![
+                ("From".into(), format!("<{from}>")),
+                ("Subject".into(), "test".into()),
+            ],
+            body: "hello\r\n".into(),
+        }
+    }
+}
+
+/// What a whole run produced.
+pub struct Run {
+    pub mail: StageReply,
+    pub rcpts: Vec<StageReply>,
+    pub outcome: Option<MessageOutcome>,
+    pub session: Session,
+}
+
+pub async fn run_mail(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Run {
+    let index = policy.pipeline_index(pipeline).expect("pipeline exists");
+    let facts = ConnectionFacts {
+        client_ip: mail.client_ip.parse().ok(),
+        client_name: Some("client.example.net".into()),
+        daemon_name: mail.daemon_name.map(str::to_string),
+        ..ConnectionFacts::default()
+    };
+    let mut session = Session::new(policy.clone(), index, facts);
+    assert_eq!(session.connect().await, StageReply::Continue);
+    let tls = mail.tls.then(|| TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: None,
+    });
+    assert_eq!(
+        session.helo("client.example.net", tls).await,
+        StageReply::Continue
+    );
+    let auth = mail.auth_user.map(|u| AuthInfo {
+        user: u.into(),
+        mechanism: Some("PLAIN".into()),
+    });
+    let mail_reply = session.mail(&format!("<{}>", mail.from), &[], auth).await;
+    if !mail_reply.is_continue() {
+        return Run {
+            mail: mail_reply,
+            rcpts: vec![],
+            outcome: None,
+            session,
+        };
+    }
+    let mut rcpts = Vec::new();
+    for to in &mail.to {
+        rcpts.push(session.rcpt(&format!("<{to}>"), &[]).await);
+    }
+    if !rcpts.iter().any(StageReply::is_continue) {
+        return Run {
+            mail: mail_reply,
+            rcpts,
+            outcome: None,
+            session,
+        };
+    }
+    session.set_queue_id(Some("TESTQ1"));
+    for (n, v) in &mail.headers {
+        session.header(n, v);
+    }
+    session.body(mail.body.as_bytes());
+    let outcome = session.eom().await;
+    Run {
+        mail: mail_reply,
+        rcpts,
+        outcome: Some(outcome),
+        session,
+    }
+}
+
+pub fn reply_code(r: &StageReply) -> u16 {
+    match r {
+        StageReply::Continue => 250,
+        StageReply::Reject(r) | StageReply::Tempfail(r) => r.code,
+    }
+}
