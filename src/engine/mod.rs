@@ -829,11 +829,18 @@ impl Session {
                 .filter(|t| all_discard || t.branch.outcome != Outcome::Discard)
                 .collect();
             if !r.unchanged() || delivered.len() != r.targets.len() {
-                edits.push(Edit::DeleteRecipient {
-                    address: r.original.original().to_string(),
-                });
+                // An alias that lists itself keeps its recipient: no delete
+                // and re-add of the same address.
+                let keeps_original = delivered.iter().any(|t| t.is_original(&r.original));
+                if keeps_original {
+                    present.insert(r.original.key());
+                } else {
+                    edits.push(Edit::DeleteRecipient {
+                        address: r.original.original().to_string(),
+                    });
+                }
                 for t in &delivered {
-                    if present.insert(t.address.key()) {
+                    if !t.is_original(&r.original) && present.insert(t.address.key()) {
                         edits.push(Edit::AddRecipient {
                             address: t.address.original().to_string(),
                             args: None,
@@ -888,6 +895,12 @@ impl Session {
 
 fn is_quarantine_header(e: &Edit, settings: &crate::policy::PipelineSettings) -> bool {
     matches!(e, Edit::AddHeader { name, .. } if *name == settings.quarantine_header)
+}
+
+impl Target {
+    fn is_original(&self, original: &Address) -> bool {
+        self.address.original() == original.original()
+    }
 }
 
 impl RecipientState {
