@@ -2,7 +2,8 @@
 //! the session in its environment and, at end of message, the message on its
 //! stdin; the exit code is the result and the first line of stdout the reason.
 //!
-//! Options: `program` (required absolute path of an executable), `args`
+//! Options: `program` (required; an executable, relative paths resolve
+//! against the configuration file's directory), `args`
 //! (optional list of arguments), `stage` ("mail" or "eom", default "eom"; at
 //! "mail" stdin is empty), `env` (optional table of extra environment
 //! variables; `PATH` may be overridden, `DISPATCH_*` may not).
@@ -99,13 +100,6 @@ fn env_option(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Vec<(String, St
 /// Why a configured program cannot be run, if it cannot.
 fn program_problem(path: &std::path::Path, what: &str) -> Option<String> {
     let shown = path.display();
-    if !path.is_absolute() {
-        // The daemon's working directory is not the config's directory, so a
-        // relative path would silently mean something else.
-        return Some(format!(
-            "`program` in {what} must be an absolute path, found \"{shown}\""
-        ));
-    }
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
             "`program` in {what} names \"{shown}\", which does not exist; install it or fix the path"
@@ -123,14 +117,44 @@ fn program_problem(path: &std::path::Path, what: &str) -> Option<String> {
     }
 }
 
+/// Kills a program's whole process group when the check is dropped before
+/// the program ended (timeout or cancellation), so a script's children do not
+/// outlive it.
+struct GroupKill(Option<u32>);
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // the child leads (process_group(0) made its pgid its pid); it
+            // touches no memory of ours.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 impl CommandCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let what = ctx.options.what().to_string();
         let mut ok = true;
 
-        let program = ctx.options.required_string("program");
+        // The daemon's working directory is not the config's directory:
+        // resolve a relative path now, so it cannot silently mean something
+        // else later.
+        let program = ctx
+            .options
+            .required_string("program")
+            .map(|p| toml::Spanned::new(p.span(), ctx.base_dir.join(p.get_ref())));
         if let Some(p) = &program
-            && let Some(problem) = program_problem(std::path::Path::new(p.get_ref()), &what)
+            && let Some(problem) = program_problem(p.get_ref(), &what)
         {
             ctx.options.error(p.span(), problem);
             ok = false;
@@ -166,7 +190,7 @@ impl CommandCheck {
             return None;
         };
         Some(Arc::new(CommandCheck {
-            program: PathBuf::from(program.into_inner()),
+            program: program.into_inner(),
             args: args.map(|a| a.into_inner()).unwrap_or_default(),
             stage,
             env,
@@ -183,8 +207,11 @@ impl CommandCheck {
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            // The engine's timeout drops this future; the child must die with it.
-            .kill_on_drop(true);
+            // The engine's timeout drops this future; the child must die with
+            // it, and so must anything it started: its own process group lets
+            // `GroupKill` reach them all.
+            .kill_on_drop(true)
+            .process_group(0);
         cmd
     }
 
@@ -205,6 +232,7 @@ impl CommandCheck {
                 ));
             }
         };
+        let mut group = GroupKill(child.id());
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
@@ -226,7 +254,9 @@ impl CommandCheck {
                 "command check wrote to stderr"
             );
         }
-        match child.wait().await {
+        let waited = child.wait().await;
+        group.disarm();
+        match waited {
             Ok(status) => self.interpret(status, &out),
             Err(e) => CheckResult::temperror(format!(
                 "cannot wait for program \"{}\": {e}",
@@ -647,6 +677,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_the_future_kills_the_programs_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child");
+        // The child is not exec'd: only a process-group kill reaches it.
+        let prog = script(
+            dir.path(),
+            "spawner.sh",
+            &format!(
+                "sleep 30 &\necho $! > {:?}\nwait",
+                pidfile.display().to_string()
+            ),
+        );
+        let check = build_ok(CommandCheck::build, &config(&prog, "stage = \"mail\""));
+        let mut fut = check.clone().run(Arc::new(input(Stage::Mail)));
+        let pid = tokio::select! {
+            r = &mut fut => panic!("spawner finished: {r:?}"),
+            pid = async {
+                loop {
+                    if let Ok(pid) = std::fs::read_to_string(&pidfile)
+                        && pid.ends_with('\n')
+                    {
+                        return pid.trim().to_string();
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            } => pid,
+        };
+        assert!(!gone(&pid), "the grandchild should be alive");
+        drop(fut);
+        let mut waited = Duration::ZERO;
+        while !gone(&pid) {
+            assert!(
+                waited < Duration::from_secs(5),
+                "grandchild {pid} outlived its check"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            waited += Duration::from_millis(20);
+        }
+    }
+
+    #[tokio::test]
     async fn dropping_the_future_kills_the_program() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
@@ -707,8 +778,9 @@ mod tests {
         assert!(e.contains("not executable"), "{e}");
         let e = build_err(CommandCheck::build, &config(dir.path(), ""));
         assert!(e.contains("not a regular file"), "{e}");
+        // Relative paths resolve against the configuration's directory.
         let e = build_err(CommandCheck::build, "program = \"bin/filter\"");
-        assert!(e.contains("absolute path"), "{e}");
+        assert!(e.contains("\"/nonexistent-config-dir/bin/filter\""), "{e}");
         let e = build_err(CommandCheck::build, "");
         assert!(e.contains("needs `program`"), "{e}");
     }

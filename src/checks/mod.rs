@@ -156,6 +156,8 @@ pub struct CheckBuildContext<'o, 'd, 'a> {
     pub name: &'o str,
     pub options: &'o mut Options<'d, 'a>,
     pub tables: &'o TableSet,
+    /// The configuration file's directory: relative paths resolve against it.
+    pub base_dir: &'o std::path::Path,
 }
 
 /// Builds one check from its options; reports errors through the options and

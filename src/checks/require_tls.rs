@@ -142,6 +142,7 @@ pub(crate) mod tests {
                     name: "t",
                     options: &mut opts,
                     tables,
+                    base_dir: Path::new("/nonexistent-config-dir"),
                 };
                 build(&mut ctx)
             };

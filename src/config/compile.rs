@@ -95,6 +95,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
     }
 
     let mut compiler = Compiler {
+        base_dir,
         diag,
         registry,
         tables,
@@ -170,6 +171,7 @@ fn in_file_order<T>(named: Named<T>) -> Vec<(Spanned<String>, Spanned<T>)> {
 }
 
 struct Compiler<'r, 'a> {
+    base_dir: std::path::PathBuf,
     diag: Diagnostics<'a>,
     registry: &'r Registry,
     tables: TableSet,
@@ -319,6 +321,7 @@ impl Compiler<'_, '_> {
             name: name.get_ref(),
             options: &mut options,
             tables,
+            base_dir: &self.base_dir,
         };
         let built = builder(&mut ctx);
         let decides = match (&built, decide_at) {
