@@ -108,6 +108,25 @@ pub struct PipelineSettings {
     pub split_transactions: bool,
     pub quarantine_header: String,
     pub max_body_size: u64,
+    pub oversize_action: OversizeAction,
+    /// The longest any one stage waits for checks.
+    pub deadline: Duration,
+    /// Refuse recipients at end of message instead of at RCPT TO (for
+    /// Postfix's `non_smtpd_milters`, where a refused RCPT is an error).
+    pub refuse_at_eom: bool,
+    /// `{daemon_name}` values that select this pipeline on a listener that
+    /// has no pipeline of its own.
+    pub daemon_names: Vec<String>,
+}
+
+/// What happens when a message body is larger than `max_body_size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OversizeAction {
+    /// Keep the first `max_body_size` bytes; body checks see that much and
+    /// the message is marked truncated.
+    Truncate,
+    Tempfail,
+    Reject,
 }
 
 pub struct Pipeline {
@@ -121,6 +140,9 @@ pub struct Pipeline {
     /// Every check any branch of this pipeline can run, in config order;
     /// those whose inputs exist at connect or HELO start there.
     pub all_checks: Vec<CheckId>,
+    /// Whether any check or modifier looks at the body; if none does, the
+    /// body is counted but not kept.
+    pub needs_body: bool,
 }
 
 /// A source block, compiled: what applies to all mail from this source.

@@ -530,3 +530,101 @@ async fn a_second_ehlo_restarts_helo_checks() {
     s.helo("h.test", Some(tls)).await;
     assert_eq!(s.mail("<a@x.test>", &[], None).await, StageReply::Continue);
 }
+
+#[tokio::test]
+async fn no_stage_waits_past_the_pipeline_deadline() {
+    let p = probes();
+    let policy = compile_with(
+        r#"
+        [checks.hang]
+        kind = "probe"
+        delay_ms = 60000
+        timeout = "120s"
+        [pipelines.p]
+        deadline = "100ms"
+        checks = ["hang"]
+        "#,
+        p.clone(),
+    );
+    let started = std::time::Instant::now();
+    let outcome = run_mail(&policy, "p", &Mail::new("a@x.test", &["b@y.test"]))
+        .await
+        .outcome
+        .expect("EOM");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(outcome.decision.verdict, Verdict::Tempfail);
+    let hang = &outcome.report.checks[0];
+    assert_eq!(hang.result, "temperror");
+    assert!(
+        hang.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "{hang:?}"
+    );
+    assert!(
+        eventually(|| p.dropped.load(Ordering::SeqCst) == 1).await,
+        "the check was aborted"
+    );
+}
+
+#[tokio::test]
+async fn refuse_at_eom_moves_recipient_refusals_to_the_end() {
+    let policy = compile_with(
+        r#"
+        [pipelines.p]
+        refuse_at_eom = true
+        [[pipelines.p.destination]]
+        match = ["gone.test"]
+        action = "reject"
+        reply = { code = 550, status = "5.1.1", text = "No such user" }
+        "#,
+        probes(),
+    );
+    let run = run_mail(
+        &policy,
+        "p",
+        &Mail::new("a@x.test", &["ok@fine.test", "x@gone.test"]),
+    )
+    .await;
+    assert!(
+        run.rcpts.iter().all(StageReply::is_continue),
+        "no refusal at RCPT: {:?}",
+        run.rcpts
+    );
+    let d = run.outcome.expect("EOM").decision;
+    assert_eq!(d.verdict, Verdict::Reject);
+    assert_eq!(
+        d.reply.map(|r| (r.code, r.text)),
+        Some((550, "No such user".to_string()))
+    );
+}
+
+#[tokio::test]
+async fn oversize_bodies_follow_the_oversize_action() {
+    let config = |action: &str| {
+        format!(
+            r#"
+            [pipelines.p]
+            max_body_size = 16
+            oversize_action = "{action}"
+            "#
+        )
+    };
+    let mut mail = Mail::new("a@x.test", &["b@y.test"]);
+    mail.body = "x".repeat(100);
+    for (action, verdict, code) in [
+        ("reject", Verdict::Reject, Some(552)),
+        ("tempfail", Verdict::Tempfail, Some(452)),
+        ("truncate", Verdict::Accept, None),
+    ] {
+        let policy = compile_with(&config(action), probes());
+        let d = run_mail(&policy, "p", &mail)
+            .await
+            .outcome
+            .expect("EOM")
+            .decision;
+        assert_eq!(d.verdict, verdict, "{action}");
+        assert_eq!(d.reply.map(|r| r.code), code, "{action}");
+    }
+}

@@ -215,6 +215,28 @@ impl CommandCheck {
         cmd
     }
 
+    /// Spawn the program. exec(2) fails with ETXTBSY while any process still
+    /// holds the file open for writing: an administrator replacing the
+    /// script, or a fork elsewhere in this process that inherited a
+    /// descriptor and has not exec'd yet. That passes within milliseconds,
+    /// so try a few times before calling it an error.
+    async fn spawn(
+        &self,
+        input: &CheckInput,
+        stdin: bool,
+    ) -> std::io::Result<tokio::process::Child> {
+        let mut attempt = 0;
+        loop {
+            match self.command(input, stdin).spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(5 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn execute(&self, input: &CheckInput) -> CheckResult {
         let message = match (self.stage, &input.message) {
             (Stage::Eom, Some(m)) => Some(m.clone()),
@@ -223,7 +245,7 @@ impl CommandCheck {
             }
             _ => None,
         };
-        let mut child = match self.command(input, message.is_some()).spawn() {
+        let mut child = match self.spawn(input, message.is_some()).await {
             Ok(child) => child,
             Err(e) => {
                 return CheckResult::permerror(format!(

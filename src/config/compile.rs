@@ -37,6 +37,9 @@ pub mod defaults {
     /// Body bytes kept per message for body checks; the same as Postfix's
     /// default `message_size_limit` (10240000), rounded to 10 MiB.
     pub const MAX_BODY_SIZE: u64 = 10 << 20;
+    /// The longest a stage waits for checks: below Postfix's 30 s
+    /// `milter_command_timeout`, so the MTA hears from us before it gives up.
+    pub const STAGE_DEADLINE: Duration = Duration::from_secs(20);
 }
 
 /// The check and modifier kinds the compiler knows. Tests add their own.
@@ -474,6 +477,8 @@ impl Compiler<'_, '_> {
     fn pipeline(&mut self, name: Spanned<String>, block: Spanned<RawPipeline>) -> Option<Pipeline> {
         let mut raw = block.into_inner();
         let settings = self.pipeline_settings(&raw);
+        // At a pipeline's top level `daemon_names` selects the pipeline, not a source.
+        raw.daemon_names = None;
         let tree = raw.take_tree();
         let pipeline_name = name.into_inner();
 
@@ -481,7 +486,7 @@ impl Compiler<'_, '_> {
             self.diag.error_hint(
                 span,
                 "selectors are not allowed at a pipeline's top level",
-                "put `match`, `table`, `networks`, `auth_users` or `daemon_names` in a [[...source]] or [[...destination]] block",
+                "put `match`, `table`, `networks` or `auth_users` in a [[...source]] or [[...destination]] block (`daemon_names` here names the {daemon_name} values that select this pipeline)",
             );
         }
         let global_checks = self.resolve_checks(&tree.checks);
@@ -576,7 +581,12 @@ impl Compiler<'_, '_> {
             .collect();
         all_checks.sort_unstable();
         all_checks.dedup();
+        let needs_body = all_checks
+            .iter()
+            .any(|&id| self.checks[id].check.needs_body())
+            || self.modifiers.iter().any(|m| m.modifier.needs_body());
         Some(Pipeline {
+            needs_body,
             all_checks,
             name: pipeline_name,
             settings: settings?,
@@ -695,7 +705,46 @@ impl Compiler<'_, '_> {
                 })
             }
         };
+        let oversize_action = match raw
+            .oversize_action
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("truncate", _)) => OversizeAction::Truncate,
+            Some(("tempfail", _)) => OversizeAction::Tempfail,
+            Some(("reject", _)) => OversizeAction::Reject,
+            Some((other, span)) => {
+                ok = false;
+                self.diag.error(
+                    span,
+                    format!("invalid `oversize_action` \"{other}\": use \"truncate\", \"tempfail\" or \"reject\""),
+                );
+                OversizeAction::Truncate
+            }
+        };
+        let deadline = match &raw.deadline {
+            None => defaults::STAGE_DEADLINE,
+            Some(d) => match humantime::parse_duration(d.get_ref()) {
+                Ok(v) if !v.is_zero() => v,
+                _ => {
+                    ok = false;
+                    self.diag.error(
+                        d.span(),
+                        format!("`deadline` must be a duration with units such as \"20s\", found \"{}\"", d.get_ref()),
+                    );
+                    defaults::STAGE_DEADLINE
+                }
+            },
+        };
+        let mut daemon_names = Vec::new();
+        for d in raw.daemon_names.iter().flat_map(|l| l.get_ref()) {
+            daemon_names.push(d.get_ref().clone());
+        }
         ok.then_some(PipelineSettings {
+            oversize_action,
+            deadline,
+            refuse_at_eom: raw.refuse_at_eom.unwrap_or(false),
+            daemon_names,
             quarantine_score,
             reject_score,
             error_action,

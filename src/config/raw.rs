@@ -43,6 +43,9 @@ pub struct RawPipeline {
     pub split_transactions: Option<bool>,
     pub quarantine_header: Option<Spanned<String>>,
     pub max_body_size: Option<Spanned<toml::Value>>,
+    pub oversize_action: Option<Spanned<String>>,
+    pub deadline: Option<Spanned<String>>,
+    pub refuse_at_eom: Option<bool>,
 
     // The top level of the dispatch tree. These repeat `RawBlock`'s fields
     // because serde's `flatten` cannot be combined with `deny_unknown_fields`

@@ -17,8 +17,8 @@ use crate::edits::{Edit, EditList};
 use crate::message::{AuthInfo, ConnectionFacts, Envelope, Header, Message, TlsInfo};
 use crate::modifiers::MessageContext;
 use crate::policy::{
-    Action, Branch, CheckId, ErrorAction, MatchedBy, ModifierId, Outcome, Pipeline, Policy,
-    SourceFacts, SourceNode,
+    Action, Branch, CheckId, ErrorAction, MatchedBy, ModifierId, Outcome, OversizeAction, Pipeline,
+    Policy, SourceFacts, SourceNode,
 };
 use crate::reply::Reply;
 use crate::stage::Stage;
@@ -106,6 +106,8 @@ struct MessageState {
     first_signature: Option<Vec<usize>>,
     headers: Vec<Header>,
     body: Vec<u8>,
+    /// Body bytes counted against the limit but not kept (nobody reads them).
+    body_dropped: u64,
     body_truncated: bool,
     size: u64,
     report: MessageReport,
@@ -253,22 +255,28 @@ impl Session {
         })
     }
 
-    /// Wait for `ids`, stopping early when one asks for a reject.
+    /// Wait for `ids`, stopping early when one asks for a reject, and never
+    /// longer than the pipeline's stage deadline.
     async fn await_checks(&mut self, ids: &[CheckId]) {
         let policy = self.policy.clone();
         let pipeline = self.pipeline;
+        let deadline = tokio::time::Instant::now() + policy.pipelines[pipeline].settings.deadline;
         self.runner
-            .wait_for(ids, |f| {
-                let action = policy.checks[f.id].action_for(f.result.status);
-                match action {
-                    Action::Reject => true,
-                    Action::Error => matches!(
-                        policy.pipelines[pipeline].settings.error_action,
-                        ErrorAction::Reject(_)
-                    ),
-                    _ => false,
-                }
-            })
+            .wait_for(
+                ids,
+                |f| {
+                    let action = policy.checks[f.id].action_for(f.result.status);
+                    match action {
+                        Action::Reject => true,
+                        Action::Error => matches!(
+                            policy.pipelines[pipeline].settings.error_action,
+                            ErrorAction::Reject(_)
+                        ),
+                        _ => false,
+                    }
+                },
+                deadline,
+            )
             .await;
     }
 
@@ -395,6 +403,7 @@ impl Session {
             first_signature: None,
             headers: Vec::new(),
             body: Vec::new(),
+            body_dropped: 0,
             body_truncated: false,
             size: 0,
         });
@@ -504,8 +513,11 @@ impl Session {
         };
         self.note_recipient_targets(&original, &targets, &reply, outcome);
 
+        // A split is a real answer even under refuse_at_eom: the client
+        // retries that recipient, nothing is refused.
         let refused = !reply.is_continue();
-        let (kept, answer) = match (refused, settings.dry_run) {
+        let deferred = settings.dry_run || (settings.refuse_at_eom && outcome != "split");
+        let (kept, answer) = match (refused, deferred) {
             (false, _) => (Some(None), reply),
             (true, true) => (Some(Some(reply)), StageReply::Continue),
             (true, false) => (None, reply),
@@ -576,16 +588,25 @@ impl Session {
         }
     }
 
-    /// A piece of the body. Only the pipeline's `max_body_size` is kept.
+    /// A piece of the body. Only the pipeline's `max_body_size` is kept, and
+    /// nothing at all when no check or modifier reads the body.
     pub fn body(&mut self, chunk: &[u8]) {
-        let limit = self.pipeline().settings.max_body_size;
+        let pipeline = self.pipeline();
+        let limit = pipeline.settings.max_body_size;
+        let keep = pipeline.needs_body;
         if let Some(m) = &mut self.message {
             m.size += chunk.len() as u64;
-            let room = limit.saturating_sub(m.body.len() as u64) as usize;
+            let kept = m.body.len() as u64 + m.body_dropped;
+            let room = limit.saturating_sub(kept) as usize;
             if chunk.len() > room {
                 m.body_truncated = true;
             }
-            m.body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let take = chunk.len().min(room);
+            if keep {
+                m.body.extend_from_slice(&chunk[..take]);
+            } else {
+                m.body_dropped += take as u64;
+            }
         }
     }
 
@@ -649,6 +670,32 @@ impl Session {
             }
         }
         let settings = &pipeline.settings;
+        let truncated = self.message.as_ref().is_some_and(|m| m.body_truncated);
+        if truncated {
+            let limit = settings.max_body_size;
+            let over = match settings.oversize_action {
+                OversizeAction::Truncate => None,
+                OversizeAction::Tempfail => Some((
+                    Verdict::Tempfail,
+                    Reply::fixed(
+                        452,
+                        "4.3.1",
+                        "Message too big for the policy filter, try again later",
+                    ),
+                )),
+                OversizeAction::Reject => Some((
+                    Verdict::Reject,
+                    Reply::fixed(552, "5.3.4", "Message too big for the policy filter"),
+                )),
+            };
+            if let Some((verdict, reply)) = over {
+                decision.merge(Decision {
+                    verdict,
+                    reply: Some(reply),
+                    reason: Some(format!("body larger than max_body_size ({limit} bytes)")),
+                });
+            }
+        }
         if let Some(limit) = settings.reject_score
             && score >= limit
         {

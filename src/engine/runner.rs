@@ -174,9 +174,38 @@ impl Runner {
     }
 
     /// Wait until none of `ids` is running, or until `stop` says a finished
-    /// check makes waiting for the others pointless. Checks never started are
-    /// not waited for.
-    pub async fn wait_for(&mut self, ids: &[CheckId], stop: impl Fn(&Finished) -> bool) {
+    /// check makes waiting for the others pointless, or until `deadline`:
+    /// then the checks still running are aborted and count as temperror.
+    /// Checks never started are not waited for.
+    pub async fn wait_for(
+        &mut self,
+        ids: &[CheckId],
+        stop: impl Fn(&Finished) -> bool,
+        deadline: tokio::time::Instant,
+    ) {
+        if tokio::time::timeout_at(deadline, self.wait_inner(ids, stop))
+            .await
+            .is_err()
+        {
+            for &id in ids {
+                if let State::Running {
+                    abort, started_at, ..
+                } = &self.slots[id].state
+                {
+                    abort.abort();
+                    let started_at = *started_at;
+                    self.slots[id].state = State::Done(Finished {
+                        id,
+                        result: CheckResult::temperror("no answer within the stage deadline"),
+                        elapsed: Duration::ZERO,
+                        started_at,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn wait_inner(&mut self, ids: &[CheckId], stop: impl Fn(&Finished) -> bool) {
         loop {
             let pending = ids
                 .iter()

@@ -39,6 +39,11 @@ pub struct Effects {
 pub trait Modifier: Send + Sync + 'static {
     fn effects(&self) -> Effects;
 
+    /// Whether the modifier needs the message body at end of message.
+    fn needs_body(&self) -> bool {
+        false
+    }
+
     /// A new sender, or `None` to leave it as it is.
     fn rewrite_sender(&self, _sender: &Address) -> Result<Option<Address>, String> {
         Ok(None)
