@@ -165,7 +165,7 @@ impl Table {
                             entries.span(),
                             format!(
                                 "invalid regex \"{pattern}\" in table \"{name}\": {}",
-                                first_line(&e.to_string())
+                                crate::config::error::regex_error_text(&e)
                             ),
                         ),
                     }
@@ -187,10 +187,6 @@ impl Table {
         };
         Some(table)
     }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().last().unwrap_or(s).trim().to_string()
 }
 
 fn inline_entries(value: &Value) -> Option<HashMap<String, Vec<String>>> {

@@ -92,9 +92,10 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         let mut options = Options::new(what, block.span(), block.into_inner(), &mut diag);
         let table = Table::build(name.get_ref(), &mut options, &base_dir);
         options.finish();
-        if let Some(t) = table {
-            tables.insert(name.into_inner(), Arc::new(t));
-        }
+        // A table that failed keeps an empty stand-in, so the blocks that
+        // name it do not report a second, misleading "unknown table".
+        let t = table.unwrap_or_else(|| Table::inline(name.get_ref(), HashMap::new()));
+        tables.insert(name.into_inner(), Arc::new(t));
     }
 
     let mut compiler = Compiler {
@@ -106,6 +107,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         check_ids: HashMap::new(),
         modifiers: Vec::new(),
         modifier_ids: HashMap::new(),
+        broken: std::collections::HashSet::new(),
         branches: Vec::new(),
     };
     for (name, block) in in_file_order(std::mem::take(&mut raw.checks)) {
@@ -182,6 +184,9 @@ struct Compiler<'r, 'a> {
     check_ids: HashMap<String, CheckId>,
     modifiers: Vec<ModifierInstance>,
     modifier_ids: HashMap<String, ModifierId>,
+    /// Checks and modifiers that are defined but failed to build: their own
+    /// errors are reported; naming them elsewhere is not a second error.
+    broken: std::collections::HashSet<String>,
     branches: Vec<Arc<Branch>>,
 }
 
@@ -260,7 +265,9 @@ impl Compiler<'_, '_> {
         let tables = &self.tables;
         let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
         let Some(kind) = options.required_string("kind") else {
-            options.finish();
+            // Without a kind every other key would read as unknown: say only
+            // what is missing.
+            self.broken.insert(name.into_inner());
             return;
         };
         let Some(builder) = registry.checks.get(kind.get_ref()) else {
@@ -282,7 +289,7 @@ impl Compiler<'_, '_> {
                 format!("unknown check kind \"{}\"", kind.get_ref()),
                 hint,
             );
-            options.finish();
+            self.broken.insert(name.into_inner());
             return;
         };
         let timeout = options
@@ -356,21 +363,23 @@ impl Compiler<'_, '_> {
             (None, _) => Stage::Eom,
         };
         options.finish();
-        if let Some(check) = built {
-            let id = self.checks.len();
-            self.check_ids.insert(name.get_ref().clone(), id);
-            self.checks.push(CheckInstance {
-                name: name.into_inner(),
-                kind: kind.into_inner(),
-                inputs: check.inputs(),
-                decides,
-                check,
-                timeout,
-                actions,
-                reject_reply: reject_reply.unwrap_or_else(Reply::default_reject),
-                tempfail_reply: tempfail_reply.unwrap_or_else(Reply::default_tempfail),
-            });
-        }
+        let Some(check) = built else {
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let id = self.checks.len();
+        self.check_ids.insert(name.get_ref().clone(), id);
+        self.checks.push(CheckInstance {
+            name: name.into_inner(),
+            kind: kind.into_inner(),
+            inputs: check.inputs(),
+            decides,
+            check,
+            timeout,
+            actions,
+            reject_reply: reject_reply.unwrap_or_else(Reply::default_reject),
+            tempfail_reply: tempfail_reply.unwrap_or_else(Reply::default_tempfail),
+        });
     }
 
     fn modifier(&mut self, name: Spanned<String>, block: Spanned<RawOptions>) {
@@ -380,7 +389,7 @@ impl Compiler<'_, '_> {
         let tables = &self.tables;
         let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
         let Some(kind) = options.required_string("kind") else {
-            options.finish();
+            self.broken.insert(name.into_inner());
             return;
         };
         let Some(builder) = registry.modifiers.get(kind.get_ref()) else {
@@ -404,7 +413,7 @@ impl Compiler<'_, '_> {
                 format!("unknown modifier kind \"{}\"", kind.get_ref()),
                 hint,
             );
-            options.finish();
+            self.broken.insert(name.into_inner());
             return;
         };
         let mut ctx = ModifierBuildContext {
@@ -414,15 +423,17 @@ impl Compiler<'_, '_> {
         };
         let built = builder(&mut ctx);
         options.finish();
-        if let Some(modifier) = built {
-            let id = self.modifiers.len();
-            self.modifier_ids.insert(name.get_ref().clone(), id);
-            self.modifiers.push(ModifierInstance {
-                name: name.into_inner(),
-                kind: kind.into_inner(),
-                modifier,
-            });
-        }
+        let Some(modifier) = built else {
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let id = self.modifiers.len();
+        self.modifier_ids.insert(name.get_ref().clone(), id);
+        self.modifiers.push(ModifierInstance {
+            name: name.into_inner(),
+            kind: kind.into_inner(),
+            modifier,
+        });
     }
 
     fn resolve_checks(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<CheckId> {
@@ -434,6 +445,7 @@ impl Compiler<'_, '_> {
                     format!("check \"{}\" is listed twice here", name.get_ref()),
                 ),
                 Some(id) => ids.push(*id),
+                None if self.broken.contains(name.get_ref()) => {}
                 None => {
                     let hint =
                         did_you_mean(name.get_ref(), self.check_ids.keys().map(String::as_str))
@@ -458,6 +470,7 @@ impl Compiler<'_, '_> {
         for name in list.iter().flat_map(|l| l.get_ref()) {
             match self.modifier_ids.get(name.get_ref()) {
                 Some(id) => ids.push(*id),
+                None if self.broken.contains(name.get_ref()) => {}
                 None => {
                     let hint =
                         did_you_mean(name.get_ref(), self.modifier_ids.keys().map(String::as_str))
@@ -789,7 +802,11 @@ impl Compiler<'_, '_> {
                             sel.addresses.push(key);
                         }
                     }
-                    Err(e) => self.diag.error(m.span(), e),
+                    Err(e) => self.diag.error_hint(
+                        m.span(),
+                        e,
+                        "write a full address (user@example.org), a domain (example.org), \"<>\" or \"postmaster\"",
+                    ),
                 }
             } else {
                 match normalize_domain(text) {

@@ -118,6 +118,14 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// The regex crate's error, reduced to its last line without the `error: `
+/// prefix, so it reads well after our own message.
+pub fn regex_error_text(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
 /// The closest of `candidates` to `word`, for "did you mean" hints.
 pub fn did_you_mean<'c>(
     word: &str,

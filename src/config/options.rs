@@ -165,8 +165,7 @@ impl<'d, 'a> Options<'d, 'a> {
         match regex::Regex::new(v.get_ref()) {
             Ok(re) => Some(re),
             Err(e) => {
-                let detail = e.to_string();
-                let detail = detail.lines().last().unwrap_or_default().trim().to_string();
+                let detail = super::error::regex_error_text(&e);
                 let msg = format!(
                     "invalid regex \"{}\" in {}: {detail}",
                     v.get_ref(),

@@ -569,10 +569,12 @@ impl Session {
         let matched = targets.first().map(|t| t.matched_by);
         if let Some(m) = &mut self.message {
             let mut r = RecipientReport::new(original, branch, matched, reply, outcome, delivered);
-            r.copies = targets
-                .iter()
-                .flat_map(|t| t.branch.copy.iter().map(|c| c.to_string()))
-                .collect();
+            for copy in targets.iter().flat_map(|t| t.branch.copy.iter()) {
+                let copy = copy.to_string();
+                if !r.copies.contains(&copy) {
+                    r.copies.push(copy);
+                }
+            }
             m.report.recipients.push(r);
         }
     }
