@@ -20,6 +20,12 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the milter daemon in the foreground, logging to stderr.
+    Serve {
+        /// The configuration file.
+        #[arg(short, long, default_value = "milter-config.toml")]
+        config: PathBuf,
+    },
     /// Validate a configuration file and print a one-line summary.
     Check {
         /// The configuration file.
@@ -81,8 +87,20 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Command::Serve { config } = &args.command {
+        // The daemon sets up its own logging from the config.
+        return match tokio::runtime::Runtime::new() {
+            Ok(rt) => exit(rt.block_on(dispatch_milter::daemon::serve(config))),
+            Err(e) => {
+                eprintln!("cannot start the async runtime: {e}");
+                exit(1)
+            }
+        };
+    }
     init_logging();
-    match Args::parse().command {
+    match args.command {
+        Command::Serve { .. } => exit(0),
         Command::Check { config } => exit(cli::check::run(&config)),
         Command::Test(args) => {
             let TestArgs {

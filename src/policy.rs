@@ -21,6 +21,7 @@ pub type ModifierId = usize;
 
 pub struct Policy {
     pub file: PathBuf,
+    pub server: crate::server_config::ServerSettings,
     pub checks: Vec<CheckInstance>,
     pub modifiers: Vec<ModifierInstance>,
     pub tables: TableSet,
@@ -143,6 +144,34 @@ pub struct Pipeline {
     /// Whether any check or modifier looks at the body; if none does, the
     /// body is counted but not kept.
     pub needs_body: bool,
+    /// The kinds of edit this pipeline can produce.
+    pub edit_kinds: EditKinds,
+}
+
+/// Kinds of end-of-message edit, to ask the MTA for exactly what a policy
+/// can use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EditKinds {
+    pub add_header: bool,
+    /// Change or delete headers.
+    pub change_header: bool,
+    pub add_recipient: bool,
+    pub delete_recipient: bool,
+    pub change_sender: bool,
+    pub quarantine: bool,
+}
+
+impl EditKinds {
+    pub fn union(self, o: EditKinds) -> EditKinds {
+        EditKinds {
+            add_header: self.add_header || o.add_header,
+            change_header: self.change_header || o.change_header,
+            add_recipient: self.add_recipient || o.add_recipient,
+            delete_recipient: self.delete_recipient || o.delete_recipient,
+            change_sender: self.change_sender || o.change_sender,
+            quarantine: self.quarantine || o.quarantine,
+        }
+    }
 }
 
 /// A source block, compiled: what applies to all mail from this source.

@@ -5,13 +5,14 @@
 
 use super::error::{ConfigErrors, Diagnostics, did_you_mean};
 use super::options::{Options, RawOptions};
-use super::raw::{Named, RawBlock, RawConfig, RawPipeline, RawReply};
+use super::raw::{Named, RawBlock, RawConfig, RawPipeline, RawReply, RawServer};
 use crate::address::{Address, normalize_domain};
 use crate::checks::{CheckBuildContext, CheckBuilder, Status};
 use crate::edits::valid_header_name;
 use crate::modifiers::{ModifierBuildContext, ModifierBuilder};
 use crate::policy::*;
 use crate::reply::{Reply, ReplyClass};
+use crate::server_config::{ListenAddress, ListenerSettings, LogFormat, ServerSettings};
 use crate::stage::Stage;
 use crate::tables::{Table, TableSet, normalize_key};
 use ipnet::IpNet;
@@ -109,6 +110,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         modifier_ids: HashMap::new(),
         broken: std::collections::HashSet::new(),
         branches: Vec::new(),
+        pipeline_modifiers: Vec::new(),
     };
     for (name, block) in in_file_order(std::mem::take(&mut raw.checks)) {
         compiler.check(name, block);
@@ -125,11 +127,16 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
             Some("add a [pipelines.NAME] block; see milter-config.toml".to_string()),
         );
     }
+    let pipeline_names: Vec<String> = pipeline_blocks
+        .iter()
+        .map(|(n, _)| n.get_ref().clone())
+        .collect();
     for (name, block) in pipeline_blocks {
         if let Some(p) = compiler.pipeline(name, block) {
             pipelines.push(p);
         }
     }
+    let server = compiler.server(raw.server.take(), &pipeline_names);
 
     let Compiler {
         diag,
@@ -142,6 +149,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         return Err(diag.into_errors());
     }
     Ok(Policy {
+        server,
         file: file.to_path_buf(),
         checks,
         modifiers,
@@ -188,6 +196,8 @@ struct Compiler<'r, 'a> {
     /// errors are reported; naming them elsewhere is not a second error.
     broken: std::collections::HashSet<String>,
     branches: Vec<Arc<Branch>>,
+    /// Every modifier the pipeline being compiled names, at any level.
+    pipeline_modifiers: Vec<ModifierId>,
 }
 
 /// Duplicate detection for one level of the tree.
@@ -469,7 +479,12 @@ impl Compiler<'_, '_> {
         let mut ids = Vec::new();
         for name in list.iter().flat_map(|l| l.get_ref()) {
             match self.modifier_ids.get(name.get_ref()) {
-                Some(id) => ids.push(*id),
+                Some(id) => {
+                    ids.push(*id);
+                    if !self.pipeline_modifiers.contains(id) {
+                        self.pipeline_modifiers.push(*id);
+                    }
+                }
                 None if self.broken.contains(name.get_ref()) => {}
                 None => {
                     let hint =
@@ -594,15 +609,21 @@ impl Compiler<'_, '_> {
             .collect();
         all_checks.sort_unstable();
         all_checks.dedup();
+        let all_modifiers = std::mem::take(&mut self.pipeline_modifiers);
         let needs_body = all_checks
             .iter()
             .any(|&id| self.checks[id].check.needs_body())
-            || self.modifiers.iter().any(|m| m.modifier.needs_body());
+            || all_modifiers
+                .iter()
+                .any(|&id| self.modifiers[id].modifier.needs_body());
+        let settings = settings?;
+        let edit_kinds = self.edit_kinds(&settings, &branches, &all_checks, &all_modifiers);
         Some(Pipeline {
+            edit_kinds,
             needs_body,
             all_checks,
             name: pipeline_name,
-            settings: settings?,
+            settings,
             checks: global_checks,
             modifiers: global_modifiers,
             sources: SourceDispatch {
@@ -619,6 +640,160 @@ impl Compiler<'_, '_> {
             },
             branches,
         })
+    }
+
+    fn server(&mut self, raw: Option<Spanned<RawServer>>, pipelines: &[String]) -> ServerSettings {
+        let mut settings = ServerSettings::default();
+        let Some(raw) = raw else {
+            return settings;
+        };
+        let raw = raw.into_inner();
+        if !raw.listen.is_empty() {
+            settings.listeners.clear();
+        }
+        let mut seen: HashMap<String, Range<usize>> = HashMap::new();
+        for l in raw.listen {
+            let l = l.into_inner();
+            let address = match ListenAddress::parse(l.address.get_ref()) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.diag.error(l.address.span(), e);
+                    continue;
+                }
+            };
+            if let Some(first) = seen.get(&address.to_string()) {
+                let first = self.position_text(first);
+                self.diag.error(
+                    l.address.span(),
+                    format!("\"{address}\" is listed twice (first at {first})"),
+                );
+                continue;
+            }
+            seen.insert(address.to_string(), l.address.span());
+            if let Some(p) = &l.pipeline
+                && !pipelines.contains(p.get_ref())
+            {
+                let hint = did_you_mean(p.get_ref(), pipelines.iter().map(String::as_str))
+                    .map(|s| format!("did you mean \"{s}\"?"))
+                    .unwrap_or_else(|| format!("pipelines: {}", pipelines.join(", ")));
+                self.diag
+                    .error_hint(p.span(), format!("no pipeline \"{}\"", p.get_ref()), hint);
+            }
+            let is_unix = matches!(address, ListenAddress::Unix(_));
+            for (key, v) in [
+                ("socket_mode", &l.socket_mode),
+                ("socket_owner", &l.socket_owner),
+                ("socket_group", &l.socket_group),
+            ] {
+                if let Some(v) = v
+                    && !is_unix
+                {
+                    self.diag
+                        .error(v.span(), format!("`{key}` only applies to unix: sockets"));
+                }
+            }
+            let socket_mode = l.socket_mode.as_ref().and_then(|m| {
+                match u32::from_str_radix(m.get_ref().trim_start_matches("0o"), 8) {
+                    Ok(v) if v <= 0o777 => Some(v),
+                    _ => {
+                        self.diag.error(m.span(), format!("invalid `socket_mode` \"{}\": write an octal mode such as \"0660\"", m.get_ref()));
+                        None
+                    }
+                }
+            });
+            settings.listeners.push(ListenerSettings {
+                address,
+                pipeline: l.pipeline.map(Spanned::into_inner),
+                socket_mode,
+                socket_owner: l.socket_owner.map(Spanned::into_inner),
+                socket_group: l.socket_group.map(Spanned::into_inner),
+            });
+        }
+        if let Some(m) = raw.max_connections {
+            match usize::try_from(*m.get_ref()) {
+                Ok(v) if v > 0 => settings.max_connections = v,
+                _ => self
+                    .diag
+                    .error(m.span(), "`max_connections` must be a positive number"),
+            }
+        }
+        if let Some(g) = raw.shutdown_grace {
+            match humantime::parse_duration(g.get_ref()) {
+                Ok(d) => settings.shutdown_grace = d,
+                Err(_) => self.diag.error(
+                    g.span(),
+                    format!(
+                        "`shutdown_grace` must be a duration such as \"30s\", found \"{}\"",
+                        g.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(f) = raw.log_format {
+            match f.get_ref().as_str() {
+                "text" => settings.log_format = LogFormat::Text,
+                "json" => settings.log_format = LogFormat::Json,
+                other => self.diag.error(
+                    f.span(),
+                    format!("invalid `log_format` \"{other}\": use \"text\" or \"json\""),
+                ),
+            }
+        }
+        if let Some(l) = raw.log_level {
+            if tracing_subscriber::EnvFilter::try_new(l.get_ref()).is_ok() {
+                settings.log_level = l.into_inner();
+            } else {
+                self.diag.error(
+                    l.span(),
+                    format!("invalid `log_level` \"{}\": use error, warn, info, debug or trace (or a tracing filter)", l.get_ref()),
+                );
+            }
+        }
+        if let Some(m) = raw.metrics_listen {
+            match m.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => settings.metrics_listen = Some(a),
+                Err(_) => self.diag.error(
+                    m.span(),
+                    format!(
+                        "invalid `metrics_listen` \"{}\": write IP:PORT, such as 127.0.0.1:9357",
+                        m.get_ref()
+                    ),
+                ),
+            }
+        }
+        settings
+    }
+
+    /// Which kinds of edit the pipeline can ever produce, so the daemon asks
+    /// the MTA for exactly those.
+    fn edit_kinds(
+        &self,
+        settings: &PipelineSettings,
+        branches: &[Arc<Branch>],
+        checks: &[CheckId],
+        modifiers: &[ModifierId],
+    ) -> EditKinds {
+        let mut k = EditKinds::default();
+        for &id in modifiers {
+            let e = self.modifiers[id].modifier.effects();
+            k.add_header |= e.headers;
+            k.change_header |= e.headers;
+            k.add_recipient |= e.recipients;
+            k.delete_recipient |= e.recipients;
+            k.change_sender |= e.sender;
+        }
+        for b in branches {
+            k.add_recipient |= b.redirect.is_some() || !b.copy.is_empty();
+            k.delete_recipient |= b.redirect.is_some() || b.outcome == Outcome::Discard;
+            k.quarantine |= matches!(b.outcome, Outcome::Quarantine(_));
+        }
+        k.quarantine |= settings.quarantine_score.is_some()
+            || checks
+                .iter()
+                .any(|&id| self.checks[id].actions.contains(&Action::Quarantine));
+        // The quarantine reason travels in a header; dry-run reports in one.
+        k.add_header |= k.quarantine || settings.dry_run;
+        k
     }
 
     fn pipeline_settings(&mut self, raw: &RawPipeline) -> Option<PipelineSettings> {

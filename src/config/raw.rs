@@ -21,6 +21,31 @@ pub struct RawConfig {
     pub tables: Named<RawOptions>,
     #[serde(default)]
     pub pipelines: Named<RawPipeline>,
+    pub server: Option<Spanned<RawServer>>,
+}
+
+/// `[server]`: how the daemon listens and runs. Changes here need a restart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default)]
+    pub listen: Vec<Spanned<RawListener>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub shutdown_grace: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
+    pub log_level: Option<Spanned<String>>,
+    pub metrics_listen: Option<Spanned<String>>,
+}
+
+/// `[[server.listen]]`: one socket the MTA connects to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: Spanned<String>,
+    pub pipeline: Option<Spanned<String>>,
+    pub socket_mode: Option<Spanned<String>>,
+    pub socket_owner: Option<Spanned<String>>,
+    pub socket_group: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

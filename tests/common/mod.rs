@@ -135,6 +135,8 @@ pub fn compile(src: &str) -> Arc<Policy> {
     }
 }
 
+pub mod daemon;
+
 pub fn compile_with(src: &str, probes: Arc<Probes>) -> Arc<Policy> {
     match compile_str(Path::new("test.toml"), src, &registry(probes)) {
         Ok(p) => Arc::new(p),

@@ -1,0 +1,617 @@
+//! The milter adapter: thin glue between indymilter's callbacks and the
+//! protocol-free engine. It turns macros and commands into engine calls and
+//! engine answers into milter statuses, replies and end-of-message actions.
+//! Every stage but end of message answers CONTINUE (ACCEPT before EOM would
+//! drop every edit); the edit list is sent at EOM as one batch.
+
+use super::logline;
+use super::shared::{MessageGuard, Shared};
+use crate::edits::Edit;
+use crate::engine::{MessageOutcome, Session, StageReply, Verdict};
+use crate::message::{AuthInfo, ConnectionFacts, TlsInfo};
+use crate::policy::{EditKinds, Policy};
+use crate::reply::Reply;
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext,
+    ProtoOpts, SetErrorReply, SocketInfo, Status,
+};
+use std::ffi::{CStr, CString};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often EOM tells the MTA we are still working while checks run:
+/// a quarter of the stage deadline, at most every 10 s. Postfix restarts its
+/// content timeout (300 s) on every reply.
+fn progress_interval(deadline: Duration) -> Duration {
+    (deadline / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// The macros each stage needs (DESIGN §2). Postfix sends most by default;
+/// asking makes Sendmail and tuned Postfix setups send them too.
+const MACROS: [(MacroStage, &str); 6] = [
+    (
+        MacroStage::Connect,
+        "j _ {daemon_name} {daemon_addr} {client_addr} {client_name}",
+    ),
+    (
+        MacroStage::Helo,
+        "{tls_version} {cipher} {cipher_bits} {cert_subject}",
+    ),
+    (
+        MacroStage::Mail,
+        "i {auth_type} {auth_authen} {auth_author} {mail_addr} {tls_version} {cipher}",
+    ),
+    (MacroStage::Rcpt, "i {rcpt_addr}"),
+    (MacroStage::Data, "i"),
+    (MacroStage::Eom, "i"),
+];
+
+/// Which pipeline a listener's connections use.
+#[derive(Clone, Debug)]
+pub struct Binding {
+    /// A fixed pipeline, or `None` to choose by `{daemon_name}`.
+    pub pipeline: Option<String>,
+    /// For logs: the listener's address.
+    pub listener: String,
+}
+
+/// Per connection: what was negotiated, and the engine session.
+pub struct Connection {
+    policy: Arc<Policy>,
+    granted: Actions,
+    leading_space: bool,
+    session: Option<Session>,
+    message: Option<MessageGuard>,
+    started: Instant,
+    client: String,
+}
+
+fn macro_value(macros: &Macros, name: &CStr) -> Option<String> {
+    macros
+        .get(name)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn text(s: &CStr) -> String {
+    s.to_string_lossy().into_owned()
+}
+
+/// The milter actions that a set of edit kinds needs.
+pub fn actions_for(kinds: EditKinds) -> Actions {
+    let mut a = Actions::empty();
+    if kinds.add_header {
+        a |= Actions::ADD_HEADER;
+    }
+    if kinds.change_header {
+        a |= Actions::CHANGE_HEADER | Actions::ADD_HEADER;
+    }
+    if kinds.add_recipient {
+        a |= Actions::ADD_RCPT;
+    }
+    if kinds.delete_recipient {
+        a |= Actions::DELETE_RCPT;
+    }
+    if kinds.change_sender {
+        a |= Actions::CHANGE_SENDER;
+    }
+    if kinds.quarantine {
+        a |= Actions::QUARANTINE | Actions::ADD_HEADER;
+    }
+    a
+}
+
+/// The edit kinds a listener may need: its own pipeline's, or every
+/// pipeline's when the pipeline is chosen per connection.
+fn kinds_for(policy: &Policy, binding: &Binding) -> EditKinds {
+    policy
+        .pipelines
+        .iter()
+        .filter(|p| binding.pipeline.as_ref().is_none_or(|name| *name == p.name))
+        .fold(EditKinds::default(), |acc, p| acc.union(p.edit_kinds))
+}
+
+/// The pipeline for a new connection: the listener's, else the one whose
+/// `daemon_names` lists `{daemon_name}`, else the first.
+fn choose_pipeline(policy: &Policy, binding: &Binding, daemon_name: Option<&str>) -> usize {
+    if let Some(name) = &binding.pipeline {
+        if let Some(i) = policy.pipeline_index(name) {
+            return i;
+        }
+        tracing::error!(pipeline = %name, listener = %binding.listener, "the listener's pipeline is gone from the reloaded config; using the first pipeline until restart");
+        return 0;
+    }
+    daemon_name
+        .and_then(|d| {
+            policy
+                .pipelines
+                .iter()
+                .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
+        })
+        .unwrap_or(0)
+}
+
+/// Set the SMTP reply for a refusal and return the matching status.
+fn refuse(reply: &mut impl SetErrorReply, r: &Reply) -> Status {
+    let status = if r.code >= 500 {
+        Status::Reject
+    } else {
+        Status::Tempfail
+    };
+    let code = r.code.to_string();
+    if let Err(e) = reply.set_error_reply(&code, Some(&r.status), [r.text.as_str()]) {
+        // The reply was validated at load time; if the MTA side still
+        // refuses it, the status alone still refuses correctly.
+        tracing::error!(error = %e, reply = %r, "could not set the SMTP reply");
+    }
+    status
+}
+
+fn stage_status(ctx: &mut Context<Connection>, reply: StageReply) -> Status {
+    match reply {
+        StageReply::Continue => Status::Continue,
+        StageReply::Reject(r) | StageReply::Tempfail(r) => refuse(&mut ctx.reply, &r),
+    }
+}
+
+/// A header value as the MTA wants it: folded with LF (the MTA turns it into
+/// CRLF) before white space when a line grows past 78 characters, and with
+/// the leading space when LEADING_SPACE was negotiated.
+pub fn wire_header_value(name: &str, value: &str, leading_space: bool) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    if leading_space {
+        out.push(' ');
+    }
+    // The first line also holds "Name: ".
+    let mut line_len = name.len() + 2;
+    let mut first_word = true;
+    for word in value.split(' ') {
+        if !first_word {
+            if line_len + 1 + word.len() > 78 && line_len > 0 {
+                out.push_str("\n ");
+                line_len = 1;
+            } else {
+                out.push(' ');
+                line_len += 1;
+            }
+        }
+        out.push_str(word);
+        line_len += word.len();
+        first_word = false;
+    }
+    out
+}
+
+pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection> {
+    let (s1, s2, s3, s4, s5, s6, s7, s8, s9) = (
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared.clone(),
+        shared,
+    );
+    let b1 = binding.clone();
+    let b2 = binding;
+    Callbacks::new()
+        .on_negotiate(move |ctx, actions, opts| {
+            let (shared, binding) = (s1.clone(), b1.clone());
+            Box::pin(async move { handle_negotiate(&shared, &binding, ctx, actions, opts) })
+        })
+        .on_connect(move |ctx, host, info| {
+            let (shared, binding) = (s2.clone(), b2.clone());
+            Box::pin(async move { handle_connect(&shared, &binding, ctx, host, info).await })
+        })
+        .on_helo(move |ctx, helo| {
+            let _ = &s3;
+            Box::pin(async move { handle_helo(ctx, helo).await })
+        })
+        .on_mail(move |ctx, args| {
+            let shared = s4.clone();
+            Box::pin(async move { handle_mail(&shared, ctx, args).await })
+        })
+        .on_rcpt(move |ctx, args| {
+            let _ = &s5;
+            Box::pin(async move { handle_rcpt(ctx, args).await })
+        })
+        .on_header(move |ctx, name, value| {
+            let _ = &s6;
+            Box::pin(async move { handle_header(ctx, name, value) })
+        })
+        .on_body(move |ctx, chunk| {
+            let _ = &s7;
+            Box::pin(async move {
+                if let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) {
+                    session.body(&chunk);
+                }
+                Status::Continue
+            })
+        })
+        .on_eom(move |ctx| {
+            let shared = s8.clone();
+            Box::pin(async move { handle_eom(&shared, ctx).await })
+        })
+        .on_abort(|ctx| {
+            Box::pin(async move {
+                if let Some(conn) = ctx.data.as_mut() {
+                    if let Some(session) = conn.session.as_mut() {
+                        session.abort();
+                    }
+                    conn.message = None;
+                }
+                Status::Continue
+            })
+        })
+        .on_close(move |ctx| {
+            let shared = s9.clone();
+            Box::pin(async move {
+                // Dropping the session aborts its checks; dropping the guard
+                // ends a message the client left unfinished.
+                if let Some(conn) = ctx.data.take()
+                    && conn.session.is_some()
+                {
+                    shared.metrics.connection_closed();
+                    if conn.message.is_some() {
+                        tracing::info!(client = %conn.client, "connection closed in the middle of a message; its checks are cancelled");
+                    }
+                }
+                Status::Continue
+            })
+        })
+}
+
+fn handle_negotiate(
+    shared: &Arc<Shared>,
+    binding: &Binding,
+    ctx: &mut NegotiateContext<Connection>,
+    offered: Actions,
+    opts: ProtoOpts,
+) -> Status {
+    let policy = shared.current();
+    let wanted = actions_for(kinds_for(&policy, binding));
+    let missing = wanted - offered;
+    if !missing.is_empty() {
+        tracing::error!(
+            missing = ?missing,
+            listener = %binding.listener,
+            "the MTA does not offer milter actions this policy needs; messages needing them will be tempfailed. \
+             Postfix: set milter_protocol = 6 in main.cf (the default since 2.6). Sendmail: use 8.14 or later"
+        );
+    }
+    let mut granted = wanted & offered;
+    if offered.contains(Actions::REQUEST_MACROS) {
+        granted |= Actions::REQUEST_MACROS;
+        for (stage, names) in MACROS {
+            if let Ok(c) = CString::new(names) {
+                ctx.requested_macros.insert(stage, c);
+            }
+        }
+    }
+    ctx.requested_actions = granted;
+    let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
+    ctx.requested_opts = if leading_space {
+        ProtoOpts::LEADING_SPACE
+    } else {
+        ProtoOpts::empty()
+    };
+    ctx.data = Some(Connection {
+        policy,
+        granted,
+        leading_space,
+        session: None,
+        message: None,
+        started: Instant::now(),
+        client: String::new(),
+    });
+    Status::Continue
+}
+
+async fn handle_connect(
+    shared: &Arc<Shared>,
+    binding: &Binding,
+    ctx: &mut Context<Connection>,
+    host: CString,
+    info: SocketInfo,
+) -> Status {
+    let daemon_name = macro_value(&ctx.macros, c"{daemon_name}");
+    let Some(conn) = ctx.data.as_mut() else {
+        tracing::error!("connect without negotiation; tempfailing the connection");
+        return Status::Tempfail;
+    };
+    let client_ip = match info {
+        SocketInfo::Inet(addr) => Some(addr.ip()),
+        _ => None,
+    };
+    let host = text(&host);
+    // Postfix passes "unknown" or "[address]" when the client has no name.
+    let client_name =
+        (!host.is_empty() && host != "unknown" && !host.starts_with('[')).then(|| host.clone());
+    conn.client = match client_ip {
+        Some(ip) => format!("{host}[{ip}]"),
+        None => host.clone(),
+    };
+    let pipeline = choose_pipeline(&conn.policy, binding, daemon_name.as_deref());
+    let facts = ConnectionFacts {
+        client_ip,
+        client_name,
+        daemon_name,
+        ..ConnectionFacts::default()
+    };
+    let mut session = Session::new(conn.policy.clone(), pipeline, facts);
+    shared.metrics.connection_opened();
+    let reply = session.connect().await;
+    conn.session = Some(session);
+    stage_status(ctx, reply)
+}
+
+fn tls_from(macros: &Macros) -> Option<TlsInfo> {
+    macro_value(macros, c"{tls_version}").map(|version| TlsInfo {
+        version,
+        cipher: macro_value(macros, c"{cipher}"),
+    })
+}
+
+async fn handle_helo(ctx: &mut Context<Connection>, helo: CString) -> Status {
+    let tls = tls_from(&ctx.macros);
+    let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) else {
+        return Status::Tempfail;
+    };
+    let reply = session.helo(&text(&helo), tls).await;
+    stage_status(ctx, reply)
+}
+
+async fn handle_mail(
+    shared: &Arc<Shared>,
+    ctx: &mut Context<Connection>,
+    args: Vec<CString>,
+) -> Status {
+    let tls = tls_from(&ctx.macros);
+    let auth = macro_value(&ctx.macros, c"{auth_authen}").map(|user| AuthInfo {
+        user,
+        mechanism: macro_value(&ctx.macros, c"{auth_type}"),
+    });
+    let queue_id = macro_value(&ctx.macros, c"i");
+    let Some(conn) = ctx.data.as_mut() else {
+        return Status::Tempfail;
+    };
+    let Some(session) = conn.session.as_mut() else {
+        return Status::Tempfail;
+    };
+    let mut args = args.iter().map(|a| text(a));
+    let sender = args.next().unwrap_or_default();
+    let esmtp: Vec<String> = args.collect();
+    session.set_tls(tls);
+    session.set_queue_id(queue_id.as_deref());
+    let reply = session.mail(&sender, &esmtp, auth).await;
+    conn.message = reply.is_continue().then(|| shared.message_started());
+    stage_status(ctx, reply)
+}
+
+async fn handle_rcpt(ctx: &mut Context<Connection>, args: Vec<CString>) -> Status {
+    let queue_id = macro_value(&ctx.macros, c"i");
+    let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) else {
+        return Status::Tempfail;
+    };
+    let mut args = args.iter().map(|a| text(a));
+    let rcpt = args.next().unwrap_or_default();
+    let esmtp: Vec<String> = args.collect();
+    session.set_queue_id(queue_id.as_deref());
+    let reply = session.rcpt(&rcpt, &esmtp).await;
+    stage_status(ctx, reply)
+}
+
+fn handle_header(ctx: &mut Context<Connection>, name: CString, value: CString) -> Status {
+    let Some(conn) = ctx.data.as_mut() else {
+        return Status::Continue;
+    };
+    let leading_space = conn.leading_space;
+    if let Some(session) = conn.session.as_mut() {
+        let value = text(&value);
+        // With LEADING_SPACE the MTA sends the value exactly as received,
+        // space after the colon included; the engine wants it without.
+        let value = if leading_space {
+            value.strip_prefix(' ').map(str::to_string).unwrap_or(value)
+        } else {
+            value
+        };
+        session.header(&text(&name), &value);
+    }
+    Status::Continue
+}
+
+async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> Status {
+    let queue_id = macro_value(&ctx.macros, c"i");
+    let EomContext {
+        data,
+        actions,
+        reply,
+        ..
+    } = ctx;
+    let Some(conn) = data.as_mut() else {
+        return Status::Tempfail;
+    };
+    let Some(session) = conn.session.as_mut() else {
+        return Status::Tempfail;
+    };
+    session.set_queue_id(queue_id.as_deref());
+
+    // Decide, telling the MTA we are alive while checks take their time.
+    let interval = progress_interval(session.pipeline().settings.deadline);
+    let outcome = {
+        let decide = session.eom();
+        tokio::pin!(decide);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+        loop {
+            tokio::select! {
+                outcome = &mut decide => break outcome,
+                _ = ticker.tick() => {
+                    if let Err(e) = actions.progress().await {
+                        tracing::info!(error = %e, "could not send PROGRESS; the MTA may have gone");
+                    }
+                }
+            }
+        }
+    };
+    let pipeline = session.pipeline().name.clone();
+    let message_guard = conn.message.take();
+
+    let status = match outcome.decision.verdict {
+        Verdict::Reject | Verdict::Tempfail => {
+            let r =
+                outcome
+                    .decision
+                    .reply
+                    .clone()
+                    .unwrap_or_else(|| match outcome.decision.verdict {
+                        Verdict::Reject => Reply::default_reject(),
+                        _ => Reply::default_tempfail(),
+                    });
+            refuse(reply, &r)
+        }
+        Verdict::Discard => Status::Discard,
+        Verdict::Accept | Verdict::Quarantine => {
+            match send_edits(actions, &outcome, conn.granted, conn.leading_space).await {
+                Ok(()) => Status::Continue,
+                Err(e) => {
+                    tracing::error!(error = %e, queue_id = ?queue_id, "sending the edits failed; the message is tempfailed so no half-edited mail leaves");
+                    refuse(reply, &Reply::default_tempfail())
+                }
+            }
+        }
+    };
+    let verdict = match status {
+        Status::Tempfail if outcome.decision.verdict != Verdict::Tempfail => "tempfail",
+        _ => outcome.decision.verdict.as_str(),
+    };
+    record(shared, &pipeline, verdict, &outcome);
+    logline::log_message(&conn.client, verdict, &outcome, conn.started);
+    drop(message_guard);
+    status
+}
+
+fn record(shared: &Shared, pipeline: &str, verdict: &str, outcome: &MessageOutcome) {
+    shared.metrics.message(pipeline, verdict);
+    for c in &outcome.report.checks {
+        shared.metrics.check(
+            &c.name,
+            &c.result,
+            Duration::try_from_secs_f64(c.elapsed_ms / 1000.0).unwrap_or_default(),
+        );
+    }
+}
+
+/// Send the edit list in order. The first failure stops and is returned; the
+/// caller then tempfails the message, so the MTA discards what was sent.
+async fn send_edits(
+    actions: &indymilter::EomActions,
+    outcome: &MessageOutcome,
+    granted: Actions,
+    leading_space: bool,
+) -> Result<(), String> {
+    for edit in &outcome.edits {
+        let needed = match edit {
+            Edit::AddHeader { .. } | Edit::InsertHeader { .. } => Actions::ADD_HEADER,
+            Edit::ChangeHeader { .. } | Edit::DeleteHeader { .. } => Actions::CHANGE_HEADER,
+            Edit::AddRecipient { .. } => Actions::ADD_RCPT,
+            Edit::DeleteRecipient { .. } => Actions::DELETE_RCPT,
+            Edit::ChangeSender { .. } => Actions::CHANGE_SENDER,
+            Edit::Quarantine { .. } => Actions::QUARANTINE,
+        };
+        if !granted.contains(needed) {
+            return Err(format!(
+                "the MTA did not grant the milter action needed for \"{}\"",
+                edit.kind()
+            ));
+        }
+        let result = match edit {
+            Edit::AddHeader { name, value } => {
+                actions
+                    .add_header(name.as_str(), wire_header_value(name, value, leading_space))
+                    .await
+            }
+            Edit::InsertHeader { index, name, value } => {
+                let index = i32::try_from(*index).unwrap_or(i32::MAX);
+                actions
+                    .insert_header(
+                        index,
+                        name.as_str(),
+                        wire_header_value(name, value, leading_space),
+                    )
+                    .await
+            }
+            Edit::ChangeHeader { name, index, value } => {
+                let index = i32::try_from(*index).unwrap_or(i32::MAX);
+                actions
+                    .change_header(
+                        name.as_str(),
+                        index,
+                        Some(wire_header_value(name, value, leading_space)),
+                    )
+                    .await
+            }
+            Edit::DeleteHeader { name, index } => {
+                let index = i32::try_from(*index).unwrap_or(i32::MAX);
+                actions
+                    .change_header(name.as_str(), index, None::<CString>)
+                    .await
+            }
+            Edit::AddRecipient {
+                address,
+                args: None,
+            } => actions.add_recipient(format!("<{address}>")).await,
+            Edit::AddRecipient {
+                address,
+                args: Some(a),
+            } => {
+                actions
+                    .add_recipient_ext(format!("<{address}>"), Some(a.as_str()))
+                    .await
+            }
+            Edit::DeleteRecipient { address } => {
+                actions.delete_recipient(format!("<{address}>")).await
+            }
+            Edit::ChangeSender { address, args } => {
+                actions
+                    .change_sender(format!("<{address}>"), args.as_deref())
+                    .await
+            }
+            Edit::Quarantine { reason } => actions.quarantine(reason.as_str()).await,
+        };
+        result.map_err(|e| format!("{}: {e}", edit.kind()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire_header_value;
+
+    #[test]
+    fn header_values_fold_with_lf_and_keep_the_leading_space() {
+        assert_eq!(wire_header_value("X-A", "short", true), " short");
+        assert_eq!(wire_header_value("X-A", "short", false), "short");
+        let long = "word ".repeat(40);
+        let folded = wire_header_value("X-Long", long.trim_end(), true);
+        assert!(folded.starts_with(' '));
+        assert!(!folded.contains('\r'));
+        for (i, line) in folded.split('\n').enumerate() {
+            let limit = if i == 0 {
+                78 - "X-Long: ".len() + 1
+            } else {
+                78
+            };
+            assert!(line.len() <= limit, "line {i} too long: {line:?}");
+            if i > 0 {
+                assert!(
+                    line.starts_with(' '),
+                    "continuation starts with white space"
+                );
+            }
+        }
+        // Unfolding gives the value back.
+        assert_eq!(folded.replace('\n', "").trim_start(), long.trim_end());
+    }
+}

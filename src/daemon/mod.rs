@@ -1,0 +1,254 @@
+//! The milter daemon: binds the configured listeners, runs the adapter on
+//! each, reloads the policy on SIGHUP and shuts down gracefully on SIGTERM
+//! and SIGINT. `Daemon` is the in-process handle the tests use; `serve` is
+//! what the `serve` command runs.
+
+pub mod adapter;
+pub mod listen;
+pub mod logline;
+pub mod metrics;
+pub mod shared;
+
+use crate::config::{ConfigErrors, Registry};
+use crate::policy::Policy;
+use crate::server_config::{ListenAddress, LogFormat, ServerSettings};
+use adapter::Binding;
+use shared::Shared;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug)]
+pub enum StartError {
+    Config(ConfigErrors),
+    Bind(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Bind(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The bound addresses, in config order (port 0 resolved).
+    pub addresses: Vec<ListenAddress>,
+    pub metrics_address: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    registry: Registry,
+    config_path: PathBuf,
+    server: ServerSettings,
+    stop_accepting: watch::Sender<bool>,
+    stop_sessions: watch::Sender<bool>,
+    milters: Vec<JoinHandle<std::io::Result<()>>>,
+    metrics_task: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Load the configuration, bind every listener and start serving.
+    pub async fn start(config_path: &Path, registry: Registry) -> Result<Daemon, StartError> {
+        let policy =
+            crate::config::load_with(config_path, &registry).map_err(StartError::Config)?;
+        Daemon::start_with_policy(Arc::new(policy), config_path, registry).await
+    }
+
+    pub async fn start_with_policy(
+        policy: Arc<Policy>,
+        config_path: &Path,
+        registry: Registry,
+    ) -> Result<Daemon, StartError> {
+        let server = policy.server.clone();
+        let metrics = Arc::new(metrics::Metrics::new());
+        let shared = Arc::new(Shared::new(policy, metrics.clone()));
+
+        let mut bound = Vec::new();
+        for l in &server.listeners {
+            let b = listen::bind(l).await.map_err(|e| StartError::Bind(e.0))?;
+            bound.push((l.clone(), b));
+        }
+        let (metrics_address, metrics_task) = match server.metrics_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    StartError::Bind(format!("cannot listen for metrics on {addr}: {e}"))
+                })?;
+                let local = listener.local_addr().ok();
+                (local, Some(tokio::spawn(metrics.clone().serve(listener))))
+            }
+            None => (None, None),
+        };
+
+        let (stop_accepting, accept_rx) = watch::channel(false);
+        let (stop_sessions, sessions_rx) = watch::channel(false);
+        let mut addresses = Vec::new();
+        let mut milters = Vec::new();
+        for (settings, b) in bound {
+            let address = b.local_address();
+            tracing::info!(listener = %address, pipeline = settings.pipeline.as_deref().unwrap_or("by {daemon_name}"), "listening");
+            addresses.push(address.clone());
+            let binding = Binding {
+                pipeline: settings.pipeline.clone(),
+                listener: address.to_string(),
+            };
+            let callbacks = adapter::callbacks(shared.clone(), binding);
+            let config = indymilter::Config {
+                max_connections: server.max_connections,
+                ..Default::default()
+            };
+            let listener = listen::MilterListener::new(b, accept_rx.clone());
+            let mut rx = sessions_rx.clone();
+            let shutdown = async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            };
+            milters.push(tokio::spawn(indymilter::run(
+                listener, callbacks, config, shutdown,
+            )));
+        }
+        Ok(Daemon {
+            addresses,
+            metrics_address,
+            shared,
+            registry,
+            config_path: config_path.to_path_buf(),
+            server,
+            stop_accepting,
+            stop_sessions,
+            milters,
+            metrics_task,
+        })
+    }
+
+    /// Load the configuration again. A valid one serves new connections from
+    /// now on (open ones keep theirs); an invalid one is logged in full and
+    /// the running policy stays.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        match crate::config::load_with(&self.config_path, &self.registry) {
+            Ok(policy) => {
+                if policy.server != self.server {
+                    tracing::warn!(
+                        "the [server] section changed; listeners, limits, logging and metrics change only at restart"
+                    );
+                }
+                self.shared.replace(Arc::new(policy));
+                self.shared.metrics.reload(true);
+                tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+                Ok(())
+            }
+            Err(errors) => {
+                self.shared.metrics.reload(false);
+                tracing::error!(config = %self.config_path.display(), errors = %errors, "reload failed; the running configuration stays");
+                Err(errors)
+            }
+        }
+    }
+
+    pub fn messages_in_flight(&self) -> usize {
+        self.shared.messages_in_flight()
+    }
+
+    pub fn metrics(&self) -> Arc<metrics::Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Stop accepting connections, let messages in flight finish (up to the
+    /// grace period), then end every session.
+    pub async fn shutdown(self) {
+        let _ = self.stop_accepting.send(true);
+        let grace = self.server.shutdown_grace;
+        let in_flight = self.shared.messages_in_flight();
+        if in_flight > 0 {
+            tracing::info!(in_flight, grace = %humantime::format_duration(grace), "waiting for messages in flight");
+        }
+        if tokio::time::timeout(grace, self.shared.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.shared.messages_in_flight(),
+                "grace period over; the MTA will tempfail the messages still open"
+            );
+        }
+        let _ = self.stop_sessions.send(true);
+        for m in self.milters {
+            match m.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "a listener failed"),
+                Err(e) => tracing::error!(error = %e, "a listener task failed"),
+            }
+        }
+        if let Some(t) = self.metrics_task {
+            t.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Set up logging from the server settings; `RUST_LOG` wins over the config.
+pub fn init_logging(server: &ServerSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&server.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match server.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("logging was already set up: {e}");
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT; reload on SIGHUP. Returns the
+/// process exit status.
+pub async fn serve(config_path: &Path) -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let registry = Registry::builtin();
+    let policy = match crate::config::load_with(config_path, &registry) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return crate::cli::EXIT_CONFIG;
+        }
+    };
+    init_logging(&policy.server);
+    let (mut hup, mut term, mut int) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(h), Ok(t), Ok(i)) => (h, t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return 1;
+        }
+    };
+    let daemon = match Daemon::start_with_policy(policy, config_path, registry).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return 1;
+        }
+    };
+    tracing::info!(
+        addresses = %daemon.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
+        "ready"
+    );
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = daemon.reload();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    daemon.shutdown().await;
+    0
+}

@@ -1,0 +1,137 @@
+//! The `[server]` section, compiled: listeners, connection limit, shutdown
+//! grace, logging and metrics. These settings take effect at start; a reload
+//! that changes them logs that a restart is needed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why each default is what it is.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The shipped address: loopback only, a port outside the well-known range.
+    pub const LISTEN: &str = "inet:127.0.0.1:7357";
+    /// Well above Postfix's default process limit of 100 smtpd processes,
+    /// each of which holds one milter connection.
+    pub const MAX_CONNECTIONS: usize = 1000;
+    /// How long messages in flight may take to finish after SIGTERM.
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddress {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl ListenAddress {
+    /// `inet:127.0.0.1:7357`, `inet:[::1]:7357` or `unix:/run/dispatch-milter/milter.sock`.
+    pub fn parse(s: &str) -> Result<ListenAddress, String> {
+        if let Some(rest) = s.strip_prefix("inet:") {
+            return rest.parse::<SocketAddr>().map(ListenAddress::Inet).map_err(|_| {
+                format!("invalid address \"{s}\": write inet:IP:PORT, such as inet:127.0.0.1:7357 or inet:[::1]:7357")
+            });
+        }
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() || !path.starts_with('/') {
+                return Err(format!(
+                    "invalid address \"{s}\": write unix: and an absolute path, such as unix:/run/dispatch-milter/milter.sock"
+                ));
+            }
+            return Ok(ListenAddress::Unix(PathBuf::from(path)));
+        }
+        Err(format!(
+            "invalid address \"{s}\": use inet:IP:PORT or unix:/absolute/path"
+        ))
+    }
+}
+
+impl std::fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddress::Inet(a) => write!(f, "inet:{a}"),
+            ListenAddress::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSettings {
+    pub address: ListenAddress,
+    /// The pipeline for every connection here; `None` chooses by
+    /// `{daemon_name}`, then the first pipeline.
+    pub pipeline: Option<String>,
+    /// UNIX sockets only.
+    pub socket_mode: Option<u32>,
+    pub socket_owner: Option<String>,
+    pub socket_group: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub listeners: Vec<ListenerSettings>,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    /// A tracing filter such as `info` or `dispatch_milter=debug`; `RUST_LOG`
+    /// wins when set.
+    pub log_level: String,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listeners: vec![ListenerSettings {
+                address: ListenAddress::parse(defaults::LISTEN).unwrap_or(ListenAddress::Inet(
+                    SocketAddr::from(([127, 0, 0, 1], 7357)),
+                )),
+                pipeline: None,
+                socket_mode: None,
+                socket_owner: None,
+                socket_group: None,
+            }],
+            max_connections: defaults::MAX_CONNECTIONS,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+            metrics_listen: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            ListenAddress::parse("inet:127.0.0.1:7357").unwrap(),
+            ListenAddress::Inet("127.0.0.1:7357".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddress::parse("inet:[::1]:0").unwrap(),
+            ListenAddress::Inet("[::1]:0".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddress::parse("unix:/run/x.sock").unwrap(),
+            ListenAddress::Unix("/run/x.sock".into())
+        );
+        for bad in [
+            "inet:localhost:25",
+            "unix:rel.sock",
+            "tcp:1.2.3.4:5",
+            "inet:1.2.3.4",
+        ] {
+            assert!(ListenAddress::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
