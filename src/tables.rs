@@ -4,7 +4,7 @@
 //! notice when their file changes and reload it; a file that fails to reload
 //! keeps the previous contents and logs why.
 
-use crate::address::Address;
+use crate::address::{Address, normalize_domain};
 use crate::config::options::Options;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
@@ -53,9 +53,23 @@ pub enum AddressMatch {
     Domain,
 }
 
-/// Keys compare case-insensitively and in NFC.
+/// Keys compare case-insensitively and in NFC; the domain of an address key
+/// (`user@domain`, `*@domain`, `@domain`) or a key that is a domain gets the
+/// same IDNA and trailing-dot normalisation as `match` entries, so
+/// `bücher.example.` in a table matches `xn--bcher-kva.example`.
 pub fn normalize_key(key: &str) -> String {
-    key.trim().nfc().collect::<String>().to_lowercase()
+    let key = key.trim().nfc().collect::<String>().to_lowercase();
+    match key.rsplit_once('@') {
+        Some((local, domain)) if !domain.is_empty() => match normalize_domain(domain) {
+            Ok(d) => format!("{local}@{d}"),
+            Err(_) => key,
+        },
+        Some(_) => key,
+        // A plain key (a user name, a domain): only a key that looks like a
+        // domain changes; "alice" stays "alice".
+        None if key.contains('.') || !key.is_ascii() => normalize_domain(&key).unwrap_or(key),
+        None => key,
+    }
 }
 
 impl Table {
@@ -137,7 +151,14 @@ impl Table {
                     Err(e) => {
                         options.error(
                             path.span(),
-                            format!("cannot read table file \"{}\": {e}", full.display()),
+                            if Path::new(path.get_ref()).is_absolute() {
+                                format!("cannot read table file \"{}\": {e}", path.get_ref())
+                            } else {
+                                format!(
+                                    "cannot read table file \"{}\" (relative to the configuration's directory): {e}",
+                                    path.get_ref()
+                                )
+                            },
                         );
                         return None;
                     }
@@ -375,6 +396,25 @@ pub fn table_option(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_normalise_like_match_entries() {
+        assert_eq!(normalize_key("Bücher.Example."), "xn--bcher-kva.example");
+        assert_eq!(
+            normalize_key("Joe@Bücher.example"),
+            "joe@xn--bcher-kva.example"
+        );
+        assert_eq!(normalize_key("*@Example.ORG."), "*@example.org");
+        assert_eq!(normalize_key("@example.org"), "@example.org");
+        assert_eq!(normalize_key("Alice"), "alice");
+        let mut m = HashMap::new();
+        m.insert("bücher.example".to_string(), vec![]);
+        let t = Table::inline("t", m);
+        assert!(
+            t.lookup_address(&Address::parse("<kim@xn--bcher-kva.example>"))
+                .is_some()
+        );
+    }
 
     #[test]
     fn map_file_format() {

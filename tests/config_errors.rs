@@ -172,7 +172,21 @@ fn table_paths_resolve_against_the_config_directory() {
     let path = Path::new("tests/config_errors/missing_table_file.toml");
     let text = error_text(path).expect("missing_table_file.toml must not compile");
     assert!(
-        text.contains("tests/config_errors/no-such-dir/mailboxes"),
-        "the table path should be shown resolved against the config's directory:\n{text}"
+        text.contains("\"no-such-dir/mailboxes\" (relative to the configuration's directory)"),
+        "the table path should say it is relative to the config's directory:\n{text}"
+    );
+    // And it really is: the same relative path next to the config loads.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("maps")).unwrap();
+    std::fs::write(dir.path().join("maps/boxes"), "a@example.org\n").unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[tables.t]\ntype = \"file\"\npath = \"maps/boxes\"\n[pipelines.p]\n",
+    )
+    .unwrap();
+    assert!(
+        dispatch_milter::config::load(&cfg).is_ok(),
+        "a table next to the config loads from any working directory"
     );
 }

@@ -417,3 +417,20 @@ fn structural_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn sender_rewrites_cannot_be_chosen_per_recipient() {
+    let e = errors_of(
+        "[modifiers.m]\nkind = \"rewrite_sender\"\npattern = \"a\"\nreplacement = \"b@x.test\"\n[pipelines.p]\n[[pipelines.p.destination]]\nmatch = [\"x.test\"]\nmodify = [\"m\"]\n",
+    );
+    assert!(
+        e.contains("test.toml:8:11: modifier \"m\" rewrites the sender"),
+        "{e}"
+    );
+    let e =
+        errors_of("[modifiers.m]\nkind = \"strip_plus\"\n[pipelines.p]\nmodify = [\"m\", \"m\"]\n");
+    assert!(
+        e.contains("test.toml:4:16: modifier \"m\" is listed twice here"),
+        "{e}"
+    );
+}

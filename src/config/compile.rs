@@ -85,7 +85,10 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
             return Err(diag.into_errors());
         }
     };
-    let base_dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+    // Absolute, so a daemon that changes directory still finds its tables
+    // and programs (a bare `-c milter-config.toml` has an empty parent).
+    let absolute = std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf());
+    let base_dir = absolute.parent().unwrap_or(Path::new(".")).to_path_buf();
 
     let mut tables = TableSet::new();
     for (name, block) in in_file_order(std::mem::take(&mut raw.tables)) {
@@ -479,6 +482,10 @@ impl Compiler<'_, '_> {
         let mut ids = Vec::new();
         for name in list.iter().flat_map(|l| l.get_ref()) {
             match self.modifier_ids.get(name.get_ref()) {
+                Some(id) if ids.contains(id) => self.diag.error(
+                    name.span(),
+                    format!("modifier \"{}\" is listed twice here", name.get_ref()),
+                ),
                 Some(id) => {
                     ids.push(*id);
                     if !self.pipeline_modifiers.contains(id) {
@@ -1261,6 +1268,23 @@ impl Compiler<'_, '_> {
         let own = self.resolve_checks(&block.checks);
         dedup_extend(&mut checks, &own);
         let modifiers = self.resolve_modifiers(&block.modify);
+        // One message has one sender: a rewrite chosen per recipient cannot
+        // apply, and silently doing nothing would surprise.
+        for name in block.modify.iter().flat_map(|l| l.get_ref()) {
+            let Some(&id) = self.modifier_ids.get(name.get_ref()) else {
+                continue;
+            };
+            if self.modifiers[id].modifier.effects().sender {
+                self.diag.error_hint(
+                    name.span(),
+                    format!(
+                        "modifier \"{}\" rewrites the sender, which cannot depend on the recipient",
+                        name.get_ref()
+                    ),
+                    "list it in the pipeline's or a source block's `modify`",
+                );
+            }
+        }
         let action = block.action.as_ref();
         let action_name = action.map_or("accept", |a| a.get_ref().as_str());
         let reply_spec = block

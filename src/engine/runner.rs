@@ -217,13 +217,19 @@ impl Runner {
             let Some(msg) = self.rx.recv().await else {
                 return;
             };
-            if let Some(done) = self.accept(msg)
-                && ids.contains(&done.id)
-                && stop(&done)
-            {
+            if self.accept(msg).is_some() && self.settled(ids, &stop) {
                 return;
             }
         }
+    }
+
+    /// Whether waiting longer is pointless: a finished check asks to stop (a
+    /// reject). The checks still running are then cancelled, as the design
+    /// asks, even one earlier in the config: the verdict is the same, and
+    /// among the finished checks the earliest in the config gives the reply.
+    fn settled(&self, ids: &[CheckId], stop: &impl Fn(&Finished) -> bool) -> bool {
+        ids.iter()
+            .any(|&id| matches!(&self.slots[id].state, State::Done(f) if stop(f)))
     }
 
     fn accept(&mut self, msg: Message) -> Option<Finished> {
