@@ -489,3 +489,74 @@ async fn negotiation_requests_only_what_the_policy_needs() {
     assert!(mail.contains("{auth_authen}"), "{mail}");
     d.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_mta_without_a_needed_action_gets_tempfail_not_a_half_edited_message() {
+    let mut d = TestDaemon::start(&config("")).await;
+    // An MTA that offers header edits but no recipient changes.
+    let mut conn = indymilter_test::TestConnection::configure()
+        .available_actions(
+            indymilter_test::Actions::ADD_HEADER | indymilter_test::Actions::REQUEST_MACROS,
+        )
+        .open_tcp(d.addr())
+        .await
+        .unwrap();
+    greet(&mut conn, "mx").await;
+    // A plain recipient needs only the header: delivered.
+    conn.mail(["<a@example.net>"]).await.unwrap();
+    conn.rcpt(["<alice@example.org>"]).await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    // A redirect needs DELRCPT/ADDRCPT, which the MTA did not grant.
+    conn.mail(["<a@example.net>"]).await.unwrap();
+    conn.rcpt(["<old@example.org>"]).await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    assert!(matches!(status, Status::Tempfail { .. }), "{status:?}");
+    drop(conn);
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_served_and_count_what_happened() {
+    let cfg = config("").replacen(
+        LISTEN,
+        &format!("[server]\nmetrics_listen = \"127.0.0.1:0\"\n{LISTEN}"),
+        1,
+    );
+    let mut d = TestDaemon::start(&cfg).await;
+    let metrics_addr = d.daemon().metrics_address.expect("metrics listener");
+    let mut conn = open(d.addr()).await;
+    greet(&mut conn, "mx").await;
+    conn.mail(["<a@example.net>"]).await.unwrap();
+    conn.rcpt(["<alice@example.org>"]).await.unwrap();
+    conn.eom().await.unwrap();
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::net::TcpStream::connect(metrics_addr).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), http.read_to_string(&mut body))
+        .await
+        .expect("metrics answer")
+        .unwrap();
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("dispatch_milter_messages_total{pipeline=\"mx\",verdict=\"accept\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("dispatch_milter_connections_open 1"),
+        "{body}"
+    );
+    drop(conn);
+    d.daemon().reload().unwrap();
+    assert!(
+        d.daemon()
+            .metrics()
+            .render()
+            .contains("dispatch_milter_reloads_total{result=\"ok\"} 1")
+    );
+    d.shutdown().await;
+}
