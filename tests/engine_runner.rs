@@ -628,3 +628,38 @@ async fn oversize_bodies_follow_the_oversize_action() {
         assert_eq!(d.reply.map(|r| r.code), code, "{action}");
     }
 }
+
+#[tokio::test]
+async fn messages_that_end_before_eom_leave_a_report_for_the_log() {
+    let policy = compile_with(
+        r#"
+        [checks.deny_mail]
+        kind = "probe"
+        status = "fail"
+        inputs = "mail"
+        [pipelines.p]
+        [[pipelines.p.source]]
+        match = ["bad.test"]
+        checks = ["deny_mail"]
+        [[pipelines.p.destination]]
+        match = ["gone.test"]
+        action = "reject"
+        "#,
+        probes(),
+    );
+    let mut s = dispatch_milter::engine::Session::new(policy, 0, ConnectionFacts::default());
+    s.connect().await;
+    // Refused at MAIL.
+    assert!(!s.mail("<a@bad.test>", &[], None).await.is_continue());
+    // Every recipient refused, then the client gives up.
+    s.mail("<a@fine.test>", &[], None).await;
+    assert!(!s.rcpt("<x@gone.test>", &[]).await.is_continue());
+    s.abort();
+    // Accepted, then abandoned.
+    s.mail("<a@fine.test>", &[], None).await;
+    assert!(s.rcpt("<x@open.test>", &[]).await.is_continue());
+    s.abort();
+    let verdicts: Vec<&str> = s.take_ended().iter().map(|r| r.ended_verdict()).collect();
+    assert_eq!(verdicts, vec!["reject", "reject", "aborted"]);
+    assert!(s.take_ended().is_empty(), "each report is handed out once");
+}

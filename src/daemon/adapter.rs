@@ -206,7 +206,6 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
             Box::pin(async move { handle_connect(&shared, &binding, ctx, host, info).await })
         })
         .on_helo(move |ctx, helo| {
-            let _ = &s3;
             Box::pin(async move { handle_helo(ctx, helo).await })
         })
         .on_mail(move |ctx, args| {
@@ -234,12 +233,14 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
             let shared = s8.clone();
             Box::pin(async move { handle_eom(&shared, ctx).await })
         })
-        .on_abort(|ctx| {
+        .on_abort(move |ctx| {
+            let shared = s3.clone();
             Box::pin(async move {
                 if let Some(conn) = ctx.data.as_mut() {
                     if let Some(session) = conn.session.as_mut() {
                         session.abort();
                     }
+                    log_ended(&shared, conn);
                     conn.message = None;
                 }
                 Status::Continue
@@ -250,13 +251,15 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
             Box::pin(async move {
                 // Dropping the session aborts its checks; dropping the guard
                 // ends a message the client left unfinished.
-                if let Some(conn) = ctx.data.take()
-                    && conn.session.is_some()
+                if let Some(mut conn) = ctx.data.take()
+                    && let Some(session) = conn.session.as_mut()
                 {
+                    session.abort();
                     shared.metrics.connection_closed();
                     if conn.message.is_some() {
                         tracing::info!(client = %conn.client, "connection closed in the middle of a message; its checks are cancelled");
                     }
+                    log_ended(&shared, &mut conn);
                 }
                 Status::Continue
             })
@@ -386,6 +389,7 @@ async fn handle_mail(
     session.set_tls(tls);
     session.set_queue_id(queue_id.as_deref());
     let reply = session.mail(&sender, &esmtp, auth).await;
+    log_ended(shared, conn);
     conn.message = reply.is_continue().then(|| shared.message_started());
     stage_status(ctx, reply)
 }
@@ -490,6 +494,18 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
     logline::log_message(&conn.client, verdict, &outcome, conn.started);
     drop(message_guard);
     status
+}
+
+/// Log (and count) the messages that ended before end of message.
+fn log_ended(shared: &Shared, conn: &mut Connection) {
+    let Some(session) = conn.session.as_mut() else {
+        return;
+    };
+    for report in session.take_ended() {
+        let verdict = report.ended_verdict();
+        shared.metrics.message(&report.pipeline, verdict);
+        logline::log_ended(&conn.client, verdict, &report, conn.started);
+    }
 }
 
 fn record(shared: &Shared, pipeline: &str, verdict: &str, outcome: &MessageOutcome) {

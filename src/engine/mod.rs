@@ -120,6 +120,9 @@ pub struct Session {
     runner: Runner,
     message: Option<MessageState>,
     queue_id: Option<String>,
+    /// Reports of messages that ended without end of message (MAIL refused,
+    /// every recipient refused, abort), for the daemon's log line.
+    ended: Vec<MessageReport>,
 }
 
 impl Session {
@@ -134,6 +137,7 @@ impl Session {
             runner,
             message: None,
             queue_id: None,
+            ended: Vec::new(),
         }
     }
 
@@ -615,13 +619,23 @@ impl Session {
     /// The message was aborted (RSET, or the client went away): cancel its
     /// checks and forget it. Connection-level results stay.
     pub fn abort(&mut self) {
-        self.message = None;
+        self.finish_report_only();
+    }
+
+    /// End a message that will not reach end of message, keeping its report.
+    fn finish_report_only(&mut self) {
+        if let Some(m) = self.message.take() {
+            let mut report = m.report;
+            report.queue_id = self.queue_id.clone();
+            self.ended.push(report);
+        }
         self.runner.end_message();
     }
 
-    fn finish_report_only(&mut self) {
-        self.message = None;
-        self.runner.end_message();
+    /// Reports of messages that ended before end of message since the last
+    /// call: refused at MAIL, every recipient refused, or aborted.
+    pub fn take_ended(&mut self) -> Vec<MessageReport> {
+        std::mem::take(&mut self.ended)
     }
 
     /// End of message: run what is left, decide, and build the edits.

@@ -131,6 +131,24 @@ pub struct MessageReport {
 }
 
 impl MessageReport {
+    /// What happened to a message that never reached end of message:
+    /// refused at MAIL, refused for every recipient, or abandoned.
+    pub fn ended_verdict(&self) -> &'static str {
+        match &self.mail_reply {
+            Some(StageReply::Reject(_)) => return "reject",
+            Some(StageReply::Tempfail(_)) => return "tempfail",
+            _ => {}
+        }
+        let accepted = self.recipients.iter().any(|r| r.outcome == "accept");
+        if self.recipients.is_empty() || accepted {
+            "aborted"
+        } else if self.recipients.iter().any(|r| r.outcome == "reject") {
+            "reject"
+        } else {
+            "tempfail"
+        }
+    }
+
     pub(crate) fn new(
         pipeline: &str,
         sender: &Address,

@@ -1,0 +1,622 @@
+//! The real `dispatch-milter serve` process: started from a config in a
+//! temporary directory on 127.0.0.1:0, read through its JSON log on stderr,
+//! talked to over the milter protocol with indymilter-test, and driven with
+//! SIGHUP, SIGTERM and SIGINT the way an init system would.
+//!
+//! Every wait is bounded, and every process is killed by a Drop guard, also
+//! when an assertion fails.
+
+use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
+use serde_json::Value;
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
+/// sysexits' EX_CONFIG.
+const EXIT_CONFIG: i32 = 78;
+/// The longest any single wait may take: a log event, an exit, a reply.
+const WAIT: Duration = Duration::from_secs(10);
+/// The longest a whole test may take.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+const SERVER: &str = r#"[server]
+log_format = "json"
+log_level = "info"
+shutdown_grace = "10s"
+
+[[server.listen]]
+address = "inet:127.0.0.1:0"
+"#;
+
+/// A size check (so the log has a check to show) and a destination refused
+/// with its own reply; everything else is accepted.
+fn policy(blocked: &str, text: &str) -> String {
+    format!(
+        r#"{SERVER}
+[checks.size]
+kind = "size"
+max_size = "1M"
+
+[pipelines.mx]
+checks = ["size"]
+
+[[pipelines.mx.destination]]
+match = ["{blocked}"]
+action = "reject"
+reply = {{ code = 550, status = "5.7.1", text = "{text}" }}
+
+[pipelines.mx.default]
+action = "accept"
+"#
+    )
+}
+
+const V1_TEXT: &str = "blocked.example takes no mail from us";
+const V2_TEXT: &str = "other.example is closed";
+
+fn v1() -> String {
+    policy("blocked.example", V1_TEXT)
+}
+
+fn v2() -> String {
+    policy("other.example", V2_TEXT)
+}
+
+fn reject_with(reply: &str) -> Status {
+    Status::Reject {
+        message: Some(CString::new(reply).expect("no NUL")),
+    }
+}
+
+/// A running `serve` process, its stderr parsed line by line.
+struct Serve {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every stderr line so far, for assertions and failure messages.
+    seen: Vec<String>,
+    /// Kept alive for the config file.
+    _dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // Harmless when the process has already exited and been reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// Write `config` to a fresh directory and start `serve -c` on it.
+    fn start(config: &str) -> Serve {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("milter-config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("-c")
+            .arg(&path)
+            .current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        // Reads until EOF, so the daemon never blocks on a full pipe; ends
+        // when the process exits (or the receiver is gone).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            child,
+            lines,
+            seen: Vec::new(),
+            _dir: dir,
+            config: path,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// The next stderr line, or `None` at EOF or when `deadline` passes.
+    async fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.lines.recv()).await {
+            Ok(Some(line)) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// Wait for the first JSON event whose message is one of `messages`.
+    async fn wait_for_any(&mut self, messages: &[&str]) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(line) = self.next_line(deadline).await {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if messages.iter().any(|m| message_of(&event) == *m) {
+                return event;
+            }
+        }
+        panic!(
+            "no log event {messages:?} within {WAIT:?}; stderr so far:\n{}",
+            self.log()
+        );
+    }
+
+    async fn wait_for(&mut self, message: &str) -> Value {
+        self.wait_for_any(&[message]).await
+    }
+
+    /// Wait for "ready" and return the one TCP address it lists; check that
+    /// "listening" named the same address before it.
+    async fn ready(&mut self) -> SocketAddr {
+        let ready = self.wait_for("ready").await;
+        let addresses = field_str(&ready, "addresses");
+        let addr: SocketAddr = addresses
+            .strip_prefix("inet:")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log()));
+        assert_eq!(addr.ip(), IpAddr::from([127, 0, 0, 1]), "{}", self.log());
+        assert_ne!(addr.port(), 0, "the bound port is resolved");
+        let listening: Vec<Value> = self
+            .events()
+            .into_iter()
+            .filter(|e| message_of(e) == "listening")
+            .collect();
+        assert_eq!(listening.len(), 1, "one listener: {}", self.log());
+        assert_eq!(field_str(&listening[0], "listener"), addresses);
+        addr
+    }
+
+    /// Every JSON event seen so far.
+    fn events(&self) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The per-message log lines seen so far.
+    fn message_lines(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["target"] == "dispatch_milter::message")
+            .collect()
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config, config).expect("write config");
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `limit` for the process to exit, then read the rest of its
+    /// stderr.
+    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the daemon did not exit within {limit:?}; stderr so far:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let drain = Instant::now() + WAIT;
+        while self.next_line(drain).await.is_some() {}
+        status
+    }
+}
+
+fn message_of(event: &Value) -> &str {
+    event["fields"]["message"].as_str().unwrap_or("")
+}
+
+fn field_str<'a>(event: &'a Value, name: &str) -> &'a str {
+    event["fields"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {name:?} missing or not a string in {event}"))
+}
+
+/// Run a test body with an overall time limit.
+async fn bounded(body: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("the test took longer than its limit");
+}
+
+/// A milter connection as Postfix makes it: every action offered.
+async fn open(addr: SocketAddr) -> TestConnection {
+    TestConnection::configure()
+        .read_timeout(WAIT)
+        .write_timeout(WAIT)
+        .available_actions(
+            Actions::ADD_HEADER
+                | Actions::CHANGE_HEADER
+                | Actions::ADD_RCPT
+                | Actions::ADD_RCPT_EXT
+                | Actions::DELETE_RCPT
+                | Actions::CHANGE_SENDER
+                | Actions::QUARANTINE
+                | Actions::REQUEST_MACROS,
+        )
+        .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
+        .open_tcp(addr)
+        .await
+        .expect("milter connection")
+}
+
+/// Open, CONNECT from 192.0.2.10, HELO and MAIL FROM.
+async fn start_message(addr: SocketAddr) -> TestConnection {
+    let mut conn = open(addr).await;
+    conn.macros(MacroStage::Connect, [("j", "mx.example.org")])
+        .await
+        .expect("macros");
+    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
+    assert_eq!(
+        conn.connect("client.example.net", ip)
+            .await
+            .expect("connect"),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.helo("client.example.net").await.expect("helo"),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.mail(["<someone@example.net>"]).await.expect("mail"),
+        Status::Continue
+    );
+    conn
+}
+
+/// Headers, body and end of message with queue id `qid`; returns the EOM
+/// status.
+async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
+    assert_eq!(
+        conn.header("Subject", "hello").await.expect("header"),
+        Status::Continue
+    );
+    assert_eq!(conn.eoh().await.expect("eoh"), Status::Continue);
+    assert_eq!(
+        conn.body("hello\r\n").await.expect("body"),
+        Status::Continue
+    );
+    conn.macros(MacroStage::Eom, [("i", qid)])
+        .await
+        .expect("macros");
+    let (_, status) = conn.eom().await.expect("eom");
+    status
+}
+
+/// What a new connection gets for a recipient.
+async fn rcpt_answer(addr: SocketAddr, rcpt: &str) -> Status {
+    let mut conn = start_message(addr).await;
+    let status = conn.rcpt([rcpt]).await.expect("rcpt");
+    conn.close().await.expect("close");
+    status
+}
+
+#[tokio::test]
+async fn serve_answers_over_milter_and_logs_one_json_line_per_message() {
+    bounded(async {
+        let mut d = Serve::start(&v1());
+        let addr = d.ready().await;
+
+        let mut conn = start_message(addr).await;
+        assert_eq!(
+            conn.rcpt(["<nobody@blocked.example>"]).await.unwrap(),
+            reject_with(&format!("550 5.7.1 {V1_TEXT}"))
+        );
+        assert_eq!(
+            conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+            Status::Continue
+        );
+        assert_eq!(finish_message(&mut conn, "QID1").await, Status::Continue);
+
+        let line = d.wait_for("message").await;
+        assert_eq!(line["target"], "dispatch_milter::message", "{line}");
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(field_str(&line, "queue_id"), "QID1", "{line}");
+        assert_eq!(field_str(&line, "verdict"), "accept", "{line}");
+        assert_eq!(field_str(&line, "pipeline"), "mx", "{line}");
+        assert_eq!(field_str(&line, "sender"), "someone@example.net", "{line}");
+        let recipients = field_str(&line, "recipients");
+        assert!(
+            recipients.contains("nobody@blocked.example=reject(550)"),
+            "{line}"
+        );
+        assert!(recipients.contains("alice@example.org=accept"), "{line}");
+        let checks = field_str(&line, "checks");
+        assert!(checks.starts_with("size=pass/ignore/"), "{line}");
+        assert!(checks.ends_with("ms"), "{line}");
+        assert!(field_str(&line, "client").contains("192.0.2.10"), "{line}");
+
+        // A second message on the same connection gets its own line.
+        assert_eq!(
+            conn.mail(["<someone@example.net>"]).await.unwrap(),
+            Status::Continue
+        );
+        assert_eq!(
+            conn.rcpt(["<bob@example.org>"]).await.unwrap(),
+            Status::Continue
+        );
+        assert_eq!(finish_message(&mut conn, "QID2").await, Status::Continue);
+        let line = d.wait_for("message").await;
+        assert_eq!(field_str(&line, "queue_id"), "QID2", "{line}");
+        assert_eq!(field_str(&line, "recipients"), "bob@example.org=accept");
+        conn.close().await.unwrap();
+
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.log());
+        let ids: Vec<String> = d
+            .message_lines()
+            .iter()
+            .map(|l| field_str(l, "queue_id").to_string())
+            .collect();
+        assert_eq!(ids, ["QID1", "QID2"], "one line per message:\n{}", d.log());
+        // Every line on stderr is JSON: nothing else mixed into the log.
+        for line in &d.seen {
+            assert!(
+                serde_json::from_str::<Value>(line).is_ok(),
+                "not JSON: {line}"
+            );
+        }
+    })
+    .await;
+}
+
+/// The 1-based line and column of the first `needle` in `text`.
+fn position(text: &str, needle: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            return (i + 1, col + 1);
+        }
+    }
+    panic!("{needle:?} not in the text");
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
+    bounded(async {
+        let mut d = Serve::start(&v1());
+        let addr = d.ready().await;
+        assert_eq!(
+            rcpt_answer(addr, "<x@blocked.example>").await,
+            reject_with(&format!("550 5.7.1 {V1_TEXT}"))
+        );
+
+        // A valid new policy: new connections get it.
+        d.rewrite_config(&v2());
+        d.signal("HUP");
+        let event = d
+            .wait_for_any(&[
+                "configuration reloaded",
+                "reload failed; the running configuration stays",
+            ])
+            .await;
+        assert_eq!(message_of(&event), "configuration reloaded", "{event}");
+        assert_eq!(field_str(&event, "config"), d.config.display().to_string());
+        assert_eq!(
+            rcpt_answer(addr, "<x@blocked.example>").await,
+            Status::Continue
+        );
+        assert_eq!(
+            rcpt_answer(addr, "<x@other.example>").await,
+            reject_with(&format!("550 5.7.1 {V2_TEXT}"))
+        );
+
+        // A broken one: the error names FILE:LINE:COL, the policy stays.
+        let broken = v2().replace("checks = [\"size\"]", "checks = [\"nope\"]");
+        let (line, col) = position(&broken, "\"nope\"");
+        d.rewrite_config(&broken);
+        d.signal("HUP");
+        let event = d
+            .wait_for_any(&[
+                "configuration reloaded",
+                "reload failed; the running configuration stays",
+            ])
+            .await;
+        assert_eq!(
+            message_of(&event),
+            "reload failed; the running configuration stays",
+            "{event}"
+        );
+        assert_eq!(event["level"], "ERROR", "{event}");
+        let errors = field_str(&event, "errors");
+        let at = format!("{}:{line}:{col}:", d.config.display());
+        assert!(errors.contains(&at), "expected {at} in {errors:?}");
+        assert!(errors.contains("nope"), "{errors}");
+        assert_eq!(
+            rcpt_answer(addr, "<x@other.example>").await,
+            reject_with(&format!("550 5.7.1 {V2_TEXT}"))
+        );
+        assert_eq!(
+            rcpt_answer(addr, "<x@blocked.example>").await,
+            Status::Continue
+        );
+        assert!(d.alive(), "a failed reload does not stop the daemon");
+
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.log());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
+    bounded(async {
+        let mut d = Serve::start(&v1());
+        let addr = d.ready().await;
+        let mut conn = start_message(addr).await;
+        assert_eq!(
+            conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+            Status::Continue
+        );
+
+        d.signal("TERM");
+        d.wait_for("shutting down").await;
+        let waiting = d.wait_for("waiting for messages in flight").await;
+        assert_eq!(waiting["fields"]["in_flight"], 1, "{waiting}");
+
+        // The listener is closed: new connections are refused.
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused, "the listener still accepts after SIGTERM");
+
+        // The process waits for the message...
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(d.alive(), "exited with a message in flight:\n{}", d.log());
+
+        // ...which completes normally, and then the process exits 0.
+        assert_eq!(
+            finish_message(&mut conn, "INFLIGHT").await,
+            Status::Continue
+        );
+        let status = d.wait_exit(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(0), "{}", d.log());
+        let lines = d.message_lines();
+        assert_eq!(lines.len(), 1, "{}", d.log());
+        assert_eq!(field_str(&lines[0], "queue_id"), "INFLIGHT");
+        assert_eq!(field_str(&lines[0], "verdict"), "accept");
+        let events = d.events();
+        assert!(
+            events.iter().any(|e| message_of(e) == "stopped"),
+            "{}",
+            d.log()
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| message_of(e).contains("grace period")),
+            "the message finished within the grace period:\n{}",
+            d.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigint_without_messages_in_flight_exits_zero_promptly() {
+    bounded(async {
+        let mut d = Serve::start(&v1());
+        let addr = d.ready().await;
+        // A finished session first, so there is something to have cleaned up.
+        assert_eq!(
+            rcpt_answer(addr, "<alice@example.org>").await,
+            Status::Continue
+        );
+        let sent = Instant::now();
+        d.signal("INT");
+        let status = d.wait_exit(Duration::from_secs(3)).await;
+        assert_eq!(status.code(), Some(0), "{}", d.log());
+        assert!(sent.elapsed() < Duration::from_secs(3));
+        let events = d.events();
+        for expected in ["shutting down", "stopped"] {
+            assert!(
+                events.iter().any(|e| message_of(e) == expected),
+                "no {expected:?} event:\n{}",
+                d.log()
+            );
+        }
+        assert!(
+            !events
+                .iter()
+                .any(|e| message_of(e) == "waiting for messages in flight"),
+            "{}",
+            d.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_config_error_at_start_exits_78_with_file_line_col() {
+    bounded(async {
+        let broken = v1().replace("max_size = \"1M\"", "max_size = \"lots\"");
+        let (line, col) = position(&broken, "\"lots\"");
+        let mut d = Serve::start(&broken);
+        let status = d.wait_exit(WAIT).await;
+        assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", d.log());
+        let at = format!("{}:{line}:{col}:", d.config.display());
+        assert!(d.log().contains(&at), "expected {at} in:\n{}", d.log());
+        assert!(
+            !d.events().iter().any(|e| message_of(e) == "ready"),
+            "{}",
+            d.log()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_address_in_use_exits_1_with_a_clear_message() {
+    bounded(async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("local addr").port();
+        let config = v1().replace("inet:127.0.0.1:0", &format!("inet:127.0.0.1:{port}"));
+        let mut d = Serve::start(&config);
+        let status = d.wait_exit(WAIT).await;
+        assert_eq!(status.code(), Some(1), "{}", d.log());
+        let event = d
+            .events()
+            .into_iter()
+            .find(|e| message_of(e) == "cannot start")
+            .unwrap_or_else(|| panic!("no \"cannot start\" event:\n{}", d.log()));
+        assert_eq!(event["level"], "ERROR", "{event}");
+        let error = field_str(&event, "error");
+        assert!(
+            error.contains(&format!("cannot listen on inet:127.0.0.1:{port}")),
+            "{error}"
+        );
+        assert!(error.to_lowercase().contains("in use"), "{error}");
+        assert!(
+            !d.events().iter().any(|e| message_of(e) == "ready"),
+            "{}",
+            d.log()
+        );
+        drop(taken);
+    })
+    .await;
+}
