@@ -9,6 +9,7 @@ pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod edits;
 pub mod engine;
 pub mod message;

@@ -25,6 +25,9 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "milter-config.toml")]
         config: PathBuf,
+        /// Use this DNS server (IP:PORT) instead of [dns] nameservers; repeat for several.
+        #[arg(long)]
+        nameserver: Vec<std::net::SocketAddr>,
     },
     /// Validate a configuration file and print a one-line summary.
     Check {
@@ -66,6 +69,9 @@ struct TestArgs {
     daemon_name: Option<String>,
     #[arg(long)]
     queue_id: Option<String>,
+    /// Use this DNS server (IP:PORT) instead of [dns] nameservers; repeat for several.
+    #[arg(long)]
+    nameserver: Vec<std::net::SocketAddr>,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -82,16 +88,25 @@ fn init_logging() {
         .init();
 }
 
+fn registry_with(nameservers: &[std::net::SocketAddr]) -> dispatch_milter::config::Registry {
+    let mut registry = dispatch_milter::config::Registry::builtin();
+    if !nameservers.is_empty() {
+        registry.set_nameservers(nameservers.to_vec());
+    }
+    registry
+}
+
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Command::Serve { config } = &args.command {
+    if let Command::Serve { config, nameserver } = &args.command {
         // The daemon sets up its own logging from the config.
+        let registry = registry_with(nameserver);
         return match tokio::runtime::Runtime::new() {
-            Ok(rt) => exit(rt.block_on(dispatch_milter::daemon::serve(config))),
+            Ok(rt) => exit(rt.block_on(dispatch_milter::daemon::serve(config, registry))),
             Err(e) => {
                 eprintln!("cannot start the async runtime: {e}");
                 exit(1)
@@ -117,14 +132,16 @@ fn main() -> ExitCode {
                 queue_id,
                 json,
                 message,
+                nameserver,
             } = *args;
-            let policy = match dispatch_milter::config::load(&config) {
-                Ok(p) => Arc::new(p),
-                Err(e) => {
-                    eprintln!("{e}");
-                    return exit(cli::EXIT_CONFIG);
-                }
-            };
+            let policy =
+                match dispatch_milter::config::load_with(&config, &registry_with(&nameserver)) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return exit(cli::EXIT_CONFIG);
+                    }
+                };
             let raw = match std::fs::read(&message) {
                 Ok(raw) => raw,
                 Err(e) => {

@@ -158,6 +158,8 @@ pub struct CheckBuildContext<'o, 'd, 'a> {
     pub tables: &'o TableSet,
     /// The configuration file's directory: relative paths resolve against it.
     pub base_dir: &'o std::path::Path,
+    /// The shared resolver, built on first use.
+    pub dns: &'o crate::dns::DnsProvider,
 }
 
 /// Builds one check from its options; reports errors through the options and

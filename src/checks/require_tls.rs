@@ -143,6 +143,7 @@ pub(crate) mod tests {
                     options: &mut opts,
                     tables,
                     base_dir: Path::new("/nonexistent-config-dir"),
+                    dns: &crate::dns::DnsProvider::new(crate::dns::DnsSettings::default()),
                 };
                 build(&mut ctx)
             };

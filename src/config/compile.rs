@@ -5,7 +5,7 @@
 
 use super::error::{ConfigErrors, Diagnostics, did_you_mean};
 use super::options::{Options, RawOptions};
-use super::raw::{Named, RawBlock, RawConfig, RawPipeline, RawReply, RawServer};
+use super::raw::{Named, RawBlock, RawConfig, RawDns, RawPipeline, RawReply, RawServer};
 use crate::address::{Address, normalize_domain};
 use crate::checks::{CheckBuildContext, CheckBuilder, Status};
 use crate::edits::valid_header_name;
@@ -48,6 +48,9 @@ pub mod defaults {
 pub struct Registry {
     checks: BTreeMap<String, CheckBuilder>,
     modifiers: BTreeMap<String, ModifierBuilder>,
+    /// `--nameserver`: replaces `[dns] nameservers` (tests and
+    /// administrators point the daemon at a resolver of their choice).
+    nameservers: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl Registry {
@@ -61,7 +64,13 @@ impl Registry {
                 .into_iter()
                 .map(|(k, b)| (k.to_string(), b))
                 .collect(),
+            nameservers: None,
         }
+    }
+
+    /// Use these name servers whatever `[dns]` says.
+    pub fn set_nameservers(&mut self, servers: Vec<std::net::SocketAddr>) {
+        self.nameservers = Some(servers);
     }
 
     pub fn add_check(&mut self, kind: &str, builder: CheckBuilder) {
@@ -102,7 +111,9 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         tables.insert(name.into_inner(), Arc::new(t));
     }
 
+    let dns_settings = dns_settings(raw.dns.take(), registry, &mut diag);
     let mut compiler = Compiler {
+        dns: crate::dns::DnsProvider::new(dns_settings),
         base_dir,
         diag,
         registry,
@@ -161,6 +172,71 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
     })
 }
 
+fn dns_settings(
+    raw: Option<Spanned<RawDns>>,
+    registry: &Registry,
+    diag: &mut Diagnostics,
+) -> crate::dns::DnsSettings {
+    let mut s = crate::dns::DnsSettings::default();
+    if let Some(raw) = raw {
+        let raw = raw.into_inner();
+        if let Some(list) = raw.nameservers {
+            let mut servers = Vec::new();
+            for n in list.get_ref() {
+                // A bare address means the standard port.
+                let parsed = n.get_ref().parse::<std::net::SocketAddr>().or_else(|_| {
+                    n.get_ref()
+                        .parse::<std::net::IpAddr>()
+                        .map(|ip| (ip, 53).into())
+                });
+                match parsed {
+                    Ok(a) => servers.push(a),
+                    Err(_) => diag.error_hint(
+                        n.span(),
+                        format!("invalid name server \"{}\"", n.get_ref()),
+                        "write IP or IP:PORT, such as 127.0.0.1 or 127.0.0.1:5353 or [::1]:53",
+                    ),
+                }
+            }
+            if servers.is_empty() {
+                diag.error(
+                    list.span(),
+                    "`nameservers` is empty; remove it to use /etc/resolv.conf",
+                );
+            }
+            s.nameservers = Some(servers);
+        }
+        if let Some(t) = raw.timeout {
+            match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() => s.timeout = d,
+                _ => diag.error(
+                    t.span(),
+                    format!(
+                        "`timeout` must be a duration such as \"5s\", found \"{}\"",
+                        t.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(a) = raw.attempts {
+            match usize::try_from(*a.get_ref()) {
+                Ok(n) if (1..=10).contains(&n) => s.attempts = n,
+                _ => diag.error(a.span(), "`attempts` must be between 1 and 10"),
+            }
+        }
+        if let Some(c) = raw.cache_size {
+            match u64::try_from(*c.get_ref()) {
+                Ok(n) => s.cache_size = n,
+                Err(_) => diag.error(c.span(), "`cache_size` must not be negative"),
+            }
+        }
+    }
+    if let Some(servers) = &registry.nameservers {
+        s.nameservers = Some(servers.clone());
+    }
+    s
+}
+
 /// serde names the expected keys; turn that into a hint.
 fn explain_toml_error(message: &str) -> (String, Option<String>) {
     let message = message.trim().to_string();
@@ -187,6 +263,7 @@ fn in_file_order<T>(named: Named<T>) -> Vec<(Spanned<String>, Spanned<T>)> {
 }
 
 struct Compiler<'r, 'a> {
+    dns: crate::dns::DnsProvider,
     base_dir: std::path::PathBuf,
     diag: Diagnostics<'a>,
     registry: &'r Registry,
@@ -345,6 +422,7 @@ impl Compiler<'_, '_> {
             options: &mut options,
             tables,
             base_dir: &self.base_dir,
+            dns: &self.dns,
         };
         let built = builder(&mut ctx);
         let decides = match (&built, decide_at) {

@@ -22,6 +22,17 @@ pub struct RawConfig {
     #[serde(default)]
     pub pipelines: Named<RawPipeline>,
     pub server: Option<Spanned<RawServer>>,
+    pub dns: Option<Spanned<RawDns>>,
+}
+
+/// `[dns]`: the resolver every DNS check shares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDns {
+    pub nameservers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub timeout: Option<Spanned<String>>,
+    pub attempts: Option<Spanned<i64>>,
+    pub cache_size: Option<Spanned<i64>>,
 }
 
 /// `[server]`: how the daemon listens and runs. Changes here need a restart.

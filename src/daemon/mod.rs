@@ -206,9 +206,8 @@ pub fn init_logging(server: &ServerSettings) {
 
 /// Run the daemon until SIGTERM or SIGINT; reload on SIGHUP. Returns the
 /// process exit status.
-pub async fn serve(config_path: &Path) -> i32 {
+pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
-    let registry = Registry::builtin();
     let policy = match crate::config::load_with(config_path, &registry) {
         Ok(p) => Arc::new(p),
         Err(e) => {

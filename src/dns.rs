@@ -1,0 +1,308 @@
+//! The one DNS seam: a single hickory resolver (the one inside mail-auth's
+//! authenticator, so SPF, DKIM, DMARC and our own lookups share one cache),
+//! configured from `[dns]` or overridden with `--nameserver`. Every lookup
+//! the checks make goes through here, and every failure is classified once:
+//! "no such record" is an answer, anything else is a temporary error.
+
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::{Name, RData};
+use mail_auth::MessageAuthenticator;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+/// Why each default is what it is.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Per query, per attempt. Two attempts stay well inside the stage
+    /// deadline (20 s) even when the first server does not answer.
+    pub const TIMEOUT: Duration = Duration::from_secs(5);
+    pub const ATTEMPTS: usize = 2;
+    /// Answers kept in the shared cache; DNSBL and SPF lookups repeat a lot.
+    pub const CACHE_SIZE: u64 = 10_000;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// `None`: the system's /etc/resolv.conf.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    pub timeout: Duration,
+    pub attempts: usize,
+    pub cache_size: u64,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        DnsSettings {
+            nameservers: None,
+            timeout: defaults::TIMEOUT,
+            attempts: defaults::ATTEMPTS,
+            cache_size: defaults::CACHE_SIZE,
+        }
+    }
+}
+
+/// A lookup that did not produce records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DnsError {
+    /// NXDOMAIN or no record of that type: a definite answer.
+    NotFound,
+    /// Timeout, SERVFAIL, REFUSED, a malformed answer, no server reachable:
+    /// the answer is unknown, so the check says temperror.
+    Temporary(String),
+}
+
+impl std::fmt::Display for DnsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsError::NotFound => f.write_str("no such record"),
+            DnsError::Temporary(e) => write!(f, "DNS failure: {e}"),
+        }
+    }
+}
+
+fn classify(e: NetError) -> DnsError {
+    if e.is_no_records_found() {
+        DnsError::NotFound
+    } else {
+        DnsError::Temporary(e.to_string())
+    }
+}
+
+/// Builds the resolver the first time a check asks for it, so a policy
+/// without DNS checks never needs /etc/resolv.conf.
+pub struct DnsProvider {
+    settings: DnsSettings,
+    built: std::sync::OnceLock<Result<std::sync::Arc<Dns>, String>>,
+}
+
+impl DnsProvider {
+    pub fn new(settings: DnsSettings) -> DnsProvider {
+        DnsProvider {
+            settings,
+            built: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self) -> Result<std::sync::Arc<Dns>, String> {
+        self.built
+            .get_or_init(|| Dns::new(&self.settings).map(std::sync::Arc::new))
+            .clone()
+    }
+}
+
+pub struct Dns {
+    auth: MessageAuthenticator,
+    settings: DnsSettings,
+}
+
+impl std::fmt::Debug for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dns")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl Dns {
+    pub fn new(settings: &DnsSettings) -> Result<Dns, String> {
+        let mut opts = ResolverOpts::default();
+        let config = match &settings.nameservers {
+            Some(servers) => {
+                let mut config = ResolverConfig::from_name_servers(Vec::new());
+                for s in servers {
+                    let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                    for c in &mut ns.connections {
+                        c.port = s.port();
+                    }
+                    config.add_name_server(ns);
+                }
+                config
+            }
+            None => {
+                let (config, system_opts) = hickory_resolver::system_conf::read_system_conf()
+                    .map_err(|e| {
+                        format!("cannot read /etc/resolv.conf: {e}; set [dns] nameservers")
+                    })?;
+                opts = system_opts;
+                config
+            }
+        };
+        opts.timeout = settings.timeout;
+        opts.attempts = settings.attempts;
+        opts.cache_size = settings.cache_size;
+        // Names we look up are absolute (DNSBL zones, sender domains): never
+        // try them against the host's search list.
+        opts.ndots = 0;
+        let auth = MessageAuthenticator::new(config, opts)
+            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        Ok(Dns {
+            auth,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn settings(&self) -> &DnsSettings {
+        &self.settings
+    }
+
+    /// For the mail-auth checks (SPF, DKIM, DMARC, ARC, iprev).
+    pub fn authenticator(&self) -> &MessageAuthenticator {
+        &self.auth
+    }
+
+    fn fqdn(name: &str) -> Result<Name, DnsError> {
+        let absolute = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        Name::from_ascii(&absolute)
+            .map_err(|e| DnsError::Temporary(format!("invalid name \"{name}\": {e}")))
+    }
+
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+        let lookup = self
+            .auth
+            .resolver()
+            .ipv4_lookup(Self::fqdn(name)?)
+            .await
+            .map_err(classify)?;
+        let addrs: Vec<Ipv4Addr> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            Err(DnsError::NotFound)
+        } else {
+            Ok(addrs)
+        }
+    }
+
+    pub async fn ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
+        let lookup = self
+            .auth
+            .resolver()
+            .ipv6_lookup(Self::fqdn(name)?)
+            .await
+            .map_err(classify)?;
+        let addrs: Vec<Ipv6Addr> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::AAAA(a) => Some(a.0),
+                _ => None,
+            })
+            .collect();
+        if addrs.is_empty() {
+            Err(DnsError::NotFound)
+        } else {
+            Ok(addrs)
+        }
+    }
+
+    /// A and AAAA together, looked up in parallel.
+    pub async fn ips(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let (v4, v6) = tokio::join!(self.ipv4(name), self.ipv6(name));
+        let mut out: Vec<IpAddr> = Vec::new();
+        let mut temporary = None;
+        for r in [
+            v4.map(|v| v.into_iter().map(IpAddr::V4).collect::<Vec<_>>()),
+            v6.map(|v| v.into_iter().map(IpAddr::V6).collect()),
+        ] {
+            match r {
+                Ok(list) => out.extend(list),
+                Err(DnsError::NotFound) => {}
+                Err(e) => temporary = Some(e),
+            }
+        }
+        match (out.is_empty(), temporary) {
+            (false, _) => Ok(out),
+            (true, Some(e)) => Err(e),
+            (true, None) => Err(DnsError::NotFound),
+        }
+    }
+
+    /// MX records as (preference, exchange without the trailing dot).
+    pub async fn mx(&self, name: &str) -> Result<Vec<(u16, String)>, DnsError> {
+        let lookup = self
+            .auth
+            .resolver()
+            .mx_lookup(Self::fqdn(name)?)
+            .await
+            .map_err(classify)?;
+        let mut mx: Vec<(u16, String)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(m) => Some((
+                    m.preference,
+                    m.exchange.to_ascii().trim_end_matches('.').to_string(),
+                )),
+                _ => None,
+            })
+            .collect();
+        mx.sort();
+        if mx.is_empty() {
+            Err(DnsError::NotFound)
+        } else {
+            Ok(mx)
+        }
+    }
+
+    /// TXT records, each with its strings joined.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let lookup = self
+            .auth
+            .resolver()
+            .txt_lookup(Self::fqdn(name)?)
+            .await
+            .map_err(classify)?;
+        let txt: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|s| String::from_utf8_lossy(s).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect();
+        if txt.is_empty() {
+            Err(DnsError::NotFound)
+        } else {
+            Ok(txt)
+        }
+    }
+
+    /// PTR names of an address, without trailing dots.
+    pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let lookup = self
+            .auth
+            .resolver()
+            .reverse_lookup(Name::from(ip))
+            .await
+            .map_err(classify)?;
+        let names: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+                _ => None,
+            })
+            .collect();
+        if names.is_empty() {
+            Err(DnsError::NotFound)
+        } else {
+            Ok(names)
+        }
+    }
+}
