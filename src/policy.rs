@@ -118,6 +118,8 @@ pub struct PipelineSettings {
     /// `{daemon_name}` values that select this pipeline on a listener that
     /// has no pipeline of its own.
     pub daemon_names: Vec<String>,
+    /// Our authserv-id for Authentication-Results; `None` adds no such header.
+    pub authserv_id: Option<String>,
 }
 
 /// What happens when a message body is larger than `max_body_size`.

@@ -370,3 +370,66 @@ async fn the_same_message_always_gets_the_same_verdict_and_edits() {
         assert_eq!(again.edits, first.edits);
     }
 }
+
+#[tokio::test]
+async fn authentication_results_replaces_forgeries_of_our_id_only() {
+    let policy = compile(
+        r#"
+        [checks.spf]
+        kind = "probe"
+        auth_results = "spf=pass smtp.mailfrom=x.test"
+        [checks.dkim]
+        kind = "probe"
+        auth_results = "dkim=pass header.d=x.test"
+        [checks.plain]
+        kind = "probe"
+        [pipelines.p]
+        authserv_id = "mx.example.org"
+        checks = ["dkim", "plain", "spf"]
+        [pipelines.quiet]
+        auth_results = false
+        checks = ["spf"]
+        "#,
+    );
+    let mut mail = Mail::new("a@x.test", &["b@y.test"]);
+    mail.headers = vec![
+        (
+            "Authentication-Results".into(),
+            "MX.example.org; spf=pass (forged)".into(),
+        ),
+        (
+            "Authentication-Results".into(),
+            "other.example; dkim=pass".into(),
+        ),
+        (
+            "Authentication-Results".into(),
+            "mx.example.org 1; dmarc=pass".into(),
+        ),
+    ];
+    let outcome = run_mail(&policy, "p", &mail).await.outcome.expect("EOM");
+    assert_eq!(
+        outcome.edits,
+        vec![
+            Edit::DeleteHeader {
+                name: "Authentication-Results".into(),
+                index: 3
+            },
+            Edit::DeleteHeader {
+                name: "Authentication-Results".into(),
+                index: 1
+            },
+            Edit::InsertHeader {
+                index: 0,
+                name: "Authentication-Results".into(),
+                // Config order of the checks, not list order.
+                value: "mx.example.org; spf=pass smtp.mailfrom=x.test; dkim=pass header.d=x.test"
+                    .into()
+            },
+        ]
+    );
+    let outcome = run_mail(&policy, "quiet", &mail)
+        .await
+        .outcome
+        .expect("EOM");
+    assert!(outcome.edits.is_empty(), "{:?}", outcome.edits);
+}

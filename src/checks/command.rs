@@ -328,7 +328,7 @@ impl CommandCheck {
             status,
             reason,
             score,
-            auth_results: None,
+            ..CheckResult::new(status)
         }
     }
 }

@@ -12,12 +12,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod arc;
 pub mod authorize_sender;
 pub mod command;
+pub mod dkim;
+pub mod dmarc;
+pub mod dnsbl;
 pub mod header;
+pub mod iprev;
 pub mod require_auth;
+pub mod require_mx;
 pub mod require_tls;
 pub mod size;
+pub mod spf;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -33,6 +40,56 @@ pub struct CheckInput {
     pub message: Option<Arc<Message>>,
     /// The MTA's queue id (`i` macro), once known.
     pub queue_id: Option<String>,
+    /// Work shared between the checks of one message (or, for checks that
+    /// start at connect or HELO, of one connection): DMARC reuses the SPF
+    /// and DKIM results instead of computing them again.
+    pub memo: Arc<Memo>,
+}
+
+/// Single-flight memoisation by type: the first caller computes, concurrent
+/// callers wait for that result, later callers get it at once. Each value
+/// type has one slot, so give each memoised value its own newtype.
+#[derive(Default)]
+pub struct Memo {
+    cells: std::sync::Mutex<std::collections::HashMap<std::any::TypeId, Arc<MemoCell>>>,
+}
+
+type MemoCell = tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>;
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
+}
+
+impl Memo {
+    /// The value of type `T`, computing it with `init` if nobody has yet.
+    /// `None` only if the slot somehow holds another type (it cannot: slots
+    /// are keyed by type); callers treat that as an internal temperror.
+    pub async fn get_or_init<T, F, Fut>(&self, init: F) -> Option<Arc<T>>
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let cell = {
+            let mut cells = match self.cells.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            cells
+                .entry(std::any::TypeId::of::<T>())
+                .or_default()
+                .clone()
+        };
+        let value = cell
+            .get_or_init(|| async {
+                Arc::new(init().await) as Arc<dyn std::any::Any + Send + Sync>
+            })
+            .await
+            .clone();
+        value.downcast::<T>().ok()
+    }
 }
 
 /// The result vocabulary of RFC 8601 §2.7.
@@ -86,8 +143,12 @@ pub struct CheckResult {
     pub reason: Option<String>,
     /// A score the check suggests, used by the `score` action without a number.
     pub score: Option<f64>,
-    /// A `method=result` fragment for Authentication-Results (RFC 8601 §2.2).
+    /// A `method=result` fragment for Authentication-Results (RFC 8601 §2.2),
+    /// such as `spf=pass smtp.mailfrom=example.org`.
     pub auth_results: Option<String>,
+    /// Headers to add when the message is accepted (`Received-SPF`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub add_headers: Vec<(String, String)>,
 }
 
 impl CheckResult {
@@ -97,6 +158,7 @@ impl CheckResult {
             reason: None,
             score: None,
             auth_results: None,
+            add_headers: Vec::new(),
         }
     }
 
@@ -182,5 +244,12 @@ pub fn builtin() -> Vec<(&'static str, CheckBuilder)> {
         ("header", Arc::new(header::HeaderCheck::build)),
         ("size", Arc::new(size::SizeCheck::build)),
         ("command", Arc::new(command::CommandCheck::build)),
+        ("dnsbl", Arc::new(dnsbl::DnsblCheck::build)),
+        ("iprev", Arc::new(iprev::IprevCheck::build)),
+        ("require_mx", Arc::new(require_mx::RequireMxCheck::build)),
+        ("spf", Arc::new(spf::SpfCheck::build)),
+        ("dkim", Arc::new(dkim::DkimCheck::build)),
+        ("dmarc", Arc::new(dmarc::DmarcCheck::build)),
+        ("arc", Arc::new(arc::ArcCheck::build)),
     ]
 }

@@ -41,6 +41,25 @@ pub mod defaults {
     /// The longest a stage waits for checks: below Postfix's 30 s
     /// `milter_command_timeout`, so the MTA hears from us before it gives up.
     pub const STAGE_DEADLINE: Duration = Duration::from_secs(20);
+
+    /// Our name in Authentication-Results: this host's name, as RFC 8601
+    /// §2.5 suggests; "localhost" if the system has none.
+    pub fn authserv_id() -> String {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        let name = if rc == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).into_owned()
+        } else {
+            String::new()
+        };
+        if name.is_empty() || !name.is_ascii() {
+            "localhost".to_string()
+        } else {
+            name.to_ascii_lowercase()
+        }
+    }
 }
 
 /// The check and modifier kinds the compiler knows. Tests add their own.
@@ -876,8 +895,12 @@ impl Compiler<'_, '_> {
             || checks
                 .iter()
                 .any(|&id| self.checks[id].actions.contains(&Action::Quarantine));
-        // The quarantine reason travels in a header; dry-run reports in one.
-        k.add_header |= k.quarantine || settings.dry_run;
+        // The quarantine reason travels in a header; dry-run reports in one;
+        // Authentication-Results is added, and forgeries of it deleted,
+        // whenever a check reports a result.
+        let auth_results = settings.authserv_id.is_some();
+        k.add_header |= k.quarantine || settings.dry_run || auth_results;
+        k.change_header |= auth_results;
         k
     }
 
@@ -1013,7 +1036,27 @@ impl Compiler<'_, '_> {
         for d in raw.daemon_names.iter().flat_map(|l| l.get_ref()) {
             daemon_names.push(d.get_ref().clone());
         }
+        let authserv_id = match &raw.authserv_id {
+            Some(id) => {
+                let valid = !id.get_ref().is_empty()
+                    && id
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b';' && b != b'(' && b != b'"');
+                if !valid {
+                    ok = false;
+                    self.diag.error(
+                        id.span(),
+                        format!("invalid `authserv_id` \"{}\": use a host name such as mx.example.org (RFC 8601 §2.5)", id.get_ref()),
+                    );
+                }
+                id.get_ref().clone()
+            }
+            None => defaults::authserv_id(),
+        };
+        let authserv_id = raw.auth_results.unwrap_or(true).then_some(authserv_id);
         ok.then_some(PipelineSettings {
+            authserv_id,
             oversize_action,
             deadline,
             refuse_at_eom: raw.refuse_at_eom.unwrap_or(false),

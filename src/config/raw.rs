@@ -82,6 +82,8 @@ pub struct RawPipeline {
     pub oversize_action: Option<Spanned<String>>,
     pub deadline: Option<Spanned<String>>,
     pub refuse_at_eom: Option<bool>,
+    pub authserv_id: Option<Spanned<String>>,
+    pub auth_results: Option<bool>,
 
     // The top level of the dispatch tree. These repeat `RawBlock`'s fields
     // because serde's `flatten` cannot be combined with `deny_unknown_fields`

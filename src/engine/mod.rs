@@ -111,6 +111,8 @@ struct MessageState {
     body_truncated: bool,
     size: u64,
     report: MessageReport,
+    /// Work the message's checks share (see `Memo`).
+    memo: Arc<crate::checks::Memo>,
 }
 
 pub struct Session {
@@ -123,6 +125,7 @@ pub struct Session {
     /// Reports of messages that ended without end of message (MAIL refused,
     /// every recipient refused, abort), for the daemon's log line.
     ended: Vec<MessageReport>,
+    connection_memo: Arc<crate::checks::Memo>,
 }
 
 impl Session {
@@ -138,6 +141,7 @@ impl Session {
             message: None,
             queue_id: None,
             ended: Vec::new(),
+            connection_memo: Arc::default(),
         }
     }
 
@@ -177,6 +181,10 @@ impl Session {
             envelope,
             message,
             queue_id: self.queue_id.clone(),
+            memo: match &self.message {
+                Some(m) if stage >= Stage::Mail => m.memo.clone(),
+                _ => self.connection_memo.clone(),
+            },
         })
     }
 
@@ -410,6 +418,7 @@ impl Session {
             body_dropped: 0,
             body_truncated: false,
             size: 0,
+            memo: Arc::default(),
         });
 
         self.start_checks(&source.checks, Stage::Mail);
@@ -790,7 +799,7 @@ impl Session {
         let edits = if matches!(decision.verdict, Verdict::Accept | Verdict::Quarantine)
             || settings.dry_run
         {
-            match self.build_edits(pipeline, &decision) {
+            match self.build_edits(pipeline, &decision, &checks) {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, queue_id = ?self.queue_id, "building the edits failed; no edit is sent and the error action applies");
@@ -860,9 +869,55 @@ impl Session {
         }
     }
 
+    /// Authentication-Results from the checks' fragments, in config order:
+    /// headers that claim our authserv-id are deleted first (RFC 8601 §5, a
+    /// sender could forge our verdicts), then ours goes on top, followed by
+    /// extra trace headers checks asked for (Received-SPF).
+    fn authentication_results(
+        &self,
+        pipeline: &Pipeline,
+        message: &MessageState,
+        checks: &[CheckId],
+        edits: &mut EditList,
+    ) -> Result<(), String> {
+        let Some(authserv_id) = &pipeline.settings.authserv_id else {
+            return Ok(());
+        };
+        let mut fragments = Vec::new();
+        let mut extra = Vec::new();
+        for &id in checks {
+            if let Some(f) = self.runner.finished(id) {
+                if let Some(frag) = &f.result.auth_results {
+                    fragments.push(crate::edits::sanitize_value(frag));
+                }
+                extra.extend(f.result.add_headers.iter().cloned());
+            }
+        }
+        if fragments.is_empty() && extra.is_empty() {
+            return Ok(());
+        }
+        edits.delete_headers_where("Authentication-Results", &message.headers, |v| {
+            authserv_id_of(v).eq_ignore_ascii_case(authserv_id)
+        });
+        for (name, value) in extra.iter().rev() {
+            edits.insert_header(0, name, value)?;
+        }
+        if !fragments.is_empty() {
+            // The daemon folds long values when it sends them.
+            let value = format!("{authserv_id}; {}", fragments.join("; "));
+            edits.insert_header(0, "Authentication-Results", &value)?;
+        }
+        Ok(())
+    }
+
     /// The edit list: sender, recipients, header modifiers, quarantine. Any
     /// failure returns an error and no edit at all is sent.
-    fn build_edits(&self, pipeline: &Pipeline, decision: &Decision) -> Result<EditList, String> {
+    fn build_edits(
+        &self,
+        pipeline: &Pipeline,
+        decision: &Decision,
+        checks: &[CheckId],
+    ) -> Result<EditList, String> {
         let message = self.message.as_ref().ok_or("no message")?;
         let mut edits = EditList::new();
 
@@ -923,6 +978,8 @@ impl Session {
             }
         }
 
+        self.authentication_results(pipeline, message, checks, &mut edits)?;
+
         let envelope = self.envelope_of(message);
         let body = Message {
             headers: message.headers.clone(),
@@ -954,6 +1011,15 @@ impl Session {
         }
         Ok(edits)
     }
+}
+
+/// The authserv-id an Authentication-Results header starts with (RFC 8601
+/// §2.2): the first token before `;`, without a version or comment.
+fn authserv_id_of(value: &str) -> &str {
+    let head = value.split(';').next().unwrap_or("").trim();
+    head.split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
 }
 
 fn is_quarantine_header(e: &Edit, settings: &crate::policy::PipelineSettings) -> bool {

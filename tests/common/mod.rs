@@ -34,6 +34,7 @@ struct ProbeCheck {
     inputs: Stage,
     panics: bool,
     score: Option<f64>,
+    auth_results: Option<String>,
     probes: Arc<Probes>,
 }
 
@@ -75,6 +76,7 @@ impl Check for ProbeCheck {
             let mut r =
                 CheckResult::with_reason(self.status, format!("probe said {}", self.status));
             r.score = self.score;
+            r.auth_results = self.auth_results.clone();
             r
         })
     }
@@ -107,12 +109,14 @@ pub fn registry(probes: Arc<Probes>) -> Registry {
                 .unwrap_or(Stage::Eom);
             let panics = ctx.options.bool("panic").unwrap_or(false);
             let score = ctx.options.number("score").map(|s| *s.get_ref());
+            let auth_results = ctx.options.string("auth_results").map(|s| s.into_inner());
             Some(Arc::new(ProbeCheck {
                 status,
                 delay: Duration::from_millis(delay),
                 inputs,
                 panics,
                 score,
+                auth_results,
                 probes: probes.clone(),
             }) as Arc<dyn Check>)
         }),
