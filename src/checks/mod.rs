@@ -201,6 +201,13 @@ pub trait Check: Send + Sync + 'static {
         self.inputs()
     }
 
+    /// The kind's own default action for a result, where it differs from the
+    /// generic one (fail: reject; temperror, permerror: the pipeline's error
+    /// action; others: ignore). The `on_<result>` keys still override it.
+    fn default_action(&self, _status: Status) -> Option<crate::policy::Action> {
+        None
+    }
+
     /// Whether the check needs the message body (so the adapter buffers it).
     fn needs_body(&self) -> bool {
         false

@@ -404,13 +404,10 @@ impl Compiler<'_, '_> {
         let timeout = options
             .duration("timeout")
             .unwrap_or(defaults::CHECK_TIMEOUT);
-        let mut actions = [Action::Ignore; 7];
+        // What the administrator wrote per result; defaults come once the
+        // check is built, since a kind may have its own.
+        let mut configured: [Option<Action>; 7] = [None; 7];
         for (i, status) in Status::ALL.iter().enumerate() {
-            actions[i] = match status {
-                Status::Fail => Action::Reject,
-                Status::Temperror | Status::Permerror => Action::Error,
-                _ => Action::Ignore,
-            };
             let key: &'static str = match status {
                 Status::Pass => "on_pass",
                 Status::Fail => "on_fail",
@@ -422,7 +419,7 @@ impl Compiler<'_, '_> {
             };
             if let Some(v) = options.string(key) {
                 match parse_action(v.get_ref()) {
-                    Some(a) => actions[i] = a,
+                    Some(a) => configured[i] = Some(a),
                     None => options.error(
                         v.span(),
                         format!(
@@ -477,6 +474,16 @@ impl Compiler<'_, '_> {
             self.broken.insert(name.into_inner());
             return;
         };
+        let mut actions = [Action::Ignore; 7];
+        for (i, status) in Status::ALL.iter().enumerate() {
+            actions[i] = configured[i]
+                .or_else(|| check.default_action(*status))
+                .unwrap_or(match status {
+                    Status::Fail => Action::Reject,
+                    Status::Temperror | Status::Permerror => Action::Error,
+                    _ => Action::Ignore,
+                });
+        }
         let id = self.checks.len();
         self.check_ids.insert(name.get_ref().clone(), id);
         self.checks.push(CheckInstance {
