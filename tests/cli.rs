@@ -492,3 +492,35 @@ fn test_prints_a_readable_report() {
     );
     assert!(report.contains("X-Internal-Only"), "{report}");
 }
+
+#[test]
+fn daemon_name_chooses_the_pipeline_as_the_daemon_does() {
+    // No --pipeline: {daemon_name} "submission" selects the submission
+    // pipeline (its daemon_names), which refuses unauthenticated MAIL.
+    let args = [
+        "test",
+        "--json",
+        "-c",
+        "milter-config.toml",
+        "--daemon-name",
+        "submission",
+        "--client-ip",
+        "192.0.2.10",
+        "--tls",
+        "--from",
+        "alice@example.org",
+        "--to",
+        "someone@example.net",
+        "tests/messages/from-alice.eml",
+    ];
+    let out = run(&args);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["pipeline"], "submission", "{v:#}");
+    assert_eq!(v["reply"]["code"], 530, "{v:#}");
+    // Any other daemon name gets the first pipeline, mx.
+    let mut other = args;
+    other[5] = "smtpd";
+    let out = run(&other);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["pipeline"], "mx", "{v:#}");
+}

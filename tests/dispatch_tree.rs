@@ -434,3 +434,19 @@ fn sender_rewrites_cannot_be_chosen_per_recipient() {
         "{e}"
     );
 }
+
+#[test]
+fn one_daemon_name_selects_one_pipeline() {
+    let e = errors_of(
+        "[pipelines.a]\ndaemon_names = [\"submission\"]\n[pipelines.b]\ndaemon_names = [\"submission\"]\n",
+    );
+    assert!(
+        e.contains("daemon name \"submission\" selects both pipeline \"a\" and pipeline \"b\""),
+        "{e}"
+    );
+    let e = errors_of("[server]\nmax_connections = 9223372036854775807\n[pipelines.a]\n");
+    assert!(
+        e.contains("test.toml:2:19: `max_connections` must be between 1 and 1000000"),
+        "{e}"
+    );
+}

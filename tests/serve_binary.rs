@@ -616,3 +616,33 @@ async fn an_address_in_use_exits_1_with_a_clear_message() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_second_sigterm_ends_the_grace_period_at_once() {
+    bounded(async {
+        let mut d = Serve::start(&v1());
+        let addr = d.ready().await;
+        let mut conn = start_message(addr).await;
+        assert_eq!(
+            conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+            Status::Continue
+        );
+        d.signal("TERM");
+        d.wait_for("waiting for messages in flight").await;
+        // The grace period is 10 s; the second signal must not wait for it.
+        let sent = Instant::now();
+        d.signal("TERM");
+        let status = d.wait_exit(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(0), "{}", d.log());
+        assert!(sent.elapsed() < Duration::from_secs(5));
+        assert!(
+            d.events().iter().any(|e| message_of(e).starts_with("second signal")),
+            "{}",
+            d.log()
+        ); the MTA will tempfail the messages still open",
+        ])
+        .await;
+        drop(conn);
+    })
+    .await;
+}

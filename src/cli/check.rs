@@ -10,7 +10,10 @@ pub fn summary(policy: &Policy) -> String {
     let pipelines: Vec<String> = policy
         .pipelines
         .iter()
-        .map(|p| format!("{} ({} branches)", p.name, p.branches.len()))
+        .map(|p| {
+            let n = p.branches.len();
+            format!("{} ({n} branch{})", p.name, if n == 1 { "" } else { "es" })
+        })
         .collect();
     format!(
         "{}: ok: {} checks, {} modifiers, {} tables, pipelines: {}",

@@ -104,7 +104,18 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
                 names.join(", ")
             )
         })?,
-        None => 0,
+        // As the daemon does: the pipeline whose daemon_names lists
+        // {daemon_name}, else the first.
+        None => input
+            .daemon_name
+            .as_deref()
+            .and_then(|d| {
+                policy
+                    .pipelines
+                    .iter()
+                    .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
+            })
+            .unwrap_or(0),
     };
     let facts = ConnectionFacts {
         client_ip: input.client_ip,

@@ -170,6 +170,22 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         }
     }
     let server = compiler.server(raw.server.take(), &pipeline_names);
+    // Which pipeline serves a {daemon_name} must not depend on file order.
+    let mut claimed: HashMap<&str, &str> = HashMap::new();
+    for p in &pipelines {
+        for d in &p.settings.daemon_names {
+            if let Some(first) = claimed.insert(d, &p.name) {
+                compiler.diag.push(
+                    None,
+                    format!(
+                        "daemon name \"{d}\" selects both pipeline \"{first}\" and pipeline \"{}\"",
+                        p.name
+                    ),
+                    Some("list each {daemon_name} in one pipeline's `daemon_names`".to_string()),
+                );
+            }
+        }
+    }
 
     let Compiler {
         diag,
@@ -821,11 +837,13 @@ impl Compiler<'_, '_> {
             });
         }
         if let Some(m) = raw.max_connections {
+            // Each connection needs a file descriptor; past a million the
+            // number is a typo, and the milter library would refuse it.
             match usize::try_from(*m.get_ref()) {
-                Ok(v) if v > 0 => settings.max_connections = v,
+                Ok(v) if (1..=1_000_000).contains(&v) => settings.max_connections = v,
                 _ => self
                     .diag
-                    .error(m.span(), "`max_connections` must be a positive number"),
+                    .error(m.span(), "`max_connections` must be between 1 and 1000000"),
             }
         }
         if let Some(g) = raw.shutdown_grace {

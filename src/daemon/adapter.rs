@@ -332,9 +332,11 @@ async fn handle_connect(
     // Postfix passes "unknown" or "[address]" when the client has no name.
     let client_name =
         (!host.is_empty() && host != "unknown" && !host.starts_with('[')).then(|| host.clone());
-    conn.client = match client_ip {
-        Some(ip) => format!("{host}[{ip}]"),
-        None => host.clone(),
+    // Postfix's own form: name[address], "unknown" when there is no name.
+    conn.client = match (&client_name, client_ip) {
+        (Some(name), Some(ip)) => format!("{name}[{ip}]"),
+        (None, Some(ip)) => format!("unknown[{ip}]"),
+        (_, None) => host.clone(),
     };
     let pipeline = choose_pipeline(&conn.policy, binding, daemon_name.as_deref());
     let facts = ConnectionFacts {
@@ -460,7 +462,14 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
         }
     };
     let pipeline = session.pipeline().name.clone();
+    let error_reply = match &session.pipeline().settings.error_action {
+        crate::policy::ErrorAction::Tempfail(r) => r.clone(),
+        // Edits that could not be sent are our failure, never the sender's:
+        // tempfail even when the pipeline rejects on internal errors.
+        crate::policy::ErrorAction::Reject(_) => Reply::default_tempfail(),
+    };
     let message_guard = conn.message.take();
+    let mut outcome = outcome;
 
     let status = match outcome.decision.verdict {
         Verdict::Reject | Verdict::Tempfail => {
@@ -481,7 +490,9 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
                 Ok(()) => Status::Continue,
                 Err(e) => {
                     tracing::error!(error = %e, queue_id = ?queue_id, "sending the edits failed; the message is tempfailed so no half-edited mail leaves");
-                    refuse(reply, &Reply::default_tempfail())
+                    outcome.decision.reply = Some(error_reply.clone());
+                    outcome.decision.reason = Some(format!("edits not sent: {e}"));
+                    refuse(reply, &error_reply)
                 }
             }
         }

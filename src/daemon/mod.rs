@@ -48,6 +48,8 @@ pub struct Daemon {
     stop_sessions: watch::Sender<bool>,
     milters: Vec<JoinHandle<std::io::Result<()>>>,
     metrics_task: Option<JoinHandle<()>>,
+    /// A listener that stopped on its own (accept failed for good).
+    listener_failed: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Daemon {
@@ -83,6 +85,7 @@ impl Daemon {
             None => (None, None),
         };
 
+        let (failed_tx, listener_failed) = tokio::sync::mpsc::unbounded_channel();
         let (stop_accepting, accept_rx) = watch::channel(false);
         let (stop_sessions, sessions_rx) = watch::channel(false);
         let mut addresses = Vec::new();
@@ -105,9 +108,15 @@ impl Daemon {
             let shutdown = async move {
                 let _ = rx.wait_for(|stop| *stop).await;
             };
-            milters.push(tokio::spawn(indymilter::run(
-                listener, callbacks, config, shutdown,
-            )));
+            let failed_tx = failed_tx.clone();
+            let name = address.to_string();
+            milters.push(tokio::spawn(async move {
+                let result = indymilter::run(listener, callbacks, config, shutdown).await;
+                if let Err(e) = &result {
+                    let _ = failed_tx.send(format!("{name}: {e}"));
+                }
+                result
+            }));
         }
         Ok(Daemon {
             addresses,
@@ -120,6 +129,7 @@ impl Daemon {
             stop_sessions,
             milters,
             metrics_task,
+            listener_failed,
         })
     }
 
@@ -155,23 +165,45 @@ impl Daemon {
         self.shared.metrics.clone()
     }
 
+    /// Resolves when a listener stopped on its own: its accept loop failed
+    /// (for example out of file descriptors). The daemon should then exit
+    /// non-zero so the service manager restarts it.
+    pub async fn listener_failed(&mut self) -> String {
+        match self.listener_failed.recv().await {
+            Some(e) => e,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stop accepting connections, let messages in flight finish (up to the
     /// grace period), then end every session.
     pub async fn shutdown(self) {
+        self.shutdown_or(std::future::pending::<()>()).await
+    }
+
+    /// As `shutdown`, but `hurry` (a second signal) ends the grace period at once.
+    pub async fn shutdown_or(self, hurry: impl std::future::Future) {
         let _ = self.stop_accepting.send(true);
         let grace = self.server.shutdown_grace;
         let in_flight = self.shared.messages_in_flight();
         if in_flight > 0 {
             tracing::info!(in_flight, grace = %humantime::format_duration(grace), "waiting for messages in flight");
         }
-        if tokio::time::timeout(grace, self.shared.wait_idle())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                in_flight = self.shared.messages_in_flight(),
-                "grace period over; the MTA will tempfail the messages still open"
-            );
+        tokio::select! {
+            finished = tokio::time::timeout(grace, self.shared.wait_idle()) => {
+                if finished.is_err() {
+                    tracing::warn!(
+                        in_flight = self.shared.messages_in_flight(),
+                        "grace period over; the MTA will tempfail the messages still open"
+                    );
+                }
+            }
+            _ = hurry => {
+                tracing::warn!(
+                    in_flight = self.shared.messages_in_flight(),
+                    "second signal: not waiting any longer; the MTA will tempfail the messages still open"
+                );
+            }
         }
         let _ = self.stop_sessions.send(true);
         for m in self.milters {
@@ -192,8 +224,11 @@ impl Daemon {
 pub fn init_logging(server: &ServerSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&server.log_level));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match server.log_format {
         LogFormat::Text => builder.try_init(),
@@ -227,7 +262,7 @@ pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
             return 1;
         }
     };
-    let daemon = match Daemon::start_with_policy(policy, config_path, registry).await {
+    let mut daemon = match Daemon::start_with_policy(policy, config_path, registry).await {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
@@ -238,6 +273,7 @@ pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
         addresses = %daemon.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(" "),
         "ready"
     );
+    let mut status = 0;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -245,9 +281,20 @@ pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+            failure = daemon.listener_failed() => {
+                tracing::error!(error = %failure, "a listener stopped accepting connections; shutting down so the service manager can restart the daemon");
+                status = 1;
+                break;
+            }
         }
     }
     tracing::info!("shutting down");
-    daemon.shutdown().await;
-    0
+    let hurry = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    daemon.shutdown_or(hurry).await;
+    status
 }
