@@ -162,48 +162,38 @@ impl Dns {
             .map_err(|e| DnsError::Temporary(format!("invalid name \"{name}\": {e}")))
     }
 
-    pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
-        let lookup = self
-            .auth
-            .resolver()
-            .ipv4_lookup(Self::fqdn(name)?)
-            .await
-            .map_err(classify)?;
-        let addrs: Vec<Ipv4Addr> = lookup
+    /// The records of one lookup that `pick` understands; none is NotFound.
+    fn records<T>(
+        lookup: Result<hickory_resolver::lookup::Lookup, NetError>,
+        pick: impl Fn(&RData) -> Option<T>,
+    ) -> Result<Vec<T>, DnsError> {
+        let lookup = lookup.map_err(classify)?;
+        let found: Vec<T> = lookup
             .answers()
             .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0),
-                _ => None,
-            })
+            .filter_map(|r| pick(&r.data))
             .collect();
-        if addrs.is_empty() {
+        if found.is_empty() {
             Err(DnsError::NotFound)
         } else {
-            Ok(addrs)
+            Ok(found)
         }
     }
 
+    pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+        let lookup = self.auth.resolver().ipv4_lookup(Self::fqdn(name)?).await;
+        Self::records(lookup, |d| match d {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+    }
+
     pub async fn ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
-        let lookup = self
-            .auth
-            .resolver()
-            .ipv6_lookup(Self::fqdn(name)?)
-            .await
-            .map_err(classify)?;
-        let addrs: Vec<Ipv6Addr> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::AAAA(a) => Some(a.0),
-                _ => None,
-            })
-            .collect();
-        if addrs.is_empty() {
-            Err(DnsError::NotFound)
-        } else {
-            Ok(addrs)
-        }
+        let lookup = self.auth.resolver().ipv6_lookup(Self::fqdn(name)?).await;
+        Self::records(lookup, |d| match d {
+            RData::AAAA(a) => Some(a.0),
+            _ => None,
+        })
     }
 
     /// A and AAAA together, looked up in parallel.
@@ -228,81 +218,41 @@ impl Dns {
         }
     }
 
-    /// MX records as (preference, exchange without the trailing dot).
+    /// MX records as (preference, exchange without the trailing dot),
+    /// lowest preference first.
     pub async fn mx(&self, name: &str) -> Result<Vec<(u16, String)>, DnsError> {
-        let lookup = self
-            .auth
-            .resolver()
-            .mx_lookup(Self::fqdn(name)?)
-            .await
-            .map_err(classify)?;
-        let mut mx: Vec<(u16, String)> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::MX(m) => Some((
-                    m.preference,
-                    m.exchange.to_ascii().trim_end_matches('.').to_string(),
-                )),
-                _ => None,
-            })
-            .collect();
+        let lookup = self.auth.resolver().mx_lookup(Self::fqdn(name)?).await;
+        let mut mx = Self::records(lookup, |d| match d {
+            RData::MX(m) => Some((
+                m.preference,
+                m.exchange.to_ascii().trim_end_matches('.').to_string(),
+            )),
+            _ => None,
+        })?;
         mx.sort();
-        if mx.is_empty() {
-            Err(DnsError::NotFound)
-        } else {
-            Ok(mx)
-        }
+        Ok(mx)
     }
 
     /// TXT records, each with its strings joined.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
-        let lookup = self
-            .auth
-            .resolver()
-            .txt_lookup(Self::fqdn(name)?)
-            .await
-            .map_err(classify)?;
-        let txt: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::TXT(t) => Some(
-                    t.txt_data
-                        .iter()
-                        .map(|s| String::from_utf8_lossy(s).into_owned())
-                        .collect::<String>(),
-                ),
-                _ => None,
-            })
-            .collect();
-        if txt.is_empty() {
-            Err(DnsError::NotFound)
-        } else {
-            Ok(txt)
-        }
+        let lookup = self.auth.resolver().txt_lookup(Self::fqdn(name)?).await;
+        Self::records(lookup, |d| match d {
+            RData::TXT(t) => Some(
+                t.txt_data
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect::<String>(),
+            ),
+            _ => None,
+        })
     }
 
     /// PTR names of an address, without trailing dots.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
-        let lookup = self
-            .auth
-            .resolver()
-            .reverse_lookup(Name::from(ip))
-            .await
-            .map_err(classify)?;
-        let names: Vec<String> = lookup
-            .answers()
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
-                _ => None,
-            })
-            .collect();
-        if names.is_empty() {
-            Err(DnsError::NotFound)
-        } else {
-            Ok(names)
-        }
+        let lookup = self.auth.resolver().reverse_lookup(Name::from(ip)).await;
+        Self::records(lookup, |d| match d {
+            RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
+            _ => None,
+        })
     }
 }

@@ -569,24 +569,36 @@ impl Compiler<'_, '_> {
         });
     }
 
-    fn resolve_checks(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<CheckId> {
+    /// Resolve a `checks` or `modify` list to ids: each name defined, once.
+    fn resolve_names(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+        what: &str,
+        ids_by_name: &HashMap<String, usize>,
+    ) -> Vec<usize> {
         let mut ids = Vec::new();
         for name in list.iter().flat_map(|l| l.get_ref()) {
-            match self.check_ids.get(name.get_ref()) {
+            match ids_by_name.get(name.get_ref()) {
                 Some(id) if ids.contains(id) => self.diag.error(
                     name.span(),
-                    format!("check \"{}\" is listed twice here", name.get_ref()),
+                    format!("{what} \"{}\" is listed twice here", name.get_ref()),
                 ),
                 Some(id) => ids.push(*id),
                 None if self.broken.contains(name.get_ref()) => {}
                 None => {
-                    let hint =
-                        did_you_mean(name.get_ref(), self.check_ids.keys().map(String::as_str))
-                            .map(|s| format!("did you mean \"{s}\"?"))
-                            .unwrap_or_else(|| "define it in a [checks.NAME] block".to_string());
+                    let hint = did_you_mean(name.get_ref(), ids_by_name.keys().map(String::as_str))
+                        .map(|s| format!("did you mean \"{s}\"?"))
+                        .unwrap_or_else(|| {
+                            let block = if what == "check" {
+                                "checks"
+                            } else {
+                                "modifiers"
+                            };
+                            format!("define it in a [{block}.NAME] block")
+                        });
                     self.diag.error_hint(
                         name.span(),
-                        format!("check \"{}\" is not defined", name.get_ref()),
+                        format!("{what} \"{}\" is not defined", name.get_ref()),
                         hint,
                     );
                 }
@@ -595,35 +607,23 @@ impl Compiler<'_, '_> {
         ids
     }
 
+    fn resolve_checks(&mut self, list: &Option<Spanned<Vec<Spanned<String>>>>) -> Vec<CheckId> {
+        let names = std::mem::take(&mut self.check_ids);
+        let ids = self.resolve_names(list, "check", &names);
+        self.check_ids = names;
+        ids
+    }
+
     fn resolve_modifiers(
         &mut self,
         list: &Option<Spanned<Vec<Spanned<String>>>>,
     ) -> Vec<ModifierId> {
-        let mut ids = Vec::new();
-        for name in list.iter().flat_map(|l| l.get_ref()) {
-            match self.modifier_ids.get(name.get_ref()) {
-                Some(id) if ids.contains(id) => self.diag.error(
-                    name.span(),
-                    format!("modifier \"{}\" is listed twice here", name.get_ref()),
-                ),
-                Some(id) => {
-                    ids.push(*id);
-                    if !self.pipeline_modifiers.contains(id) {
-                        self.pipeline_modifiers.push(*id);
-                    }
-                }
-                None if self.broken.contains(name.get_ref()) => {}
-                None => {
-                    let hint =
-                        did_you_mean(name.get_ref(), self.modifier_ids.keys().map(String::as_str))
-                            .map(|s| format!("did you mean \"{s}\"?"))
-                            .unwrap_or_else(|| "define it in a [modifiers.NAME] block".to_string());
-                    self.diag.error_hint(
-                        name.span(),
-                        format!("modifier \"{}\" is not defined", name.get_ref()),
-                        hint,
-                    );
-                }
+        let names = std::mem::take(&mut self.modifier_ids);
+        let ids = self.resolve_names(list, "modifier", &names);
+        self.modifier_ids = names;
+        for id in &ids {
+            if !self.pipeline_modifiers.contains(id) {
+                self.pipeline_modifiers.push(*id);
             }
         }
         ids
