@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dns;
 pub mod edits;
 pub mod engine;
+pub mod load;
 pub mod message;
 pub mod modifiers;
 pub mod policy;

@@ -1,0 +1,579 @@
+//! A load generator that plays the MTA: N concurrent milter connections, M
+//! messages each, from a built-in corpus, against a running daemon over TCP
+//! (with TCP_NODELAY, or it would measure Nagle's algorithm instead of the
+//! milter) or a UNIX socket. It reports messages per second, latency per
+//! stage and every reply that was not CONTINUE.
+
+use indymilter::message::command::{
+    Command, ConnInfoPayload, EnvAddrPayload, HeaderPayload, HeloPayload, MacroPayload,
+    OptNegPayload,
+};
+use indymilter::message::reply::Reply;
+use indymilter::{Actions, MacroStage, ProtoOpts, SocketInfo};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
+
+use crate::server_config::ListenAddress;
+
+/// The messages the generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corpus {
+    /// About 1 KiB of text.
+    Small,
+    /// About 40 KiB: text and a base64 PDF-like attachment.
+    Typical,
+    /// About 1 MiB of attachment.
+    Large,
+    /// Small, typical and large in the ratio 6:3:1.
+    Mixed,
+}
+
+impl Corpus {
+    pub fn parse(s: &str) -> Option<Corpus> {
+        match s {
+            "small" => Some(Corpus::Small),
+            "typical" => Some(Corpus::Typical),
+            "large" => Some(Corpus::Large),
+            "mixed" => Some(Corpus::Mixed),
+            _ => None,
+        }
+    }
+
+    fn pick(self, n: usize) -> Corpus {
+        match self {
+            Corpus::Mixed => match n % 10 {
+                0..=5 => Corpus::Small,
+                6..=8 => Corpus::Typical,
+                _ => Corpus::Large,
+            },
+            other => other,
+        }
+    }
+}
+
+/// A message of the corpus: headers and a CRLF body.
+pub struct Sample {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+fn base64_filler(bytes: usize) -> String {
+    // Not real base64 of anything, but the same shape: 76-character lines.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes + bytes / 38);
+    let mut state: u32 = 0x9e37_79b9;
+    let mut line = 0;
+    for _ in 0..bytes {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        out.push(ALPHABET[(state % 64) as usize] as char);
+        line += 1;
+        if line == 76 {
+            out.push_str("\r\n");
+            line = 0;
+        }
+    }
+    out.push_str("\r\n");
+    out
+}
+
+pub fn sample(kind: Corpus, from: &str, to: &str, n: usize) -> Sample {
+    let headers = vec![
+        (
+            "Received".to_string(),
+            format!(
+                "from client.example.net (client.example.net [192.0.2.10]) by mx.example.org with ESMTPS id Q{n:08X}; Sun, 29 Nov 2026 12:00:00 +0000"
+            ),
+        ),
+        ("From".to_string(), format!("Sender <{from}>")),
+        ("To".to_string(), format!("<{to}>")),
+        ("Subject".to_string(), format!("Load test message {n}")),
+        (
+            "Date".to_string(),
+            "Sun, 29 Nov 2026 12:00:00 +0000".to_string(),
+        ),
+        ("Message-ID".to_string(), format!("<load-{n}@example.net>")),
+        ("MIME-Version".to_string(), "1.0".to_string()),
+        (
+            "Content-Type".to_string(),
+            "multipart/mixed; boundary=\"b1\"".to_string(),
+        ),
+    ];
+    let text = "Hello,\r\n\r\nthis is a message from the dispatch-milter load generator. It has a few\r\nlines of ordinary text, as most mail does.\r\n\r\nRegards\r\n".repeat(4);
+    let attachment = match kind.pick(n) {
+        Corpus::Small | Corpus::Mixed => String::new(),
+        Corpus::Typical => base64_filler(40 * 1024),
+        Corpus::Large => base64_filler(1024 * 1024),
+    };
+    let mut body = format!("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n");
+    if !attachment.is_empty() {
+        body.push_str("--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n");
+        body.push_str(&attachment);
+    }
+    body.push_str("--b1--\r\n");
+    Sample {
+        headers,
+        body: body.into_bytes(),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadConfig {
+    pub target: ListenAddress,
+    pub connections: usize,
+    pub messages: usize,
+    pub corpus: Corpus,
+    pub from: String,
+    pub to: Vec<String>,
+    pub client_ip: IpAddr,
+    pub helo: String,
+    pub daemon_name: String,
+    pub auth_user: Option<String>,
+    pub tls: bool,
+    /// Pause between SMTP commands, as a real client's round trips would.
+    pub pace: Duration,
+}
+
+/// Latency figures of one stage, in milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub count: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(samples: &mut [Duration]) -> Latency {
+        samples.sort_unstable();
+        let at = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return 0.0;
+            }
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[i.min(samples.len() - 1)].as_secs_f64() * 1000.0
+        };
+        Latency {
+            count: samples.len(),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: samples.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub connections: usize,
+    pub messages_sent: usize,
+    pub messages_completed: usize,
+    pub seconds: f64,
+    pub messages_per_second: f64,
+    /// Per stage: connect, helo, mail, rcpt, data (headers and body), eom,
+    /// and message (MAIL to the EOM reply).
+    pub latency_ms: BTreeMap<String, Latency>,
+    /// Every reply that was not CONTINUE, by stage and reply.
+    pub replies: BTreeMap<String, usize>,
+    pub errors: BTreeMap<String, usize>,
+}
+
+#[derive(Default)]
+struct ConnectionStats {
+    stages: BTreeMap<&'static str, Vec<Duration>>,
+    replies: BTreeMap<String, usize>,
+    errors: BTreeMap<String, usize>,
+    completed: usize,
+}
+
+struct Client<S> {
+    stream: BufStream<S>,
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::ReplyCode { reply } => reply.to_string_lossy().into_owned(),
+        Reply::Reject => "reject".into(),
+        Reply::Tempfail => "tempfail".into(),
+        Reply::Discard => "discard".into(),
+        Reply::Accept => "accept".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    async fn send(&mut self, cmd: Command) -> std::io::Result<()> {
+        indymilter::message::write(&mut self.stream, cmd.into_message()).await
+    }
+
+    async fn reply(&mut self) -> Result<Reply, String> {
+        let msg = indymilter::message::read(&mut self.stream)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Reply::parse_reply(msg).map_err(|e| format!("bad reply: {e}"))
+    }
+
+    /// Send a command and wait for its one reply.
+    async fn call(&mut self, cmd: Command) -> Result<Reply, String> {
+        self.send(cmd).await.map_err(|e| format!("write: {e}"))?;
+        self.reply().await
+    }
+
+    async fn macros(&mut self, stage: MacroStage, pairs: &[(&str, &str)]) -> Result<(), String> {
+        let macros = pairs
+            .iter()
+            .flat_map(|(k, v)| [cstring(k), cstring(v)])
+            .collect();
+        self.send(Command::DefMacros(MacroPayload { stage, macros }))
+            .await
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// End of message: replies until the final one; PROGRESS and edits pass.
+    async fn eom(&mut self) -> Result<Reply, String> {
+        self.send(Command::BodyEnd(Default::default()))
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        loop {
+            let reply = self.reply().await?;
+            match reply {
+                Reply::Accept
+                | Reply::Continue
+                | Reply::Discard
+                | Reply::Reject
+                | Reply::Tempfail
+                | Reply::ReplyCode { .. } => return Ok(reply),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    cfg: &LoadConfig,
+    first: usize,
+    stats: &mut ConnectionStats,
+) -> Result<(), String> {
+    let mut c = Client {
+        stream: BufStream::new(stream),
+    };
+    let offered = Actions::ADD_HEADER
+        | Actions::CHANGE_HEADER
+        | Actions::ADD_RCPT
+        | Actions::ADD_RCPT_EXT
+        | Actions::DELETE_RCPT
+        | Actions::CHANGE_SENDER
+        | Actions::QUARANTINE
+        | Actions::REQUEST_MACROS;
+    let negotiated = c
+        .call(Command::OptNeg(OptNegPayload {
+            version: indymilter::message::PROTOCOL_VERSION,
+            actions: offered,
+            opts: ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP,
+        }))
+        .await?;
+    if !matches!(negotiated, Reply::OptNeg { .. }) {
+        return Err(format!("negotiation answered {}", describe(&negotiated)));
+    }
+    let timed = async |stage: &'static str,
+                       c: &mut Client<S>,
+                       cmd: Command,
+                       stats: &mut ConnectionStats|
+           -> Result<bool, String> {
+        if !cfg.pace.is_zero() {
+            tokio::time::sleep(cfg.pace).await;
+        }
+        let start = Instant::now();
+        let reply = c.call(cmd).await?;
+        stats.stages.entry(stage).or_default().push(start.elapsed());
+        if matches!(reply, Reply::Continue) {
+            Ok(true)
+        } else {
+            *stats
+                .replies
+                .entry(format!("{stage}: {}", describe(&reply)))
+                .or_default() += 1;
+            Ok(false)
+        }
+    };
+    c.macros(
+        MacroStage::Connect,
+        &[("{daemon_name}", &cfg.daemon_name), ("j", "mx.example.org")],
+    )
+    .await?;
+    let conn_ok = timed(
+        "connect",
+        &mut c,
+        Command::ConnInfo(ConnInfoPayload {
+            hostname: cstring("client.example.net"),
+            socket_info: SocketInfo::Inet((cfg.client_ip, 25000).into()),
+        }),
+        stats,
+    )
+    .await?;
+    if !conn_ok {
+        return Ok(());
+    }
+    if cfg.tls {
+        c.macros(
+            MacroStage::Helo,
+            &[
+                ("{tls_version}", "TLSv1.3"),
+                ("{cipher}", "TLS_AES_256_GCM_SHA384"),
+            ],
+        )
+        .await?;
+    }
+    timed(
+        "helo",
+        &mut c,
+        Command::Helo(HeloPayload {
+            hostname: cstring(&cfg.helo),
+        }),
+        stats,
+    )
+    .await?;
+    for n in first..first + cfg.messages {
+        let message_start = Instant::now();
+        if let Some(user) = &cfg.auth_user {
+            c.macros(
+                MacroStage::Mail,
+                &[("{auth_authen}", user), ("{auth_type}", "PLAIN")],
+            )
+            .await?;
+        }
+        let from = format!("<{}>", cfg.from);
+        if !timed(
+            "mail",
+            &mut c,
+            Command::Mail(EnvAddrPayload {
+                args: vec![cstring(&from)],
+            }),
+            stats,
+        )
+        .await?
+        {
+            continue;
+        }
+        let qid = format!("LOAD{n:08X}");
+        let mut accepted = 0;
+        for to in &cfg.to {
+            c.macros(MacroStage::Rcpt, &[("i", &qid)]).await?;
+            let rcpt = format!("<{to}>");
+            if timed(
+                "rcpt",
+                &mut c,
+                Command::Rcpt(EnvAddrPayload {
+                    args: vec![cstring(&rcpt)],
+                }),
+                stats,
+            )
+            .await?
+            {
+                accepted += 1;
+            }
+        }
+        if accepted == 0 {
+            c.send(Command::Abort)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            continue;
+        }
+        let s = sample(
+            cfg.corpus,
+            &cfg.from,
+            cfg.to.first().map_or("", String::as_str),
+            n,
+        );
+        c.macros(MacroStage::Data, &[("i", &qid)]).await?;
+        let data_start = Instant::now();
+        c.call(Command::Data).await?;
+        for (name, value) in &s.headers {
+            c.call(Command::Header(HeaderPayload {
+                name: cstring(name),
+                value: cstring(&format!(" {value}")),
+            }))
+            .await?;
+        }
+        c.call(Command::Eoh).await?;
+        // Postfix sends the body in chunks of at most 65535 bytes.
+        for chunk in s.body.chunks(65535) {
+            c.call(Command::BodyChunk(bytes::Bytes::copy_from_slice(chunk)))
+                .await?;
+        }
+        stats
+            .stages
+            .entry("data")
+            .or_default()
+            .push(data_start.elapsed());
+        c.macros(MacroStage::Eom, &[("i", &qid)]).await?;
+        let eom_start = Instant::now();
+        let reply = c.eom().await?;
+        stats
+            .stages
+            .entry("eom")
+            .or_default()
+            .push(eom_start.elapsed());
+        stats
+            .stages
+            .entry("message")
+            .or_default()
+            .push(message_start.elapsed());
+        if !matches!(reply, Reply::Continue | Reply::Accept) {
+            *stats
+                .replies
+                .entry(format!("eom: {}", describe(&reply)))
+                .or_default() += 1;
+        }
+        stats.completed += 1;
+    }
+    let _ = c.send(Command::Quit).await;
+    Ok(())
+}
+
+async fn one_connection(cfg: LoadConfig, index: usize) -> ConnectionStats {
+    let mut stats = ConnectionStats::default();
+    let first = index * cfg.messages;
+    let result = match &cfg.target {
+        ListenAddress::Inet(addr) => match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => {
+                // Without it the client's own small writes wait for ACKs.
+                let _ = s.set_nodelay(true);
+                session(s, &cfg, first, &mut stats).await
+            }
+            Err(e) => Err(format!("connect: {e}")),
+        },
+        ListenAddress::Unix(path) => match tokio::net::UnixStream::connect(path).await {
+            Ok(s) => session(s, &cfg, first, &mut stats).await,
+            Err(e) => Err(format!("connect: {e}")),
+        },
+    };
+    if let Err(e) = result {
+        *stats.errors.entry(e).or_default() += 1;
+    }
+    stats
+}
+
+/// Run the load and gather the figures.
+pub async fn run(cfg: LoadConfig) -> LoadReport {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..cfg.connections {
+        tasks.spawn(one_connection(cfg.clone(), i));
+    }
+    let mut stages: BTreeMap<&'static str, Vec<Duration>> = BTreeMap::new();
+    let mut replies = BTreeMap::new();
+    let mut errors = BTreeMap::new();
+    let mut completed = 0;
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(s) => {
+                for (k, mut v) in s.stages {
+                    stages.entry(k).or_default().append(&mut v);
+                }
+                for (k, v) in s.replies {
+                    *replies.entry(k).or_default() += v;
+                }
+                for (k, v) in s.errors {
+                    *errors.entry(k).or_default() += v;
+                }
+                completed += s.completed;
+            }
+            Err(e) => *errors.entry(format!("task: {e}")).or_default() += 1,
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    LoadReport {
+        connections: cfg.connections,
+        messages_sent: cfg.connections * cfg.messages,
+        messages_completed: completed,
+        seconds,
+        messages_per_second: if seconds > 0.0 {
+            completed as f64 / seconds
+        } else {
+            0.0
+        },
+        latency_ms: stages
+            .into_iter()
+            .map(|(k, mut v)| (k.to_string(), Latency::of(&mut v)))
+            .collect(),
+        replies,
+        errors,
+    }
+}
+
+/// The report for people.
+pub fn render(r: &LoadReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} messages over {} connections in {:.2} s: {:.0} messages/s ({} sent)",
+        r.messages_completed, r.connections, r.seconds, r.messages_per_second, r.messages_sent
+    );
+    let _ = writeln!(
+        out,
+        "\nlatency (ms)   count      p50      p90      p99      max"
+    );
+    for (stage, l) in &r.latency_ms {
+        let _ = writeln!(
+            out,
+            "  {stage:<10} {:>7} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
+            l.count, l.p50, l.p90, l.p99, l.max
+        );
+    }
+    if !r.replies.is_empty() {
+        let _ = writeln!(out, "\nreplies other than continue");
+        for (k, v) in &r.replies {
+            let _ = writeln!(out, "  {v:>7}  {k}");
+        }
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(out, "\nerrors");
+        for (k, v) in &r.errors {
+            let _ = writeln!(out, "  {v:>7}  {k}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corpus_sizes() {
+        let small = sample(Corpus::Small, "a@x.test", "b@y.test", 1);
+        let typical = sample(Corpus::Typical, "a@x.test", "b@y.test", 1);
+        let large = sample(Corpus::Large, "a@x.test", "b@y.test", 1);
+        assert!(small.body.len() < 2048, "{}", small.body.len());
+        assert!(
+            (40_000..50_000).contains(&typical.body.len()),
+            "{}",
+            typical.body.len()
+        );
+        assert!(large.body.len() > 1_000_000, "{}", large.body.len());
+        assert!(typical.body.windows(2).all(|w| w != b"\n\n"), "CRLF only");
+    }
+
+    #[test]
+    fn percentiles() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let l = Latency::of(&mut v);
+        assert_eq!(
+            (l.count, l.p50.round(), l.p90.round(), l.p99.round(), l.max),
+            (100, 51.0, 90.0, 99.0, 100.0)
+        );
+    }
+}
