@@ -1,17 +1,437 @@
-//! TODO: the `dkim` check (stub until implemented).
+//! The `dkim` check: verifies every DKIM-Signature of the message (RFC 6376)
+//! with mail-auth through the shared resolver.
+//!
+//! Options:
+//! - `min_rsa_bits` (integer, default 1024): an RSA key shorter than this
+//!   does not count; a signature that verifies with one is reported as
+//!   `fail` with the reason "weak key" (RFC 8301 §3.2 requires at least 1024
+//!   bits). Ed25519 keys are always long enough.
+//! - `allow_l_tag` (bool, default false): a signature with a body length
+//!   limit (`l=`) that verifies is reported as `neutral`, because anyone can
+//!   append content after the signed part (RFC 6376 §8.2). With `true` it is
+//!   a `pass` like any other.
+//!
+//! The result is `pass` when any signature passes; otherwise `fail` when any
+//! fails; otherwise `temperror`, `permerror`, `neutral` in that order; `none`
+//! without a signature. Each signature adds `dkim=<result> header.d=<d>
+//! header.s=<s> header.b=<first 8 characters of b=>` to Authentication-Results
+//! (RFC 8601 §2.7.1, RFC 6008). A body hash mismatch (the body was altered)
+//! is a `fail`; an expired or malformed signature is `neutral`; a key that is
+//! not published is `permerror`; a DNS failure is `temperror`.
+//!
+//! When the body was longer than the pipeline's `max_body_size` only part of
+//! it was kept, so nothing can be verified: the result is `temperror`
+//! ("body larger than max_body_size; cannot verify").
+//!
+//! The message is rebuilt for verification as `Name: value` CRLF for each
+//! header as received (folding kept, bare LF turned into CRLF), an empty
+//! line, and the body as received. Headers the MTA passed without the space
+//! after the colon (RFC 6376 "simple" header canonicalization notices the
+//! difference) only verify when the milter negotiated the leading space.
+//!
+//! The verification is memoised for the message: the `dmarc` check reuses
+//! it (and runs it itself when no `dkim` check is configured). DMARC judges
+//! signatures with the defaults above, whatever a `dkim` check's options.
 
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult};
+use super::spf::pvalue;
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use crate::dns::Dns;
+use crate::message::Message;
 use crate::stage::Stage;
+use mail_auth::common::cache::NoCache;
+use mail_auth::common::crypto::{Algorithm, CryptoError};
+use mail_auth::common::verify::{DomainKey, VerifySignature};
+use mail_auth::dkim::{DkimError, Signature};
+use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters, Txt};
 use std::sync::Arc;
 
-pub struct DkimCheck;
+pub const DEFAULT_MIN_RSA_BITS: usize = 1024;
+pub const DEFAULT_ALLOW_L_TAG: bool = false;
+
+/// The reason when the body was cut at `max_body_size`.
+pub const TRUNCATED: &str = "body larger than max_body_size; cannot verify";
+
+/// The message as bytes, rebuilt once per message for DKIM, ARC and DMARC.
+pub struct RawMessage(pub Vec<u8>);
+
+/// Rebuild the message from what the MTA sent: `Name: value` CRLF per
+/// header (the engine keeps values without the space after the colon), a
+/// blank line, then the body as received.
+pub fn rebuild(message: &Message) -> Vec<u8> {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 8)
+        .sum();
+    let mut out = Vec::with_capacity(headers + message.body.len() + 2);
+    for h in &message.headers {
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF.
+        let mut prev = 0u8;
+        for &b in h.value.as_bytes() {
+            if b == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            prev = b;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&message.body);
+    out
+}
+
+/// The rebuilt message of this check input, computed once per message.
+pub async fn raw_message(input: &CheckInput) -> Option<Arc<RawMessage>> {
+    let message = input.message.as_ref()?;
+    input
+        .memo
+        .get_or_init(|| async { RawMessage(rebuild(message)) })
+        .await
+}
+
+/// What verification found for one signature, owned so it can be memoised.
+#[derive(Clone, Debug)]
+pub struct SignatureFacts {
+    /// `None` for a DKIM-Signature that could not be parsed.
+    pub signature: Option<Signature>,
+    /// mail-auth's verdict, before local policy (key size, `l=`).
+    pub result: DkimResult,
+    /// The RSA modulus size, when the key was fetched and is RSA.
+    pub key_bits: Option<usize>,
+}
+
+/// The memoised DKIM verification of a message.
+#[derive(Clone, Debug, Default)]
+pub struct DkimMemo {
+    pub signatures: Vec<SignatureFacts>,
+    /// The body was cut at `max_body_size`: nothing was verified.
+    pub truncated: bool,
+}
+
+/// How local policy judges signatures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Judge {
+    pub min_rsa_bits: usize,
+    pub allow_l_tag: bool,
+}
+
+impl Default for Judge {
+    fn default() -> Self {
+        Judge {
+            min_rsa_bits: DEFAULT_MIN_RSA_BITS,
+            allow_l_tag: DEFAULT_ALLOW_L_TAG,
+        }
+    }
+}
+
+/// Verify every signature of the message.
+async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
+    let Some(message) = input.message.as_ref() else {
+        return DkimMemo::default();
+    };
+    let Some(raw) = raw_message(input).await else {
+        return DkimMemo::default();
+    };
+    // Not strict: signatures with l= are verified, and local policy decides
+    // what they are worth.
+    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+        return DkimMemo::default();
+    };
+    if message.body_truncated {
+        let mut signatures: Vec<SignatureFacts> = malformed(&parsed);
+        signatures.extend(parsed.dkim_headers.iter().map(|h| SignatureFacts {
+            signature: Some(h.header.clone()),
+            result: DkimResult::TempError(Error::Io(TRUNCATED.to_string())),
+            key_bits: None,
+        }));
+        return DkimMemo {
+            signatures,
+            truncated: true,
+        };
+    }
+    let outputs: Vec<DkimOutput<'_>> = dns
+        .authenticator()
+        .verify_dkim(Parameters::new(&parsed))
+        .await;
+    let mut signatures = Vec::with_capacity(outputs.len());
+    for o in &outputs {
+        let signature = o.signature().cloned();
+        let key_bits = match (&signature, o.result()) {
+            (Some(sig), DkimResult::Pass)
+            | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
+                if sig.a != Algorithm::Ed25519Sha256 =>
+            {
+                rsa_key_bits(dns, sig).await
+            }
+            _ => None,
+        };
+        signatures.push(SignatureFacts {
+            signature,
+            result: o.result().clone(),
+            key_bits,
+        });
+    }
+    DkimMemo {
+        signatures,
+        truncated: false,
+    }
+}
+
+/// Signatures that did not parse, as mail-auth reports them (neutral).
+fn malformed(parsed: &AuthenticatedMessage<'_>) -> Vec<SignatureFacts> {
+    parsed
+        .errors
+        .iter()
+        .filter(|h| matches!(h.header, Error::Dkim(_)))
+        .map(|h| SignatureFacts {
+            signature: None,
+            result: DkimResult::Neutral(h.header.clone()),
+            key_bits: None,
+        })
+        .collect()
+}
+
+/// The size of the signer's RSA key. mail-auth fetched the record moments
+/// ago, so the shared resolver's cache answers unless its TTL is zero.
+async fn rsa_key_bits(dns: &Dns, sig: &Signature) -> Option<usize> {
+    let key = dns
+        .authenticator()
+        .txt_lookup::<DomainKey>(sig.domain_key(), None::<&NoCache<Box<str>, Txt>>)
+        .await
+        .ok()?;
+    match key.p.public_key_bits() {
+        0 | usize::MAX => None,
+        bits => Some(bits),
+    }
+}
+
+/// The DKIM verification of this message, computed once, whichever of
+/// `dkim` and `dmarc` asks first.
+pub async fn facts(dns: &Dns, input: &CheckInput) -> Option<Arc<DkimMemo>> {
+    input
+        .memo
+        .get_or_init(|| async { verify(dns, input).await })
+        .await
+}
+
+/// Local policy's verdict on one signature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub status: Status,
+    pub reason: String,
+}
+
+fn describe(e: &Error) -> String {
+    match e {
+        Error::Dkim(DkimError::FailedBodyHashMatch) => "body hash mismatch (body altered)".into(),
+        Error::Crypto(CryptoError::FailedVerification) => "signature did not verify".into(),
+        Error::Dns(DnsError::RecordNotFound(_)) => "no key published".into(),
+        Error::Dns(DnsError::Resolver(_)) => "DNS failure fetching the key".into(),
+        Error::Io(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The status of one signature under local policy.
+pub fn judge(f: &SignatureFacts, judge: Judge) -> Verdict {
+    let verdict = |status, reason: String| Verdict { status, reason };
+    let weak = f.key_bits.filter(|bits| *bits < judge.min_rsa_bits);
+    match &f.result {
+        DkimResult::Pass => {
+            let l = f.signature.as_ref().map_or(0, |s| s.l);
+            if let Some(bits) = weak {
+                verdict(
+                    Status::Fail,
+                    format!(
+                        "weak key ({bits} bits, at least {} required)",
+                        judge.min_rsa_bits
+                    ),
+                )
+            } else if l > 0 && !judge.allow_l_tag {
+                verdict(
+                    Status::Neutral,
+                    format!(
+                        "l= tag: only the first {l} bytes of the body are signed; content can be appended"
+                    ),
+                )
+            } else {
+                verdict(Status::Pass, "signature verified".into())
+            }
+        }
+        // RFC 6376 §6.1.3: a body hash that does not match fails the
+        // signature; mail-auth calls it neutral.
+        DkimResult::Neutral(e @ Error::Dkim(DkimError::FailedBodyHashMatch)) => {
+            verdict(Status::Fail, describe(e))
+        }
+        DkimResult::Neutral(e) => verdict(Status::Neutral, describe(e)),
+        DkimResult::Fail(e) => match weak {
+            Some(bits) => verdict(
+                Status::Fail,
+                format!(
+                    "weak key ({bits} bits, at least {} required)",
+                    judge.min_rsa_bits
+                ),
+            ),
+            None => verdict(Status::Fail, describe(e)),
+        },
+        DkimResult::PermError(e) => verdict(Status::Permerror, describe(e)),
+        DkimResult::TempError(e) => verdict(Status::Temperror, describe(e)),
+        DkimResult::None => verdict(Status::None, "no signature".into()),
+    }
+}
+
+/// The first 8 characters of the base64 `b=` value (RFC 6008 §4: enough to
+/// tell signatures of one domain and selector apart).
+fn b_prefix(b: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(8);
+    for chunk in b.chunks(3).take(2) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// `dkim=pass header.d=example.org header.s=sel header.b=AbCdEfGh`.
+fn fragment(f: &SignatureFacts, v: &Verdict) -> String {
+    match &f.signature {
+        Some(sig) => {
+            let mut s = format!(
+                "dkim={} header.d={} header.s={}",
+                v.status,
+                pvalue(&sig.d),
+                pvalue(&sig.s)
+            );
+            let b = b_prefix(&sig.b);
+            if !b.is_empty() {
+                s.push_str(" header.b=");
+                s.push_str(&pvalue(&b));
+            }
+            s
+        }
+        None => format!("dkim={} reason={}", v.status, super::spf::quoted(&v.reason)),
+    }
+}
+
+fn who(f: &SignatureFacts) -> String {
+    match &f.signature {
+        Some(sig) => format!("{} (s={})", sig.d, sig.s),
+        None => "a malformed signature".into(),
+    }
+}
+
+/// The overall result from every signature's verdict.
+pub fn summarise(memo: &DkimMemo, j: Judge) -> CheckResult {
+    if memo.signatures.is_empty() {
+        let mut r = CheckResult::with_reason(Status::None, "no DKIM signature");
+        r.auth_results = Some("dkim=none".into());
+        return r;
+    }
+    let verdicts: Vec<Verdict> = memo.signatures.iter().map(|f| judge(f, j)).collect();
+    let rank = |s: Status| match s {
+        Status::Pass => 0,
+        Status::Fail => 1,
+        Status::Temperror => 2,
+        Status::Permerror => 3,
+        Status::Neutral | Status::Softfail => 4,
+        Status::None => 5,
+    };
+    let decisive = verdicts
+        .iter()
+        .enumerate()
+        .min_by_key(|(i, v)| (rank(v.status), *i))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let (status, reason) = match (verdicts.get(decisive), memo.signatures.get(decisive)) {
+        (Some(v), _) if memo.truncated => (v.status, TRUNCATED.to_string()),
+        (Some(v), Some(f)) => {
+            let mut reason = format!("DKIM {} for {}", v.status, who(f));
+            if v.status != Status::Pass {
+                reason.push_str(": ");
+                reason.push_str(&v.reason);
+            }
+            (v.status, reason)
+        }
+        _ => (Status::None, "no DKIM signature".to_string()),
+    };
+    let mut r = CheckResult::with_reason(status, reason);
+    r.auth_results = Some(
+        memo.signatures
+            .iter()
+            .zip(&verdicts)
+            .map(|(f, v)| fragment(f, v))
+            .collect::<Vec<_>>()
+            .join("; "),
+    );
+    r
+}
+
+/// The signatures as DMARC should see them: only what passes under the
+/// default policy counts as a pass; DNS failures stay temporary.
+pub fn outputs_for_dmarc(memo: &DkimMemo) -> Vec<DkimOutput<'_>> {
+    memo.signatures
+        .iter()
+        .filter_map(|f| {
+            let sig = f.signature.as_ref()?;
+            let v = judge(f, Judge::default());
+            let out = match v.status {
+                Status::Pass => DkimOutput::pass(),
+                Status::Temperror => DkimOutput::temp_err(Error::Dns(DnsError::Resolver(v.reason))),
+                _ => DkimOutput::fail(Error::NotAligned),
+            };
+            Some(out.with_signature(sig))
+        })
+        .collect()
+}
+
+pub struct DkimCheck {
+    dns: Arc<Dns>,
+    judge: Judge,
+}
 
 impl DkimCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let span = ctx.options.span();
-        ctx.options
-            .error(span, "the `dkim` check is not implemented yet");
-        None
+        let mut ok = true;
+        let what = ctx.options.what().to_string();
+        let mut judge = Judge::default();
+        if let Some(bits) = ctx.options.value("min_rsa_bits") {
+            match ctx.options.integer("min_rsa_bits").map(|b| *b.get_ref()) {
+                Some(b) if (512..=16384).contains(&b) => judge.min_rsa_bits = b as usize,
+                Some(b) => {
+                    ctx.options.error(
+                        bits.span(),
+                        format!(
+                            "`min_rsa_bits` in {what} must be between 512 and 16384, found {b}"
+                        ),
+                    );
+                    ok = false;
+                }
+                None => ok = false,
+            }
+        }
+        if ctx.options.value("allow_l_tag").is_some() {
+            match ctx.options.bool("allow_l_tag") {
+                Some(b) => judge.allow_l_tag = b,
+                None => ok = false,
+            }
+        }
+        let dns = match ctx.dns.get() {
+            Ok(dns) => dns,
+            Err(e) => {
+                let span = ctx.options.span();
+                ctx.options.error(span, e);
+                return None;
+            }
+        };
+        ok.then(|| Arc::new(DkimCheck { dns, judge }) as Arc<dyn Check>)
     }
 }
 
@@ -20,7 +440,302 @@ impl Check for DkimCheck {
         Stage::Eom
     }
 
-    fn run(self: Arc<Self>, _input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
-        Box::pin(async { CheckResult::temperror("not implemented") })
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
+        Box::pin(async move {
+            if input.message.is_none() {
+                return CheckResult::temperror("no message to verify");
+            }
+            match facts(&self.dns, &input).await {
+                Some(memo) => summarise(&memo, self.judge),
+                None => CheckResult::temperror("internal error: DKIM memo"),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::require_tls::tests::{build_err, input, run, try_build};
+    use crate::dns::DnsSettings;
+    use crate::message::Header;
+    use crate::tables::TableSet;
+
+    fn sig(d: &str, l: u64) -> Signature {
+        Signature {
+            d: d.into(),
+            s: "sel".into(),
+            b: vec![0xfb, 0xff, 0x00, 0x10, 0x20, 0x30, 0x40],
+            l,
+            ..Signature::default()
+        }
+    }
+
+    fn facts_of(result: DkimResult, l: u64, key_bits: Option<usize>) -> SignatureFacts {
+        SignatureFacts {
+            signature: Some(sig("example.org", l)),
+            result,
+            key_bits,
+        }
+    }
+
+    fn status(result: DkimResult) -> Status {
+        judge(&facts_of(result, 0, Some(2048)), Judge::default()).status
+    }
+
+    #[test]
+    fn mail_auth_results_map_to_statuses() {
+        let e = || Error::Crypto(CryptoError::FailedVerification);
+        assert_eq!(status(DkimResult::Pass), Status::Pass);
+        assert_eq!(status(DkimResult::Fail(e())), Status::Fail);
+        assert_eq!(
+            status(DkimResult::Neutral(Error::Dkim(
+                DkimError::FailedBodyHashMatch
+            ))),
+            Status::Fail
+        );
+        assert_eq!(
+            status(DkimResult::Neutral(Error::Dkim(
+                DkimError::SignatureExpired
+            ))),
+            Status::Neutral
+        );
+        assert_eq!(status(DkimResult::PermError(e())), Status::Permerror);
+        assert_eq!(
+            status(DkimResult::TempError(Error::Dns(DnsError::Resolver(
+                "x".into()
+            )))),
+            Status::Temperror
+        );
+        assert_eq!(status(DkimResult::None), Status::None);
+    }
+
+    #[test]
+    fn weak_keys_and_length_limits_follow_the_options() {
+        let weak = facts_of(DkimResult::Pass, 0, Some(1024));
+        assert_eq!(judge(&weak, Judge::default()).status, Status::Pass);
+        let strict = Judge {
+            min_rsa_bits: 2048,
+            allow_l_tag: false,
+        };
+        let v = judge(&weak, strict);
+        assert_eq!(v.status, Status::Fail);
+        assert!(v.reason.starts_with("weak key (1024 bits"), "{}", v.reason);
+        // A weak key that fails to verify is reported as weak too.
+        let bad = facts_of(
+            DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)),
+            0,
+            Some(512),
+        );
+        assert!(
+            judge(&bad, Judge::default())
+                .reason
+                .starts_with("weak key (512 bits")
+        );
+
+        let limited = facts_of(DkimResult::Pass, 100, None);
+        let v = judge(&limited, Judge::default());
+        assert_eq!(v.status, Status::Neutral);
+        assert!(v.reason.contains("l= tag"), "{}", v.reason);
+        let allow = Judge {
+            allow_l_tag: true,
+            ..Judge::default()
+        };
+        assert_eq!(judge(&limited, allow).status, Status::Pass);
+    }
+
+    #[test]
+    fn the_best_signature_decides_and_every_one_is_reported() {
+        let memo = DkimMemo {
+            signatures: vec![
+                facts_of(
+                    DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)),
+                    0,
+                    None,
+                ),
+                SignatureFacts {
+                    signature: Some(Signature {
+                        d: "other.example".into(),
+                        s: "s2".into(),
+                        b: vec![1, 2, 3, 4, 5, 6],
+                        ..Signature::default()
+                    }),
+                    result: DkimResult::Pass,
+                    key_bits: Some(2048),
+                },
+            ],
+            truncated: false,
+        };
+        let r = summarise(&memo, Judge::default());
+        assert_eq!(r.status, Status::Pass);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("DKIM pass for other.example (s=s2)")
+        );
+        assert_eq!(
+            r.auth_results.as_deref(),
+            Some(
+                "dkim=fail header.d=example.org header.s=sel header.b=\"+/8AECAw\"; \
+                 dkim=pass header.d=other.example header.s=s2 header.b=AQIDBAUG"
+            )
+        );
+
+        let memo = DkimMemo {
+            signatures: vec![
+                facts_of(
+                    DkimResult::TempError(Error::Dns(DnsError::Resolver("t".into()))),
+                    0,
+                    None,
+                ),
+                facts_of(
+                    DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)),
+                    0,
+                    None,
+                ),
+            ],
+            truncated: false,
+        };
+        let r = summarise(&memo, Judge::default());
+        assert_eq!(r.status, Status::Fail);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("DKIM fail for example.org (s=sel): body hash mismatch (body altered)")
+        );
+
+        let r = summarise(&DkimMemo::default(), Judge::default());
+        assert_eq!(r.status, Status::None);
+        assert_eq!(r.auth_results.as_deref(), Some("dkim=none"));
+    }
+
+    #[test]
+    fn b_prefixes_are_base64() {
+        assert_eq!(b_prefix(b"Man is"), "TWFuIGlz");
+        assert_eq!(b_prefix(b"Ma"), "TWE");
+        assert_eq!(b_prefix(b""), "");
+    }
+
+    #[test]
+    fn dmarc_sees_passes_and_temporary_errors_only() {
+        let memo = DkimMemo {
+            signatures: vec![
+                facts_of(DkimResult::Pass, 0, Some(2048)),
+                facts_of(DkimResult::Pass, 10, Some(2048)),
+                facts_of(
+                    DkimResult::TempError(Error::Dns(DnsError::Resolver("t".into()))),
+                    0,
+                    None,
+                ),
+                SignatureFacts {
+                    signature: None,
+                    result: DkimResult::Neutral(Error::ParseError),
+                    key_bits: None,
+                },
+            ],
+            truncated: false,
+        };
+        let outs = outputs_for_dmarc(&memo);
+        assert_eq!(outs.len(), 3);
+        assert_eq!(outs[0].result(), &DkimResult::Pass);
+        assert!(matches!(outs[1].result(), DkimResult::Fail(_)));
+        assert!(matches!(outs[2].result(), DkimResult::TempError(_)));
+    }
+
+    #[test]
+    fn the_message_is_rebuilt_with_crlf() {
+        let m = Message {
+            headers: vec![
+                Header {
+                    name: "Subject".into(),
+                    value: "two\n lines".into(),
+                },
+                Header {
+                    name: "X-A".into(),
+                    value: " spaced\r\n\tfolded".into(),
+                },
+            ],
+            body: b"body\r\n".to_vec(),
+            body_truncated: false,
+            size: 0,
+        };
+        assert_eq!(
+            rebuild(&m),
+            b"Subject: two\r\n lines\r\nX-A:  spaced\r\n\tfolded\r\n\r\nbody\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let e = build_err(DkimCheck::build, "min_rsa_bits = 100");
+        assert!(e.contains("between 512 and 16384, found 100"), "{e}");
+        let e = build_err(DkimCheck::build, "min_rsa_bits = \"2048\"");
+        assert!(e.contains("min_rsa_bits"), "{e}");
+        let e = build_err(DkimCheck::build, "allow_l_tag = 1");
+        assert!(e.contains("allow_l_tag"), "{e}");
+        let e = build_err(DkimCheck::build, "allow_l = true");
+        assert!(e.contains("unknown key `allow_l`"), "{e}");
+        let ok = try_build(
+            DkimCheck::build,
+            "min_rsa_bits = 2048\nallow_l_tag = true",
+            &TableSet::new(),
+        );
+        let check = ok.unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(check.inputs(), Stage::Eom);
+        assert!(check.needs_body());
+    }
+
+    fn loopback_check() -> Arc<dyn Check> {
+        let settings = DnsSettings {
+            nameservers: Some(vec!["127.0.0.1:9".parse().unwrap()]),
+            timeout: std::time::Duration::from_millis(200),
+            attempts: 1,
+            ..DnsSettings::default()
+        };
+        Arc::new(DkimCheck {
+            dns: Arc::new(Dns::new(&settings).unwrap()),
+            judge: Judge::default(),
+        })
+    }
+
+    fn message(headers: &[(&str, &str)], truncated: bool) -> Arc<Message> {
+        Arc::new(Message {
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            body: b"hello\r\n".to_vec(),
+            body_truncated: truncated,
+            size: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_message_is_none_and_a_truncated_one_temperror() {
+        let check = loopback_check();
+        let mut i = input(Stage::Eom);
+        i.message = Some(message(&[("From", "a@example.org")], false));
+        let r = run(&check, i).await;
+        assert_eq!(r.status, Status::None);
+
+        let signed = "v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.org; s=sel; \
+                      h=from; bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=; b=AAAA";
+        let mut i = input(Stage::Eom);
+        i.message = Some(message(
+            &[("DKIM-Signature", signed), ("From", "a@example.org")],
+            true,
+        ));
+        let r = run(&check, i).await;
+        assert_eq!(r.status, Status::Temperror);
+        assert_eq!(r.reason.as_deref(), Some(TRUNCATED));
+        assert_eq!(
+            r.auth_results.as_deref(),
+            Some("dkim=temperror header.d=example.org header.s=sel header.b=AAAA")
+        );
     }
 }
