@@ -788,7 +788,9 @@ impl Compiler<'_, '_> {
                     continue;
                 }
             };
-            if let Some(first) = seen.get(&address.to_string()) {
+            // Port 0 asks for any free port: two of them never clash.
+            let any_port = matches!(&address, ListenAddress::Inet(a) if a.port() == 0);
+            if !any_port && let Some(first) = seen.get(&address.to_string()) {
                 let first = self.position_text(first);
                 self.diag.error(
                     l.address.span(),
