@@ -104,12 +104,12 @@ struct MessageState {
     recipients: Vec<RecipientState>,
     /// Branch signature of the first accepted recipient (split_transactions).
     first_signature: Option<Vec<usize>>,
-    headers: Vec<Header>,
-    body: Vec<u8>,
+    /// Headers and body as received. Shared, not copied, with the checks
+    /// and modifiers at end of message; until then only this state holds it,
+    /// so `Arc::make_mut` appends in place.
+    content: Arc<Message>,
     /// Body bytes counted against the limit but not kept (nobody reads them).
     body_dropped: u64,
-    body_truncated: bool,
-    size: u64,
     report: MessageReport,
     /// Work the message's checks share (see `Memo`).
     memo: Arc<crate::checks::Memo>,
@@ -167,12 +167,7 @@ impl Session {
     fn input(&self, stage: Stage) -> Arc<CheckInput> {
         let envelope = self.message.as_ref().map(|m| self.envelope_of(m));
         let message = match (&self.message, stage) {
-            (Some(m), Stage::Eom) => Some(Arc::new(Message {
-                headers: m.headers.clone(),
-                body: m.body.clone(),
-                body_truncated: m.body_truncated,
-                size: m.size,
-            })),
+            (Some(m), Stage::Eom) => Some(m.content.clone()),
             _ => None,
         };
         Arc::new(CheckInput {
@@ -413,11 +408,8 @@ impl Session {
             source: source.clone(),
             recipients: Vec::new(),
             first_signature: None,
-            headers: Vec::new(),
-            body: Vec::new(),
+            content: Arc::default(),
             body_dropped: 0,
-            body_truncated: false,
-            size: 0,
             memo: Arc::default(),
         });
 
@@ -595,8 +587,9 @@ impl Session {
     /// One header as received (value without the leading space).
     pub fn header(&mut self, name: &str, value: &str) {
         if let Some(m) = &mut self.message {
-            m.size += (name.len() + value.len() + 4) as u64;
-            m.headers.push(Header {
+            let content = Arc::make_mut(&mut m.content);
+            content.size += (name.len() + value.len() + 4) as u64;
+            content.headers.push(Header {
                 name: name.to_string(),
                 value: value.to_string(),
             });
@@ -610,15 +603,17 @@ impl Session {
         let limit = pipeline.settings.max_body_size;
         let keep = pipeline.needs_body;
         if let Some(m) = &mut self.message {
-            m.size += chunk.len() as u64;
-            let kept = m.body.len() as u64 + m.body_dropped;
+            let dropped = m.body_dropped;
+            let content = Arc::make_mut(&mut m.content);
+            content.size += chunk.len() as u64;
+            let kept = content.body.len() as u64 + dropped;
             let room = limit.saturating_sub(kept) as usize;
             if chunk.len() > room {
-                m.body_truncated = true;
+                content.body_truncated = true;
             }
             let take = chunk.len().min(room);
             if keep {
-                m.body.extend_from_slice(&chunk[..take]);
+                content.body.extend_from_slice(&chunk[..take]);
             } else {
                 m.body_dropped += take as u64;
             }
@@ -695,7 +690,7 @@ impl Session {
             }
         }
         let settings = &pipeline.settings;
-        let truncated = self.message.as_ref().is_some_and(|m| m.body_truncated);
+        let truncated = self.message.as_ref().is_some_and(|m| m.content.body_truncated);
         if truncated {
             let limit = settings.max_body_size;
             let over = match settings.oversize_action {
@@ -896,7 +891,7 @@ impl Session {
         if fragments.is_empty() && extra.is_empty() {
             return Ok(());
         }
-        edits.delete_headers_where("Authentication-Results", &message.headers, |v| {
+        edits.delete_headers_where("Authentication-Results", &message.content.headers, |v| {
             authserv_id_of(v).eq_ignore_ascii_case(authserv_id)
         });
         for (name, value) in extra.iter().rev() {
@@ -981,16 +976,10 @@ impl Session {
         self.authentication_results(pipeline, message, checks, &mut edits)?;
 
         let envelope = self.envelope_of(message);
-        let body = Message {
-            headers: message.headers.clone(),
-            body: Vec::new(),
-            body_truncated: message.body_truncated,
-            size: message.size,
-        };
         let ctx = MessageContext {
             connection: &self.facts,
             envelope: &envelope,
-            message: &body,
+            message: &message.content,
             queue_id: self.queue_id.as_deref(),
             pipeline: &pipeline.name,
         };
