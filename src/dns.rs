@@ -15,9 +15,11 @@ use std::time::Duration;
 pub mod defaults {
     use std::time::Duration;
 
-    /// Per query, per attempt. Two attempts stay well inside the stage
-    /// deadline (20 s) even when the first server does not answer.
-    pub const TIMEOUT: Duration = Duration::from_secs(5);
+    /// Per query, per try. Two tries (8 s) stay inside a check's default
+    /// timeout (10 s) and the stage deadline (20 s) even when the first
+    /// server does not answer.
+    pub const TIMEOUT: Duration = Duration::from_secs(4);
+    /// Tries in all, the first included.
     pub const ATTEMPTS: usize = 2;
     /// Answers kept in the shared cache; DNSBL and SPF lookups repeat a lot.
     pub const CACHE_SIZE: u64 = 10_000;
@@ -130,7 +132,8 @@ impl Dns {
             }
         };
         opts.timeout = settings.timeout;
-        opts.attempts = settings.attempts;
+        // hickory counts retries after the first try; ours counts tries.
+        opts.attempts = settings.attempts.saturating_sub(1);
         opts.cache_size = settings.cache_size;
         // Names we look up are absolute (DNSBL zones, sender domains): never
         // try them against the host's search list.
@@ -147,7 +150,7 @@ impl Dns {
         &self.settings
     }
 
-    /// For the mail-auth checks (SPF, DKIM, DMARC, ARC, iprev).
+    /// For the mail-auth checks (SPF, DKIM, DMARC, ARC).
     pub fn authenticator(&self) -> &MessageAuthenticator {
         &self.auth
     }

@@ -36,8 +36,12 @@ pub struct ConnectionFacts {
 
 #[derive(Clone, Debug)]
 pub struct Envelope {
-    /// The sender after rewrites by global modifiers (what dispatch matched).
+    /// The sender as the client gave it at MAIL FROM: what SPF, DMARC,
+    /// DNSBL and sender authorisation judge.
     pub sender: Address,
+    /// The sender after the pipeline's rewrites, when they changed it (what
+    /// the MTA will be told at end of message).
+    pub rewritten_sender: Option<Address>,
     /// ESMTP parameters of MAIL FROM, such as `SIZE=12345`.
     pub mail_args: Vec<String>,
     /// Accepted recipients so far, after rewrites.
@@ -91,6 +95,7 @@ mod tests {
     #[test]
     fn declared_size() {
         let env = Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: vec!["BODY=8BITMIME".into(), "size=4096".into()],
             recipients: vec![],

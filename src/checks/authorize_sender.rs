@@ -263,6 +263,7 @@ mod tests {
             mechanism: Some("PLAIN".into()),
         });
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::parse(sender),
             mail_args: vec![],
             recipients: vec![Address::parse("<rcpt@example.net>")],

@@ -481,6 +481,7 @@ mod tests {
             mechanism: None,
         });
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::parse("<Alice@example.org>"),
             mail_args: vec![],
             recipients: vec![

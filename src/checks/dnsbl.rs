@@ -1105,6 +1105,7 @@ mod tests {
         let mut i = input(Stage::Eom);
         i.connection.helo = Some("[192.0.2.1]".into());
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: vec![],
             recipients: vec![],
@@ -1132,6 +1133,7 @@ mod tests {
         i.connection.client_ip = Some("::ffff:192.0.2.10".parse().unwrap());
         i.connection.helo = Some("Mail.Example.NET".into());
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::parse("<joe@Sender.Example>"),
             mail_args: vec![],
             recipients: vec![],

@@ -172,6 +172,7 @@ mod tests {
         assert_eq!(check.decides(), Stage::Mail);
         let mut i = input(Stage::Mail);
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: vec![],
             recipients: vec![],

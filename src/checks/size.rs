@@ -83,6 +83,7 @@ mod tests {
             ..Message::default()
         }));
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: declared.map(|d| format!("SIZE={d}")).into_iter().collect(),
             recipients: vec![],

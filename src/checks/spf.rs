@@ -659,6 +659,7 @@ mod tests {
             let mut i = input(Stage::Mail);
             i.connection.helo = Some("mx.example.net".into());
             i.envelope = Some(Envelope {
+                rewritten_sender: None,
                 sender: Address::parse("<alice@example.org>"),
                 mail_args: vec![],
                 recipients: vec![],
@@ -679,6 +680,7 @@ mod tests {
         let mut i = input(Stage::Mail);
         i.connection.client_ip = Some("192.0.2.1".parse().unwrap());
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: vec![],
             recipients: vec![],
@@ -693,6 +695,7 @@ mod tests {
     async fn the_mail_from_outcome_is_computed_once_per_message() {
         let mut i = input(Stage::Mail);
         i.envelope = Some(Envelope {
+            rewritten_sender: None,
             sender: Address::parse("<alice@Example.ORG>"),
             mail_args: vec![],
             recipients: vec![],

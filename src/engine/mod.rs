@@ -185,7 +185,9 @@ impl Session {
 
     fn envelope_of(&self, m: &MessageState) -> Envelope {
         Envelope {
-            sender: m.sender.clone(),
+            sender: m.original_sender.clone(),
+            rewritten_sender: (m.sender.original() != m.original_sender.original())
+                .then(|| m.sender.clone()),
             mail_args: m.mail_args.clone(),
             recipients: m
                 .recipients
@@ -690,7 +692,10 @@ impl Session {
             }
         }
         let settings = &pipeline.settings;
-        let truncated = self.message.as_ref().is_some_and(|m| m.content.body_truncated);
+        let truncated = self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.content.body_truncated);
         if truncated {
             let limit = settings.max_body_size;
             let over = match settings.oversize_action {
@@ -875,9 +880,7 @@ impl Session {
         checks: &[CheckId],
         edits: &mut EditList,
     ) -> Result<(), String> {
-        let Some(authserv_id) = &pipeline.settings.authserv_id else {
-            return Ok(());
-        };
+        let authserv_id = pipeline.settings.authserv_id.as_ref();
         let mut fragments = Vec::new();
         let mut extra = Vec::new();
         for &id in checks {
@@ -888,16 +891,21 @@ impl Session {
                 extra.extend(f.result.add_headers.iter().cloned());
             }
         }
-        if fragments.is_empty() && extra.is_empty() {
+        // Extra trace headers (Received-SPF) do not depend on
+        // Authentication-Results being on.
+        for (name, value) in extra.iter().rev() {
+            edits.insert_header(0, name, value)?;
+        }
+        let Some(authserv_id) = authserv_id else {
+            return Ok(());
+        };
+        if fragments.is_empty() {
             return Ok(());
         }
         edits.delete_headers_where("Authentication-Results", &message.content.headers, |v| {
             authserv_id_of(v).eq_ignore_ascii_case(authserv_id)
         });
-        for (name, value) in extra.iter().rev() {
-            edits.insert_header(0, name, value)?;
-        }
-        if !fragments.is_empty() {
+        {
             // The daemon folds long values when it sends them.
             let value = format!("{authserv_id}; {}", fragments.join("; "));
             edits.insert_header(0, "Authentication-Results", &value)?;

@@ -269,6 +269,7 @@ mod tests {
 
     fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         Envelope {
+            rewritten_sender: None,
             sender: Address::parse(sender),
             mail_args: vec![],
             recipients: rcpts.iter().map(|r| Address::parse(r)).collect(),

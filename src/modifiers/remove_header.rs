@@ -98,6 +98,7 @@ mod tests {
     fn deletes(m: &Arc<dyn Modifier>) -> Vec<(String, u32)> {
         let conn = ConnectionFacts::default();
         let env = Envelope {
+            rewritten_sender: None,
             sender: Address::Null,
             mail_args: vec![],
             recipients: vec![],
