@@ -553,6 +553,7 @@ impl Compiler<'_, '_> {
             name: name.get_ref(),
             options: &mut options,
             tables,
+            base_dir: &self.base_dir,
         };
         let built = builder(&mut ctx);
         options.finish();

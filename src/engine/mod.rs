@@ -991,7 +991,7 @@ impl Session {
             queue_id: self.queue_id.as_deref(),
             pipeline: &pipeline.name,
         };
-        for id in eom_modifiers(pipeline, message) {
+        for id in signers_last(&self.policy, eom_modifiers(pipeline, message)) {
             let instance = &self.policy.modifiers[id];
             instance
                 .modifier
@@ -1058,6 +1058,15 @@ fn eom_modifiers(pipeline: &Pipeline, message: &MessageState) -> Vec<ModifierId>
         }
     }
     ids
+}
+
+/// The same order with signers moved to the end (a stable partition).
+fn signers_last(policy: &Policy, ids: Vec<ModifierId>) -> Vec<ModifierId> {
+    let (mut others, signers): (Vec<_>, Vec<_>) = ids
+        .into_iter()
+        .partition(|&id| !policy.modifiers[id].modifier.runs_last());
+    others.extend(signers);
+    others
 }
 
 fn rewrite_sender(

@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 pub mod add_header;
 pub mod alias;
+pub mod arc_seal;
+pub mod dkim_sign;
 pub mod remove_header;
 pub mod rewrite_rcpt;
 pub mod rewrite_sender;
@@ -44,6 +46,12 @@ pub trait Modifier: Send + Sync + 'static {
         false
     }
 
+    /// Signers (DKIM, ARC) run after every other modifier of the message,
+    /// whatever the config order, so the signature covers the final headers.
+    fn runs_last(&self) -> bool {
+        false
+    }
+
     /// A new sender, or `None` to leave it as it is.
     fn rewrite_sender(&self, _sender: &Address) -> Result<Option<Address>, String> {
         Ok(None)
@@ -66,6 +74,9 @@ pub struct ModifierBuildContext<'o, 'd, 'a> {
     /// Kind-specific keys only; `kind` is taken before.
     pub options: &'o mut Options<'d, 'a>,
     pub tables: &'o TableSet,
+    /// The configuration file's directory: relative paths (key files)
+    /// resolve against it.
+    pub base_dir: &'o std::path::Path,
 }
 
 pub type ModifierBuilder =
@@ -89,5 +100,7 @@ pub fn builtin() -> Vec<(&'static str, ModifierBuilder)> {
             "remove_header",
             Arc::new(remove_header::RemoveHeaderModifier::build),
         ),
+        ("dkim_sign", Arc::new(dkim_sign::DkimSignModifier::build)),
+        ("arc_seal", Arc::new(arc_seal::ArcSealModifier::build)),
     ]
 }

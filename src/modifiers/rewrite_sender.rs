@@ -275,6 +275,7 @@ pub(crate) mod test_support {
                 name: "t",
                 options: &mut opts,
                 tables,
+                base_dir: Path::new("/nonexistent-config-dir"),
             });
             opts.finish();
             out
