@@ -1,0 +1,166 @@
+//! Benchmarks that print figures; they assert nothing about speed (these
+//! machines are shared and noisy). Run them on demand, in release mode:
+//!
+//!     cargo test --release --test benchmarks -- --ignored --nocapture
+//!
+//! Everything runs in this process on loopback: the loopback DNS server, the
+//! daemon and the load generator share the machine's cores, so compare the
+//! figures of one run with each other (ratios), not across machines.
+
+mod common;
+
+use common::daemon::{LISTEN, TestDaemon};
+use common::dns_server::DnsServer;
+use dispatch_milter::load::{Corpus, LoadConfig, LoadReport, run};
+use std::time::Duration;
+
+/// The MX checks the issue names: DNSBL (three lists), iprev, SPF, DKIM and
+/// DMARC, all against the loopback DNS server.
+const MX_CHECKS: &str = r#"
+[dns]
+timeout = "2s"
+attempts = 1
+
+[checks.dnsbl]
+kind = "dnsbl"
+lists = [
+  { zone = "zen.test", type = "ip" },
+  { zone = "bl1.test", type = "ip" },
+  { zone = "bl2.test", type = "ip" },
+]
+[checks.iprev]
+kind = "iprev"
+on_fail = "ignore"
+[checks.spf]
+kind = "spf"
+[checks.dkim]
+kind = "dkim"
+on_fail = "ignore"
+[checks.dmarc]
+kind = "dmarc"
+
+[pipelines.mx]
+authserv_id = "mx.example.org"
+checks = ["dnsbl", "iprev", "spf", "dkim", "dmarc"]
+"#;
+
+const EMPTY: &str = "[pipelines.empty]\nauth_results = false\n";
+
+async fn dns() -> DnsServer {
+    let server = DnsServer::start_with_test_zones().await;
+    server.load_zone_dir(common::dns_server::zones_dir().join("dnsbl"));
+    server
+}
+
+async fn daemon(server: &DnsServer, policy: &str) -> TestDaemon {
+    let mut registry = common::registry(std::sync::Arc::new(common::Probes::default()));
+    registry.set_nameservers(vec![server.addr()]);
+    TestDaemon::start_with(
+        &format!("[server]\nlog_level = \"warn\"\n{LISTEN}{policy}"),
+        registry,
+    )
+    .await
+}
+
+fn load(d: &TestDaemon, connections: usize, messages: usize, pace: Duration) -> LoadConfig {
+    LoadConfig {
+        target: d.daemon().addresses[0].clone(),
+        connections,
+        messages,
+        corpus: Corpus::Typical,
+        // 192.0.2.22: not listed, confirmed reverse DNS, in example.org's SPF.
+        from: "alice@example.org".into(),
+        to: vec!["bob@example.net".into()],
+        client_ip: "192.0.2.22".parse().unwrap(),
+        helo: "mail2.example.org".into(),
+        daemon_name: "smtpd".into(),
+        auth_user: None,
+        tls: true,
+        pace,
+    }
+}
+
+fn line(label: &str, r: &LoadReport) {
+    let eom = &r.latency_ms["eom"];
+    println!(
+        "{label:<34} {:>8.0} msg/s   eom p50 {:>8.2} ms  p99 {:>8.2} ms  max {:>8.2} ms   completed {}/{}  errors {:?}  replies {:?}",
+        r.messages_per_second,
+        eom.p50,
+        eom.p99,
+        eom.max,
+        r.messages_completed,
+        r.messages_sent,
+        r.errors,
+        r.replies
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+async fn throughput_empty_policy_vs_mx_checks() {
+    let server = dns().await;
+    let (n, m) = (10, 1000);
+    println!("\nthroughput, typical messages (40 KiB), {n} connections x {m} messages");
+    let mut empty = daemon(&server, EMPTY).await;
+    let warm = run(load(&empty, n, 50, Duration::ZERO)).await;
+    assert!(warm.errors.is_empty(), "{:?}", warm.errors);
+    let e = run(load(&empty, n, m, Duration::ZERO)).await;
+    line("empty policy", &e);
+    empty.shutdown().await;
+
+    let mut mx = daemon(&server, MX_CHECKS).await;
+    // Warm the resolver cache (the issue asks for a warm cache).
+    run(load(&mx, 2, 5, Duration::ZERO)).await;
+    server.reset_stats();
+    let r = run(load(&mx, n, m, Duration::ZERO)).await;
+    line("mx: dnsbl x3, iprev, spf, dkim, dmarc", &r);
+    println!(
+        "ratio mx / empty: {:.2}   DNS queries during the mx run: {}",
+        r.messages_per_second / e.messages_per_second,
+        server.queries()
+    );
+    mx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+async fn eom_latency_under_dns_delay() {
+    let server = dns().await;
+    let delay = Duration::from_millis(100);
+    server.set_default_delay(delay);
+    // Lookups of one message that do not depend on each other: 3 DNSBL
+    // lists, iprev (PTR then A), SPF (TXT, then the record's mechanisms),
+    // DKIM (none: unsigned), DMARC (TXT at _dmarc).
+    let k = 7;
+    println!(
+        "\nlatency with every DNS answer delayed by L = {} ms (resolver cache off: every message waits for DNS)",
+        delay.as_millis()
+    );
+    println!(
+        "reference: L = {} ms, k x L = {} ms (k = {k} independent lookups)",
+        delay.as_millis(),
+        k * delay.as_millis()
+    );
+    let no_cache = MX_CHECKS.replace("attempts = 1", "attempts = 1\ncache_size = 0");
+    let mut mx = daemon(&server, &no_cache).await;
+    // No pacing: every check waits at its decision stage.
+    let r = run(load(&mx, 1, 5, Duration::ZERO)).await;
+    let message = &r.latency_ms["message"];
+    println!(
+        "no pacing:      MAIL->EOM reply p50 {:>8.1} ms  ({:.2} x L); eom {:.1} ms; mail {:.1} ms",
+        message.p50,
+        message.p50 / delay.as_millis() as f64,
+        r.latency_ms["eom"].p50,
+        r.latency_ms["mail"].p50
+    );
+    mx.shutdown().await;
+    // Paced like a real client: 300 ms between commands. Connect-stage and
+    // MAIL-stage lookups finish during the dialogue.
+    let mut mx = daemon(&server, &no_cache).await;
+    let r = run(load(&mx, 1, 3, Duration::from_millis(300))).await;
+    println!(
+        "paced 300 ms:   eom p50 {:>8.1} ms; mail {:.1} ms; rcpt {:.1} ms",
+        r.latency_ms["eom"].p50, r.latency_ms["mail"].p50, r.latency_ms["rcpt"].p50
+    );
+    mx.shutdown().await;
+}
