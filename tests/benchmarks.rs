@@ -164,3 +164,18 @@ async fn eom_latency_under_dns_delay() {
     );
     mx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "diagnostic: which lookups one message makes, in order"]
+async fn lookups_of_one_message() {
+    let server = dns().await;
+    server.set_default_delay(Duration::from_millis(100));
+    let no_cache = MX_CHECKS.replace("attempts = 1", "attempts = 1\ncache_size = 0");
+    let mut mx = daemon(&server, &no_cache).await;
+    let r = run(load(&mx, 1, 1, Duration::ZERO)).await;
+    for q in server.query_log() {
+        println!("{:?} {}", q.rtype, q.name);
+    }
+    println!("message {:.1} ms", r.latency_ms["message"].p50);
+    mx.shutdown().await;
+}
