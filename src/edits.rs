@@ -179,6 +179,62 @@ impl EditList {
         Ok(())
     }
 
+    /// The header block as it will be once the MTA has applied this list to
+    /// `original` (the headers as received), following the milter semantics
+    /// of DESIGN §2: `InsertHeader` index 0 is the top and an index past the
+    /// end appends; `ChangeHeader` and `DeleteHeader` count 1-based per name
+    /// (case-insensitively, 0 meaning the first as Sendmail reads it); a
+    /// change with an index past the last instance appends, and one with an
+    /// empty value deletes. Envelope edits leave the headers alone.
+    ///
+    /// Signers sign this, and tests verify it: it is what gets delivered,
+    /// apart from the MTA's own `Received:` that no milter sees.
+    pub fn resulting_headers(&self, original: &[Header]) -> Vec<Header> {
+        let mut headers = original.to_vec();
+        for edit in &self.edits {
+            match edit {
+                Edit::AddHeader { name, value } => headers.push(Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                }),
+                Edit::InsertHeader { index, name, value } => {
+                    let at =
+                        usize::try_from(*index).map_or(headers.len(), |i| i.min(headers.len()));
+                    headers.insert(
+                        at,
+                        Header {
+                            name: name.clone(),
+                            value: value.clone(),
+                        },
+                    );
+                }
+                Edit::ChangeHeader { name, index, value } => {
+                    match nth_named(&headers, name, *index) {
+                        Some(at) if value.is_empty() => {
+                            headers.remove(at);
+                        }
+                        Some(at) => headers[at].value = value.clone(),
+                        None if value.is_empty() => {}
+                        None => headers.push(Header {
+                            name: name.clone(),
+                            value: value.clone(),
+                        }),
+                    }
+                }
+                Edit::DeleteHeader { name, index } => {
+                    if let Some(at) = nth_named(&headers, name, *index) {
+                        headers.remove(at);
+                    }
+                }
+                Edit::AddRecipient { .. }
+                | Edit::DeleteRecipient { .. }
+                | Edit::ChangeSender { .. }
+                | Edit::Quarantine { .. } => {}
+            }
+        }
+        headers
+    }
+
     /// Delete every header called `name` among `headers`, highest index first
     /// so the remaining indexes stay valid while the MTA applies them.
     pub fn delete_headers_named(&mut self, name: &str, headers: &[Header]) {
@@ -208,6 +264,18 @@ impl EditList {
             }
         }
     }
+}
+
+/// The position in `headers` of the `index`-th (1-based, 0 read as 1)
+/// header called `name`, compared case-insensitively.
+fn nth_named(headers: &[Header], name: &str, index: u32) -> Option<usize> {
+    let skip = usize::try_from(index.max(1) - 1).ok()?;
+    headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.name.eq_ignore_ascii_case(name))
+        .nth(skip)
+        .map(|(i, _)| i)
 }
 
 #[cfg(test)]
@@ -262,5 +330,108 @@ mod tests {
             })
             .collect();
         assert_eq!(indexes, vec![3, 2, 1]);
+    }
+
+    fn h(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    fn shown(headers: &[Header]) -> Vec<String> {
+        headers
+            .iter()
+            .map(|h| format!("{}: {}", h.name, h.value))
+            .collect()
+    }
+
+    #[test]
+    fn resulting_headers_add_and_insert() {
+        let original = vec![h("Received", "r1"), h("From", "a@example.org")];
+        let mut list = EditList::new();
+        list.add_header("X-Bottom", "b").unwrap();
+        list.insert_header(0, "X-Top", "t").unwrap();
+        list.insert_header(0, "X-Above", "a").unwrap();
+        list.insert_header(2, "X-Third", "3").unwrap();
+        // Past the end appends.
+        list.insert_header(99, "X-Last", "l").unwrap();
+        assert_eq!(
+            shown(&list.resulting_headers(&original)),
+            [
+                "X-Above: a",
+                "X-Top: t",
+                "X-Third: 3",
+                "Received: r1",
+                "From: a@example.org",
+                "X-Bottom: b",
+                "X-Last: l",
+            ]
+        );
+        // The original is left alone.
+        assert_eq!(original.len(), 2);
+    }
+
+    #[test]
+    fn resulting_headers_change_and_delete_count_per_name() {
+        let original = vec![
+            h("X-Spam", "1"),
+            h("Subject", "s"),
+            h("x-spam", "2"),
+            h("X-SPAM", "3"),
+        ];
+        let mut list = EditList::new();
+        // Highest index first, as delete_headers_named emits them.
+        list.delete_headers_where("X-Spam", &original, |v| v != "2");
+        assert_eq!(
+            shown(&list.resulting_headers(&original)),
+            ["Subject: s", "x-spam: 2"]
+        );
+
+        let mut list = EditList::new();
+        list.push(Edit::ChangeHeader {
+            name: "x-spam".into(),
+            index: 2,
+            value: "two".into(),
+        });
+        // Index 0 reads as the first instance.
+        list.push(Edit::ChangeHeader {
+            name: "SUBJECT".into(),
+            index: 0,
+            value: "new".into(),
+        });
+        // An empty value deletes; what follows counts without it.
+        list.push(Edit::ChangeHeader {
+            name: "X-Spam".into(),
+            index: 1,
+            value: String::new(),
+        });
+        list.push(Edit::DeleteHeader {
+            name: "X-Spam".into(),
+            index: 2,
+        });
+        // Past the last instance: a change appends, a delete does nothing.
+        list.push(Edit::ChangeHeader {
+            name: "X-New".into(),
+            index: 3,
+            value: "n".into(),
+        });
+        list.push(Edit::ChangeHeader {
+            name: "X-Gone".into(),
+            index: 1,
+            value: String::new(),
+        });
+        list.push(Edit::DeleteHeader {
+            name: "Subject".into(),
+            index: 2,
+        });
+        list.push(Edit::AddRecipient {
+            address: "b@example.org".into(),
+            args: None,
+        });
+        assert_eq!(
+            shown(&list.resulting_headers(&original)),
+            ["Subject: new", "x-spam: two", "X-New: n"]
+        );
     }
 }

@@ -39,6 +39,14 @@ enum Command {
     Test(Box<TestArgs>),
     /// Play the MTA against a running daemon and measure it.
     Load(Box<LoadArgs>),
+    /// Print the DNS TXT record that publishes a DKIM key's public half.
+    DkimRecord {
+        /// The private key file (PEM: PKCS#1 or PKCS#8, RSA or Ed25519).
+        keyfile: PathBuf,
+        /// The selector the record goes under (SELECTOR._domainkey.DOMAIN).
+        #[arg(short, long)]
+        selector: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -207,6 +215,9 @@ fn main() -> ExitCode {
         Command::Load(load) => run_load(*load),
         Command::Serve { .. } => exit(0),
         Command::Check { config } => exit(cli::check::run(&config)),
+        Command::DkimRecord { keyfile, selector } => {
+            exit(cli::dkim_record::run(&keyfile, &selector))
+        }
         Command::Test(args) => {
             let TestArgs {
                 config,

@@ -3,6 +3,7 @@
 //! and calls these.
 
 pub mod check;
+pub mod dkim_record;
 pub mod test;
 
 /// sysexits' EX_CONFIG: the configuration is wrong (vector and others use it).

@@ -1060,11 +1060,13 @@ fn eom_modifiers(pipeline: &Pipeline, message: &MessageState) -> Vec<ModifierId>
     ids
 }
 
-/// The same order with signers moved to the end (a stable partition).
+/// The same order with signers moved to the end (a stable partition), and
+/// ARC sealing after DKIM signing: the seal must cover the new signature.
 fn signers_last(policy: &Policy, ids: Vec<ModifierId>) -> Vec<ModifierId> {
-    let (mut others, signers): (Vec<_>, Vec<_>) = ids
+    let (mut others, mut signers): (Vec<_>, Vec<_>) = ids
         .into_iter()
         .partition(|&id| !policy.modifiers[id].modifier.runs_last());
+    signers.sort_by_key(|&id| policy.modifiers[id].kind == "arc_seal");
     others.extend(signers);
     others
 }

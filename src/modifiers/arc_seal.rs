@@ -1,21 +1,315 @@
-//! TODO: the `arc_seal` modifier (stub until implemented).
+//! The `arc_seal` modifier: adds this hop's ARC set (RFC 8617):
+//! ARC-Authentication-Results, ARC-Message-Signature and ARC-Seal, signed
+//! with mail-auth on its `ring` backend, over the message as it will be
+//! delivered. List it where mail leaves for places that should trust this
+//! hop's verdicts, such as a destination that forwards to external
+//! addresses.
+//!
+//! Options: `domain` (required, the `d=` of both signatures), `selector`
+//! (required), `key` (required, a PEM key file loaded and checked like the
+//! keys of `dkim_sign`), `headers` (the header names the
+//! ARC-Message-Signature covers when present, `From` required; default the
+//! same list as `dkim_sign`). Canonicalization is relaxed/relaxed.
+//!
+//! The ARC-Authentication-Results copies the `Authentication-Results` this
+//! hop adds (the pipeline's checks), or reads `DOMAIN; none` without one.
+//! A message that already carries an ARC chain gets `cv=` from this hop's
+//! `arc` check, read from that header: `pass` seals with `cv=pass`; a
+//! `temperror` makes the modifier fail (the pipeline's `error_action`, a
+//! tempfail by default, so the client retries); any other result, or no
+//! `arc` result at all, leaves the message unsealed (logged), because a seal
+//! cannot repair a broken chain and must not vouch for one nobody checked.
 
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::dkim_sign::{
+    DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, header_list_option, header_template,
+    load_key_option, raw_message, split_headers, valid_selector,
+};
+use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use crate::address::normalize_domain;
+use crate::edits::{Edit, EditList};
+use mail_auth::arc::{ArcSealer, Set};
+use mail_auth::common::headers::{Header as AuthHeader, HeaderWriter};
+use mail_auth::dkim::Canonicalization;
+use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult};
 use std::sync::Arc;
 
-pub struct ArcSealModifier;
+/// RFC 8617 allows at most 50 ARC sets (instances 1 to 50).
+const MAX_SETS: usize = 50;
+
+pub struct ArcSealModifier {
+    name: String,
+    domain: String,
+    selector: String,
+    key: Arc<LoadedKey>,
+    headers: Vec<String>,
+}
 
 impl ArcSealModifier {
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        let span = ctx.options.span();
-        ctx.options
-            .error(span, "the `arc_seal` modifier is not implemented yet");
-        None
+        let domain = ctx.options.required_string("domain").and_then(|d| {
+            match normalize_domain(d.get_ref()) {
+                Ok(norm) => Some(norm),
+                Err(_) => {
+                    let msg = format!(
+                        "`domain` in {} is not a domain: \"{}\"",
+                        ctx.options.what(),
+                        d.get_ref().escape_debug()
+                    );
+                    ctx.options.error(d.span(), msg);
+                    None
+                }
+            }
+        });
+        let selector = ctx.options.required_string("selector").and_then(|s| {
+            if valid_selector(s.get_ref()) {
+                Some(s.into_inner())
+            } else {
+                let msg = format!(
+                    "`selector` in {} must be DNS labels of letters, digits, \"-\" and \"_\", found \"{}\"",
+                    ctx.options.what(),
+                    s.get_ref().escape_debug()
+                );
+                ctx.options.error(s.span(), msg);
+                None
+            }
+        });
+        let key = ctx
+            .options
+            .required_string("key")
+            .and_then(|k| load_key_option(ctx, k.span(), k.get_ref(), &mut KeyCache::default()));
+        let headers = header_list_option(ctx, "headers", &DEFAULT_HEADERS, true);
+        Some(Arc::new(ArcSealModifier {
+            name: ctx.name.to_string(),
+            domain: domain?,
+            selector: selector?,
+            key: key?,
+            headers: headers?,
+        }))
     }
+}
+
+/// The Authentication-Results this hop adds, from the edit list.
+fn our_auth_results(edits: &EditList) -> Option<&str> {
+    edits.edits().iter().find_map(|e| match e {
+        Edit::InsertHeader { name, value, .. } | Edit::AddHeader { name, value }
+            if name.eq_ignore_ascii_case("Authentication-Results") =>
+        {
+            Some(value.as_str())
+        }
+        _ => None,
+    })
+}
+
+/// The `arc=` result of an Authentication-Results value, lowercased.
+fn arc_result(auth_results: &str) -> Option<String> {
+    auth_results.split(';').skip(1).find_map(|fragment| {
+        let (method, rest) = fragment.trim().split_once('=')?;
+        method.trim().eq_ignore_ascii_case("arc").then(|| {
+            rest.split(|c: char| c.is_whitespace() || c == '(')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+        })
+    })
+}
+
+/// What to do about the chain a message already carries.
+enum Chain<'x> {
+    /// Seal with this view of the chain (empty for the first set).
+    Seal(ArcOutput<'x>),
+    /// Leave the message unsealed, for this reason.
+    Skip(String),
+}
+
+fn existing_chain<'x>(
+    parsed: &'x AuthenticatedMessage<'x>,
+    ours: Option<&str>,
+) -> Result<Chain<'x>, String> {
+    let sets = parsed.as_headers.len();
+    if sets == 0
+        && parsed.ams_headers.is_empty()
+        && parsed.aar_headers.is_empty()
+        && !parsed.has_arc_errors
+    {
+        return Ok(Chain::Seal(ArcOutput::default()));
+    }
+    let Some(result) = ours.and_then(arc_result) else {
+        return Ok(Chain::Skip(
+            "the message carries an ARC chain and no `arc` check result: add an `arc` check (with auth_results on) so the chain is validated before sealing".to_string(),
+        ));
+    };
+    match result.as_str() {
+        "pass" => {}
+        "temperror" => {
+            return Err(
+                "the message's ARC chain could not be validated (temperror), so the seal's cv= is unknown; the client should try again"
+                    .to_string(),
+            );
+        }
+        other => {
+            return Ok(Chain::Skip(format!(
+                "the message carries ARC headers and this hop's `arc` check found the chain {other}; a seal cannot repair it"
+            )));
+        }
+    }
+    if sets >= MAX_SETS {
+        return Ok(Chain::Skip(format!(
+            "the message already carries {MAX_SETS} ARC sets, the most there can be"
+        )));
+    }
+    let triples = || {
+        parsed
+            .as_headers
+            .iter()
+            .zip(&parsed.ams_headers)
+            .zip(&parsed.aar_headers)
+            .map(|((seal, ams), aar)| (seal, ams, aar))
+    };
+    let consistent = !parsed.has_arc_errors
+        && parsed.ams_headers.len() == sets
+        && parsed.aar_headers.len() == sets
+        && (1u32..).zip(triples()).all(|(i, (seal, ams, aar))| {
+            seal.header.i == i && ams.header.i == i && aar.header.i == i
+        });
+    if !consistent {
+        return Ok(Chain::Skip(
+            "the ARC sets are not numbered 1 to N, one of each header, although the chain passed"
+                .to_string(),
+        ));
+    }
+    let mut output = ArcOutput::default().with_result(DkimResult::Pass);
+    for (seal, ams, aar) in triples() {
+        output = output.with_set(Set {
+            signature: AuthHeader::new(ams.name, ams.value, &ams.header),
+            seal: AuthHeader::new(seal.name, seal.value, &seal.header),
+            results: AuthHeader::new(aar.name, aar.value, &aar.header),
+        });
+    }
+    Ok(Chain::Seal(output))
 }
 
 impl Modifier for ArcSealModifier {
     fn effects(&self) -> Effects {
-        Effects::default()
+        Effects {
+            headers: true,
+            ..Effects::default()
+        }
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn runs_last(&self) -> bool {
+        true
+    }
+
+    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+        let headers = edits.resulting_headers(&ctx.message.headers);
+        let raw = raw_message(&headers, &ctx.message.body);
+        let parsed = AuthenticatedMessage::parse_with_opts(&raw, None, false)
+            .ok_or("the message cannot be parsed for sealing")?;
+        let ours = our_auth_results(edits);
+        let output = match existing_chain(&parsed, ours)? {
+            Chain::Seal(output) => output,
+            Chain::Skip(why) => {
+                tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, reason = %why, "message not sealed");
+                return Ok(());
+            }
+        };
+        if ctx.message.body_truncated {
+            return Err(TRUNCATED.to_string());
+        }
+        // The seal signs this text in relaxed form as written, so it must
+        // already be what relaxed canonicalization makes of the header:
+        // single spaces, nothing at the ends.
+        let copied = match ours {
+            Some(value) => value.split_whitespace().collect::<Vec<_>>().join(" "),
+            None => format!("{}; none", self.domain),
+        };
+        let results = AuthenticationResults::new(&copied);
+        let present = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        let template = header_template(&self.headers, &[], present);
+        let set = ArcSealer::from_key(self.key.signer())
+            .domain(self.domain.as_str())
+            .selector(self.selector.as_str())
+            .headers(template)
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed)
+            .seal(&parsed, &results, &output)
+            .map_err(|e| {
+                format!(
+                    "sealing as d={} s={} failed: {e}",
+                    self.domain, self.selector
+                )
+            })?;
+        let set_headers = split_headers(&set.to_header());
+        if set_headers.len() != 3 {
+            return Err(format!(
+                "mail-auth wrote {} ARC headers instead of 3",
+                set_headers.len()
+            ));
+        }
+        // Bottom first, so the set reads ARC-Seal, ARC-Message-Signature,
+        // ARC-Authentication-Results from the top.
+        for (name, value) in set_headers.iter().rev() {
+            edits.insert_header(0, name, value)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::rewrite_sender::test_support::{build, has_error};
+    use super::*;
+    use crate::tables::TableSet;
+
+    fn errors_of(src: &str) -> Vec<String> {
+        let (m, errors) = build(src, &TableSet::new(), ArcSealModifier::build);
+        assert!(m.is_none(), "{src}");
+        errors
+    }
+
+    #[test]
+    fn arc_results_are_read_from_our_header() {
+        assert_eq!(
+            arc_result("mx.test; spf=pass smtp.mailfrom=a.test; arc=pass (2 sets)").as_deref(),
+            Some("pass")
+        );
+        assert_eq!(arc_result("mx.test; ARC=Fail").as_deref(), Some("fail"));
+        assert_eq!(arc_result("mx.test; dkim=pass header.d=a.test"), None);
+        // The authserv-id is not a result.
+        assert_eq!(arc_result("arc=pass"), None);
+
+        let mut edits = EditList::new();
+        assert_eq!(our_auth_results(&edits), None);
+        edits.add_header("X-Other", "1").unwrap();
+        edits
+            .insert_header(0, "Authentication-Results", "mx.test; arc=none")
+            .unwrap();
+        assert_eq!(our_auth_results(&edits), Some("mx.test; arc=none"));
+    }
+
+    #[test]
+    fn option_errors() {
+        let errors = errors_of("");
+        assert!(has_error(&errors, "needs `domain`"), "{errors:?}");
+        assert!(has_error(&errors, "needs `selector`"), "{errors:?}");
+        assert!(has_error(&errors, "needs `key`"), "{errors:?}");
+        let errors = errors_of(
+            "domain = 'not a domain'\nselector = 's;1'\nkey = 'nope.pem'\nheaders = ['Subject']",
+        );
+        assert!(has_error(&errors, "`domain`"), "{errors:?}");
+        assert!(has_error(&errors, "`selector`"), "{errors:?}");
+        assert!(
+            has_error(&errors, "key file \"/nonexistent-config-dir/nope.pem\""),
+            "{errors:?}"
+        );
+        assert!(has_error(&errors, "must include \"From\""), "{errors:?}");
+        assert!(has_error(
+            &errors_of("domain = 'a.test'\nselector = 's'\nkey = 'k'\nkeys = 1"),
+            "unknown key `keys`"
+        ));
     }
 }
