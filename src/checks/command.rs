@@ -699,23 +699,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn dropping_the_future_kills_the_programs_children_too() {
+    /// Run `script_body` (which writes the PID to watch into `pidfile`) as
+    /// a check, drop the check's future once the PID is known, and require
+    /// that process to be gone within 5 s.
+    async fn assert_dropping_kills(script_body: &str, what: &str) {
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("child");
-        // The child is not exec'd: only a process-group kill reaches it.
-        let prog = script(
-            dir.path(),
-            "spawner.sh",
-            &format!(
-                "sleep 30 &\necho $! > {:?}\nwait",
-                pidfile.display().to_string()
-            ),
-        );
+        let pidfile = dir.path().join("pid");
+        let body = script_body.replace("PIDFILE", &format!("{:?}", pidfile.display().to_string()));
+        let prog = script(dir.path(), "watched.sh", &body);
         let check = build_ok(CommandCheck::build, &config(&prog, "stage = \"mail\""));
         let mut fut = check.clone().run(Arc::new(input(Stage::Mail)));
+        // Drive the check until the script has written the PID, so the kill
+        // below is not a race against a slow start on a loaded machine.
         let pid = tokio::select! {
-            r = &mut fut => panic!("spawner finished: {r:?}"),
+            r = &mut fut => panic!("{what} finished: {r:?}"),
             pid = async {
                 loop {
                     if let Ok(pid) = std::fs::read_to_string(&pidfile)
@@ -727,13 +724,13 @@ mod tests {
                 }
             } => pid,
         };
-        assert!(!gone(&pid), "the grandchild should be alive");
+        assert!(!gone(&pid), "{what} should be alive");
         drop(fut);
         let mut waited = Duration::ZERO;
         while !gone(&pid) {
             assert!(
                 waited < Duration::from_secs(5),
-                "grandchild {pid} outlived its check"
+                "{what} {pid} outlived its check"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
             waited += Duration::from_millis(20);
@@ -741,50 +738,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_the_future_kills_the_programs_children_too() {
+        // The child is not exec'd: only a process-group kill reaches it.
+        assert_dropping_kills("sleep 30 &\necho $! > PIDFILE\nwait", "grandchild").await;
+    }
+
+    #[tokio::test]
     async fn dropping_the_future_kills_the_program() {
-        let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("pid");
-        let prog = script(
-            dir.path(),
-            "slow.sh",
-            &format!(
-                "echo $$ > {:?}\nexec sleep 30",
-                pidfile.display().to_string()
-            ),
-        );
-        let check = build_ok(CommandCheck::build, &config(&prog, "stage = \"mail\""));
-        let mut fut = check.clone().run(Arc::new(input(Stage::Mail)));
-        // Drive the check until the script has written its PID, so the kill
-        // below is not a race against a slow start on a loaded machine.
-        let pid = tokio::select! {
-            r = &mut fut => panic!("slow program finished: {r:?}"),
-            pid = async {
-                loop {
-                    if let Ok(pid) = std::fs::read_to_string(&pidfile)
-                        && pid.ends_with('\n')
-                    {
-                        return pid.trim().to_string();
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            } => pid,
-        };
-        assert!(!gone(&pid), "sleeping program should be alive");
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), &mut fut)
-                .await
-                .is_err()
-        );
-        drop(fut);
-        let mut waited = Duration::ZERO;
-        while !gone(&pid) {
-            assert!(
-                waited < Duration::from_secs(5),
-                "program {pid} outlived its check"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            waited += Duration::from_millis(20);
-        }
+        assert_dropping_kills("echo $$ > PIDFILE\nexec sleep 30", "program").await;
     }
 
     #[test]
