@@ -759,3 +759,197 @@ async fn reloading_while_mail_flows_loses_nothing() {
     })
     .await;
 }
+
+/// The submission pipeline signs with `dkim_sign`, the mx pipeline runs
+/// `spf` (whose result only goes into Authentication-Results). `DNS_ADDR`
+/// is the loopback DNS server, `KEY_PATH` the private copy of the key.
+const SIGN_AND_SPF: &str = r#"
+[[server.listen]]
+address = "inet:127.0.0.1:0"
+
+[[server.listen]]
+address = "inet:127.0.0.1:LOCAL_PORT"
+pipeline = "local"
+
+[dns]
+nameservers = ["DNS_ADDR"]
+timeout = "500ms"
+attempts = 1
+
+[checks.spf]
+kind = "spf"
+on_fail = "ignore"
+on_softfail = "ignore"
+
+[modifiers.sign]
+kind = "dkim_sign"
+keys = [{ domain = "example.org", selector = "e2e", key = "KEY_PATH" }]
+
+[pipelines.mx]
+authserv_id = "mx.example.org"
+checks = ["spf"]
+
+[pipelines.submission]
+daemon_names = ["submission"]
+modify = ["sign"]
+
+[pipelines.local]
+refuse_at_eom = true
+"#;
+
+/// The receiving side's check of the delivered message.
+const VERIFY_DKIM: &str = r#"
+[dns]
+timeout = "500ms"
+attempts = 1
+
+[checks.dkim]
+kind = "dkim"
+on_fail = "ignore"
+
+[pipelines.in]
+authserv_id = "verify.test"
+checks = ["dkim"]
+"#;
+
+fn test_key(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+/// A private copy of a test key (the loader refuses world-readable keys).
+fn private_key_copy(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let to = dir.join(name);
+    std::fs::copy(test_key(name), &to).expect("copy key");
+    std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    to
+}
+
+/// The delivered message as the engine sees it from the MTA: headers with
+/// the space after the colon removed and folds kept, and the body.
+fn as_received(delivery: &Delivery) -> common::Mail {
+    let (head, body) = delivery
+        .data
+        .split_once("\r\n\r\n")
+        .expect("a header section and a body");
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            let last = headers.last_mut().expect("a continuation after a header");
+            last.1.push_str("\r\n");
+            last.1.push_str(line);
+        } else {
+            let (name, value) = line.split_once(':').expect("a header line");
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            headers.push((name.to_string(), value.to_string()));
+        }
+    }
+    let rcpts: Vec<&str> = delivery.rcpt_to.iter().map(String::as_str).collect();
+    let mut mail = common::Mail::new(&delivery.mail_from, &rcpts);
+    mail.headers = headers;
+    mail.body = body.to_string();
+    mail
+}
+
+/// The Authentication-Results that the `dkim` check adds for `mail`.
+async fn dkim_results(dns: &common::dns_server::DnsServer, mail: &common::Mail) -> String {
+    let mut registry = dispatch_milter::config::Registry::builtin();
+    registry.set_nameservers(vec![dns.addr()]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dispatch_milter::config::compile_str(
+        &dir.path().join("verify.toml"),
+        VERIFY_DKIM,
+        &registry,
+    )
+    .unwrap_or_else(|e| panic!("verify config should compile:\n{e}"));
+    let run = common::run_mail(&Arc::new(policy), "in", mail).await;
+    let outcome = run.outcome.expect("the message reached end of message");
+    let results: Vec<String> = outcome
+        .edits
+        .iter()
+        .filter_map(|e| match e {
+            dispatch_milter::edits::Edit::InsertHeader { name, value, .. }
+            | dispatch_milter::edits::Edit::AddHeader { name, value }
+                if name.eq_ignore_ascii_case("Authentication-Results") =>
+            {
+                Some(value.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 1, "{:?}", outcome.edits);
+    results[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submission_mail_is_dkim_signed_and_mx_mail_gets_spf_authentication_results() {
+    let dns = common::dns_server::DnsServer::start_with_test_zones().await;
+    let p = std::fs::read_to_string(test_key("rsa2048-pkcs1.pub.b64")).expect("public key");
+    dns.add_txt(
+        "e2e._domainkey.example.org",
+        &format!("v=DKIM1; k=rsa; p={}", p.trim()),
+    );
+    let keys = tempfile::tempdir().expect("tempdir");
+    let key = private_key_copy(keys.path(), "rsa2048-pkcs1.pem");
+    let config = SIGN_AND_SPF
+        .replace("DNS_ADDR", &dns.addr().to_string())
+        .replace("KEY_PATH", key.to_str().expect("UTF-8 key path"));
+    let Some(env) = Env::start(&config).await else {
+        return;
+    };
+    postfix::bounded(TEST_LIMIT, "test", async {
+        // Submission: signed for example.org.
+        let t = smtp_send(
+            env.postfix.submission,
+            "alice@example.org",
+            &["someone@example.net"],
+            &message(
+                "alice@example.org",
+                "someone@example.net",
+                "signed via submission",
+                "a signed body\n.with a dot line",
+            ),
+        )
+        .await;
+        assert!(t.queued(), "{}", t.log);
+        let d = env.sink.wait_subject("signed via submission", 1).await;
+        let sigs = d[0].header("DKIM-Signature");
+        assert_eq!(sigs.len(), 1, "{}", d[0].data);
+        let d_tag = sigs[0].split(';').find_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            (k.trim() == "d").then(|| v.trim().to_string())
+        });
+        assert_eq!(d_tag.as_deref(), Some("example.org"), "{}", sigs[0]);
+        let results = dkim_results(&dns, &as_received(&d[0])).await;
+        assert!(
+            results.contains("dkim=pass") && results.contains("header.d=example.org"),
+            "the delivered message verifies: {results}\n{}",
+            d[0].data
+        );
+        assert!(
+            d[0].header("Authentication-Results").is_empty(),
+            "submission runs no checks: {}",
+            d[0].data
+        );
+
+        // MX: the SPF result in Authentication-Results, not signed.
+        let t = smtp_send(
+            env.postfix.mx,
+            "alice@example.org",
+            &["bob@example.org"],
+            &message("alice@example.org", "bob@example.org", "spf via mx", "x"),
+        )
+        .await;
+        assert!(t.queued(), "{}", t.log);
+        let d = env.sink.wait_subject("spf via mx", 1).await;
+        let ar = d[0].header("Authentication-Results");
+        assert_eq!(ar.len(), 1, "{}", d[0].data);
+        assert!(ar[0].starts_with("mx.example.org; spf="), "{}", d[0].data);
+        assert!(ar[0].contains("smtp.mailfrom=example.org"), "{}", ar[0]);
+        assert!(d[0].header("DKIM-Signature").is_empty(), "{}", d[0].data);
+        env.postfix.wait_queue_empty().await;
+    })
+    .await;
+}
