@@ -77,6 +77,35 @@ pub struct Message {
     pub size: u64,
 }
 
+/// The message as bytes, the shape DKIM and ARC work on: `Name: value`
+/// CRLF per header (values are kept without the space after the colon;
+/// line breaks inside folded values become CRLF), an empty line, then the
+/// body as received.
+pub fn message_bytes(headers: &[Header], body: &[u8]) -> Vec<u8> {
+    let size: usize = headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 8)
+        .sum();
+    let mut out = Vec::with_capacity(size + body.len() + 2);
+    for h in headers {
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF.
+        let mut prev = 0u8;
+        for &b in h.value.as_bytes() {
+            if b == b'\n' && prev != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            prev = b;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 impl Message {
     /// The values of every header with this name, in order (names compare
     /// case-insensitively, RFC 5322 §1.2.2).

@@ -58,29 +58,7 @@ pub struct RawMessage(pub Vec<u8>);
 /// header (the engine keeps values without the space after the colon), a
 /// blank line, then the body as received.
 pub fn rebuild(message: &Message) -> Vec<u8> {
-    let headers: usize = message
-        .headers
-        .iter()
-        .map(|h| h.name.len() + h.value.len() + 8)
-        .sum();
-    let mut out = Vec::with_capacity(headers + message.body.len() + 2);
-    for h in &message.headers {
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF.
-        let mut prev = 0u8;
-        for &b in h.value.as_bytes() {
-            if b == b'\n' && prev != b'\r' {
-                out.push(b'\r');
-            }
-            out.push(b);
-            prev = b;
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&message.body);
-    out
+    crate::message::message_bytes(&message.headers, &message.body)
 }
 
 /// The rebuilt message of this check input, computed once per message.

@@ -40,6 +40,7 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::address::normalize_domain;
 use crate::config::error::did_you_mean;
 use crate::dns::{Dns, DnsError};
+use crate::policy::canonical_ip;
 use crate::stage::Stage;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -195,14 +196,6 @@ fn reverse_ipv6(ip: Ipv6Addr) -> String {
         }
     }
     out
-}
-
-/// An IPv4-mapped IPv6 address is the IPv4 client it stands for.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Whether a name fits DNS limits: at most 253 octets, labels of 1 to 63.

@@ -574,27 +574,7 @@ pub(crate) fn header_list_option(
 /// folded values made CRLF), an empty line, then the body as received. The
 /// same shape the `dkim` check verifies.
 pub(crate) fn raw_message(headers: &[Header], body: &[u8]) -> Vec<u8> {
-    let size: usize = headers
-        .iter()
-        .map(|h| h.name.len() + h.value.len() + 8)
-        .sum();
-    let mut out = Vec::with_capacity(size + body.len() + 2);
-    for h in headers {
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        let mut prev = 0u8;
-        for &b in h.value.as_bytes() {
-            if b == b'\n' && prev != b'\r' {
-                out.push(b'\r');
-            }
-            out.push(b);
-            prev = b;
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
+    crate::message::message_bytes(headers, body)
 }
 
 /// Split header text as mail-auth writes it (`Name: value` with `\r\n\t`
