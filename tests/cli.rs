@@ -402,6 +402,8 @@ fn submission_without_authentication_is_refused_at_mail() {
     assert_eq!(v["reply"]["code"], 530, "{v:#}");
     assert_eq!(v["reply"]["status"], "5.7.0", "{v:#}");
     assert_eq!(v["reply"]["text"], "Authentication required", "{v:#}");
+    // The report names the check that refused MAIL FROM.
+    assert_eq!(check(&v, "auth")["result"], "fail", "{v:#}");
     let refused_at: Vec<&str> = array(&v, "stages")
         .iter()
         .filter(|s| s["reply"]["reply"] != "continue")

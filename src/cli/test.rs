@@ -189,7 +189,10 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
         &reply,
     );
     if !reply.is_continue() {
-        return Ok(refused(verdict_of(&reply), &reply, stages));
+        // The report of the refused transaction names the check that refused.
+        let mut out = refused(verdict_of(&reply), &reply, stages);
+        out.report = session.take_ended().pop();
+        return Ok(out);
     }
     let mut accepted = 0;
     let mut worst: Option<StageReply> = None;
@@ -210,6 +213,8 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
         let reply = worst.unwrap_or(StageReply::Continue);
         let mut out = refused(verdict_of(&reply), &reply, stages);
         out.reason = Some("no recipient was accepted".to_string());
+        session.abort();
+        out.report = session.take_ended().pop();
         return Ok(out);
     }
     let (headers, body) = parse_message(&input.message);
