@@ -15,7 +15,8 @@
 //! the chain passes and was sealed by a trusted forwarder
 //! (`trusted_arc_sealers`), without validating the chain a second time.
 
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use super::prefetch::{RecordKind, TxtPrefetch};
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::dns::Dns;
 use crate::stage::Stage;
 use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
@@ -101,9 +102,11 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
             sealer,
         };
     }
+    let store = TxtPrefetch::of(&input.memo);
+    store.settled(dns, RecordKind::DomainKey).await;
     let output = dns
         .authenticator()
-        .verify_arc(Parameters::new(&parsed))
+        .verify_arc(Parameters::new(&parsed).with_txt_cache(&*store))
         .await;
     facts_from(output.result(), sets, sealer)
 }
@@ -148,6 +151,13 @@ impl Check for ArcCheck {
 
     fn needs_body(&self) -> bool {
         true
+    }
+
+    /// Fetch the keys of each ARC set as its headers arrive.
+    fn prefetch(&self, early: &Early<'_>) {
+        if let Some((name, value)) = early.header {
+            super::prefetch::arc_keys(&TxtPrefetch::of(early.memo), &self.dns, name, value);
+        }
     }
 
     fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {

@@ -33,16 +33,16 @@
 //! it (and runs it itself when no `dkim` check is configured). DMARC judges
 //! signatures with the defaults above, whatever a `dkim` check's options.
 
+use super::prefetch::{RecordKind, TxtPrefetch};
 use super::spf::pvalue;
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::dns::Dns;
 use crate::message::Message;
 use crate::stage::Stage;
-use mail_auth::common::cache::NoCache;
 use mail_auth::common::crypto::{Algorithm, CryptoError};
 use mail_auth::common::verify::{DomainKey, VerifySignature};
 use mail_auth::dkim::{DkimError, Signature};
-use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters, Txt};
+use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters};
 use std::sync::Arc;
 
 pub const DEFAULT_MIN_RSA_BITS: usize = 1024;
@@ -130,9 +130,13 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             truncated: true,
         };
     }
+    // Keys asked for when the DKIM-Signature headers arrived answer from
+    // the message's store; the others are fetched now.
+    let store = TxtPrefetch::of(&input.memo);
+    store.settled(dns, RecordKind::DomainKey).await;
     let outputs: Vec<DkimOutput<'_>> = dns
         .authenticator()
-        .verify_dkim(Parameters::new(&parsed))
+        .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
         .await;
     let mut signatures = Vec::with_capacity(outputs.len());
     for o in &outputs {
@@ -142,7 +146,7 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
                 if sig.a != Algorithm::Ed25519Sha256 =>
             {
-                rsa_key_bits(dns, sig).await
+                rsa_key_bits(dns, &store, sig).await
             }
             _ => None,
         };
@@ -173,11 +177,11 @@ fn malformed(parsed: &AuthenticatedMessage<'_>) -> Vec<SignatureFacts> {
 }
 
 /// The size of the signer's RSA key. mail-auth fetched the record moments
-/// ago, so the shared resolver's cache answers unless its TTL is zero.
-async fn rsa_key_bits(dns: &Dns, sig: &Signature) -> Option<usize> {
+/// ago and left it in the message's store.
+async fn rsa_key_bits(dns: &Dns, store: &TxtPrefetch, sig: &Signature) -> Option<usize> {
     let key = dns
         .authenticator()
-        .txt_lookup::<DomainKey>(sig.domain_key(), None::<&NoCache<Box<str>, Txt>>)
+        .txt_lookup::<DomainKey>(sig.domain_key(), Some(store))
         .await
         .ok()?;
     match key.p.public_key_bits() {
@@ -420,6 +424,13 @@ impl Check for DkimCheck {
 
     fn needs_body(&self) -> bool {
         true
+    }
+
+    /// Fetch each signature's key as its header arrives.
+    fn prefetch(&self, early: &Early<'_>) {
+        if let Some((name, value)) = early.header {
+            super::prefetch::dkim_key(&TxtPrefetch::of(early.memo), &self.dns, name, value);
+        }
     }
 
     fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {

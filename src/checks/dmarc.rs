@@ -42,8 +42,9 @@
 //! for authenticated senders and trusted networks belong in the dispatch
 //! tree: list the check only in the branches it applies to.
 
+use super::prefetch::{RecordKind, TxtPrefetch};
 use super::spf::pvalue;
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::address::normalize_domain;
 use crate::dns::Dns;
 use crate::stage::Stage;
@@ -206,13 +207,18 @@ impl DmarcCheck {
     }
 
     /// `pct=` of the record that governs `domain`: the first DMARC record
-    /// from the domain up to its parent below the top level (mail-auth just
-    /// looked these up, so the shared cache answers). 100 when unknown.
-    async fn published_pct(&self, domain: &str) -> u8 {
+    /// from the domain up to its parent below the top level. The tree walk
+    /// just fetched these into the message's store; a record not there
+    /// (mail-auth fetched it itself) is looked up again. 100 when unknown.
+    async fn published_pct(&self, store: &TxtPrefetch, domain: &str) -> u8 {
         let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
         for start in 0..labels.len().saturating_sub(1) {
-            let name = format!("_dmarc.{}", labels[start..].join("."));
-            if let Ok(records) = self.dns.txt(&name).await
+            let name = format!("_dmarc.{}.", labels[start..].join("."));
+            let records = match store.answer(&name) {
+                Some(fetched) if !fetched.raw.is_empty() => Ok(fetched.raw),
+                _ => self.dns.txt(&name).await,
+            };
+            if let Ok(records) = records
                 && let Some(r) = records.iter().find(|r| is_dmarc_record(r))
             {
                 return parse_pct(r).unwrap_or(100);
@@ -267,9 +273,19 @@ impl DmarcCheck {
             return permerror("the From address has no domain".into());
         }
 
-        let (spf, dkim) = tokio::join!(
+        // The policy records were most likely asked for when the From
+        // header arrived; if not (a From: the prefetch could not read), all
+        // levels of the tree are asked for now, at once.
+        let store = TxtPrefetch::of(&input.memo);
+        if let Some(domain) = parsed.from[0].rsplit_once('@').map(|(_, d)| d)
+            && let Ok(domain) = normalize_domain(domain)
+        {
+            super::prefetch::dmarc_records(&store, &self.dns, &domain);
+        }
+        let (spf, dkim, ()) = tokio::join!(
             super::spf::mail_from_outcome(&self.dns, input),
-            super::dkim::facts(&self.dns, input)
+            super::dkim::facts(&self.dns, input),
+            store.settled(&self.dns, RecordKind::Dmarc)
         );
         let (Some(spf), Some(dkim)) = (spf, dkim) else {
             return CheckResult::temperror("internal error: DMARC memo");
@@ -278,12 +294,15 @@ impl DmarcCheck {
         let out = self
             .dns
             .authenticator()
-            .verify_dmarc(Parameters::new(DmarcParameters::new(
-                &parsed,
-                &dkim_outputs,
-                &spf.0.domain,
-                &spf.0.output,
-            )))
+            .verify_dmarc(
+                Parameters::new(DmarcParameters::new(
+                    &parsed,
+                    &dkim_outputs,
+                    &spf.0.domain,
+                    &spf.0.output,
+                ))
+                .with_txt_cache(&*store),
+            )
             .await;
         let domain = if out.domain().is_empty() {
             from_domain
@@ -333,7 +352,7 @@ impl DmarcCheck {
                 let mut applied = published;
                 let mut note = String::new();
                 if self.honour_pct && matches!(published, Policy::Reject | Policy::Quarantine) {
-                    let pct = self.published_pct(&domain).await;
+                    let pct = self.published_pct(&store, &domain).await;
                     if !sampled(pct) {
                         applied = milder(published);
                         note = format!(", pct={pct}, not sampled: {applied} applied");
@@ -360,6 +379,38 @@ impl Check for DmarcCheck {
     /// DKIM needs the body.
     fn needs_body(&self) -> bool {
         true
+    }
+
+    /// Ask early for the records DMARC will need at end of message: the
+    /// policy records of the MAIL FROM domain at MAIL FROM (most often the
+    /// From: domain too, which is only known once the headers come; relaxed
+    /// SPF alignment needs them otherwise), those of the From: domain when
+    /// that header arrives, and the DKIM keys (DMARC verifies the
+    /// signatures itself when no `dkim` check runs). The tree walk's levels
+    /// are asked for all at once. A DKIM signer that is a subdomain of the
+    /// author's organization still has its tree walked at end of message.
+    fn prefetch(&self, early: &Early<'_>) {
+        let store = TxtPrefetch::of(early.memo);
+        let dns = &self.dns;
+        match early.header {
+            None => {
+                if let Some(domain) = early.sender.domain() {
+                    super::prefetch::dmarc_records(&store, dns, domain);
+                }
+            }
+            Some((name, value)) if name.eq_ignore_ascii_case("From") => {
+                // Only a From: with one domain has a policy (RFC 7489 §6.6.1).
+                if let [domain] = super::dnsbl::from_header_domains(value).as_slice() {
+                    super::prefetch::dmarc_records(&store, dns, domain);
+                }
+            }
+            Some((name, value)) => {
+                super::prefetch::dkim_key(&store, dns, name, value);
+                if !self.trusted_arc_sealers.is_empty() {
+                    super::prefetch::arc_keys(&store, dns, name, value);
+                }
+            }
+        }
     }
 
     /// The published policy decides by default: p=reject gives fail (the

@@ -216,7 +216,7 @@ fn lookup_domain(raw: &str) -> Option<String> {
 
 /// The domains of the addresses in a `From:` value (RFC 5322 §3.6.2):
 /// display names, quoted strings and comments skipped, groups flattened.
-fn from_header_domains(value: &str) -> Vec<String> {
+pub(crate) fn from_header_domains(value: &str) -> Vec<String> {
     fn finish(plain: &mut String, angle: &mut String, has_angle: &mut bool, out: &mut Vec<String>) {
         let addr = if *has_angle {
             angle.as_str()

@@ -20,6 +20,7 @@ pub mod dmarc;
 pub mod dnsbl;
 pub mod header;
 pub mod iprev;
+pub mod prefetch;
 pub mod require_auth;
 pub mod require_mx;
 pub mod require_tls;
@@ -90,6 +91,42 @@ impl Memo {
             .clone();
         value.downcast::<T>().ok()
     }
+}
+
+impl Memo {
+    /// The value of type `T`, created with `T::default()` by the first
+    /// caller; for values that are shared state rather than a computation.
+    pub fn get_or_default<T>(&self) -> Arc<T>
+    where
+        T: Default + Send + Sync + 'static,
+    {
+        let mut cells = match self.cells.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let cell = cells.entry(std::any::TypeId::of::<T>()).or_default();
+        // Created and read under the map's lock, so no other caller can be
+        // half-way through; a slot filled by `get_or_init` with another
+        // type cannot exist (slots are keyed by type).
+        if let Some(existing) = cell.get().and_then(|v| v.clone().downcast::<T>().ok()) {
+            return existing;
+        }
+        let value = Arc::new(T::default());
+        let _ = cell.set(value.clone() as Arc<dyn std::any::Any + Send + Sync>);
+        value
+    }
+}
+
+/// What is known before a check's inputs are complete, for
+/// [`Check::prefetch`].
+pub struct Early<'a> {
+    /// The envelope sender as given at MAIL FROM.
+    pub sender: &'a crate::address::Address,
+    /// The header that just arrived (name, value), or `None` at MAIL FROM
+    /// (and at RCPT, for checks that only a recipient's branch lists).
+    pub header: Option<(&'a str, &'a str)>,
+    /// The message's memo, where whatever is started is kept.
+    pub memo: &'a Memo,
 }
 
 /// The result vocabulary of RFC 8601 §2.7.
@@ -212,6 +249,13 @@ pub trait Check: Send + Sync + 'static {
     fn needs_body(&self) -> bool {
         false
     }
+
+    /// Start work whose inputs are already known, before the check itself
+    /// can run: called at MAIL FROM and for every header as it arrives, for
+    /// the checks that may apply to the message. What is started goes into
+    /// the message's memo, where `run` finds it (see `prefetch`). It must be
+    /// cheap and must not wait; the default starts nothing.
+    fn prefetch(&self, _early: &Early<'_>) {}
 
     /// Run the check. Errors should be returned as `Temperror` or `Permerror`
     /// results; a panic or a timeout is turned into `Temperror` by the engine.

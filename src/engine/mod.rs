@@ -12,7 +12,7 @@ pub mod runner;
 pub mod verdict;
 
 use crate::address::Address;
-use crate::checks::CheckInput;
+use crate::checks::{CheckInput, Early};
 use crate::edits::{Edit, EditList};
 use crate::message::{AuthInfo, ConnectionFacts, Envelope, Header, Message, TlsInfo};
 use crate::modifiers::MessageContext;
@@ -113,6 +113,10 @@ struct MessageState {
     report: MessageReport,
     /// Work the message's checks share (see `Memo`).
     memo: Arc<crate::checks::Memo>,
+    /// The checks that may apply to the message and have not started yet:
+    /// they are told about MAIL FROM and each header as it arrives, so they
+    /// can start lookups early (`Check::prefetch`).
+    early: Vec<CheckId>,
 }
 
 pub struct Session {
@@ -413,9 +417,11 @@ impl Session {
             content: Arc::default(),
             body_dropped: 0,
             memo: Arc::default(),
+            early: Vec::new(),
         });
 
         self.start_checks(&source.checks, Stage::Mail);
+        self.prefetch_for(&source.checks);
         let now = self.checks_deciding_by(&source.checks, Stage::Mail);
         self.await_checks(&now).await;
         self.record_checks(&now, Stage::Mail);
@@ -492,6 +498,7 @@ impl Session {
         checks.sort_unstable();
         if decision.verdict < Verdict::Tempfail {
             self.start_checks(&checks, Stage::Rcpt);
+            self.prefetch_for(&checks);
             let now = self.checks_deciding_by(&checks, Stage::Rcpt);
             self.await_checks(&now).await;
             self.record_checks(&now, Stage::Rcpt);
@@ -586,8 +593,44 @@ impl Session {
         }
     }
 
+    /// Let the checks among `ids` that have not started and are new to
+    /// this message start what they can from MAIL FROM, and remember them
+    /// for the headers.
+    fn prefetch_for(&mut self, ids: &[CheckId]) {
+        let policy = self.policy.clone();
+        let fresh: Vec<CheckId> = match &self.message {
+            Some(m) => ids
+                .iter()
+                .copied()
+                .filter(|&id| self.runner.is_idle(id) && !m.early.contains(&id))
+                .collect(),
+            None => return,
+        };
+        if let Some(m) = &mut self.message {
+            let early = Early {
+                sender: &m.original_sender,
+                header: None,
+                memo: &m.memo,
+            };
+            for &id in &fresh {
+                policy.checks[id].check.prefetch(&early);
+            }
+            m.early.extend(fresh);
+        }
+    }
+
     /// One header as received (value without the leading space).
     pub fn header(&mut self, name: &str, value: &str) {
+        if let Some(m) = &self.message {
+            let early = Early {
+                sender: &m.original_sender,
+                header: Some((name, value)),
+                memo: &m.memo,
+            };
+            for &id in &m.early {
+                self.policy.checks[id].check.prefetch(&early);
+            }
+        }
         if let Some(m) = &mut self.message {
             let content = Arc::make_mut(&mut m.content);
             content.size += (name.len() + value.len() + 4) as u64;
