@@ -7,17 +7,13 @@
 mod common;
 
 use common::dns_server::{DnsServer, Failure, RecordType};
+use common::signing::{arc_seal, dkim_sign};
 use common::{Mail, reply_code, run_mail};
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::edits::Edit;
 use dispatch_milter::engine::{MessageOutcome, Session, StageReply, Verdict};
 use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
-use mail_auth::arc::ArcSealer;
-use mail_auth::common::crypto::{RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::DkimSigner;
-use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, SpfOutput, SpfResult};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,80 +44,6 @@ fn mail(from: &str, ip: &'static str) -> Mail {
     let mut m = Mail::new(from, &["bob@rcpt.test"]);
     m.client_ip = ip;
     m
-}
-
-/// The message as the engine rebuilds it for verification.
-fn raw_message(mail: &Mail) -> String {
-    let mut raw = String::new();
-    for (name, value) in &mail.headers {
-        raw.push_str(&format!("{name}: {value}\r\n"));
-    }
-    raw.push_str("\r\n");
-    raw.push_str(&mail.body);
-    raw
-}
-
-/// Split a block of header text ("Name: value\r\n\tcontinued\r\n...") into
-/// (name, value) pairs as the milter delivers them: no space after the
-/// colon, folding kept.
-fn parse_headers(text: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-        if line.starts_with([' ', '\t']) {
-            let last = out.last_mut().expect("a continuation follows a header");
-            last.1.push_str("\r\n");
-            last.1.push_str(line);
-        } else {
-            let (name, value) = line.split_once(':').expect("a header line");
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            out.push((name.to_string(), value.to_string()));
-        }
-    }
-    out
-}
-
-fn prepend(mail: &mut Mail, headers: Vec<(String, String)>) {
-    let rest = std::mem::take(&mut mail.headers);
-    mail.headers = headers;
-    mail.headers.extend(rest);
-}
-
-fn rsa_key() -> RsaKey<Sha256> {
-    let pem = std::fs::read_to_string(auth_zones().join("dkim-rsa2048.pem")).expect("test key");
-    #[allow(deprecated)]
-    RsaKey::<Sha256>::from_pkcs8_pem(&pem).expect("a PKCS#8 RSA key")
-}
-
-/// DKIM-sign the message as `d=domain; s=sel` (with `l=` when asked).
-fn dkim_sign(mail: &mut Mail, domain: &str, body_length: bool) {
-    let raw = raw_message(mail);
-    let signer = DkimSigner::from_key(rsa_key())
-        .domain(domain)
-        .selector("sel")
-        .headers(["From", "To", "Subject"])
-        .body_length(body_length);
-    let signature = signer.sign(raw.as_bytes()).expect("sign");
-    prepend(mail, parse_headers(&signature.to_header()));
-}
-
-/// Add an ARC set sealed by `sealer` (the first of the chain).
-fn arc_seal(mail: &mut Mail, sealer: &str) {
-    let raw = raw_message(mail);
-    let parsed = AuthenticatedMessage::parse(raw.as_bytes()).expect("parse");
-    let spf = SpfOutput::new("origin.test".into()).with_result(SpfResult::Pass);
-    let results = AuthenticationResults::new(sealer).with_spf_mailfrom_result(
-        &spf,
-        "192.0.2.10".parse().expect("ip"),
-        "alice@origin.test",
-        "mx.origin.test",
-    );
-    let set = ArcSealer::from_key(rsa_key())
-        .domain(sealer)
-        .selector("sel")
-        .headers(["From", "To", "Subject", "DKIM-Signature"])
-        .seal(&parsed, &results, &ArcOutput::default())
-        .expect("seal");
-    prepend(mail, parse_headers(&set.to_header()));
 }
 
 /// The report of one check: (result, reason).
