@@ -289,3 +289,67 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
         }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tree_walk_names_match_mail_auths_order() {
+        assert_eq!(
+            dmarc_tree("example.org"),
+            ["_dmarc.example.org.", "_dmarc.org."]
+        );
+        assert_eq!(
+            dmarc_tree("mail.example.org."),
+            [
+                "_dmarc.mail.example.org.",
+                "_dmarc.example.org.",
+                "_dmarc.org."
+            ]
+        );
+        // Eight labels or more: the name itself, then straight to seven.
+        let long = dmarc_tree("a.b.c.d.e.f.g.h.example.org");
+        assert_eq!(long.len(), 8);
+        assert_eq!(long[0], "_dmarc.a.b.c.d.e.f.g.h.example.org.");
+        assert_eq!(long[1], "_dmarc.d.e.f.g.h.example.org.");
+        assert_eq!(long[7], "_dmarc.org.");
+        assert!(dmarc_tree("localhost").is_empty());
+        assert!(dmarc_tree("a..b").is_empty());
+        assert_eq!(
+            domain_key_name("sel", "Example.org."),
+            "sel._domainkey.Example.org."
+        );
+    }
+
+    #[test]
+    fn what_mail_auth_stores_it_finds_again() {
+        let store = TxtPrefetch::default();
+        assert!(store.is_empty());
+        let record = Dmarc::parse(b"v=DMARC1; p=reject").map(Arc::new);
+        let Ok(record) = record else {
+            panic!("a valid record")
+        };
+        store.insert(
+            "_dmarc.example.org.".into(),
+            Txt::Dmarc(record),
+            std::time::Instant::now(),
+        );
+        assert!(matches!(
+            ResolverCache::get::<str>(&store, "_dmarc.example.org."),
+            Some(Txt::Dmarc(_))
+        ));
+        assert!(store.answer("_dmarc.example.org").is_some());
+        assert!(ResolverCache::get::<str>(&store, "_dmarc.org.").is_none());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn the_memo_hands_out_one_store_per_message() {
+        let memo = Memo::default();
+        let a = TxtPrefetch::of(&memo);
+        let b = TxtPrefetch::of(&memo);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &TxtPrefetch::of(&Memo::default())));
+    }
+}
