@@ -87,6 +87,14 @@ impl DnsProvider {
         }
     }
 
+    /// The settings of the resolver, if a check has asked for it.
+    pub fn settings_in_use(&self) -> Option<DnsSettings> {
+        match self.built.get() {
+            Some(Ok(dns)) => Some(dns.settings().clone()),
+            _ => None,
+        }
+    }
+
     pub fn get(&self) -> Result<std::sync::Arc<Dns>, String> {
         self.built
             .get_or_init(|| Dns::new(&self.settings).map(std::sync::Arc::new))

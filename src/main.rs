@@ -34,6 +34,11 @@ enum Command {
         /// The configuration file.
         #[arg(short, long, default_value = "milter-config.toml")]
         config: PathBuf,
+        /// Check as `serve --nameserver IP:PORT` would run it (the resolver
+        /// is set up while checking: without this, /etc/resolv.conf must be
+        /// readable when [dns] names no servers).
+        #[arg(long)]
+        nameserver: Vec<std::net::SocketAddr>,
     },
     /// Run the policy on one message offline and show what it would do.
     Test(Box<TestArgs>),
@@ -214,7 +219,9 @@ fn main() -> ExitCode {
     match args.command {
         Command::Load(load) => run_load(*load),
         Command::Serve { .. } => exit(0),
-        Command::Check { config } => exit(cli::check::run(&config)),
+        Command::Check { config, nameserver } => {
+            exit(cli::check::run(&config, &registry_with(&nameserver)))
+        }
         Command::DkimRecord { keyfile, selector } => {
             exit(cli::dkim_record::run(&keyfile, &selector))
         }

@@ -26,6 +26,8 @@ pub struct Policy {
     pub modifiers: Vec<ModifierInstance>,
     pub tables: TableSet,
     pub pipelines: Vec<Pipeline>,
+    /// The resolver's settings, when a check uses DNS.
+    pub resolver: Option<crate::dns::DnsSettings>,
 }
 
 impl Policy {

@@ -230,6 +230,45 @@ fn check_on_a_missing_file_says_it_cannot_read_it() {
     );
 }
 
+#[test]
+fn check_names_the_dns_servers_a_policy_with_dns_checks_would_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("dns.toml");
+    std::fs::write(
+        &config,
+        "[dns]\nnameservers = [\"127.0.0.1:5300\"]\n[checks.iprev]\nkind = \"iprev\"\n[pipelines.mx]\nchecks = [\"iprev\"]\n",
+    )
+    .expect("write config");
+    let path = config.to_str().expect("utf-8 path");
+    let args = ["check", "-c", path];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&args, &out));
+    assert!(
+        text(&out.stdout)
+            .trim_end()
+            .ends_with("DNS: 127.0.0.1:5300"),
+        "{}",
+        describe(&args, &out)
+    );
+    // --nameserver overrides the config, as it does for serve and test.
+    let args = ["check", "-c", path, "--nameserver", "127.0.0.2:53"];
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&args, &out));
+    assert!(
+        text(&out.stdout).trim_end().ends_with("DNS: 127.0.0.2:53"),
+        "{}",
+        describe(&args, &out)
+    );
+    // Without DNS checks there is no resolver to name.
+    let args = ["check", "-c", "milter-config.toml"];
+    let out = run(&args);
+    assert!(
+        !text(&out.stdout).contains("DNS:"),
+        "{}",
+        describe(&args, &out)
+    );
+}
+
 // ---------------------------------------------------------- test: the mx ---
 
 #[test]

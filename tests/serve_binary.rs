@@ -646,3 +646,39 @@ async fn a_second_sigterm_ends_the_grace_period_at_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn what_loading_the_config_warns_about_is_printed_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        // A signing key readable by a group the daemon does not run as: a
+        // warning, not an error, and it must reach the administrator even
+        // though logging is only set up once the config is loaded.
+        let keys = tempfile::tempdir().expect("tempdir");
+        let key = keys.path().join("sign.pem");
+        let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/ed25519.pem");
+        std::fs::copy(source, &key).expect("copy the test key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        // SAFETY: getegid has no preconditions and cannot fail.
+        let other_gid = if unsafe { libc::getegid() } == 1 { 2 } else { 1 };
+        if let Err(e) = std::os::unix::fs::chown(&key, None, Some(other_gid)) {
+            panic!("chown to group {other_gid} needs root (as .ci/run runs): {e}");
+        }
+        let config = format!(
+            "{}\n[modifiers.sign]\nkind = \"dkim_sign\"\nkeys = [{{ domain = \"example.org\", selector = \"s\", key = \"{}\" }}]\n",
+            v1(),
+            key.display()
+        )
+        .replace("[pipelines.mx]", "[pipelines.mx]\nmodify = [\"sign\"]");
+        let mut d = Serve::start(&config);
+        d.ready().await;
+        let log = d.log();
+        assert!(
+            log.contains(&format!("is readable by group {other_gid} (mode 0640)")),
+            "{log}"
+        );
+        d.signal("TERM");
+        assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.log());
+    })
+    .await;
+}

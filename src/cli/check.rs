@@ -15,8 +15,18 @@ pub fn summary(policy: &Policy) -> String {
             format!("{} ({n} branch{})", p.name, if n == 1 { "" } else { "es" })
         })
         .collect();
+    let dns = match &policy.resolver {
+        None => String::new(),
+        Some(s) => match &s.nameservers {
+            None => ", DNS: the servers of /etc/resolv.conf".to_string(),
+            Some(servers) => {
+                let servers: Vec<String> = servers.iter().map(|a| a.to_string()).collect();
+                format!(", DNS: {}", servers.join(" "))
+            }
+        },
+    };
     format!(
-        "{}: ok: {} checks, {} modifiers, {} tables, pipelines: {}",
+        "{}: ok: {} checks, {} modifiers, {} tables, pipelines: {}{dns}",
         policy.file.display(),
         policy.checks.len(),
         policy.modifiers.len(),
@@ -25,9 +35,10 @@ pub fn summary(policy: &Policy) -> String {
     )
 }
 
-/// Run `check`; returns the process exit status.
-pub fn run(path: &Path) -> i32 {
-    match config::load(path) {
+/// Run `check` with the check and modifier kinds of `registry`; returns
+/// the process exit status.
+pub fn run(path: &Path, registry: &config::Registry) -> i32 {
+    match config::load_with(path, registry) {
         Ok(policy) => {
             println!("{}", summary(&policy));
             0

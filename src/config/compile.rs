@@ -192,6 +192,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         tables,
         checks,
         modifiers,
+        dns,
         ..
     } = compiler;
     if diag.has_errors() {
@@ -204,6 +205,7 @@ pub fn compile_str(file: &Path, source: &str, registry: &Registry) -> Result<Pol
         modifiers,
         tables,
         pipelines,
+        resolver: dns.settings_in_use(),
     })
 }
 

@@ -243,7 +243,17 @@ pub fn init_logging(server: &ServerSettings) {
 /// process exit status.
 pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
-    let policy = match crate::config::load_with(config_path, &registry) {
+    // Logging is set up from the configuration, so what loading it warns
+    // about (a group-readable key file, say) goes to stderr as plain text.
+    let startup_log = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .with_target(false)
+        .finish();
+    let loaded = tracing::subscriber::with_default(startup_log, || {
+        crate::config::load_with(config_path, &registry)
+    });
+    let policy = match loaded {
         Ok(p) => Arc::new(p),
         Err(e) => {
             eprintln!("{e}");
