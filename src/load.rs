@@ -30,6 +30,10 @@ pub enum Corpus {
     Large,
     /// Small, typical and large in the ratio 6:3:1.
     Mixed,
+    /// A body of about this many bytes (text and a base64 attachment), for
+    /// messages larger than the built-in ones, such as one past the
+    /// daemon's `max_body_size`.
+    Sized(usize),
 }
 
 impl Corpus {
@@ -105,17 +109,26 @@ pub fn sample(kind: Corpus, from: &str, to: &str, n: usize) -> Sample {
         ),
     ];
     let text = "Hello,\r\n\r\nthis is a message from the dispatch-milter load generator. It has a few\r\nlines of ordinary text, as most mail does.\r\n\r\nRegards\r\n".repeat(4);
-    let attachment = match kind.pick(n) {
-        Corpus::Small | Corpus::Mixed => String::new(),
-        Corpus::Typical => base64_filler(40 * 1024),
-        Corpus::Large => base64_filler(1024 * 1024),
-    };
     let mut body = format!("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n");
-    if !attachment.is_empty() {
-        body.push_str("--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n");
-        body.push_str(&attachment);
+    const PART: &str = "--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n";
+    const END: &str = "--b1--\r\n";
+    let filler = match kind.pick(n) {
+        Corpus::Small | Corpus::Mixed => 0,
+        Corpus::Typical => 40 * 1024,
+        Corpus::Large => 1024 * 1024,
+        Corpus::Sized(bytes) => {
+            // What is left after the fixed parts and the filler's final
+            // CRLF; every full 76-character line costs 78 bytes, and a
+            // 76th character in the last line would add a CRLF of its own.
+            let room = bytes.saturating_sub(body.len() + PART.len() + END.len() + 2);
+            room / 78 * 76 + (room % 78).min(75)
+        }
+    };
+    if filler > 0 {
+        body.push_str(PART);
+        body.push_str(&base64_filler(filler));
     }
-    body.push_str("--b1--\r\n");
+    body.push_str(END);
     Sample {
         headers,
         body: body.into_bytes(),
@@ -137,6 +150,10 @@ pub struct LoadConfig {
     pub tls: bool,
     /// Pause between SMTP commands, as a real client's round trips would.
     pub pace: Duration,
+    /// After its messages (none with `messages` 0) each connection stays
+    /// open and idle this long before QUIT: the daemon's cost of an idle
+    /// connection can then be measured from outside.
+    pub hold: Duration,
 }
 
 /// Latency figures of one stage, in milliseconds.
@@ -438,6 +455,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         stats.completed += 1;
     }
+    if !cfg.hold.is_zero() {
+        tokio::time::sleep(cfg.hold).await;
+    }
     let _ = c.send(Command::Quit).await;
     Ok(())
 }
@@ -565,6 +585,24 @@ mod tests {
         );
         assert!(large.body.len() > 1_000_000, "{}", large.body.len());
         assert!(typical.body.windows(2).all(|w| w != b"\n\n"), "CRLF only");
+    }
+
+    #[test]
+    fn sized_bodies_come_close_to_the_size_asked_for() {
+        for want in [3_000, 100_000, 100_077, 3 << 20] {
+            let s = sample(Corpus::Sized(want), "a@x.test", "b@y.test", 1);
+            let len = s.body.len();
+            assert!(len <= want && want - len < 80, "asked {want}, got {len}");
+            assert!(s.body.ends_with(b"--b1--\r\n"));
+            assert!(
+                s.body.windows(2).all(|w| w != b"\n\n"),
+                "CRLF line ends only"
+            );
+        }
+        // Too small for an attachment: the text part alone.
+        let tiny = sample(Corpus::Sized(10), "a@x.test", "b@y.test", 1);
+        let small = sample(Corpus::Small, "a@x.test", "b@y.test", 1);
+        assert_eq!(tiny.body, small.body);
     }
 
     #[test]

@@ -62,12 +62,18 @@ struct LoadArgs {
     /// Concurrent milter connections (one SMTP session each).
     #[arg(short = 'n', long, default_value_t = 10)]
     connections: usize,
-    /// Messages per connection.
+    /// Messages per connection (0 with --hold: idle connections).
     #[arg(short = 'm', long, default_value_t = 100)]
     messages: usize,
     /// small, typical (40 KiB attachment), large (1 MiB) or mixed.
     #[arg(long, default_value = "typical")]
     corpus: String,
+    /// Instead of --corpus: bodies of about this size ("50M").
+    #[arg(long)]
+    message_size: Option<String>,
+    /// Keep each connection open and idle this long after its messages ("30s").
+    #[arg(long, default_value = "0s")]
+    hold: String,
     #[arg(long, default_value = "someone@example.net")]
     from: String,
     /// A recipient; repeat for several.
@@ -149,9 +155,23 @@ fn run_load(args: LoadArgs) -> ExitCode {
             return exit(2);
         }
     };
-    let Some(corpus) = load::Corpus::parse(&args.corpus) else {
-        eprintln!("--corpus: use small, typical, large or mixed");
-        return exit(2);
+    let corpus = match &args.message_size {
+        Some(size) => match dispatch_milter::config::options::parse_size(size)
+            .and_then(|n| usize::try_from(n).ok())
+        {
+            Some(n) => load::Corpus::Sized(n),
+            None => {
+                eprintln!("--message-size: write a size such as \"50M\"");
+                return exit(2);
+            }
+        },
+        None => match load::Corpus::parse(&args.corpus) {
+            Some(c) => c,
+            None => {
+                eprintln!("--corpus: use small, typical, large or mixed");
+                return exit(2);
+            }
+        },
     };
     let pace = match humantime::parse_duration(&args.pace) {
         Ok(p) => p,
@@ -160,10 +180,18 @@ fn run_load(args: LoadArgs) -> ExitCode {
             return exit(2);
         }
     };
+    let hold = match humantime::parse_duration(&args.hold) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("--hold: {e}; write a duration such as \"30s\"");
+            return exit(2);
+        }
+    };
     let cfg = load::LoadConfig {
         target,
         connections: args.connections.max(1),
-        messages: args.messages.max(1),
+        // 0 only makes sense with --hold, but is harmless without it.
+        messages: args.messages,
         corpus,
         from: args.from,
         to: args.to,
@@ -173,6 +201,7 @@ fn run_load(args: LoadArgs) -> ExitCode {
         auth_user: args.auth_user,
         tls: args.tls,
         pace,
+        hold,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

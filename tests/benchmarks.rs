@@ -77,6 +77,7 @@ fn load(d: &TestDaemon, connections: usize, messages: usize, pace: Duration) -> 
         auth_user: None,
         tls: true,
         pace,
+        hold: Duration::ZERO,
     }
 }
 

@@ -37,6 +37,7 @@ reply = {{ code = 550, status = "5.1.1", text = "No such user" }}
         auth_user: None,
         tls: false,
         pace: Duration::ZERO,
+        hold: Duration::ZERO,
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -52,5 +53,78 @@ reply = {{ code = 550, status = "5.1.1", text = "No such user" }}
     );
     assert!(report.messages_per_second > 0.0);
     assert_eq!(d.daemon().messages_in_flight(), 0);
+    d.shutdown().await;
+}
+
+/// `messages: 0` with a hold: the connections negotiate, send CONNECT and
+/// HELO, then stay open and idle until the hold is over.
+#[tokio::test]
+async fn idle_connections_stay_open_for_the_hold() {
+    let cfg = format!("{LISTEN}\n[pipelines.empty]\nauth_results = false\n");
+    let mut d = TestDaemon::start(&cfg).await;
+    let load = tokio::spawn(run(LoadConfig {
+        target: d.daemon().addresses[0].clone(),
+        connections: 8,
+        messages: 0,
+        corpus: Corpus::Small,
+        from: "someone@example.net".into(),
+        to: vec!["alice@example.org".into()],
+        client_ip: "192.0.2.10".parse().unwrap(),
+        helo: "client.example.net".into(),
+        daemon_name: "smtpd".into(),
+        auth_user: None,
+        tls: false,
+        pace: Duration::ZERO,
+        hold: Duration::from_secs(2),
+    }));
+    let metrics = d.daemon().metrics();
+    let open = |n: usize| {
+        metrics
+            .render()
+            .lines()
+            .any(|l| l == format!("dispatch_milter_connections_open {n}"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !open(8) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "8 connections should be open during the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!load.is_finished(), "the hold is not over yet");
+    let report = load.await.expect("load task");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.seconds >= 2.0, "held for {} s", report.seconds);
+    assert_eq!(report.latency_ms["helo"].count, 8);
+    assert!(!report.latency_ms.contains_key("mail"));
+    assert_eq!(report.messages_completed, 0);
+    d.shutdown().await;
+}
+
+/// A body of a given size (several 64 KiB chunks) goes through whole.
+#[tokio::test]
+async fn sized_messages_complete() {
+    let cfg = format!("{LISTEN}\n[pipelines.empty]\nauth_results = false\n");
+    let mut d = TestDaemon::start(&cfg).await;
+    let report = run(LoadConfig {
+        target: d.daemon().addresses[0].clone(),
+        connections: 1,
+        messages: 2,
+        corpus: Corpus::Sized(300_000),
+        from: "someone@example.net".into(),
+        to: vec!["alice@example.org".into()],
+        client_ip: "192.0.2.10".parse().unwrap(),
+        helo: "client.example.net".into(),
+        daemon_name: "smtpd".into(),
+        auth_user: None,
+        tls: false,
+        pace: Duration::ZERO,
+        hold: Duration::ZERO,
+    })
+    .await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.messages_completed, 2);
+    assert!(report.replies.is_empty(), "{:?}", report.replies);
     d.shutdown().await;
 }
