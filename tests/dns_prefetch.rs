@@ -43,9 +43,13 @@ async fn dns() -> DnsServer {
 }
 
 fn policy(server: &DnsServer) -> Arc<Policy> {
+    policy_from(server, POLICY)
+}
+
+fn policy_from(server: &DnsServer, text: &str) -> Arc<Policy> {
     let mut registry = Registry::builtin();
     registry.set_nameservers(vec![server.addr()]);
-    match compile_str(Path::new("t.toml"), POLICY, &registry) {
+    match compile_str(Path::new("t.toml"), text, &registry) {
         Ok(p) => Arc::new(p),
         Err(e) => panic!("config should compile:\n{e}"),
     }
@@ -204,4 +208,133 @@ async fn a_definite_no_record_answer_is_kept_for_the_message() {
     assert_eq!(result_of(&outcome, "dmarc"), "none");
     assert_eq!(server.queries_for("_dmarc.spf.test"), 1);
     assert_eq!(server.queries_for("_dmarc.test"), 1);
+}
+
+#[tokio::test]
+async fn the_from_domain_is_asked_for_when_the_header_arrives() {
+    let server = dns().await;
+    let policy = policy(&server);
+    // The envelope names another domain than the author: its tree is asked
+    // for at MAIL FROM, the author's when the From: header comes.
+    let mut mail = signed();
+    mail.from = "bounces@spf.test".into();
+    let mut session = up_to_mail(&policy, &mail).await;
+    until("the MAIL FROM domain's tree", || {
+        server.queries_for("_dmarc.spf.test") == 1
+    })
+    .await;
+    assert_eq!(server.queries_for("_dmarc.aligned.test"), 0);
+    let reply = session.rcpt("<bob@rcpt.test>", &[]).await;
+    assert_eq!(reply, StageReply::Continue);
+    for (n, v) in &mail.headers {
+        session.header(n, v);
+    }
+    until("the From: domain's tree", || {
+        server.queries_for("_dmarc.aligned.test") == 1
+    })
+    .await;
+    session.body(mail.body.as_bytes());
+    let outcome = session.eom().await;
+    assert_eq!(result_of(&outcome, "dmarc"), "pass");
+    assert_eq!(server.queries_for("_dmarc.aligned.test"), 1);
+    // The shared top level was asked for once, for both trees.
+    assert_eq!(server.queries_for("_dmarc.test"), 1);
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_parse_gives_the_same_verdict_as_without_early_lookups() {
+    let server = dns().await;
+    // mail-auth stops its tree walk at a record it cannot parse (permerror);
+    // it must not go on to the parent's p=reject because the record was
+    // fetched early.
+    server.add_txt("_dmarc.sub.aligned.test", "v=DMARC1; p=none; fo=9");
+    let policy = policy(&server);
+    let mut mail = Mail::new("alice@sub.aligned.test", &["bob@rcpt.test"]);
+    mail.headers[0].1 = "alice@sub.aligned.test".into();
+    let mut session = up_to_mail(&policy, &mail).await;
+    until("the early DMARC lookup", || {
+        server.queries_for("_dmarc.sub.aligned.test") == 1
+    })
+    .await;
+    let outcome = rest_of_message(&mut session, &mail).await;
+    assert_eq!(result_of(&outcome, "dmarc"), "permerror");
+}
+
+#[tokio::test]
+async fn a_key_lookup_that_times_out_is_waited_for_once_not_twice() {
+    let server = dns().await;
+    // Two signatures: one names a key whose query is never answered, the
+    // other verifies. Waiting for the lost query at end of message must
+    // count as the lookup: asking again would take a second DNS timeout and
+    // run past the check's own timeout, losing the good signature's pass.
+    let lost = "gone._domainkey.aligned.test";
+    server.set_failure(lost, Failure::Drop);
+    let text = POLICY
+        .replace("timeout = \"2s\"", "timeout = \"1s\"")
+        .replace("kind = \"dkim\"", "kind = \"dkim\"\ntimeout = \"1700ms\"");
+    let policy = policy_from(&server, &text);
+    let mut mail = signed();
+    let good = mail.headers[0].1.clone();
+    mail.headers.insert(
+        0,
+        ("DKIM-Signature".into(), good.replace("s=sel;", "s=gone;")),
+    );
+    assert_ne!(mail.headers[0].1, good, "the selector was replaced");
+
+    let mut session = up_to_mail(&policy, &mail).await;
+    let outcome = rest_of_message(&mut session, &mail).await;
+    assert_eq!(result_of(&outcome, "dkim"), "pass");
+    // One lookup of an unanswered name costs the resolver a few queries
+    // (it tries more than one way); measure that with the same settings.
+    let probe = "probe._domainkey.aligned.test";
+    server.set_failure(probe, Failure::Drop);
+    let resolver = dispatch_milter::dns::Dns::new(&dispatch_milter::dns::DnsSettings {
+        nameservers: Some(vec![server.addr()]),
+        timeout: Duration::from_secs(1),
+        attempts: 1,
+        cache_size: 0,
+    })
+    .expect("resolver");
+    assert!(resolver.txt(probe).await.is_err());
+    let one_lookup = server.queries_for(probe);
+    assert!(one_lookup >= 1);
+    assert_eq!(server.queries_for(lost), one_lookup, "looked up once");
+}
+
+#[tokio::test]
+async fn a_message_asks_for_at_most_eight_keys_early() {
+    let server = dns().await;
+    let policy = policy(&server);
+    let mut mail = Mail::new("alice@aligned.test", &["bob@rcpt.test"]);
+    // Fifty well-formed signatures, each naming its own key; none can
+    // verify (wrong body hash), so end of message fetches no key either.
+    for n in 0..50 {
+        mail.headers.insert(
+            0,
+            (
+                "DKIM-Signature".into(),
+                format!("v=1; a=rsa-sha256; c=relaxed/relaxed; d=aligned.test; s=s{n}; h=from; bh=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=; b=AAAA"),
+            ),
+        );
+    }
+    let keys = || {
+        server
+            .query_log()
+            .iter()
+            .filter(|q| q.name.contains("._domainkey."))
+            .count()
+    };
+    let mut session = up_to_mail(&policy, &mail).await;
+    let reply = session.rcpt("<bob@rcpt.test>", &[]).await;
+    assert_eq!(reply, StageReply::Continue);
+    for (n, v) in &mail.headers {
+        session.header(n, v);
+    }
+    until("eight key lookups", || keys() == 8).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(keys(), 8, "the cap holds");
+    session.body(mail.body.as_bytes());
+    let outcome = session.eom().await;
+    assert_eq!(result_of(&outcome, "dkim"), "fail");
+    assert_eq!(keys(), 8);
 }

@@ -15,7 +15,7 @@
 //! the chain passes and was sealed by a trusted forwarder
 //! (`trusted_arc_sealers`), without validating the chain a second time.
 
-use super::prefetch::{RecordKind, TxtPrefetch};
+use super::prefetch::{TxtPrefetch, domain_key_name};
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::dns::Dns;
 use crate::stage::Stage;
@@ -103,7 +103,19 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
         };
     }
     let store = TxtPrefetch::of(&input.memo);
-    store.settled(dns, RecordKind::DomainKey).await;
+    // The keys of every set, as the headers named them.
+    let keys: Vec<String> = parsed
+        .as_headers
+        .iter()
+        .map(|h| domain_key_name(&h.header.s, &h.header.d))
+        .chain(
+            parsed
+                .ams_headers
+                .iter()
+                .map(|h| domain_key_name(&h.header.s, &h.header.d)),
+        )
+        .collect();
+    store.settled(dns, &keys).await;
     let output = dns
         .authenticator()
         .verify_arc(Parameters::new(&parsed).with_txt_cache(&*store))

@@ -33,7 +33,7 @@
 //! it (and runs it itself when no `dkim` check is configured). DMARC judges
 //! signatures with the defaults above, whatever a `dkim` check's options.
 
-use super::prefetch::{RecordKind, TxtPrefetch};
+use super::prefetch::{TxtPrefetch, domain_key_name};
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::dns::Dns;
@@ -133,7 +133,12 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     // Keys asked for when the DKIM-Signature headers arrived answer from
     // the message's store; the others are fetched now.
     let store = TxtPrefetch::of(&input.memo);
-    store.settled(dns, RecordKind::DomainKey).await;
+    let keys: Vec<String> = parsed
+        .dkim_headers
+        .iter()
+        .map(|h| domain_key_name(&h.header.s, &h.header.d))
+        .collect();
+    store.settled(dns, &keys).await;
     let outputs: Vec<DkimOutput<'_>> = dns
         .authenticator()
         .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))

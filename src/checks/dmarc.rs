@@ -42,7 +42,7 @@
 //! for authenticated senders and trusted networks belong in the dispatch
 //! tree: list the check only in the branches it applies to.
 
-use super::prefetch::{RecordKind, TxtPrefetch};
+use super::prefetch::{RecordKind, TxtPrefetch, dmarc_tree};
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::address::normalize_domain;
@@ -207,18 +207,14 @@ impl DmarcCheck {
     }
 
     /// `pct=` of the record that governs `domain`: the first DMARC record
-    /// from the domain up to its parent below the top level. The tree walk
-    /// just fetched these into the message's store; a record not there
-    /// (mail-auth fetched it itself) is looked up again. 100 when unknown.
-    async fn published_pct(&self, store: &TxtPrefetch, domain: &str) -> u8 {
+    /// from the domain up to its parent below the top level (mail-auth no
+    /// longer parses `pct`; the shared resolver cache usually answers, and
+    /// only failing messages ask). 100 when unknown.
+    async fn published_pct(&self, domain: &str) -> u8 {
         let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
         for start in 0..labels.len().saturating_sub(1) {
-            let name = format!("_dmarc.{}.", labels[start..].join("."));
-            let records = match store.answer(&name) {
-                Some(fetched) if !fetched.raw.is_empty() => Ok(fetched.raw),
-                _ => self.dns.txt(&name).await,
-            };
-            if let Ok(records) = records
+            let name = format!("_dmarc.{}", labels[start..].join("."));
+            if let Ok(records) = self.dns.txt(&name).await
                 && let Some(r) = records.iter().find(|r| is_dmarc_record(r))
             {
                 return parse_pct(r).unwrap_or(100);
@@ -277,15 +273,16 @@ impl DmarcCheck {
         // header arrived; if not (a From: the prefetch could not read), all
         // levels of the tree are asked for now, at once.
         let store = TxtPrefetch::of(&input.memo);
-        if let Some(domain) = parsed.from[0].rsplit_once('@').map(|(_, d)| d)
-            && let Ok(domain) = normalize_domain(domain)
-        {
-            super::prefetch::dmarc_records(&store, &self.dns, &domain);
+        let tree = normalize_domain(&from_domain)
+            .map(|d| dmarc_tree(&d))
+            .unwrap_or_default();
+        for name in &tree {
+            store.start(&self.dns, name, RecordKind::Dmarc);
         }
         let (spf, dkim, ()) = tokio::join!(
             super::spf::mail_from_outcome(&self.dns, input),
             super::dkim::facts(&self.dns, input),
-            store.settled(&self.dns, RecordKind::Dmarc)
+            store.settled(&self.dns, &tree)
         );
         let (Some(spf), Some(dkim)) = (spf, dkim) else {
             return CheckResult::temperror("internal error: DMARC memo");
@@ -352,7 +349,7 @@ impl DmarcCheck {
                 let mut applied = published;
                 let mut note = String::new();
                 if self.honour_pct && matches!(published, Policy::Reject | Policy::Quarantine) {
-                    let pct = self.published_pct(&store, &domain).await;
+                    let pct = self.published_pct(&domain).await;
                     if !sampled(pct) {
                         applied = milder(published);
                         note = format!(", pct={pct}, not sampled: {applied} applied");

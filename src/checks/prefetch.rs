@@ -15,24 +15,25 @@
 //! its `ResolverCache` interface, so its DMARC tree walk and key fetches are
 //! answered from here.
 //!
-//! Only definite answers are kept: a record, "no such record" or "not a
-//! record of that kind". A temporary failure (timeout, SERVFAIL) is not
-//! remembered, so the check at end of message asks again and reports its
-//! own result.
+//! Answers are parsed by mail-auth's own lookup, so what a check sees is
+//! what mail-auth would have found. A temporary failure (timeout, SERVFAIL)
+//! that a check waited for at end of message stands as the answer; one that
+//! came in earlier, during the dialogue, is asked again. Each message asks
+//! for at most a few names early (see `RecordKind::cap`), and its lookups
+//! stop when the message ends.
 
 use super::Memo;
-use crate::dns::{Dns, DnsError};
-use mail_auth::common::parse::TxtRecordParser;
+use crate::dns::Dns;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::Dmarc;
-use mail_auth::hickory_resolver::proto::op::ResponseCode;
 use mail_auth::{ResolverCache, Txt};
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-/// What kind of record a name holds, so the answer can be parsed the way
+/// What kind of record a name holds, so the answer is parsed the way
 /// mail-auth would parse it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
@@ -40,38 +41,87 @@ pub enum RecordKind {
     DomainKey,
 }
 
-/// A definite answer for one name.
+impl RecordKind {
+    /// The most names of this kind one message may ask for early; past it,
+    /// the lookups are left to end of message. Keys: a message rarely has
+    /// more than a few signatures and ARC sets, and a forged message with
+    /// thousands of DKIM-Signature headers must not turn into thousands of
+    /// queries. DMARC: two tree walks (MAIL FROM and From: domain) of at most
+    /// eight names each.
+    fn cap(self) -> usize {
+        match self {
+            RecordKind::Dmarc => 16,
+            RecordKind::DomainKey => 8,
+        }
+    }
+}
+
+/// One lookup's outcome.
 #[derive(Clone)]
-pub struct Fetched {
-    /// As mail-auth's own lookup would have cached it.
-    pub txt: Txt,
-    /// The TXT records as published, each with its strings joined: the DMARC
-    /// check reads `pct=` from here, a tag mail-auth no longer parses.
-    pub raw: Vec<String>,
+enum Answer {
+    /// A record, or what mail-auth would have cached for the name: "no
+    /// such record", or the error of a record that does not parse.
+    Definite(Txt),
+    /// Timeout, SERVFAIL, no server: when it came in, and mail-auth's error.
+    Temporary { at: Instant, error: Txt },
 }
 
 struct Entry {
+    /// `None` for names mail-auth looked up itself and stored here.
     kind: Option<RecordKind>,
-    /// `Some(None)`: looked up, the answer was a temporary failure.
-    answer: tokio::sync::OnceCell<Option<Fetched>>,
+    answer: tokio::sync::OnceCell<Answer>,
+    /// mail-auth's own answer after a temporary failure here.
+    later: Mutex<Option<Txt>>,
 }
 
 /// The per-message store of early lookups (see the module documentation).
 #[derive(Default)]
 pub struct TxtPrefetch {
     entries: Mutex<HashMap<Box<str>, Arc<Entry>>>,
+    /// The lookups in the background, stopped when the message ends.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// When a check first waited for early answers. A temporary failure
+    /// that came in after that was waited for, and stands as the answer
+    /// (asking again would double the wait and outlast the check's
+    /// timeout); one from earlier in the dialogue is asked again.
+    waiting_since: Mutex<Option<Instant>>,
 }
 
-/// Names end with a dot, as mail-auth spells them. They are otherwise kept
-/// as given: the callers build them the way mail-auth does (lower-case
-/// A-labels for DMARC, selector and domain as written in the signature for
-/// keys), so mail-auth's own requests find them.
-fn key_of(name: &str) -> Box<str> {
-    if name.ends_with('.') {
-        name.into()
-    } else {
-        format!("{name}.").into_boxed_str()
+impl Drop for TxtPrefetch {
+    fn drop(&mut self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Names as mail-auth asks for them: lower case, ending with a dot.
+fn key_of(name: &str) -> Box<str> {
+    let mut key = name.to_ascii_lowercase();
+    if !key.ends_with('.') {
+        key.push('.');
+    }
+    key.into_boxed_str()
+}
+
+/// Whether `domain` is a host name worth a query: labels of 1 to 63
+/// letters, digits, hyphens or underscores (an address literal or a
+/// malformed name is not).
+fn is_dns_name(domain: &str) -> bool {
+    domain.len() <= 253
+        && domain.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The names mail-auth's DMARC tree walk (RFC 9989 §4.10.1) asks for, in
@@ -79,9 +129,12 @@ fn key_of(name: &str) -> Box<str> {
 /// seven labels, then one label less each time down to the top level.
 pub fn dmarc_tree(domain: &str) -> Vec<String> {
     let domain = domain.trim_end_matches('.');
+    if !is_dns_name(domain) {
+        return Vec::new();
+    }
     let labels: Vec<&str> = domain.split('.').collect();
     let total = labels.len();
-    if total < 2 || labels.iter().any(|l| l.is_empty()) {
+    if total < 2 {
         return Vec::new();
     }
     let mut names = Vec::new();
@@ -135,33 +188,65 @@ pub fn dmarc_records(store: &TxtPrefetch, dns: &Arc<Dns>, domain: &str) {
     }
 }
 
-/// One lookup, its answer parsed into what mail-auth expects.
-async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Option<Fetched> {
-    fn parse<T: TxtRecordParser>(records: &[String], wrap: fn(Arc<T>) -> Txt) -> Txt {
-        records
-            .iter()
-            .find_map(|r| T::parse(r.as_bytes()).ok())
-            .map(|t| wrap(Arc::new(t)))
-            .unwrap_or(Txt::Error(mail_auth::Error::Dns(
-                mail_auth::DnsError::InvalidRecordType,
-            )))
+/// Holds what mail-auth's lookup would cache, so its exact parsing (raw
+/// bytes, the error of the last record tried) is what the store keeps.
+#[derive(Default)]
+struct Capture(Mutex<Option<Txt>>);
+
+impl ResolverCache<Box<str>, Txt> for Capture {
+    fn get<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
     }
-    match dns.txt(name).await {
-        Ok(raw) => {
-            let txt = match kind {
-                RecordKind::Dmarc => parse::<Dmarc>(&raw, Txt::Dmarc),
-                RecordKind::DomainKey => parse::<DomainKey>(&raw, Txt::DomainKey),
-            };
-            Some(Fetched { txt, raw })
-        }
-        // NXDOMAIN or no TXT record: to mail-auth both are "not found".
-        Err(DnsError::NotFound) => Some(Fetched {
-            txt: Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
-                ResponseCode::NXDomain,
-            ))),
-            raw: Vec::new(),
-        }),
-        Err(DnsError::Temporary(_)) => None,
+
+    fn remove<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+
+    fn insert(&self, _: Box<str>, value: Txt, _: Instant) {
+        *lock(&self.0) = Some(value);
+    }
+}
+
+/// One lookup, through mail-auth's own lookup and parser.
+async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
+    let capture = Capture::default();
+    let auth = dns.authenticator();
+    let result = match kind {
+        RecordKind::Dmarc => auth
+            .txt_lookup::<Dmarc>(name, Some(&capture))
+            .await
+            .map(Txt::Dmarc),
+        RecordKind::DomainKey => auth
+            .txt_lookup::<DomainKey>(name, Some(&capture))
+            .await
+            .map(Txt::DomainKey),
+    };
+    match result {
+        Ok(txt) => Answer::Definite(txt),
+        Err(error) => match lock(&capture.0).take() {
+            // A record that does not parse: mail-auth caches its error.
+            Some(txt) => Answer::Definite(txt),
+            None if matches!(
+                error,
+                mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))
+            ) =>
+            {
+                Answer::Temporary {
+                    at: Instant::now(),
+                    error: Txt::Error(error),
+                }
+            }
+            // No such record, or a name that cannot be asked for.
+            None => Answer::Definite(Txt::Error(error)),
+        },
     }
 }
 
@@ -171,87 +256,87 @@ impl TxtPrefetch {
         memo.get_or_default::<TxtPrefetch>()
     }
 
-    fn entry(&self, key: Box<str>, kind: Option<RecordKind>) -> (Arc<Entry>, bool) {
-        let mut entries = match self.entries.lock() {
-            Ok(e) => e,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut created = false;
-        let entry = entries
-            .entry(key)
-            .or_insert_with(|| {
-                created = true;
-                Arc::new(Entry {
-                    kind,
-                    answer: tokio::sync::OnceCell::new(),
-                })
-            })
-            .clone();
-        (entry, created)
-    }
-
     /// Start looking `name` up in the background, unless this message
-    /// already did. Outside a tokio runtime (nothing to run it on) the
-    /// lookup is left to the check itself.
+    /// already did or has asked for as many names of the kind as it may.
+    /// Outside a tokio runtime (nothing to run it on) the lookup is left to
+    /// the check itself.
     pub fn start(&self, dns: &Arc<Dns>, name: &str, kind: RecordKind) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let key = key_of(name);
-        let (entry, created) = self.entry(key.clone(), Some(kind));
-        if !created {
-            return;
-        }
+        let entry = {
+            let mut entries = lock(&self.entries);
+            if entries.contains_key(&key)
+                || entries.values().filter(|e| e.kind == Some(kind)).count() >= kind.cap()
+            {
+                return;
+            }
+            let entry = Arc::new(Entry {
+                kind: Some(kind),
+                answer: tokio::sync::OnceCell::new(),
+                later: Mutex::new(None),
+            });
+            entries.insert(key.clone(), entry.clone());
+            entry
+        };
         let dns = dns.clone();
-        runtime.spawn(async move {
+        let task = runtime.spawn(async move {
             entry.answer.get_or_init(|| lookup(&dns, &key, kind)).await;
         });
+        lock(&self.tasks).push(task.abort_handle());
     }
 
-    /// Wait for the lookups of `kind` started so far. One whose task went
-    /// away unfinished (the runtime shutting down) is done here instead.
-    pub async fn settled(&self, dns: &Dns, kind: RecordKind) {
-        let pending: Vec<(Box<str>, Arc<Entry>)> = {
-            let entries = match self.entries.lock() {
-                Ok(e) => e,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            entries
+    /// Wait for the early lookups of `names` (those this message started;
+    /// others are left to mail-auth). One whose task was stopped unfinished
+    /// is done here instead.
+    pub async fn settled(&self, dns: &Dns, names: &[String]) {
+        lock(&self.waiting_since).get_or_insert_with(Instant::now);
+        let pending: Vec<(Box<str>, Arc<Entry>, RecordKind)> = {
+            let entries = lock(&self.entries);
+            names
                 .iter()
-                .filter(|(_, e)| e.kind == Some(kind) && !e.answer.initialized())
-                .map(|(k, e)| (k.clone(), e.clone()))
+                .filter_map(|n| {
+                    let key = key_of(n);
+                    let entry = entries.get(&key)?;
+                    let kind = entry.kind?;
+                    (!entry.answer.initialized()).then(|| (key, entry.clone(), kind))
+                })
                 .collect()
         };
-        for (key, entry) in pending {
-            if let Some(kind) = entry.kind {
-                entry.answer.get_or_init(|| lookup(dns, &key, kind)).await;
-            }
+        // The lookups run in their own tasks: waiting for one after the
+        // other takes as long as the slowest.
+        for (key, entry, kind) in pending {
+            entry.answer.get_or_init(|| lookup(dns, &key, kind)).await;
         }
     }
 
-    /// The definite answer for `name`, if one is in.
-    pub fn answer(&self, name: &str) -> Option<Fetched> {
-        self.answer_for(&*key_of(name))
-    }
-
-    fn answer_for<Q>(&self, key: &Q) -> Option<Fetched>
+    fn answer_for<Q>(&self, key: &Q) -> Option<Txt>
     where
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let entries = match self.entries.lock() {
-            Ok(e) => e,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        entries.get(key)?.answer.get()?.clone()
+        let entry = lock(&self.entries).get(key)?.clone();
+        if let Some(txt) = lock(&entry.later).clone() {
+            return Some(txt);
+        }
+        match entry.answer.get()? {
+            Answer::Definite(txt) => Some(txt.clone()),
+            Answer::Temporary { at, error } => {
+                let since = (*lock(&self.waiting_since))?;
+                (*at >= since).then(|| error.clone())
+            }
+        }
+    }
+
+    /// The answer for `name` as mail-auth will see it, if one is in.
+    pub fn answer(&self, name: &str) -> Option<Txt> {
+        self.answer_for(&*key_of(name))
     }
 
     /// How many names this message has asked for (for tests and logs).
     pub fn len(&self) -> usize {
-        match self.entries.lock() {
-            Ok(e) => e.len(),
-            Err(poisoned) => poisoned.into_inner().len(),
-        }
+        lock(&self.entries).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -269,7 +354,7 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
         Box<str>: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.answer_for(name).map(|f| f.txt)
+        self.answer_for(name)
     }
 
     fn remove<Q>(&self, _name: &Q) -> Option<Txt>
@@ -281,18 +366,32 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
         None
     }
 
-    fn insert(&self, key: Box<str>, value: Txt, _valid_until: std::time::Instant) {
-        let (entry, _) = self.entry(key_of(&key), None);
-        let _ = entry.answer.set(Some(Fetched {
-            txt: value,
-            raw: Vec::new(),
-        }));
+    fn insert(&self, key: Box<str>, value: Txt, _valid_until: Instant) {
+        let mut entries = lock(&self.entries);
+        match entries.get(&key) {
+            // Asked for early and failed for the time being, or still in
+            // flight: mail-auth's own answer replaces it.
+            Some(entry) => *lock(&entry.later) = Some(value),
+            None => {
+                let answer = tokio::sync::OnceCell::new();
+                let _ = answer.set(Answer::Definite(value));
+                entries.insert(
+                    key,
+                    Arc::new(Entry {
+                        kind: None,
+                        answer,
+                        later: Mutex::new(None),
+                    }),
+                );
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mail_auth::common::parse::TxtRecordParser;
 
     #[test]
     fn the_tree_walk_names_match_mail_auths_order() {
@@ -316,9 +415,16 @@ mod tests {
         assert_eq!(long[7], "_dmarc.org.");
         assert!(dmarc_tree("localhost").is_empty());
         assert!(dmarc_tree("a..b").is_empty());
+        assert!(dmarc_tree("[192.0.2.1]").is_empty());
+        assert!(dmarc_tree("4]").is_empty());
         assert_eq!(
-            domain_key_name("sel", "Example.org."),
-            "sel._domainkey.Example.org."
+            domain_key_name("sel", "example.org."),
+            "sel._domainkey.example.org."
+        );
+        // Looked up as mail-auth spells names: lower case, final dot.
+        assert_eq!(
+            &*key_of("Sel._DomainKey.Example.ORG"),
+            "sel._domainkey.example.org."
         );
     }
 
@@ -339,7 +445,7 @@ mod tests {
             ResolverCache::get::<str>(&store, "_dmarc.example.org."),
             Some(Txt::Dmarc(_))
         ));
-        assert!(store.answer("_dmarc.example.org").is_some());
+        assert!(store.answer("_dmarc.Example.org").is_some());
         assert!(ResolverCache::get::<str>(&store, "_dmarc.org.").is_none());
         assert_eq!(store.len(), 1);
     }

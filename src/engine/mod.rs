@@ -421,12 +421,15 @@ impl Session {
         });
 
         self.start_checks(&source.checks, Stage::Mail);
-        self.prefetch_for(&source.checks);
         let now = self.checks_deciding_by(&source.checks, Stage::Mail);
         self.await_checks(&now).await;
         self.record_checks(&now, Stage::Mail);
         let reply = self.stage_reply(&now);
-        if !reply.is_continue() {
+        if reply.is_continue() {
+            // Only for a sender we go on with: a refused MAIL FROM must not
+            // cost DNS queries.
+            self.prefetch_for(&source.checks);
+        } else {
             self.runner.cancel_running();
             if let Some(m) = &mut self.message {
                 m.report.mail_reply = Some(reply.clone());
@@ -498,7 +501,6 @@ impl Session {
         checks.sort_unstable();
         if decision.verdict < Verdict::Tempfail {
             self.start_checks(&checks, Stage::Rcpt);
-            self.prefetch_for(&checks);
             let now = self.checks_deciding_by(&checks, Stage::Rcpt);
             self.await_checks(&now).await;
             self.record_checks(&now, Stage::Rcpt);
@@ -526,6 +528,11 @@ impl Session {
             StageReply::Tempfail(_) => "tempfail",
         };
         self.note_recipient_targets(&original, &targets, &reply, outcome);
+        if outcome == "accept" {
+            // Checks only this recipient's branch lists: their early lookups
+            // now that the recipient is in.
+            self.prefetch_for(&checks);
+        }
 
         // A split is a real answer even under refuse_at_eom: the client
         // retries that recipient, nothing is refused.
