@@ -1041,7 +1041,11 @@ impl Postfix {
 impl Drop for Postfix {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("POSTFIX_E2E_MAILLOG").is_some() {
-            eprintln!(
+            // Not eprintln!: it panics when stderr is a closed pipe (output
+            // piped into `head`), and the instance would be left running.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "--- maillog of the Postfix instance in {} ---\n{}",
                 self.dir.display(),
                 self.maillog()
