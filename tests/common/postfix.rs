@@ -669,6 +669,28 @@ append_dot_mydomain = no
     )
 }
 
+/// `base` without the settings that `extra` makes, then `extra`. Not simply
+/// appended: every Postfix process would log "overriding earlier entry" at
+/// start, and postlogd, logging that about itself into its own socket
+/// before it reads it, deadlocks once the socket's queue is full
+/// (net.unix.max_dgram_qlen is 10 on some machines).
+fn with_overrides(base: &str, extra: &str) -> String {
+    let name = |line: &str| -> Option<String> {
+        let (n, _) = line.split_once('=')?;
+        let n = n.trim();
+        (!n.is_empty() && !n.starts_with('#') && !line.starts_with([' ', '\t']))
+            .then(|| n.to_string())
+    };
+    let replaced: Vec<String> = extra.lines().filter_map(name).collect();
+    let mut out: String = base
+        .lines()
+        .filter(|l| name(l).is_none_or(|n| !replaced.contains(&n)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(extra);
+    out
+}
+
 fn master_cf(mx: u16, submission: u16) -> String {
     format!(
         "# Written by tests/common/postfix.rs. No chroot anywhere.
@@ -712,7 +734,7 @@ fn user_id(name: &str) -> (u32, u32) {
 
 /// Processes whose environment says `MAIL_CONFIG=<config_dir>`: the master
 /// and every daemon it started for this instance, and nothing else.
-fn instance_processes(config_dir: &Path) -> Vec<i32> {
+pub fn instance_processes(config_dir: &Path) -> Vec<i32> {
     let needle = format!("MAIL_CONFIG={}", config_dir.display());
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -754,9 +776,16 @@ impl Postfix {
     /// and wait until it listens. Retries with other ports if one was taken
     /// in the meantime.
     pub async fn start(wiring: &Wiring) -> Postfix {
+        Postfix::start_with(wiring, "").await
+    }
+
+    /// Like [`Postfix::start`], with the `name = value` lines of `extra` in
+    /// main.cf, replacing the harness's own lines of those names (the
+    /// benchmark turns the milters off this way).
+    pub async fn start_with(wiring: &Wiring, extra: &str) -> Postfix {
         let mut last = String::new();
         for _ in 0..3 {
-            match Postfix::try_start(wiring).await {
+            match Postfix::try_start(wiring, extra).await {
                 Ok(p) => return p,
                 Err(e) if e.contains("Address already in use") => last = e,
                 Err(e) => panic!("{e}"),
@@ -765,7 +794,7 @@ impl Postfix {
         panic!("Postfix could not bind its ports:\n{last}");
     }
 
-    async fn try_start(wiring: &Wiring) -> Result<Postfix, String> {
+    async fn try_start(wiring: &Wiring, extra: &str) -> Result<Postfix, String> {
         let tmp = tempfile::Builder::new()
             .prefix("pfx-e2e.")
             // Short: Postfix's UNIX sockets live in the queue directory.
@@ -785,7 +814,11 @@ impl Postfix {
         std::os::unix::fs::chown(&data_dir, Some(uid), Some(gid)).expect("chown data_directory");
         let mx = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let submission = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        std::fs::write(config_dir.join("main.cf"), main_cf(&dir, wiring)).expect("main.cf");
+        std::fs::write(
+            config_dir.join("main.cf"),
+            with_overrides(&main_cf(&dir, wiring), extra),
+        )
+        .expect("main.cf");
         std::fs::write(
             config_dir.join("master.cf"),
             master_cf(mx.port(), submission.port()),
@@ -1008,7 +1041,11 @@ impl Postfix {
 impl Drop for Postfix {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("POSTFIX_E2E_MAILLOG").is_some() {
-            eprintln!(
+            // Not eprintln!: it panics when stderr is a closed pipe (output
+            // piped into `head`), and the instance would be left running.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "--- maillog of the Postfix instance in {} ---\n{}",
                 self.dir.display(),
                 self.maillog()
