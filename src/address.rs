@@ -3,6 +3,7 @@
 //! form, lowercased and stripped of a trailing dot; local parts are NFC and
 //! lowercased for matching while the original spelling is kept for the MTA.
 
+use std::borrow::Cow;
 use std::fmt;
 use unicode_normalization::UnicodeNormalization;
 
@@ -43,7 +44,13 @@ pub fn normalize_domain(domain: &str) -> Result<String, InvalidDomain> {
     if trimmed.starts_with('[') && trimmed.ends_with(']') {
         return Ok(trimmed.to_ascii_lowercase());
     }
-    let nfc: String = trimmed.nfc().collect();
+    // ASCII text is already in NFC: skip the per-character normalisation
+    // pass, which is most of the cost of parsing an envelope address.
+    let nfc: Cow<str> = if trimmed.is_ascii() {
+        Cow::Borrowed(trimmed)
+    } else {
+        Cow::Owned(trimmed.nfc().collect())
+    };
     let ascii = idna::domain_to_ascii(&nfc).map_err(|_| InvalidDomain(domain.to_string()))?;
     let valid_chars = ascii
         .bytes()
@@ -55,6 +62,11 @@ pub fn normalize_domain(domain: &str) -> Result<String, InvalidDomain> {
 }
 
 fn normalize_local(local: &str) -> String {
+    // The same result for ASCII (already NFC; Unicode and ASCII lowercase
+    // agree there), without the normalisation pass.
+    if local.is_ascii() {
+        return local.to_ascii_lowercase();
+    }
     local.nfc().collect::<String>().to_lowercase()
 }
 
@@ -119,7 +131,15 @@ impl Address {
         match self {
             Address::Null => "<>".to_string(),
             Address::Local { local, .. } => local.clone(),
-            Address::Mailbox { local, domain, .. } => format!("{local}@{domain}"),
+            Address::Mailbox { local, domain, .. } => {
+                // Called per recipient and table lookup: one exact-size
+                // allocation instead of the formatting machinery.
+                let mut key = String::with_capacity(local.len() + 1 + domain.len());
+                key.push_str(local);
+                key.push('@');
+                key.push_str(domain);
+                key
+            }
         }
     }
 
@@ -182,6 +202,22 @@ mod tests {
         assert_eq!(
             normalize_domain(nfd).unwrap(),
             normalize_domain("bücher.example").unwrap()
+        );
+    }
+
+    #[test]
+    fn ascii_fast_path_matches_the_unicode_path() {
+        // Every printable ASCII character, in both cases, through both paths.
+        let all: String = (0x21u8..0x7f).map(char::from).collect();
+        for s in [all.as_str(), "Joe.Bloggs+Tag", "MiXeD-CaSe_1"] {
+            assert_eq!(
+                normalize_local(s),
+                s.nfc().collect::<String>().to_lowercase()
+            );
+        }
+        assert_eq!(
+            normalize_domain("Mail.Example.ORG.").unwrap(),
+            "mail.example.org"
         );
     }
 

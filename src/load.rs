@@ -246,6 +246,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.reply().await
     }
 
+    /// Send a command whose reply the milter may have waived at negotiation
+    /// (the NOREPLY_* options): then, like Postfix, do not wait for one and
+    /// take it as CONTINUE.
+    async fn call_unless(&mut self, cmd: Command, noreply: bool) -> Result<Reply, String> {
+        if noreply {
+            self.send(cmd).await.map_err(|e| format!("write: {e}"))?;
+            Ok(Reply::Continue)
+        } else {
+            self.call(cmd).await
+        }
+    }
+
     async fn macros(&mut self, stage: MacroStage, pairs: &[(&str, &str)]) -> Result<(), String> {
         let macros = pairs
             .iter()
@@ -293,26 +305,31 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         | Actions::CHANGE_SENDER
         | Actions::QUARANTINE
         | Actions::REQUEST_MACROS;
+    // What Postfix (milter protocol 6) offers: every "do not send" and "do
+    // not reply" option, SKIP and LEADING_SPACE. The milter picks; the
+    // generator then honours the choice as Postfix does.
     let negotiated = c
         .call(Command::OptNeg(OptNegPayload {
             version: indymilter::message::PROTOCOL_VERSION,
             actions: offered,
-            opts: ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP,
+            opts: ProtoOpts::all(),
         }))
         .await?;
-    if !matches!(negotiated, Reply::OptNeg { .. }) {
-        return Err(format!("negotiation answered {}", describe(&negotiated)));
-    }
+    let opts = match negotiated {
+        Reply::OptNeg { opts, .. } => opts,
+        other => return Err(format!("negotiation answered {}", describe(&other))),
+    };
     let timed = async |stage: &'static str,
                        c: &mut Client<S>,
                        cmd: Command,
+                       noreply: bool,
                        stats: &mut ConnectionStats|
            -> Result<bool, String> {
         if !cfg.pace.is_zero() {
             tokio::time::sleep(cfg.pace).await;
         }
         let start = Instant::now();
-        let reply = c.call(cmd).await?;
+        let reply = c.call_unless(cmd, noreply).await?;
         stats.stages.entry(stage).or_default().push(start.elapsed());
         if matches!(reply, Reply::Continue) {
             Ok(true)
@@ -336,6 +353,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             hostname: cstring("client.example.net"),
             socket_info: SocketInfo::Inet((cfg.client_ip, 25000).into()),
         }),
+        opts.contains(ProtoOpts::NOREPLY_CONNECT),
         stats,
     )
     .await?;
@@ -358,6 +376,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         Command::Helo(HeloPayload {
             hostname: cstring(&cfg.helo),
         }),
+        opts.contains(ProtoOpts::NOREPLY_HELO),
         stats,
     )
     .await?;
@@ -377,6 +396,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             Command::Mail(EnvAddrPayload {
                 args: vec![cstring(&from)],
             }),
+            opts.contains(ProtoOpts::NOREPLY_MAIL),
             stats,
         )
         .await?
@@ -394,6 +414,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 Command::Rcpt(EnvAddrPayload {
                     args: vec![cstring(&rcpt)],
                 }),
+                opts.contains(ProtoOpts::NOREPLY_RCPT),
                 stats,
             )
             .await?
@@ -415,19 +436,42 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         );
         c.macros(MacroStage::Data, &[("i", &qid)]).await?;
         let data_start = Instant::now();
-        c.call(Command::Data).await?;
-        for (name, value) in &s.headers {
-            c.call(Command::Header(HeaderPayload {
-                name: cstring(name),
-                value: cstring(&format!(" {value}")),
-            }))
-            .await?;
-        }
-        c.call(Command::Eoh).await?;
-        // Postfix sends the body in chunks of at most 65535 bytes.
-        for chunk in s.body.chunks(65535) {
-            c.call(Command::BodyChunk(bytes::Bytes::copy_from_slice(chunk)))
+        // Stages the milter asked not to see are not sent (NO_*), replies
+        // it waived are not awaited (NOREPLY_*), as Postfix does.
+        if !opts.contains(ProtoOpts::NO_DATA) {
+            c.call_unless(Command::Data, opts.contains(ProtoOpts::NOREPLY_DATA))
                 .await?;
+        }
+        if !opts.contains(ProtoOpts::NO_HEADER) {
+            for (name, value) in &s.headers {
+                let value = if opts.contains(ProtoOpts::LEADING_SPACE) {
+                    format!(" {value}")
+                } else {
+                    value.clone()
+                };
+                c.call_unless(
+                    Command::Header(HeaderPayload {
+                        name: cstring(name),
+                        value: cstring(&value),
+                    }),
+                    opts.contains(ProtoOpts::NOREPLY_HEADER),
+                )
+                .await?;
+            }
+        }
+        if !opts.contains(ProtoOpts::NO_EOH) {
+            c.call_unless(Command::Eoh, opts.contains(ProtoOpts::NOREPLY_EOH))
+                .await?;
+        }
+        if !opts.contains(ProtoOpts::NO_BODY) {
+            // Postfix sends the body in chunks of at most 65535 bytes.
+            for chunk in s.body.chunks(65535) {
+                c.call_unless(
+                    Command::BodyChunk(bytes::Bytes::copy_from_slice(chunk)),
+                    opts.contains(ProtoOpts::NOREPLY_BODY),
+                )
+                .await?;
+            }
         }
         stats
             .stages
