@@ -82,6 +82,22 @@ fn facts_from(result: &DkimResult, sets: usize, sealer: Option<String>) -> ArcFa
 }
 
 async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
+    // No ARC header at all (most mail): no chain, and no need to rebuild
+    // the message bytes to find that out.
+    let has_arc_header = input.message.as_ref().is_some_and(|m| {
+        m.headers.iter().any(|h| {
+            [
+                "ARC-Seal",
+                "ARC-Message-Signature",
+                "ARC-Authentication-Results",
+            ]
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n))
+        })
+    });
+    if !has_arc_header {
+        return facts_from(&DkimResult::None, 0, None);
+    }
     let Some(raw) = super::dkim::raw_message(input).await else {
         return facts_from(&DkimResult::None, 0, None);
     };

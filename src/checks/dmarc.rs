@@ -249,10 +249,10 @@ impl DmarcCheck {
                 "DMARC needs exactly one From header, found {from_headers}"
             ));
         }
-        let Some(raw) = super::dkim::raw_message(input).await else {
-            return CheckResult::temperror("no message to evaluate");
-        };
-        let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+        // DMARC reads the headers only (DKIM, which needs the body, is
+        // verified by `dkim::facts`): parse just the header block.
+        let head = crate::message::message_bytes(&message.headers, b"");
+        let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
             return permerror("the header cannot be parsed".into());
         };
         if parsed.from.len() != 1 {
