@@ -185,8 +185,13 @@ async fn lookups_of_one_message() {
     let no_cache = MX_CHECKS.replace("attempts = 1", "attempts = 1\ncache_size = 0");
     let mut mx = daemon(&server, &no_cache).await;
     let r = run(load(&mx, 1, 1, Duration::ZERO)).await;
-    for q in server.query_log() {
-        println!("{:?} {}", q.rtype, q.name);
+    let log = server.query_log();
+    let start = log.first().map(|q| q.received);
+    for q in &log {
+        let at = start
+            .map(|s| q.received.duration_since(s).as_millis())
+            .unwrap_or(0);
+        println!("+{at:>4} ms {:?} {}", q.rtype, q.name);
     }
     println!("message {:.1} ms", r.latency_ms["message"].p50);
     mx.shutdown().await;

@@ -421,15 +421,16 @@ impl Session {
         });
 
         self.start_checks(&source.checks, Stage::Mail);
+        // Before waiting for what decides at MAIL FROM (on a connection's
+        // first message, DNSBL and iprev from connect): the early lookups
+        // overlap that wait. If MAIL FROM is refused, the message's memo goes
+        // and its lookups are stopped.
+        self.prefetch_for(&source.checks);
         let now = self.checks_deciding_by(&source.checks, Stage::Mail);
         self.await_checks(&now).await;
         self.record_checks(&now, Stage::Mail);
         let reply = self.stage_reply(&now);
-        if reply.is_continue() {
-            // Only for a sender we go on with: a refused MAIL FROM must not
-            // cost DNS queries.
-            self.prefetch_for(&source.checks);
-        } else {
+        if !reply.is_continue() {
             self.runner.cancel_running();
             if let Some(m) = &mut self.message {
                 m.report.mail_reply = Some(reply.clone());

@@ -98,6 +98,8 @@ pub struct LoggedQuery {
     pub delay: Duration,
     /// The failure applied instead of an answer, if any.
     pub failure: Option<Failure>,
+    /// When the query arrived.
+    pub received: std::time::Instant,
 }
 
 /// A DNS server on 127.0.0.1, UDP and TCP on one port; stops when dropped.
@@ -791,6 +793,7 @@ async fn handle(shared: &Shared, bytes: &[u8], transport: Transport) -> Option<V
             transport,
             delay,
             failure,
+            received: std::time::Instant::now(),
         });
         (delay, failure, state.udp_limit)
     };
