@@ -105,6 +105,11 @@ impl DnsProvider {
 pub struct Dns {
     auth: MessageAuthenticator,
     settings: DnsSettings,
+    /// DKIM keys and DMARC records as parsed, shared by every message for
+    /// as long as their TTL allows (the resolver's cache keeps the answer,
+    /// this keeps the parsing: an RSA key or a policy record is parsed once
+    /// per TTL, not once per message).
+    parsed: crate::checks::prefetch::SharedTxt,
 }
 
 impl std::fmt::Debug for Dns {
@@ -151,11 +156,17 @@ impl Dns {
         Ok(Dns {
             auth,
             settings: settings.clone(),
+            parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
         })
     }
 
     pub fn settings(&self) -> &DnsSettings {
         &self.settings
+    }
+
+    /// Parsed TXT records shared between messages.
+    pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
+        &self.parsed
     }
 
     /// For the mail-auth checks (SPF, DKIM, DMARC, ARC).

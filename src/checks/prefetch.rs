@@ -188,10 +188,65 @@ pub fn dmarc_records(store: &TxtPrefetch, dns: &Arc<Dns>, domain: &str) {
     }
 }
 
-/// Holds what mail-auth's lookup would cache, so its exact parsing (raw
-/// bytes, the error of the last record tried) is what the store keeps.
+/// Parsed records shared by every message until their DNS TTL runs out,
+/// at most `[dns] cache_size` of them (0: none, every message parses its
+/// own). When full, expired records go first, then everything: a simple
+/// bound, since a full table of live DKIM keys and DMARC records is rare.
+pub struct SharedTxt {
+    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
+    capacity: usize,
+}
+
+impl SharedTxt {
+    pub fn new(capacity: u64) -> SharedTxt {
+        SharedTxt {
+            entries: Mutex::new(HashMap::new()),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The record for `name` (as mail-auth spells it), if still valid.
+    pub fn get(&self, name: &str) -> Option<Txt> {
+        let mut entries = lock(&self.entries);
+        match entries.get(name) {
+            Some((txt, until)) if *until > Instant::now() => Some(txt.clone()),
+            Some(_) => {
+                entries.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put(&self, name: &str, txt: Txt, valid_until: Instant) {
+        if self.capacity == 0 || valid_until <= Instant::now() {
+            return;
+        }
+        let mut entries = lock(&self.entries);
+        if entries.len() >= self.capacity && !entries.contains_key(name) {
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            if entries.len() >= self.capacity {
+                entries.clear();
+            }
+        }
+        entries.insert(key_of(name), (txt, valid_until));
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Holds what mail-auth's lookup would cache, and until when, so its exact
+/// parsing (raw bytes, the error of the last record tried) is what the
+/// store keeps.
 #[derive(Default)]
-struct Capture(Mutex<Option<Txt>>);
+struct Capture(Mutex<Option<(Txt, Instant)>>);
 
 impl ResolverCache<Box<str>, Txt> for Capture {
     fn get<Q>(&self, _: &Q) -> Option<Txt>
@@ -210,8 +265,8 @@ impl ResolverCache<Box<str>, Txt> for Capture {
         None
     }
 
-    fn insert(&self, _: Box<str>, value: Txt, _: Instant) {
-        *lock(&self.0) = Some(value);
+    fn insert(&self, _: Box<str>, value: Txt, valid_until: Instant) {
+        *lock(&self.0) = Some((value, valid_until));
     }
 }
 
@@ -229,11 +284,16 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
             .await
             .map(Txt::DomainKey),
     };
+    let captured = lock(&capture.0).take();
+    if let Some((txt, valid_until)) = &captured {
+        // A record, or one that does not parse: good for its TTL.
+        dns.parsed_txt().put(name, txt.clone(), *valid_until);
+    }
     match result {
         Ok(txt) => Answer::Definite(txt),
-        Err(error) => match lock(&capture.0).take() {
+        Err(error) => match captured {
             // A record that does not parse: mail-auth caches its error.
-            Some(txt) => Answer::Definite(txt),
+            Some((txt, _)) => Answer::Definite(txt),
             None if matches!(
                 error,
                 mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))
@@ -278,6 +338,12 @@ impl TxtPrefetch {
                 later: Mutex::new(None),
             });
             entries.insert(key.clone(), entry.clone());
+            // Parsed for an earlier message and still within its TTL: no
+            // lookup, no task.
+            if let Some(txt) = dns.parsed_txt().get(&key) {
+                let _ = entry.answer.set(Answer::Definite(txt));
+                return;
+            }
             entry
         };
         let dns = dns.clone();
@@ -448,6 +514,35 @@ mod tests {
         assert!(store.answer("_dmarc.Example.org").is_some());
         assert!(ResolverCache::get::<str>(&store, "_dmarc.org.").is_none());
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn shared_records_last_their_ttl_and_stay_within_the_cache_size() {
+        let dmarc = || {
+            let Ok(record) = Dmarc::parse(b"v=DMARC1; p=reject") else {
+                panic!("a valid record")
+            };
+            Txt::Dmarc(Arc::new(record))
+        };
+        let later = Instant::now() + std::time::Duration::from_secs(300);
+        let shared = SharedTxt::new(2);
+        shared.put("_dmarc.a.example.", dmarc(), later);
+        assert!(matches!(
+            shared.get("_dmarc.a.example."),
+            Some(Txt::Dmarc(_))
+        ));
+        // Already expired: not kept.
+        shared.put("_dmarc.b.example.", dmarc(), Instant::now());
+        assert!(shared.get("_dmarc.b.example.").is_none());
+        // Full: room is made, never more than the size.
+        shared.put("_dmarc.c.example.", dmarc(), later);
+        shared.put("_dmarc.d.example.", dmarc(), later);
+        assert!(shared.len() <= 2);
+        assert!(shared.get("_dmarc.d.example.").is_some());
+        // Size 0 ([dns] cache_size = 0): nothing is shared.
+        let none = SharedTxt::new(0);
+        none.put("_dmarc.a.example.", dmarc(), later);
+        assert!(none.is_empty());
     }
 
     #[test]
