@@ -122,15 +122,16 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             truncated: message.body_truncated,
         };
     }
-    let Some(raw) = raw_message(input).await else {
-        return DkimMemo::default();
-    };
-    // Not strict: signatures with l= are verified, and local policy decides
-    // what they are worth.
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
-        return DkimMemo::default();
-    };
     if message.body_truncated {
+        // Nothing can be verified: list the signatures from the header
+        // block alone, without copying the (max_body_size) body.
+        let head = crate::message::message_bytes(&message.headers, b"");
+        let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
+            return DkimMemo {
+                signatures: Vec::new(),
+                truncated: true,
+            };
+        };
         let mut signatures: Vec<SignatureFacts> = malformed(&parsed);
         signatures.extend(parsed.dkim_headers.iter().map(|h| SignatureFacts {
             signature: Some(h.header.clone()),
@@ -142,6 +143,14 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             truncated: true,
         };
     }
+    let Some(raw) = raw_message(input).await else {
+        return DkimMemo::default();
+    };
+    // Not strict: signatures with l= are verified, and local policy decides
+    // what they are worth.
+    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+        return DkimMemo::default();
+    };
     // Keys asked for when the DKIM-Signature headers arrived answer from
     // the message's store; the others are fetched now.
     let store = TxtPrefetch::of(&input.memo);

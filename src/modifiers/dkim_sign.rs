@@ -937,8 +937,10 @@ impl Modifier for DkimSignModifier {
     fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
         // What the MTA will deliver, every earlier edit applied.
         let headers = edits.resulting_headers(&ctx.message.headers);
-        let raw = raw_message(&headers, &ctx.message.body);
-        let domain = match self.domain_of(ctx, &raw) {
+        // The signing domain comes from the headers: the whole message (a
+        // copy of the body) is only built once it is certain to be signed.
+        let head = raw_message(&headers, b"");
+        let domain = match self.domain_of(ctx, &head) {
             Ok(d) => d,
             Err(why) => {
                 tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, reason = why, "message not signed: no signing domain");
@@ -958,6 +960,7 @@ impl Modifier for DkimSignModifier {
         if ctx.message.body_truncated {
             return Err(TRUNCATED.to_string());
         }
+        let raw = raw_message(&headers, &ctx.message.body);
         // Signatures added here, top first: each later one is computed over
         // the message with the earlier ones on top, as it is delivered.
         let mut added: Vec<Header> = Vec::new();
