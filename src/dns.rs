@@ -278,3 +278,20 @@ impl Dns {
         })
     }
 }
+
+/// For unit tests: a resolver whose only server is a closed port on
+/// 127.0.0.1 (discard), with a short timeout. Lookups fail quickly as
+/// temporary errors and never leave the machine.
+#[cfg(test)]
+pub fn unreachable_for_tests() -> std::sync::Arc<Dns> {
+    let settings = DnsSettings {
+        nameservers: Some(vec![SocketAddr::from(([127, 0, 0, 1], 9))]),
+        timeout: Duration::from_millis(200),
+        attempts: 1,
+        ..DnsSettings::default()
+    };
+    match Dns::new(&settings) {
+        Ok(dns) => std::sync::Arc::new(dns),
+        Err(e) => panic!("{e}"),
+    }
+}

@@ -476,7 +476,6 @@ impl Check for DkimCheck {
 mod tests {
     use super::*;
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
-    use crate::dns::DnsSettings;
     use crate::message::Header;
     use crate::tables::TableSet;
 
@@ -703,14 +702,8 @@ mod tests {
     }
 
     fn loopback_check() -> Arc<dyn Check> {
-        let settings = DnsSettings {
-            nameservers: Some(vec!["127.0.0.1:9".parse().unwrap()]),
-            timeout: std::time::Duration::from_millis(200),
-            attempts: 1,
-            ..DnsSettings::default()
-        };
         Arc::new(DkimCheck {
-            dns: Arc::new(Dns::new(&settings).unwrap()),
+            dns: crate::dns::unreachable_for_tests(),
             judge: Judge::default(),
         })
     }

@@ -426,7 +426,6 @@ impl Check for DmarcCheck {
 mod tests {
     use super::*;
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
-    use crate::dns::DnsSettings;
     use crate::message::{Header, Message};
     use crate::tables::TableSet;
 
@@ -492,14 +491,8 @@ mod tests {
     }
 
     fn loopback_check() -> Arc<dyn Check> {
-        let settings = DnsSettings {
-            nameservers: Some(vec!["127.0.0.1:9".parse().unwrap()]),
-            timeout: std::time::Duration::from_millis(200),
-            attempts: 1,
-            ..DnsSettings::default()
-        };
         Arc::new(DmarcCheck {
-            dns: Arc::new(Dns::new(&settings).unwrap()),
+            dns: crate::dns::unreachable_for_tests(),
             mode: PolicyMode::Published,
             honour_pct: true,
             trusted_arc_sealers: vec![],

@@ -1178,13 +1178,7 @@ mod tests {
                     ..list(None)
                 }),
             ],
-            dns: match crate::dns::Dns::new(&crate::dns::DnsSettings {
-                nameservers: Some(vec!["127.0.0.1:9".parse().unwrap()]),
-                ..Default::default()
-            }) {
-                Ok(d) => Arc::new(d),
-                Err(e) => panic!("{e}"),
-            },
+            dns: crate::dns::unreachable_for_tests(),
             inputs: Stage::Connect,
         };
         let ip = Target::Ip("192.0.2.10".parse().unwrap());

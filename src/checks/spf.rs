@@ -504,20 +504,13 @@ impl Check for SpfCheck {
 mod tests {
     use super::*;
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
-    use crate::dns::DnsSettings;
     use crate::message::Envelope;
     use crate::tables::TableSet;
 
     /// A resolver that can only reach the loopback discard port: unit tests
     /// never send DNS traffic anywhere else.
     fn loopback_dns() -> Arc<Dns> {
-        let settings = DnsSettings {
-            nameservers: Some(vec!["127.0.0.1:9".parse().unwrap()]),
-            timeout: std::time::Duration::from_millis(200),
-            attempts: 1,
-            ..DnsSettings::default()
-        };
-        Arc::new(Dns::new(&settings).unwrap())
+        crate::dns::unreachable_for_tests()
     }
 
     fn outcome(checked: Checked, result: SpfResult) -> SpfOutcome {
