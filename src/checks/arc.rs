@@ -184,7 +184,7 @@ impl Check for ArcCheck {
     /// Fetch the keys of each ARC set as its headers arrive.
     fn prefetch(&self, early: &Early<'_>) {
         if let Some((name, value)) = early.header {
-            super::prefetch::arc_keys(&TxtPrefetch::of(early.memo), &self.dns, name, value);
+            super::prefetch::arc_keys(early.memo, &self.dns, name, value);
         }
     }
 

@@ -455,7 +455,7 @@ impl Check for DkimCheck {
     /// Fetch each signature's key as its header arrives.
     fn prefetch(&self, early: &Early<'_>) {
         if let Some((name, value)) = early.header {
-            super::prefetch::dkim_key(&TxtPrefetch::of(early.memo), &self.dns, name, value);
+            super::prefetch::dkim_key(early.memo, &self.dns, name, value);
         }
     }
 

@@ -387,24 +387,23 @@ impl Check for DmarcCheck {
     /// are asked for all at once. A DKIM signer that is a subdomain of the
     /// author's organization still has its tree walked at end of message.
     fn prefetch(&self, early: &Early<'_>) {
-        let store = TxtPrefetch::of(early.memo);
-        let dns = &self.dns;
+        let (memo, dns) = (early.memo, &self.dns);
         match early.header {
             None => {
                 if let Some(domain) = early.sender.domain() {
-                    super::prefetch::dmarc_records(&store, dns, domain);
+                    super::prefetch::dmarc_records(memo, dns, domain);
                 }
             }
             Some((name, value)) if name.eq_ignore_ascii_case("From") => {
                 // Only a From: with one domain has a policy (RFC 7489 §6.6.1).
                 if let [domain] = super::dnsbl::from_header_domains(value).as_slice() {
-                    super::prefetch::dmarc_records(&store, dns, domain);
+                    super::prefetch::dmarc_records(memo, dns, domain);
                 }
             }
             Some((name, value)) => {
-                super::prefetch::dkim_key(&store, dns, name, value);
+                super::prefetch::dkim_key(memo, dns, name, value);
                 if !self.trusted_arc_sealers.is_empty() {
-                    super::prefetch::arc_keys(&store, dns, name, value);
+                    super::prefetch::arc_keys(memo, dns, name, value);
                 }
             }
         }

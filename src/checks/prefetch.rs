@@ -154,17 +154,21 @@ pub fn domain_key_name(selector: &str, domain: &str) -> String {
     format!("{selector}._domainkey.{}.", domain.trim_end_matches('.'))
 }
 
+// The helpers below are called for every header of every message: they
+// look at the header name first and only then reach the message's store.
+
 /// The DKIM key a `DKIM-Signature` header names, looked up early.
-pub fn dkim_key(store: &TxtPrefetch, dns: &Arc<Dns>, name: &str, value: &str) {
+pub fn dkim_key(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
     if name.eq_ignore_ascii_case("DKIM-Signature")
         && let Ok(sig) = mail_auth::dkim::Signature::parse(value.as_bytes())
     {
-        store.start(dns, &domain_key_name(&sig.s, &sig.d), RecordKind::DomainKey);
+        let key = domain_key_name(&sig.s, &sig.d);
+        TxtPrefetch::of(memo).start(dns, &key, RecordKind::DomainKey);
     }
 }
 
 /// The keys an `ARC-Message-Signature` or `ARC-Seal` header names.
-pub fn arc_keys(store: &TxtPrefetch, dns: &Arc<Dns>, name: &str, value: &str) {
+pub fn arc_keys(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
     let key = if name.eq_ignore_ascii_case("ARC-Message-Signature") {
         mail_auth::arc::Signature::parse(value.as_bytes())
             .ok()
@@ -177,12 +181,13 @@ pub fn arc_keys(store: &TxtPrefetch, dns: &Arc<Dns>, name: &str, value: &str) {
         None
     };
     if let Some(key) = key {
-        store.start(dns, &key, RecordKind::DomainKey);
+        TxtPrefetch::of(memo).start(dns, &key, RecordKind::DomainKey);
     }
 }
 
 /// The DMARC records mail-auth's tree walk will want for `domain`.
-pub fn dmarc_records(store: &TxtPrefetch, dns: &Arc<Dns>, domain: &str) {
+pub fn dmarc_records(memo: &Memo, dns: &Arc<Dns>, domain: &str) {
+    let store = TxtPrefetch::of(memo);
     for name in dmarc_tree(domain) {
         store.start(dns, &name, RecordKind::Dmarc);
     }
@@ -233,10 +238,12 @@ impl SharedTxt {
         entries.insert(key_of(name), (txt, valid_until));
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.entries).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -396,15 +403,18 @@ impl TxtPrefetch {
     }
 
     /// The answer for `name` as mail-auth will see it, if one is in.
+    #[cfg(test)]
     pub fn answer(&self, name: &str) -> Option<Txt> {
         self.answer_for(&*key_of(name))
     }
 
-    /// How many names this message has asked for (for tests and logs).
+    /// How many names this message has asked for.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         lock(&self.entries).len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
