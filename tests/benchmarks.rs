@@ -14,36 +14,6 @@ use common::dns_server::DnsServer;
 use dispatch_milter::load::{Corpus, LoadConfig, LoadReport, run};
 use std::time::Duration;
 
-/// The MX checks the issue names: DNSBL (three lists), iprev, SPF, DKIM and
-/// DMARC, all against the loopback DNS server.
-const MX_CHECKS: &str = r#"
-[dns]
-timeout = "2s"
-attempts = 1
-
-[checks.dnsbl]
-kind = "dnsbl"
-lists = [
-  { zone = "zen.test", type = "ip" },
-  { zone = "bl1.test", type = "ip" },
-  { zone = "bl2.test", type = "ip" },
-]
-[checks.iprev]
-kind = "iprev"
-on_fail = "ignore"
-[checks.spf]
-kind = "spf"
-[checks.dkim]
-kind = "dkim"
-on_fail = "ignore"
-[checks.dmarc]
-kind = "dmarc"
-
-[pipelines.mx]
-authserv_id = "mx.example.org"
-checks = ["dnsbl", "iprev", "spf", "dkim", "dmarc"]
-"#;
-
 const EMPTY: &str = "[pipelines.empty]\nauth_results = false\n";
 
 async fn dns() -> DnsServer {
@@ -114,7 +84,7 @@ async fn throughput_empty_policy_vs_mx_checks() {
     line("empty policy", &e);
     empty.shutdown().await;
 
-    let mut mx = daemon(&server, MX_CHECKS).await;
+    let mut mx = daemon(&server, &common::mx_checks("")).await;
     // Warm the resolver cache (the issue asks for a warm cache).
     run(load(&mx, 2, 5, Duration::ZERO)).await;
     server.reset_stats();
@@ -147,7 +117,7 @@ async fn eom_latency_under_dns_delay() {
         delay.as_millis(),
         k * delay.as_millis()
     );
-    let no_cache = MX_CHECKS.replace("attempts = 1", "attempts = 1\ncache_size = 0");
+    let no_cache = common::mx_checks("cache_size = 0");
     let mut mx = daemon(&server, &no_cache).await;
     server.reset_stats();
     // No pacing: every check waits at its decision stage. The first message
@@ -182,7 +152,7 @@ async fn eom_latency_under_dns_delay() {
 async fn lookups_of_one_message() {
     let server = dns().await;
     server.set_default_delay(Duration::from_millis(100));
-    let no_cache = MX_CHECKS.replace("attempts = 1", "attempts = 1\ncache_size = 0");
+    let no_cache = common::mx_checks("cache_size = 0");
     let mut mx = daemon(&server, &no_cache).await;
     let r = run(load(&mx, 1, 1, Duration::ZERO)).await;
     let log = server.query_log();

@@ -432,36 +432,6 @@ const EMPTY: &str = r#"
 auth_results = false
 "#;
 
-/// The MX checks of tests/benchmarks.rs.
-const MX: &str = r#"
-[dns]
-nameservers = ["DNS_ADDR"]
-timeout = "2s"
-attempts = 1
-
-[checks.dnsbl]
-kind = "dnsbl"
-lists = [
-  { zone = "zen.test", type = "ip" },
-  { zone = "bl1.test", type = "ip" },
-  { zone = "bl2.test", type = "ip" },
-]
-[checks.iprev]
-kind = "iprev"
-on_fail = "ignore"
-[checks.spf]
-kind = "spf"
-[checks.dkim]
-kind = "dkim"
-on_fail = "ignore"
-[checks.dmarc]
-kind = "dmarc"
-
-[pipelines.mx]
-authserv_id = "mx.example.org"
-checks = ["dnsbl", "iprev", "spf", "dkim", "dmarc"]
-"#;
-
 /// The submission pipeline as docs/signing.md sets it up: sign what the
 /// submission service passes on. Nothing else, so the comparison with
 /// OpenDKIM is signing against signing.
@@ -476,9 +446,13 @@ modify = ["sign"]
 "#;
 
 fn daemon_config(kind: Kind, port: u16, dns: SocketAddr, key: &Path) -> String {
+    let mx;
     let policy = match kind {
         Kind::Empty => EMPTY,
-        Kind::Mx => MX,
+        Kind::Mx => {
+            mx = common::mx_checks(r#"nameservers = ["DNS_ADDR"]"#);
+            mx.as_str()
+        }
         Kind::Submission => SUBMISSION,
         _ => unreachable!(),
     };

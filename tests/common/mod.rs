@@ -261,3 +261,41 @@ pub fn reply_code(r: &StageReply) -> u16 {
         StageReply::Reject(r) | StageReply::Tempfail(r) => r.code,
     }
 }
+
+/// The MX checks the benchmarks measure: DNSBL (three lists), iprev, SPF,
+/// DKIM and DMARC, in pipeline `mx`, with `dns_extra` added to `[dns]`
+/// (nameservers, cache_size). Shared by tests/benchmarks.rs and
+/// tests/benchmarks_postfix.rs so both measure the same policy;
+/// bench/mx-checks.toml is the same policy for the daemon binary.
+pub fn mx_checks(dns_extra: &str) -> String {
+    format!(
+        r#"
+[dns]
+timeout = "2s"
+attempts = 1
+{dns_extra}
+
+[checks.dnsbl]
+kind = "dnsbl"
+lists = [
+  {{ zone = "zen.test", type = "ip" }},
+  {{ zone = "bl1.test", type = "ip" }},
+  {{ zone = "bl2.test", type = "ip" }},
+]
+[checks.iprev]
+kind = "iprev"
+on_fail = "ignore"
+[checks.spf]
+kind = "spf"
+[checks.dkim]
+kind = "dkim"
+on_fail = "ignore"
+[checks.dmarc]
+kind = "dmarc"
+
+[pipelines.mx]
+authserv_id = "mx.example.org"
+checks = ["dnsbl", "iprev", "spf", "dkim", "dmarc"]
+"#
+    )
+}
