@@ -86,8 +86,17 @@ fn base64_filler(bytes: usize) -> String {
     out
 }
 
+/// A message of the corpus: headers and body.
 pub fn sample(kind: Corpus, from: &str, to: &str, n: usize) -> Sample {
-    let headers = vec![
+    Sample {
+        headers: sample_headers(from, to, n),
+        body: sample_body(kind.pick(n)).into_bytes(),
+    }
+}
+
+/// The headers of message `n`: each message has its own ids and subject.
+fn sample_headers(from: &str, to: &str, n: usize) -> Vec<(String, String)> {
+    vec![
         (
             "Received".to_string(),
             format!(
@@ -107,12 +116,17 @@ pub fn sample(kind: Corpus, from: &str, to: &str, n: usize) -> Sample {
             "Content-Type".to_string(),
             "multipart/mixed; boundary=\"b1\"".to_string(),
         ),
-    ];
+    ]
+}
+
+/// The body of a concrete corpus kind (not `Mixed`): text and, but for
+/// small messages, a base64 attachment.
+fn sample_body(kind: Corpus) -> String {
     let text = "Hello,\r\n\r\nthis is a message from the dispatch-milter load generator. It has a few\r\nlines of ordinary text, as most mail does.\r\n\r\nRegards\r\n".repeat(4);
     let mut body = format!("--b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n");
     const PART: &str = "--b1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n";
     const END: &str = "--b1--\r\n";
-    let filler = match kind.pick(n) {
+    let filler = match kind {
         Corpus::Small | Corpus::Mixed => 0,
         Corpus::Typical => 40 * 1024,
         Corpus::Large => 1024 * 1024,
@@ -129,9 +143,25 @@ pub fn sample(kind: Corpus, from: &str, to: &str, n: usize) -> Sample {
         body.push_str(&base64_filler(filler));
     }
     body.push_str(END);
-    Sample {
-        headers,
-        body: body.into_bytes(),
+    body
+}
+
+/// Bodies built once per kind and shared by every message of a connection:
+/// building a typical body costs several times what the daemon spends on
+/// the whole message, and the generator shares the machine with it.
+#[derive(Default)]
+struct Bodies {
+    built: Vec<(Corpus, bytes::Bytes)>,
+}
+
+impl Bodies {
+    fn get(&mut self, kind: Corpus) -> bytes::Bytes {
+        if let Some((_, body)) = self.built.iter().find(|(k, _)| *k == kind) {
+            return body.clone();
+        }
+        let body = bytes::Bytes::from(sample_body(kind).into_bytes());
+        self.built.push((kind, body.clone()));
+        body
     }
 }
 
@@ -297,6 +327,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
     let mut c = Client {
         stream: BufStream::new(stream),
     };
+    let mut bodies = Bodies::default();
     let offered = Actions::ADD_HEADER
         | Actions::CHANGE_HEADER
         | Actions::ADD_RCPT
@@ -428,12 +459,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|e| format!("write: {e}"))?;
             continue;
         }
-        let s = sample(
-            cfg.corpus,
-            &cfg.from,
-            cfg.to.first().map_or("", String::as_str),
-            n,
-        );
+        let headers = sample_headers(&cfg.from, cfg.to.first().map_or("", String::as_str), n);
+        let body = bodies.get(cfg.corpus.pick(n));
         c.macros(MacroStage::Data, &[("i", &qid)]).await?;
         let data_start = Instant::now();
         // Stages the milter asked not to see are not sent (NO_*), replies
@@ -443,7 +470,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .await?;
         }
         if !opts.contains(ProtoOpts::NO_HEADER) {
-            for (name, value) in &s.headers {
+            for (name, value) in &headers {
                 let value = if opts.contains(ProtoOpts::LEADING_SPACE) {
                     format!(" {value}")
                 } else {
@@ -465,9 +492,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if !opts.contains(ProtoOpts::NO_BODY) {
             // Postfix sends the body in chunks of at most 65535 bytes.
-            for chunk in s.body.chunks(65535) {
+            for start in (0..body.len()).step_by(65535) {
+                let chunk = body.slice(start..body.len().min(start + 65535));
                 c.call_unless(
-                    Command::BodyChunk(bytes::Bytes::copy_from_slice(chunk)),
+                    Command::BodyChunk(chunk),
                     opts.contains(ProtoOpts::NOREPLY_BODY),
                 )
                 .await?;

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Instructions per message in the daemon, counted by callgrind (section 5 of
+# docs/benchmarks.md). Wall-clock figures on this shared machine vary by a
+# third within the hour; instruction counts repeat to a few per cent, so
+# this is the figure to compare before and after a change.
+#
+# Builds nothing: run it after
+#   CARGO_TARGET_DIR=/work/target-prof CARGO_PROFILE_RELEASE_DEBUG=true \
+#     cargo build --release --bins --tests
+# For each policy (empty, MX checks against the test zones on a loopback DNS
+# server) it starts the daemon under callgrind, warms it up, counts 2,000
+# typical messages over 10 connections, and prints Ir per message, the
+# load generator's own figures, and the 25 costliest functions (inclusive).
+# The load generator runs uninstrumented. Also prints the load generator's
+# instructions per message (it shares the machine's two cores with the
+# daemon in the throughput runs).
+#
+# Parameters (environment): TARGET (/work/target-prof), POLICIES
+# ("empty mx"), MESSAGES (200 per connection), OUT (a directory to keep the
+# callgrind files in; a temporary one otherwise).
+set -euo pipefail
+
+target=${TARGET:-/work/target-prof}
+policies=${POLICIES:-empty mx}
+messages=${MESSAGES:-200}
+bin=$target/release/dispatch-milter
+[ -x "$bin" ] || { echo "no $bin: build it first (see the top of this script)" >&2; exit 1; }
+bench=$(ls -t "$target"/release/deps/benchmarks-* 2>/dev/null | grep -v '\.d$' | head -1)
+[ -x "$bench" ] || { echo "no benchmarks test binary under $target: build with --tests" >&2; exit 1; }
+command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+out=${OUT:-$tmp}
+mkdir -p "$out"
+pids=()
+cleanup() {
+    touch "$tmp/dns.stop"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# The instruction total of a callgrind file (read whole: an early exit would
+# break the pipe, and pipefail would end the script).
+program_total() {
+    callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}'
+}
+
+DISPATCH_BENCH_DNS_ADDR=$tmp/dns.addr DISPATCH_BENCH_DNS_STOP=$tmp/dns.stop \
+    "$bench" --ignored --exact serve_dns_for_profiling >"$tmp/dns.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$tmp/dns.addr" ] && break; sleep 0.1; done
+dns=$(cat "$tmp/dns.addr")
+
+load_args=(--corpus typical --tls --from alice@example.org --to bob@example.net
+    --client-ip 192.0.2.22 --helo mail2.example.org)
+
+for policy in $policies; do
+    case $policy in
+        empty) config=bench/empty.toml; port=7401 ;;
+        mx) config=bench/mx-checks.toml; port=7403 ;;
+        *) echo "unknown policy $policy (empty or mx)" >&2; exit 1 ;;
+    esac
+    valgrind --tool=callgrind --dump-instr=no --separate-threads=no \
+        --callgrind-out-file="$out/callgrind.$policy" \
+        "$bin" serve -c "$config" --nameserver "$dns" 2>"$tmp/valgrind.$policy" &
+    vpid=$!
+    pids+=($vpid)
+    for _ in $(seq 300); do
+        "$bin" load --connect "inet:127.0.0.1:$port" -n 1 -m 1 >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m 20 "${load_args[@]}" >/dev/null
+    callgrind_control -z "$vpid" >/dev/null 2>&1
+    "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
+        >"$tmp/load.$policy"
+    callgrind_control -d "$vpid" >/dev/null 2>&1
+    kill "$vpid"
+    wait "$vpid" 2>/dev/null || true
+    total=$((10 * messages))
+    # The dump asked for above is numbered .1; the file without a number is
+    # what the daemon did after it (shutting down).
+    dump=$out/callgrind.$policy.1
+    ir=$(program_total "$dump")
+    echo "== $policy: $((ir / total)) Ir per message in the daemon ($total messages)"
+    grep -E "messages/s|errors|replies" "$tmp/load.$policy" || true
+    callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | sed -n '/file:function/,$p' | sed -n 2,26p || true
+    # The load generator itself, uninstrumented daemon: what it costs per message.
+    "$bin" serve -c "$config" --nameserver "$dns" 2>/dev/null &
+    dpid=$!
+    pids+=($dpid)
+    for _ in $(seq 100); do
+        "$bin" load --connect "inet:127.0.0.1:$port" -n 1 -m 1 >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.load.$policy" \
+        "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
+        >/dev/null 2>&1
+    kill "$dpid"
+    wait "$dpid" 2>/dev/null || true
+    lir=$(program_total "$out/callgrind.load.$policy")
+    echo "   load generator: $((lir / total)) Ir per message (corpus building included)"
+done
