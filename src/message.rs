@@ -3,6 +3,7 @@
 //! `test` command; nothing here knows the wire protocol.
 
 use crate::address::Address;
+use bytes::Bytes;
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -66,11 +67,63 @@ pub struct Header {
     pub value: String,
 }
 
+/// The body as the MTA sent it, kept as the chunks it came in. A chunk
+/// shares the buffer it was read into: keeping the body costs no copy, and
+/// only what needs it in one piece (DKIM, ARC) builds one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Body {
+    chunks: Vec<Bytes>,
+    len: usize,
+}
+
+impl Body {
+    pub fn push(&mut self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.len += chunk.len();
+            self.chunks.push(chunk);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The body's pieces, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        self.chunks.iter().map(|c| c.as_ref())
+    }
+
+    /// The body in one piece (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        self.chunks().for_each(|c| out.extend_from_slice(c));
+        out
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Body {
+        let mut body = Body::default();
+        body.push(Bytes::from(bytes));
+        body
+    }
+}
+
+impl From<&[u8]> for Body {
+    fn from(bytes: &[u8]) -> Body {
+        Body::from(bytes.to_vec())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Message {
     pub headers: Vec<Header>,
     /// The body as buffered, at most the pipeline's body limit.
-    pub body: Vec<u8>,
+    pub body: Body,
     /// True when the body was longer than the limit and the rest was not kept.
     pub body_truncated: bool,
     /// The size of headers and body as received, in bytes.
@@ -81,12 +134,24 @@ pub struct Message {
 /// CRLF per header (values are kept without the space after the colon;
 /// line breaks inside folded values become CRLF), an empty line, then the
 /// body as received.
-pub fn message_bytes(headers: &[Header], body: &[u8]) -> Vec<u8> {
+pub fn message_bytes(headers: &[Header], body: &Body) -> Vec<u8> {
+    let mut out = header_block_with_room(headers, body.len());
+    body.chunks().for_each(|c| out.extend_from_slice(c));
+    out
+}
+
+/// The header block alone, as [`message_bytes`] writes it (ending with the
+/// empty line), for what needs the headers only.
+pub fn header_block(headers: &[Header]) -> Vec<u8> {
+    header_block_with_room(headers, 0)
+}
+
+fn header_block_with_room(headers: &[Header], room: usize) -> Vec<u8> {
     let size: usize = headers
         .iter()
         .map(|h| h.name.len() + h.value.len() + 8)
         .sum();
-    let mut out = Vec::with_capacity(size + body.len() + 2);
+    let mut out = Vec::with_capacity(size + room + 2);
     for h in headers {
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
@@ -102,7 +167,6 @@ pub fn message_bytes(headers: &[Header], body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
     out
 }
 
@@ -130,5 +194,25 @@ mod tests {
             recipients: vec![],
         };
         assert_eq!(env.declared_size(), Some(4096));
+    }
+
+    #[test]
+    fn a_body_in_chunks_reads_as_one_piece() {
+        let mut body = Body::default();
+        body.push(Bytes::from_static(b"Hello,\r\n"));
+        body.push(Bytes::new());
+        body.push(Bytes::from_static(b"world\r\n"));
+        assert_eq!(body.len(), 15);
+        assert_eq!(body.chunks().count(), 2, "empty chunks are not kept");
+        assert_eq!(body.to_vec(), b"Hello,\r\nworld\r\n");
+        let headers = vec![Header {
+            name: "Subject".into(),
+            value: "folded\n line".into(),
+        }];
+        assert_eq!(
+            message_bytes(&headers, &body),
+            b"Subject: folded\r\n line\r\n\r\nHello,\r\nworld\r\n"
+        );
+        assert_eq!(header_block(&headers), b"Subject: folded\r\n line\r\n\r\n");
     }
 }

@@ -580,7 +580,7 @@ async fn eom_after_pause(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
     for (name, value) in &mail.headers {
         session.header(name, value);
     }
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     session.eom().await
 }
 

@@ -102,7 +102,7 @@ async fn rest_of_message(session: &mut Session, mail: &Mail) -> MessageOutcome {
     for (n, v) in &mail.headers {
         session.header(n, v);
     }
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     session.eom().await
 }
 
@@ -164,7 +164,7 @@ async fn a_dkim_key_is_asked_for_when_its_header_arrives_and_only_once() {
         server.queries_for(key) == 1
     })
     .await;
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     let outcome = session.eom().await;
     assert_eq!(result_of(&outcome, "dkim"), "pass");
     assert_eq!(result_of(&outcome, "dmarc"), "pass");
@@ -233,7 +233,7 @@ async fn the_from_domain_is_asked_for_when_the_header_arrives() {
         server.queries_for("_dmarc.aligned.test") == 1
     })
     .await;
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     let outcome = session.eom().await;
     assert_eq!(result_of(&outcome, "dmarc"), "pass");
     assert_eq!(server.queries_for("_dmarc.aligned.test"), 1);
@@ -333,7 +333,7 @@ async fn a_message_asks_for_at_most_eight_keys_early() {
     until("eight key lookups", || keys() == 8).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(keys(), 8, "the cap holds");
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     let outcome = session.eom().await;
     assert_eq!(result_of(&outcome, "dkim"), "fail");
     assert_eq!(keys(), 8);

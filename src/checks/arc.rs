@@ -275,7 +275,7 @@ mod tests {
                 name: "From".into(),
                 value: "a@example.org".into(),
             }],
-            body: b"hi\r\n".to_vec(),
+            body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,
         }));

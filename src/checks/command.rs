@@ -371,25 +371,16 @@ fn dispatch_env(input: &CheckInput) -> Vec<(&'static str, String)> {
 /// ends, a blank line, the body. Write errors are ignored: a program may
 /// decide without reading everything and exit, closing the pipe.
 async fn feed(mut stdin: ChildStdin, message: &Message) {
-    let mut head = Vec::new();
-    for h in &message.headers {
-        head.extend_from_slice(h.name.as_bytes());
-        head.extend_from_slice(b": ");
-        // Folded values may use bare LF; the program sees CRLF throughout.
-        let mut prev = 0u8;
-        for &b in h.value.as_bytes() {
-            if b == b'\n' && prev != b'\r' {
-                head.push(b'\r');
-            }
-            head.push(b);
-            prev = b;
+    let head = crate::message::header_block(&message.headers);
+    if stdin.write_all(&head).await.is_err() {
+        return;
+    }
+    for chunk in message.body.chunks() {
+        if stdin.write_all(chunk).await.is_err() {
+            return;
         }
-        head.extend_from_slice(b"\r\n");
     }
-    head.extend_from_slice(b"\r\n");
-    if stdin.write_all(&head).await.is_ok() && stdin.write_all(&message.body).await.is_ok() {
-        let _ = stdin.shutdown().await;
-    }
+    let _ = stdin.shutdown().await;
     // Dropping stdin closes the pipe, which is the program's end of input.
 }
 
@@ -501,7 +492,7 @@ mod tests {
                 },
             ],
             size: body.len() as u64,
-            body,
+            body: body.into(),
             body_truncated: false,
         }));
         i.queue_id = Some("4AbC".into());

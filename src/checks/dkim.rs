@@ -125,7 +125,7 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     if message.body_truncated {
         // Nothing can be verified: list the signatures from the header
         // block alone, without copying the (max_body_size) body.
-        let head = crate::message::message_bytes(&message.headers, b"");
+        let head = crate::message::header_block(&message.headers);
         let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
             return DkimMemo {
                 signatures: Vec::new(),
@@ -671,7 +671,7 @@ mod tests {
                     value: " spaced\r\n\tfolded".into(),
                 },
             ],
-            body: b"body\r\n".to_vec(),
+            body: b"body\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,
         };
@@ -717,7 +717,7 @@ mod tests {
                     value: v.to_string(),
                 })
                 .collect(),
-            body: b"hello\r\n".to_vec(),
+            body: b"hello\r\n".as_slice().into(),
             body_truncated: truncated,
             size: 0,
         })

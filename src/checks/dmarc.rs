@@ -251,7 +251,7 @@ impl DmarcCheck {
         }
         // DMARC reads the headers only (DKIM, which needs the body, is
         // verified by `dkim::facts`): parse just the header block.
-        let head = crate::message::message_bytes(&message.headers, b"");
+        let head = crate::message::header_block(&message.headers);
         let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
             return permerror("the header cannot be parsed".into());
         };
@@ -508,7 +508,7 @@ mod tests {
                     value: v.to_string(),
                 })
                 .collect(),
-            body: b"hi\r\n".to_vec(),
+            body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,
         }));

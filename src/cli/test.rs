@@ -221,13 +221,14 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
     for (name, value) in &headers {
         session.header(name, value);
     }
-    session.body(&body);
+    let body_len = body.len();
+    session.body(body.into());
     let outcome = session.eom().await;
     let decision = &outcome.decision;
     stage(
         &mut stages,
         "eom",
-        format!("{} headers, {} body bytes", headers.len(), body.len()),
+        format!("{} headers, {} body bytes", headers.len(), body_len),
         &match decision.verdict {
             Verdict::Reject => {
                 StageReply::Reject(decision.reply.clone().unwrap_or_else(Reply::default_reject))

@@ -232,7 +232,7 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
                     return Status::Continue;
                 };
                 if let Some(session) = conn.session.as_mut() {
-                    session.body(&chunk);
+                    session.body(chunk);
                 }
                 if conn.noreply_body {
                     Status::Noreply

@@ -651,7 +651,7 @@ impl Session {
 
     /// A piece of the body. Only the pipeline's `max_body_size` is kept, and
     /// nothing at all when no check or modifier reads the body.
-    pub fn body(&mut self, chunk: &[u8]) {
+    pub fn body(&mut self, chunk: bytes::Bytes) {
         let pipeline = self.pipeline();
         let limit = pipeline.settings.max_body_size;
         let keep = pipeline.needs_body;
@@ -666,7 +666,7 @@ impl Session {
             }
             let take = chunk.len().min(room);
             if keep {
-                content.body.extend_from_slice(&chunk[..take]);
+                content.body.push(chunk.slice(..take));
             } else {
                 m.body_dropped += take as u64;
             }

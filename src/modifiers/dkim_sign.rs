@@ -573,7 +573,7 @@ pub(crate) fn header_list_option(
 /// The message as bytes: `Name: value` CRLF per header (line breaks inside
 /// folded values made CRLF), an empty line, then the body as received. The
 /// same shape the `dkim` check verifies.
-pub(crate) fn raw_message(headers: &[Header], body: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_message(headers: &[Header], body: &crate::message::Body) -> Vec<u8> {
     crate::message::message_bytes(headers, body)
 }
 
@@ -939,7 +939,7 @@ impl Modifier for DkimSignModifier {
         let headers = edits.resulting_headers(&ctx.message.headers);
         // The signing domain comes from the headers: the whole message (a
         // copy of the body) is only built once it is certain to be signed.
-        let head = raw_message(&headers, b"");
+        let head = crate::message::header_block(&headers);
         let domain = match self.domain_of(ctx, &head) {
             Ok(d) => d,
             Err(why) => {
@@ -985,7 +985,7 @@ impl Modifier for DkimSignModifier {
             let signature = if added.is_empty() {
                 signer.sign(&raw)
             } else {
-                let block = raw_message(&added, b"");
+                let block = crate::message::header_block(&added);
                 // Without the empty line that ends a header block.
                 let prefix = block.strip_suffix(b"\r\n").unwrap_or(&block);
                 signer.sign_chained([prefix, raw.as_slice()])
@@ -1221,7 +1221,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            raw_message(&headers, b"body\r\n"),
+            raw_message(&headers, &b"body\r\n".as_slice().into()),
             b"Subject: a\r\n b\r\nTo: x\r\n\ty\r\n\r\nbody\r\n"
         );
     }

@@ -245,7 +245,7 @@ pub async fn run_mail(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Run 
     for (n, v) in &mail.headers {
         session.header(n, v);
     }
-    session.body(mail.body.as_bytes());
+    session.body(mail.body.clone().into());
     let outcome = session.eom().await;
     Run {
         mail: mail_reply,
