@@ -201,7 +201,9 @@ impl Session {
         }
     }
 
-    /// Start the checks among `ids` whose inputs exist at `stage`.
+    /// Start the checks among `ids` whose inputs exist at `stage`. At end
+    /// of message they run inline (see `runner`): the session waits for
+    /// them next and nothing comes after.
     fn start_checks(&mut self, ids: &[CheckId], stage: Stage) {
         let policy = self.policy.clone();
         let mut input = None;
@@ -214,7 +216,11 @@ impl Session {
                 } else {
                     Scope::Message
                 };
-                self.runner.start(id, instance, input, scope);
+                if stage == Stage::Eom {
+                    self.runner.start_inline(id, instance, input, scope);
+                } else {
+                    self.runner.start(id, instance, input, scope);
+                }
             }
         }
     }

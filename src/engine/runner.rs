@@ -1,6 +1,12 @@
 //! Runs checks as tokio tasks: each under its own timeout, a panic caught and
 //! turned into temperror, results collected by check id, and every task still
 //! running aborted when its message ends or its session is dropped.
+//!
+//! Checks the caller waits for at once (those started at end of message)
+//! can instead run inline: polled together inside the waiting task, still
+//! concurrently, without a task, a channel hop and a wakeup of another
+//! worker thread each. Inline checks make progress only while someone
+//! waits, which is why only end of message uses them.
 
 use crate::checks::{Check, CheckInput, CheckResult};
 use crate::policy::{CheckId, CheckInstance};
@@ -36,7 +42,8 @@ enum State {
     Idle,
     Running {
         token: u64,
-        abort: AbortHandle,
+        /// `None` for an inline check, whose future is in `Runner::inline`.
+        abort: Option<AbortHandle>,
         started_at: Stage,
     },
     Done(Finished),
@@ -54,9 +61,13 @@ struct Message {
     elapsed: Duration,
 }
 
+type InlineRun = (CheckId, Pin<Box<dyn Future<Output = Message> + Send>>);
+
 pub struct Runner {
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Message>,
+    /// Inline checks, polled by `wait_for`.
+    inline: Vec<InlineRun>,
     slots: Vec<Slot>,
     next_token: u64,
     /// The largest number of checks seen running at once (for tests and the
@@ -70,6 +81,7 @@ impl Runner {
         Runner {
             tx,
             rx,
+            inline: Vec::new(),
             slots: (0..check_count)
                 .map(|_| Slot {
                     state: State::Idle,
@@ -112,7 +124,21 @@ impl Runner {
         scope: Scope,
     ) {
         if self.is_idle(id) {
-            self.spawn(id, instance, input, scope);
+            self.spawn(id, instance, input, scope, false);
+        }
+    }
+
+    /// Start a check inline (see the module documentation), unless it
+    /// already ran or runs. Only for a check the caller waits for next.
+    pub fn start_inline(
+        &mut self,
+        id: CheckId,
+        instance: &CheckInstance,
+        input: &Arc<CheckInput>,
+        scope: Scope,
+    ) {
+        if self.is_idle(id) {
+            self.spawn(id, instance, input, scope, true);
         }
     }
 
@@ -126,12 +152,15 @@ impl Runner {
         scope: Scope,
     ) {
         self.abort(id);
-        self.spawn(id, instance, input, scope);
+        self.spawn(id, instance, input, scope, false);
     }
 
     fn abort(&mut self, id: CheckId) {
         if let State::Running { abort, .. } = &self.slots[id].state {
-            abort.abort();
+            match abort {
+                Some(task) => task.abort(),
+                None => self.inline.retain(|(inline, _)| *inline != id),
+            }
         }
         self.slots[id].state = State::Idle;
     }
@@ -142,6 +171,7 @@ impl Runner {
         instance: &CheckInstance,
         input: &Arc<CheckInput>,
         scope: Scope,
+        inline: bool,
     ) {
         self.next_token += 1;
         let token = self.next_token;
@@ -149,23 +179,33 @@ impl Runner {
         let timeout = instance.timeout;
         let started_at = input.stage;
         let input = input.clone();
-        let tx = self.tx.clone();
         let name = instance.name.clone();
-        let task = tokio::spawn(async move {
+        let run = async move {
             let started = Instant::now();
             let result = run_guarded(check, input, timeout, &name).await;
-            // The receiver is gone only when the session ended; nothing to do.
-            let _ = tx.send(Message {
+            Message {
                 token,
                 id,
                 result,
                 elapsed: started.elapsed(),
+            }
+        };
+        let abort = if inline {
+            self.inline.push((id, Box::pin(run)));
+            None
+        } else {
+            let tx = self.tx.clone();
+            let task = tokio::spawn(async move {
+                // The receiver is gone only when the session ended; nothing
+                // to do.
+                let _ = tx.send(run.await);
             });
-        });
+            Some(task.abort_handle())
+        };
         self.slots[id] = Slot {
             state: State::Running {
                 token,
-                abort: task.abort_handle(),
+                abort,
                 started_at,
             },
             scope,
@@ -188,12 +228,9 @@ impl Runner {
             .is_err()
         {
             for &id in ids {
-                if let State::Running {
-                    abort, started_at, ..
-                } = &self.slots[id].state
-                {
-                    abort.abort();
+                if let State::Running { started_at, .. } = &self.slots[id].state {
                     let started_at = *started_at;
+                    self.abort(id);
                     self.slots[id].state = State::Done(Finished {
                         id,
                         result: CheckResult::temperror("no answer within the stage deadline"),
@@ -214,13 +251,40 @@ impl Runner {
                 return;
             }
             // The runner holds a sender itself, so `recv` cannot return None.
-            let Some(msg) = self.rx.recv().await else {
+            let Some(msg) = self.next_result().await else {
                 return;
             };
-            if self.accept(msg).is_some() && self.settled(ids, &stop) {
+            self.accept(msg);
+            // Results that are already in count before deciding to stop.
+            while let Ok(msg) = self.rx.try_recv() {
+                self.accept(msg);
+            }
+            if self.settled(ids, &stop) {
                 return;
             }
         }
+    }
+
+    /// The next result: from a task, or from an inline check, polled here.
+    /// Tasks first: a check that finished in its task before an inline one
+    /// that depends on it (DMARC reads SPF's result) is heard first, so a
+    /// reject from the inline one does not cancel what already finished.
+    async fn next_result(&mut self) -> Option<Message> {
+        let (inline, rx) = (&mut self.inline, &mut self.rx);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(msg) = rx.poll_recv(cx) {
+                return Poll::Ready(msg);
+            }
+            for i in 0..inline.len() {
+                if let Poll::Ready(msg) = inline[i].1.as_mut().poll(cx) {
+                    // Order does not matter: results are kept by check id.
+                    drop(inline.swap_remove(i));
+                    return Poll::Ready(Some(msg));
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Whether waiting longer is pointless: a finished check asks to stop (a
@@ -284,9 +348,13 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
+        // Inline checks go with `self.inline`; tasks must be told.
         for slot in &self.slots {
-            if let State::Running { abort, .. } = &slot.state {
-                abort.abort();
+            if let State::Running {
+                abort: Some(task), ..
+            } = &slot.state
+            {
+                task.abort();
             }
         }
     }
