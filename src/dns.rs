@@ -256,6 +256,24 @@ impl Dns {
     }
 
     /// TXT records, each with its strings joined.
+    /// How long the resolver may keep "no such record" for a TXT name, from
+    /// the SOA of a negative answer (RFC 2308 §5). `None` when the answer
+    /// was not negative or carried no SOA. The name is one just looked up:
+    /// this is answered from the resolver's cache.
+    pub async fn txt_negative_ttl(&self, name: &str) -> Option<Duration> {
+        match self
+            .auth
+            .resolver()
+            .txt_lookup(Self::fqdn(name).ok()?)
+            .await
+        {
+            Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
+                .negative_ttl
+                .map(|ttl| Duration::from_secs(u64::from(ttl))),
+            _ => None,
+        }
+    }
+
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
         let lookup = self.auth.resolver().txt_lookup(Self::fqdn(name)?).await;
         Self::records(lookup, |d| match d {

@@ -338,3 +338,49 @@ async fn a_message_asks_for_at_most_eight_keys_early() {
     assert_eq!(result_of(&outcome, "dkim"), "fail");
     assert_eq!(keys(), 8);
 }
+
+/// "No such record" is shared between messages like a record is, for as
+/// long as the zone's SOA allows: nearly every message asks for the
+/// `_dmarc` name of its top-level domain, which does not exist, and would
+/// otherwise go through the resolver and a task of its own each time.
+#[tokio::test]
+async fn a_missing_record_is_shared_between_messages_for_its_negative_ttl() {
+    use dispatch_milter::checks::Memo;
+    use dispatch_milter::checks::prefetch::{RecordKind, TxtPrefetch};
+    use dispatch_milter::dns::{Dns, DnsSettings};
+
+    let server = dns().await;
+    let settings = |cache_size| DnsSettings {
+        nameservers: Some(vec![server.addr()]),
+        timeout: Duration::from_secs(2),
+        attempts: 1,
+        cache_size,
+    };
+    let dns = Arc::new(Dns::new(&settings(100)).expect("resolver"));
+    let memo = Memo::default();
+    let store = TxtPrefetch::of(&memo);
+    store.start(&dns, "_dmarc.spf.test", RecordKind::Dmarc);
+    store.settled(&dns, &["_dmarc.spf.test.".to_string()]).await;
+    assert_eq!(server.queries_for("_dmarc.spf.test"), 1);
+    assert!(
+        matches!(
+            dns.parsed_txt().get("_dmarc.spf.test."),
+            Some(mail_auth::Txt::Error(mail_auth::Error::Dns(
+                mail_auth::DnsError::RecordNotFound(_)
+            )))
+        ),
+        "the negative answer is kept for the next message"
+    );
+
+    // The resolver's cache off ([dns] cache_size = 0): nothing is shared,
+    // and no second query is made to find the negative TTL.
+    let uncached = Arc::new(Dns::new(&settings(0)).expect("resolver"));
+    let memo = Memo::default();
+    let store = TxtPrefetch::of(&memo);
+    store.start(&uncached, "_dmarc.spf.test", RecordKind::Dmarc);
+    store
+        .settled(&uncached, &["_dmarc.spf.test.".to_string()])
+        .await;
+    assert_eq!(server.queries_for("_dmarc.spf.test"), 2, "one query more");
+    assert!(uncached.parsed_txt().get("_dmarc.spf.test.").is_none());
+}

@@ -311,7 +311,24 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
                     error: Txt::Error(error),
                 }
             }
-            // No such record, or a name that cannot be asked for.
+            // No such record: shared with later messages for as long as
+            // the zone's SOA allows, like a record (nearly every message
+            // asks for the `_dmarc` name of its top-level domain, which
+            // does not exist).
+            None if matches!(
+                error,
+                mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
+            ) =>
+            {
+                let none = Txt::Error(error);
+                let shared = dns.settings().cache_size > 0;
+                if shared && let Some(ttl) = dns.txt_negative_ttl(name).await {
+                    dns.parsed_txt()
+                        .put(name, none.clone(), Instant::now() + ttl);
+                }
+                Answer::Definite(none)
+            }
+            // A name that cannot be asked for.
             None => Answer::Definite(Txt::Error(error)),
         },
     }
