@@ -54,6 +54,21 @@ pub enum Action {
     Error,
 }
 
+impl Action {
+    /// The action's name for reports: static but for a score with a number.
+    pub fn label(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Action::Ignore => "ignore".into(),
+            Action::Reject => "reject".into(),
+            Action::Tempfail => "tempfail".into(),
+            Action::Quarantine => "quarantine".into(),
+            Action::Score(Some(_)) => self.to_string().into(),
+            Action::Score(None) => "score".into(),
+            Action::Error => "error_action".into(),
+        }
+    }
+}
+
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -69,8 +84,9 @@ impl std::fmt::Display for Action {
 }
 
 pub struct CheckInstance {
-    pub name: String,
-    pub kind: String,
+    /// Shared with every report and task of the check: cloned per message.
+    pub name: Arc<str>,
+    pub kind: Arc<str>,
     pub check: Arc<dyn Check>,
     pub timeout: Duration,
     /// Indexed by `Status` position in `Status::ALL`.

@@ -245,9 +245,9 @@ async fn arc_verdict(dir: &Path, server: &DnsServer, mail: &Mail) -> (String, St
         .report
         .checks
         .iter()
-        .find(|c| c.name == "arc")
+        .find(|c| &*c.name == "arc")
         .expect("the arc check ran");
-    (c.result.clone(), c.reason.clone().unwrap_or_default())
+    (c.result.to_string(), c.reason.clone().unwrap_or_default())
 }
 
 const TWO_ALGORITHMS: &str = r#"

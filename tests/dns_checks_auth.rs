@@ -52,9 +52,9 @@ fn check(outcome: &MessageOutcome, name: &str) -> (String, String) {
         .report
         .checks
         .iter()
-        .find(|c| c.name == name)
+        .find(|c| &*c.name == name)
         .unwrap_or_else(|| panic!("check {name} reported: {:?}", outcome.report.checks));
-    (c.result.clone(), c.reason.clone().unwrap_or_default())
+    (c.result.to_string(), c.reason.clone().unwrap_or_default())
 }
 
 /// Every header the edits insert with this name.

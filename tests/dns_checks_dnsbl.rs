@@ -61,7 +61,7 @@ fn report(run: &mut Run, name: &str) -> CheckReport {
             .flat_map(|r| r.checks)
             .collect(),
     };
-    match checks.into_iter().find(|c| c.name == name) {
+    match checks.into_iter().find(|c| &*c.name == name) {
         Some(c) => c,
         None => panic!("no report for check {name}"),
     }
@@ -376,7 +376,7 @@ async fn dnsbl_lists_are_asked_at_once_from_connect() {
         .report
         .checks
         .iter()
-        .find(|c| c.name == "bls")
+        .find(|c| &*c.name == "bls")
         .expect("report");
     assert_eq!(c.result, "pass");
     assert_eq!(c.started, Stage::Connect);

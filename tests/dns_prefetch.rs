@@ -111,7 +111,7 @@ fn result_of(outcome: &MessageOutcome, check: &str) -> String {
         .report
         .checks
         .iter()
-        .find(|c| c.name == check)
+        .find(|c| &*c.name == check)
         .map(|c| c.result.to_string())
         .unwrap_or_else(|| panic!("no {check} in {:?}", outcome.report.checks))
 }

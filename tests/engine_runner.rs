@@ -92,7 +92,7 @@ async fn a_reject_cancels_a_pending_slow_check() {
         .report
         .checks
         .iter()
-        .find(|c| c.name == "slow")
+        .find(|c| &*c.name == "slow")
         .expect("reported");
     assert_eq!(slow.result, "cancelled");
 }
@@ -128,7 +128,7 @@ async fn timeout_and_panic_become_temperror_and_the_error_action() {
             .report
             .checks
             .iter()
-            .find(|c| c.name == n)
+            .find(|c| &*c.name == n)
             .cloned()
             .expect(n)
     };
@@ -329,7 +329,7 @@ async fn checks_start_when_their_inputs_exist() {
         .report
         .checks
         .iter()
-        .map(|c| (c.name.clone(), format!("{}->{}", c.started, c.decided)))
+        .map(|c| (c.name.to_string(), format!("{}->{}", c.started, c.decided)))
         .collect();
     assert_eq!(
         stages,

@@ -258,7 +258,7 @@ mod tests {
 
     fn session(user: Option<&str>, sender: &str, from: &[&str]) -> CheckInput {
         let mut i = input(Stage::Eom);
-        i.connection.auth = user.map(|u| AuthInfo {
+        Arc::make_mut(&mut i.connection).auth = user.map(|u| AuthInfo {
             user: u.into(),
             mechanism: Some("PLAIN".into()),
         });

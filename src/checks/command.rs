@@ -465,9 +465,9 @@ mod tests {
 
     fn eom_input(body: Vec<u8>) -> CheckInput {
         let mut i = input(Stage::Eom);
-        i.connection.client_ip = Some("192.0.2.7".parse().unwrap());
-        i.connection.helo = Some("mx.example.net".into());
-        i.connection.auth = Some(AuthInfo {
+        Arc::make_mut(&mut i.connection).client_ip = Some("192.0.2.7".parse().unwrap());
+        Arc::make_mut(&mut i.connection).helo = Some("mx.example.net".into());
+        Arc::make_mut(&mut i.connection).auth = Some(AuthInfo {
             user: "alice".into(),
             mechanism: None,
         });

@@ -1096,7 +1096,7 @@ mod tests {
             r#"lists = [{ zone = "zen.example", type = "ip" }, { zone = "dbl.example", type = "sender" }, { zone = "dbl.example", type = "from" }, { zone = "dbl.example", type = "helo" }]"#,
         );
         let mut i = input(Stage::Eom);
-        i.connection.helo = Some("[192.0.2.1]".into());
+        Arc::make_mut(&mut i.connection).helo = Some("[192.0.2.1]".into());
         i.envelope = Some(Envelope {
             rewritten_sender: None,
             sender: Address::Null,
@@ -1123,8 +1123,8 @@ mod tests {
     #[test]
     fn targets_from_input() {
         let mut i = input(Stage::Eom);
-        i.connection.client_ip = Some("::ffff:192.0.2.10".parse().unwrap());
-        i.connection.helo = Some("Mail.Example.NET".into());
+        Arc::make_mut(&mut i.connection).client_ip = Some("::ffff:192.0.2.10".parse().unwrap());
+        Arc::make_mut(&mut i.connection).helo = Some("Mail.Example.NET".into());
         i.envelope = Some(Envelope {
             rewritten_sender: None,
             sender: Address::parse("<joe@Sender.Example>"),

@@ -34,7 +34,9 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 pub struct CheckInput {
     /// The stage at which the check was started.
     pub stage: Stage,
-    pub connection: ConnectionFacts,
+    /// Shared with the session (and every check it starts) until a stage
+    /// changes it.
+    pub connection: Arc<ConnectionFacts>,
     /// Present from MAIL FROM on.
     pub envelope: Option<Envelope>,
     /// Present at end of message.

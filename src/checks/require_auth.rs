@@ -84,7 +84,7 @@ mod tests {
 
     fn authed(mechanism: Option<&str>) -> CheckInput {
         let mut i = input(Stage::Mail);
-        i.connection.auth = Some(AuthInfo {
+        Arc::make_mut(&mut i.connection).auth = Some(AuthInfo {
             user: "alice".into(),
             mechanism: mechanism.map(str::to_string),
         });

@@ -119,7 +119,7 @@ pub(crate) mod tests {
     use crate::checks::CheckBuildContext;
     use crate::config::error::Diagnostics;
     use crate::config::options::{Options, RawOptions};
-    use crate::message::{ConnectionFacts, TlsInfo};
+    use crate::message::TlsInfo;
     use crate::tables::TableSet;
     use std::path::Path;
 
@@ -185,7 +185,7 @@ pub(crate) mod tests {
     pub(crate) fn input(stage: Stage) -> CheckInput {
         CheckInput {
             stage,
-            connection: ConnectionFacts::default(),
+            connection: Arc::default(),
             envelope: None,
             message: None,
             queue_id: None,
@@ -199,7 +199,7 @@ pub(crate) mod tests {
 
     fn with_tls(version: &str) -> CheckInput {
         let mut i = input(Stage::Helo);
-        i.connection.tls = Some(TlsInfo {
+        Arc::make_mut(&mut i.connection).tls = Some(TlsInfo {
             version: version.into(),
             cipher: None,
         });

@@ -650,7 +650,7 @@ mod tests {
     async fn without_a_client_address_the_result_is_none() {
         for identity in [Identity::MailFrom, Identity::Helo, Identity::Both] {
             let mut i = input(Stage::Mail);
-            i.connection.helo = Some("mx.example.net".into());
+            Arc::make_mut(&mut i.connection).helo = Some("mx.example.net".into());
             i.envelope = Some(Envelope {
                 rewritten_sender: None,
                 sender: Address::parse("<alice@example.org>"),
@@ -671,7 +671,7 @@ mod tests {
     #[tokio::test]
     async fn the_null_sender_without_helo_is_none_without_dns() {
         let mut i = input(Stage::Mail);
-        i.connection.client_ip = Some("192.0.2.1".parse().unwrap());
+        Arc::make_mut(&mut i.connection).client_ip = Some("192.0.2.1".parse().unwrap());
         i.envelope = Some(Envelope {
             rewritten_sender: None,
             sender: Address::Null,

@@ -505,8 +505,8 @@ impl Compiler<'_, '_> {
         let id = self.checks.len();
         self.check_ids.insert(name.get_ref().clone(), id);
         self.checks.push(CheckInstance {
-            name: name.into_inner(),
-            kind: kind.into_inner(),
+            name: name.into_inner().into(),
+            kind: kind.into_inner().into(),
             inputs: check.inputs(),
             decides,
             check,

@@ -440,24 +440,26 @@ fn handle_header(ctx: &mut Context<Connection>, name: CString, value: CString) -
         return Status::Continue;
     };
     if let Some(session) = conn.session.as_mut() {
-        let mut value = value.to_bytes();
+        let mut value = value.into_bytes();
         // With LEADING_SPACE the MTA sends the value exactly as received,
         // space after the colon included; the engine wants it without.
-        if conn.leading_space {
-            value = value.strip_prefix(b" ").unwrap_or(value);
+        if conn.leading_space && value.first() == Some(&b' ') {
+            value.remove(0);
         }
-        // Borrowed unless the bytes are not UTF-8: the engine copies what
-        // it keeps, so converting here must not allocate a second time.
-        session.header(
-            &String::from_utf8_lossy(name.to_bytes()),
-            &String::from_utf8_lossy(value),
-        );
+        // The engine keeps what it is given: the MTA's buffers become the
+        // stored header without a copy (unless they are not UTF-8).
+        session.header_owned(owned_text(name.into_bytes()), owned_text(value));
     }
     if conn.noreply_header {
         Status::Noreply
     } else {
         Status::Continue
     }
+}
+
+/// Bytes as text, reusing the buffer when they are UTF-8.
+fn owned_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> Status {
@@ -556,7 +558,7 @@ fn record(shared: &Shared, pipeline: &str, verdict: &str, outcome: &MessageOutco
     for c in &outcome.report.checks {
         shared.metrics.check(
             &c.name,
-            &c.result,
+            c.result,
             Duration::try_from_secs_f64(c.elapsed_ms / 1000.0).unwrap_or_default(),
         );
     }

@@ -32,7 +32,7 @@ struct MessageLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CheckResultLabels {
     check: String,
-    result: String,
+    result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -147,11 +147,11 @@ impl Metrics {
     }
 
     /// one check result: check name, result ("pass", "fail", ..., "cancelled"), and how long it took
-    pub fn check(&self, check: &str, result: &str, elapsed: Duration) {
+    pub fn check(&self, check: &str, result: &'static str, elapsed: Duration) {
         self.check_results
             .get_or_create(&CheckResultLabels {
                 check: check.to_owned(),
-                result: result.to_owned(),
+                result,
             })
             .inc();
         self.check_duration

@@ -122,7 +122,7 @@ struct MessageState {
 pub struct Session {
     policy: Arc<Policy>,
     pipeline: usize,
-    facts: ConnectionFacts,
+    facts: Arc<ConnectionFacts>,
     runner: Runner,
     message: Option<MessageState>,
     queue_id: Option<String>,
@@ -140,7 +140,7 @@ impl Session {
         Session {
             policy,
             pipeline,
-            facts,
+            facts: Arc::new(facts),
             runner,
             message: None,
             queue_id: None,
@@ -251,11 +251,6 @@ impl Session {
     fn check_decision(&self, id: CheckId) -> Option<Decision> {
         let (action, result) = self.resolve_action(id)?;
         let instance = &self.policy.checks[id];
-        let reason = result
-            .reason
-            .clone()
-            .unwrap_or_else(|| result.status.to_string());
-        let described = format!("{}: {}", instance.name, reason);
         let error_action = &self.pipeline().settings.error_action;
         let (verdict, reply) = match action {
             Action::Reject => (Verdict::Reject, Some(instance.reject_reply.clone())),
@@ -266,6 +261,10 @@ impl Session {
             },
             Action::Quarantine => (Verdict::Quarantine, None),
             Action::Ignore | Action::Score(_) => return None,
+        };
+        let described = match &result.reason {
+            Some(reason) => format!("{}: {reason}", instance.name),
+            None => format!("{}: {}", instance.name, result.status),
         };
         Some(Decision {
             verdict,
@@ -337,9 +336,10 @@ impl Session {
     /// HELO or EHLO. A second EHLO (after STARTTLS) restarts the HELO-stage
     /// checks, since what they look at has changed.
     pub async fn helo(&mut self, helo: &str, tls: Option<TlsInfo>) -> StageReply {
-        self.facts.helo = Some(helo.to_string());
+        let facts = Arc::make_mut(&mut self.facts);
+        facts.helo = Some(helo.to_string());
         if tls.is_some() {
-            self.facts.tls = tls;
+            facts.tls = tls;
         }
         let policy = self.policy.clone();
         let input = self.input(Stage::Helo);
@@ -360,7 +360,7 @@ impl Session {
     /// with MAIL FROM macros).
     pub fn set_tls(&mut self, tls: Option<TlsInfo>) {
         if tls.is_some() {
-            self.facts.tls = tls;
+            Arc::make_mut(&mut self.facts).tls = tls;
         }
     }
 
@@ -382,7 +382,7 @@ impl Session {
     ) -> StageReply {
         self.abort();
         if auth.is_some() {
-            self.facts.auth = auth;
+            Arc::make_mut(&mut self.facts).auth = auth;
         }
         let policy = self.policy.clone();
         let pipeline = &policy.pipelines[self.pipeline];
@@ -635,24 +635,26 @@ impl Session {
 
     /// One header as received (value without the leading space).
     pub fn header(&mut self, name: &str, value: &str) {
-        if let Some(m) = &self.message {
-            let early = Early {
-                sender: &m.original_sender,
-                header: Some((name, value)),
-                memo: &m.memo,
-            };
-            for &id in &m.early {
-                self.policy.checks[id].check.prefetch(&early);
-            }
+        self.header_owned(name.to_string(), value.to_string());
+    }
+
+    /// [`Session::header`] for a caller that owns the strings: they are
+    /// kept as they are, not copied.
+    pub fn header_owned(&mut self, name: String, value: String) {
+        let Some(m) = &mut self.message else {
+            return;
+        };
+        let early = Early {
+            sender: &m.original_sender,
+            header: Some((&name, &value)),
+            memo: &m.memo,
+        };
+        for &id in &m.early {
+            self.policy.checks[id].check.prefetch(&early);
         }
-        if let Some(m) = &mut self.message {
-            let content = Arc::make_mut(&mut m.content);
-            content.size += (name.len() + value.len() + 4) as u64;
-            content.headers.push(Header {
-                name: name.to_string(),
-                value: value.to_string(),
-            });
-        }
+        let content = Arc::make_mut(&mut m.content);
+        content.size += (name.len() + value.len() + 4) as u64;
+        content.headers.push(Header { name, value });
     }
 
     /// A piece of the body. Only the pipeline's `max_body_size` is kept, and

@@ -9,16 +9,21 @@ use crate::policy::{CheckInstance, MatchedBy};
 use crate::reply::Reply;
 use crate::stage::Stage;
 use serde::Serialize;
+use std::borrow::Cow;
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
-    pub name: String,
-    pub kind: String,
+    /// Shared with the check's configuration: a report costs no copy of it.
+    #[serde(serialize_with = "as_str")]
+    pub name: Arc<str>,
+    #[serde(serialize_with = "as_str")]
+    pub kind: Arc<str>,
     /// pass, fail, ..., or `cancelled` when a reject made it moot.
-    pub result: String,
+    pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub action: String,
+    pub action: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
     /// The stage the check started at and the stage its result was used at.
@@ -30,15 +35,19 @@ pub struct CheckReport {
     pub order: usize,
 }
 
+fn as_str<S: serde::Serializer>(value: &Arc<str>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value)
+}
+
 impl CheckReport {
     pub(crate) fn finished(instance: &CheckInstance, f: &Finished, decided: Stage) -> CheckReport {
         let action = instance.action_for(f.result.status);
         CheckReport {
             name: instance.name.clone(),
             kind: instance.kind.clone(),
-            result: f.result.status.to_string(),
+            result: f.result.status.as_str(),
             reason: f.result.reason.clone(),
-            action: action.to_string(),
+            action: action.label(),
             score: match action {
                 crate::policy::Action::Score(n) => n.or(f.result.score),
                 _ => None,
@@ -54,9 +63,9 @@ impl CheckReport {
         CheckReport {
             name: instance.name.clone(),
             kind: instance.kind.clone(),
-            result: "cancelled".to_string(),
+            result: "cancelled",
             reason: Some("another check already rejected the message".to_string()),
-            action: "ignore".to_string(),
+            action: "ignore".into(),
             score: None,
             started: instance.inputs,
             decided: Stage::Eom,

@@ -296,25 +296,23 @@ impl Runner {
             .any(|&id| matches!(&self.slots[id].state, State::Done(f) if stop(f)))
     }
 
-    fn accept(&mut self, msg: Message) -> Option<Finished> {
+    /// Record a result, unless it belongs to a run that was dropped since.
+    fn accept(&mut self, msg: Message) {
         let slot = &mut self.slots[msg.id];
         let State::Running {
             token, started_at, ..
         } = slot.state
         else {
-            return None;
+            return;
         };
-        if token != msg.token {
-            return None;
+        if token == msg.token {
+            slot.state = State::Done(Finished {
+                id: msg.id,
+                result: msg.result,
+                elapsed: msg.elapsed,
+                started_at,
+            });
         }
-        let done = Finished {
-            id: msg.id,
-            result: msg.result,
-            elapsed: msg.elapsed,
-            started_at,
-        };
-        slot.state = State::Done(done.clone());
-        Some(done)
     }
 
     /// Abort every message-scoped check still running and forget all
