@@ -447,14 +447,14 @@ impl SpfCheck {
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {
         let internal = || CheckResult::temperror("internal error: SPF memo");
-        // (outcomes for Authentication-Results, the one that decides)
-        let (shown, deciding): (Vec<SpfOutcome>, SpfOutcome) = match self.identity {
+        // The memoised outcomes this identity looks at: HELO's, MAIL FROM's.
+        let (helo, mail) = match self.identity {
             Identity::MailFrom => match mail_from_outcome(&self.dns, input).await {
-                Some(o) => (vec![o.0.clone()], o.0.clone()),
+                Some(o) => (None, Some(o)),
                 None => return internal(),
             },
             Identity::Helo => match helo_outcome(&self.dns, input).await {
-                Some(o) => (vec![o.0.clone()], o.0.clone()),
+                Some(o) => (Some(o), None),
                 None => return internal(),
             },
             Identity::Both => {
@@ -463,21 +463,37 @@ impl SpfCheck {
                 };
                 let null_sender = input.envelope.as_ref().is_none_or(|e| e.sender.is_null());
                 if helo.0.result() == SpfResult::Fail || null_sender {
-                    (vec![helo.0.clone()], helo.0.clone())
+                    (Some(helo), None)
                 } else {
                     let Some(mail) = mail_from_outcome(&self.dns, input).await else {
                         return internal();
                     };
-                    (vec![helo.0.clone(), mail.0.clone()], mail.0.clone())
+                    (Some(helo), Some(mail))
                 }
             }
         };
-        let mut result = CheckResult::with_reason(deciding.status(), reason(&deciding));
-        result.auth_results = Some(shown.iter().map(fragment).collect::<Vec<_>>().join("; "));
+        // Shown in Authentication-Results: each one looked at; deciding:
+        // MAIL FROM's when it was looked at.
+        let shown: Vec<&SpfOutcome> = helo
+            .iter()
+            .map(|h| &h.0)
+            .chain(mail.iter().map(|m| &m.0))
+            .collect();
+        let Some(deciding) = mail.as_ref().map(|m| &m.0).or(helo.as_ref().map(|h| &h.0)) else {
+            return internal();
+        };
+        let mut result = CheckResult::with_reason(deciding.status(), reason(deciding));
+        result.auth_results = Some(
+            shown
+                .iter()
+                .map(|o| fragment(o))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
         if self.received_spf {
             result
                 .add_headers
-                .push(("Received-SPF".to_string(), received_spf(&deciding)));
+                .push(("Received-SPF".to_string(), received_spf(deciding)));
         }
         result
     }

@@ -78,6 +78,12 @@ fn macro_value(macros: &Macros, name: &CStr) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// The `i` macro, borrowed: it comes with MAIL, RCPT and end of message
+/// and is nearly always the same.
+fn queue_id(macros: &Macros) -> Option<&str> {
+    macros.get(c"i").and_then(|v| v.to_str().ok())
+}
+
 fn text(s: &CStr) -> String {
     s.to_string_lossy().into_owned()
 }
@@ -404,7 +410,6 @@ async fn handle_mail(
         user,
         mechanism: macro_value(&ctx.macros, c"{auth_type}"),
     });
-    let queue_id = macro_value(&ctx.macros, c"i");
     let Some(conn) = ctx.data.as_mut() else {
         return Status::Tempfail;
     };
@@ -415,7 +420,7 @@ async fn handle_mail(
     let sender = args.next().unwrap_or_default();
     let esmtp: Vec<String> = args.collect();
     session.set_tls(tls);
-    session.set_queue_id(queue_id.as_deref());
+    session.set_queue_id(queue_id(&ctx.macros));
     let reply = session.mail(&sender, &esmtp, auth).await;
     log_ended(shared, conn);
     conn.message = reply.is_continue().then(|| shared.message_started());
@@ -423,14 +428,13 @@ async fn handle_mail(
 }
 
 async fn handle_rcpt(ctx: &mut Context<Connection>, args: Vec<CString>) -> Status {
-    let queue_id = macro_value(&ctx.macros, c"i");
     let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) else {
         return Status::Tempfail;
     };
+    session.set_queue_id(queue_id(&ctx.macros));
     let mut args = args.iter().map(|a| text(a));
     let rcpt = args.next().unwrap_or_default();
     let esmtp: Vec<String> = args.collect();
-    session.set_queue_id(queue_id.as_deref());
     let reply = session.rcpt(&rcpt, &esmtp).await;
     stage_status(ctx, reply)
 }

@@ -162,8 +162,12 @@ impl Session {
         self.runner.in_flight_peak()
     }
 
+    /// The MTA's queue id, as each stage's macros tell it (the same one,
+    /// usually: kept once).
     pub fn set_queue_id(&mut self, queue_id: Option<&str>) {
-        if let Some(q) = queue_id.filter(|q| !q.is_empty()) {
+        if let Some(q) = queue_id.filter(|q| !q.is_empty())
+            && self.queue_id.as_deref() != Some(q)
+        {
             self.queue_id = Some(q.to_string());
         }
     }
