@@ -4,6 +4,7 @@
 //! the checks make goes through here, and every failure is classified once:
 //! "no such record" is an answer, anything else is a temporary error.
 
+use crate::ttl_cache::TtlCache;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
@@ -110,6 +111,8 @@ pub struct Dns {
     /// this keeps the parsing: an RSA key or a policy record is parsed once
     /// per TTL, not once per message).
     parsed: crate::checks::prefetch::SharedTxt,
+    /// A answers (and "no such record") for their TTL; see `ipv4`.
+    a_answers: TtlCache<Result<Vec<Ipv4Addr>, DnsError>>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -157,6 +160,7 @@ impl Dns {
             auth,
             settings: settings.clone(),
             parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
+            a_answers: TtlCache::new(settings.cache_size),
         })
     }
 
@@ -165,6 +169,11 @@ impl Dns {
     }
 
     /// Parsed TXT records shared between messages.
+    /// How many A answers are kept in front of the resolver (see `ipv4`).
+    pub fn kept_a_answers(&self) -> usize {
+        self.a_answers.len()
+    }
+
     pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
         &self.parsed
     }
@@ -202,12 +211,31 @@ impl Dns {
         }
     }
 
+    /// A records. Answers and "no such record" are kept for their TTL in
+    /// front of the resolver: DNSBL and iprev ask for the same names on
+    /// every connection from a client.
     pub async fn ipv4(&self, name: &str) -> Result<Vec<Ipv4Addr>, DnsError> {
+        if let Some(answer) = self.a_answers.get(name) {
+            return answer;
+        }
         let lookup = self.auth.resolver().ipv4_lookup(Self::fqdn(name)?).await;
-        Self::records(lookup, |d| match d {
+        let valid_until = match &lookup {
+            Ok(found) => Some(found.valid_until()),
+            Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
+                .negative_ttl
+                .map(|ttl| std::time::Instant::now() + Duration::from_secs(u64::from(ttl))),
+            Err(_) => None,
+        };
+        let answer = Self::records(lookup, |d| match d {
             RData::A(a) => Some(a.0),
             _ => None,
-        })
+        });
+        if let Some(until) = valid_until
+            && matches!(answer, Ok(_) | Err(DnsError::NotFound))
+        {
+            self.a_answers.put(name, answer.clone(), until);
+        }
+        answer
     }
 
     pub async fn ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
@@ -255,7 +283,6 @@ impl Dns {
         Ok(mx)
     }
 
-    /// TXT records, each with its strings joined.
     /// How long the resolver may keep "no such record" for a TXT name, from
     /// the SOA of a negative answer (RFC 2308 §5). `None` when the answer
     /// was not negative or carried no SOA. The name is one just looked up:
@@ -274,6 +301,7 @@ impl Dns {
         }
     }
 
+    /// TXT records, each with its strings joined.
     pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
         let lookup = self.auth.resolver().txt_lookup(Self::fqdn(name)?).await;
         Self::records(lookup, |d| match d {
@@ -311,5 +339,34 @@ pub fn unreachable_for_tests() -> std::sync::Arc<Dns> {
     match Dns::new(&settings) {
         Ok(dns) => std::sync::Arc::new(dns),
         Err(e) => panic!("{e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn kept_a_answers_are_used_before_the_resolver_and_failures_are_not_kept() {
+        // Nothing listens at this resolver's server: any real query fails.
+        let dns = unreachable_for_tests();
+        let later = Instant::now() + Duration::from_secs(60);
+        let listed = "2.0.0.127.bl.example.";
+        dns.a_answers
+            .put(listed, Ok(vec![Ipv4Addr::new(127, 0, 0, 2)]), later);
+        assert_eq!(
+            dns.ipv4(listed).await,
+            Ok(vec![Ipv4Addr::new(127, 0, 0, 2)])
+        );
+        let absent = "3.0.0.127.bl.example.";
+        dns.a_answers.put(absent, Err(DnsError::NotFound), later);
+        assert_eq!(dns.ipv4(absent).await, Err(DnsError::NotFound));
+
+        // A timeout is asked again next time, never kept.
+        let other = "4.0.0.127.bl.example.";
+        assert!(matches!(dns.ipv4(other).await, Err(DnsError::Temporary(_))));
+        assert_eq!(dns.a_answers.get(other), None);
+        assert_eq!(dns.a_answers.len(), 2);
     }
 }

@@ -20,3 +20,4 @@ pub mod reply;
 pub mod server_config;
 pub mod stage;
 pub mod tables;
+pub mod ttl_cache;

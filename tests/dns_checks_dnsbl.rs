@@ -596,3 +596,40 @@ async fn iprev_dns_failures_are_temperror() {
         "{c:?}"
     );
 }
+
+/// A answers (a listing, and "not listed") are kept for their TTL in front
+/// of the resolver, for the next connection from the same client; a
+/// temporary failure is not kept; with `cache_size = 0` nothing is.
+#[tokio::test]
+async fn dnsbl_answers_are_kept_for_their_ttl_but_not_failures() {
+    use dispatch_milter::dns::{Dns, DnsError, DnsSettings};
+    let server = DnsServer::start().await;
+    server.load_zone_dir(zones_dir().join("dnsbl"));
+    server.set_failure("1.2.0.192.bl2.test", Failure::ServFail);
+    let settings = |cache_size| DnsSettings {
+        nameservers: Some(vec![server.addr()]),
+        timeout: Duration::from_secs(2),
+        attempts: 1,
+        cache_size,
+    };
+    let dns = Dns::new(&settings(100)).expect("resolver");
+    let listed = dns.ipv4("10.2.0.192.bl1.test").await;
+    assert_eq!(listed, Ok(vec!["127.0.0.3".parse().expect("address")]));
+    assert_eq!(
+        dns.ipv4("11.2.0.192.bl1.test").await,
+        Err(DnsError::NotFound)
+    );
+    assert_eq!(dns.kept_a_answers(), 2, "the listing and the NXDOMAIN");
+    assert!(matches!(
+        dns.ipv4("1.2.0.192.bl2.test").await,
+        Err(DnsError::Temporary(_))
+    ));
+    assert_eq!(dns.kept_a_answers(), 2, "SERVFAIL is not kept");
+    // Asked again: answered from what was kept, the same answer.
+    assert_eq!(dns.ipv4("10.2.0.192.bl1.test").await, listed);
+    assert_eq!(server.queries_for("10.2.0.192.bl1.test"), 1);
+
+    let uncached = Dns::new(&settings(0)).expect("resolver");
+    assert_eq!(uncached.ipv4("10.2.0.192.bl1.test").await, listed);
+    assert_eq!(uncached.kept_a_answers(), 0);
+}

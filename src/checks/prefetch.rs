@@ -193,61 +193,9 @@ pub fn dmarc_records(memo: &Memo, dns: &Arc<Dns>, domain: &str) {
     }
 }
 
-/// Parsed records shared by every message until their DNS TTL runs out,
-/// at most `[dns] cache_size` of them (0: none, every message parses its
-/// own). When full, expired records go first, then everything: a simple
-/// bound, since a full table of live DKIM keys and DMARC records is rare.
-pub struct SharedTxt {
-    entries: Mutex<HashMap<Box<str>, (Txt, Instant)>>,
-    capacity: usize,
-}
-
-impl SharedTxt {
-    pub fn new(capacity: u64) -> SharedTxt {
-        SharedTxt {
-            entries: Mutex::new(HashMap::new()),
-            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
-        }
-    }
-
-    /// The record for `name` (as mail-auth spells it), if still valid.
-    pub fn get(&self, name: &str) -> Option<Txt> {
-        let mut entries = lock(&self.entries);
-        match entries.get(name) {
-            Some((txt, until)) if *until > Instant::now() => Some(txt.clone()),
-            Some(_) => {
-                entries.remove(name);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn put(&self, name: &str, txt: Txt, valid_until: Instant) {
-        if self.capacity == 0 || valid_until <= Instant::now() {
-            return;
-        }
-        let mut entries = lock(&self.entries);
-        if entries.len() >= self.capacity && !entries.contains_key(name) {
-            let now = Instant::now();
-            entries.retain(|_, (_, until)| *until > now);
-            if entries.len() >= self.capacity {
-                entries.clear();
-            }
-        }
-        entries.insert(key_of(name), (txt, valid_until));
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        lock(&self.entries).len()
-    }
-
-    #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// Parsed records (and "no such record") shared by every message until
+/// their DNS TTL runs out, keyed by name as mail-auth spells it.
+pub type SharedTxt = crate::ttl_cache::TtlCache<Txt>;
 
 /// Holds what mail-auth's lookup would cache, and until when, so its exact
 /// parsing (raw bytes, the error of the last record tried) is what the
@@ -541,35 +489,6 @@ mod tests {
         assert!(store.answer("_dmarc.Example.org").is_some());
         assert!(ResolverCache::get::<str>(&store, "_dmarc.org.").is_none());
         assert_eq!(store.len(), 1);
-    }
-
-    #[test]
-    fn shared_records_last_their_ttl_and_stay_within_the_cache_size() {
-        let dmarc = || {
-            let Ok(record) = Dmarc::parse(b"v=DMARC1; p=reject") else {
-                panic!("a valid record")
-            };
-            Txt::Dmarc(Arc::new(record))
-        };
-        let later = Instant::now() + std::time::Duration::from_secs(300);
-        let shared = SharedTxt::new(2);
-        shared.put("_dmarc.a.example.", dmarc(), later);
-        assert!(matches!(
-            shared.get("_dmarc.a.example."),
-            Some(Txt::Dmarc(_))
-        ));
-        // Already expired: not kept.
-        shared.put("_dmarc.b.example.", dmarc(), Instant::now());
-        assert!(shared.get("_dmarc.b.example.").is_none());
-        // Full: room is made, never more than the size.
-        shared.put("_dmarc.c.example.", dmarc(), later);
-        shared.put("_dmarc.d.example.", dmarc(), later);
-        assert!(shared.len() <= 2);
-        assert!(shared.get("_dmarc.d.example.").is_some());
-        // Size 0 ([dns] cache_size = 0): nothing is shared.
-        let none = SharedTxt::new(0);
-        none.put("_dmarc.a.example.", dmarc(), later);
-        assert!(none.is_empty());
     }
 
     #[test]
