@@ -73,6 +73,35 @@ fn classify(e: NetError) -> DnsError {
     }
 }
 
+/// Until when a lookup's outcome may be kept: its records' TTL, or for "no
+/// such record" the negative TTL of the zone's SOA (RFC 2308). `None` for
+/// failures, and negative answers without an SOA.
+fn valid_until(
+    lookup: &Result<hickory_resolver::lookup::Lookup, NetError>,
+) -> Option<std::time::Instant> {
+    match lookup {
+        Ok(found) => Some(found.valid_until()),
+        Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
+            .negative_ttl
+            .map(|ttl| std::time::Instant::now() + Duration::from_secs(u64::from(ttl))),
+        Err(_) => None,
+    }
+}
+
+/// Keep an answer or "no such record" until `valid_until`; never a failure.
+fn keep<T: Clone>(
+    table: &TtlCache<Result<Vec<T>, DnsError>>,
+    key: &str,
+    answer: &Result<Vec<T>, DnsError>,
+    valid_until: Option<std::time::Instant>,
+) {
+    if let Some(until) = valid_until
+        && matches!(answer, Ok(_) | Err(DnsError::NotFound))
+    {
+        table.put(key, answer.clone(), until);
+    }
+}
+
 /// Builds the resolver the first time a check asks for it, so a policy
 /// without DNS checks never needs /etc/resolv.conf.
 pub struct DnsProvider {
@@ -113,6 +142,8 @@ pub struct Dns {
     parsed: crate::checks::prefetch::SharedTxt,
     /// A answers (and "no such record") for their TTL; see `ipv4`.
     a_answers: TtlCache<Result<Vec<Ipv4Addr>, DnsError>>,
+    /// PTR answers by address, the same way.
+    ptr_answers: TtlCache<Result<Vec<String>, DnsError>>,
 }
 
 impl std::fmt::Debug for Dns {
@@ -161,6 +192,7 @@ impl Dns {
             settings: settings.clone(),
             parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
             a_answers: TtlCache::new(settings.cache_size),
+            ptr_answers: TtlCache::new(settings.cache_size),
         })
     }
 
@@ -169,9 +201,10 @@ impl Dns {
     }
 
     /// Parsed TXT records shared between messages.
-    /// How many A answers are kept in front of the resolver (see `ipv4`).
-    pub fn kept_a_answers(&self) -> usize {
-        self.a_answers.len()
+    /// How many A and PTR answers are kept in front of the resolver (see
+    /// `ipv4` and `ptr`).
+    pub fn kept_answers(&self) -> usize {
+        self.a_answers.len() + self.ptr_answers.len()
     }
 
     pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
@@ -219,22 +252,12 @@ impl Dns {
             return answer;
         }
         let lookup = self.auth.resolver().ipv4_lookup(Self::fqdn(name)?).await;
-        let valid_until = match &lookup {
-            Ok(found) => Some(found.valid_until()),
-            Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
-                .negative_ttl
-                .map(|ttl| std::time::Instant::now() + Duration::from_secs(u64::from(ttl))),
-            Err(_) => None,
-        };
+        let valid_until = valid_until(&lookup);
         let answer = Self::records(lookup, |d| match d {
             RData::A(a) => Some(a.0),
             _ => None,
         });
-        if let Some(until) = valid_until
-            && matches!(answer, Ok(_) | Err(DnsError::NotFound))
-        {
-            self.a_answers.put(name, answer.clone(), until);
-        }
+        keep(&self.a_answers, name, &answer, valid_until);
         answer
     }
 
@@ -315,13 +338,21 @@ impl Dns {
         })
     }
 
-    /// PTR names of an address, without trailing dots.
+    /// PTR names of an address, without trailing dots. Kept for their TTL
+    /// like A answers: iprev asks on every connection.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        let key = ip.to_string();
+        if let Some(answer) = self.ptr_answers.get(&key) {
+            return answer;
+        }
         let lookup = self.auth.resolver().reverse_lookup(Name::from(ip)).await;
-        Self::records(lookup, |d| match d {
+        let valid_until = valid_until(&lookup);
+        let answer = Self::records(lookup, |d| match d {
             RData::PTR(p) => Some(p.0.to_ascii().trim_end_matches('.').to_string()),
             _ => None,
-        })
+        });
+        keep(&self.ptr_answers, &key, &answer, valid_until);
+        answer
     }
 }
 

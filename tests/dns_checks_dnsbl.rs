@@ -597,11 +597,12 @@ async fn iprev_dns_failures_are_temperror() {
     );
 }
 
-/// A answers (a listing, and "not listed") are kept for their TTL in front
-/// of the resolver, for the next connection from the same client; a
-/// temporary failure is not kept; with `cache_size = 0` nothing is.
+/// A answers (a listing, and "not listed") and PTR answers are kept for
+/// their TTL in front of the resolver, for the next connection from the
+/// same client; a temporary failure is not kept; with `cache_size = 0`
+/// nothing is.
 #[tokio::test]
-async fn dnsbl_answers_are_kept_for_their_ttl_but_not_failures() {
+async fn dnsbl_and_iprev_answers_are_kept_for_their_ttl_but_not_failures() {
     use dispatch_milter::dns::{Dns, DnsError, DnsSettings};
     let server = DnsServer::start().await;
     server.load_zone_dir(zones_dir().join("dnsbl"));
@@ -619,17 +620,26 @@ async fn dnsbl_answers_are_kept_for_their_ttl_but_not_failures() {
         dns.ipv4("11.2.0.192.bl1.test").await,
         Err(DnsError::NotFound)
     );
-    assert_eq!(dns.kept_a_answers(), 2, "the listing and the NXDOMAIN");
+    assert_eq!(dns.kept_answers(), 2, "the listing and the NXDOMAIN");
     assert!(matches!(
         dns.ipv4("1.2.0.192.bl2.test").await,
         Err(DnsError::Temporary(_))
     ));
-    assert_eq!(dns.kept_a_answers(), 2, "SERVFAIL is not kept");
+    assert_eq!(dns.kept_answers(), 2, "SERVFAIL is not kept");
     // Asked again: answered from what was kept, the same answer.
     assert_eq!(dns.ipv4("10.2.0.192.bl1.test").await, listed);
     assert_eq!(server.queries_for("10.2.0.192.bl1.test"), 1);
+    // iprev's PTR lookups are kept the same way.
+    let client: IpAddr = "192.0.2.10".parse().expect("address");
+    server.add_zone("2.0.192.in-addr.arpa");
+    server.add_ptr_for(client, "client.example.net");
+    let names = Ok(vec!["client.example.net".to_string()]);
+    assert_eq!(dns.ptr(client).await, names);
+    assert_eq!(dns.ptr(client).await, names);
+    assert_eq!(dns.kept_answers(), 3);
+    assert_eq!(server.queries_for(&reverse_name(client)), 1);
 
     let uncached = Dns::new(&settings(0)).expect("resolver");
     assert_eq!(uncached.ipv4("10.2.0.192.bl1.test").await, listed);
-    assert_eq!(uncached.kept_a_answers(), 0);
+    assert_eq!(uncached.kept_answers(), 0);
 }
