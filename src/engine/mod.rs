@@ -205,10 +205,11 @@ impl Session {
         }
     }
 
-    /// Start the checks among `ids` whose inputs exist at `stage`. At end
-    /// of message they run inline (see `runner`): the session waits for
-    /// them next and nothing comes after.
-    fn start_checks(&mut self, ids: &[CheckId], stage: Stage) {
+    /// Start the checks among `ids` whose inputs exist at `stage`. Those in
+    /// `awaited_now`, which the session waits for next, run inline (see
+    /// `runner`); the others run as tasks, making progress while the
+    /// dialogue goes on.
+    fn start_checks(&mut self, ids: &[CheckId], stage: Stage, awaited_now: &[CheckId]) {
         let policy = self.policy.clone();
         let mut input = None;
         for &id in ids {
@@ -220,7 +221,7 @@ impl Session {
                 } else {
                     Scope::Message
                 };
-                if stage == Stage::Eom {
+                if awaited_now.contains(&id) {
                     self.runner.start_inline(id, instance, input, scope);
                 } else {
                     self.runner.start(id, instance, input, scope);
@@ -331,8 +332,8 @@ impl Session {
     /// address and name, and decide on those the policy needs now.
     pub async fn connect(&mut self) -> StageReply {
         let all = self.pipeline().all_checks.clone();
-        self.start_checks(&all, Stage::Connect);
         let global = self.checks_deciding_by(&self.pipeline().checks.clone(), Stage::Connect);
+        self.start_checks(&all, Stage::Connect, &global);
         self.await_checks(&global).await;
         self.stage_reply(&global)
     }
@@ -430,13 +431,13 @@ impl Session {
             early: Vec::new(),
         });
 
-        self.start_checks(&source.checks, Stage::Mail);
+        let now = self.checks_deciding_by(&source.checks, Stage::Mail);
+        self.start_checks(&source.checks, Stage::Mail, &now);
         // Before waiting for what decides at MAIL FROM (on a connection's
         // first message, DNSBL and iprev from connect): the early lookups
         // overlap that wait. If MAIL FROM is refused, the message's memo goes
         // and its lookups are stopped.
         self.prefetch_for(&source.checks);
-        let now = self.checks_deciding_by(&source.checks, Stage::Mail);
         self.await_checks(&now).await;
         self.record_checks(&now, Stage::Mail);
         let reply = self.stage_reply(&now);
@@ -511,8 +512,8 @@ impl Session {
         }
         checks.sort_unstable();
         if decision.verdict < Verdict::Tempfail {
-            self.start_checks(&checks, Stage::Rcpt);
             let now = self.checks_deciding_by(&checks, Stage::Rcpt);
+            self.start_checks(&checks, Stage::Rcpt, &now);
             self.await_checks(&now).await;
             self.record_checks(&now, Stage::Rcpt);
             decision.merge(self.refusal(&now));
@@ -739,7 +740,7 @@ impl Session {
             }
         }
         checks.sort_unstable();
-        self.start_checks(&checks, Stage::Eom);
+        self.start_checks(&checks, Stage::Eom, &checks);
         self.await_checks(&checks).await;
         let cancelled = self.runner.cancel_running();
         self.record_checks(&checks, Stage::Eom);

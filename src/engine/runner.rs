@@ -2,11 +2,12 @@
 //! turned into temperror, results collected by check id, and every task still
 //! running aborted when its message ends or its session is dropped.
 //!
-//! Checks the caller waits for at once (those started at end of message)
-//! can instead run inline: polled together inside the waiting task, still
-//! concurrently, without a task, a channel hop and a wakeup of another
-//! worker thread each. Inline checks make progress only while someone
-//! waits, which is why only end of message uses them.
+//! Checks the caller waits for at once (those that decide at the stage
+//! that starts them, and everything at end of message) can instead run
+//! inline: polled together inside the waiting task, still concurrently,
+//! without a task, a channel hop and a wakeup of another worker thread
+//! each. Inline checks make progress only while someone waits, which is
+//! why a check that a later stage waits for runs as a task.
 
 use crate::checks::{Check, CheckInput, CheckResult};
 use crate::policy::{CheckId, CheckInstance};
@@ -403,5 +404,97 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
             Err(panic) => Poll::Ready(Err(panic)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::{BoxFuture, Memo};
+    use crate::policy::Action;
+    use crate::reply::Reply;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts how often it was polled; passes after `delay`.
+    struct Polled {
+        polls: Arc<AtomicUsize>,
+        delay: Duration,
+    }
+
+    impl Check for Polled {
+        fn inputs(&self) -> Stage {
+            Stage::Connect
+        }
+
+        fn run(self: Arc<Self>, _input: Arc<CheckInput>) -> BoxFuture<CheckResult> {
+            Box::pin(async move {
+                self.polls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                CheckResult::pass()
+            })
+        }
+    }
+
+    fn instance(polls: &Arc<AtomicUsize>) -> CheckInstance {
+        CheckInstance {
+            name: "polled".into(),
+            kind: "test".into(),
+            check: Arc::new(Polled {
+                polls: polls.clone(),
+                delay: Duration::from_millis(20),
+            }),
+            timeout: Duration::from_secs(5),
+            actions: [Action::Ignore; 7],
+            reject_reply: Reply::default_reject(),
+            tempfail_reply: Reply::default_tempfail(),
+            inputs: Stage::Connect,
+            decides: Stage::Connect,
+        }
+    }
+
+    fn input() -> Arc<CheckInput> {
+        Arc::new(CheckInput {
+            stage: Stage::Connect,
+            connection: Arc::default(),
+            envelope: None,
+            message: None,
+            queue_id: None,
+            memo: Arc::new(Memo::default()),
+        })
+    }
+
+    #[tokio::test]
+    async fn an_inline_check_runs_only_while_waited_for_and_a_task_runs_alone() {
+        let (inline_polls, task_polls) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut runner = Runner::new(2);
+        runner.start_inline(0, &instance(&inline_polls), &input(), Scope::Message);
+        runner.start(1, &instance(&task_polls), &input(), Scope::Message);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            task_polls.load(Ordering::SeqCst),
+            1,
+            "the task ran on its own"
+        );
+        assert_eq!(inline_polls.load(Ordering::SeqCst), 0, "nobody waited yet");
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        runner.wait_for(&[0, 1], |_| false, deadline).await;
+        assert_eq!(inline_polls.load(Ordering::SeqCst), 1);
+        for id in [0, 1] {
+            let finished = runner.finished(id).map(|f| f.result.status);
+            assert_eq!(finished, Some(crate::checks::Status::Pass), "check {id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ending_the_message_drops_an_inline_check() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let mut runner = Runner::new(1);
+        runner.start_inline(0, &instance(&polls), &input(), Scope::Message);
+        assert_eq!(runner.inline.len(), 1);
+        runner.end_message();
+        assert!(runner.inline.is_empty());
+        assert!(runner.is_idle(0));
     }
 }
