@@ -17,7 +17,10 @@
 #
 # Parameters (environment): TARGET (/work/target-prof), POLICIES
 # ("empty mx"), MESSAGES (200 per connection), OUT (a directory to keep the
-# callgrind files in; a temporary one otherwise).
+# callgrind files in; a temporary one otherwise), MESSAGE (a message file
+# to send instead of the typical corpus message, e.g. one DKIM-signed with
+# tests/keys/rsa2048-pkcs1.pem as in2026._domainkey.example.org, a key the
+# benchmark DNS serves).
 set -euo pipefail
 
 target=${TARGET:-/work/target-prof}
@@ -55,6 +58,9 @@ dns=$(cat "$tmp/dns.addr")
 
 load_args=(--corpus typical --tls --from alice@example.org --to bob@example.net
     --client-ip 192.0.2.22 --helo mail2.example.org)
+if [ -n "${MESSAGE:-}" ]; then
+    load_args+=(--message "$MESSAGE")
+fi
 
 for policy in $policies; do
     case $policy in

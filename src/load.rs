@@ -184,6 +184,28 @@ pub struct LoadConfig {
     /// open and idle this long before QUIT: the daemon's cost of an idle
     /// connection can then be measured from outside.
     pub hold: Duration,
+    /// Send this message (from `--message FILE`) instead of the corpus:
+    /// every message the same, as read.
+    pub message: Option<std::sync::Arc<FileMessage>>,
+}
+
+/// A message read from a file, for `--message`: headers as an MTA passes
+/// them and the body with CRLF line ends.
+#[derive(Debug)]
+pub struct FileMessage {
+    pub headers: Vec<(String, String)>,
+    pub body: bytes::Bytes,
+}
+
+impl FileMessage {
+    /// Split an RFC 5322 message (LF or CRLF line ends) into its parts.
+    pub fn parse(raw: &[u8]) -> FileMessage {
+        let (headers, body) = crate::cli::test::parse_message(raw);
+        FileMessage {
+            headers,
+            body: bytes::Bytes::from(body),
+        }
+    }
 }
 
 /// Latency figures of one stage, in milliseconds.
@@ -459,8 +481,15 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .map_err(|e| format!("write: {e}"))?;
             continue;
         }
-        let headers = sample_headers(&cfg.from, cfg.to.first().map_or("", String::as_str), n);
-        let body = bodies.get(cfg.corpus.pick(n));
+        let generated;
+        let (headers, body) = match &cfg.message {
+            Some(file) => (&file.headers, file.body.clone()),
+            None => {
+                let to = cfg.to.first().map_or("", String::as_str);
+                generated = sample_headers(&cfg.from, to, n);
+                (&generated, bodies.get(cfg.corpus.pick(n)))
+            }
+        };
         c.macros(MacroStage::Data, &[("i", &qid)]).await?;
         let data_start = Instant::now();
         // Stages the milter asked not to see are not sent (NO_*), replies
@@ -470,7 +499,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
                 .await?;
         }
         if !opts.contains(ProtoOpts::NO_HEADER) {
-            for (name, value) in &headers {
+            for (name, value) in headers {
                 let value = if opts.contains(ProtoOpts::LEADING_SPACE) {
                     format!(" {value}")
                 } else {

@@ -68,6 +68,10 @@ struct LoadArgs {
     /// small, typical (40 KiB attachment), large (1 MiB) or mixed.
     #[arg(long, default_value = "typical")]
     corpus: String,
+    /// Instead of --corpus: send this message file (RFC 5322, LF or CRLF)
+    /// every time, for example a DKIM-signed message to verify.
+    #[arg(long)]
+    message: Option<PathBuf>,
     /// Instead of --corpus: bodies of about this size ("50M").
     #[arg(long)]
     message_size: Option<String>,
@@ -187,6 +191,16 @@ fn run_load(args: LoadArgs) -> ExitCode {
             return exit(2);
         }
     };
+    let message = match &args.message {
+        Some(path) => match std::fs::read(path) {
+            Ok(raw) => Some(std::sync::Arc::new(load::FileMessage::parse(&raw))),
+            Err(e) => {
+                eprintln!("--message: cannot read {}: {e}", path.display());
+                return exit(2);
+            }
+        },
+        None => None,
+    };
     let cfg = load::LoadConfig {
         target,
         connections: args.connections.max(1),
@@ -202,6 +216,7 @@ fn run_load(args: LoadArgs) -> ExitCode {
         tls: args.tls,
         pace,
         hold,
+        message,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

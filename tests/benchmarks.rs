@@ -24,6 +24,15 @@ async fn dns() -> DnsServer {
     // message made one more query; real servers send the SOA and the answer
     // is cached, which is what a warm-cache benchmark must measure.
     server.add_zone("org");
+    // The key of the Postfix benchmark's signed message, so that a signed
+    // message file (`load --message`) verifies here too.
+    let key =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys/rsa2048-pkcs1.pub.b64");
+    let p = std::fs::read_to_string(key).expect("public key");
+    server.add_txt(
+        "in2026._domainkey.example.org",
+        &format!("v=DKIM1; k=rsa; p={}", p.trim()),
+    );
     server
 }
 
@@ -53,6 +62,7 @@ fn load(d: &TestDaemon, connections: usize, messages: usize, pace: Duration) -> 
         tls: true,
         pace,
         hold: Duration::ZERO,
+        message: None,
     }
 }
 

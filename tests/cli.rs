@@ -565,3 +565,20 @@ fn daemon_name_chooses_the_pipeline_as_the_daemon_does() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v["pipeline"], "mx", "{v:#}");
 }
+
+#[test]
+fn load_says_when_its_message_file_cannot_be_read() {
+    let out = run(&[
+        "load",
+        "--connect",
+        "inet:127.0.0.1:9",
+        "--message",
+        "/nonexistent/message.eml",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&["load"], &out));
+    assert!(
+        text(&out.stderr).contains("--message: cannot read /nonexistent/message.eml"),
+        "{}",
+        text(&out.stderr)
+    );
+}

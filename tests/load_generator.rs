@@ -38,6 +38,7 @@ reply = {{ code = 550, status = "5.1.1", text = "No such user" }}
         tls: false,
         pace: Duration::ZERO,
         hold: Duration::ZERO,
+        message: None,
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -76,6 +77,7 @@ async fn idle_connections_stay_open_for_the_hold() {
         tls: false,
         pace: Duration::ZERO,
         hold: Duration::from_secs(2),
+        message: None,
     }));
     let metrics = d.daemon().metrics();
     let open = |n: usize| {
@@ -121,10 +123,63 @@ async fn sized_messages_complete() {
         tls: false,
         pace: Duration::ZERO,
         hold: Duration::ZERO,
+        message: None,
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.messages_completed, 2);
     assert!(report.replies.is_empty(), "{:?}", report.replies);
+    d.shutdown().await;
+}
+
+/// `--message FILE`: every message is the file's, headers and body as read
+/// (here a header check refuses the file's Subject, so each message shows
+/// the file was what went out).
+#[tokio::test]
+async fn a_message_file_is_sent_instead_of_the_corpus() {
+    use dispatch_milter::load::FileMessage;
+    let cfg = format!(
+        r#"{LISTEN}
+[checks.subject]
+kind = "header"
+header = "Subject"
+pattern = "^from a file"
+match_result = "fail"
+reply = {{ code = 550, status = "5.7.1", text = "File seen" }}
+[pipelines.mx]
+checks = ["subject"]
+"#
+    );
+    let raw = b"From: <someone@example.net>\nSubject: from a file,\n folded\nTo: <alice@example.org>\n\nline one\nline two\n";
+    let file = FileMessage::parse(raw);
+    assert_eq!(file.headers.len(), 3);
+    assert_eq!(file.headers[1].1, "from a file,\r\n folded");
+    assert_eq!(&file.body[..], b"line one\r\nline two\r\n");
+    let mut d = TestDaemon::start(&cfg).await;
+    let report = run(LoadConfig {
+        target: d.daemon().addresses[0].clone(),
+        connections: 2,
+        messages: 3,
+        corpus: Corpus::Typical,
+        from: "someone@example.net".into(),
+        to: vec!["alice@example.org".into()],
+        client_ip: "192.0.2.10".parse().unwrap(),
+        helo: "client.example.net".into(),
+        daemon_name: "smtpd".into(),
+        auth_user: None,
+        tls: false,
+        pace: Duration::ZERO,
+        hold: Duration::ZERO,
+        message: Some(std::sync::Arc::new(file)),
+    })
+    .await;
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert_eq!(report.messages_completed, 6);
+    assert_eq!(
+        report.replies.get("eom: 550 5.7.1 File seen"),
+        Some(&6),
+        "{:?}",
+        report.replies
+    );
     d.shutdown().await;
 }
