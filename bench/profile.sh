@@ -26,35 +26,16 @@ set -euo pipefail
 target=${TARGET:-/work/target-prof}
 policies=${POLICIES:-empty mx}
 messages=${MESSAGES:-200}
-bin=$target/release/dispatch-milter
-[ -x "$bin" ] || { echo "no $bin: build it first (see the top of this script)" >&2; exit 1; }
-bench=$(ls -t "$target"/release/deps/benchmarks-* 2>/dev/null | grep -v '\.d$' | head -1)
-[ -x "$bench" ] || { echo "no benchmarks test binary under $target: build with --tests" >&2; exit 1; }
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
-
-tmp=$(mktemp -d)
+source "$(dirname "$0")/lib.sh"
 out=${OUT:-$tmp}
 mkdir -p "$out"
-pids=()
-cleanup() {
-    touch "$tmp/dns.stop"
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
 
 # The instruction total of a callgrind file (read whole: an early exit would
 # break the pipe, and pipefail would end the script).
 program_total() {
     callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); print $1; n = 1}'
 }
-
-DISPATCH_BENCH_DNS_ADDR=$tmp/dns.addr DISPATCH_BENCH_DNS_STOP=$tmp/dns.stop \
-    "$bench" --ignored --exact serve_dns_for_profiling >"$tmp/dns.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$tmp/dns.addr" ] && break; sleep 0.1; done
-dns=$(cat "$tmp/dns.addr")
 
 load_args=(--corpus typical --tls --from alice@example.org --to bob@example.net
     --client-ip 192.0.2.22 --helo mail2.example.org)
@@ -73,10 +54,7 @@ for policy in $policies; do
         "$bin" serve -c "$config" --nameserver "$dns" 2>"$tmp/valgrind.$policy" &
     vpid=$!
     pids+=($vpid)
-    for _ in $(seq 300); do
-        "$bin" load --connect "inet:127.0.0.1:$port" -n 1 -m 1 >/dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_for_milter "$bin" "$port"
     "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m 20 "${load_args[@]}" >/dev/null
     callgrind_control -z "$vpid" >/dev/null 2>&1
     "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
@@ -96,10 +74,7 @@ for policy in $policies; do
     "$bin" serve -c "$config" --nameserver "$dns" 2>/dev/null &
     dpid=$!
     pids+=($dpid)
-    for _ in $(seq 100); do
-        "$bin" load --connect "inet:127.0.0.1:$port" -n 1 -m 1 >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_for_milter "$bin" "$port"
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.load.$policy" \
         "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
         >/dev/null 2>&1

@@ -22,29 +22,10 @@ rounds=${ROUNDS:-3}
 connections=${CONNECTIONS:-10}
 messages=${MESSAGES:-1000}
 corpus=${CORPUS:-typical}
-bin=$target/release/dispatch-milter
+source "$(dirname "$0")/lib.sh"
 # The load generator: by default the same binary; set LOAD to compare two
 # daemons under one generator.
 load=${LOAD:-$bin}
-[ -x "$bin" ] || { echo "no $bin: run cargo build --release --bins --tests first" >&2; exit 1; }
-bench=$(ls -t "$target"/release/deps/benchmarks-* 2>/dev/null | grep -v '\.d$' | head -1)
-[ -x "$bench" ] || { echo "no benchmarks test binary under $target/release: build with --tests" >&2; exit 1; }
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    touch "$tmp/dns.stop"
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-DISPATCH_BENCH_DNS_ADDR=$tmp/dns.addr DISPATCH_BENCH_DNS_STOP=$tmp/dns.stop \
-    "$bench" --ignored --exact serve_dns_for_profiling >"$tmp/dns.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do [ -s "$tmp/dns.addr" ] && break; sleep 0.1; done
-dns=$(cat "$tmp/dns.addr")
 
 declare -A pid_of port_of
 port_of[empty]=7401
@@ -60,10 +41,7 @@ load_args=(-n "$connections" --corpus "$corpus" --tls
     --from alice@example.org --to bob@example.net
     --client-ip 192.0.2.22 --helo mail2.example.org)
 for policy in empty mx; do
-    for _ in $(seq 100); do
-        "$load" load --connect "inet:127.0.0.1:${port_of[$policy]}" -n 1 -m 1 >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_for_milter "$load" "${port_of[$policy]}"
     # Warm up: DNS cache, allocator, connections' first messages.
     "$load" load --connect "inet:127.0.0.1:${port_of[$policy]}" "${load_args[@]}" -m 50 >/dev/null
 done

@@ -81,10 +81,18 @@ fn valid_until(
 ) -> Option<std::time::Instant> {
     match lookup {
         Ok(found) => Some(found.valid_until()),
-        Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
+        Err(e) => negative_until(e),
+    }
+}
+
+/// Until when "no such record" holds: the negative TTL from the zone's SOA
+/// (RFC 2308 §5). `None` for other errors and answers without an SOA.
+fn negative_until(error: &NetError) -> Option<std::time::Instant> {
+    match error {
+        NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none)) => none
             .negative_ttl
             .map(|ttl| std::time::Instant::now() + Duration::from_secs(u64::from(ttl))),
-        Err(_) => None,
+        _ => None,
     }
 }
 
@@ -306,22 +314,16 @@ impl Dns {
         Ok(mx)
     }
 
-    /// How long the resolver may keep "no such record" for a TXT name, from
-    /// the SOA of a negative answer (RFC 2308 §5). `None` when the answer
-    /// was not negative or carried no SOA. The name is one just looked up:
-    /// this is answered from the resolver's cache.
-    pub async fn txt_negative_ttl(&self, name: &str) -> Option<Duration> {
-        match self
+    /// Until when the resolver may keep "no such record" for a TXT name
+    /// (see `negative_until`). The name is one just looked up: this is
+    /// answered from the resolver's cache.
+    pub async fn txt_negative_until(&self, name: &str) -> Option<std::time::Instant> {
+        let lookup = self
             .auth
             .resolver()
             .txt_lookup(Self::fqdn(name).ok()?)
-            .await
-        {
-            Err(NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(none))) => none
-                .negative_ttl
-                .map(|ttl| Duration::from_secs(u64::from(ttl))),
-            _ => None,
-        }
+            .await;
+        negative_until(&lookup.err()?)
     }
 
     /// TXT records, each with its strings joined.

@@ -7,6 +7,27 @@ use common::daemon::{LISTEN, TestDaemon};
 use dispatch_milter::load::{Corpus, LoadConfig, run};
 use std::time::Duration;
 
+/// `connections` × `messages` of `corpus` against the daemon, from one
+/// client to one recipient, unpaced; tests change what they need.
+fn config(d: &TestDaemon, connections: usize, messages: usize, corpus: Corpus) -> LoadConfig {
+    LoadConfig {
+        target: d.daemon().addresses[0].clone(),
+        connections,
+        messages,
+        corpus,
+        from: "someone@example.net".into(),
+        to: vec!["alice@example.org".into()],
+        client_ip: "192.0.2.10".parse().unwrap(),
+        helo: "client.example.net".into(),
+        daemon_name: "smtpd".into(),
+        auth_user: None,
+        tls: false,
+        pace: Duration::ZERO,
+        hold: Duration::ZERO,
+        message: None,
+    }
+}
+
 #[tokio::test]
 async fn load_runs_every_message_and_counts_refusals() {
     let cfg = format!(
@@ -25,20 +46,8 @@ reply = {{ code = 550, status = "5.1.1", text = "No such user" }}
     );
     let mut d = TestDaemon::start(&cfg).await;
     let report = run(LoadConfig {
-        target: d.daemon().addresses[0].clone(),
-        connections: 4,
-        messages: 5,
-        corpus: Corpus::Mixed,
-        from: "someone@example.net".into(),
         to: vec!["alice@example.org".into(), "x@gone.example.org".into()],
-        client_ip: "192.0.2.10".parse().unwrap(),
-        helo: "client.example.net".into(),
-        daemon_name: "smtpd".into(),
-        auth_user: None,
-        tls: false,
-        pace: Duration::ZERO,
-        hold: Duration::ZERO,
-        message: None,
+        ..config(&d, 4, 5, Corpus::Mixed)
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -64,20 +73,8 @@ async fn idle_connections_stay_open_for_the_hold() {
     let cfg = format!("{LISTEN}\n[pipelines.empty]\nauth_results = false\n");
     let mut d = TestDaemon::start(&cfg).await;
     let load = tokio::spawn(run(LoadConfig {
-        target: d.daemon().addresses[0].clone(),
-        connections: 8,
-        messages: 0,
-        corpus: Corpus::Small,
-        from: "someone@example.net".into(),
-        to: vec!["alice@example.org".into()],
-        client_ip: "192.0.2.10".parse().unwrap(),
-        helo: "client.example.net".into(),
-        daemon_name: "smtpd".into(),
-        auth_user: None,
-        tls: false,
-        pace: Duration::ZERO,
         hold: Duration::from_secs(2),
-        message: None,
+        ..config(&d, 8, 0, Corpus::Small)
     }));
     let metrics = d.daemon().metrics();
     let open = |n: usize| {
@@ -109,23 +106,7 @@ async fn idle_connections_stay_open_for_the_hold() {
 async fn sized_messages_complete() {
     let cfg = format!("{LISTEN}\n[pipelines.empty]\nauth_results = false\n");
     let mut d = TestDaemon::start(&cfg).await;
-    let report = run(LoadConfig {
-        target: d.daemon().addresses[0].clone(),
-        connections: 1,
-        messages: 2,
-        corpus: Corpus::Sized(300_000),
-        from: "someone@example.net".into(),
-        to: vec!["alice@example.org".into()],
-        client_ip: "192.0.2.10".parse().unwrap(),
-        helo: "client.example.net".into(),
-        daemon_name: "smtpd".into(),
-        auth_user: None,
-        tls: false,
-        pace: Duration::ZERO,
-        hold: Duration::ZERO,
-        message: None,
-    })
-    .await;
+    let report = run(config(&d, 1, 2, Corpus::Sized(300_000))).await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert_eq!(report.messages_completed, 2);
     assert!(report.replies.is_empty(), "{:?}", report.replies);
@@ -157,20 +138,8 @@ checks = ["subject"]
     assert_eq!(&file.body[..], b"line one\r\nline two\r\n");
     let mut d = TestDaemon::start(&cfg).await;
     let report = run(LoadConfig {
-        target: d.daemon().addresses[0].clone(),
-        connections: 2,
-        messages: 3,
-        corpus: Corpus::Typical,
-        from: "someone@example.net".into(),
-        to: vec!["alice@example.org".into()],
-        client_ip: "192.0.2.10".parse().unwrap(),
-        helo: "client.example.net".into(),
-        daemon_name: "smtpd".into(),
-        auth_user: None,
-        tls: false,
-        pace: Duration::ZERO,
-        hold: Duration::ZERO,
         message: Some(std::sync::Arc::new(file)),
+        ..config(&d, 2, 3, Corpus::Typical)
     })
     .await;
     assert!(report.errors.is_empty(), "{:?}", report.errors);

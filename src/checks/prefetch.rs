@@ -270,9 +270,8 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
             {
                 let none = Txt::Error(error);
                 let shared = dns.settings().cache_size > 0;
-                if shared && let Some(ttl) = dns.txt_negative_ttl(name).await {
-                    dns.parsed_txt()
-                        .put(name, none.clone(), Instant::now() + ttl);
+                if shared && let Some(until) = dns.txt_negative_until(name).await {
+                    dns.parsed_txt().put(name, none.clone(), until);
                 }
                 Answer::Definite(none)
             }

@@ -23,7 +23,7 @@ use crate::policy::{
 use crate::reply::Reply;
 use crate::stage::Stage;
 pub use report::{CheckReport, MessageReport, RecipientReport};
-use runner::{Runner, Scope};
+use runner::{Mode, Runner, Scope};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -221,11 +221,12 @@ impl Session {
                 } else {
                     Scope::Message
                 };
-                if awaited_now.contains(&id) {
-                    self.runner.start_inline(id, instance, input, scope);
+                let mode = if awaited_now.contains(&id) {
+                    Mode::Inline
                 } else {
-                    self.runner.start(id, instance, input, scope);
-                }
+                    Mode::Task
+                };
+                self.runner.start(id, instance, input, scope, mode);
             }
         }
     }
@@ -353,7 +354,8 @@ impl Session {
             if instance.inputs == Stage::Helo {
                 self.runner.restart(id, instance, &input, Scope::Connection);
             } else if instance.inputs < Stage::Helo && self.runner.is_idle(id) {
-                self.runner.start(id, instance, &input, Scope::Connection);
+                self.runner
+                    .start(id, instance, &input, Scope::Connection, Mode::Task);
             }
         }
         let global = self.checks_deciding_by(&self.pipeline().checks.clone(), Stage::Helo);

@@ -30,6 +30,14 @@ pub enum Scope {
     Message,
 }
 
+/// How a check runs: as a task of its own, or inline, polled by whoever
+/// waits for it (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Task,
+    Inline,
+}
+
 /// A finished check.
 #[derive(Clone, Debug)]
 pub struct Finished {
@@ -116,30 +124,18 @@ impl Runner {
         self.in_flight_peak
     }
 
-    /// Start a check unless it already ran or runs.
+    /// Start a check unless it already ran or runs. `Mode::Inline` only
+    /// for a check the caller waits for next (see the module documentation).
     pub fn start(
         &mut self,
         id: CheckId,
         instance: &CheckInstance,
         input: &Arc<CheckInput>,
         scope: Scope,
+        mode: Mode,
     ) {
         if self.is_idle(id) {
-            self.spawn(id, instance, input, scope, false);
-        }
-    }
-
-    /// Start a check inline (see the module documentation), unless it
-    /// already ran or runs. Only for a check the caller waits for next.
-    pub fn start_inline(
-        &mut self,
-        id: CheckId,
-        instance: &CheckInstance,
-        input: &Arc<CheckInput>,
-        scope: Scope,
-    ) {
-        if self.is_idle(id) {
-            self.spawn(id, instance, input, scope, true);
+            self.spawn(id, instance, input, scope, mode);
         }
     }
 
@@ -153,7 +149,7 @@ impl Runner {
         scope: Scope,
     ) {
         self.abort(id);
-        self.spawn(id, instance, input, scope, false);
+        self.spawn(id, instance, input, scope, Mode::Task);
     }
 
     fn abort(&mut self, id: CheckId) {
@@ -172,7 +168,7 @@ impl Runner {
         instance: &CheckInstance,
         input: &Arc<CheckInput>,
         scope: Scope,
-        inline: bool,
+        mode: Mode,
     ) {
         self.next_token += 1;
         let token = self.next_token;
@@ -191,17 +187,20 @@ impl Runner {
                 elapsed: started.elapsed(),
             }
         };
-        let abort = if inline {
-            self.inline.push((id, Box::pin(run)));
-            None
-        } else {
-            let tx = self.tx.clone();
-            let task = tokio::spawn(async move {
-                // The receiver is gone only when the session ended; nothing
-                // to do.
-                let _ = tx.send(run.await);
-            });
-            Some(task.abort_handle())
+        let abort = match mode {
+            Mode::Inline => {
+                self.inline.push((id, Box::pin(run)));
+                None
+            }
+            Mode::Task => {
+                let tx = self.tx.clone();
+                let task = tokio::spawn(async move {
+                    // The receiver is gone only when the session ended;
+                    // nothing to do.
+                    let _ = tx.send(run.await);
+                });
+                Some(task.abort_handle())
+            }
         };
         self.slots[id] = Slot {
             state: State::Running {
@@ -468,8 +467,20 @@ mod tests {
         let (inline_polls, task_polls) =
             (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut runner = Runner::new(2);
-        runner.start_inline(0, &instance(&inline_polls), &input(), Scope::Message);
-        runner.start(1, &instance(&task_polls), &input(), Scope::Message);
+        runner.start(
+            0,
+            &instance(&inline_polls),
+            &input(),
+            Scope::Message,
+            Mode::Inline,
+        );
+        runner.start(
+            1,
+            &instance(&task_polls),
+            &input(),
+            Scope::Message,
+            Mode::Task,
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(
             task_polls.load(Ordering::SeqCst),
@@ -491,7 +502,7 @@ mod tests {
     async fn ending_the_message_drops_an_inline_check() {
         let polls = Arc::new(AtomicUsize::new(0));
         let mut runner = Runner::new(1);
-        runner.start_inline(0, &instance(&polls), &input(), Scope::Message);
+        runner.start(0, &instance(&polls), &input(), Scope::Message, Mode::Inline);
         assert_eq!(runner.inline.len(), 1);
         runner.end_message();
         assert!(runner.inline.is_empty());
