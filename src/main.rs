@@ -251,8 +251,14 @@ fn main() -> ExitCode {
     if let Command::Serve { config, nameserver } = &args.command {
         // The daemon sets up its own logging from the config.
         let registry = registry_with(nameserver);
-        return match tokio::runtime::Runtime::new() {
-            Ok(rt) => exit(rt.block_on(dispatch_milter::daemon::serve(config, registry))),
+        let policy = match dispatch_milter::daemon::load_for_start(config, &registry) {
+            Ok(p) => p,
+            Err(code) => return exit(code),
+        };
+        return match dispatch_milter::daemon::runtime(&policy.server) {
+            Ok(rt) => exit(rt.block_on(dispatch_milter::daemon::serve_loaded(
+                policy, config, registry,
+            ))),
             Err(e) => {
                 eprintln!("cannot start the async runtime: {e}");
                 exit(1)

@@ -78,6 +78,8 @@ pub enum LogFormat {
 pub struct ServerSettings {
     pub listeners: Vec<ListenerSettings>,
     pub max_connections: usize,
+    /// Threads that run connections and checks; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `dispatch_milter=debug`; `RUST_LOG`
@@ -99,6 +101,7 @@ impl Default for ServerSettings {
                 socket_group: None,
             }],
             max_connections: defaults::MAX_CONNECTIONS,
+            worker_threads: None,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),

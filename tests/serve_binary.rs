@@ -682,3 +682,47 @@ async fn what_loading_the_config_warns_about_is_printed_at_start() {
     })
     .await;
 }
+
+/// Threads of a running process, from /proc.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
+}
+
+/// `[server] worker_threads` sizes the runtime the daemon runs on: two
+/// daemons that differ only in it differ by as many threads, and both
+/// serve mail.
+#[tokio::test]
+async fn worker_threads_sizes_the_runtime() {
+    bounded(async {
+        let with = |n: usize| {
+            v1().replace(
+                "shutdown_grace = \"10s\"",
+                &format!("shutdown_grace = \"10s\"\nworker_threads = {n}"),
+            )
+        };
+        let mut counts = Vec::new();
+        for n in [1, 4] {
+            let mut d = Serve::start(&with(n));
+            let addr = d.ready().await;
+            let mut conn = start_message(addr).await;
+            assert_eq!(
+                conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+                Status::Continue
+            );
+            assert_eq!(finish_message(&mut conn, "QID1").await, Status::Continue);
+            conn.close().await.unwrap();
+            d.wait_for("message").await;
+            counts.push(threads(d.child.id()));
+            d.signal("TERM");
+            assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.log());
+        }
+        assert_eq!(
+            counts[1] - counts[0],
+            3,
+            "threads with 1 and 4 workers: {counts:?}"
+        );
+    })
+    .await;
+}

@@ -851,6 +851,15 @@ impl Compiler<'_, '_> {
                     .error(m.span(), "`max_connections` must be between 1 and 1000000"),
             }
         }
+        if let Some(w) = raw.worker_threads {
+            match usize::try_from(*w.get_ref()) {
+                Ok(v) if (1..=1024).contains(&v) => settings.worker_threads = Some(v),
+                _ => self.diag.error(
+                    w.span(),
+                    "`worker_threads` must be between 1 and 1024; leave it out for one per CPU",
+                ),
+            }
+        }
         if let Some(g) = raw.shutdown_grace {
             match humantime::parse_duration(g.get_ref()) {
                 Ok(d) => settings.shutdown_grace = d,

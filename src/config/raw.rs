@@ -42,6 +42,7 @@ pub struct RawServer {
     #[serde(default)]
     pub listen: Vec<Spanned<RawListener>>,
     pub max_connections: Option<Spanned<i64>>,
+    pub worker_threads: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,

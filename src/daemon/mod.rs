@@ -242,7 +242,16 @@ pub fn init_logging(server: &ServerSettings) {
 /// Run the daemon until SIGTERM or SIGINT; reload on SIGHUP. Returns the
 /// process exit status.
 pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
-    use tokio::signal::unix::{SignalKind, signal};
+    match load_for_start(config_path, &registry) {
+        Ok(policy) => serve_loaded(policy, config_path, registry).await,
+        Err(code) => code,
+    }
+}
+
+/// Loads the configuration the daemon starts with, before the runtime
+/// exists (`[server] worker_threads` sizes it). On errors prints them and
+/// returns the exit code.
+pub fn load_for_start(config_path: &Path, registry: &Registry) -> Result<Arc<Policy>, i32> {
     // Logging is set up from the configuration, so what loading it warns
     // about (a group-readable key file, say) goes to stderr as plain text.
     let startup_log = tracing_subscriber::fmt()
@@ -251,15 +260,31 @@ pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
         .with_target(false)
         .finish();
     let loaded = tracing::subscriber::with_default(startup_log, || {
-        crate::config::load_with(config_path, &registry)
+        crate::config::load_with(config_path, registry)
     });
-    let policy = match loaded {
-        Ok(p) => Arc::new(p),
+    match loaded {
+        Ok(p) => Ok(Arc::new(p)),
         Err(e) => {
             eprintln!("{e}");
-            return crate::cli::EXIT_CONFIG;
+            Err(crate::cli::EXIT_CONFIG)
         }
-    };
+    }
+}
+
+/// The runtime the daemon runs on: `[server] worker_threads` threads, or
+/// one per CPU.
+pub fn runtime(server: &ServerSettings) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = server.worker_threads {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()
+}
+
+/// Runs the daemon with a configuration [`load_for_start`] loaded, until
+/// SIGTERM or SIGINT.
+pub async fn serve_loaded(policy: Arc<Policy>, config_path: &Path, registry: Registry) -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
     init_logging(&policy.server);
     let (mut hup, mut term, mut int) = match (
         signal(SignalKind::hangup()),
