@@ -7,6 +7,7 @@
 pub mod address;
 pub mod checks;
 pub mod cli;
+pub mod concurrent;
 pub mod config;
 pub mod daemon;
 pub mod dns;

@@ -38,13 +38,13 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
+use crate::concurrent::Concurrent;
 use crate::config::error::did_you_mean;
 use crate::dns::{Dns, DnsError};
 use crate::policy::canonical_ip;
 use crate::stage::Stage;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use tokio::task::JoinSet;
 use toml::Value;
 
 /// The most `From:` domains looked up per list; a message rarely has more
@@ -698,7 +698,9 @@ impl DnsblCheck {
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {
-        let mut lookups = JoinSet::new();
+        // In this task, not one spawned per question: the answers nearly
+        // always come from the cache (see crate::concurrent).
+        let mut lookups = Concurrent::new();
         let mut nothing: Vec<&'static str> = Vec::new();
         for (i, list) in self.lists.iter().enumerate() {
             let found = match targets(list.kind, input) {
@@ -717,8 +719,8 @@ impl DnsblCheck {
                     }
                     continue;
                 };
-                let (dns, list) = (self.dns.clone(), list.clone());
-                lookups.spawn(async move {
+                let dns = &self.dns;
+                lookups.push(async move {
                     let answer = list.classify(dns.ipv4(&name).await);
                     (i, j, target, answer)
                 });
@@ -731,22 +733,15 @@ impl DnsblCheck {
             );
         }
         let mut outcomes = Vec::with_capacity(lookups.len());
-        let mut internal = 0usize;
-        while let Some(joined) = lookups.join_next().await {
-            match joined {
-                Ok(outcome) => outcomes.push(outcome),
-                Err(e) => {
-                    tracing::error!(error = %e, "DNSBL lookup task failed");
-                    internal += 1;
-                }
-            }
+        while let Some(outcome) = lookups.next().await {
+            outcomes.push(outcome);
         }
         outcomes.sort_by_key(|(i, j, _, _)| (*i, *j));
-        self.combine(&outcomes, internal)
+        self.combine(&outcomes)
     }
 
     /// Combine the lookups, in list order, into one result.
-    fn combine(&self, outcomes: &[(usize, usize, Target, Answer)], internal: usize) -> CheckResult {
+    fn combine(&self, outcomes: &[(usize, usize, Target, Answer)]) -> CheckResult {
         let mut listings = Vec::new();
         let mut listing_lists: Vec<usize> = Vec::new();
         let mut errors = Vec::new();
@@ -767,9 +762,6 @@ impl DnsblCheck {
                 Answer::Error(e) => errors.push(e.clone()),
                 Answer::NotListed => {}
             }
-        }
-        if internal > 0 {
-            errors.push(format!("{internal} lookup(s) failed internally"));
         }
         if !listings.is_empty() {
             let mut result = CheckResult::fail(listings.join("; "));
@@ -1182,19 +1174,16 @@ mod tests {
             inputs: Stage::Connect,
         };
         let ip = Target::Ip("192.0.2.10".parse().unwrap());
-        let r = check.combine(
-            &[
-                (0, 0, ip.clone(), Answer::Listed(vec![ip4("127.0.0.2")])),
-                (
-                    1,
-                    0,
-                    ip.clone(),
-                    Answer::Listed(vec![ip4("127.0.0.3"), ip4("127.0.0.4")]),
-                ),
-                (2, 0, ip.clone(), Answer::NotListed),
-            ],
-            0,
-        );
+        let r = check.combine(&[
+            (0, 0, ip.clone(), Answer::Listed(vec![ip4("127.0.0.2")])),
+            (
+                1,
+                0,
+                ip.clone(),
+                Answer::Listed(vec![ip4("127.0.0.3"), ip4("127.0.0.4")]),
+            ),
+            (2, 0, ip.clone(), Answer::NotListed),
+        ]);
         assert_eq!(r.status, Status::Fail);
         assert_eq!(r.score, Some(5.5));
         assert_eq!(
@@ -1203,30 +1192,24 @@ mod tests {
                 "listed in a (127.0.0.2) for 192.0.2.10; listed in b (127.0.0.3, 127.0.0.4) for 192.0.2.10"
             )
         );
-        let r = check.combine(
-            &[
-                (
-                    0,
-                    0,
-                    ip.clone(),
-                    Answer::Error("a: DNS failure: timed out".into()),
-                ),
-                (1, 0, ip.clone(), Answer::NotListed),
-            ],
-            0,
-        );
+        let r = check.combine(&[
+            (
+                0,
+                0,
+                ip.clone(),
+                Answer::Error("a: DNS failure: timed out".into()),
+            ),
+            (1, 0, ip.clone(), Answer::NotListed),
+        ]);
         assert_eq!(r.status, Status::Temperror);
         assert_eq!(r.reason.as_deref(), Some("a: DNS failure: timed out"));
-        let r = check.combine(
-            &[
-                (0, 0, ip.clone(), Answer::Error("a: DNS failure".into())),
-                (1, 0, ip.clone(), Answer::Listed(vec![ip4("127.0.0.2")])),
-            ],
-            0,
-        );
+        let r = check.combine(&[
+            (0, 0, ip.clone(), Answer::Error("a: DNS failure".into())),
+            (1, 0, ip.clone(), Answer::Listed(vec![ip4("127.0.0.2")])),
+        ]);
         assert_eq!(r.status, Status::Fail);
         assert_eq!(r.score, Some(3.5));
-        let r = check.combine(&[(0, 0, ip.clone(), Answer::NotListed)], 0);
+        let r = check.combine(&[(0, 0, ip.clone(), Answer::NotListed)]);
         assert_eq!(r.status, Status::Pass);
         assert_eq!(r.score, None);
     }

@@ -15,11 +15,11 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
+use crate::concurrent::Concurrent;
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
 use std::net::IpAddr;
 use std::sync::Arc;
-use tokio::task::JoinSet;
 
 /// The most PTR names whose addresses are looked up: a client with more is
 /// unusual, and each name costs a query.
@@ -113,32 +113,30 @@ impl IprevCheck {
             );
         }
 
-        let mut lookups = JoinSet::new();
+        // In this task, not one spawned per name: the answers nearly always
+        // come from the cache (see crate::concurrent).
+        let mut lookups = Concurrent::new();
         for (i, name) in names.iter().enumerate() {
-            let (dns, name) = (self.dns.clone(), name.clone());
-            lookups.spawn(async move {
+            let dns = &self.dns;
+            lookups.push(async move {
                 let confirmed = match ip {
-                    IpAddr::V4(v4) => dns.ipv4(&name).await.map(|a| a.contains(&v4)),
-                    IpAddr::V6(v6) => dns.ipv6(&name).await.map(|a| a.contains(&v6)),
+                    IpAddr::V4(v4) => dns.ipv4(name).await.map(|a| a.contains(&v4)),
+                    IpAddr::V6(v6) => dns.ipv6(name).await.map(|a| a.contains(&v6)),
                 };
                 (i, confirmed)
             });
         }
         let mut failed: Vec<(usize, DnsError)> = Vec::new();
-        while let Some(joined) = lookups.join_next().await {
-            match joined {
+        while let Some(outcome) = lookups.next().await {
+            match outcome {
                 // The first name that confirms decides; dropping the set
                 // cancels the other lookups.
-                Ok((i, Ok(true))) => {
+                (i, Ok(true)) => {
                     let name = &names[i];
                     return result(Status::Pass, ip, Some(name), format!("{ip} is {name}"));
                 }
-                Ok((_, Ok(false) | Err(DnsError::NotFound))) => {}
-                Ok((i, Err(e))) => failed.push((i, e)),
-                Err(e) => {
-                    tracing::error!(error = %e, "iprev lookup task failed");
-                    failed.push((usize::MAX, DnsError::Temporary("internal error".into())));
-                }
+                (_, Ok(false) | Err(DnsError::NotFound)) => {}
+                (i, Err(e)) => failed.push((i, e)),
             }
         }
         if let Some((i, e)) = failed.iter().min_by_key(|(i, _)| *i) {
