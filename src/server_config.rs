@@ -78,7 +78,8 @@ pub enum LogFormat {
 pub struct ServerSettings {
     pub listeners: Vec<ListenerSettings>,
     pub max_connections: usize,
-    /// Threads that run connections and checks; `None`: one per CPU.
+    /// Threads that run connections and checks; `None`: half the CPUs, at
+    /// least one (`daemon::default_worker_threads`).
     pub worker_threads: Option<usize>,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,

@@ -856,7 +856,7 @@ impl Compiler<'_, '_> {
                 Ok(v) if (1..=1024).contains(&v) => settings.worker_threads = Some(v),
                 _ => self.diag.error(
                     w.span(),
-                    "`worker_threads` must be between 1 and 1024; leave it out for one per CPU",
+                    "`worker_threads` must be between 1 and 1024; leave it out for half the CPUs",
                 ),
             }
         }
