@@ -16,7 +16,8 @@
 # daemon in the throughput runs).
 #
 # Parameters (environment): TARGET (/work/target-prof), POLICIES
-# ("empty mx"), MESSAGES (200 per connection), OUT (a directory to keep the
+# ("empty mx"), MESSAGES (200 per connection), CONNECTIONS (10; with
+# MESSAGES=1, one message per connection as behind Postfix), OUT (a directory to keep the
 # callgrind files in; a temporary one otherwise), MESSAGE (a message file
 # to send instead of the typical corpus message, e.g. one DKIM-signed with
 # tests/keys/rsa2048-pkcs1.pem as in2026._domainkey.example.org, a key the
@@ -26,6 +27,7 @@ set -euo pipefail
 target=${TARGET:-/work/target-prof}
 policies=${POLICIES:-empty mx}
 messages=${MESSAGES:-200}
+connections=${CONNECTIONS:-10}
 command -v valgrind >/dev/null || { echo "valgrind is missing: apt-get install valgrind" >&2; exit 1; }
 source "$(dirname "$0")/lib.sh"
 out=${OUT:-$tmp}
@@ -57,12 +59,12 @@ for policy in $policies; do
     wait_for_milter "$bin" "$port"
     "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m 20 "${load_args[@]}" >/dev/null
     callgrind_control -z "$vpid" >/dev/null 2>&1
-    "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
+    "$bin" load --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
         >"$tmp/load.$policy"
     callgrind_control -d "$vpid" >/dev/null 2>&1
     kill "$vpid"
     wait "$vpid" 2>/dev/null || true
-    total=$((10 * messages))
+    total=$((connections * messages))
     # The dump asked for above is numbered .1; the file without a number is
     # what the daemon did after it (shutting down).
     dump=$out/callgrind.$policy.1
@@ -76,7 +78,7 @@ for policy in $policies; do
     pids+=($dpid)
     wait_for_milter "$bin" "$port"
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.load.$policy" \
-        "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m "$messages" "${load_args[@]}" \
+        "$bin" load --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
         >/dev/null 2>&1
     kill "$dpid"
     wait "$dpid" 2>/dev/null || true
