@@ -141,7 +141,7 @@ impl Daemon {
             Ok(policy) => {
                 if policy.server != self.server {
                     tracing::warn!(
-                        "the [server] section changed; listeners, limits, logging and metrics change only at restart"
+                        "the [server] section changed; listeners, limits, threads, logging and metrics change only at restart"
                     );
                 }
                 self.shared.replace(Arc::new(policy));
