@@ -419,7 +419,7 @@ impl List {
 }
 
 pub struct DnsblCheck {
-    lists: Vec<Arc<List>>,
+    lists: Vec<List>,
     dns: Arc<Dns>,
     inputs: Stage,
 }
@@ -690,11 +690,7 @@ impl DnsblCheck {
             .map(|l| l.kind.stage())
             .max()
             .unwrap_or(Stage::Connect);
-        Some(Arc::new(DnsblCheck {
-            lists: lists.into_iter().map(Arc::new).collect(),
-            dns,
-            inputs,
-        }))
+        Some(Arc::new(DnsblCheck { lists, dns, inputs }))
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {
@@ -1154,21 +1150,21 @@ mod tests {
     fn combining_sums_scores_of_listing_lists() {
         let check = DnsblCheck {
             lists: vec![
-                Arc::new(List {
+                List {
                     score: Some(2.0),
                     label: "a".into(),
                     ..list(None)
-                }),
-                Arc::new(List {
+                },
+                List {
                     score: Some(3.5),
                     label: "b".into(),
                     ..list(None)
-                }),
-                Arc::new(List {
+                },
+                List {
                     score: Some(100.0),
                     label: "c".into(),
                     ..list(None)
-                }),
+                },
             ],
             dns: crate::dns::unreachable_for_tests(),
             inputs: Stage::Connect,

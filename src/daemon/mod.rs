@@ -239,15 +239,6 @@ pub fn init_logging(server: &ServerSettings) {
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT; reload on SIGHUP. Returns the
-/// process exit status.
-pub async fn serve(config_path: &Path, registry: Registry) -> i32 {
-    match load_for_start(config_path, &registry) {
-        Ok(policy) => serve_loaded(policy, config_path, registry).await,
-        Err(code) => code,
-    }
-}
-
 /// Loads the configuration the daemon starts with, before the runtime
 /// exists (`[server] worker_threads` sizes it). On errors prints them and
 /// returns the exit code.
@@ -297,7 +288,7 @@ pub fn default_worker_threads(cpus: usize) -> usize {
 }
 
 /// Runs the daemon with a configuration [`load_for_start`] loaded, until
-/// SIGTERM or SIGINT.
+/// SIGTERM or SIGINT; reloads on SIGHUP. Returns the process exit status.
 pub async fn serve_loaded(policy: Arc<Policy>, config_path: &Path, registry: Registry) -> i32 {
     use tokio::signal::unix::{SignalKind, signal};
     init_logging(&policy.server);
