@@ -10,7 +10,8 @@
 # root (Postfix's master must start as root).
 #
 # Environment: PFBENCH_SESSIONS (20), PFBENCH_MESSAGES (5000), PFBENCH_WARMUP
-# (200), PFBENCH_ROUNDS (3), PFBENCH_ONLY (e.g. "none,empty"); see the test.
+# (200), PFBENCH_ROUNDS (3), PFBENCH_ONLY (e.g. "none,empty"), PFBENCH_CUSTOM
+# (policy files, comma-separated), PFBENCH_QUEUE_BASE (/dev/shm); see the test.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then

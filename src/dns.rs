@@ -208,13 +208,13 @@ impl Dns {
         &self.settings
     }
 
-    /// Parsed TXT records shared between messages.
     /// How many A and PTR answers are kept in front of the resolver (see
     /// `ipv4` and `ptr`).
     pub fn kept_answers(&self) -> usize {
         self.a_answers.len() + self.ptr_answers.len()
     }
 
+    /// Parsed TXT records shared between messages.
     pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
         &self.parsed
     }

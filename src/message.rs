@@ -155,15 +155,24 @@ fn header_block_with_room(headers: &[Header], room: usize) -> Vec<u8> {
     for h in headers {
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
-        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF.
-        let mut prev = 0u8;
-        for &b in h.value.as_bytes() {
-            if b == b'\n' && prev != b'\r' {
+        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF. Copy
+        // the runs between line ends whole (most values have none).
+        let value = h.value.as_bytes();
+        let mut start = 0;
+        for lf in value
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i)
+        {
+            let bare = lf == 0 || value[lf - 1] != b'\r';
+            if bare {
+                out.extend_from_slice(&value[start..lf]);
                 out.push(b'\r');
+                start = lf;
             }
-            out.push(b);
-            prev = b;
         }
+        out.extend_from_slice(&value[start..]);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -214,5 +223,24 @@ mod tests {
             b"Subject: folded\r\n line\r\n\r\nHello,\r\nworld\r\n"
         );
         assert_eq!(header_block(&headers), b"Subject: folded\r\n line\r\n\r\n");
+    }
+
+    #[test]
+    fn header_values_get_crlf_line_ends_whatever_the_mta_sent() {
+        let header = |name: &str, value: &str| Header {
+            name: name.into(),
+            value: value.into(),
+        };
+        let headers = vec![
+            header("A", "one\r\n two\n three"),
+            header("B", "\n lead"),
+            header("C", "end\n"),
+            header("D", "plain"),
+            header("E", ""),
+        ];
+        assert_eq!(
+            header_block(&headers),
+            b"A: one\r\n two\r\n three\r\nB: \r\n lead\r\nC: end\r\n\r\nD: plain\r\nE: \r\n\r\n"
+        );
     }
 }

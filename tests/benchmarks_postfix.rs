@@ -35,12 +35,24 @@
 //! The configurations take turns for `PFBENCH_ROUNDS` rounds; the table
 //! gives the median of each figure and every round's rate.
 //!
+//! Each Postfix instance lives under `PFBENCH_QUEUE_BASE` (default
+//! `/dev/shm`, a tmpfs). On a disk file system (ext4 here) Postfix's own CPU
+//! per message depends on what the runs before did to the file system
+//! (inode allocation skips recently deleted inodes, directory locks are
+//! contended) and on the run's rate, which blurs the milter's share; on
+//! tmpfs it does not. `PFBENCH_QUEUE_BASE=/tmp` measures on disk.
+//!
 //! Parameters (environment): `PFBENCH_SESSIONS` (20), `PFBENCH_MESSAGES`
 //! (5000), `PFBENCH_WARMUP` (200), `PFBENCH_ROUNDS` (3), `PFBENCH_ONLY`
 //! (comma-separated configuration names, default all), `PFBENCH_CUSTOM`
-//! (a policy file measured as one more configuration, `custom`; `DNS_ADDR`
-//! in it becomes the loopback DNS server's address, and a `[server]` table
-//! in it gets the benchmark's listener and log level added).
+//! (comma-separated policy files, each measured as one more configuration
+//! named after its file's stem; `DNS_ADDR` in one becomes the loopback DNS
+//! server's address, and a `[server]` table in it gets the benchmark's
+//! listener and log level added), `PFBENCH_QUEUE_BASE` (above).
+//!
+//! After the table, each configuration is compared with the empty policy of
+//! the same round: the median and the geometric mean of those ratios, with
+//! a 95 % confidence interval (Student's t on their logarithms).
 
 mod common;
 
@@ -393,40 +405,62 @@ enum Kind {
     Mx,
     Submission,
     OpenDkim,
-    /// The policy in the file `PFBENCH_CUSTOM` names: to measure one's own
-    /// policy, or one part of a cost, beside the others.
-    Custom,
+    /// The policy in the n-th file `PFBENCH_CUSTOM` names: to measure one's
+    /// own policy, or one part of a cost, beside the others.
+    Custom(usize),
+}
+
+/// The policy files of `PFBENCH_CUSTOM` (comma-separated), in order.
+fn custom_files() -> &'static [PathBuf] {
+    static FILES: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    FILES.get_or_init(|| {
+        std::env::var("PFBENCH_CUSTOM")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    })
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
-        Kind::None,
-        Kind::Empty,
-        Kind::Mx,
-        Kind::Submission,
-        Kind::OpenDkim,
-        Kind::Custom,
-    ];
+    /// Every configuration, the custom ones last.
+    fn all() -> Vec<Kind> {
+        let mut all = vec![
+            Kind::None,
+            Kind::Empty,
+            Kind::Mx,
+            Kind::Submission,
+            Kind::OpenDkim,
+        ];
+        all.extend((0..custom_files().len()).map(Kind::Custom));
+        all
+    }
 
-    fn name(self) -> &'static str {
+    /// What `PFBENCH_ONLY` calls it: a custom policy by its file's stem.
+    fn name(self) -> String {
         match self {
-            Kind::None => "none",
-            Kind::Empty => "empty",
-            Kind::Mx => "mx",
-            Kind::Submission => "submission",
-            Kind::OpenDkim => "opendkim",
-            Kind::Custom => "custom",
+            Kind::None => "none".into(),
+            Kind::Empty => "empty".into(),
+            Kind::Mx => "mx".into(),
+            Kind::Submission => "submission".into(),
+            Kind::OpenDkim => "opendkim".into(),
+            Kind::Custom(n) => custom_files()[n].file_stem().map_or_else(
+                || format!("custom{n}"),
+                |s| s.to_string_lossy().into_owned(),
+            ),
         }
     }
 
-    fn label(self) -> &'static str {
+    fn label(self) -> String {
         match self {
-            Kind::None => "no milter",
-            Kind::Empty => "dispatch-milter, empty policy",
-            Kind::Mx => "dispatch-milter, MX checks",
-            Kind::Submission => "dispatch-milter, submission dkim_sign",
-            Kind::OpenDkim => "OpenDKIM 2.11, signing",
-            Kind::Custom => "dispatch-milter, PFBENCH_CUSTOM policy",
+            Kind::None => "no milter".into(),
+            Kind::Empty => "dispatch-milter, empty policy".into(),
+            Kind::Mx => "dispatch-milter, MX checks".into(),
+            Kind::Submission => "dispatch-milter, submission dkim_sign".into(),
+            Kind::OpenDkim => "OpenDKIM 2.11, signing".into(),
+            Kind::Custom(n) => format!("dispatch-milter, {}", custom_files()[n].display()),
         }
     }
 
@@ -458,10 +492,10 @@ fn daemon_config(kind: Kind, port: u16, dns: SocketAddr, key: &Path) -> String {
     let mx;
     let custom;
     let policy = match kind {
-        Kind::Custom => {
-            let path = std::env::var("PFBENCH_CUSTOM").expect("PFBENCH_CUSTOM");
-            custom = std::fs::read_to_string(&path)
-                .unwrap_or_else(|e| panic!("PFBENCH_CUSTOM={path}: {e}"));
+        Kind::Custom(n) => {
+            let path = &custom_files()[n];
+            custom = std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("PFBENCH_CUSTOM: {}: {e}", path.display()));
             custom.as_str()
         }
         Kind::Empty => EMPTY,
@@ -653,6 +687,8 @@ struct Params {
     sessions: usize,
     messages: usize,
     warmup: usize,
+    /// Where each Postfix instance's directory (and so its queue) goes.
+    queue_base: PathBuf,
 }
 
 struct Row {
@@ -768,7 +804,7 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
     } else {
         ""
     };
-    let pf = Postfix::start_with(&wiring, extra).await;
+    let pf = Postfix::start_in(&p.queue_base, &wiring, extra).await;
     let port = if kind.to_submission() {
         pf.submission.port()
     } else {
@@ -885,6 +921,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The geometric mean of ratios with its 95 % confidence interval, from
+/// Student's t on their logarithms: rounds are independent samples of the
+/// same ratio under the machine's noise, and ratios multiply, so their logs
+/// are what averages. `None` with fewer than two.
+fn geometric_mean_ci(ratios: &[f64]) -> Option<(f64, f64, f64)> {
+    // Two-sided 95 % quantiles of Student's t for 1 to 30 degrees of freedom.
+    const T95: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    let n = ratios.len();
+    if n < 2 {
+        return None;
+    }
+    let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+    let mean = logs.iter().sum::<f64>() / n as f64;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let t = T95.get(n - 2).copied().unwrap_or(1.96);
+    let half = t * (var / n as f64).sqrt();
+    Some((mean.exp(), (mean - half).exp(), (mean + half).exp()))
+}
+
 /// CPU milliseconds per message over every process that does the work.
 fn total_cpu_ms(r: &Row) -> f64 {
     r.postfix_cpu_ms + r.milter_cpu_ms.unwrap_or(0.0) + r.source_cpu_ms + r.harness_cpu_ms
@@ -897,7 +956,7 @@ fn total_cpu_ms(r: &Row) -> f64 {
 /// how much of a difference is the configuration and how much the machine.
 fn round_ratios(rows: &[Row]) -> String {
     let mut out = String::new();
-    for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Empty) {
+    for kind in Kind::all().into_iter().filter(|k| *k != Kind::Empty) {
         let pairs: Vec<(f64, f64)> = rows
             .iter()
             .filter(|r| r.kind == kind)
@@ -916,7 +975,10 @@ fn round_ratios(rows: &[Row]) -> String {
         }
         let show = |v: Vec<f64>| {
             let each: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
-            format!("median {:.2} ({})", median(v), each.join(", "))
+            let mean = geometric_mean_ci(&v).map_or(String::new(), |(m, lo, hi)| {
+                format!(", geometric mean {m:.3} (95 % CI {lo:.3} to {hi:.3})")
+            });
+            format!("median {:.2}{mean} ({})", median(v), each.join(", "))
         };
         writeln!(
             out,
@@ -945,7 +1007,7 @@ fn table(rows: &[Row]) -> String {
     out.push_str(
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for k in Kind::ALL {
+    for k in Kind::all() {
         let Some(r) = rate(k) else { continue };
         let rounds: Vec<String> = of(k)
             .iter()
@@ -991,13 +1053,13 @@ async fn smtp_source_through_postfix() {
         sessions: env_usize("PFBENCH_SESSIONS", 20),
         messages: env_usize("PFBENCH_MESSAGES", 5000),
         warmup: env_usize("PFBENCH_WARMUP", 200),
+        queue_base: std::env::var_os("PFBENCH_QUEUE_BASE")
+            .map_or_else(|| PathBuf::from("/dev/shm"), PathBuf::from),
     };
     let rounds = env_usize("PFBENCH_ROUNDS", 3);
     let only = std::env::var("PFBENCH_ONLY").unwrap_or_default();
-    let custom = std::env::var_os("PFBENCH_CUSTOM").is_some();
-    let kinds: Vec<Kind> = Kind::ALL
+    let kinds: Vec<Kind> = Kind::all()
         .into_iter()
-        .filter(|k| *k != Kind::Custom || custom)
         .filter(|k| only.is_empty() || only.split(',').any(|o| o.trim() == k.name()))
         .collect();
 
@@ -1018,11 +1080,12 @@ async fn smtp_source_through_postfix() {
     };
     let size = std::fs::metadata(&w.message).expect("message").len();
     println!(
-        "\n{rounds} rounds of smtp-source -s {} -m {} (after {} to warm up), one message per session, {size} bytes ({} KiB) DKIM-signed message, through a throwaway Postfix to a counting sink",
+        "\n{rounds} rounds of smtp-source -s {} -m {} (after {} to warm up), one message per session, {size} bytes ({} KiB) DKIM-signed message, through a throwaway Postfix (queue under {}) to a counting sink",
         p.sessions,
         p.messages,
         p.warmup,
-        size / 1024
+        size / 1024,
+        p.queue_base.display()
     );
 
     let mut rows = Vec::new();
@@ -1092,4 +1155,16 @@ async fn smtp_source_through_postfix() {
     }
     println!("\n{}", table(&rows));
     println!("{}", round_ratios(&rows));
+}
+
+#[test]
+fn geometric_mean_ci_of_ratios() {
+    assert_eq!(geometric_mean_ci(&[0.9]), None);
+    let (m, lo, hi) = geometric_mean_ci(&[0.8, 1.25]).unwrap();
+    assert!((m - 1.0).abs() < 1e-12, "{m}");
+    // log-sd = ln 1.25 · √2, half-width t(1) · sd / √2 = 12.706 · ln 1.25.
+    assert!((hi.ln() - 12.706 * 1.25f64.ln()).abs() < 1e-9, "{hi}");
+    assert!((lo * hi - 1.0).abs() < 1e-9, "{lo} {hi}");
+    let (m, lo, hi) = geometric_mean_ci(&[0.9; 5]).unwrap();
+    assert!((m - 0.9).abs() < 1e-12 && (lo - 0.9).abs() < 1e-12 && (hi - 0.9).abs() < 1e-12);
 }

@@ -783,9 +783,16 @@ impl Postfix {
     /// main.cf, replacing the harness's own lines of those names (the
     /// benchmark turns the milters off this way).
     pub async fn start_with(wiring: &Wiring, extra: &str) -> Postfix {
+        Postfix::start_in(Path::new("/tmp"), wiring, extra).await
+    }
+
+    /// Like [`Postfix::start_with`], with the instance's directory (config
+    /// and queue) under `base` instead of /tmp: the benchmark puts it on a
+    /// tmpfs, so that the file system's own costs do not blur the figures.
+    pub async fn start_in(base: &Path, wiring: &Wiring, extra: &str) -> Postfix {
         let mut last = String::new();
         for _ in 0..3 {
-            match Postfix::try_start(wiring, extra).await {
+            match Postfix::try_start(base, wiring, extra).await {
                 Ok(p) => return p,
                 Err(e) if e.contains("Address already in use") => last = e,
                 Err(e) => panic!("{e}"),
@@ -794,12 +801,12 @@ impl Postfix {
         panic!("Postfix could not bind its ports:\n{last}");
     }
 
-    async fn try_start(wiring: &Wiring, extra: &str) -> Result<Postfix, String> {
+    async fn try_start(base: &Path, wiring: &Wiring, extra: &str) -> Result<Postfix, String> {
         let tmp = tempfile::Builder::new()
             .prefix("pfx-e2e.")
             // Short: Postfix's UNIX sockets live in the queue directory.
-            .tempdir_in("/tmp")
-            .expect("tempdir");
+            .tempdir_in(base)
+            .unwrap_or_else(|e| panic!("a directory in {}: {e}", base.display()));
         let dir = tmp.path().to_path_buf();
         let config_dir = dir.join("conf");
         let queue_dir = dir.join("queue");
