@@ -148,6 +148,9 @@ pub struct Dns {
     /// this keeps the parsing: an RSA key or a policy record is parsed once
     /// per TTL, not once per message).
     parsed: crate::checks::prefetch::SharedTxt,
+    /// SPF records as parsed, the same way, apart from the DKIM and DMARC
+    /// ones (see `checks::spf::SpfRecords`).
+    spf_records: TtlCache<mail_auth::Txt>,
     /// A answers (and "no such record") for their TTL; see `ipv4`.
     a_answers: TtlCache<Result<Vec<Ipv4Addr>, DnsError>>,
     /// PTR answers by address, the same way.
@@ -199,6 +202,7 @@ impl Dns {
             auth,
             settings: settings.clone(),
             parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
+            spf_records: TtlCache::new(settings.cache_size),
             a_answers: TtlCache::new(settings.cache_size),
             ptr_answers: TtlCache::new(settings.cache_size),
         })
@@ -217,6 +221,11 @@ impl Dns {
     /// Parsed TXT records shared between messages.
     pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
         &self.parsed
+    }
+
+    /// Parsed SPF records shared between messages.
+    pub fn spf_records(&self) -> &TtlCache<mail_auth::Txt> {
+        &self.spf_records
     }
 
     /// For the mail-auth checks (SPF, DKIM, DMARC, ARC).

@@ -8,7 +8,9 @@
 //! addresses): a hit here is a hash lookup, where the resolver's cache hit
 //! parses the name, hashes it and clones the records.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -34,6 +36,16 @@ impl<V: Clone> TtlCache<V> {
 
     /// The answer for `key` (spelled as it was put), if still valid.
     pub fn get(&self, key: &str) -> Option<V> {
+        self.get_borrowed(key)
+    }
+
+    /// [`TtlCache::get`] for any borrowed form of the key (what mail-auth's
+    /// `ResolverCache` passes).
+    pub fn get_borrowed<Q>(&self, key: &Q) -> Option<V>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut entries = lock(&self.entries);
         match entries.get(key) {
             Some((value, until)) if *until > Instant::now() => Some(value.clone()),

@@ -1058,6 +1058,14 @@ async fn smtp_source_through_postfix() {
     };
     let rounds = env_usize("PFBENCH_ROUNDS", 3);
     let only = std::env::var("PFBENCH_ONLY").unwrap_or_default();
+    let mut names: Vec<String> = Kind::all().into_iter().map(Kind::name).collect();
+    names.sort();
+    if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+        panic!(
+            "two configurations are called {:?}: rename a PFBENCH_CUSTOM file (the name is its stem)",
+            twice[0]
+        );
+    }
     let kinds: Vec<Kind> = Kind::all()
         .into_iter()
         .filter(|k| only.is_empty() || only.split(',').any(|o| o.trim() == k.name()))

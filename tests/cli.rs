@@ -160,6 +160,43 @@ fn check_accepts_the_shipped_configuration() {
     assert!(line.contains("submission"), "{line}");
 }
 
+/// The benchmark policies under bench/ are documented commands in
+/// docs/benchmarks.md: they must stay valid as the configuration grows.
+/// `DNS_ADDR` is what bench/postfix.sh fills in for PFBENCH_CUSTOM files.
+#[test]
+fn check_accepts_every_benchmark_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut seen = 0;
+    for entry in std::fs::read_dir("bench").expect("bench/") {
+        let path = entry.expect("bench/ entry").path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        // Checked where it is (its table files are relative to it), or as
+        // a filled-in copy when it has the placeholder.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let file = if text.contains("DNS_ADDR") {
+            let copy = dir.path().join(path.file_name().expect("name"));
+            std::fs::write(&copy, text.replace("DNS_ADDR", "127.0.0.1:53")).expect("write");
+            copy
+        } else {
+            path.clone()
+        };
+        let file = file.to_str().expect("UTF-8 path");
+        let args = ["check", "-c", file];
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            describe(&args, &out)
+        );
+        seen += 1;
+    }
+    assert!(seen >= 7, "only {seen} policies under bench/");
+}
+
 #[test]
 fn check_reports_file_line_and_column_of_a_broken_configuration() {
     let fixture = "tests/config_errors/unknown_check_key.toml";

@@ -151,6 +151,30 @@ async fn spf_dns_failures_are_temperrors_and_take_the_error_action() {
     assert!(server.queries_for_type("spf.test", RecordType::TXT) >= 2);
 }
 
+/// Parsed SPF records are kept between messages, in a store that only
+/// SPF records may enter: mail-auth also passes it the `exp=` explanation
+/// of a failing sender, and a sender may name any domain there. Were the
+/// explanation kept under that domain's name, its own SPF record would no
+/// longer read for the rest of the TTL.
+#[tokio::test]
+async fn a_senders_spf_explanation_does_not_replace_another_domains_record() {
+    let server = dns().await;
+    server.add_zone("evil.test");
+    server.add_txt("evil.test", "v=spf1 -all exp=spf.test");
+    let p = policy(&server, SPF_POLICY);
+    // The failing sender first: its explanation is spf.test's TXT record.
+    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "fail");
+    for _ in 0..2 {
+        let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+        assert_eq!(check(&o, "spf").0, "pass", "{:?}", check(&o, "spf"));
+    }
+    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "fail");
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "fail", "the kept record still decides");
+}
+
 #[tokio::test]
 async fn spf_can_refuse_at_mail_from_with_decide_at() {
     let server = dns().await;

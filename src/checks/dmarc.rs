@@ -249,9 +249,17 @@ impl DmarcCheck {
                 "DMARC needs exactly one From header, found {from_headers}"
             ));
         }
-        // DMARC reads the headers only (DKIM, which needs the body, is
-        // verified by `dkim::facts`): parse just the header block.
-        let head = crate::message::header_block(&message.headers);
+        // mail-auth's DMARC evaluation reads only the From addresses of the
+        // parsed message (DKIM, which needs the rest, is verified by
+        // `dkim::facts`): parse just the From header, not every header and
+        // DKIM-Signature again.
+        let from_only: Vec<crate::message::Header> = message
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("From"))
+            .cloned()
+            .collect();
+        let head = crate::message::header_block(&from_only);
         let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
             return permerror("the header cannot be parsed".into());
         };

@@ -27,10 +27,14 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::address::Address;
 use crate::dns::Dns;
 use crate::stage::Stage;
+use crate::ttl_cache::TtlCache;
 use mail_auth::spf::verify::SpfParameters;
-use mail_auth::{Parameters, SpfOutput, SpfResult};
+use mail_auth::{Parameters, ResolverCache, SpfOutput, SpfResult, Txt};
+use std::borrow::Borrow;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The `%{r}` macro (RFC 7208 §7.3): the checking host's name is not known
 /// to a check, and "unknown" is what the RFC suggests then.
@@ -135,6 +139,46 @@ fn not_evaluated(
     }
 }
 
+/// SPF records as mail-auth parsed them, shared between messages until
+/// their TTL runs out (`Dns::spf_records`): the resolver's cache keeps the
+/// answer, this keeps the parsing, as for DKIM keys and DMARC records.
+///
+/// Only SPF records go in and come out. mail-auth passes the same cache
+/// for the `exp=` explanation (a macro string) and stores "no SPF record
+/// here" errors in it too; if those were kept, a sender's `exp=` naming
+/// another domain would leave that domain's name holding an explanation,
+/// and every later SPF check of that domain would fail to read its record.
+/// The one difference from no cache: an `exp=` that names a domain whose
+/// SPF record is kept gets no explanation, where it would have read that
+/// record's text as one.
+pub struct SpfRecords<'c>(pub &'c TtlCache<Txt>);
+
+impl ResolverCache<Box<str>, Txt> for SpfRecords<'_> {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.0
+            .get_borrowed(name)
+            .filter(|txt| matches!(txt, Txt::Spf(_)))
+    }
+
+    fn remove<Q>(&self, _name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+
+    fn insert(&self, key: Box<str>, value: Txt, valid_until: Instant) {
+        if matches!(value, Txt::Spf(_)) {
+            self.0.put(&key, value, valid_until);
+        }
+    }
+}
+
 async fn evaluate_helo(dns: &Dns, input: &CheckInput) -> SpfOutcome {
     let helo = helo_name(input);
     let Some(ip) = input.connection.client_ip else {
@@ -145,11 +189,10 @@ async fn evaluate_helo(dns: &Dns, input: &CheckInput) -> SpfOutcome {
     }
     let output = dns
         .authenticator()
-        .verify_spf(Parameters::new(SpfParameters::verify_ehlo(
-            ip,
-            &helo,
-            HOST_DOMAIN,
-        )))
+        .verify_spf(
+            Parameters::new(SpfParameters::verify_ehlo(ip, &helo, HOST_DOMAIN))
+                .with_txt_cache(&SpfRecords(dns.spf_records())),
+        )
         .await;
     SpfOutcome {
         checked: Checked::Helo,
@@ -187,12 +230,15 @@ async fn evaluate_mail_from(dns: &Dns, input: &CheckInput, sender: &Address) -> 
     };
     let output = dns
         .authenticator()
-        .verify_spf(Parameters::new(SpfParameters::verify_mail_from(
-            ip,
-            &helo,
-            HOST_DOMAIN,
-            &sender,
-        )))
+        .verify_spf(
+            Parameters::new(SpfParameters::verify_mail_from(
+                ip,
+                &helo,
+                HOST_DOMAIN,
+                &sender,
+            ))
+            .with_txt_cache(&SpfRecords(dns.spf_records())),
+        )
         .await;
     SpfOutcome {
         checked: Checked::MailFrom,
@@ -522,6 +568,41 @@ mod tests {
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
     use crate::message::Envelope;
     use crate::tables::TableSet;
+
+    #[test]
+    fn only_spf_records_are_kept_and_answered() {
+        use mail_auth::common::parse::TxtRecordParser;
+        use std::time::Duration;
+        let store = TtlCache::new(16);
+        let cache = SpfRecords(&store);
+        let later = Instant::now() + Duration::from_secs(60);
+        let record = mail_auth::spf::Spf::parse(b"v=spf1 ip4:192.0.2.10 -all").unwrap();
+        let explanation = mail_auth::spf::Macro::parse(b"go away").unwrap();
+
+        cache.insert("spf.test.".into(), Txt::Spf(Arc::new(record)), later);
+        cache.insert(
+            "exp.test.".into(),
+            Txt::SpfMacro(Arc::new(explanation)),
+            later,
+        );
+        cache.insert(
+            "none.test.".into(),
+            Txt::Error(mail_auth::Error::Dns(
+                mail_auth::DnsError::InvalidRecordType,
+            )),
+            later,
+        );
+        assert!(matches!(cache.get("spf.test."), Some(Txt::Spf(_))));
+        assert!(cache.get("exp.test.").is_none());
+        assert!(cache.get("none.test.").is_none());
+        assert_eq!(store.len(), 1, "only the SPF record is kept");
+
+        // Whatever else the store holds under a name, it is no SPF answer.
+        let other = mail_auth::spf::Macro::parse(b"text").unwrap();
+        store.put("shared.test.", Txt::SpfMacro(Arc::new(other)), later);
+        assert!(cache.get("shared.test.").is_none());
+        assert!(cache.remove("spf.test.").is_none());
+    }
 
     /// A resolver that can only reach the loopback discard port: unit tests
     /// never send DNS traffic anywhere else.
