@@ -156,23 +156,16 @@ fn header_block_with_room(headers: &[Header], room: usize) -> Vec<u8> {
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF. Copy
-        // the runs between line ends whole (most values have none).
-        let value = h.value.as_bytes();
-        let mut start = 0;
-        for lf in value
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| **b == b'\n')
-            .map(|(i, _)| i)
-        {
-            let bare = lf == 0 || value[lf - 1] != b'\r';
-            if bare {
-                out.extend_from_slice(&value[start..lf]);
-                out.push(b'\r');
-                start = lf;
+        // line by line, not byte by byte (most values are one line).
+        for line in h.value.as_bytes().split_inclusive(|b| *b == b'\n') {
+            match line.strip_suffix(b"\n") {
+                Some(text) if !text.ends_with(b"\r") => {
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => out.extend_from_slice(line),
             }
         }
-        out.extend_from_slice(&value[start..]);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
