@@ -192,42 +192,51 @@ impl EditList {
     /// `original` (the headers as received), following the milter semantics
     /// of DESIGN §2: `InsertHeader` index 0 is the top and an index past the
     /// end appends; `ChangeHeader` and `DeleteHeader` count 1-based per name
-    /// (case-insensitively, 0 meaning the first as Sendmail reads it); a
-    /// change with an index past the last instance appends, and one with an
-    /// empty value deletes. Envelope edits leave the headers alone.
+    /// (case-insensitively, 0 meaning the first as Sendmail reads it), among
+    /// the headers as they stand after the edits before them; a change with
+    /// an index past the last instance appends, and one with an empty value
+    /// deletes. Envelope edits leave the headers alone.
     ///
     /// Signers sign this, and tests verify it: it is what gets delivered,
     /// apart from the MTA's own `Received:` that no milter sees.
     pub fn resulting_headers(&self, original: &[Header]) -> Vec<Header> {
-        let mut headers = original.to_vec();
+        self.model(original)
+            .into_iter()
+            .map(|h| Header {
+                name: h.name.to_string(),
+                value: h.value.to_string(),
+            })
+            .collect()
+    }
+
+    /// The one model of the header block as edited so far, from which every
+    /// index is computed: each header borrowed from `original` or from an
+    /// edit, and marked with whether the client sent it.
+    fn model<'a>(&'a self, original: &'a [Header]) -> Vec<ModelHeader<'a>> {
+        let mut headers: Vec<ModelHeader<'a>> = original
+            .iter()
+            .map(|h| ModelHeader {
+                name: &h.name,
+                value: &h.value,
+                received: true,
+            })
+            .collect();
         for edit in &self.edits {
             match edit {
-                Edit::AddHeader { name, value } => headers.push(Header {
-                    name: name.clone(),
-                    value: value.clone(),
-                }),
+                Edit::AddHeader { name, value } => headers.push(ModelHeader::ours(name, value)),
                 Edit::InsertHeader { index, name, value } => {
                     let at =
                         usize::try_from(*index).map_or(headers.len(), |i| i.min(headers.len()));
-                    headers.insert(
-                        at,
-                        Header {
-                            name: name.clone(),
-                            value: value.clone(),
-                        },
-                    );
+                    headers.insert(at, ModelHeader::ours(name, value));
                 }
                 Edit::ChangeHeader { name, index, value } => {
                     match nth_named(&headers, name, *index) {
                         Some(at) if value.is_empty() => {
                             headers.remove(at);
                         }
-                        Some(at) => headers[at].value = value.clone(),
+                        Some(at) => headers[at].value = value,
                         None if value.is_empty() => {}
-                        None => headers.push(Header {
-                            name: name.clone(),
-                            value: value.clone(),
-                        }),
+                        None => headers.push(ModelHeader::ours(name, value)),
                     }
                 }
                 Edit::DeleteHeader { name, index } => {
@@ -244,40 +253,58 @@ impl EditList {
         headers
     }
 
-    /// Delete every header called `name` among `headers`, highest index first
-    /// so the remaining indexes stay valid while the MTA applies them.
-    pub fn delete_headers_named(&mut self, name: &str, headers: &[Header]) {
-        self.delete_headers_where(name, headers, |_| true);
+    /// Delete every received header called `name`.
+    pub fn delete_headers_named(&mut self, name: &str, original: &[Header]) {
+        self.delete_headers_where(name, original, |_| true);
     }
 
-    /// Delete the headers called `name` whose value satisfies `pred`, highest
-    /// index first.
+    /// Delete the received headers called `name` whose value satisfies
+    /// `pred`. Indexes count the headers as this list has left them so far
+    /// (an earlier insert or delete of the same name shifts them), and the
+    /// highest goes first so each stays valid while the MTA applies them.
+    /// Headers this list added are never deleted here: a deletion meant for
+    /// what the client sent cannot take our own Authentication-Results.
     pub fn delete_headers_where(
         &mut self,
         name: &str,
-        headers: &[Header],
+        original: &[Header],
         pred: impl Fn(&str) -> bool,
     ) {
-        let matching: Vec<(u32, &Header)> = headers
+        let doomed: Vec<(u32, String)> = self
+            .model(original)
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case(name))
             .zip(1u32..)
-            .map(|(h, i)| (i, h))
+            .filter(|(h, _)| h.received && pred(h.value))
+            .map(|(h, index)| (index, h.name.to_string()))
             .collect();
-        for (index, header) in matching.into_iter().rev() {
-            if pred(&header.value) {
-                self.edits.push(Edit::DeleteHeader {
-                    name: header.name.clone(),
-                    index,
-                });
-            }
+        for (index, name) in doomed.into_iter().rev() {
+            self.edits.push(Edit::DeleteHeader { name, index });
+        }
+    }
+}
+
+/// One header in [`EditList::model`].
+struct ModelHeader<'a> {
+    name: &'a str,
+    value: &'a str,
+    /// Sent by the client (possibly changed by an edit since), not added.
+    received: bool,
+}
+
+impl<'a> ModelHeader<'a> {
+    fn ours(name: &'a str, value: &'a str) -> Self {
+        ModelHeader {
+            name,
+            value,
+            received: false,
         }
     }
 }
 
 /// The position in `headers` of the `index`-th (1-based, 0 read as 1)
 /// header called `name`, compared case-insensitively.
-fn nth_named(headers: &[Header], name: &str, index: u32) -> Option<usize> {
+fn nth_named(headers: &[ModelHeader<'_>], name: &str, index: u32) -> Option<usize> {
     let skip = usize::try_from(index.max(1) - 1).ok()?;
     headers
         .iter()
@@ -453,5 +480,164 @@ mod tests {
             shown(&list.resulting_headers(&original)),
             ["Subject: new", "x-spam: two", "X-New: n"]
         );
+    }
+
+    #[test]
+    fn a_second_deletion_counts_what_the_first_left() {
+        // Two remove_header modifiers on three instances: the first takes
+        // X-Tag[1]; the second, meant for "c", must then name X-Tag[2].
+        let original = vec![h("X-Tag", "a"), h("X-Tag", "b"), h("X-Tag", "c")];
+        let mut list = EditList::new();
+        list.delete_headers_where("X-Tag", &original, |v| v == "a");
+        list.delete_headers_where("X-Tag", &original, |v| v == "c");
+        assert_eq!(
+            list.edits(),
+            [
+                Edit::DeleteHeader {
+                    name: "X-Tag".into(),
+                    index: 1
+                },
+                Edit::DeleteHeader {
+                    name: "X-Tag".into(),
+                    index: 2
+                },
+            ]
+        );
+        assert_eq!(shown(&list.resulting_headers(&original)), ["X-Tag: b"]);
+    }
+
+    #[test]
+    fn our_own_header_is_counted_and_never_deleted() {
+        let original = vec![
+            h("Authentication-Results", "mx.example.org; dkim=pass"),
+            h("Authentication-Results", "other.example; spf=pass"),
+        ];
+        let mut list = EditList::new();
+        list.delete_headers_where("Authentication-Results", &original, |v| {
+            v.starts_with("mx.example.org")
+        });
+        list.insert_header(0, "Authentication-Results", "mx.example.org; dkim=fail")
+            .unwrap();
+        // A later deletion of every Authentication-Results the client sent.
+        list.delete_headers_named("Authentication-Results", &original);
+        assert_eq!(
+            shown(&list.resulting_headers(&original)),
+            ["Authentication-Results: mx.example.org; dkim=fail"]
+        );
+    }
+
+    /// An MTA applying edits the way Postfix does (DESIGN §2), written
+    /// apart from `EditList::model`: each header is an id; a name index
+    /// counts instances of that name from 1 in the list as it stands.
+    fn mta_apply(
+        original: &[(String, usize)],
+        edits: &[Edit],
+        next_id: &mut usize,
+    ) -> Vec<(String, usize)> {
+        let mut list = original.to_vec();
+        for edit in edits {
+            match edit {
+                Edit::InsertHeader { index, name, .. } => {
+                    let at = (*index as usize).min(list.len());
+                    list.insert(at, (name.clone(), *next_id));
+                    *next_id += 1;
+                }
+                Edit::AddHeader { name, .. } => {
+                    list.push((name.clone(), *next_id));
+                    *next_id += 1;
+                }
+                Edit::DeleteHeader { name, index } => {
+                    let mut seen = 0;
+                    let pos = list.iter().position(|(n, _)| {
+                        if n.eq_ignore_ascii_case(name) {
+                            seen += 1;
+                        }
+                        n.eq_ignore_ascii_case(name) && seen == *index
+                    });
+                    if let Some(pos) = pos {
+                        list.remove(pos);
+                    }
+                }
+                other => panic!("not generated: {other:?}"),
+            }
+        }
+        list
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u32, usize),
+        Add(usize),
+        /// Delete received headers of this name whose id is in the set.
+        Delete(usize, Vec<bool>),
+    }
+
+    const NAMES: [&str; 3] = ["X-Tag", "x-tag", "Authentication-Results"];
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u32..8, 0..NAMES.len()).prop_map(|(i, n)| Op::Insert(i, n)),
+            (0..NAMES.len()).prop_map(Op::Add),
+            (0..NAMES.len(), proptest::collection::vec(any::<bool>(), 8))
+                .prop_map(|(n, pick)| Op::Delete(n, pick)),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn deletions_reach_exactly_the_headers_they_mean(
+            names in proptest::collection::vec(0..NAMES.len(), 0..8),
+            ops in proptest::collection::vec(op(), 0..8),
+        ) {
+            // Header i's value is its id, so a predicate can pick by id.
+            let original: Vec<Header> = names
+                .iter()
+                .enumerate()
+                .map(|(id, &n)| h(NAMES[n], &id.to_string()))
+                .collect();
+            let mut list = EditList::new();
+            let mut deleted = vec![false; original.len()];
+            for op in &ops {
+                match op {
+                    Op::Insert(i, n) => list.insert_header(*i, NAMES[*n], "ours").unwrap(),
+                    Op::Add(n) => list.add_header(NAMES[*n], "ours").unwrap(),
+                    Op::Delete(n, pick) => {
+                        let before = list.resulting_headers(&original);
+                        list.delete_headers_where(NAMES[*n], &original, |v| {
+                            v.parse::<usize>().is_ok_and(|id| pick[id])
+                        });
+                        // What it meant: the received headers of that name
+                        // still there whose id was picked.
+                        for hd in &before {
+                            if let Ok(id) = hd.value.parse::<usize>()
+                                && hd.name.eq_ignore_ascii_case(NAMES[*n])
+                                && pick[id]
+                            {
+                                deleted[id] = true;
+                            }
+                        }
+                    }
+                }
+            }
+            let ids: Vec<(String, usize)> = original
+                .iter()
+                .enumerate()
+                .map(|(id, hd)| (hd.name.clone(), id))
+                .collect();
+            let mut next_id = original.len();
+            let after = mta_apply(&ids, list.edits(), &mut next_id);
+            let received: Vec<usize> = after.iter().map(|(_, id)| *id).filter(|id| *id < original.len()).collect();
+            let expected: Vec<usize> = (0..original.len()).filter(|id| !deleted[*id]).collect();
+            prop_assert_eq!(received, expected);
+            let ours = after.iter().filter(|(_, id)| *id >= original.len()).count();
+            let added = ops.iter().filter(|o| !matches!(o, Op::Delete(..))).count();
+            prop_assert_eq!(ours, added, "every header we added is delivered");
+            // And our own model agrees with the MTA's.
+            let model: Vec<String> = list.resulting_headers(&original).into_iter().map(|h| h.name).collect();
+            let mta: Vec<String> = after.into_iter().map(|(n, _)| n).collect();
+            prop_assert_eq!(model, mta);
+        }
     }
 }
