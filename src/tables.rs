@@ -53,12 +53,22 @@ pub enum AddressMatch {
     Domain,
 }
 
-/// Keys compare case-insensitively and in NFC; the domain of an address key
-/// (`user@domain`, `*@domain`, `@domain`) or a key that is a domain gets the
-/// same IDNA and trailing-dot normalisation as `match` entries, so
-/// `bücher.example.` in a table matches `xn--bcher-kva.example`.
+/// Keys compare case-insensitively and in NFC; an address key
+/// (`user@domain`) gets the canonical form of `Address::key` (quoting that
+/// changes nothing removed, the domain IDNA-normalised), so
+/// `"Joe"@bücher.example.` in a table is the key `joe@xn--bcher-kva.example`.
+/// The domain of `*@domain` and `@domain`, and a key that is a domain, get
+/// the same domain normalisation.
 pub fn normalize_key(key: &str) -> String {
-    let key = key.trim().nfc().collect::<String>().to_lowercase();
+    let trimmed = key.trim();
+    if let Some((local, _)) = trimmed.rsplit_once('@')
+        && !local.is_empty()
+        && local != "*"
+        && let Ok(address) = Address::parse(trimmed)
+    {
+        return address.key();
+    }
+    let key = trimmed.nfc().collect::<String>().to_lowercase();
     match key.rsplit_once('@') {
         Some((local, domain)) if !domain.is_empty() => match normalize_domain(domain) {
             Ok(d) => format!("{local}@{d}"),
@@ -274,13 +284,29 @@ pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String
     }
     let mut map = HashMap::new();
     for (_, line) in logical {
-        let (key, rest) = match line.split_once(char::is_whitespace) {
-            Some((k, r)) => (k, r),
-            None => (line.as_str(), ""),
-        };
+        let (key, rest) = split_key(&line);
         map.insert(normalize_key(key), split_values(rest));
     }
     Ok(map)
+}
+
+/// A map line's key and the rest: the key ends at the first white space
+/// outside a quoted string, so `"John Smith"@example.org` is one key.
+fn split_key(line: &str) -> (&str, &str) {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, c) in line.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => return (&line[..i], &line[i..]),
+            _ => {}
+        }
+    }
+    (line, "")
 }
 
 impl FileMap {
@@ -411,7 +437,7 @@ mod tests {
         m.insert("bücher.example".to_string(), vec![]);
         let t = Table::inline("t", m);
         assert!(
-            t.lookup_address(&Address::parse("<kim@xn--bcher-kva.example>"))
+            t.lookup_address(&Address::parse("<kim@xn--bcher-kva.example>").unwrap())
                 .is_some()
         );
     }
@@ -428,6 +454,11 @@ mod tests {
         );
         assert_eq!(map["example.net"], Vec::<String>::new());
         assert!(parse_map_file("  orphan\n").is_err());
+        let quoted = parse_map_file("\"John Smith\"@Example.org  john@example.org\n").unwrap();
+        assert_eq!(
+            quoted["\"john smith\"@example.org"],
+            vec!["john@example.org"]
+        );
     }
 
     #[test]
@@ -436,17 +467,20 @@ mod tests {
         m.insert("joe@example.org".to_string(), vec!["a".to_string()]);
         m.insert("example.org".to_string(), vec!["d".to_string()]);
         let t = Table::inline("t", m);
-        let joe = Address::parse("<JOE@example.org>");
+        let joe = Address::parse("<JOE@example.org>").unwrap();
         assert_eq!(
             t.lookup_address(&joe),
             Some((AddressMatch::Address, vec!["a".into()]))
         );
-        let ann = Address::parse("<ann@Example.ORG>");
+        let ann = Address::parse("<ann@Example.ORG>").unwrap();
         assert_eq!(
             t.lookup_address(&ann),
             Some((AddressMatch::Domain, vec!["d".into()]))
         );
-        assert_eq!(t.lookup_address(&Address::parse("<x@other.org>")), None);
+        assert_eq!(
+            t.lookup_address(&Address::parse("<x@other.org>").unwrap()),
+            None
+        );
         assert_eq!(t.lookup_address(&Address::Null), None);
     }
 

@@ -18,7 +18,7 @@ fn route_with(
     daemon: Option<&str>,
 ) -> (String, MatchedBy) {
     let pipeline = &policy.pipelines[0];
-    let sender = Address::parse(sender);
+    let sender = Address::parse(sender).unwrap();
     let facts = SourceFacts {
         auth_user: auth,
         client_ip: ip.map(|s| s.parse::<IpAddr>().unwrap()),
@@ -26,7 +26,7 @@ fn route_with(
         sender: &sender,
     };
     let (source, _) = pipeline.sources.select(&facts);
-    let (branch, how) = source.destinations.select(&Address::parse(rcpt));
+    let (branch, how) = source.destinations.select(&Address::parse(rcpt).unwrap());
     (format!("{}: {}", branch.label, branch.outcome.name()), how)
 }
 

@@ -8,6 +8,7 @@ use dispatch_milter::config::compile_str;
 use dispatch_milter::edits::{Edit, EditList};
 use dispatch_milter::engine::{StageReply, Verdict};
 use dispatch_milter::modifiers::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use dispatch_milter::reply::{Reply, ReplyClass};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -255,8 +256,24 @@ async fn header_modifiers_run_in_order_and_cannot_inject_headers() {
         modify = ["second"]
         "#,
     );
+    // A sender with a line break never gets as far as a header: it cannot
+    // be read, so MAIL FROM is refused.
+    let mut evil = Mail::new("evil@x.test", &["b@y.test"]);
+    evil.from = "evil\r\nBcc: victim@x.test@x.test".into();
+    let run = run_mail(&policy, "p", &evil).await;
+    assert_eq!(
+        run.mail,
+        StageReply::Reject(
+            Reply::new(
+                ReplyClass::Permanent,
+                553,
+                "5.1.7",
+                "Bad sender address syntax"
+            )
+            .unwrap()
+        )
+    );
     let mut mail = Mail::new("evil@x.test", &["b@y.test"]);
-    mail.from = "evil\r\nBcc: victim@x.test@x.test".into();
     mail.headers.push(("X-Remove".into(), "1".into()));
     mail.headers.push(("X-Remove".into(), "2".into()));
     let outcome = run_mail(&policy, "p", &mail).await.outcome.expect("EOM");

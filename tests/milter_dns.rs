@@ -138,3 +138,88 @@ async fn dns_down_means_tempfail_never_a_silent_pass() {
     drop(conn);
     d.shutdown().await;
 }
+
+/// Forged Authentication-Results go whatever the checks found, and however
+/// the authserv-id is spelled; a check that timed out shows as temperror.
+#[tokio::test]
+async fn forgeries_are_deleted_even_when_every_check_times_out() {
+    const SLOW: &str = r#"
+[dns]
+timeout = "3s"
+attempts = 1
+
+[checks.iprev]
+kind = "iprev"
+timeout = "200ms"
+on_temperror = "ignore"
+
+[checks.spf]
+kind = "spf"
+timeout = "200ms"
+on_temperror = "ignore"
+
+[pipelines.mx]
+authserv_id = "mx.example.org"
+checks = ["iprev", "spf"]
+"#;
+    let server = DnsServer::start_with_test_zones().await;
+    server.set_default_failure(Some(Failure::Drop));
+    let mut registry = common::registry(std::sync::Arc::new(common::Probes::default()));
+    registry.set_nameservers(vec![server.addr()]);
+    let mut d = TestDaemon::start_with(&format!("{LISTEN}{SLOW}"), registry).await;
+    let mut conn = client(&d, "192.0.2.22").await;
+    assert_eq!(
+        conn.mail(["<alice@example.org>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<bob@example.net>"]).await.unwrap(),
+        Status::Continue
+    );
+    for forged in [
+        "(x) mx.example.org; dkim=pass",
+        "other.example; dkim=pass",
+        "\"mx.example.org\"; dkim=pass",
+        "MX.EXAMPLE.ORG.; dmarc=pass",
+    ] {
+        conn.header("Authentication-Results", forged).await.unwrap();
+    }
+    conn.eoh().await.unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    // Highest first, each index valid when the MTA applies it.
+    let deleted: Vec<i32> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::DeleteHeader { name, index }
+                if name.as_c_str() == c"Authentication-Results" =>
+            {
+                Some(*index)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deleted, [4, 3, 1], "{actions:?}");
+    let ours: Vec<String> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::InsertHeader {
+                index: 0,
+                name,
+                value,
+            } if name.as_c_str() == c"Authentication-Results" => {
+                Some(value.to_string_lossy().replace('\n', ""))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ours,
+        [" mx.example.org; iprev=temperror; spf=temperror"],
+        "{actions:?}"
+    );
+    drop(conn);
+    d.shutdown().await;
+}

@@ -173,6 +173,10 @@ impl ArcCheck {
 }
 
 impl Check for ArcCheck {
+    fn auth_method(&self) -> Option<&'static str> {
+        Some("arc")
+    }
+
     fn inputs(&self) -> Stage {
         Stage::Eom
     }

@@ -41,10 +41,13 @@ fn granted(values: &[String], address: &Address) -> bool {
                     false
                 }
             },
-            None => {
-                let allowed = Address::parse(value);
-                !allowed.is_null() && allowed.key() == address.key()
-            }
+            None => match Address::parse_config(value) {
+                Ok(allowed) => !allowed.is_null() && allowed.key() == address.key(),
+                Err(e) => {
+                    tracing::warn!(value, error = %e, "authorize_sender: table value ignored");
+                    false
+                }
+            },
         }
     })
 }
@@ -108,8 +111,9 @@ fn bracketed(member: &str) -> Vec<&str> {
 /// The addresses of a From: header, parsed simply: what is inside angle
 /// brackets if there are any, else every bare token containing '@'. Taking
 /// every '@' token errs towards checking too much, which is the safe side for
-/// an anti-spoofing check.
-fn from_addresses(value: &str) -> Vec<Address> {
+/// an anti-spoofing check. `None` when any of them cannot be read: an
+/// address that cannot be read is granted to no one.
+fn from_addresses(value: &str) -> Option<Vec<Address>> {
     let value = unfold(value);
     let mut out = Vec::new();
     for member in split_members(&value) {
@@ -123,14 +127,15 @@ fn from_addresses(value: &str) -> Vec<Address> {
         } else {
             inner
         };
-        out.extend(
-            candidates
-                .into_iter()
-                .map(Address::parse)
-                .filter(|a| !a.is_null()),
-        );
+        for candidate in candidates {
+            match Address::parse(candidate) {
+                Ok(a) if !a.is_null() => out.push(a),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
     }
-    out
+    Some(out)
 }
 
 impl AuthorizeSenderCheck {
@@ -214,7 +219,7 @@ impl AuthorizeSenderCheck {
             // and MTAs that add one take the envelope sender, which
             // `check_envelope` covers.
             for value in message.header_values("From") {
-                let addresses = from_addresses(value);
+                let addresses = from_addresses(value).unwrap_or_default();
                 if addresses.is_empty() {
                     return CheckResult::fail("unparsable From header");
                 }
@@ -264,9 +269,9 @@ mod tests {
         });
         i.envelope = Some(Envelope {
             rewritten_sender: None,
-            sender: Address::parse(sender),
+            sender: Address::parse(sender).unwrap(),
             mail_args: vec![],
-            recipients: vec![Address::parse("<rcpt@example.net>")],
+            recipients: vec![Address::parse("<rcpt@example.net>").unwrap()],
         });
         i.message = Some(Arc::new(Message {
             headers: from
@@ -282,7 +287,11 @@ mod tests {
     }
 
     fn addrs(value: &str) -> Vec<String> {
-        from_addresses(value).iter().map(Address::key).collect()
+        from_addresses(value)
+            .unwrap_or_default()
+            .iter()
+            .map(Address::key)
+            .collect()
     }
 
     #[test]

@@ -473,11 +473,11 @@ mod tests {
         });
         i.envelope = Some(Envelope {
             rewritten_sender: None,
-            sender: Address::parse("<Alice@example.org>"),
+            sender: Address::parse("<Alice@example.org>").unwrap(),
             mail_args: vec![],
             recipients: vec![
-                Address::parse("<b@example.net>"),
-                Address::parse("<c@example.net>"),
+                Address::parse("<b@example.net>").unwrap(),
+                Address::parse("<c@example.net>").unwrap(),
             ],
         });
         i.message = Some(Arc::new(Message {

@@ -444,6 +444,10 @@ impl DkimCheck {
 }
 
 impl Check for DkimCheck {
+    fn auth_method(&self) -> Option<&'static str> {
+        Some("dkim")
+    }
+
     fn inputs(&self) -> Stage {
         Stage::Eom
     }

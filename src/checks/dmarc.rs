@@ -377,6 +377,10 @@ impl DmarcCheck {
 }
 
 impl Check for DmarcCheck {
+    fn auth_method(&self) -> Option<&'static str> {
+        Some("dmarc")
+    }
+
     fn inputs(&self) -> Stage {
         Stage::Eom
     }

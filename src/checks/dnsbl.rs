@@ -1115,7 +1115,7 @@ mod tests {
         Arc::make_mut(&mut i.connection).helo = Some("Mail.Example.NET".into());
         i.envelope = Some(Envelope {
             rewritten_sender: None,
-            sender: Address::parse("<joe@Sender.Example>"),
+            sender: Address::parse("<joe@Sender.Example>").unwrap(),
             mail_args: vec![],
             recipients: vec![],
         });

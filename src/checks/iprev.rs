@@ -160,6 +160,10 @@ impl IprevCheck {
 }
 
 impl Check for IprevCheck {
+    fn auth_method(&self) -> Option<&'static str> {
+        Some("iprev")
+    }
+
     /// The client address is known at connect.
     fn inputs(&self) -> Stage {
         Stage::Connect

@@ -247,6 +247,14 @@ pub trait Check: Send + Sync + 'static {
         None
     }
 
+    /// The Authentication-Results method the check reports (RFC 8601 §2.7),
+    /// if any: when the check ends without a fragment of its own (a timeout,
+    /// a panic), the header still says `method=temperror`, so no reader takes
+    /// the missing method for a verdict never asked for.
+    fn auth_method(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether the check needs the message body (so the adapter buffers it).
     fn needs_body(&self) -> bool {
         false

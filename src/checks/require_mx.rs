@@ -43,7 +43,7 @@ fn read_mx(records: &[(u16, String)]) -> MxAnswer<'_> {
 fn sender_domain(sender: &Address) -> Result<String, CheckResult> {
     let raw = match sender {
         Address::Null => return Err(CheckResult::with_reason(Status::None, "null sender")),
-        Address::Local { .. } => {
+        Address::Local(_) => {
             return Err(CheckResult::with_reason(
                 Status::None,
                 "the sender has no domain",
@@ -146,21 +146,22 @@ mod tests {
     #[test]
     fn sender_domains() {
         assert_eq!(
-            sender_domain(&Address::parse("<joe@Example.ORG>")),
+            sender_domain(&Address::parse("<joe@Example.ORG>").unwrap()),
             Ok("example.org".to_string())
         );
         let r = sender_domain(&Address::Null).unwrap_err();
         assert_eq!(r.status, Status::None);
-        let r = sender_domain(&Address::parse("<postmaster>")).unwrap_err();
+        let r = sender_domain(&Address::parse("<postmaster>").unwrap()).unwrap_err();
         assert_eq!(r.status, Status::None);
-        let r = sender_domain(&Address::parse("<joe@[192.0.2.1]>")).unwrap_err();
+        let r = sender_domain(&Address::parse("<joe@[192.0.2.1]>").unwrap()).unwrap_err();
         assert_eq!(r.status, Status::None);
-        let r = sender_domain(&Address::parse("<joe@bad..example>")).unwrap_err();
-        assert_eq!(r.status, Status::Fail);
-        assert!(r.reason.unwrap().contains("not a valid domain"));
+        // A domain with an empty label does not even parse.
+        assert!(Address::parse("<joe@bad..example>").is_err());
         let long = format!("joe@{}.example", "a".repeat(64));
         assert_eq!(
-            sender_domain(&Address::parse(&long)).unwrap_err().status,
+            sender_domain(&Address::parse(&long).unwrap())
+                .unwrap_err()
+                .status,
             Status::Fail
         );
     }

@@ -208,14 +208,9 @@ async fn evaluate_helo(dns: &Dns, input: &CheckInput) -> SpfOutcome {
 /// The envelope sender as SPF wants it: the local part as spelled, the
 /// domain normalised to its A-label form (mail-auth looks up ASCII names).
 fn spf_sender(sender: &Address) -> String {
-    match sender {
-        Address::Mailbox {
-            original, domain, ..
-        } => match original.rsplit_once('@') {
-            Some((local, _)) => format!("{local}@{domain}"),
-            None => original.clone(),
-        },
-        other => other.original().to_string(),
+    match (sender.original_local(), sender.domain()) {
+        (Some(local), Some(domain)) => format!("{local}@{domain}"),
+        _ => sender.original().to_string(),
     }
 }
 
@@ -546,6 +541,10 @@ impl SpfCheck {
 }
 
 impl Check for SpfCheck {
+    fn auth_method(&self) -> Option<&'static str> {
+        Some("spf")
+    }
+
     /// The MAIL FROM identity exists at MAIL FROM.
     fn inputs(&self) -> Stage {
         Stage::Mail
@@ -750,7 +749,7 @@ mod tests {
             Arc::make_mut(&mut i.connection).helo = Some("mx.example.net".into());
             i.envelope = Some(Envelope {
                 rewritten_sender: None,
-                sender: Address::parse("<alice@example.org>"),
+                sender: Address::parse("<alice@example.org>").unwrap(),
                 mail_args: vec![],
                 recipients: vec![],
             });
@@ -786,7 +785,7 @@ mod tests {
         let mut i = input(Stage::Mail);
         i.envelope = Some(Envelope {
             rewritten_sender: None,
-            sender: Address::parse("<alice@Example.ORG>"),
+            sender: Address::parse("<alice@Example.ORG>").unwrap(),
             mail_args: vec![],
             recipients: vec![],
         });

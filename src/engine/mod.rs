@@ -79,6 +79,17 @@ pub fn split_reply() -> Reply {
     )
 }
 
+/// MAIL FROM with an address that cannot be read (RFC 3463 X.1.7). No
+/// policy can be evaluated for it, so it is refused even in dry run.
+fn bad_sender_reply() -> Reply {
+    Reply::fixed(553, "5.1.7", "Bad sender address syntax")
+}
+
+/// RCPT TO with an address that cannot be read (RFC 3463 X.1.3).
+fn bad_recipient_reply() -> Reply {
+    Reply::fixed(553, "5.1.3", "Bad recipient address syntax")
+}
+
 const DRY_RUN_HEADER: &str = "X-Dispatch-Dry-Run";
 
 struct RecipientState {
@@ -117,6 +128,9 @@ struct MessageState {
     /// they are told about MAIL FROM and each header as it arrives, so they
     /// can start lookups early (`Check::prefetch`).
     early: Vec<CheckId>,
+    /// Recipients whose address could not be read, under dry run or
+    /// `refuse_at_eom`: their refusal applies at end of message.
+    unreadable_recipients: Vec<(String, Reply)>,
 }
 
 pub struct Session {
@@ -393,7 +407,13 @@ impl Session {
         }
         let policy = self.policy.clone();
         let pipeline = &policy.pipelines[self.pipeline];
-        let original_sender = Address::parse(sender);
+        let original_sender = match Address::parse(sender) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(error = %e, queue_id = ?self.queue_id, "sender refused");
+                return StageReply::Reject(bad_sender_reply());
+            }
+        };
 
         let rewritten = rewrite_sender(&policy, &pipeline.modifiers, &original_sender);
         let mut sender = match rewritten {
@@ -431,6 +451,7 @@ impl Session {
             body_dropped: 0,
             memo: Arc::default(),
             early: Vec::new(),
+            unreadable_recipients: Vec::new(),
         });
 
         let now = self.checks_deciding_by(&source.checks, Stage::Mail);
@@ -474,7 +495,10 @@ impl Session {
         let policy = self.policy.clone();
         let pipeline = &policy.pipelines[self.pipeline];
         let source = message.source.clone();
-        let original = Address::parse(recipient);
+        let original = match Address::parse(recipient) {
+            Ok(a) => a,
+            Err(e) => return self.refuse_unreadable_recipient(&e),
+        };
 
         let targets = match dispatch_recipient(&policy, pipeline, &source, &original) {
             Ok(t) => t,
@@ -565,6 +589,37 @@ impl Session {
             });
         }
         answer
+    }
+
+    /// A recipient address that cannot be read matches no rule, not even
+    /// the default: it is refused, at RCPT TO or (dry run, `refuse_at_eom`)
+    /// at end of message.
+    fn refuse_unreadable_recipient(
+        &mut self,
+        error: &crate::address::InvalidAddress,
+    ) -> StageReply {
+        tracing::info!(error = %error, queue_id = ?self.queue_id, "recipient refused");
+        let reply = bad_recipient_reply();
+        let settings = &self.pipeline().settings;
+        let deferred = settings.dry_run || settings.refuse_at_eom;
+        let shown = error.address.escape_debug().to_string();
+        if let Some(m) = &mut self.message {
+            let mut report = RecipientReport::new(
+                &Address::Null,
+                None,
+                None,
+                &StageReply::Reject(reply.clone()),
+                "reject",
+                Vec::new(),
+            );
+            report.address = shown.clone();
+            m.report.recipients.push(report);
+            if deferred {
+                m.unreadable_recipients.push((shown, reply));
+                return StageReply::Continue;
+            }
+        }
+        StageReply::Reject(reply)
     }
 
     fn note_recipient(
@@ -828,6 +883,13 @@ impl Session {
                     .iter()
                     .all(|t| t.branch.outcome == Outcome::Discard)
             });
+        for (address, reply) in &message.unreadable_recipients {
+            decision.merge(Decision {
+                verdict: Verdict::Reject,
+                reply: Some(reply.clone()),
+                reason: Some(format!("recipient {address}")),
+            });
+        }
         for r in &message.recipients {
             if let Some(refusal) = &r.would_refuse {
                 let (verdict, reply) = match refusal {
@@ -936,9 +998,12 @@ impl Session {
     }
 
     /// Authentication-Results from the checks' fragments, in config order:
-    /// headers that claim our authserv-id are deleted first (RFC 8601 §5, a
-    /// sender could forge our verdicts), then ours goes on top, followed by
-    /// extra trace headers checks asked for (Received-SPF).
+    /// headers that claim our authserv-id, however spelled, are deleted
+    /// first and always (RFC 8601 §5: a sender could forge our verdicts,
+    /// and whether our checks got an answer changes nothing about that);
+    /// then ours goes on top, followed by extra trace headers checks asked
+    /// for (Received-SPF). A check that reports a method but ended without
+    /// a fragment (timed out, panicked) is shown as `method=temperror`.
     fn authentication_results(
         &self,
         pipeline: &Pipeline,
@@ -946,13 +1011,17 @@ impl Session {
         checks: &[CheckId],
         edits: &mut EditList,
     ) -> Result<(), String> {
-        let authserv_id = pipeline.settings.authserv_id.as_ref();
         let mut fragments = Vec::new();
         let mut extra = Vec::new();
         for &id in checks {
             if let Some(f) = self.runner.finished(id) {
-                if let Some(frag) = &f.result.auth_results {
-                    fragments.push(crate::edits::sanitize_value(frag));
+                match (
+                    &f.result.auth_results,
+                    self.policy.checks[id].check.auth_method(),
+                ) {
+                    (Some(frag), _) => fragments.push(crate::edits::sanitize_value(frag)),
+                    (None, Some(method)) => fragments.push(format!("{method}={}", f.result.status)),
+                    (None, None) => {}
                 }
                 extra.extend(f.result.add_headers.iter().cloned());
             }
@@ -962,16 +1031,13 @@ impl Session {
         for (name, value) in extra.iter().rev() {
             edits.insert_header(0, name, value)?;
         }
-        let Some(authserv_id) = authserv_id else {
+        let Some(authserv_id) = pipeline.settings.authserv_id.as_deref() else {
             return Ok(());
         };
-        if fragments.is_empty() {
-            return Ok(());
-        }
         edits.delete_headers_where("Authentication-Results", &message.content.headers, |v| {
-            authserv_id_of(v).eq_ignore_ascii_case(authserv_id)
+            crate::auth_results::claims(v, authserv_id)
         });
-        {
+        if !fragments.is_empty() {
             // The daemon folds long values when it sends them.
             let value = format!("{authserv_id}; {}", fragments.join("; "));
             edits.insert_header(0, "Authentication-Results", &value)?;
@@ -1074,15 +1140,6 @@ impl Session {
         }
         Ok(edits)
     }
-}
-
-/// The authserv-id an Authentication-Results header starts with (RFC 8601
-/// §2.2): the first token before `;`, without a version or comment.
-fn authserv_id_of(value: &str) -> &str {
-    let head = value.split(';').next().unwrap_or("").trim();
-    head.split(|c: char| c.is_whitespace() || c == '(')
-        .next()
-        .unwrap_or("")
 }
 
 fn is_quarantine_header(e: &Edit, settings: &crate::policy::PipelineSettings) -> bool {

@@ -270,9 +270,9 @@ mod tests {
     fn envelope(sender: &str, rcpts: &[&str]) -> Envelope {
         Envelope {
             rewritten_sender: None,
-            sender: Address::parse(sender),
+            sender: Address::parse(sender).unwrap(),
             mail_args: vec![],
-            recipients: rcpts.iter().map(|r| Address::parse(r)).collect(),
+            recipients: rcpts.iter().map(|r| Address::parse(r).unwrap()).collect(),
         }
     }
 
@@ -357,20 +357,23 @@ mod tests {
     }
 
     #[test]
-    fn envelope_data_cannot_inject_headers() {
-        let m = modifier("name = 'X-Sender'\nvalue = 'from {sender} to {recipients}'");
-        let env = envelope(
-            "<evil@example.org\r\nBcc: victim@example.org>",
-            &["<a@example.org\nX-Evil: 1>"],
-        );
-        let edits = run(&m, &ConnectionFacts::default(), &env, None);
+    fn client_data_cannot_inject_headers() {
+        // An envelope address with a line break does not even parse.
+        assert!(Address::parse("<evil@example.org\r\nBcc: victim@example.org>").is_err());
+        let m = modifier("name = 'X-Sender'\nvalue = 'from {sender} helo {helo}'");
+        let env = envelope("<evil@example.org>", &["<a@example.org>"]);
+        let conn = ConnectionFacts {
+            helo: Some("x.example\r\nBcc: victim@example.org\nX-Evil: 1".into()),
+            ..ConnectionFacts::default()
+        };
+        let edits = run(&m, &conn, &env, None);
         let [Edit::AddHeader { value, .. }] = &edits[..] else {
             panic!("unexpected {edits:?}");
         };
         assert!(!value.contains(['\r', '\n', '\0']), "{value:?}");
         assert_eq!(
             value,
-            "from evil@example.org Bcc: victim@example.org to a@example.org X-Evil: 1"
+            "from evil@example.org helo x.example Bcc: victim@example.org X-Evil: 1"
         );
     }
 

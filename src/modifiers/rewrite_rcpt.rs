@@ -46,7 +46,7 @@ mod tests {
     }
 
     fn rewrite(m: &Arc<dyn Modifier>, rcpt: &str) -> Option<Vec<String>> {
-        m.rewrite_recipient(&Address::parse(rcpt))
+        m.rewrite_recipient(&Address::parse(rcpt).unwrap())
             .unwrap()
             .map(|v| v.iter().map(|a| a.original().to_string()).collect())
     }
@@ -74,7 +74,7 @@ mod tests {
         assert_eq!(rewrite(&m, "<bob@lists.example>"), None);
         // The sender is not this modifier's business.
         assert_eq!(
-            m.rewrite_sender(&Address::parse("bob+x@lists.example"))
+            m.rewrite_sender(&Address::parse("bob+x@lists.example").unwrap())
                 .unwrap(),
             None
         );
@@ -104,7 +104,7 @@ mod tests {
         );
         assert_eq!(rewrite(&m, "sam@example.org"), None);
         let err = m
-            .rewrite_recipient(&Address::parse("broken@example.org"))
+            .rewrite_recipient(&Address::parse("broken@example.org").unwrap())
             .unwrap_err();
         assert!(err.contains("\"broken\""), "{err}");
     }
@@ -116,7 +116,7 @@ mod tests {
             &TableSet::new(),
         );
         let err = m
-            .rewrite_recipient(&Address::parse("a@example.org"))
+            .rewrite_recipient(&Address::parse("a@example.org").unwrap())
             .unwrap_err();
         assert!(err.contains("not an address with a domain"), "{err}");
     }

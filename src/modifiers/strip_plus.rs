@@ -4,7 +4,7 @@
 //! `sender` (default false) strips the envelope sender too.
 
 use super::{Effects, Modifier, ModifierBuildContext};
-use crate::address::Address;
+use crate::address::{Address, quote_local};
 use std::sync::Arc;
 
 pub struct StripPlusModifier {
@@ -49,32 +49,24 @@ impl StripPlusModifier {
         Some(chars)
     }
 
-    /// The address without its extension, or `None` when it has none.
+    /// The address without its extension, or `None` when it has none. The
+    /// extension is cut from the mailbox name with quoting removed, as Postfix
+    /// applies `recipient_delimiter` to it, so `"joe+x"@example.org` loses
+    /// its extension like `joe+x@example.org`.
     fn strip(&self, address: &Address) -> Option<Address> {
-        let (local, domain) = match address {
-            Address::Null => return None,
-            Address::Local { original, .. } => (original.as_str(), None),
-            Address::Mailbox { original, .. } => {
-                let at = original.rfind('@')?;
-                (&original[..at], Some(&original[at + 1..]))
-            }
-        };
-        // A separator inside a quoted local part is quoted text, and cutting
-        // there would leave an unbalanced quote.
-        if local.starts_with('"') {
-            return None;
-        }
-        let cut = local.find(|c| self.separators.contains(&c))?;
+        let text = address.local_text()?;
+        let cut = text.find(|c| self.separators.contains(&c))?;
         // `+tag@domain` has no user to keep; leave such addresses alone.
         if cut == 0 {
             return None;
         }
-        // Rebuilt from the original so the MTA sees the spelling it gave us.
-        let stripped = match domain {
-            Some(domain) => format!("{}@{domain}", &local[..cut]),
-            None => local[..cut].to_string(),
+        let local = quote_local(&text[..cut]);
+        // The domain as the MTA spelled it.
+        let stripped = match address.original_domain() {
+            Some(domain) => format!("{local}@{domain}"),
+            None => local.into_owned(),
         };
-        Some(Address::parse(&stripped))
+        Address::parse(&stripped).ok()
     }
 }
 
@@ -112,10 +104,12 @@ mod tests {
     }
 
     fn rcpt(m: &Arc<dyn Modifier>, a: &str) -> Option<String> {
-        m.rewrite_recipient(&Address::parse(a)).unwrap().map(|v| {
-            assert_eq!(v.len(), 1);
-            v[0].original().to_string()
-        })
+        m.rewrite_recipient(&Address::parse(a).unwrap())
+            .unwrap()
+            .map(|v| {
+                assert_eq!(v.len(), 1);
+                v[0].original().to_string()
+            })
     }
 
     #[test]
@@ -135,7 +129,7 @@ mod tests {
         );
         assert_eq!(rcpt(&m, "postmaster+x").as_deref(), Some("postmaster"));
         let stripped = m
-            .rewrite_recipient(&Address::parse("User+x@Example.ORG"))
+            .rewrite_recipient(&Address::parse("User+x@Example.ORG").unwrap())
             .unwrap()
             .unwrap();
         assert_eq!(stripped[0].key(), "user@example.org");
@@ -147,10 +141,31 @@ mod tests {
         assert_eq!(rcpt(&m, "user@example.org"), None);
         assert_eq!(rcpt(&m, "+tag@example.org"), None);
         assert_eq!(rcpt(&m, "user-tag@example.org"), None);
-        assert_eq!(rcpt(&m, "\"a+b\"@example.org"), None);
+        // Quoted or not, an extension with no user before it stays.
+        assert_eq!(rcpt(&m, "\"+b\"@example.org"), None);
         // A separator in the domain is not an extension.
-        assert_eq!(rcpt(&m, "user@a+b.example"), None);
+        assert_eq!(rcpt(&modifier("separator = '_'"), "user@a_b.example"), None);
         assert_eq!(m.rewrite_recipient(&Address::Null).unwrap(), None);
+    }
+
+    #[test]
+    fn quoting_does_not_hide_an_extension() {
+        // Postfix cuts the extension from the unquoted mailbox name, so
+        // these are alice's mail and must be dispatched as hers.
+        let m = modifier("");
+        assert_eq!(
+            rcpt(&m, "\"alice+x\"@Example.org").as_deref(),
+            Some("alice@Example.org")
+        );
+        assert_eq!(
+            rcpt(&m, "\"al\\ice\"+x@example.org").as_deref(),
+            Some("alice@example.org")
+        );
+        // What still needs quotes keeps them.
+        assert_eq!(
+            rcpt(&m, "\"john smith+x\"@example.org").as_deref(),
+            Some("\"john smith\"@example.org")
+        );
     }
 
     #[test]
@@ -183,7 +198,7 @@ mod tests {
             }
         );
         assert_eq!(
-            m.rewrite_sender(&Address::parse("a+b@example.org"))
+            m.rewrite_sender(&Address::parse("a+b@example.org").unwrap())
                 .unwrap(),
             None
         );
@@ -198,7 +213,7 @@ mod tests {
             }
         );
         let s = m
-            .rewrite_sender(&Address::parse("a+b@example.org"))
+            .rewrite_sender(&Address::parse("a+b@example.org").unwrap())
             .unwrap()
             .unwrap();
         assert_eq!(s.original(), "a@example.org");
