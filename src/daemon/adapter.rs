@@ -123,23 +123,20 @@ fn kinds_for(policy: &Policy, binding: &Binding) -> EditKinds {
 }
 
 /// The pipeline for a new connection: the listener's, else the one whose
-/// `daemon_names` lists `{daemon_name}`, else the first.
-fn choose_pipeline(policy: &Policy, binding: &Binding, daemon_name: Option<&str>) -> usize {
+/// `daemon_names` lists `{daemon_name}`, else the first. `None` when the
+/// listener's pipeline is gone, which a reload refuses to let happen
+/// (`reload_guard`): never another pipeline in its place.
+fn choose_pipeline(policy: &Policy, binding: &Binding, daemon_name: Option<&str>) -> Option<usize> {
     if let Some(name) = &binding.pipeline {
-        if let Some(i) = policy.pipeline_index(name) {
-            return i;
-        }
-        tracing::error!(pipeline = %name, listener = %binding.listener, "the listener's pipeline is gone from the reloaded config; using the first pipeline until restart");
-        return 0;
+        return policy.pipeline_index(name);
     }
-    daemon_name
-        .and_then(|d| {
-            policy
-                .pipelines
-                .iter()
-                .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
-        })
-        .unwrap_or(0)
+    let by_name = daemon_name.and_then(|d| {
+        policy
+            .pipelines
+            .iter()
+            .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
+    });
+    Some(by_name.unwrap_or(0))
 }
 
 /// Set the SMTP reply for a refusal and return the matching status.
@@ -370,7 +367,10 @@ async fn handle_connect(
         (None, Some(ip)) => format!("unknown[{ip}]"),
         (_, None) => host.clone(),
     };
-    let pipeline = choose_pipeline(&conn.policy, binding, daemon_name.as_deref());
+    let Some(pipeline) = choose_pipeline(&conn.policy, binding, daemon_name.as_deref()) else {
+        tracing::error!(listener = %binding.listener, pipeline = ?binding.pipeline, "the listener's pipeline is missing from the configuration; tempfailing the connection");
+        return Status::Tempfail;
+    };
     let facts = ConnectionFacts {
         client_ip,
         client_name,

@@ -7,6 +7,7 @@ pub mod adapter;
 pub mod listen;
 pub mod logline;
 pub mod metrics;
+pub mod reload_guard;
 pub mod shared;
 
 use crate::config::{ConfigErrors, Registry};
@@ -137,7 +138,27 @@ impl Daemon {
     /// now on (open ones keep theirs); an invalid one is logged in full and
     /// the running policy stays.
     pub fn reload(&self) -> Result<(), ConfigErrors> {
-        match crate::config::load_with(&self.config_path, &self.registry) {
+        let loaded =
+            crate::config::load_with(&self.config_path, &self.registry).and_then(|policy| {
+                let refusals =
+                    reload_guard::refusals(&self.server.listeners, &self.shared.current(), &policy);
+                if refusals.is_empty() {
+                    Ok(policy)
+                } else {
+                    Err(ConfigErrors(
+                        refusals
+                            .into_iter()
+                            .map(|message| crate::config::error::ConfigError {
+                                file: self.config_path.clone(),
+                                position: None,
+                                message,
+                                hint: None,
+                            })
+                            .collect(),
+                    ))
+                }
+            });
+        match loaded {
             Ok(policy) => {
                 if policy.server != self.server {
                     tracing::warn!(
