@@ -128,6 +128,8 @@ pub struct PipelineSettings {
     pub quarantine_header: String,
     pub max_body_size: u64,
     pub oversize_action: OversizeAction,
+    /// How many header fields, and bytes of them, a message may carry.
+    pub header_limits: HeaderLimits,
     /// The longest any one stage waits for checks.
     pub deadline: Duration,
     /// Refuse recipients at end of message instead of at RCPT TO (for
@@ -148,6 +150,25 @@ pub enum OversizeAction {
     Truncate,
     Tempfail,
     Reject,
+}
+
+/// The bound on the headers kept per message, and what a message past it
+/// gets: a refusal, never an accept with headers or checks skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderLimits {
+    pub count: usize,
+    /// Names and values, as received.
+    pub bytes: u64,
+    pub action: LimitAction,
+}
+
+/// What a message over a hard limit gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitAction {
+    /// 552 5.3.4 (RFC 3463: message too big for system).
+    Reject,
+    /// 452 4.3.1, so a client in error can come back.
+    Tempfail,
 }
 
 pub struct Pipeline {

@@ -24,6 +24,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
+/// Whether a `log_level` filter means what it says. tracing takes a bare
+/// word that is not a level as a target name at the most verbose level and
+/// silences everything else, so `"inf"` would turn all logging off: every
+/// directive must be a level or `target=level`.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()));
+    let directives: Vec<&str> = filter.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err("it is empty".to_string());
+    }
+    for d in directives.into_iter().filter(|d| !d.is_empty()) {
+        match d.rsplit_once('=') {
+            Some((target, level)) if !target.trim().is_empty() && is_level(level) => {}
+            Some(_) => return Err(format!("\"{}\" is not target=level", d.escape_debug())),
+            None if is_level(d) => {}
+            None => return Err(format!("\"{}\" is not a level", d.escape_debug())),
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Why each default is what it is:
 pub mod defaults {
     use std::time::Duration;
@@ -38,6 +62,16 @@ pub mod defaults {
     /// Body bytes kept per message for body checks; the same as Postfix's
     /// default `message_size_limit` (10240000), rounded to 10 MiB.
     pub const MAX_BODY_SIZE: u64 = 10 << 20;
+    /// Header fields kept per message. Legitimate mail carries tens, a
+    /// long-travelled list message a few hundred; Postfix stops counting
+    /// Received: at 50 (`hopcount_limit`). A client sending more is
+    /// flooding, and each field costs memory until end of message.
+    pub const MAX_HEADERS: usize = 1000;
+    /// Header bytes kept per message (names and values). Postfix cuts one
+    /// header at `header_size_limit` (102400 bytes); ten such headers is
+    /// far past real mail. With `max_connections` messages at once this
+    /// bounds what headers can hold: 100 connections, 100 MiB.
+    pub const MAX_HEADER_BYTES: u64 = 1 << 20;
     /// The longest a stage waits for checks: below Postfix's 30 s
     /// `milter_command_timeout`, so the MTA hears from us before it gives up.
     pub const STAGE_DEADLINE: Duration = Duration::from_secs(20);
@@ -883,13 +917,13 @@ impl Compiler<'_, '_> {
             }
         }
         if let Some(l) = raw.log_level {
-            if tracing_subscriber::EnvFilter::try_new(l.get_ref()).is_ok() {
-                settings.log_level = l.into_inner();
-            } else {
-                self.diag.error(
+            match check_log_filter(l.get_ref()) {
+                Ok(()) => settings.log_level = l.into_inner(),
+                Err(why) => self.diag.error_hint(
                     l.span(),
-                    format!("invalid `log_level` \"{}\": use error, warn, info, debug or trace (or a tracing filter)", l.get_ref()),
-                );
+                    format!("invalid `log_level` \"{}\": {why}", l.get_ref().escape_debug()),
+                    "use error, warn, info, debug, trace or off, or a filter such as \"info,dispatch_milter::message=warn\"",
+                ),
             }
         }
         if let Some(m) = raw.metrics_listen {
@@ -1022,22 +1056,55 @@ impl Compiler<'_, '_> {
             Some(h) => h.get_ref().clone(),
             None => defaults::QUARANTINE_HEADER.to_string(),
         };
-        let max_body_size = match &raw.max_body_size {
-            None => defaults::MAX_BODY_SIZE,
-            Some(v) => {
-                let parsed = match v.get_ref() {
-                    toml::Value::Integer(i) if *i >= 0 => Some(*i as u64),
-                    toml::Value::String(s) => super::options::parse_size(s),
-                    _ => None,
-                };
-                parsed.unwrap_or_else(|| {
+        let max_body_size = self
+            .size_setting(&raw.max_body_size, "max_body_size", defaults::MAX_BODY_SIZE)
+            .unwrap_or_else(|| {
+                ok = false;
+                0
+            });
+        let max_header_bytes = self
+            .size_setting(
+                &raw.max_header_bytes,
+                "max_header_bytes",
+                defaults::MAX_HEADER_BYTES,
+            )
+            .unwrap_or_else(|| {
+                ok = false;
+                0
+            });
+        let max_headers = match &raw.max_headers {
+            None => defaults::MAX_HEADERS,
+            Some(n) => match usize::try_from(*n.get_ref()) {
+                Ok(n) if n > 0 => n,
+                _ => {
                     ok = false;
                     self.diag.error(
-                        v.span(),
-                        "`max_body_size` must be a size such as 10485760, \"512K\" or \"10M\"",
+                        n.span(),
+                        format!(
+                            "`max_headers` must be a count of at least 1, found {}",
+                            n.get_ref()
+                        ),
                     );
-                    0
-                })
+                    defaults::MAX_HEADERS
+                }
+            },
+        };
+        let header_limit_action = match raw
+            .header_limit_action
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
+            None | Some(("reject", _)) => LimitAction::Reject,
+            Some(("tempfail", _)) => LimitAction::Tempfail,
+            Some((other, span)) => {
+                ok = false;
+                self.diag.error(
+                    span,
+                    format!(
+                        "invalid `header_limit_action` \"{other}\": use \"reject\" or \"tempfail\""
+                    ),
+                );
+                LimitAction::Reject
             }
         };
         let oversize_action = match raw
@@ -1107,7 +1174,37 @@ impl Compiler<'_, '_> {
             split_transactions: raw.split_transactions.unwrap_or(false),
             quarantine_header,
             max_body_size,
+            header_limits: HeaderLimits {
+                count: max_headers,
+                bytes: max_header_bytes,
+                action: header_limit_action,
+            },
         })
+    }
+
+    /// A size setting (bytes, or a string such as "512K"): the default when
+    /// absent, `None` (reported) when it is not a size.
+    fn size_setting(
+        &mut self,
+        value: &Option<Spanned<toml::Value>>,
+        key: &str,
+        default: u64,
+    ) -> Option<u64> {
+        let Some(v) = value else {
+            return Some(default);
+        };
+        let parsed = match v.get_ref() {
+            toml::Value::Integer(i) if *i >= 0 => Some(*i as u64),
+            toml::Value::String(s) => super::options::parse_size(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.diag.error(
+                v.span(),
+                format!("`{key}` must be a size such as 10485760, \"512K\" or \"10M\""),
+            );
+        }
+        parsed
     }
 
     /// Record a selector key at a level, reporting a duplicate.
@@ -1611,4 +1708,25 @@ fn describe_selectors(block: &RawBlock, what: &str) -> String {
 /// Time a duration value for display in `check`'s summary.
 pub fn describe_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_log_filter;
+
+    #[test]
+    fn log_filters_must_name_levels() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "warn,dispatch_milter::message=info",
+            "dispatch_milter=debug",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["", " , ", "inf", "dispatch_milter", "x=loud", "=info"] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -252,7 +252,7 @@ pub fn init_logging(server: &ServerSettings) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match server.log_format {
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(logline::KeyValueFields).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
     if let Err(e) = result {

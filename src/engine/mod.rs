@@ -17,8 +17,8 @@ use crate::edits::{Edit, EditList};
 use crate::message::{AuthInfo, ConnectionFacts, Envelope, Header, Message, TlsInfo};
 use crate::modifiers::MessageContext;
 use crate::policy::{
-    Action, Branch, CheckId, ErrorAction, MatchedBy, ModifierId, Outcome, OversizeAction, Pipeline,
-    Policy, SourceFacts, SourceNode,
+    Action, Branch, CheckId, ErrorAction, LimitAction, MatchedBy, ModifierId, Outcome,
+    OversizeAction, Pipeline, Policy, SourceFacts, SourceNode,
 };
 use crate::reply::Reply;
 use crate::stage::Stage;
@@ -131,6 +131,11 @@ struct MessageState {
     /// Recipients whose address could not be read, under dry run or
     /// `refuse_at_eom`: their refusal applies at end of message.
     unreadable_recipients: Vec<(String, Reply)>,
+    /// Bytes of the header fields kept so far (names and values).
+    header_bytes: u64,
+    /// A header field came past `header_limits`: it and all after it were
+    /// dropped, and the message is refused at end of message.
+    headers_over_limit: bool,
 }
 
 pub struct Session {
@@ -452,6 +457,8 @@ impl Session {
             memo: Arc::default(),
             early: Vec::new(),
             unreadable_recipients: Vec::new(),
+            header_bytes: 0,
+            headers_over_limit: false,
         });
 
         let now = self.checks_deciding_by(&source.checks, Stage::Mail);
@@ -703,9 +710,25 @@ impl Session {
     /// [`Session::header`] for a caller that owns the strings: they are
     /// kept as they are, not copied.
     pub fn header_owned(&mut self, name: String, value: String) {
+        let limits = self.pipeline().settings.header_limits;
         let Some(m) = &mut self.message else {
             return;
         };
+        let bytes = (name.len() + value.len()) as u64;
+        if m.headers_over_limit
+            || m.content.headers.len() >= limits.count
+            || m.header_bytes + bytes > limits.bytes
+        {
+            // Kept no more: what a flood costs stops here. The message is
+            // refused at end of message; its size still counts.
+            if !m.headers_over_limit {
+                tracing::info!(queue_id = ?self.queue_id, headers = m.content.headers.len(), bytes = m.header_bytes, "headers past the pipeline's limits; the message will be refused");
+            }
+            m.headers_over_limit = true;
+            Arc::make_mut(&mut m.content).size += bytes + 4;
+            return;
+        }
+        m.header_bytes += bytes;
         let early = Early {
             sender: &m.original_sender,
             header: Some((&name, &value)),
@@ -841,6 +864,31 @@ impl Session {
                     reason: Some(format!("body larger than max_body_size ({limit} bytes)")),
                 });
             }
+        }
+        if self.message.as_ref().is_some_and(|m| m.headers_over_limit) {
+            let limits = settings.header_limits;
+            let (verdict, reply) = match limits.action {
+                LimitAction::Reject => (
+                    Verdict::Reject,
+                    Reply::fixed(552, "5.3.4", "Too many header fields or header bytes"),
+                ),
+                LimitAction::Tempfail => (
+                    Verdict::Tempfail,
+                    Reply::fixed(
+                        452,
+                        "4.3.1",
+                        "Too many header fields or header bytes, try again later",
+                    ),
+                ),
+            };
+            decision.merge(Decision {
+                verdict,
+                reply: Some(reply),
+                reason: Some(format!(
+                    "headers past max_headers ({}) or max_header_bytes ({} bytes)",
+                    limits.count, limits.bytes
+                )),
+            });
         }
         if let Some(limit) = settings.reject_score
             && score >= limit

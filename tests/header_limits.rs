@@ -1,0 +1,170 @@
+//! Headers are bounded per message: past `max_headers` fields or
+//! `max_header_bytes` bytes nothing more is kept and the message gets the
+//! pipeline's `header_limit_action`, never an accept with headers or checks
+//! skipped. The ignored benchmark measures resident memory under a flood.
+
+mod common;
+
+use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::errors_of;
+use indymilter_test::{MacroStage, Status};
+use std::ffi::CString;
+
+fn policy(limits: &str) -> String {
+    format!(
+        r#"{LISTEN}
+[modifiers.tag]
+kind = "add_header"
+name = "X-Seen"
+value = "yes"
+
+[pipelines.mx]
+modify = ["tag"]
+{limits}
+"#
+    )
+}
+
+/// One message with `count` headers of `value`; the end-of-message status.
+async fn send(d: &TestDaemon, count: usize, value: &str) -> Status {
+    let mut conn = open(d.addr()).await;
+    greet(&mut conn, "mx").await;
+    conn.mail(["<a@example.net>"]).await.unwrap();
+    conn.rcpt(["<b@example.org>"]).await.unwrap();
+    conn.macros(MacroStage::Data, [("i", "Q1")]).await.unwrap();
+    for n in 0..count {
+        conn.header(format!("X-Flood-{n}"), value).await.unwrap();
+    }
+    conn.eoh().await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    status
+}
+
+fn reject(text: &str) -> Status {
+    Status::Reject {
+        message: Some(CString::new(text).unwrap()),
+    }
+}
+
+#[tokio::test]
+async fn past_max_headers_the_message_is_refused() {
+    let d = TestDaemon::start(&policy("max_headers = 20")).await;
+    assert_eq!(send(&d, 20, "v").await, Status::Continue);
+    assert_eq!(
+        send(&d, 21, "v").await,
+        reject("552 5.3.4 Too many header fields or header bytes")
+    );
+}
+
+#[tokio::test]
+async fn past_max_header_bytes_the_message_is_refused_or_tempfailed() {
+    // Each header is "X-Flood-N" (9 bytes) and a 91-byte value: 100 bytes.
+    let value = "x".repeat(91);
+    let d = TestDaemon::start(&policy("max_header_bytes = 1000")).await;
+    assert_eq!(send(&d, 10, &value).await, Status::Continue);
+    assert_eq!(
+        send(&d, 11, &value).await,
+        reject("552 5.3.4 Too many header fields or header bytes")
+    );
+
+    let d = TestDaemon::start(&policy(
+        "max_header_bytes = \"1K\"\nheader_limit_action = \"tempfail\"",
+    ))
+    .await;
+    assert_eq!(
+        send(&d, 11, &"x".repeat(95)).await,
+        Status::Tempfail {
+            message: Some(
+                CString::new("452 4.3.1 Too many header fields or header bytes, try again later")
+                    .unwrap()
+            )
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_default_limit_holds_a_flood() {
+    let d = TestDaemon::start(&policy("")).await;
+    assert_eq!(send(&d, 1000, "v").await, Status::Continue);
+    assert_eq!(
+        send(&d, 1001, "v").await,
+        reject("552 5.3.4 Too many header fields or header bytes")
+    );
+}
+
+#[test]
+fn limits_that_cannot_work_are_config_errors() {
+    let e = errors_of("[pipelines.p]\nmax_headers = 0\n");
+    assert!(
+        e.contains("test.toml:2:15: `max_headers` must be a count of at least 1, found 0"),
+        "{e}"
+    );
+    let e = errors_of("[pipelines.p]\nmax_header_bytes = \"lots\"\n");
+    assert!(
+        e.contains("test.toml:2:20: `max_header_bytes` must be a size"),
+        "{e}"
+    );
+    let e = errors_of("[pipelines.p]\nheader_limit_action = \"accept\"\n");
+    assert!(
+        e.contains("invalid `header_limit_action` \"accept\": use \"reject\" or \"tempfail\""),
+        "{e}"
+    );
+}
+
+/// VmRSS and VmHWM of this process, in MiB.
+fn memory() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Twenty concurrent messages of 500,000 short header lines each, against
+/// the default limits and against limits too high to bind (what main did
+/// before the limits). Prints resident memory before, at peak and after.
+/// The daemon and the clients share this process; the clients keep
+/// nothing, so the growth is the daemon's.
+///
+///     cargo test --release --test header_limits -- --ignored --nocapture
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures, run on demand"]
+async fn header_flood_memory() {
+    const MESSAGES: usize = 20;
+    const HEADERS: usize = 500_000;
+    let unbounded = "max_headers = 100000000\nmax_header_bytes = \"100G\"";
+    let which = std::env::var("FLOOD").unwrap_or_else(|_| "default".into());
+    let limits = if which == "unbounded" { unbounded } else { "" };
+    let d = TestDaemon::start(&policy(limits)).await;
+    let (before, _) = memory();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..MESSAGES {
+        let addr = d.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = open(addr).await;
+            greet(&mut conn, "mx").await;
+            conn.mail(["<a@example.net>"]).await.unwrap();
+            conn.rcpt(["<b@example.org>"]).await.unwrap();
+            for n in 0..HEADERS {
+                conn.header("X-Flood", format!("{n}")).await.unwrap();
+            }
+            conn.eoh().await.unwrap();
+            conn.eom().await.unwrap().1
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let (after, peak) = memory();
+    println!(
+        "header flood ({which} limits): {MESSAGES} messages x {HEADERS} headers in {:.1} s; resident before {before:.0} MiB, peak {peak:.0} MiB, after {after:.0} MiB; first status {:?}",
+        started.elapsed().as_secs_f64(),
+        statuses[0]
+    );
+}
