@@ -1129,16 +1129,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map");
         std::fs::write(&path, "old@example.org\n").unwrap();
-        let t = file_table(&path, FAST);
+        // Settling takes ten times the pause between writes, so that a busy
+        // test machine does not stretch a pause into a settled file.
+        let timing = Timing {
+            settle: Duration::from_millis(500),
+            ..FAST
+        };
+        let t = file_table(&path, timing);
         // Keep rewriting more often than the file takes to settle: nothing
         // is applied while the writes go on, however many polls pass.
-        let writes_end = Instant::now() + FAST.settle * 4;
+        let writes_end = Instant::now() + timing.settle * 3;
         let mut n = 0;
         while Instant::now() < writes_end {
             n += 1;
             std::fs::write(&path, format!("new{n}@example.org\n")).unwrap();
             assert!(t.contains("old@example.org"), "applied while changing");
-            std::thread::sleep(FAST.settle / 4);
+            std::thread::sleep(timing.settle / 10);
         }
         assert!(eventually(Duration::from_secs(5), || t
             .contains(&format!("new{n}@example.org"))));
@@ -1419,7 +1425,7 @@ mod tests {
         while Instant::now() < until {
             let started = Instant::now();
             assert!(t.contains("a@example.org"));
-            assert!(started.elapsed() < Duration::from_millis(100));
+            assert!(started.elapsed() < Duration::from_millis(500));
             std::thread::sleep(Duration::from_millis(5));
         }
         // And once a regular file is back, it is applied.
@@ -1433,11 +1439,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map");
         std::fs::write(&path, "a@example.org\n").unwrap();
-        let t = file_table(&path, FAST);
+        let timing = Timing {
+            settle_empty: Duration::from_secs(2),
+            ..FAST
+        };
+        let t = file_table(&path, timing);
         // `> map` then a slow writer: empty for longer than `settle` but
         // shorter than `settle_empty`.
         std::fs::write(&path, "").unwrap();
-        std::thread::sleep(FAST.settle * 2);
+        std::thread::sleep(timing.settle * 2);
         assert!(t.contains("a@example.org"), "the empty file was applied");
         std::fs::write(&path, "a@example.org\nb@example.org\n").unwrap();
         assert!(eventually(Duration::from_secs(5), || t.contains("b@example.org")));
