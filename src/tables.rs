@@ -1,21 +1,61 @@
 //! Lookup tables: inline in TOML, a file of `key value` lines (Postfix map
 //! style), or an ordered regex list. Tables are named in `[tables.NAME]` and
-//! referred to by name from checks, modifiers and dispatch blocks. File tables
-//! notice when their file changes and reload it; a file that fails to reload
-//! keeps the previous contents and logs why.
+//! referred to by name from checks, modifiers and dispatch blocks.
+//!
+//! A file table never touches its file on the lookup path. A watcher thread
+//! per table looks at the file's stamp once a second and swaps in new
+//! contents only once the file has stopped changing and reads back whole,
+//! regular and valid; a lookup clones the current snapshot. So a file
+//! rewritten in place is never applied half-written, and nothing a file does
+//! (a FIFO, `/dev/zero`, a hung file system) can stall mail or signals.
 
 use crate::address::{Address, normalize_domain};
 use crate::config::options::Options;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
+use std::fs::{Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use toml::Value;
 use unicode_normalization::UnicodeNormalization;
 
-/// How often a file table looks at its file's modification time at most.
-const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// File table settings, and why each is what it is. Only `MAX_SIZE` is an
+/// option (`max_size`); the rest are fixed.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The largest table file read (`max_size`). A mailbox or alias map of
+    /// half a million lines is about 30 MiB, so 64 MiB fits real maps with
+    /// room to spare, while something like `/dev/zero` behind a symbolic
+    /// link is refused long before memory runs out (a parsed table takes a
+    /// few times its file's size).
+    pub const MAX_SIZE: u64 = 64 << 20;
+    /// How often a file table's watcher looks at the file's stamp (size,
+    /// modification and change time, inode).
+    pub const POLL: Duration = Duration::from_secs(1);
+    /// How long a changed file must have stayed unchanged before it is read:
+    /// longer than the pauses of an editor or script that rewrites the file
+    /// in place, and than the one-second time stamps of some file systems.
+    /// A file last modified at least this long ago counts as settled at once.
+    pub const SETTLE: Duration = Duration::from_secs(2);
+    /// The same for a file that now has no entries while the table has some:
+    /// a shell's `> file` empties the file at once, and the program writing
+    /// into it may take several seconds before its first buffered write.
+    pub const SETTLE_EMPTY: Duration = Duration::from_secs(10);
+    /// A watcher read that takes longer than this is logged (the old
+    /// contents are served meanwhile).
+    pub const SLOW_READ: Duration = Duration::from_secs(5);
+    /// How long loading a configuration waits for a table file that keeps
+    /// changing before it gives up with an error.
+    pub const LOAD_WAIT: Duration = Duration::from_secs(10);
+    /// A file that goes on changing this long without ever settling is
+    /// logged once, because its new contents are not being applied.
+    pub const KEEPS_CHANGING: Duration = Duration::from_secs(60);
+}
 
 pub type TableSet = BTreeMap<String, Arc<Table>>;
 
@@ -32,18 +72,16 @@ enum Source {
     Regex(Vec<(Regex, String)>),
 }
 
+type Entries = HashMap<String, Vec<String>>;
+
 #[derive(Debug)]
 struct FileMap {
-    path: PathBuf,
-    entries: RwLock<Arc<HashMap<String, Vec<String>>>>,
-    stamp: Mutex<FileStamp>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct FileStamp {
-    checked: Instant,
-    modified: Option<SystemTime>,
-    len: u64,
+    /// What lookups see; the watcher swaps in a new snapshot.
+    current: Arc<RwLock<Arc<Entries>>>,
+    /// Dropped with the table, which ends its watcher.
+    _stop: mpsc::Sender<()>,
+    /// Not joined: the thread ends on its own once `_stop` is dropped.
+    _watcher: std::thread::JoinHandle<()>,
 }
 
 /// Which part of an address matched in `Table::lookup_address`.
@@ -151,25 +189,28 @@ impl Table {
                 Table::inline(name, map)
             }
             "file" => {
+                let max_size = max_size_option(options);
                 let path = options.required_string("path")?;
+                let max_size = max_size?;
                 let full = base_dir.join(path.get_ref());
-                match FileMap::load(&full) {
+                match FileMap::load(name, &full, max_size, Timing::DEFAULT) {
                     Ok(map) => Table {
                         name: name.to_string(),
                         source: Source::File(map),
                     },
                     Err(e) => {
-                        options.error(
-                            path.span(),
-                            if Path::new(path.get_ref()).is_absolute() {
-                                format!("cannot read table file \"{}\": {e}", path.get_ref())
-                            } else {
-                                format!(
-                                    "cannot read table file \"{}\" (relative to the configuration's directory): {e}",
-                                    path.get_ref()
-                                )
-                            },
-                        );
+                        let message = if Path::new(path.get_ref()).is_absolute() {
+                            format!("cannot read table file \"{}\": {e}", path.get_ref())
+                        } else {
+                            format!(
+                                "cannot read table file \"{}\" (relative to the configuration's directory): {e}",
+                                path.get_ref()
+                            )
+                        };
+                        match e.hint() {
+                            Some(hint) => options.diag().error_hint(path.span(), message, hint),
+                            None => options.error(path.span(), message),
+                        }
                         return None;
                     }
                 }
@@ -309,73 +350,620 @@ fn split_key(line: &str) -> (&str, &str) {
     (line, "")
 }
 
+/// `max_size` of a file table: the default when absent; `None` (with the
+/// error reported) when it is not a size or is zero.
+fn max_size_option(options: &mut Options<'_, '_>) -> Option<u64> {
+    let Some(value) = options.value("max_size") else {
+        return Some(defaults::MAX_SIZE);
+    };
+    match options.size("max_size")? {
+        0 => {
+            let message = format!("`max_size` in {} must be more than 0", options.what());
+            options.error(value.span(), message);
+            None
+        }
+        n => Some(n),
+    }
+}
+
+/// Why a table file could not be read.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    /// What it is instead of a regular file: "a FIFO", "a directory", ...
+    NotRegular(&'static str),
+    /// Its size when known before reading, and the limit.
+    TooLarge {
+        len: Option<u64>,
+        max: u64,
+    },
+    /// Its stamp changed between opening it and the end of the read.
+    Changed,
+    /// It did not stop changing while a configuration load waited for it.
+    KeptChanging(Duration),
+    NotUtf8 {
+        line: usize,
+    },
+    Parse(String),
+    /// No thread could be started to watch or read it.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::NotRegular(kind) => write!(f, "it is {kind}, not a regular file"),
+            ReadError::TooLarge {
+                len: Some(len),
+                max,
+            } => {
+                write!(f, "it is {len} bytes, more than `max_size` ({max} bytes)")
+            }
+            ReadError::TooLarge { len: None, max } => {
+                write!(
+                    f,
+                    "it grew past `max_size` ({max} bytes) while it was being read"
+                )
+            }
+            ReadError::Changed => f.write_str("it changed while it was being read"),
+            ReadError::KeptChanging(d) => write!(
+                f,
+                "it kept changing for {}, so it was never read whole",
+                humantime::format_duration(*d)
+            ),
+            ReadError::NotUtf8 { line } => write!(f, "line {line} is not valid UTF-8"),
+            ReadError::Parse(e) => f.write_str(e),
+            ReadError::Thread(e) => write!(f, "cannot start a thread for it: {e}"),
+        }
+    }
+}
+
+impl ReadError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ReadError::NotRegular(_) => Some(
+                "a table file must be a regular file or a symbolic link to one".to_string(),
+            ),
+            ReadError::TooLarge { .. } => Some(
+                "if the file is meant to be this large, raise `max_size` in its [tables.NAME] block"
+                    .to_string(),
+            ),
+            ReadError::KeptChanging(_) => Some(
+                "write the new file under another name in the same directory, then rename it into place (mv)"
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What a file is, for an error, when it is not a regular file.
+fn not_regular(meta: &Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("something other than a file")
+    }
+}
+
+/// One version of a file, told apart without reading it: every write
+/// changes the modification and change times (and usually the length), and
+/// a file renamed into place is another inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+
+    /// Whether the file was last written at least `age` before `now` by the
+    /// wall clock. A modification time in the future is not old.
+    fn modified_before(&self, now: SystemTime, age: Duration) -> bool {
+        let Some(limit) = now
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .and_then(|n| n.checked_sub(age))
+        else {
+            return false;
+        };
+        let (secs, nanos) = self.mtime;
+        let Ok(secs) = u64::try_from(secs) else {
+            return true;
+        };
+        // A nanosecond field is below 10^9, so this cannot carry over.
+        let nanos = u32::try_from(nanos.clamp(0, 999_999_999)).unwrap_or(0);
+        Duration::new(secs, nanos) <= limit
+    }
+}
+
+/// Read and parse a table file once: opened without blocking (a FIFO with
+/// no writer would block `open` itself), refused unless it is a regular
+/// file, read up to `max_size`, and refused if its stamp changed between
+/// opening and the end of the read. Returns the stamp of what was read.
+fn read_file(path: &Path, max_size: u64) -> Result<(Entries, Stamp), ReadError> {
+    read_file_then(path, max_size, || {})
+}
+
+/// As [`read_file`], calling `before_read` between the first look at the
+/// open file and reading it (tests change the file there).
+fn read_file_then(
+    path: &Path,
+    max_size: u64,
+    before_read: impl FnOnce(),
+) -> Result<(Entries, Stamp), ReadError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(ReadError::Io)?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    if let Some(kind) = not_regular(&meta) {
+        return Err(ReadError::NotRegular(kind));
+    }
+    if meta.len() > max_size {
+        return Err(ReadError::TooLarge {
+            len: Some(meta.len()),
+            max: max_size,
+        });
+    }
+    let stamp = Stamp::of(&meta);
+    before_read();
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&file)
+        .take(max_size.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > max_size {
+        return Err(ReadError::TooLarge {
+            len: None,
+            max: max_size,
+        });
+    }
+    let after = file.metadata().map_err(ReadError::Io)?;
+    if Stamp::of(&after) != stamp || bytes.len() as u64 != stamp.len {
+        return Err(ReadError::Changed);
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        ReadError::NotUtf8 {
+            line: valid.iter().filter(|&&b| b == b'\n').count() + 1,
+        }
+    })?;
+    let entries = parse_map_file(&text).map_err(ReadError::Parse)?;
+    Ok((entries, stamp))
+}
+
+/// The timing of one file table: [`defaults`] in the daemon, shorter in
+/// unit tests.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    poll: Duration,
+    settle: Duration,
+    settle_empty: Duration,
+    slow_read: Duration,
+    keeps_changing: Duration,
+    load_wait: Duration,
+    /// How often a configuration load looks at a file while it waits.
+    load_poll: Duration,
+}
+
+impl Timing {
+    const DEFAULT: Timing = Timing {
+        poll: defaults::POLL,
+        settle: defaults::SETTLE,
+        settle_empty: defaults::SETTLE_EMPTY,
+        slow_read: defaults::SLOW_READ,
+        keeps_changing: defaults::KEEPS_CHANGING,
+        load_wait: defaults::LOAD_WAIT,
+        load_poll: Duration::from_millis(100),
+    };
+}
+
+/// Read a table file for a configuration load, once it has settled: last
+/// modified at least `settle` ago, or seen unchanged that long while we
+/// wait (at most `load_wait`). Something that is not a regular file, or too
+/// large, is refused at once.
+fn read_settled(
+    path: &Path,
+    max_size: u64,
+    timing: &Timing,
+) -> Result<(Entries, Stamp), ReadError> {
+    let started = Instant::now();
+    let mut watching: Option<(Stamp, Instant)> = None;
+    loop {
+        let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
+        if let Some(kind) = not_regular(&meta) {
+            return Err(ReadError::NotRegular(kind));
+        }
+        if meta.len() > max_size {
+            return Err(ReadError::TooLarge {
+                len: Some(meta.len()),
+                max: max_size,
+            });
+        }
+        let seen = Stamp::of(&meta);
+        let now = Instant::now();
+        let settled = seen.modified_before(SystemTime::now(), timing.settle)
+            || match watching {
+                Some((stamp, since)) if stamp == seen => now.duration_since(since) >= timing.settle,
+                _ => {
+                    watching = Some((seen, now));
+                    false
+                }
+            };
+        if settled {
+            match read_file(path, max_size) {
+                Ok((entries, read)) if read == seen => return Ok((entries, read)),
+                // It changed since we looked, or while we read: someone is
+                // writing it; wait until they are done.
+                Ok(_) | Err(ReadError::Changed) => watching = None,
+                Err(e) => return Err(e),
+            }
+        }
+        if started.elapsed() >= timing.load_wait {
+            return Err(ReadError::KeptChanging(timing.load_wait));
+        }
+        std::thread::sleep(timing.load_poll);
+    }
+}
+
+fn snapshot(current: &RwLock<Arc<Entries>>) -> Arc<Entries> {
+    match current.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 impl FileMap {
-    fn load(path: &Path) -> Result<FileMap, String> {
-        let (entries, stamp) = Self::read(path)?;
-        Ok(FileMap {
+    /// Read the file (see [`read_settled`]) and start its watcher.
+    fn load(table: &str, path: &Path, max_size: u64, timing: Timing) -> Result<FileMap, ReadError> {
+        let (entries, stamp) = read_settled(path, max_size, &timing)?;
+        let current = Arc::new(RwLock::new(Arc::new(entries)));
+        let (stop, stopped) = mpsc::channel();
+        let watcher = Watcher {
+            table: table.to_string(),
             path: path.to_path_buf(),
-            entries: RwLock::new(Arc::new(entries)),
-            stamp: Mutex::new(stamp),
+            max_size,
+            timing,
+            current: Arc::downgrade(&current),
+            stopped,
+            settle: Settle::new(stamp, timing.settle),
+            unreadable: false,
+        };
+        let watcher = std::thread::Builder::new()
+            .name("table-watcher".to_string())
+            .spawn(move || watcher.run())
+            .map_err(ReadError::Thread)?;
+        Ok(FileMap {
+            current,
+            _stop: stop,
+            _watcher: watcher,
         })
     }
 
-    fn read(path: &Path) -> Result<(HashMap<String, Vec<String>>, FileStamp), String> {
-        let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-        let entries = parse_map_file(&text)?;
-        let stamp = FileStamp {
-            checked: Instant::now(),
-            modified: meta.modified().ok(),
-            len: meta.len(),
-        };
-        Ok((entries, stamp))
+    /// The current contents. No file I/O: the watcher keeps them fresh.
+    fn current(&self) -> Arc<Entries> {
+        snapshot(&self.current)
+    }
+}
+
+/// When a changed file may be read and applied: bookkeeping over the stamps
+/// the watcher sees, with the times passed in so tests can make them up.
+#[derive(Debug)]
+struct Settle {
+    settle: Duration,
+    /// The version being served.
+    applied: Stamp,
+    /// A version that failed to load; not tried again until the file changes.
+    rejected: Option<Stamp>,
+    /// The newest version seen that differs from `applied`.
+    pending: Option<Pending>,
+    /// Since when the file has differed from `applied`, for a warning.
+    changing_since: Option<Instant>,
+    warned: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    stamp: Stamp,
+    /// When the watcher first saw this version.
+    since: Instant,
+    /// How long it must stay unchanged before it is applied.
+    needed: Duration,
+}
+
+impl Pending {
+    fn settled(&self, now: Instant, wall: SystemTime) -> bool {
+        now.duration_since(self.since) >= self.needed
+            || self.stamp.modified_before(wall, self.needed)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// The file is the version served (or one that failed): nothing to do.
+    Nothing,
+    /// It changed and has not settled yet.
+    Wait,
+    /// It changed and has settled: read it.
+    Read,
+}
+
+impl Settle {
+    fn new(applied: Stamp, settle: Duration) -> Settle {
+        Settle {
+            settle,
+            applied,
+            rejected: None,
+            pending: None,
+            changing_since: None,
+            warned: false,
+        }
     }
 
-    /// The current contents, reloading first when the file changed.
-    fn current(&self) -> Arc<HashMap<String, Vec<String>>> {
-        self.reload_if_changed();
-        match self.entries.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+    /// The watcher saw the file with stamp `seen`.
+    fn observe(&mut self, seen: Stamp, now: Instant, wall: SystemTime) -> Next {
+        if seen == self.applied || Some(seen) == self.rejected {
+            self.pending = None;
+            self.changing_since = None;
+            self.warned = false;
+            return Next::Nothing;
         }
-    }
-
-    fn reload_if_changed(&self) {
-        let Ok(mut stamp) = self.stamp.try_lock() else {
-            // Another lookup is checking right now; use what we have.
-            return;
-        };
-        if stamp.checked.elapsed() < RELOAD_CHECK_INTERVAL {
-            return;
-        }
-        stamp.checked = Instant::now();
-        let Ok(meta) = std::fs::metadata(&self.path) else {
-            tracing::error!(path = %self.path.display(), "table file vanished; keeping its previous contents");
-            return;
-        };
-        if meta.modified().ok() == stamp.modified && meta.len() == stamp.len {
-            return;
-        }
-        match Self::read(&self.path) {
-            Ok((entries, new_stamp)) => {
-                *stamp = new_stamp;
-                let mut guard = match self.entries.write() {
-                    Ok(g) => g,
-                    Err(poisoned) => poisoned.into_inner(),
+        self.changing_since.get_or_insert(now);
+        let pending = match self.pending {
+            Some(p) if p.stamp == seen => p,
+            _ => {
+                let p = Pending {
+                    stamp: seen,
+                    since: now,
+                    needed: self.settle,
                 };
-                *guard = Arc::new(entries);
-                tracing::info!(path = %self.path.display(), "table file reloaded");
+                self.pending = Some(p);
+                p
+            }
+        };
+        if pending.settled(now, wall) {
+            Next::Read
+        } else {
+            Next::Wait
+        }
+    }
+
+    /// After a read: whether what was read is the version that settled. If
+    /// not, the file changed again, and that version must settle first.
+    fn still_pending(&mut self, read: Stamp, now: Instant) -> bool {
+        match self.pending {
+            Some(p) if p.stamp == read => true,
+            _ => {
+                self.pending = Some(Pending {
+                    stamp: read,
+                    since: now,
+                    needed: self.settle,
+                });
+                false
+            }
+        }
+    }
+
+    /// Require the pending version to stay unchanged for `needed` in all;
+    /// true while it has not yet.
+    fn hold(&mut self, needed: Duration, now: Instant, wall: SystemTime) -> bool {
+        match self.pending.as_mut() {
+            Some(p) => {
+                p.needed = p.needed.max(needed);
+                !p.settled(now, wall)
+            }
+            None => false,
+        }
+    }
+
+    fn applied(&mut self, stamp: Stamp) {
+        *self = Settle::new(stamp, self.settle);
+    }
+
+    /// The pending version failed to load.
+    fn rejected(&mut self) {
+        self.rejected = self.pending.take().map(|p| p.stamp);
+        self.changing_since = None;
+        self.warned = false;
+    }
+
+    /// The file changed while it was read: watch it settle again.
+    fn forget(&mut self) {
+        self.pending = None;
+    }
+
+    /// True, once, when the file has been changing for `after` without
+    /// ever settling.
+    fn keeps_changing(&mut self, now: Instant, after: Duration) -> bool {
+        match self.changing_since {
+            Some(since) if !self.warned && now.duration_since(since) >= after => {
+                self.warned = true;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The thread behind one file table. It ends when the table is dropped.
+struct Watcher {
+    table: String,
+    path: PathBuf,
+    max_size: u64,
+    timing: Timing,
+    current: Weak<RwLock<Arc<Entries>>>,
+    /// Disconnected once the table is dropped.
+    stopped: mpsc::Receiver<()>,
+    settle: Settle,
+    /// The file could not be looked at, and that was logged.
+    unreadable: bool,
+}
+
+impl Watcher {
+    fn run(mut self) {
+        loop {
+            match self.stopped.recv_timeout(self.timing.poll) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if !self.step() {
+                return;
+            }
+        }
+    }
+
+    fn table_gone(&self) -> bool {
+        matches!(
+            self.stopped.try_recv(),
+            Ok(()) | Err(TryRecvError::Disconnected)
+        )
+    }
+
+    /// One look at the file; false once the table is gone.
+    fn step(&mut self) -> bool {
+        let seen = match std::fs::metadata(&self.path) {
+            Ok(meta) => {
+                if std::mem::take(&mut self.unreadable) {
+                    tracing::info!(table = %self.table, path = %self.path.display(), "table file is back; it is read once it stays unchanged");
+                }
+                Stamp::of(&meta)
             }
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "table file reload failed; keeping its previous contents");
+                if !std::mem::replace(&mut self.unreadable, true) {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        tracing::error!(table = %self.table, path = %self.path.display(), "table file vanished; keeping its previous contents");
+                    } else {
+                        tracing::error!(table = %self.table, path = %self.path.display(), error = %e, "cannot look at the table file; keeping its previous contents");
+                    }
+                }
+                return true;
             }
+        };
+        let now = Instant::now();
+        match self.settle.observe(seen, now, SystemTime::now()) {
+            Next::Nothing => true,
+            Next::Wait => {
+                if self.settle.keeps_changing(now, self.timing.keeps_changing) {
+                    tracing::warn!(table = %self.table, path = %self.path.display(), for_at_least = %humantime::format_duration(self.timing.keeps_changing), "table file keeps changing; still serving its previous contents");
+                } else {
+                    tracing::debug!(table = %self.table, path = %self.path.display(), "table file changed; waiting until it stays unchanged");
+                }
+                true
+            }
+            Next::Read => self.load(),
         }
     }
 
-    #[cfg(test)]
-    fn force_recheck(&self) {
-        if let Ok(mut s) = self.stamp.lock() {
-            s.checked = Instant::now() - RELOAD_CHECK_INTERVAL * 2;
+    /// Read the settled file and apply it; false once the table is gone.
+    fn load(&mut self) -> bool {
+        let Some(result) = self.read() else {
+            return false;
+        };
+        let now = Instant::now();
+        match result {
+            Ok((entries, stamp)) => {
+                if !self.settle.still_pending(stamp, now) {
+                    tracing::debug!(table = %self.table, path = %self.path.display(), "table file changed again; waiting until it stays unchanged");
+                    return true;
+                }
+                let Some(current) = self.current.upgrade() else {
+                    return false;
+                };
+                if entries.is_empty() && !snapshot(&current).is_empty() {
+                    if self
+                        .settle
+                        .hold(self.timing.settle_empty, now, SystemTime::now())
+                    {
+                        tracing::info!(table = %self.table, path = %self.path.display(), wait = %humantime::format_duration(self.timing.settle_empty), "table file is empty now; it is applied only if it stays unchanged that long");
+                        return true;
+                    }
+                    tracing::warn!(table = %self.table, path = %self.path.display(), "table file is empty; applying it");
+                }
+                let count = entries.len();
+                match current.write() {
+                    Ok(mut guard) => *guard = Arc::new(entries),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(entries),
+                }
+                self.settle.applied(stamp);
+                tracing::info!(table = %self.table, path = %self.path.display(), entries = count, "table file reloaded");
+            }
+            Err(ReadError::Changed) => {
+                tracing::debug!(table = %self.table, path = %self.path.display(), "table file changed while it was read; waiting until it stays unchanged");
+                self.settle.forget();
+            }
+            Err(e) => {
+                tracing::error!(table = %self.table, path = %self.path.display(), error = %e, "table file reload failed; keeping its previous contents");
+                self.settle.rejected();
+            }
+        }
+        true
+    }
+
+    /// Read the file on a thread of its own, so a read that hangs (a dead
+    /// NFS server) holds up that thread alone; log when it is slow. `None`
+    /// when the table was dropped while waiting.
+    fn read(&self) -> Option<Result<(Entries, Stamp), ReadError>> {
+        let (tx, rx) = mpsc::channel();
+        let path = self.path.clone();
+        let max_size = self.max_size;
+        let spawned = std::thread::Builder::new()
+            .name("table-reader".to_string())
+            .spawn(move || {
+                let _ = tx.send(read_file(&path, max_size));
+            });
+        if let Err(e) = spawned {
+            return Some(Err(ReadError::Thread(e)));
+        }
+        let started = Instant::now();
+        let mut slow = false;
+        loop {
+            match rx.recv_timeout(self.timing.poll) {
+                Ok(result) => {
+                    if slow {
+                        tracing::info!(table = %self.table, path = %self.path.display(), took = %humantime::format_duration(started.elapsed()), "slow table file read finished");
+                    }
+                    return Some(result);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Some(Err(ReadError::Io(std::io::Error::other(
+                        "the thread reading it ended without an answer",
+                    ))));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if self.table_gone() {
+                return None;
+            }
+            if !slow && started.elapsed() >= self.timing.slow_read {
+                slow = true;
+                tracing::warn!(table = %self.table, path = %self.path.display(), after = %humantime::format_duration(self.timing.slow_read), "table file read is slow; serving its previous contents meanwhile");
+            }
         }
     }
 }
@@ -509,29 +1097,396 @@ mod tests {
         );
     }
 
+    /// Watcher timing scaled down so the tests take a fraction of a second.
+    const FAST: Timing = Timing {
+        poll: Duration::from_millis(20),
+        settle: Duration::from_millis(200),
+        settle_empty: Duration::from_millis(600),
+        slow_read: Duration::from_millis(500),
+        keeps_changing: Duration::from_secs(60),
+        load_wait: Duration::from_secs(2),
+        load_poll: Duration::from_millis(10),
+    };
+
+    fn file_table(path: &Path, timing: Timing) -> Table {
+        Table {
+            name: "f".into(),
+            source: Source::File(FileMap::load("f", path, defaults::MAX_SIZE, timing).unwrap()),
+        }
+    }
+
+    /// Poll `cond` until it holds; false after `limit`.
+    fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        cond()
+    }
+
+    fn mkfifo(path: &Path) {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+    }
+
     #[test]
-    fn file_table_reloads_and_keeps_old_on_failure() {
+    fn file_table_applies_a_settled_change_and_keeps_old_on_failure() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("map");
         std::fs::write(&path, "a@example.org ok\n").unwrap();
-        let file = FileMap::load(&path).unwrap();
-        let t = Table {
-            name: "f".into(),
-            source: Source::File(file),
-        };
+        let t = file_table(&path, FAST);
         assert!(t.contains("a@example.org"));
+
         std::fs::write(&path, "b@example.org ok\nc@example.org ok\n").unwrap();
-        let Source::File(f) = &t.source else {
-            unreachable!()
-        };
-        f.force_recheck();
-        assert!(t.contains("b@example.org"));
+        assert!(eventually(Duration::from_secs(5), || t.contains("b@example.org")));
         assert!(!t.contains("a@example.org"));
+
+        // A file that does not parse is never applied: after it had every
+        // chance to settle and be read, the old contents are still served.
         std::fs::write(&path, "  broken continuation\n").unwrap();
-        f.force_recheck();
+        std::thread::sleep(FAST.settle * 3);
+        assert!(t.contains("b@example.org"), "old contents kept");
+
+        // The watcher goes on: the next good version is applied.
+        std::fs::write(&path, "d@example.org ok\n").unwrap();
+        assert!(eventually(Duration::from_secs(5), || t.contains("d@example.org")));
+    }
+
+    #[test]
+    fn a_change_is_applied_only_once_the_file_stays_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "old@example.org\n").unwrap();
+        // Settling takes ten times the pause between writes, so that a busy
+        // test machine does not stretch a pause into a settled file.
+        let timing = Timing {
+            settle: Duration::from_millis(500),
+            ..FAST
+        };
+        let t = file_table(&path, timing);
+        // Keep rewriting more often than the file takes to settle: nothing
+        // is applied while the writes go on, however many polls pass.
+        let writes_end = Instant::now() + timing.settle * 3;
+        let mut n = 0;
+        while Instant::now() < writes_end {
+            n += 1;
+            std::fs::write(&path, format!("new{n}@example.org\n")).unwrap();
+            assert!(t.contains("old@example.org"), "applied while changing");
+            std::thread::sleep(timing.settle / 10);
+        }
+        assert!(eventually(Duration::from_secs(5), || t
+            .contains(&format!("new{n}@example.org"))));
+    }
+
+    #[test]
+    fn the_watcher_ends_with_its_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n").unwrap();
+        let FileMap {
+            current,
+            _stop: stop,
+            _watcher: watcher,
+        } = FileMap::load("f", &path, defaults::MAX_SIZE, FAST).unwrap();
+        std::thread::sleep(FAST.poll * 3);
+        assert!(!watcher.is_finished());
+        // Dropping the table drops these two.
+        drop(stop);
+        drop(current);
+        assert!(eventually(Duration::from_secs(2), || watcher.is_finished()));
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        mkfifo(&fifo);
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let cases: [(&Path, &str); 4] = [
+            (&fifo, "it is a FIFO, not a regular file"),
+            (
+                Path::new("/dev/zero"),
+                "it is a character device, not a regular file",
+            ),
+            (&link, "it is a character device, not a regular file"),
+            (dir.path(), "it is a directory, not a regular file"),
+        ];
+        for (path, expected) in cases {
+            // Neither blocks (a FIFO without a writer would block `open`)
+            // nor reads (`/dev/zero` never ends).
+            let started = Instant::now();
+            match read_file(path, defaults::MAX_SIZE) {
+                Err(e) => assert_eq!(e.to_string(), expected, "{}", path.display()),
+                Ok(_) => panic!("{} was read", path.display()),
+            }
+            let err = match read_settled(path, defaults::MAX_SIZE, &FAST) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{} was read", path.display()),
+            };
+            assert_eq!(err, expected);
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+        // A symbolic link to a regular file is fine.
+        let target = dir.path().join("real");
+        std::fs::write(&target, "a@example.org\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(
-            t.contains("b@example.org"),
-            "old contents kept after a bad reload"
+            read_file(&link, defaults::MAX_SIZE)
+                .unwrap()
+                .0
+                .contains_key("a@example.org")
         );
+    }
+
+    #[test]
+    fn files_larger_than_max_size_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n".repeat(10)).unwrap(); // 140 bytes
+        assert!(read_file(&path, 140).is_ok());
+        let e = read_file(&path, 139).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "it is 140 bytes, more than `max_size` (139 bytes)"
+        );
+        assert!(e.hint().unwrap().contains("raise `max_size`"));
+    }
+
+    #[test]
+    fn a_file_that_changes_while_it_is_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\nb@example.org\n").unwrap();
+        // Truncated (as an editor saving in place does) after the file was
+        // opened and looked at, before it is read.
+        let result = read_file_then(&path, defaults::MAX_SIZE, || {
+            std::fs::write(&path, "a@example.org\n").unwrap();
+        });
+        assert!(matches!(result, Err(ReadError::Changed)), "{result:?}");
+        // Grown past the limit after the look at its size.
+        let result = read_file_then(&path, 20, || {
+            std::fs::write(&path, "x".repeat(100)).unwrap();
+        });
+        assert!(
+            matches!(result, Err(ReadError::TooLarge { len: None, max: 20 })),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, b"a@example.org\nb@example.org \xff\n").unwrap();
+        let e = read_file(&path, defaults::MAX_SIZE)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.to_string(), "line 2 is not valid UTF-8");
+    }
+
+    #[test]
+    fn a_load_waits_for_a_file_that_is_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n").unwrap();
+        // A writer that appends a line every settle/4 for a while: the load
+        // reads only once it has stopped, and so sees every line.
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                for i in 0..8 {
+                    std::thread::sleep(FAST.settle / 4);
+                    let mut f = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    writeln!(f, "n{i}@example.org").unwrap();
+                }
+            })
+        };
+        std::thread::sleep(FAST.settle / 8);
+        let (entries, _) = read_settled(&path, defaults::MAX_SIZE, &FAST).unwrap();
+        writer.join().unwrap();
+        assert_eq!(entries.len(), 9, "{entries:?}");
+
+        // One that never stops is an error once the wait is over.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (started_tx, started) = mpsc::channel();
+        let writer = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    std::fs::write(&path, format!("x{n}@example.org\n")).unwrap();
+                    let _ = started_tx.send(());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        started.recv().unwrap();
+        let timing = Timing {
+            load_wait: Duration::from_millis(600),
+            ..FAST
+        };
+        let result = read_settled(&path, defaults::MAX_SIZE, &timing);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        let e = result.map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "it kept changing for 600ms, so it was never read whole"
+        );
+        assert!(e.hint().unwrap().contains("rename it into place"));
+    }
+
+    #[test]
+    fn an_old_file_is_read_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(60))
+            .unwrap();
+        let timing = Timing {
+            settle: Duration::from_secs(30),
+            ..FAST
+        };
+        let started = Instant::now();
+        read_settled(&path, defaults::MAX_SIZE, &timing).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    fn stamp(n: i64) -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 1,
+            len: 10,
+            mtime: (1_000_000 + n, 0),
+            ctime: (1_000_000 + n, 0),
+        }
+    }
+
+    #[test]
+    fn settle_reads_a_version_once_it_stayed_unchanged() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        // Wall clock: no later than any stamp, so none is old yet.
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = Settle::new(stamp(0), ms(2000));
+        assert_eq!(s.observe(stamp(0), t0, wall), Next::Nothing);
+        assert_eq!(s.observe(stamp(1), t0, wall), Next::Wait);
+        assert_eq!(s.observe(stamp(1), t0 + ms(1000), wall), Next::Wait);
+        // Another write restarts the wait.
+        assert_eq!(s.observe(stamp(2), t0 + ms(1500), wall), Next::Wait);
+        assert_eq!(s.observe(stamp(2), t0 + ms(3000), wall), Next::Wait);
+        assert_eq!(s.observe(stamp(2), t0 + ms(3500), wall), Next::Read);
+        // The read found yet another version: that one must settle.
+        assert!(!s.still_pending(stamp(3), t0 + ms(3600)));
+        assert_eq!(s.observe(stamp(3), t0 + ms(4600), wall), Next::Wait);
+        assert_eq!(s.observe(stamp(3), t0 + ms(5600), wall), Next::Read);
+        assert!(s.still_pending(stamp(3), t0 + ms(5600)));
+        s.applied(stamp(3));
+        assert_eq!(s.observe(stamp(3), t0 + ms(6600), wall), Next::Nothing);
+
+        // A version last written long before (by the wall clock) is read at
+        // the first look.
+        let later = UNIX_EPOCH + Duration::from_secs(1_000_100);
+        assert_eq!(s.observe(stamp(4), t0 + ms(7000), later), Next::Read);
+    }
+
+    #[test]
+    fn settle_holds_an_empty_file_longer_and_skips_a_failed_version() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = Settle::new(stamp(0), ms(2000));
+        assert_eq!(s.observe(stamp(1), t0, wall), Next::Wait);
+        assert_eq!(s.observe(stamp(1), t0 + ms(2000), wall), Next::Read);
+        // It read back empty: it must stay so for 10 s in all.
+        assert!(s.hold(ms(10_000), t0 + ms(2000), wall));
+        assert_eq!(s.observe(stamp(1), t0 + ms(9000), wall), Next::Wait);
+        assert_eq!(s.observe(stamp(1), t0 + ms(10_000), wall), Next::Read);
+        assert!(!s.hold(ms(10_000), t0 + ms(10_000), wall));
+
+        // A version that failed is not read again until the file changes.
+        assert_eq!(s.observe(stamp(2), t0 + ms(11_000), wall), Next::Wait);
+        assert_eq!(s.observe(stamp(2), t0 + ms(13_000), wall), Next::Read);
+        s.rejected();
+        assert_eq!(s.observe(stamp(2), t0 + ms(20_000), wall), Next::Nothing);
+        assert_eq!(s.observe(stamp(3), t0 + ms(21_000), wall), Next::Wait);
+    }
+
+    #[test]
+    fn settle_warns_once_about_a_file_that_never_settles() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = Settle::new(stamp(0), ms(2000));
+        let mut warnings = 0;
+        for i in 1..=100 {
+            let now = t0 + ms(1000) * i as u32;
+            assert_eq!(s.observe(stamp(i), now, wall), Next::Wait);
+            if s.keeps_changing(now, ms(60_000)) {
+                warnings += 1;
+                assert_eq!(i, 61, "60 s after the first change was seen");
+            }
+        }
+        assert_eq!(warnings, 1);
+    }
+
+    #[test]
+    fn lookups_never_wait_for_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n").unwrap();
+        let t = file_table(&path, FAST);
+        // Replaced by a FIFO no one writes to: reading it would block for
+        // ever. Lookups go on answering from the last good contents, at
+        // once, before and after the watcher has looked at it.
+        std::fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let until = Instant::now() + FAST.settle * 3;
+        while Instant::now() < until {
+            let started = Instant::now();
+            assert!(t.contains("a@example.org"));
+            assert!(started.elapsed() < Duration::from_millis(500));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // And once a regular file is back, it is applied.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "b@example.org\n").unwrap();
+        assert!(eventually(Duration::from_secs(5), || t.contains("b@example.org")));
+    }
+
+    #[test]
+    fn an_emptied_file_is_applied_only_after_it_stays_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("map");
+        std::fs::write(&path, "a@example.org\n").unwrap();
+        let timing = Timing {
+            settle_empty: Duration::from_secs(2),
+            ..FAST
+        };
+        let t = file_table(&path, timing);
+        // `> map` then a slow writer: empty for longer than `settle` but
+        // shorter than `settle_empty`.
+        std::fs::write(&path, "").unwrap();
+        std::thread::sleep(timing.settle * 2);
+        assert!(t.contains("a@example.org"), "the empty file was applied");
+        std::fs::write(&path, "a@example.org\nb@example.org\n").unwrap();
+        assert!(eventually(Duration::from_secs(5), || t.contains("b@example.org")));
+        // Emptied for good: applied once it stayed empty long enough.
+        std::fs::write(&path, "").unwrap();
+        assert!(eventually(Duration::from_secs(5), || !t.contains("a@example.org")));
     }
 }

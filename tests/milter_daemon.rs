@@ -331,7 +331,7 @@ async fn reload_valid_and_invalid_while_a_session_is_open() {
         "{LISTEN}[pipelines.mx]\n[pipelines.mx.default]\naction = \"reject\"\nreply = {{ code = 554, status = \"5.7.1\", text = \"new policy\" }}\n"
     );
     d.rewrite_config(&strict);
-    d.daemon().reload().expect("valid config reloads");
+    d.daemon().reload().await.expect("valid config reloads");
 
     // The open session keeps its policy...
     old.mail(["<a@example.net>"]).await.unwrap();
@@ -353,6 +353,7 @@ async fn reload_valid_and_invalid_while_a_session_is_open() {
     let errors = d
         .daemon()
         .reload()
+        .await
         .expect_err("invalid config is refused")
         .to_string();
     assert!(
@@ -551,7 +552,7 @@ async fn metrics_are_served_and_count_what_happened() {
         "{body}"
     );
     drop(conn);
-    d.daemon().reload().unwrap();
+    d.daemon().reload().await.unwrap();
     assert!(
         d.daemon()
             .metrics()

@@ -127,12 +127,13 @@ impl Env {
     }
 
     /// Replace the daemon's config file (same listeners) and reload it.
-    fn reload(&self, policy: &str) {
+    async fn reload(&self, policy: &str) {
         let policy = policy.replace("LOCAL_PORT", &self.local_port.to_string());
         self.daemon.rewrite_config(&policy);
         self.daemon
             .daemon()
             .reload()
+            .await
             .unwrap_or_else(|e| panic!("the new config should load:\n{e}"));
     }
 }
@@ -681,7 +682,7 @@ async fn reloading_while_mail_flows_loses_nothing() {
         while !senders.iter().all(|s| s.is_finished()) {
             tokio::time::sleep(Duration::from_millis(40)).await;
             version += 1;
-            env.reload(&versioned(version));
+            env.reload(&versioned(version)).await;
         }
         assert!(version >= 3, "only {version} reloads happened while mail flowed");
         let mut results = Vec::new();

@@ -77,6 +77,7 @@ async fn reloads_that_would_move_a_service_to_another_pipeline_are_refused() {
         let errors = d
             .daemon()
             .reload()
+            .await
             .expect_err("the reload must be refused")
             .to_string();
         assert!(errors.contains(expected), "{errors}");
@@ -85,6 +86,9 @@ async fn reloads_that_would_move_a_service_to_another_pipeline_are_refused() {
 
     // A reload that keeps every service where it was goes through.
     d.rewrite_config(&config("submission", "\"submission\", \"msa\""));
-    d.daemon().reload().expect("a harmless reload is applied");
+    d.daemon()
+        .reload()
+        .await
+        .expect("a harmless reload is applied");
     assert_eq!(rcpt_status(&d, 0, "msa").await, refused());
 }

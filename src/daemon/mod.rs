@@ -18,8 +18,25 @@ use shared::Shared;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// How long a reload may take before it counts as failed and the running
+/// configuration stays. Reading a configuration takes milliseconds; a table
+/// file that is still being written is waited for up to 10 s
+/// (`tables::defaults::LOAD_WAIT`), so this leaves room for that and fails
+/// only a load that hangs.
+pub const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+
+fn load_failure(path: &Path, message: String) -> ConfigErrors {
+    ConfigErrors(vec![crate::config::ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        message,
+        hint: None,
+    }])
+}
 
 #[derive(Debug)]
 pub enum StartError {
@@ -136,28 +153,83 @@ impl Daemon {
 
     /// Load the configuration again. A valid one serves new connections from
     /// now on (open ones keep theirs); an invalid one is logged in full and
-    /// the running policy stays.
-    pub fn reload(&self) -> Result<(), ConfigErrors> {
-        let loaded =
-            crate::config::load_with(&self.config_path, &self.registry).and_then(|policy| {
-                let refusals =
-                    reload_guard::refusals(&self.server.listeners, &self.shared.current(), &policy);
-                if refusals.is_empty() {
-                    Ok(policy)
-                } else {
-                    Err(ConfigErrors(
-                        refusals
-                            .into_iter()
-                            .map(|message| crate::config::error::ConfigError {
-                                file: self.config_path.clone(),
-                                position: None,
-                                message,
-                                hint: None,
-                            })
-                            .collect(),
-                    ))
-                }
-            });
+    /// the running policy stays. The file is loaded off the async workers
+    /// (see [`Daemon::load_config`]), giving up after [`RELOAD_DEADLINE`].
+    pub async fn reload(&self) -> Result<(), ConfigErrors> {
+        self.reload_within(RELOAD_DEADLINE).await
+    }
+
+    /// As [`Daemon::reload`], giving up after `deadline`.
+    pub async fn reload_within(&self, deadline: Duration) -> Result<(), ConfigErrors> {
+        let loaded = self.load_config(deadline).await;
+        self.apply_reload(loaded)
+    }
+
+    /// Read and compile the configuration file on a thread of its own, so
+    /// that a file that is slow to read (a table on a hung network file
+    /// system) holds up neither the async workers nor signal handling. After
+    /// `deadline` the load counts as failed; its thread is left to finish or
+    /// hang on its own. The future borrows nothing from the daemon.
+    fn load_config(
+        &self,
+        deadline: Duration,
+    ) -> impl std::future::Future<Output = Result<Policy, ConfigErrors>> + Send + 'static {
+        let path = self.config_path.clone();
+        let registry = self.registry.clone();
+        async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let runtime = tokio::runtime::Handle::try_current().ok();
+            let thread_path = path.clone();
+            let spawned = std::thread::Builder::new()
+                .name("config-load".to_string())
+                .spawn(move || {
+                    // Compile in the runtime's context, as the daemon's first
+                    // load (and the old in-line reload) did.
+                    let _context = runtime.as_ref().map(|r| r.enter());
+                    let _ = tx.send(crate::config::load_with(&thread_path, &registry));
+                });
+            if let Err(e) = spawned {
+                return Err(load_failure(
+                    &path,
+                    format!("cannot start a thread to load the configuration: {e}"),
+                ));
+            }
+            match tokio::time::timeout(deadline, rx).await {
+                Ok(Ok(loaded)) => loaded,
+                Ok(Err(_)) => Err(load_failure(
+                    &path,
+                    "loading the configuration ended without a result (a bug: see the log for a panic)"
+                        .to_string(),
+                )),
+                Err(_) => Err(load_failure(
+                    &path,
+                    format!(
+                        "loading the configuration took longer than {}; is a file it names on a file system that does not answer?",
+                        humantime::format_duration(deadline)
+                    ),
+                )),
+            }
+        }
+    }
+
+    /// Serve new connections with `loaded`, or log why it failed. A valid
+    /// file that would move a listener's mail to another pipeline is refused
+    /// too (see `reload_guard`).
+    fn apply_reload(&self, loaded: Result<Policy, ConfigErrors>) -> Result<(), ConfigErrors> {
+        let loaded = loaded.and_then(|policy| {
+            let refusals =
+                reload_guard::refusals(&self.server.listeners, &self.shared.current(), &policy);
+            if refusals.is_empty() {
+                return Ok(policy);
+            }
+            Err(ConfigErrors(
+                refusals
+                    .into_iter()
+                    .map(|message| load_failure(&self.config_path, message))
+                    .flat_map(|e| e.0)
+                    .collect(),
+            ))
+        });
         match loaded {
             Ok(policy) => {
                 if policy.server != self.server {
@@ -336,10 +408,33 @@ pub async fn serve_loaded(policy: Arc<Policy>, config_path: &Path, registry: Reg
         "ready"
     );
     let mut status = 0;
+    // A reload runs beside this loop, so SIGTERM is answered while a slow
+    // configuration loads. A SIGHUP during a reload asks for one more
+    // afterwards, so the last edit is always the one loaded.
+    let mut reloading: Option<std::pin::Pin<Box<dyn Future<Output = _> + Send>>> = None;
+    let mut reload_again = false;
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                let _ = daemon.reload();
+                if reloading.is_some() {
+                    reload_again = true;
+                    tracing::info!("SIGHUP during a reload; loading the configuration again once it is done");
+                } else {
+                    tracing::info!(config = %config_path.display(), "SIGHUP: loading the configuration");
+                    reloading = Some(Box::pin(daemon.load_config(RELOAD_DEADLINE)));
+                }
+            }
+            loaded = async {
+                match reloading.as_mut() {
+                    Some(load) => load.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                reloading = None;
+                let _ = daemon.apply_reload(loaded);
+                if std::mem::take(&mut reload_again) {
+                    reloading = Some(Box::pin(daemon.load_config(RELOAD_DEADLINE)));
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
