@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dns;
 pub mod edits;
 pub mod engine;
+pub mod files;
 pub mod load;
 pub mod message;
 pub mod modifiers;

@@ -13,9 +13,9 @@ use crate::address::{Address, normalize_domain};
 use crate::config::options::Options;
 use regex::Regex;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{Metadata, OpenOptions};
+use std::fs::Metadata;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, RwLock, Weak};
@@ -438,26 +438,6 @@ impl ReadError {
     }
 }
 
-/// What a file is, for an error, when it is not a regular file.
-fn not_regular(meta: &Metadata) -> Option<&'static str> {
-    let t = meta.file_type();
-    if t.is_file() {
-        None
-    } else if t.is_dir() {
-        Some("a directory")
-    } else if t.is_fifo() {
-        Some("a FIFO")
-    } else if t.is_char_device() {
-        Some("a character device")
-    } else if t.is_block_device() {
-        Some("a block device")
-    } else if t.is_socket() {
-        Some("a socket")
-    } else {
-        Some("something other than a file")
-    }
-}
-
 /// One version of a file, told apart without reading it: every write
 /// changes the modification and change times (and usually the length), and
 /// a file renamed into place is another inode.
@@ -516,15 +496,10 @@ fn read_file_then(
     max_size: u64,
     before_read: impl FnOnce(),
 ) -> Result<(Entries, Stamp), ReadError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(ReadError::Io)?;
-    let meta = file.metadata().map_err(ReadError::Io)?;
-    if let Some(kind) = not_regular(&meta) {
-        return Err(ReadError::NotRegular(kind));
-    }
+    let (file, meta) = crate::files::open_regular(path).map_err(|e| match e {
+        crate::files::OpenError::Io(e) => ReadError::Io(e),
+        crate::files::OpenError::NotRegular(kind) => ReadError::NotRegular(kind),
+    })?;
     if meta.len() > max_size {
         return Err(ReadError::TooLarge {
             len: Some(meta.len()),
@@ -597,7 +572,7 @@ fn read_settled(
     let mut watching: Option<(Stamp, Instant)> = None;
     loop {
         let meta = std::fs::metadata(path).map_err(ReadError::Io)?;
-        if let Some(kind) = not_regular(&meta) {
+        if let Some(kind) = crate::files::not_regular(&meta) {
             return Err(ReadError::NotRegular(kind));
         }
         if meta.len() > max_size {

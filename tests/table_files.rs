@@ -120,6 +120,30 @@ fn check_refuses_a_fifo_table_at_once() {
 }
 
 #[test]
+fn check_refuses_a_configuration_that_is_a_fifo_or_a_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("milter-config.toml");
+    mkfifo(&fifo);
+    let (code, stderr) = check(&fifo);
+    assert_eq!(code, Some(EXIT_CONFIG), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: cannot read the configuration: it is a FIFO, not a regular file",
+            fifo.display()
+        )),
+        "{stderr}"
+    );
+    let (code, stderr) = check(Path::new("/dev/zero"));
+    assert_eq!(code, Some(EXIT_CONFIG), "{stderr}");
+    assert!(
+        stderr.contains(
+            "/dev/zero: cannot read the configuration: it is a character device, not a regular file"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_refuses_dev_zero_and_a_link_to_it_without_reading() {
     let dir = tempfile::tempdir().expect("tempdir");
     let link = dir.path().join("zero");

@@ -28,7 +28,7 @@ pub fn run(keyfile: &Path, selector: &str) -> i32 {
         );
         return 2;
     }
-    let text = match std::fs::read(keyfile) {
+    let text = match crate::files::read_regular(keyfile, 1 << 20) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(_) => {

@@ -18,8 +18,15 @@ pub fn load(path: &Path) -> Result<Policy, ConfigErrors> {
     load_with(path, &Registry::builtin())
 }
 
+/// The largest configuration file read: far beyond any real one (tables
+/// belong in table files), and a bound on what a wrong path can cost.
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+
 pub fn load_with(path: &Path, registry: &Registry) -> Result<Policy, ConfigErrors> {
-    match std::fs::read_to_string(path) {
+    let text = crate::files::read_regular(path, MAX_CONFIG_SIZE).and_then(|bytes| {
+        String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8".to_string())
+    });
+    match text {
         Ok(text) => compile_str(path, &text, registry),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),

@@ -424,7 +424,9 @@ impl LoadedKey {
             )),
             Exposure::Private => None,
         };
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+        // A PEM key is a few kilobytes; 1 MiB bounds what a wrong path costs.
+        let bytes = crate::files::read_regular(path, 1 << 20)
+            .map_err(|e| format!("cannot be read: {e}"))?;
         let text = String::from_utf8(bytes).map_err(|_| {
             "is not a PEM file (it is not text): give a PEM private key such as `openssl genpkey` writes"
                 .to_string()

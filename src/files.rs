@@ -1,0 +1,113 @@
+//! Reading a file an administrator names (the configuration, a table, a
+//! key) so that nothing the path points to can stall or exhaust the daemon:
+//! opened without blocking (a FIFO with no writer would block `open`
+//! itself), refused unless it is a regular file, and read only up to a cap
+//! (`/dev/zero` never ends).
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Why a file could not be opened for reading.
+#[derive(Debug)]
+pub enum OpenError {
+    Io(std::io::Error),
+    /// What it is instead of a regular file: "a FIFO", "a directory", ...
+    NotRegular(&'static str),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Io(e) => write!(f, "{e}"),
+            OpenError::NotRegular(kind) => write!(f, "it is {kind}, not a regular file"),
+        }
+    }
+}
+
+/// What a file is, for an error, when it is not a regular file.
+pub fn not_regular(meta: &Metadata) -> Option<&'static str> {
+    let t = meta.file_type();
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() {
+        Some("a character device")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("something other than a file")
+    }
+}
+
+/// Open a regular file for reading without blocking, with its metadata
+/// (of the file opened, not of whatever the path names a moment later).
+pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(OpenError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
+    match not_regular(&meta) {
+        Some(kind) => Err(OpenError::NotRegular(kind)),
+        None => Ok((file, meta)),
+    }
+}
+
+/// A whole regular file of at most `max` bytes, or why not, in words.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let (file, meta) = open_regular(path).map_err(|e| e.to_string())?;
+    let too_large = || format!("it is larger than {max} bytes");
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&file)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "0123456789").unwrap();
+        assert_eq!(read_regular(&file, 10).unwrap(), b"0123456789");
+        assert_eq!(
+            read_regular(&file, 9).unwrap_err(),
+            "it is larger than 9 bytes"
+        );
+        assert_eq!(
+            read_regular(dir.path(), 10).unwrap_err(),
+            "it is a directory, not a regular file"
+        );
+        assert_eq!(
+            read_regular(Path::new("/dev/zero"), 10).unwrap_err(),
+            "it is a character device, not a regular file"
+        );
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read_regular(&fifo, 10).unwrap_err(),
+            "it is a FIFO, not a regular file"
+        );
+    }
+}
