@@ -450,3 +450,77 @@ async fn authentication_results_replaces_forgeries_of_our_id_only() {
         .expect("EOM");
     assert!(outcome.edits.is_empty(), "{:?}", outcome.edits);
 }
+
+#[tokio::test]
+async fn copies_of_our_own_headers_sent_by_the_client_are_deleted() {
+    let policy = compile(
+        r#"
+        [pipelines.p]
+        auth_results = false
+        [[pipelines.p.destination]]
+        match = ["hold@x.test"]
+        action = "quarantine"
+        reason = "held for review"
+        [pipelines.dry]
+        auth_results = false
+        dry_run = true
+        [pipelines.dry.default]
+        action = "reject"
+        "#,
+    );
+    let forged = |mail: &mut Mail| {
+        mail.headers
+            .push(("X-Quarantine-Reason".into(), "none, all clean".into()));
+        mail.headers
+            .push(("x-dispatch-dry-run".into(), "would accept".into()));
+    };
+    // Delivered normally: the forged quarantine header still goes.
+    let mut mail = Mail::new("a@y.test", &["b@x.test"]);
+    forged(&mut mail);
+    let outcome = run_mail(&policy, "p", &mail).await.outcome.expect("EOM");
+    assert_eq!(
+        outcome.edits,
+        vec![Edit::DeleteHeader {
+            name: "X-Quarantine-Reason".into(),
+            index: 1
+        }]
+    );
+    // Quarantined: ours is the only one left.
+    let mut mail = Mail::new("a@y.test", &["hold@x.test"]);
+    forged(&mut mail);
+    let outcome = run_mail(&policy, "p", &mail).await.outcome.expect("EOM");
+    let headers: Vec<(String, String)> = mail.headers.clone();
+    let received: Vec<dispatch_milter::message::Header> = headers
+        .into_iter()
+        .map(|(name, value)| dispatch_milter::message::Header { name, value })
+        .collect();
+    let mut list = EditList::new();
+    for e in &outcome.edits {
+        list.push(e.clone());
+    }
+    let delivered: Vec<String> = list
+        .resulting_headers(&received)
+        .into_iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("X-Quarantine-Reason"))
+        .map(|h| h.value)
+        .collect();
+    assert_eq!(delivered, ["held for review"]);
+    // Dry run: the forged dry-run header goes, ours says what would happen.
+    let mut mail = Mail::new("a@y.test", &["b@x.test"]);
+    forged(&mut mail);
+    let outcome = run_mail(&policy, "dry", &mail).await.outcome.expect("EOM");
+    assert_eq!(
+        outcome.edits.first(),
+        Some(&Edit::DeleteHeader {
+            name: "x-dispatch-dry-run".into(),
+            index: 1
+        }),
+        "{:?}",
+        outcome.edits
+    );
+    assert!(
+        matches!(outcome.edits.last(), Some(Edit::AddHeader { name, value }) if name == "X-Dispatch-Dry-Run" && value.starts_with("would reject")),
+        "{:?}",
+        outcome.edits
+    );
+}

@@ -970,10 +970,11 @@ impl Compiler<'_, '_> {
                 .any(|&id| self.checks[id].actions.contains(&Action::Quarantine));
         // The quarantine reason travels in a header; dry-run reports in one;
         // Authentication-Results is added, and forgeries of it deleted,
-        // whenever a check reports a result.
+        // whenever a check reports a result; copies of the quarantine and
+        // dry-run headers that the client sent are deleted.
         let auth_results = settings.authserv_id.is_some();
         k.add_header |= k.quarantine || settings.dry_run || auth_results;
-        k.change_header |= auth_results;
+        k.change_header |= k.quarantine || settings.dry_run || auth_results;
         k
     }
 

@@ -1162,6 +1162,16 @@ impl Session {
         }
 
         self.authentication_results(pipeline, message, checks, &mut edits)?;
+        // Headers only we write: a copy the client sent would pass for our
+        // own verdict with whoever reads the delivered message.
+        let settings = &pipeline.settings;
+        let quarantine_header = (pipeline.edit_kinds.quarantine
+            && !settings.quarantine_header.is_empty())
+        .then_some(settings.quarantine_header.as_str());
+        let dry_run_header = settings.dry_run.then_some(DRY_RUN_HEADER);
+        for name in [quarantine_header, dry_run_header].into_iter().flatten() {
+            edits.delete_headers_named(name, &message.content.headers);
+        }
 
         let envelope = self.envelope_of(message);
         let ctx = MessageContext {
