@@ -212,22 +212,38 @@ fn unquote_local(local: &str) -> Result<String, &'static str> {
     Ok(text)
 }
 
-/// Where the domain starts: after the last `@` outside a quoted string.
-fn split_at_domain(address: &str) -> Option<(&str, &str)> {
-    let (mut quoted, mut escaped, mut at) = (false, false, None);
-    for (i, c) in address.char_indices() {
+/// The characters of `s` that stand outside quoted strings, with their
+/// byte offsets: a quote opens or closes a quoted string, and inside one a
+/// backslash escapes the next character. Shared by everything that splits
+/// text where an address may be quoted.
+pub fn outside_quotes(s: &str) -> impl Iterator<Item = (usize, char)> + '_ {
+    let (mut quoted, mut escaped) = (false, false);
+    s.char_indices().filter(move |&(_, c)| {
         if escaped {
             escaped = false;
-            continue;
+            return false;
         }
         match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '@' if !quoted => at = Some(i),
-            _ => {}
+            '\\' if quoted => {
+                escaped = true;
+                false
+            }
+            '"' => {
+                quoted = !quoted;
+                false
+            }
+            _ => !quoted,
         }
-    }
-    at.map(|i| (&address[..i], &address[i + 1..]))
+    })
+}
+
+/// Where the domain starts: after the last `@` outside a quoted string.
+fn split_at_domain(address: &str) -> Option<(&str, &str)> {
+    let at = outside_quotes(address)
+        .filter(|&(_, c)| c == '@')
+        .last()
+        .map(|(i, _)| i)?;
+    Some((&address[..at], &address[at + 1..]))
 }
 
 impl LocalPart {

@@ -334,20 +334,10 @@ pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String
 /// A map line's key and the rest: the key ends at the first white space
 /// outside a quoted string, so `"John Smith"@example.org` is one key.
 fn split_key(line: &str) -> (&str, &str) {
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, c) in line.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => return (&line[..i], &line[i..]),
-            _ => {}
-        }
+    match crate::address::outside_quotes(line).find(|&(_, c)| c.is_whitespace()) {
+        Some((i, _)) => (&line[..i], &line[i..]),
+        None => (line, ""),
     }
-    (line, "")
 }
 
 /// `max_size` of a file table: the default when absent; `None` (with the
