@@ -6,21 +6,17 @@
 //! Every wait is bounded, and every process is killed by a Drop guard, also
 //! when an assertion fails.
 
+mod common;
+
+use common::serve::{Serve, WAIT, field_str, message_of};
 use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
 use serde_json::Value;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
 /// sysexits' EX_CONFIG.
 const EXIT_CONFIG: i32 = 78;
-/// The longest any single wait may take: a log event, an exit, a reply.
-const WAIT: Duration = Duration::from_secs(10);
 /// The longest a whole test may take.
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -73,184 +69,20 @@ fn reject_with(reply: &str) -> Status {
     }
 }
 
-/// A running `serve` process, its stderr parsed line by line.
-struct Serve {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Every stderr line so far, for assertions and failure messages.
-    seen: Vec<String>,
-    /// Kept alive for the config file.
-    _dir: tempfile::TempDir,
-    config: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // Harmless when the process has already exited and been reaped.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    /// Write `config` to a fresh directory and start `serve -c` on it.
-    fn start(config: &str) -> Serve {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("milter-config.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("-c")
-            .arg(&path)
-            .current_dir(dir.path())
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        // Reads until EOF, so the daemon never blocks on a full pipe; ends
-        // when the process exits (or the receiver is gone).
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Serve {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-            config: path,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.seen.join("\n")
-    }
-
-    /// The next stderr line, or `None` at EOF or when `deadline` passes.
-    async fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, self.lines.recv()).await {
-            Ok(Some(line)) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Ok(None) | Err(_) => None,
-        }
-    }
-
-    /// Wait for the first JSON event whose message is one of `messages`.
-    async fn wait_for_any(&mut self, messages: &[&str]) -> Value {
-        let deadline = Instant::now() + WAIT;
-        while let Some(line) = self.next_line(deadline).await {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if messages.iter().any(|m| message_of(&event) == *m) {
-                return event;
-            }
-        }
-        panic!(
-            "no log event {messages:?} within {WAIT:?}; stderr so far:\n{}",
-            self.log()
-        );
-    }
-
-    async fn wait_for(&mut self, message: &str) -> Value {
-        self.wait_for_any(&[message]).await
-    }
-
-    /// Wait for "ready" and return the one TCP address it lists; check that
-    /// "listening" named the same address before it.
-    async fn ready(&mut self) -> SocketAddr {
-        let ready = self.wait_for("ready").await;
-        let addresses = field_str(&ready, "addresses");
-        let addr: SocketAddr = addresses
-            .strip_prefix("inet:")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log()));
-        assert_eq!(addr.ip(), IpAddr::from([127, 0, 0, 1]), "{}", self.log());
-        assert_ne!(addr.port(), 0, "the bound port is resolved");
-        let listening: Vec<Value> = self
-            .events()
-            .into_iter()
-            .filter(|e| message_of(e) == "listening")
-            .collect();
-        assert_eq!(listening.len(), 1, "one listener: {}", self.log());
-        assert_eq!(field_str(&listening[0], "listener"), addresses);
-        addr
-    }
-
-    /// Every JSON event seen so far.
-    fn events(&self) -> Vec<Value> {
-        self.seen
-            .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// The per-message log lines seen so far.
-    fn message_lines(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["target"] == "dispatch_milter::message")
-            .collect()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed: {status}");
-    }
-
-    fn rewrite_config(&self, config: &str) {
-        std::fs::write(&self.config, config).expect("write config");
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    /// Wait up to `limit` for the process to exit, then read the rest of its
-    /// stderr.
-    async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "the daemon did not exit within {limit:?}; stderr so far:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let drain = Instant::now() + WAIT;
-        while self.next_line(drain).await.is_some() {}
-        status
-    }
-}
-
-fn message_of(event: &Value) -> &str {
-    event["fields"]["message"].as_str().unwrap_or("")
-}
-
-fn field_str<'a>(event: &'a Value, name: &str) -> &'a str {
-    event["fields"][name]
-        .as_str()
-        .unwrap_or_else(|| panic!("field {name:?} missing or not a string in {event}"))
+/// Wait for "ready" and return the one TCP address it lists; check that
+/// "listening" named the same address before it.
+async fn ready(d: &mut Serve) -> SocketAddr {
+    let addr = d.ready().await;
+    assert_eq!(addr.ip(), IpAddr::from([127, 0, 0, 1]), "{}", d.log());
+    assert_ne!(addr.port(), 0, "the bound port is resolved");
+    let listening: Vec<Value> = d
+        .events()
+        .into_iter()
+        .filter(|e| message_of(e) == "listening")
+        .collect();
+    assert_eq!(listening.len(), 1, "one listener: {}", d.log());
+    assert_eq!(field_str(&listening[0], "listener"), format!("inet:{addr}"));
+    addr
 }
 
 /// Run a test body with an overall time limit.
@@ -335,8 +167,8 @@ async fn rcpt_answer(addr: SocketAddr, rcpt: &str) -> Status {
 #[tokio::test]
 async fn serve_answers_over_milter_and_logs_one_json_line_per_message() {
     bounded(async {
-        let mut d = Serve::start(&v1());
-        let addr = d.ready().await;
+        let mut d = Serve::start_with(&v1());
+        let addr = ready(&mut d).await;
 
         let mut conn = start_message(addr).await;
         assert_eq!(
@@ -414,8 +246,8 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
 #[tokio::test]
 async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     bounded(async {
-        let mut d = Serve::start(&v1());
-        let addr = d.ready().await;
+        let mut d = Serve::start_with(&v1());
+        let addr = ready(&mut d).await;
         assert_eq!(
             rcpt_answer(addr, "<x@blocked.example>").await,
             reject_with(&format!("550 5.7.1 {V1_TEXT}"))
@@ -481,8 +313,8 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
 #[tokio::test]
 async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
     bounded(async {
-        let mut d = Serve::start(&v1());
-        let addr = d.ready().await;
+        let mut d = Serve::start_with(&v1());
+        let addr = ready(&mut d).await;
         let mut conn = start_message(addr).await;
         assert_eq!(
             conn.rcpt(["<alice@example.org>"]).await.unwrap(),
@@ -540,8 +372,8 @@ async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
 #[tokio::test]
 async fn sigint_without_messages_in_flight_exits_zero_promptly() {
     bounded(async {
-        let mut d = Serve::start(&v1());
-        let addr = d.ready().await;
+        let mut d = Serve::start_with(&v1());
+        let addr = ready(&mut d).await;
         // A finished session first, so there is something to have cleaned up.
         assert_eq!(
             rcpt_answer(addr, "<alice@example.org>").await,
@@ -572,7 +404,7 @@ async fn a_config_error_at_start_exits_78_with_file_line_col() {
     bounded(async {
         let broken = v1().replace("max_size = \"1M\"", "max_size = \"lots\"");
         let (line, col) = position(&broken, "\"lots\"");
-        let mut d = Serve::start(&broken);
+        let mut d = Serve::start_with(&broken);
         let status = d.wait_exit(WAIT).await;
         assert_eq!(status.code(), Some(EXIT_CONFIG), "{}", d.log());
         let at = format!("{}:{line}:{col}:", d.config.display());
@@ -592,7 +424,7 @@ async fn an_address_in_use_exits_1_with_a_clear_message() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = taken.local_addr().expect("local addr").port();
         let config = v1().replace("inet:127.0.0.1:0", &format!("inet:127.0.0.1:{port}"));
-        let mut d = Serve::start(&config);
+        let mut d = Serve::start_with(&config);
         let status = d.wait_exit(WAIT).await;
         assert_eq!(status.code(), Some(1), "{}", d.log());
         let event = d
@@ -620,8 +452,8 @@ async fn an_address_in_use_exits_1_with_a_clear_message() {
 #[tokio::test]
 async fn a_second_sigterm_ends_the_grace_period_at_once() {
     bounded(async {
-        let mut d = Serve::start(&v1());
-        let addr = d.ready().await;
+        let mut d = Serve::start_with(&v1());
+        let addr = ready(&mut d).await;
         let mut conn = start_message(addr).await;
         assert_eq!(
             conn.rcpt(["<alice@example.org>"]).await.unwrap(),
@@ -670,8 +502,8 @@ async fn what_loading_the_config_warns_about_is_printed_at_start() {
             key.display()
         )
         .replace("[pipelines.mx]", "[pipelines.mx]\nmodify = [\"sign\"]");
-        let mut d = Serve::start(&config);
-        d.ready().await;
+        let mut d = Serve::start_with(&config);
+        ready(&mut d).await;
         let log = d.log();
         assert!(
             log.contains(&format!("is readable by group {other_gid} (mode 0640)")),
@@ -704,8 +536,8 @@ async fn worker_threads_sizes_the_runtime() {
         };
         let mut counts = Vec::new();
         for n in [1, 4] {
-            let mut d = Serve::start(&with(n));
-            let addr = d.ready().await;
+            let mut d = Serve::start_with(&with(n));
+            let addr = ready(&mut d).await;
             let mut conn = start_message(addr).await;
             assert_eq!(
                 conn.rcpt(["<alice@example.org>"]).await.unwrap(),

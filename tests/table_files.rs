@@ -7,25 +7,23 @@
 //! stderr, milter sessions with indymilter-test, signals with kill(1).
 //! Every wait is bounded and every process is killed by a Drop guard.
 
+mod common;
+
+use common::serve::{BIN, Serve, WAIT, field_str, message_of};
 use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
-use serde_json::Value;
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
 /// sysexits' EX_CONFIG.
 const EXIT_CONFIG: i32 = 78;
-/// The longest any single wait may take: a log event, an exit, a reply.
-const WAIT: Duration = Duration::from_secs(10);
 /// What "promptly" means for an exit after SIGTERM or a refused `check`.
 const PROMPTLY: Duration = Duration::from_secs(5);
 
@@ -284,137 +282,6 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
     assert!(mailboxes.contains("user0@example.org"));
 }
 
-/// A running `serve` process, its stderr read line by line.
-struct Serve {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-    config: PathBuf,
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Serve {
-    fn start(config: &Path) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("-c")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Serve {
-            child,
-            lines,
-            seen: Vec::new(),
-            config: config.to_path_buf(),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.seen.join("\n")
-    }
-
-    async fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, self.lines.recv()).await {
-            Ok(Some(line)) => {
-                self.seen.push(line.clone());
-                Some(line)
-            }
-            Ok(None) | Err(_) => None,
-        }
-    }
-
-    /// Wait for the next JSON event whose message is one of `messages`.
-    async fn wait_for_any(&mut self, messages: &[&str]) -> Value {
-        let deadline = Instant::now() + WAIT;
-        while let Some(line) = self.next_line(deadline).await {
-            let Ok(event) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if messages.contains(&message_of(&event)) {
-                return event;
-            }
-        }
-        panic!(
-            "no log event {messages:?} within {WAIT:?}; stderr so far:\n{}",
-            self.log()
-        );
-    }
-
-    async fn wait_for(&mut self, message: &str) -> Value {
-        self.wait_for_any(&[message]).await
-    }
-
-    async fn ready(&mut self) -> SocketAddr {
-        let ready = self.wait_for("ready").await;
-        let addresses = ready["fields"]["addresses"].as_str().unwrap_or("");
-        addresses
-            .strip_prefix("inet:")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log()))
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed: {status}");
-    }
-
-    /// SIGTERM, then the exit status, which must come within `PROMPTLY`.
-    async fn terminate(&mut self) -> ExitStatus {
-        self.signal("TERM");
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "the daemon did not exit within {PROMPTLY:?} of SIGTERM; stderr so far:\n{}",
-                    self.log()
-                );
-            }
-            // Keep reading the log meanwhile, for the message above.
-            let _ = self
-                .next_line(Instant::now() + Duration::from_millis(20))
-                .await;
-        }
-    }
-}
-
-fn message_of(event: &Value) -> &str {
-    event["fields"]["message"].as_str().unwrap_or("")
-}
-
-fn field_str<'a>(event: &'a Value, name: &str) -> &'a str {
-    event["fields"][name]
-        .as_str()
-        .unwrap_or_else(|| panic!("field {name:?} missing or not a string in {event}"))
-}
-
 /// A milter connection as Postfix makes it, with bounded reads and writes.
 async fn open(addr: SocketAddr) -> TestConnection {
     TestConnection::configure()
@@ -639,7 +506,7 @@ async fn a_table_file_replaced_by_a_fifo_stalls_nothing() {
     let body = metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 
-    let status = d.terminate().await;
+    let status = d.terminate(PROMPTLY).await;
     assert_eq!(status.code(), Some(0), "{}", d.log());
 }
 
@@ -687,7 +554,7 @@ async fn a_reload_to_a_fifo_table_is_refused_and_sigterm_still_works() {
         rcpt_answer(addr, "mx", "<bob@example.org>").await,
         refused()
     );
-    let status = d.terminate().await;
+    let status = d.terminate(PROMPTLY).await;
     assert_eq!(status.code(), Some(0), "{}", d.log());
 }
 
@@ -726,7 +593,7 @@ async fn sigterm_is_answered_while_a_reload_hangs() {
         rcpt_answer(addr, "mx", "<alice@example.org>").await,
         Status::Continue
     );
-    let status = d.terminate().await;
+    let status = d.terminate(PROMPTLY).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().expect("writer thread");
     assert_eq!(status.code(), Some(0), "{}", d.log());
@@ -772,7 +639,7 @@ async fn reloads_do_not_pile_up_watcher_threads() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = d.terminate().await;
+    let status = d.terminate(PROMPTLY).await;
     assert_eq!(status.code(), Some(0), "{}", d.log());
 }
 

@@ -1,0 +1,201 @@
+//! The real `dispatch-milter serve` process for the tests that need the
+//! process itself (signals, exit codes, stderr): started on a config file,
+//! read through its JSON log on stderr, driven with kill(1). Every wait is
+//! bounded, and a Drop guard kills the process, also when an assertion fails.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
+/// The longest any single wait may take: a log event, an exit, a reply.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running `serve` process, its stderr read line by line.
+pub struct Serve {
+    pub child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Every stderr line so far, for assertions and failure messages.
+    pub seen: Vec<String>,
+    pub config: PathBuf,
+    /// The directory of a config written by [`Serve::start_with`].
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // Harmless when the process has already exited and been reaped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Serve {
+    /// Start `serve -c CONFIG` in the config file's directory.
+    pub fn start(config: &Path) -> Serve {
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("-c")
+            .arg(config)
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        // Reads until EOF, so the daemon never blocks on a full pipe; ends
+        // when the process exits (or the receiver is gone).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            child,
+            lines,
+            seen: Vec::new(),
+            config: config.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    /// Write `config` to a fresh directory and start `serve -c` on it.
+    pub fn start_with(config: &str) -> Serve {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("milter-config.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut serve = Serve::start(&path);
+        serve._dir = Some(dir);
+        serve
+    }
+
+    pub fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+
+    /// The next stderr line, or `None` at EOF or when `deadline` passes.
+    pub async fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.lines.recv()).await {
+            Ok(Some(line)) => {
+                self.seen.push(line.clone());
+                Some(line)
+            }
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// Wait for the next JSON event whose message is one of `messages`.
+    pub async fn wait_for_any(&mut self, messages: &[&str]) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(line) = self.next_line(deadline).await {
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if messages.contains(&message_of(&event)) {
+                return event;
+            }
+        }
+        panic!(
+            "no log event {messages:?} within {WAIT:?}; stderr so far:\n{}",
+            self.log()
+        );
+    }
+
+    pub async fn wait_for(&mut self, message: &str) -> Value {
+        self.wait_for_any(&[message]).await
+    }
+
+    /// Wait for "ready" and return the one TCP address it lists.
+    pub async fn ready(&mut self) -> SocketAddr {
+        let ready = self.wait_for("ready").await;
+        let addresses = field_str(&ready, "addresses").to_string();
+        addresses
+            .strip_prefix("inet:")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log()))
+    }
+
+    /// Every JSON event seen so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The per-message log lines seen so far.
+    pub fn message_lines(&self) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["target"] == "dispatch_milter::message")
+            .collect()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config, config).expect("write config");
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Wait up to `limit` for the process to exit, reading its log
+    /// meanwhile, then the rest of its stderr.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "the daemon did not exit within {limit:?}; stderr so far:\n{}",
+                    self.log()
+                );
+            }
+            let _ = self
+                .next_line(Instant::now() + Duration::from_millis(20))
+                .await;
+        };
+        let drain = Instant::now() + WAIT;
+        while self.next_line(drain).await.is_some() {}
+        status
+    }
+
+    /// SIGTERM, then the exit status, which must come within `limit`.
+    pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(limit).await
+    }
+}
+
+pub fn message_of(event: &Value) -> &str {
+    event["fields"]["message"].as_str().unwrap_or("")
+}
+
+pub fn field_str<'a>(event: &'a Value, name: &str) -> &'a str {
+    event["fields"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("field {name:?} missing or not a string in {event}"))
+}
