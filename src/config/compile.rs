@@ -1026,11 +1026,20 @@ impl Compiler<'_, '_> {
         };
         let score = |v: &Option<Spanned<f64>>, key: &str, diag: &mut Diagnostics| {
             v.as_ref().and_then(|s| {
-                if s.get_ref().is_finite() {
-                    Some(*s.get_ref())
-                } else {
+                let v = *s.get_ref();
+                if !v.is_finite() {
                     diag.error(s.span(), format!("`{key}` must be a finite number"));
                     None
+                } else if v <= 0.0 {
+                    // A message no check scores has 0: a threshold at or
+                    // below it would quarantine or reject all such mail.
+                    diag.error(
+                        s.span(),
+                        format!("`{key}` must be above 0, found {v}: a message that no check scores has 0 and would reach it"),
+                    );
+                    None
+                } else {
+                    Some(v)
                 }
             })
         };
