@@ -280,7 +280,6 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
                     && let Some(session) = conn.session.as_mut()
                 {
                     session.abort();
-                    shared.metrics.connection_closed();
                     if conn.message.is_some() {
                         tracing::info!(client = %conn.client, "connection closed in the middle of a message; its checks are cancelled");
                     }
@@ -414,7 +413,6 @@ async fn handle_connect(
         ..ConnectionFacts::default()
     };
     let mut session = Session::new(conn.policy.clone(), pipeline, facts);
-    shared.metrics.connection_opened();
     let reply = session.connect().await;
     conn.session = Some(session);
     stage_status(ctx, reply)

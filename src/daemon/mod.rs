@@ -100,10 +100,19 @@ impl Daemon {
             };
             let callbacks = adapter::callbacks(shared.clone(), binding);
             let config = indymilter::Config {
-                max_connections: server.max_connections,
+                // Our listener enforces the limit: it closes a connection
+                // past it at once. indymilter's own limit would instead stop
+                // accepting, leaving the MTA in the listen queue until
+                // milter_command_timeout, so it must never bind.
+                max_connections: tokio::sync::Semaphore::MAX_PERMITS,
                 ..Default::default()
             };
-            let listener = listen::MilterListener::new(b, accept_rx.clone());
+            let limit = listen::ConnectionLimit::new(
+                server.max_connections,
+                metrics.clone(),
+                address.to_string(),
+            );
+            let listener = listen::MilterListener::new(b, limit, accept_rx.clone());
             let mut rx = sessions_rx.clone();
             let shutdown = async move {
                 let _ = rx.wait_for(|stop| *stop).await;

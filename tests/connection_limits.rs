@@ -1,0 +1,196 @@
+//! Connections that hold the daemon without using it: idle TCP connections
+//! at the `max_connections` limit, and the `connections_open` gauge.
+
+mod common;
+
+use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::raw_milter::{OPTNEG, RawMilter};
+use indymilter_test::Status;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every message is accepted with a header, so a served message shows.
+const POLICY: &str = r#"
+[modifiers.tag]
+kind = "add_header"
+name = "X-Dispatch"
+value = "checked"
+
+[pipelines.mx]
+modify = ["tag"]
+[pipelines.mx.default]
+action = "accept"
+"#;
+
+/// The longest a wait for the daemon may take before a test fails.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config(server: &str) -> String {
+    format!("[server]\n{server}\n{LISTEN}{POLICY}")
+}
+
+/// Opens `n` TCP connections that never send anything.
+async fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut idle = Vec::with_capacity(n);
+    for _ in 0..n {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    idle
+}
+
+fn gauge(d: &TestDaemon) -> Option<i64> {
+    d.daemon()
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("dispatch_milter_connections_open "))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits until the gauge reads `n` (accepting happens in the daemon's own
+/// time), or fails with what it read last.
+async fn wait_for_gauge(d: &TestDaemon, n: i64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = gauge(d);
+        if seen == Some(n) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("connections_open should read {n}, reads {seen:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// GET /metrics over HTTP, the way Prometheus scrapes.
+async fn scrape(addr: SocketAddr) -> String {
+    let mut http = TcpStream::connect(addr).await.expect("metrics connect");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("metrics request");
+    let mut body = String::new();
+    tokio::time::timeout(WAIT, http.read_to_string(&mut body))
+        .await
+        .expect("metrics answer")
+        .expect("metrics read");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// One message from connect to end of message, as Postfix would send it;
+/// returns how long the daemon took, negotiation included.
+async fn serve_one_message(addr: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut conn = tokio::time::timeout(WAIT, open(addr))
+        .await
+        .expect("the daemon should negotiate");
+    greet(&mut conn, "mx").await;
+    assert_eq!(
+        conn.mail(["<someone@example.net>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+        Status::Continue
+    );
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_add_header("X-Dispatch", " checked"),
+        "{actions:?}"
+    );
+    let elapsed = started.elapsed();
+    conn.close().await.unwrap();
+    elapsed
+}
+
+#[tokio::test]
+async fn past_the_limit_a_connection_is_closed_at_once_and_served_once_one_frees() {
+    const N: usize = 50;
+    let mut d = TestDaemon::start(&config(&format!(
+        "max_connections = {N}\nmetrics_listen = \"127.0.0.1:0\""
+    )))
+    .await;
+    let metrics = d.daemon().metrics_address.expect("metrics listener");
+    let mut idle = idle_connections(d.addr(), N).await;
+
+    // Connections that never sent a command are open, and counted.
+    wait_for_gauge(&d, N as i64).await;
+    let body = scrape(metrics).await;
+    assert!(
+        body.contains(&format!("dispatch_milter_connections_open {N}\n")),
+        "{body}"
+    );
+
+    // One more: the MTA's negotiation is answered by a close, at once, so
+    // it applies milter_default_action now rather than after its
+    // milter_command_timeout.
+    let started = Instant::now();
+    let mut over = RawMilter::connect(d.addr()).await.expect("connect");
+    // The daemon may close before or after the bytes arrive.
+    let _ = over
+        .send(OPTNEG, &[0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0, 0, 0])
+        .await;
+    let seen = over
+        .closed_within(Duration::from_secs(2))
+        .await
+        .expect("the connection past the limit should be closed at once");
+    let refused_in = started.elapsed();
+    assert!(seen.is_empty(), "no reply past the limit: {seen:?}");
+    let body = scrape(metrics).await;
+    assert!(
+        body.contains(&format!(
+            "dispatch_milter_connections_refused_total{{listener=\"inet:{}\"}} 1\n",
+            d.addr()
+        )),
+        "{body}"
+    );
+    // The refused connection never counted as open.
+    assert!(
+        body.contains(&format!("dispatch_milter_connections_open {N}\n")),
+        "{body}"
+    );
+
+    // One idle connection goes: its place serves a whole message.
+    drop(idle.pop());
+    wait_for_gauge(&d, N as i64 - 1).await;
+    let served_in = serve_one_message(d.addr()).await;
+    eprintln!(
+        "{N} idle connections, max_connections = {N}: the next connection was closed in {refused_in:?}; \
+         after one idle connection closed, a message was served in {served_in:?}"
+    );
+    assert!(refused_in < Duration::from_secs(1), "{refused_in:?}");
+
+    drop(idle);
+    wait_for_gauge(&d, 0).await;
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_connections_count_beside_a_message_that_is_served_at_once() {
+    let mut d = TestDaemon::start(&config("max_connections = 100")).await;
+    let idle = idle_connections(d.addr(), 50).await;
+    wait_for_gauge(&d, 50).await;
+
+    let started = Instant::now();
+    let mut conn = open(d.addr()).await;
+    greet(&mut conn, "mx").await;
+    // The message's connection is the 51st.
+    assert_eq!(gauge(&d), Some(51));
+    conn.mail(["<someone@example.net>"]).await.unwrap();
+    conn.rcpt(["<alice@example.org>"]).await.unwrap();
+    let (_, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    let served_in = started.elapsed();
+    eprintln!("50 idle connections, max_connections = 100: a message was served in {served_in:?}");
+    assert!(served_in < Duration::from_secs(2), "{served_in:?}");
+    conn.close().await.unwrap();
+    wait_for_gauge(&d, 50).await;
+
+    drop(idle);
+    wait_for_gauge(&d, 0).await;
+    d.shutdown().await;
+}
