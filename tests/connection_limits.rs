@@ -1,10 +1,11 @@
 //! Connections that hold the daemon without using it: idle TCP connections
-//! at the `max_connections` limit, and the `connections_open` gauge.
+//! at the `max_connections` limit, the `connections_open` gauge, and the
+//! `connection_timeout` that closes silent connections.
 
 mod common;
 
 use common::daemon::{LISTEN, TestDaemon, greet, open};
-use common::raw_milter::{OPTNEG, RawMilter};
+use common::raw_milter::{ALL_ACTIONS, CONTINUE, OPTNEG, RawMilter};
 use indymilter_test::Status;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -191,6 +192,61 @@ async fn idle_connections_count_beside_a_message_that_is_served_at_once() {
     wait_for_gauge(&d, 50).await;
 
     drop(idle);
+    wait_for_gauge(&d, 0).await;
+    d.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_connection_timeout() {
+    let mut d = TestDaemon::start(&config("connection_timeout = \"1s\"")).await;
+
+    // Never a command.
+    let started = Instant::now();
+    let mut silent = RawMilter::connect(d.addr()).await.expect("connect");
+    let seen = silent
+        .closed_within(WAIT)
+        .await
+        .expect("a silent connection should be closed");
+    let closed_after = started.elapsed();
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed after {closed_after:?}, before the timeout"
+    );
+
+    // Silent after negotiation and CONNECT, as an MTA that stopped talking.
+    let mut quiet = RawMilter::connect(d.addr()).await.expect("connect");
+    quiet.negotiate(ALL_ACTIONS).await.expect("negotiate");
+    let (reply, _) = quiet
+        .connect_from("client.example.net", "192.0.2.10")
+        .await
+        .expect("connect reply");
+    assert_eq!(reply, CONTINUE);
+    let started = Instant::now();
+    quiet
+        .closed_within(WAIT)
+        .await
+        .expect("a connection silent mid-session should be closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+
+    // The timeout is for each silence, not for the connection: pauses
+    // shorter than it, adding up to more, keep the connection served.
+    let mut slow = RawMilter::connect(d.addr()).await.expect("connect");
+    slow.negotiate(ALL_ACTIONS).await.expect("negotiate");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (reply, _) = slow
+        .connect_from("client.example.net", "192.0.2.10")
+        .await
+        .expect("connect reply");
+    assert_eq!(reply, CONTINUE);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (reply, _) = slow
+        .command(common::raw_milter::HELO, b"client.example.net\0")
+        .await
+        .expect("helo reply after 1.2 s on the connection");
+    assert_eq!(reply, CONTINUE);
+
+    drop(slow);
     wait_for_gauge(&d, 0).await;
     d.shutdown().await;
 }

@@ -105,6 +105,7 @@ impl Daemon {
                 // accepting, leaving the MTA in the listen queue until
                 // milter_command_timeout, so it must never bind.
                 max_connections: tokio::sync::Semaphore::MAX_PERMITS,
+                connection_timeout: server.connection_timeout,
                 ..Default::default()
             };
             let limit = listen::ConnectionLimit::new(
