@@ -29,6 +29,10 @@ pub mod defaults {
     /// of libmilter's and indymilter's default (7,210 s). Sendmail waits up
     /// to an hour for SMTP commands (`Timeout.command`): raise it there.
     pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Descriptors kept free beyond one per connection when the daemon
+    /// checks the open file limit at start: the listening and metrics
+    /// sockets, DNS sockets, table files and `command` check pipes.
+    pub const SPARE_FILES: u64 = 64;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! Connections that hold the daemon without using it: idle TCP connections
-//! at the `max_connections` limit, the `connections_open` gauge, and the
-//! `connection_timeout` that closes silent connections.
+//! at the `max_connections` limit, the `connections_open` gauge, the
+//! `connection_timeout` that closes silent connections, and the open file
+//! limit checked at start (with the real `serve` binary, whose limits a test
+//! can set before it starts).
 
 mod common;
 
@@ -249,4 +251,199 @@ async fn a_silent_connection_is_closed_after_connection_timeout() {
     drop(slow);
     wait_for_gauge(&d, 0).await;
     d.shutdown().await;
+}
+
+/// The real binary with an open file limit set before it starts.
+mod binary {
+    use super::*;
+    use serde_json::Value;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Child, Command, Stdio};
+    use tokio::sync::mpsc;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
+
+    struct Serve {
+        child: Child,
+        lines: mpsc::UnboundedReceiver<String>,
+        seen: Vec<String>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Serve {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// `serve` on a config of two TCP listeners, with the
+    /// open file limit set to `soft`/`hard` in the child before exec.
+    fn start(server: &str, soft: u64, hard: u64) -> Serve {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("milter-config.toml");
+        let config = format!("[server]\nlog_format = \"json\"\n{server}\n{LISTEN}{LISTEN}{POLICY}");
+        std::fs::write(&path, config).expect("write config");
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("-c")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches
+        // nothing but its two copied integers.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Serve {
+            child,
+            lines,
+            seen: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    impl Serve {
+        /// The first log event whose message contains `text`.
+        async fn wait_for(&mut self, text: &str) -> Value {
+            let deadline = Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let line = match tokio::time::timeout(left, self.lines.recv()).await {
+                    Ok(Some(line)) => line,
+                    _ => panic!("no log line with {text:?}; seen:\n{}", self.seen.join("\n")),
+                };
+                self.seen.push(line.clone());
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(text))
+                {
+                    return event;
+                }
+            }
+        }
+
+        /// The listener addresses, from the `ready` line.
+        async fn ready(&mut self) -> Vec<SocketAddr> {
+            let ready = self.wait_for("ready").await;
+            ready["fields"]["addresses"]
+                .as_str()
+                .expect("addresses")
+                .split(' ')
+                .map(|a| {
+                    a.trim_start_matches("inet:")
+                        .parse()
+                        .expect("a TCP address")
+                })
+                .collect()
+        }
+
+        /// The process's open file limit, soft and hard, from /proc.
+        fn open_file_limit(&self) -> (u64, u64) {
+            let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id()))
+                .expect("read /proc/PID/limits");
+            let line = limits
+                .lines()
+                .find(|l| l.starts_with("Max open files"))
+                .expect("an open files line");
+            let mut values = line["Max open files".len()..].split_whitespace();
+            let mut next = || {
+                values
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("a number")
+            };
+            (next(), next())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_soft_open_file_limit_is_raised_to_cover_max_connections() {
+        // Two listeners of 500: 1,000 connections and 64 spare.
+        let mut serve = start("max_connections = 500", 256, 20_000);
+        let raised = serve.wait_for("raised the soft open file limit").await;
+        assert_eq!(raised["fields"]["from"], 256, "{raised}");
+        assert_eq!(raised["fields"]["to"], 1064, "{raised}");
+        serve.ready().await;
+        assert_eq!(serve.open_file_limit(), (1064, 20_000));
+    }
+
+    #[tokio::test]
+    async fn under_a_low_hard_limit_each_listener_serves_fewer_and_says_what_to_raise() {
+        // Two listeners of 100 need 264 descriptors; 200 leave room for
+        // (200 - 64) / 2 = 68 connections on each.
+        let mut serve = start("max_connections = 100", 100, 200);
+        let warning = serve.wait_for("the open file limit is too low").await;
+        assert_eq!(warning["level"], "WARN", "{warning}");
+        assert_eq!(warning["fields"]["serving"], 68, "{warning}");
+        assert_eq!(warning["fields"]["needed"], 264, "{warning}");
+        let message = warning["fields"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("LimitNOFILE="), "{message}");
+        let listeners = serve.ready().await;
+        assert_eq!(serve.open_file_limit(), (200, 200));
+
+        // The 69th connection to the first listener is closed at once; the
+        // kernel queues connections in order, so the 68 before it were
+        // accepted first, and they stay open.
+        let mut idle = idle_connections(listeners[0], 68).await;
+        let mut over = RawMilter::connect(listeners[0]).await.expect("connect");
+        over.closed_within(Duration::from_secs(2))
+            .await
+            .expect("the 69th connection should be closed at once");
+        for (i, conn) in idle.iter_mut().enumerate() {
+            let mut byte = [0u8; 1];
+            match conn.try_read(&mut byte) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => panic!("idle connection {i} should stay open: {other:?}"),
+            }
+        }
+        // The other listener counts its own connections.
+        serve_one_message(listeners[1]).await;
+        drop(idle);
+    }
+
+    #[tokio::test]
+    async fn a_hard_limit_with_no_room_for_connections_stops_the_start() {
+        let mut serve = start("max_connections = 100", 60, 60);
+        let error = serve.wait_for("cannot start").await;
+        let text = error["fields"]["error"].as_str().unwrap_or_default();
+        assert!(text.contains("leaves no room for connections"), "{error}");
+        assert!(text.contains("LimitNOFILE="), "{error}");
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = serve.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "serve should exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(status.code(), Some(1));
+    }
 }
