@@ -3,9 +3,10 @@
 //! configured from `[dns]` or overridden with `--nameserver`. Every lookup
 //! the checks make goes through here, and every failure is classified once:
 //! "no such record" is an answer, anything else is a temporary error.
+//! `/etc/hosts` is never read: DNS checks see what DNS answers.
 
 use crate::ttl_cache::TtlCache;
-use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::MessageAuthenticator;
@@ -196,6 +197,13 @@ impl Dns {
         // Names we look up are absolute (DNSBL zones, sender domains): never
         // try them against the host's search list.
         opts.ndots = 0;
+        // DNS checks ask DNS only. SPF, DKIM, DMARC, DNSBL and iprev are
+        // defined by what DNS answers (RFC 7208 §5, RFC 8601 §2.7.3); an
+        // /etc/hosts line would make them see records the rest of the world
+        // does not, and hickory reads the file by default, also when
+        // nameservers are given. (Its RFC 6761 answers for `localhost` and
+        // 127.0.0.0/8 stay: no DNS server may answer those differently.)
+        opts.use_hosts_file = ResolveHosts::Never;
         let auth = MessageAuthenticator::new(config, opts)
             .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
         Ok(Dns {

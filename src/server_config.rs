@@ -17,6 +17,22 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 1000;
     /// How long messages in flight may take to finish after SIGTERM.
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// How long the MTA may leave a connection silent (and how long a reply
+    /// may take to write) before the daemon closes it. Postfix keeps its
+    /// milter connection for the whole SMTP session, and the session may be
+    /// silent as long as the SMTP client is: up to `smtpd_timeout` (300 s)
+    /// between commands, and for the whole DATA transfer, during which the
+    /// milter hears nothing (headers and body come after the end of the
+    /// data, and we skip the DATA command). Ten minutes is twice
+    /// `smtpd_timeout`, room for a 10 MB message at 17 kB/s, and still frees
+    /// a connection that never speaks in minutes rather than the two hours
+    /// of libmilter's and indymilter's default (7,210 s). Sendmail waits up
+    /// to an hour for SMTP commands (`Timeout.command`): raise it there.
+    pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(600);
+    /// Descriptors kept free beyond one per connection when the daemon
+    /// checks the open file limit at start: the listening and metrics
+    /// sockets, DNS sockets, table files and `command` check pipes.
+    pub const SPARE_FILES: u64 = 64;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,11 +93,15 @@ pub enum LogFormat {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     pub listeners: Vec<ListenerSettings>,
+    /// Per listener: the most connections it holds open at once.
     pub max_connections: usize,
     /// Threads that run connections and checks; `None`: half the CPUs, at
     /// least one (`daemon::default_worker_threads`).
     pub worker_threads: Option<usize>,
     pub shutdown_grace: Duration,
+    /// The longest the MTA may leave a connection silent, and the longest
+    /// a reply may take to write, before the connection is closed.
+    pub connection_timeout: Duration,
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `dispatch_milter=debug`; `RUST_LOG`
     /// wins when set.
@@ -104,6 +124,7 @@ impl Default for ServerSettings {
             max_connections: defaults::MAX_CONNECTIONS,
             worker_threads: None,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            connection_timeout: defaults::CONNECTION_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
             metrics_listen: None,

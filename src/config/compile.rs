@@ -906,6 +906,23 @@ impl Compiler<'_, '_> {
                 ),
             }
         }
+        if let Some(t) = raw.connection_timeout {
+            // Under a second cuts off every MTA that pauses to think; past a
+            // day the number is a typo (the MTA's own timeouts end far
+            // sooner).
+            match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(86_400)).contains(&d) => {
+                    settings.connection_timeout = d
+                }
+                _ => self.diag.error(
+                    t.span(),
+                    format!(
+                        "`connection_timeout` must be a duration from \"1s\" to \"1day\", such as \"10min\", found \"{}\"",
+                        t.get_ref()
+                    ),
+                ),
+            }
+        }
         if let Some(f) = raw.log_format {
             match f.get_ref().as_str() {
                 "text" => settings.log_format = LogFormat::Text,

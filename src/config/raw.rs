@@ -44,6 +44,7 @@ pub struct RawServer {
     pub max_connections: Option<Spanned<i64>>,
     pub worker_threads: Option<Spanned<i64>>,
     pub shutdown_grace: Option<Spanned<String>>,
+    pub connection_timeout: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub log_level: Option<Spanned<String>>,
     pub metrics_listen: Option<Spanned<String>>,

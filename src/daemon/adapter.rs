@@ -69,6 +69,8 @@ pub struct Connection {
     message: Option<MessageGuard>,
     started: Instant,
     client: String,
+    /// SMTP sessions begun on this connection (more than one after QUIT_NC).
+    sessions: u32,
 }
 
 fn macro_value(macros: &Macros, name: &CStr) -> Option<String> {
@@ -264,17 +266,23 @@ pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection>
         .on_close(move |ctx| {
             let shared = s9.clone();
             Box::pin(async move {
-                // Dropping the session aborts its checks; dropping the guard
-                // ends a message the client left unfinished.
-                if let Some(mut conn) = ctx.data.take()
+                // QUIT, QUIT_NC, or the connection is gone. End the SMTP
+                // session but keep what was negotiated: after QUIT_NC the MTA
+                // starts a new session on this connection with CONNECT and
+                // no new negotiation (libmilter's state table: QUIT_NC leads
+                // to CONNECT). Dropping the session aborts its checks;
+                // dropping the guard ends a message the client left
+                // unfinished.
+                if let Some(conn) = ctx.data.as_mut()
                     && let Some(session) = conn.session.as_mut()
                 {
                     session.abort();
-                    shared.metrics.connection_closed();
                     if conn.message.is_some() {
                         tracing::info!(client = %conn.client, "connection closed in the middle of a message; its checks are cancelled");
                     }
-                    log_ended(&shared, &mut conn);
+                    log_ended(&shared, conn);
+                    conn.message = None;
+                    conn.session = None;
                 }
                 Status::Continue
             })
@@ -337,8 +345,31 @@ fn handle_negotiate(
         message: None,
         started: Instant::now(),
         client: String::new(),
+        sessions: 0,
     });
     Status::Continue
+}
+
+/// A new SMTP session on a connection that already carried one (after
+/// QUIT_NC) is a new MTA connection in all but the socket, so it takes the
+/// configuration loaded now, as a new connection would; unless that needs
+/// milter actions this connection did not negotiate, which cannot be asked
+/// for again without a new negotiation.
+fn renew_policy(shared: &Shared, binding: &Binding, conn: &mut Connection) {
+    let current = shared.current();
+    if Arc::ptr_eq(&current, &conn.policy) {
+        return;
+    }
+    let needed = actions_for(kinds_for(&current, binding));
+    if conn.granted.contains(needed) {
+        conn.policy = current;
+    } else {
+        tracing::warn!(
+            missing = ?(needed - conn.granted),
+            listener = %binding.listener,
+            "the reloaded configuration needs milter actions this connection did not negotiate; its next session keeps the configuration it negotiated with"
+        );
+    }
 }
 
 async fn handle_connect(
@@ -353,6 +384,10 @@ async fn handle_connect(
         tracing::error!("connect without negotiation; tempfailing the connection");
         return Status::Tempfail;
     };
+    if conn.sessions > 0 {
+        renew_policy(shared, binding, conn);
+    }
+    conn.sessions += 1;
     let client_ip = match info {
         SocketInfo::Inet(addr) => Some(addr.ip()),
         _ => None,
@@ -378,7 +413,6 @@ async fn handle_connect(
         ..ConnectionFacts::default()
     };
     let mut session = Session::new(conn.policy.clone(), pipeline, facts);
-    shared.metrics.connection_opened();
     let reply = session.connect().await;
     conn.session = Some(session);
     stage_status(ctx, reply)

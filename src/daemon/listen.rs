@@ -2,15 +2,22 @@
 //! message a milter writes several replies in a row, and Nagle's algorithm
 //! would hold the last one for the MTA's delayed ACK, about 40 ms), and UNIX
 //! sockets with the configured mode and owner, a stale file replaced and the
-//! file removed at exit. Every listener stops accepting when shutdown begins.
+//! file removed at exit. Each listener counts its open connections and closes
+//! a connection past `max_connections` at once (see `ConnectionLimit`), and
+//! every listener stops accepting when shutdown begins.
 
+use super::metrics::Metrics;
 use crate::server_config::{ListenAddress, ListenerSettings};
 use indymilter::Listener;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -152,15 +159,24 @@ fn group_id(name: &str) -> Option<u32> {
     }
 }
 
-/// A listener for indymilter that sets `TCP_NODELAY` and stops accepting
-/// (and closes its socket) once `stop` turns true.
+/// The stream type of every listener: TCP or UNIX, counted while open.
+pub type MilterStream = Counted<indymilter::EitherStream<TcpStream, UnixStream>>;
+
+/// A listener for indymilter that sets `TCP_NODELAY`, holds at most
+/// `max_connections` connections open (closing any connection past that at
+/// once), and stops accepting (and closes its socket) once `stop` turns true.
 pub struct MilterListener {
     inner: Option<Bound>,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
+    limit: ConnectionLimit,
 }
 
 impl MilterListener {
-    pub fn new(bound: Bound, mut stop: watch::Receiver<bool>) -> MilterListener {
+    pub fn new(
+        bound: Bound,
+        limit: ConnectionLimit,
+        mut stop: watch::Receiver<bool>,
+    ) -> MilterListener {
         let stopped = Box::pin(async move {
             // An error means the sender is gone: the daemon is ending anyway.
             let _ = stop.wait_for(|stop| *stop).await;
@@ -168,14 +184,14 @@ impl MilterListener {
         MilterListener {
             inner: Some(bound),
             stopped,
+            limit,
         }
     }
-}
 
-impl Listener for MilterListener {
-    type Io = indymilter::EitherStream<TcpStream, UnixStream>;
-
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+    fn poll_stream(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<indymilter::EitherStream<TcpStream, UnixStream>>> {
         if self.inner.is_some() && self.stopped.as_mut().poll(cx).is_ready() {
             // Closing the socket makes the MTA's next connection fail at once
             // (it then applies milter_default_action) instead of waiting in
@@ -184,20 +200,172 @@ impl Listener for MilterListener {
         }
         match &mut self.inner {
             None => Poll::Pending,
-            Some(Bound::Tcp(l)) => match Listener::poll_accept(l, cx) {
-                Poll::Ready(Ok(stream)) => {
-                    // Best effort: a socket that refuses NODELAY still works.
-                    let _ = stream.set_nodelay(true);
-                    Poll::Ready(Ok(indymilter::EitherStream::Tcp(stream)))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
-            Some(Bound::Unix(l, _)) => match Listener::poll_accept(l, cx) {
-                Poll::Ready(Ok(stream)) => Poll::Ready(Ok(indymilter::EitherStream::Unix(stream))),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            },
+            Some(Bound::Tcp(l)) => Listener::poll_accept(l, cx).map_ok(|stream| {
+                // Best effort: a socket that refuses NODELAY still works.
+                let _ = stream.set_nodelay(true);
+                indymilter::EitherStream::Tcp(stream)
+            }),
+            Some(Bound::Unix(l, _)) => {
+                Listener::poll_accept(l, cx).map_ok(indymilter::EitherStream::Unix)
+            }
         }
+    }
+}
+
+impl Listener for MilterListener {
+    type Io = MilterStream;
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        loop {
+            let stream = match self.poll_stream(cx) {
+                Poll::Ready(Ok(stream)) => stream,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            match self.limit.admit() {
+                Some(guard) => {
+                    return Poll::Ready(Ok(Counted {
+                        stream,
+                        _open: guard,
+                    }));
+                }
+                // Dropping the stream closes it: the MTA sees the connection
+                // end before negotiation and applies its
+                // milter_default_action now, instead of waiting in the
+                // listen queue for milter_command_timeout. Then accept the
+                // next one, which registers the waker again.
+                None => drop(stream),
+            }
+        }
+    }
+}
+
+/// How long refusals are only counted after a warning was logged.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One listener's count of open connections against its `max_connections`.
+/// Only the accept loop adds to the count, so it never passes the limit;
+/// each connection's guard takes itself off when the connection closes.
+pub struct ConnectionLimit {
+    max: usize,
+    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    listener: String,
+    /// Refusals since the last warning, and when that warning was logged.
+    unlogged: u64,
+    last_warning: Option<Instant>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize, metrics: Arc<Metrics>, listener: String) -> ConnectionLimit {
+        metrics.listener_started(&listener);
+        ConnectionLimit {
+            max,
+            open: Arc::new(AtomicUsize::new(0)),
+            metrics,
+            listener,
+            unlogged: 0,
+            last_warning: None,
+        }
+    }
+
+    /// A guard for a new connection, or `None` (counted and logged) when the
+    /// listener is full.
+    fn admit(&mut self) -> Option<OpenGuard> {
+        if self.open.load(Ordering::Acquire) >= self.max {
+            self.refused();
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connection_opened();
+        Some(OpenGuard {
+            open: self.open.clone(),
+            metrics: self.metrics.clone(),
+        })
+    }
+
+    /// Count a refusal; warn at most every `REFUSAL_LOG_INTERVAL`, with how
+    /// many were refused in between, so a flood does not flood the log.
+    fn refused(&mut self) {
+        self.metrics.connection_refused(&self.listener);
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            listener = %self.listener,
+            max_connections = self.max,
+            refused = self.unlogged,
+            "listener at max_connections: closed new connections at once, so the MTA applies its milter_default_action; \
+             raise max_connections or find what holds the connections open"
+        );
+        self.unlogged = 0;
+        self.last_warning = Some(now);
+    }
+}
+
+/// Takes a connection off its listener's count and the gauge when dropped.
+struct OpenGuard {
+    open: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connection_closed();
+    }
+}
+
+/// An accepted stream that counts as open until it is dropped. indymilter
+/// drops the stream when the session ends for any reason (QUIT, the MTA
+/// closing, a timeout, shutdown), so the count runs from accept to close,
+/// including connections that never send a command.
+pub struct Counted<S> {
+    stream: S,
+    _open: OpenGuard,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

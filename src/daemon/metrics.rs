@@ -1,6 +1,7 @@
-//! Prometheus metrics for the milter: counters for messages, check results and reloads,
-//! a histogram of check durations and a gauge of open milter connections, kept in a
-//! `prometheus-client` registry and served as OpenMetrics text by a tiny HTTP/1.1 responder.
+//! Prometheus metrics for the milter: counters for messages, check results, reloads and
+//! refused connections, a histogram of check durations and a gauge of open milter
+//! connections, kept in a `prometheus-client` registry and served as OpenMetrics text by
+//! a tiny HTTP/1.1 responder.
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     result: &'static str,
 }
@@ -69,6 +75,7 @@ pub struct Metrics {
     check_results: Family<CheckResultLabels, Counter>,
     check_duration: HistogramFamily<CheckLabels>,
     connections_open: Gauge,
+    connections_refused: Family<ListenerLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
 }
 
@@ -114,6 +121,13 @@ impl Metrics {
             connections_open.clone(),
         );
 
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because their listener was at max_connections, by listener",
+            connections_refused.clone(),
+        );
+
         let reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "reloads",
@@ -132,6 +146,7 @@ impl Metrics {
             check_results,
             check_duration,
             connections_open,
+            connections_refused,
             reloads,
         }
     }
@@ -167,6 +182,22 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections_open.dec();
+    }
+
+    /// a listener starts: its refused-connections series exists from now on, at 0
+    pub fn listener_started(&self, listener: &str) {
+        drop(self.connections_refused.get_or_create(&ListenerLabels {
+            listener: listener.to_owned(),
+        }));
+    }
+
+    /// a connection closed at once because its listener was full
+    pub fn connection_refused(&self, listener: &str) {
+        self.connections_refused
+            .get_or_create(&ListenerLabels {
+                listener: listener.to_owned(),
+            })
+            .inc();
     }
 
     /// a configuration reload; ok = whether the new config was applied
@@ -580,6 +611,29 @@ mod tests {
         metrics.connection_closed();
         metrics.connection_closed();
         assert_line(&metrics.render(), "dispatch_milter_connections_open 0");
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_counted_per_listener_from_zero() {
+        let metrics = Metrics::new();
+        metrics.listener_started("inet:127.0.0.1:7357");
+        metrics.listener_started("unix:/run/m.sock");
+        assert_line(
+            &metrics.render(),
+            r#"dispatch_milter_connections_refused_total{listener="inet:127.0.0.1:7357"} 0"#,
+        );
+        metrics.connection_refused("unix:/run/m.sock");
+        metrics.connection_refused("unix:/run/m.sock");
+        let text = metrics.render();
+        assert_line(
+            &text,
+            r#"dispatch_milter_connections_refused_total{listener="unix:/run/m.sock"} 2"#,
+        );
+        assert_line(
+            &text,
+            r#"dispatch_milter_connections_refused_total{listener="inet:127.0.0.1:7357"} 0"#,
+        );
+        assert_line(&text, "# TYPE dispatch_milter_connections_refused counter");
     }
 
     #[tokio::test]

@@ -42,13 +42,15 @@ fn load_failure(path: &Path, message: String) -> ConfigErrors {
 pub enum StartError {
     Config(ConfigErrors),
     Bind(String),
+    /// The open file limit leaves no room for connections.
+    Limits(String),
 }
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Config(e) => write!(f, "{e}"),
-            StartError::Bind(e) => f.write_str(e),
+            StartError::Bind(e) | StartError::Limits(e) => f.write_str(e),
         }
     }
 }
@@ -84,6 +86,7 @@ impl Daemon {
         registry: Registry,
     ) -> Result<Daemon, StartError> {
         let server = policy.server.clone();
+        let per_listener = open_file_limit(&server)?;
         let metrics = Arc::new(metrics::Metrics::new());
         let shared = Arc::new(Shared::new(policy, metrics.clone()));
 
@@ -118,10 +121,17 @@ impl Daemon {
             };
             let callbacks = adapter::callbacks(shared.clone(), binding);
             let config = indymilter::Config {
-                max_connections: server.max_connections,
+                // Our listener enforces the limit: it closes a connection
+                // past it at once. indymilter's own limit would instead stop
+                // accepting, leaving the MTA in the listen queue until
+                // milter_command_timeout, so it must never bind.
+                max_connections: tokio::sync::Semaphore::MAX_PERMITS,
+                connection_timeout: server.connection_timeout,
                 ..Default::default()
             };
-            let listener = listen::MilterListener::new(b, accept_rx.clone());
+            let limit =
+                listen::ConnectionLimit::new(per_listener, metrics.clone(), address.to_string());
+            let listener = listen::MilterListener::new(b, limit, accept_rx.clone());
             let mut rx = sessions_rx.clone();
             let shutdown = async move {
                 let _ = rx.wait_for(|stop| *stop).await;
@@ -313,6 +323,83 @@ impl Daemon {
     }
 }
 
+/// Descriptors that `max_connections` on every listener needs: one per
+/// connection, plus [`SPARE_FILES`](crate::server_config::defaults::SPARE_FILES).
+pub fn needed_files(listeners: usize, max_connections: usize) -> u64 {
+    (max_connections as u64)
+        .saturating_mul(listeners.max(1) as u64)
+        .saturating_add(crate::server_config::defaults::SPARE_FILES)
+}
+
+/// How many connections each listener may hold when the process may open
+/// `files` descriptors: `max_connections`, or fewer when that does not fit.
+/// 0 means not even one fits.
+pub fn connections_within(files: u64, listeners: usize, max_connections: usize) -> usize {
+    let room =
+        files.saturating_sub(crate::server_config::defaults::SPARE_FILES) / listeners.max(1) as u64;
+    usize::try_from(room).map_or(max_connections, |room| room.min(max_connections))
+}
+
+/// Make the open file limit cover `max_connections` on every listener,
+/// raising the soft limit as far as the hard limit allows; returns how many
+/// connections each listener may hold. When the hard limit is too low, each
+/// listener serves fewer connections (and closes the rest at once) and the
+/// daemon says which limit to raise: better than accepting connections it
+/// has no descriptor for, since a failed accept ends the listener, and with
+/// it the daemon.
+fn open_file_limit(server: &ServerSettings) -> Result<usize, StartError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct that we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the open file limit; not checking it against max_connections");
+        return Ok(server.max_connections);
+    }
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    let listeners = server.listeners.len();
+    let needed = needed_files(listeners, server.max_connections);
+    let mut available = soft;
+    let target = needed.min(hard);
+    if soft < target {
+        let raised = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit reads one rlimit struct that we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = soft,
+                to = target,
+                "raised the soft open file limit for max_connections on every listener"
+            );
+            available = target;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), from = soft, to = target, "cannot raise the soft open file limit");
+        }
+    }
+    if available >= needed {
+        return Ok(server.max_connections);
+    }
+    let advice = "raise the hard limit: LimitNOFILE= in the systemd unit, or `ulimit -n` as root before starting the daemon";
+    let per_listener = connections_within(available, listeners, server.max_connections);
+    if per_listener == 0 {
+        return Err(StartError::Limits(format!(
+            "the open file limit ({available}) leaves no room for connections: max_connections = {} on {listeners} listener(s) needs {needed} descriptors; {advice}",
+            server.max_connections
+        )));
+    }
+    tracing::warn!(
+        limit = available,
+        needed,
+        max_connections = server.max_connections,
+        serving = per_listener,
+        "the open file limit is too low for max_connections on every listener; each listener serves at most `serving` connections and closes the rest at once; {advice}"
+    );
+    Ok(per_listener)
+}
+
 /// Set up logging from the server settings; `RUST_LOG` wins over the config.
 pub fn init_logging(server: &ServerSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -458,7 +545,29 @@ pub async fn serve_loaded(policy: Arc<Policy>, config_path: &Path, registry: Reg
 
 #[cfg(test)]
 mod tests {
-    use super::default_worker_threads;
+    use super::{connections_within, default_worker_threads, needed_files};
+
+    #[test]
+    fn open_files_cover_every_listener_and_spare() {
+        assert_eq!(needed_files(1, 1000), 1064);
+        assert_eq!(needed_files(2, 500), 1064);
+        assert_eq!(needed_files(0, 10), 74);
+        assert_eq!(needed_files(3, usize::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_short_limit_is_shared_between_the_listeners() {
+        // Enough: the configured limit.
+        assert_eq!(connections_within(20_000, 2, 1000), 1000);
+        assert_eq!(connections_within(1064, 1, 1000), 1000);
+        assert_eq!(connections_within(u64::MAX, 1, 1000), 1000);
+        // Short: what is left after the spare, split evenly.
+        assert_eq!(connections_within(1024, 1, 1000), 960);
+        assert_eq!(connections_within(200, 2, 100), 68);
+        // Not even one connection each.
+        assert_eq!(connections_within(65, 2, 100), 0);
+        assert_eq!(connections_within(10, 1, 100), 0);
+    }
 
     #[test]
     fn the_default_is_half_the_cpus_and_at_least_one() {

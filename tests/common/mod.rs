@@ -142,6 +142,7 @@ pub fn compile(src: &str) -> Arc<Policy> {
 pub mod daemon;
 pub mod dns_server;
 pub mod postfix;
+pub mod raw_milter;
 pub mod serve;
 pub mod signing;
 
