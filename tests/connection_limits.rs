@@ -256,27 +256,8 @@ async fn a_silent_connection_is_closed_after_connection_timeout() {
 /// The real binary with an open file limit set before it starts.
 mod binary {
     use super::*;
-    use serde_json::Value;
-    use std::io::{BufRead, BufReader};
+    use common::serve::Serve;
     use std::os::unix::process::CommandExt;
-    use std::process::{Child, Command, Stdio};
-    use tokio::sync::mpsc;
-
-    const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
-
-    struct Serve {
-        child: Child,
-        lines: mpsc::UnboundedReceiver<String>,
-        seen: Vec<String>,
-        _dir: tempfile::TempDir,
-    }
-
-    impl Drop for Serve {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 
     /// `serve` on a config of two TCP listeners, with the
     /// open file limit set to `soft`/`hard` in the child before exec.
@@ -285,15 +266,7 @@ mod binary {
         let path = dir.path().join("milter-config.toml");
         let config = format!("[server]\nlog_format = \"json\"\n{server}\n{LISTEN}{LISTEN}{POLICY}");
         std::fs::write(&path, config).expect("write config");
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .arg("-c")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = Serve::command(&path);
         // SAFETY: setrlimit is async-signal-safe, and the closure touches
         // nothing but its two copied integers.
         unsafe {
@@ -308,91 +281,38 @@ mod binary {
                 Ok(())
             });
         }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Serve {
-            child,
-            lines,
-            seen: Vec::new(),
-            _dir: dir,
-        }
+        Serve::spawn(command, &path).keeping(dir)
     }
 
-    impl Serve {
-        /// The first log event whose message contains `text`.
-        async fn wait_for(&mut self, text: &str) -> Value {
-            let deadline = Instant::now() + WAIT;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                let line = match tokio::time::timeout(left, self.lines.recv()).await {
-                    Ok(Some(line)) => line,
-                    _ => panic!("no log line with {text:?}; seen:\n{}", self.seen.join("\n")),
-                };
-                self.seen.push(line.clone());
-                if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["fields"]["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains(text))
-                {
-                    return event;
-                }
-            }
-        }
-
-        /// The listener addresses, from the `ready` line.
-        async fn ready(&mut self) -> Vec<SocketAddr> {
-            let ready = self.wait_for("ready").await;
-            ready["fields"]["addresses"]
-                .as_str()
-                .expect("addresses")
-                .split(' ')
-                .map(|a| {
-                    a.trim_start_matches("inet:")
-                        .parse()
-                        .expect("a TCP address")
-                })
-                .collect()
-        }
-
-        /// The process's open file limit, soft and hard, from /proc.
-        fn open_file_limit(&self) -> (u64, u64) {
-            let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id()))
-                .expect("read /proc/PID/limits");
-            let line = limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .expect("an open files line");
-            let mut values = line["Max open files".len()..].split_whitespace();
-            let mut next = || {
-                values
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("a number")
-            };
-            (next(), next())
-        }
+    /// The process's open file limit, soft and hard, from /proc.
+    fn open_file_limit(serve: &Serve) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.child.id()))
+            .expect("read /proc/PID/limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("an open files line");
+        let mut values = line["Max open files".len()..].split_whitespace();
+        let mut next = || {
+            values
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("a number")
+        };
+        (next(), next())
     }
 
     #[tokio::test]
     async fn the_soft_open_file_limit_is_raised_to_cover_max_connections() {
         // Two listeners of 500: 1,000 connections and 64 spare.
         let mut serve = start("max_connections = 500", 256, 20_000);
-        let raised = serve.wait_for("raised the soft open file limit").await;
+        let raised = serve
+            .wait_for_containing("raised the soft open file limit")
+            .await;
         assert_eq!(raised["fields"]["from"], 256, "{raised}");
         assert_eq!(raised["fields"]["to"], 1064, "{raised}");
-        serve.ready().await;
-        assert_eq!(serve.open_file_limit(), (1064, 20_000));
+        serve.ready_all().await;
+        assert_eq!(open_file_limit(&serve), (1064, 20_000));
     }
 
     #[tokio::test]
@@ -400,14 +320,16 @@ mod binary {
         // Two listeners of 100 need 264 descriptors; 200 leave room for
         // (200 - 64) / 2 = 68 connections on each.
         let mut serve = start("max_connections = 100", 100, 200);
-        let warning = serve.wait_for("the open file limit is too low").await;
+        let warning = serve
+            .wait_for_containing("the open file limit is too low")
+            .await;
         assert_eq!(warning["level"], "WARN", "{warning}");
         assert_eq!(warning["fields"]["serving"], 68, "{warning}");
         assert_eq!(warning["fields"]["needed"], 264, "{warning}");
         let message = warning["fields"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("LimitNOFILE="), "{message}");
-        let listeners = serve.ready().await;
-        assert_eq!(serve.open_file_limit(), (200, 200));
+        let listeners = serve.ready_all().await;
+        assert_eq!(open_file_limit(&serve), (200, 200));
 
         // The 69th connection to the first listener is closed at once; the
         // kernel queues connections in order, so the 68 before it were
@@ -432,18 +354,11 @@ mod binary {
     #[tokio::test]
     async fn a_hard_limit_with_no_room_for_connections_stops_the_start() {
         let mut serve = start("max_connections = 100", 60, 60);
-        let error = serve.wait_for("cannot start").await;
+        let error = serve.wait_for_containing("cannot start").await;
         let text = error["fields"]["error"].as_str().unwrap_or_default();
         assert!(text.contains("leaves no room for connections"), "{error}");
         assert!(text.contains("LimitNOFILE="), "{error}");
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = serve.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "serve should exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let status = serve.wait_exit(WAIT).await;
         assert_eq!(status.code(), Some(1));
     }
 }

@@ -35,18 +35,31 @@ impl Drop for Serve {
 }
 
 impl Serve {
-    /// Start `serve -c CONFIG` in the config file's directory.
-    pub fn start(config: &Path) -> Serve {
-        let dir = config.parent().unwrap_or(Path::new("."));
-        let mut child = Command::new(BIN)
+    /// `serve -c CONFIG` in the config file's directory, stderr piped, for
+    /// a test that must change the command (limits set before exec) before
+    /// [`Serve::spawn`].
+    pub fn command(config: &Path) -> Command {
+        let mut command = Command::new(BIN);
+        command
             .arg("serve")
             .arg("-c")
             .arg(config)
-            .current_dir(dir)
+            .current_dir(config.parent().unwrap_or(Path::new(".")))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Start `serve -c CONFIG` in the config file's directory.
+    pub fn start(config: &Path) -> Serve {
+        Serve::spawn(Serve::command(config), config)
+    }
+
+    /// Start a command made by [`Serve::command`] for `config`.
+    pub fn spawn(mut command: Command, config: &Path) -> Serve {
+        let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {BIN}: {e}"));
         let stderr = child.stderr.take().expect("piped stderr");
@@ -70,14 +83,18 @@ impl Serve {
         }
     }
 
+    /// Keep `dir` (the config's directory) as long as the process runs.
+    pub fn keeping(mut self, dir: tempfile::TempDir) -> Serve {
+        self._dir = Some(dir);
+        self
+    }
+
     /// Write `config` to a fresh directory and start `serve -c` on it.
     pub fn start_with(config: &str) -> Serve {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("milter-config.toml");
         std::fs::write(&path, config).expect("write config");
-        let mut serve = Serve::start(&path);
-        serve._dir = Some(dir);
-        serve
+        Serve::start(&path).keeping(dir)
     }
 
     pub fn log(&self) -> String {
@@ -117,14 +134,44 @@ impl Serve {
         self.wait_for_any(&[message]).await
     }
 
-    /// Wait for "ready" and return the one TCP address it lists.
-    pub async fn ready(&mut self) -> SocketAddr {
+    /// Wait for the next JSON event whose message contains `text`.
+    pub async fn wait_for_containing(&mut self, text: &str) -> Value {
+        let deadline = Instant::now() + WAIT;
+        while let Some(line) = self.next_line(deadline).await {
+            if let Ok(event) = serde_json::from_str::<Value>(&line)
+                && message_of(&event).contains(text)
+            {
+                return event;
+            }
+        }
+        panic!(
+            "no log event containing {text:?} within {WAIT:?}; stderr so far:\n{}",
+            self.log()
+        );
+    }
+
+    /// Wait for "ready" and return the TCP addresses it lists.
+    pub async fn ready_all(&mut self) -> Vec<SocketAddr> {
         let ready = self.wait_for("ready").await;
         let addresses = field_str(&ready, "addresses").to_string();
         addresses
-            .strip_prefix("inet:")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log()))
+            .split(' ')
+            .map(|a| {
+                a.strip_prefix("inet:")
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!("\"ready\" lists {addresses:?}; log:\n{}", self.log())
+                    })
+            })
+            .collect()
+    }
+
+    /// Wait for "ready" and return the one TCP address it lists.
+    pub async fn ready(&mut self) -> SocketAddr {
+        match self.ready_all().await.as_slice() {
+            [one] => *one,
+            more => panic!("one listener expected, \"ready\" lists {more:?}"),
+        }
     }
 
     /// Every JSON event seen so far.
