@@ -8,8 +8,8 @@
 
 mod common;
 
-use common::serve::{Serve, WAIT, field_str, message_of};
-use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
+use common::serve::{Serve, WAIT, field_str, message_of, start_message};
+use indymilter_test::{MacroStage, Status, TestConnection};
 use serde_json::Value;
 use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
@@ -92,51 +92,6 @@ async fn bounded(body: impl std::future::Future<Output = ()>) {
         .expect("the test took longer than its limit");
 }
 
-/// A milter connection as Postfix makes it: every action offered.
-async fn open(addr: SocketAddr) -> TestConnection {
-    TestConnection::configure()
-        .read_timeout(WAIT)
-        .write_timeout(WAIT)
-        .available_actions(
-            Actions::ADD_HEADER
-                | Actions::CHANGE_HEADER
-                | Actions::ADD_RCPT
-                | Actions::ADD_RCPT_EXT
-                | Actions::DELETE_RCPT
-                | Actions::CHANGE_SENDER
-                | Actions::QUARANTINE
-                | Actions::REQUEST_MACROS,
-        )
-        .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
-        .open_tcp(addr)
-        .await
-        .expect("milter connection")
-}
-
-/// Open, CONNECT from 192.0.2.10, HELO and MAIL FROM.
-async fn start_message(addr: SocketAddr) -> TestConnection {
-    let mut conn = open(addr).await;
-    conn.macros(MacroStage::Connect, [("j", "mx.example.org")])
-        .await
-        .expect("macros");
-    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
-    assert_eq!(
-        conn.connect("client.example.net", ip)
-            .await
-            .expect("connect"),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.helo("client.example.net").await.expect("helo"),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.mail(["<someone@example.net>"]).await.expect("mail"),
-        Status::Continue
-    );
-    conn
-}
-
 /// Headers, body and end of message with queue id `qid`; returns the EOM
 /// status.
 async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
@@ -158,7 +113,7 @@ async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
 
 /// What a new connection gets for a recipient.
 async fn rcpt_answer(addr: SocketAddr, rcpt: &str) -> Status {
-    let mut conn = start_message(addr).await;
+    let mut conn = start_message(addr, None).await;
     let status = conn.rcpt([rcpt]).await.expect("rcpt");
     conn.close().await.expect("close");
     status
@@ -170,7 +125,7 @@ async fn serve_answers_over_milter_and_logs_one_json_line_per_message() {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
 
-        let mut conn = start_message(addr).await;
+        let mut conn = start_message(addr, None).await;
         assert_eq!(
             conn.rcpt(["<nobody@blocked.example>"]).await.unwrap(),
             reject_with(&format!("550 5.7.1 {V1_TEXT}"))
@@ -315,7 +270,7 @@ async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
     bounded(async {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
-        let mut conn = start_message(addr).await;
+        let mut conn = start_message(addr, None).await;
         assert_eq!(
             conn.rcpt(["<alice@example.org>"]).await.unwrap(),
             Status::Continue
@@ -454,7 +409,7 @@ async fn a_second_sigterm_ends_the_grace_period_at_once() {
     bounded(async {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
-        let mut conn = start_message(addr).await;
+        let mut conn = start_message(addr, None).await;
         assert_eq!(
             conn.rcpt(["<alice@example.org>"]).await.unwrap(),
             Status::Continue
@@ -538,7 +493,7 @@ async fn worker_threads_sizes_the_runtime() {
         for n in [1, 4] {
             let mut d = Serve::start_with(&with(n));
             let addr = ready(&mut d).await;
-            let mut conn = start_message(addr).await;
+            let mut conn = start_message(addr, None).await;
             assert_eq!(
                 conn.rcpt(["<alice@example.org>"]).await.unwrap(),
                 Status::Continue

@@ -9,11 +9,11 @@
 
 mod common;
 
-use common::serve::{BIN, Serve, WAIT, field_str, message_of};
-use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
+use common::serve::{BIN, Serve, WAIT, field_str, message_of, start_message};
+use indymilter_test::{MacroStage, Status};
 use std::ffi::CString;
 use std::io::{BufReader, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -282,56 +282,9 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
     assert!(mailboxes.contains("user0@example.org"));
 }
 
-/// A milter connection as Postfix makes it, with bounded reads and writes.
-async fn open(addr: SocketAddr) -> TestConnection {
-    TestConnection::configure()
-        .read_timeout(WAIT)
-        .write_timeout(WAIT)
-        .available_actions(
-            Actions::ADD_HEADER
-                | Actions::CHANGE_HEADER
-                | Actions::ADD_RCPT
-                | Actions::DELETE_RCPT
-                | Actions::CHANGE_SENDER
-                | Actions::QUARANTINE
-                | Actions::REQUEST_MACROS,
-        )
-        .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
-        .open_tcp(addr)
-        .await
-        .expect("milter connection")
-}
-
-/// Open a session for `{daemon_name}` and give MAIL FROM.
-async fn start_message(addr: SocketAddr, daemon_name: &str) -> TestConnection {
-    let mut conn = open(addr).await;
-    conn.macros(
-        MacroStage::Connect,
-        [("j", "mx.example.org"), ("{daemon_name}", daemon_name)],
-    )
-    .await
-    .expect("macros");
-    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
-    assert_eq!(
-        conn.connect("client.example.net", ip)
-            .await
-            .expect("connect"),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.helo("client.example.net").await.expect("helo"),
-        Status::Continue
-    );
-    assert_eq!(
-        conn.mail(["<someone@example.net>"]).await.expect("mail"),
-        Status::Continue
-    );
-    conn
-}
-
 /// What a new `{daemon_name}` session gets for one recipient.
 async fn rcpt_answer(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status {
-    let mut conn = start_message(addr, daemon_name).await;
+    let mut conn = start_message(addr, Some(daemon_name)).await;
     let status = conn.rcpt([rcpt]).await.expect("rcpt");
     conn.close().await.expect("close");
     status
@@ -339,7 +292,7 @@ async fn rcpt_answer(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status 
 
 /// A whole message through a `{daemon_name}` session; its EOM status.
 async fn whole_message(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status {
-    let mut conn = start_message(addr, daemon_name).await;
+    let mut conn = start_message(addr, Some(daemon_name)).await;
     assert_eq!(conn.rcpt([rcpt]).await.expect("rcpt"), Status::Continue);
     assert_eq!(
         conn.header("Subject", "hello").await.expect("header"),
@@ -566,6 +519,8 @@ async fn sigterm_is_answered_while_a_reload_hangs() {
     let mut d = Serve::start(&config);
     let addr = d.ready().await;
     let table = dir.path().join("mailboxes");
+    // Fresh before the first SIGHUP, so the load waits for it to settle.
+    std::fs::write(&table, "alice@example.org\n# 0\n").expect("write table");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let stop = stop.clone();

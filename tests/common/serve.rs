@@ -3,9 +3,10 @@
 //! read through its JSON log on stderr, driven with kill(1). Every wait is
 //! bounded, and a Drop guard kills the process, also when an assertion fails.
 
+use indymilter_test::{Actions, MacroStage, ProtoOpts, Status, TestConnection};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -245,4 +246,53 @@ pub fn field_str<'a>(event: &'a Value, name: &str) -> &'a str {
     event["fields"][name]
         .as_str()
         .unwrap_or_else(|| panic!("field {name:?} missing or not a string in {event}"))
+}
+
+/// A milter connection as Postfix makes it, every action offered, with
+/// reads and writes bounded by [`WAIT`].
+pub async fn open_bounded(addr: SocketAddr) -> TestConnection {
+    TestConnection::configure()
+        .read_timeout(WAIT)
+        .write_timeout(WAIT)
+        .available_actions(
+            Actions::ADD_HEADER
+                | Actions::CHANGE_HEADER
+                | Actions::ADD_RCPT
+                | Actions::ADD_RCPT_EXT
+                | Actions::DELETE_RCPT
+                | Actions::CHANGE_SENDER
+                | Actions::QUARANTINE
+                | Actions::REQUEST_MACROS,
+        )
+        .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
+        .open_tcp(addr)
+        .await
+        .expect("milter connection")
+}
+
+/// Open, CONNECT from 192.0.2.10 (with `{daemon_name}` when given), HELO
+/// and MAIL FROM, each answered with continue.
+pub async fn start_message(addr: SocketAddr, daemon_name: Option<&str>) -> TestConnection {
+    let mut conn = open_bounded(addr).await;
+    let mut macros = vec![("j", "mx.example.org")];
+    macros.extend(daemon_name.map(|d| ("{daemon_name}", d)));
+    conn.macros(MacroStage::Connect, macros)
+        .await
+        .expect("macros");
+    let ip: IpAddr = "192.0.2.10".parse().expect("ip");
+    assert_eq!(
+        conn.connect("client.example.net", ip)
+            .await
+            .expect("connect"),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.helo("client.example.net").await.expect("helo"),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.mail(["<someone@example.net>"]).await.expect("mail"),
+        Status::Continue
+    );
+    conn
 }
