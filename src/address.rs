@@ -96,6 +96,13 @@ pub fn normalize_domain(domain: &str) -> Result<String, InvalidDomain> {
         Cow::Owned(trimmed.nfc().collect())
     };
     let ascii = idna::domain_to_ascii(&nfc).map_err(|_| invalid())?;
+    // IDNA maps the full-width and ideographic full stops (U+FF0E, U+3002,
+    // U+FF61) to ".": the root dot may only appear now.
+    let ascii = match ascii.strip_suffix('.') {
+        Some(stripped) if !stripped.is_empty() && !stripped.ends_with('.') => stripped.to_string(),
+        Some(_) => return Err(invalid()),
+        None => ascii,
+    };
     let valid_chars = ascii
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
@@ -309,7 +316,15 @@ impl Address {
                 let local = LocalPart::parse(s, local).map_err(invalid)?;
                 Ok(Address::Mailbox { local, domain })
             }
-            None => Ok(Address::Local(LocalPart::parse(s, s).map_err(invalid)?)),
+            None => {
+                let local = LocalPart::parse(s, s).map_err(invalid)?;
+                // `<"">` names no mailbox: Postfix reads it as the null
+                // sender (its internal form of the address is empty).
+                if local.text.is_empty() {
+                    return Ok(Address::Null);
+                }
+                Ok(Address::Local(local))
+            }
         }
     }
 
@@ -485,6 +500,33 @@ mod tests {
         ] {
             assert!(normalize_domain(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_full_width_root_dot_is_the_root_dot() {
+        for spelling in [
+            "example.org\u{3002}",
+            "example.org\u{ff0e}",
+            "Example.ORG\u{ff61}",
+        ] {
+            assert_eq!(
+                normalize_domain(spelling).unwrap(),
+                "example.org",
+                "{spelling:?}"
+            );
+            assert_eq!(
+                parse(&format!("<user@{spelling}>")).key(),
+                "user@example.org"
+            );
+        }
+        assert!(normalize_domain("example.org.\u{3002}").is_err());
+        assert!(normalize_domain("\u{3002}").is_err());
+    }
+
+    #[test]
+    fn an_empty_quoted_local_part_alone_is_the_null_sender() {
+        assert_eq!(parse("<\"\">"), Address::Null);
+        assert!(parse("<\"\"@example.org>").domain().is_some());
     }
 
     #[test]

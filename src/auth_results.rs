@@ -123,6 +123,10 @@ mod tests {
             assert!(claims(forged, "mx.example.org"), "{forged:?}");
         }
         assert!(claims("xn--bcher-kva.example; dkim=pass", "bücher.example"));
+        assert!(claims(
+            "mx.example.org\u{3002}; dkim=pass",
+            "mx.example.org"
+        ));
         for other in [
             "mx.example.org.evil; dkim=pass",
             "evil.example; dkim=pass (mx.example.org)",

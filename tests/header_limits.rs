@@ -83,6 +83,18 @@ async fn past_max_header_bytes_the_message_is_refused_or_tempfailed() {
 }
 
 #[tokio::test]
+async fn a_dry_run_refuses_too_many_headers_too() {
+    // What came past the limit was never seen: a forged header may stand
+    // there, so no edit list could be trusted.
+    let d = TestDaemon::start(&policy("max_headers = 20\ndry_run = true")).await;
+    assert_eq!(send(&d, 20, "v").await, Status::Continue);
+    assert_eq!(
+        send(&d, 21, "v").await,
+        reject("552 5.3.4 Too many header fields or header bytes")
+    );
+}
+
+#[tokio::test]
 async fn the_default_limit_holds_a_flood() {
     let d = TestDaemon::start(&policy("")).await;
     assert_eq!(send(&d, 1000, "v").await, Status::Continue);
@@ -102,6 +114,11 @@ fn limits_that_cannot_work_are_config_errors() {
     let e = errors_of("[pipelines.p]\nmax_header_bytes = \"lots\"\n");
     assert!(
         e.contains("test.toml:2:20: `max_header_bytes` must be a size"),
+        "{e}"
+    );
+    let e = errors_of("[pipelines.p]\nmax_header_bytes = 0\n");
+    assert!(
+        e.contains("test.toml:2:20: `max_header_bytes` must be at least 1"),
         "{e}"
     );
     let e = errors_of("[pipelines.p]\nheader_limit_action = \"accept\"\n");

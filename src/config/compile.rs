@@ -1089,16 +1089,27 @@ impl Compiler<'_, '_> {
                 ok = false;
                 0
             });
-        let max_header_bytes = self
-            .size_setting(
-                &raw.max_header_bytes,
-                "max_header_bytes",
-                defaults::MAX_HEADER_BYTES,
-            )
-            .unwrap_or_else(|| {
+        let max_header_bytes = match self.size_setting(
+            &raw.max_header_bytes,
+            "max_header_bytes",
+            defaults::MAX_HEADER_BYTES,
+        ) {
+            Some(0) => {
+                ok = false;
+                if let Some(v) = &raw.max_header_bytes {
+                    self.diag.error(
+                        v.span(),
+                        "`max_header_bytes` must be at least 1: with 0 every message is refused",
+                    );
+                }
+                0
+            }
+            Some(n) => n,
+            None => {
                 ok = false;
                 0
-            });
+            }
+        };
         let max_headers = match &raw.max_headers {
             None => defaults::MAX_HEADERS,
             Some(n) => match usize::try_from(*n.get_ref()) {

@@ -865,30 +865,13 @@ impl Session {
                 });
             }
         }
-        if self.message.as_ref().is_some_and(|m| m.headers_over_limit) {
-            let limits = settings.header_limits;
-            let (verdict, reply) = match limits.action {
-                LimitAction::Reject => (
-                    Verdict::Reject,
-                    Reply::fixed(552, "5.3.4", "Too many header fields or header bytes"),
-                ),
-                LimitAction::Tempfail => (
-                    Verdict::Tempfail,
-                    Reply::fixed(
-                        452,
-                        "4.3.1",
-                        "Too many header fields or header bytes, try again later",
-                    ),
-                ),
-            };
-            decision.merge(Decision {
-                verdict,
-                reply: Some(reply),
-                reason: Some(format!(
-                    "headers past max_headers ({}) or max_header_bytes ({} bytes)",
-                    limits.count, limits.bytes
-                )),
-            });
+        let header_limit = self
+            .message
+            .as_ref()
+            .is_some_and(|m| m.headers_over_limit)
+            .then(|| header_limit_decision(settings.header_limits));
+        if let Some(d) = &header_limit {
+            decision.merge(d.clone());
         }
         if let Some(limit) = settings.reject_score
             && score >= limit
@@ -988,7 +971,12 @@ impl Session {
         };
 
         let policy_decision = decision.clone();
-        let (decision, edits) = if settings.dry_run {
+        let (decision, edits) = if let (true, Some(refusal)) = (settings.dry_run, header_limit) {
+            // Headers past the limit were never seen, so no edit list can be
+            // trusted (a forged Authentication-Results may stand among
+            // them): refused even in dry run.
+            (refusal, EditList::new())
+        } else if settings.dry_run {
             let mut kept = edits;
             kept.retain(|e| !e.changes_delivery() && !is_quarantine_header(e, settings));
             if policy_decision.verdict != Verdict::Accept {
@@ -1197,6 +1185,32 @@ impl Session {
             });
         }
         Ok(edits)
+    }
+}
+
+/// What a message whose headers went past the pipeline's limits gets.
+fn header_limit_decision(limits: crate::policy::HeaderLimits) -> Decision {
+    let (verdict, reply) = match limits.action {
+        LimitAction::Reject => (
+            Verdict::Reject,
+            Reply::fixed(552, "5.3.4", "Too many header fields or header bytes"),
+        ),
+        LimitAction::Tempfail => (
+            Verdict::Tempfail,
+            Reply::fixed(
+                452,
+                "4.3.1",
+                "Too many header fields or header bytes, try again later",
+            ),
+        ),
+    };
+    Decision {
+        verdict,
+        reply: Some(reply),
+        reason: Some(format!(
+            "headers past max_headers ({}) or max_header_bytes ({} bytes)",
+            limits.count, limits.bytes
+        )),
     }
 }
 
