@@ -169,6 +169,33 @@ pub struct MilterListener {
     inner: Option<Bound>,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
     limit: ConnectionLimit,
+    /// After an accept error that passes (out of file descriptors, a
+    /// connection aborted before it was taken), when to try again.
+    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+    last_accept_error: Option<Instant>,
+}
+
+/// How long the listener pauses after an accept error that passes.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accept errors that say nothing about the listening socket itself: the
+/// process or system is out of descriptors or memory for a moment, or the
+/// client gave up before we took its connection. Returning them would end
+/// indymilter's accept loop, and with it the daemon.
+fn passing_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+        )
+    ) || e.kind() == io::ErrorKind::ConnectionAborted
 }
 
 impl MilterListener {
@@ -185,6 +212,8 @@ impl MilterListener {
             inner: Some(bound),
             stopped,
             limit,
+            backoff: None,
+            last_accept_error: None,
         }
     }
 
@@ -217,8 +246,28 @@ impl Listener for MilterListener {
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
         loop {
+            if let Some(sleep) = self.backoff.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.backoff = None;
+            }
             let stream = match self.poll_stream(cx) {
                 Poll::Ready(Ok(stream)) => stream,
+                Poll::Ready(Err(e)) if passing_accept_error(&e) => {
+                    // At most one line per interval: a descriptor shortage
+                    // would otherwise log ten lines a second.
+                    let now = Instant::now();
+                    if self
+                        .last_accept_error
+                        .is_none_or(|t| now.duration_since(t) >= REFUSAL_LOG_INTERVAL)
+                    {
+                        self.last_accept_error = Some(now);
+                        tracing::warn!(listener = %self.limit.listener, error = %e, "cannot accept a connection now; trying again shortly");
+                    }
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                    continue;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
             };

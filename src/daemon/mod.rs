@@ -340,13 +340,12 @@ pub fn connections_within(files: u64, listeners: usize, max_connections: usize) 
     usize::try_from(room).map_or(max_connections, |room| room.min(max_connections))
 }
 
-/// Make the open file limit cover `max_connections` on every listener,
-/// raising the soft limit as far as the hard limit allows; returns how many
-/// connections each listener may hold. When the hard limit is too low, each
+/// Raise the soft open file limit to the hard limit and check that it covers
+/// `max_connections` on every listener; returns how many connections each
+/// listener may hold. When the hard limit is too low, each
 /// listener serves fewer connections (and closes the rest at once) and the
 /// daemon says which limit to raise: better than accepting connections it
-/// has no descriptor for, since a failed accept ends the listener, and with
-/// it the daemon.
+/// has no descriptor for, and wait for descriptors with every accept.
 fn open_file_limit(server: &ServerSettings) -> Result<usize, StartError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -361,7 +360,11 @@ fn open_file_limit(server: &ServerSettings) -> Result<usize, StartError> {
     let listeners = server.listeners.len();
     let needed = needed_files(listeners, server.max_connections);
     let mut available = soft;
-    let target = needed.min(hard);
+    // All the hard limit allows, as Postfix's daemons do: past the
+    // connections, DNS sockets, `command` pipes and table reads need room
+    // too, and a descriptor shortage only pauses accepting. The kernel caps
+    // a process at nr_open (2^20 by default) whatever the hard limit says.
+    let target = hard.min(1 << 20);
     if soft < target {
         let raised = libc::rlimit {
             rlim_cur: target,
@@ -372,7 +375,7 @@ fn open_file_limit(server: &ServerSettings) -> Result<usize, StartError> {
             tracing::info!(
                 from = soft,
                 to = target,
-                "raised the soft open file limit for max_connections on every listener"
+                "raised the soft open file limit to the hard limit"
             );
             available = target;
         } else {
