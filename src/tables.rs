@@ -115,7 +115,10 @@ pub fn normalize_key(key: &str) -> String {
         Some(_) => key,
         // A plain key (a user name, a domain): only a key that looks like a
         // domain changes; "alice" stays "alice".
-        None if key.contains('.') || !key.is_ascii() => normalize_domain(&key).unwrap_or(key),
+        // An address literal ([192.0.2.1]) too: lookups use its canonical form.
+        None if key.contains('.') || key.starts_with('[') || !key.is_ascii() => {
+            normalize_domain(&key).unwrap_or(key)
+        }
         None => key,
     }
 }
@@ -296,7 +299,18 @@ fn regex_pairs(value: &Value) -> Option<Vec<(String, String)>> {
 
 /// Values on a table line are separated by commas and/or white space.
 fn split_values(s: &str) -> Vec<String> {
-    s.split(|c: char| c == ',' || c.is_whitespace())
+    // Outside quoted strings only: `"john smith"@example.org` is one value.
+    let mut values = Vec::new();
+    let mut start = 0;
+    for (i, c) in crate::address::outside_quotes(s) {
+        if c == ',' || c.is_whitespace() {
+            values.push(&s[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    values.push(&s[start..]);
+    values
+        .into_iter()
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .collect()

@@ -308,3 +308,14 @@ async fn quoted_local_parts_are_refused_over_the_milter_protocol() {
         Status::Continue
     );
 }
+
+#[tokio::test]
+async fn an_unreadable_sender_is_reported_like_any_refusal() {
+    let mut mail = Mail::new("someone@example.net", &["alice@example.org"]);
+    mail.from = "\"spammer@example.net".into();
+    let mut run = run_mail(&policy().1, "mx", &mail).await;
+    let ended = run.session.take_ended();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].ended_verdict(), "reject");
+    assert_eq!(ended[0].sender, "<\\\"spammer@example.net>");
+}

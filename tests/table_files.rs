@@ -655,6 +655,15 @@ async fn a_reload_that_takes_too_long_fails_and_the_old_configuration_stays() {
             config.display()
         )
     );
+    // While that thread still hangs, another reload starts no second one.
+    let again = match daemon.reload_within(Duration::from_millis(300)).await {
+        Ok(()) => panic!("a second load while the first still runs"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        again.ends_with("the previous configuration load has not finished (a file it reads does not answer); not starting another"),
+        "{again}"
+    );
     assert_eq!(
         rcpt_answer(addr, "mx", "<anyone@example.org>").await,
         Status::Continue

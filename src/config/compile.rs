@@ -1182,16 +1182,19 @@ impl Compiler<'_, '_> {
         }
         let authserv_id = match &raw.authserv_id {
             Some(id) => {
+                // An RFC 2045 token, so that it reads back as the
+                // authserv-id (RFC 8601 §2.2) and forgeries of it can be
+                // recognised.
                 let valid = !id.get_ref().is_empty()
                     && id
                         .get_ref()
                         .bytes()
-                        .all(|b| b.is_ascii_graphic() && b != b';' && b != b'(' && b != b'"');
+                        .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b));
                 if !valid {
                     ok = false;
                     self.diag.error(
                         id.span(),
-                        format!("invalid `authserv_id` \"{}\": use a host name such as mx.example.org (RFC 8601 §2.5)", id.get_ref()),
+                        format!("invalid `authserv_id` \"{}\": use a host name such as mx.example.org (RFC 8601 §2.5), without spaces or ( ) < > @ , ; : \\ \" / [ ] ? =", id.get_ref()),
                     );
                 }
                 id.get_ref().clone()

@@ -160,9 +160,9 @@ impl tracing_subscriber::field::VisitFmt for KeyValueVisitor<'_> {
 /// control characters escaped.
 pub fn quote_value(value: &str) -> std::borrow::Cow<'_, str> {
     let plain = !value.is_empty()
-        && !value
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '='));
+        && !value.chars().any(|c| {
+            c.is_whitespace() || c.is_control() || is_deceptive(c) || matches!(c, '"' | '\\' | '=')
+        });
     if plain {
         return value.into();
     }
@@ -172,7 +172,7 @@ pub fn quote_value(value: &str) -> std::borrow::Cow<'_, str> {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => out.extend(c.escape_default()),
+            c if c.is_control() || is_deceptive(c) => out.extend(c.escape_default()),
             c => out.push(c),
         }
     }
@@ -180,14 +180,20 @@ pub fn quote_value(value: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// Characters that change how a line reads without being control
+/// characters: bidi overrides and isolates, line and paragraph separators.
+fn is_deceptive(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
 /// Text with control characters (CR, LF, ESC, ...) written as escapes.
 fn escape_controls(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.chars().any(char::is_control) {
+    if !value.chars().any(|c| c.is_control() || is_deceptive(c)) {
         return value.into();
     }
     let mut out = String::with_capacity(value.len() + 8);
     for c in value.chars() {
-        if c.is_control() {
+        if c.is_control() || is_deceptive(c) {
             out.extend(c.escape_default());
         } else {
             out.push(c);
@@ -211,6 +217,7 @@ mod tests {
         assert_eq!(quote_value("say \"hi\"\\"), "\"say \\\"hi\\\"\\\\\"");
         assert_eq!(quote_value("a\r\nb"), "\"a\\r\\nb\"");
         assert_eq!(quote_value("\u{1b}[31m"), "\"\\u{1b}[31m\"");
+        assert_eq!(quote_value("a\u{202e}b"), "\"a\\u{202e}b\"");
     }
 
     /// A writer the test can read back.

@@ -62,6 +62,8 @@ pub struct Daemon {
     pub metrics_address: Option<SocketAddr>,
     shared: Arc<Shared>,
     registry: Registry,
+    /// A configuration load thread is running (see `load_config`).
+    loading: Arc<std::sync::atomic::AtomicBool>,
     config_path: PathBuf,
     server: ServerSettings,
     stop_accepting: watch::Sender<bool>,
@@ -151,6 +153,7 @@ impl Daemon {
             metrics_address,
             shared,
             registry,
+            loading: Arc::default(),
             config_path: config_path.to_path_buf(),
             server,
             stop_accepting,
@@ -186,19 +189,33 @@ impl Daemon {
     ) -> impl std::future::Future<Output = Result<Policy, ConfigErrors>> + Send + 'static {
         let path = self.config_path.clone();
         let registry = self.registry.clone();
+        let loading = self.loading.clone();
         async move {
+            use std::sync::atomic::Ordering;
+            // One load thread at a time: a file system that hangs would
+            // otherwise keep one more stuck thread per SIGHUP.
+            if loading.swap(true, Ordering::AcqRel) {
+                return Err(load_failure(
+                    &path,
+                    "the previous configuration load has not finished (a file it reads does not answer); not starting another".to_string(),
+                ));
+            }
             let (tx, rx) = tokio::sync::oneshot::channel();
             let runtime = tokio::runtime::Handle::try_current().ok();
             let thread_path = path.clone();
+            let thread_loading = loading.clone();
             let spawned = std::thread::Builder::new()
                 .name("config-load".to_string())
                 .spawn(move || {
                     // Compile in the runtime's context, as the daemon's first
                     // load (and the old in-line reload) did.
                     let _context = runtime.as_ref().map(|r| r.enter());
-                    let _ = tx.send(crate::config::load_with(&thread_path, &registry));
+                    let loaded = crate::config::load_with(&thread_path, &registry);
+                    thread_loading.store(false, Ordering::Release);
+                    let _ = tx.send(loaded);
                 });
             if let Err(e) = spawned {
+                loading.store(false, Ordering::Release);
                 return Err(load_failure(
                     &path,
                     format!("cannot start a thread to load the configuration: {e}"),

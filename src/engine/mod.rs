@@ -416,7 +416,20 @@ impl Session {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(error = %e, queue_id = ?self.queue_id, "sender refused");
-                return StageReply::Reject(bad_sender_reply());
+                let reply = StageReply::Reject(bad_sender_reply());
+                // Logged and counted like any message refused at MAIL FROM.
+                let mut report = MessageReport::new(
+                    &pipeline.name,
+                    &Address::Null,
+                    &Address::Null,
+                    "",
+                    MatchedBy::Default,
+                );
+                report.sender = e.address.escape_debug().to_string();
+                report.mail_reply = Some(reply.clone());
+                report.queue_id = self.queue_id.clone();
+                self.ended.push(report);
+                return reply;
             }
         };
 

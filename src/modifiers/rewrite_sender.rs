@@ -1,5 +1,6 @@
 //! The `rewrite_sender` modifier: replaces the envelope sender, either with
-//! `pattern` (a regex on the address as spelled) + `replacement` (the whole new
+//! `pattern` (a regex on the address's canonical spelling: quoting that changes
+//! nothing removed, the domain lowercase ASCII) + `replacement` (the whole new
 //! address, `$1`/`${name}` for captures) or with `table` (looked up as Postfix
 //! does: address, `@domain`, domain; the first value is the new address, and a
 //! value `@otherdomain` keeps the local part). The null sender is never touched.
