@@ -534,4 +534,101 @@ mod tests {
             "old contents kept after a bad reload"
         );
     }
+
+    use proptest::prelude::*;
+
+    /// A key as an administrator might write one: an address (quoted or
+    /// not, any case, a Unicode or ASCII domain), `@domain`, `*@domain`, a
+    /// domain, or a user name.
+    fn map_key() -> impl Strategy<Value = String> {
+        let local = prop_oneof![
+            "[A-Za-z0-9][A-Za-z0-9.+_-]{0,8}",
+            "\"[A-Za-z0-9 #@,.]{1,10}\"",
+        ];
+        let domain = prop_oneof![
+            "[A-Za-z0-9]{1,8}(\\.[A-Za-z]{2,4}){1,2}\\.?",
+            Just("Bücher.Example".to_string()),
+            Just("XN--BCHER-KVA.example.".to_string()),
+        ];
+        prop_oneof![
+            (local, domain.clone()).prop_map(|(l, d)| format!("{l}@{d}")),
+            domain.clone().prop_map(|d| format!("@{d}")),
+            domain.clone().prop_map(|d| format!("*@{d}")),
+            domain,
+            "[A-Za-z][A-Za-z0-9_-]{0,8}",
+        ]
+    }
+
+    /// How values of one line are separated, and whether a line break
+    /// (a continuation line) comes before the value.
+    fn separator() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(", ".to_string()),
+            Just(",".to_string()),
+            Just(" ".to_string()),
+            Just("\t".to_string()),
+            Just(",\n  ".to_string()),
+            Just("\n\t".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the text, the parser returns, and what it returns has
+        /// normalised keys and split values.
+        #[test]
+        fn any_text_gives_normalised_keys(
+            lines in proptest::collection::vec("[ \t]{0,2}[#\"@a-zA-Z0-9 .,\t\\\\üÄ*-]{0,24}", 0..12),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            if let Ok(map) = parse_map_file(&text) {
+                for (key, values) in &map {
+                    prop_assert_eq!(&normalize_key(key), key);
+                    for v in values {
+                        prop_assert!(!v.is_empty() && !v.contains(|c: char| c == ',' || c.is_whitespace()));
+                    }
+                }
+            }
+        }
+
+        /// A map written from keys and values, with comments, blank lines
+        /// and continuation lines between them, reads back as those keys
+        /// normalised (an address key as `Address::key` gives it) with
+        /// those values; a later line for the same key wins.
+        #[test]
+        fn written_maps_read_back(
+            entries in proptest::collection::vec(
+                (map_key(), proptest::collection::vec(("[a-z0-9][a-z0-9.@+_-]{0,10}", separator()), 0..4)),
+                0..8,
+            ),
+            comment_every in 1usize..4,
+        ) {
+            let mut text = String::new();
+            let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+            for (i, (key, values)) in entries.iter().enumerate() {
+                if i % comment_every == 0 {
+                    text.push_str("# a comment, with words\n\n");
+                }
+                text.push_str(key);
+                for (value, sep) in values {
+                    text.push_str(if sep.starts_with(',') { "  " } else { sep });
+                    text.push_str(value);
+                    if sep.starts_with(',') {
+                        text.push_str(sep);
+                    }
+                }
+                text.push('\n');
+                let normal = normalize_key(key);
+                if key.contains('@') && !key.starts_with(['@', '*']) {
+                    let address = Address::parse(key).expect("generated addresses parse");
+                    prop_assert_eq!(&normal, &address.key());
+                }
+                expected.insert(normal, values.iter().map(|(v, _)| v.clone()).collect());
+            }
+            let map = parse_map_file(&text).map_err(|e| TestCaseError::fail(format!("{e} in {text:?}")))?;
+            prop_assert_eq!(map, expected, "{}", text);
+        }
+    }
 }
