@@ -58,17 +58,21 @@ pub enum AddressMatch {
 /// changes nothing removed, the domain IDNA-normalised), so
 /// `"Joe"@bücher.example.` in a table is the key `joe@xn--bcher-kva.example`.
 /// The domain of `*@domain` and `@domain`, and a key that is a domain, get
-/// the same domain normalisation.
+/// the same domain normalisation. Normalising a key again changes nothing.
 pub fn normalize_key(key: &str) -> String {
     let trimmed = key.trim();
+    // Only a key that reads as `local@domain`: `@route:user` reads as a
+    // source route and a bare user, whose key a plain key would not match.
     if let Some((local, _)) = trimmed.rsplit_once('@')
         && !local.is_empty()
         && local != "*"
         && let Ok(address) = Address::parse(trimmed)
+        && address.domain().is_some()
     {
         return address.key();
     }
-    let key = trimmed.nfc().collect::<String>().to_lowercase();
+    // Lowercase, then NFC: lowercasing can undo NFC (see `Address::key`).
+    let key = trimmed.to_lowercase().nfc().collect::<String>();
     match key.rsplit_once('@') {
         Some((local, domain)) if !domain.is_empty() => match normalize_domain(domain) {
             Ok(d) => format!("{local}@{d}"),
@@ -440,6 +444,30 @@ mod tests {
             t.lookup_address(&Address::parse("<kim@xn--bcher-kva.example>").unwrap())
                 .is_some()
         );
+    }
+
+    /// Found by the fuzz targets: keys whose lowercase is not in NFC, and
+    /// a key that reads as a source route and a bare user, were normalised
+    /// differently the second time, so a table never found them.
+    #[test]
+    fn normalising_a_key_again_changes_nothing() {
+        for key in [
+            "\u{130}\u{334}x@x.example",
+            "\u{130}\u{334}x",
+            "@a@route.example:j\u{f6}rg",
+            "@bblec*@ba:cp\u{450}u",
+        ] {
+            let once = normalize_key(key);
+            assert_eq!(normalize_key(&once), once, "{key:?}");
+        }
+        let mut m = HashMap::new();
+        m.insert(
+            "\u{130}\u{334}x@x.example".to_string(),
+            vec!["v".to_string()],
+        );
+        let t = Table::inline("t", m);
+        let address = Address::parse("<\u{130}\u{334}x@X.example>").unwrap();
+        assert!(t.lookup_address(&address).is_some(), "the key finds itself");
     }
 
     #[test]
