@@ -267,7 +267,11 @@ impl LocalPart {
         let key = if spelled.is_ascii() {
             spelled.to_ascii_lowercase()
         } else {
-            spelled.to_lowercase()
+            // Lowercasing can undo NFC: `İ` becomes `i` and a combining
+            // dot, which NFC orders after other marks and composes with
+            // some. Normalise again so that the key parses to itself, since
+            // a table lookup normalises the key it is given once more.
+            spelled.to_lowercase().nfc().collect()
         };
         Ok(LocalPart {
             original: original.to_string(),
@@ -596,10 +600,19 @@ mod tests {
             "\"a\\\"b\"@x.example",
             "a..b@x.example",
             "Jöe@Bücher.example",
+            // Found by the `address` fuzz target: lowercase `İ` is `i` and
+            // U+0307, which NFC puts after a mark of a lower class.
+            "\u{130}\u{334}x@x.example",
+            "\u{130}\u{5bc}x@x.example",
+            "I\u{307}\u{5bc}x@x.example",
         ] {
             let key = parse(s).key();
             assert_eq!(parse(&key).key(), key, "{s}");
         }
+        assert_eq!(
+            parse("\u{130}\u{334}x@x.example").key(),
+            "i\u{334}\u{307}x@x.example"
+        );
     }
 
     #[test]

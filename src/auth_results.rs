@@ -17,7 +17,13 @@ pub fn authserv_id(value: &str) -> Option<String> {
         loop {
             match chars.next()? {
                 '"' => return Some(id),
-                '\\' => id.push(chars.next()?),
+                // A fold right after the backslash is unfolded before the
+                // pair is read (RFC 5322 §2.2.3): the break is no part of
+                // the id, and no id holds a line break.
+                '\\' => match chars.next()? {
+                    '\r' | '\n' => {}
+                    c => id.push(c),
+                },
                 // Folding inside a quoted string is white space.
                 '\r' | '\n' => {}
                 c => id.push(c),
@@ -101,6 +107,17 @@ mod tests {
         );
         assert_eq!(authserv_id("; dkim=pass"), None);
         assert_eq!(authserv_id(""), None);
+    }
+
+    /// Found by the `auth_results` fuzz target: a backslash before a line
+    /// break put the break into the id.
+    #[test]
+    fn a_fold_after_a_backslash_is_unfolded_first() {
+        assert_eq!(
+            authserv_id("\"mx.\\\r\n example.org\"; dkim=pass").as_deref(),
+            Some("mx. example.org")
+        );
+        assert_eq!(authserv_id("\"\\\n\0)\"").as_deref(), Some("\0)"));
     }
 
     #[test]

@@ -640,4 +640,25 @@ mod tests {
             prop_assert_eq!(model, mta);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a client or a table puts into a value, what reaches a
+        /// header is one line without NUL or other control characters but
+        /// TAB, trimmed, and sanitising it again changes nothing.
+        #[test]
+        fn sanitized_values_are_one_clean_line(
+            value in "[ \\t\\r\\n\\x00\\x01\\x1b\\x7fa-z;=:ü\u{85}\u{2028}\u{3000}]{0,40}",
+        ) {
+            let clean = sanitize_value(&value);
+            prop_assert!(!clean.contains(|c: char| c.is_control() && c != '\t'), "{:?}", clean);
+            prop_assert_eq!(clean.trim(), clean.as_str());
+            prop_assert_eq!(sanitize_value(&clean), clean.clone());
+            // Text that was clean already is only trimmed.
+            if !value.contains(|c: char| c.is_control() && c != '\t') {
+                prop_assert_eq!(clean, value.trim());
+            }
+        }
+    }
 }

@@ -96,17 +96,21 @@ pub enum AddressMatch {
 /// changes nothing removed, the domain IDNA-normalised), so
 /// `"Joe"@bücher.example.` in a table is the key `joe@xn--bcher-kva.example`.
 /// The domain of `*@domain` and `@domain`, and a key that is a domain, get
-/// the same domain normalisation.
+/// the same domain normalisation. Normalising a key again changes nothing.
 pub fn normalize_key(key: &str) -> String {
     let trimmed = key.trim();
+    // Only a key that reads as `local@domain`: `@route:user` reads as a
+    // source route and a bare user, whose key a plain key would not match.
     if let Some((local, _)) = trimmed.rsplit_once('@')
         && !local.is_empty()
         && local != "*"
         && let Ok(address) = Address::parse(trimmed)
+        && address.domain().is_some()
     {
         return address.key();
     }
-    let key = trimmed.nfc().collect::<String>().to_lowercase();
+    // Lowercase, then NFC: lowercasing can undo NFC (see `Address::key`).
+    let key = trimmed.to_lowercase().nfc().collect::<String>();
     match key.rsplit_once('@') {
         Some((local, domain)) if !domain.is_empty() => match normalize_domain(domain) {
             Ok(d) => format!("{local}@{d}"),
@@ -1009,6 +1013,30 @@ mod tests {
         );
     }
 
+    /// Found by the fuzz targets: keys whose lowercase is not in NFC, and
+    /// a key that reads as a source route and a bare user, were normalised
+    /// differently the second time, so a table never found them.
+    #[test]
+    fn normalising_a_key_again_changes_nothing() {
+        for key in [
+            "\u{130}\u{334}x@x.example",
+            "\u{130}\u{334}x",
+            "@a@route.example:j\u{f6}rg",
+            "@bblec*@ba:cp\u{450}u",
+        ] {
+            let once = normalize_key(key);
+            assert_eq!(normalize_key(&once), once, "{key:?}");
+        }
+        let mut m = HashMap::new();
+        m.insert(
+            "\u{130}\u{334}x@x.example".to_string(),
+            vec!["v".to_string()],
+        );
+        let t = Table::inline("t", m);
+        let address = Address::parse("<\u{130}\u{334}x@X.example>").unwrap();
+        assert!(t.lookup_address(&address).is_some(), "the key finds itself");
+    }
+
     #[test]
     fn map_file_format() {
         let map = parse_map_file(
@@ -1467,5 +1495,109 @@ mod tests {
         // Emptied for good: applied once it stayed empty long enough.
         std::fs::write(&path, "").unwrap();
         assert!(eventually(Duration::from_secs(5), || !t.contains("a@example.org")));
+    }
+
+    use proptest::prelude::*;
+
+    /// A key as an administrator might write one: an address (quoted or
+    /// not, any case, a Unicode or ASCII domain), `@domain`, `*@domain`, a
+    /// domain, or a user name.
+    fn map_key() -> impl Strategy<Value = String> {
+        let local = prop_oneof![
+            "[A-Za-z0-9][A-Za-z0-9.+_-]{0,8}",
+            "\"[A-Za-z0-9 #@,.]{1,10}\"",
+        ];
+        let domain = prop_oneof![
+            "[A-Za-z0-9]{1,8}(\\.[A-Za-z]{2,4}){1,2}\\.?",
+            Just("Bücher.Example".to_string()),
+            Just("XN--BCHER-KVA.example.".to_string()),
+        ];
+        prop_oneof![
+            (local, domain.clone()).prop_map(|(l, d)| format!("{l}@{d}")),
+            domain.clone().prop_map(|d| format!("@{d}")),
+            domain.clone().prop_map(|d| format!("*@{d}")),
+            domain,
+            "[A-Za-z][A-Za-z0-9_-]{0,8}",
+        ]
+    }
+
+    /// How values of one line are separated, and whether a line break
+    /// (a continuation line) comes before the value.
+    fn separator() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(", ".to_string()),
+            Just(",".to_string()),
+            Just(" ".to_string()),
+            Just("\t".to_string()),
+            Just(",\n  ".to_string()),
+            Just("\n\t".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the text, the parser returns, and what it returns has
+        /// normalised keys and split values.
+        #[test]
+        fn any_text_gives_normalised_keys(
+            lines in proptest::collection::vec("[ \t]{0,2}[#\"@a-zA-Z0-9 .,\t\\\\üÄ*-]{0,24}", 0..12),
+            crlf in any::<bool>(),
+        ) {
+            let text = lines.join(if crlf { "\r\n" } else { "\n" });
+            if let Ok(map) = parse_map_file(&text) {
+                for (key, values) in &map {
+                    prop_assert_eq!(&normalize_key(key), key);
+                    for v in values {
+                        // Split at commas and white space outside quotes.
+                        prop_assert!(
+                            !v.is_empty()
+                                && crate::address::outside_quotes(v)
+                                    .all(|(_, c)| c != ',' && !c.is_whitespace()),
+                            "{:?}",
+                            v
+                        );
+                    }
+                }
+            }
+        }
+
+        /// A map written from keys and values, with comments, blank lines
+        /// and continuation lines between them, reads back as those keys
+        /// normalised (an address key as `Address::key` gives it) with
+        /// those values; a later line for the same key wins.
+        #[test]
+        fn written_maps_read_back(
+            entries in proptest::collection::vec(
+                (map_key(), proptest::collection::vec(("[a-z0-9][a-z0-9.@+_-]{0,10}", separator()), 0..4)),
+                0..8,
+            ),
+            comment_every in 1usize..4,
+        ) {
+            let mut text = String::new();
+            let mut expected: HashMap<String, Vec<String>> = HashMap::new();
+            for (i, (key, values)) in entries.iter().enumerate() {
+                if i % comment_every == 0 {
+                    text.push_str("# a comment, with words\n\n");
+                }
+                text.push_str(key);
+                for (value, sep) in values {
+                    text.push_str(if sep.starts_with(',') { "  " } else { sep });
+                    text.push_str(value);
+                    if sep.starts_with(',') {
+                        text.push_str(sep);
+                    }
+                }
+                text.push('\n');
+                let normal = normalize_key(key);
+                if key.contains('@') && !key.starts_with(['@', '*']) {
+                    let address = Address::parse(key).expect("generated addresses parse");
+                    prop_assert_eq!(&normal, &address.key());
+                }
+                expected.insert(normal, values.iter().map(|(v, _)| v.clone()).collect());
+            }
+            let map = parse_map_file(&text).map_err(|e| TestCaseError::fail(format!("{e} in {text:?}")))?;
+            prop_assert_eq!(map, expected, "{}", text);
+        }
     }
 }

@@ -112,8 +112,9 @@ fn bracketed(member: &str) -> Vec<&str> {
 /// brackets if there are any, else every bare token containing '@'. Taking
 /// every '@' token errs towards checking too much, which is the safe side for
 /// an anti-spoofing check. `None` when any of them cannot be read: an
-/// address that cannot be read is granted to no one.
-fn from_addresses(value: &str) -> Option<Vec<Address>> {
+/// address that cannot be read is granted to no one. Public for the fuzz
+/// target that feeds it hostile From: values (fuzz/README.md).
+pub fn from_addresses(value: &str) -> Option<Vec<Address>> {
     let value = unfold(value);
     let mut out = Vec::new();
     for member in split_members(&value) {

@@ -250,6 +250,26 @@ mod tests {
         assert_eq!(unfold("plain"), "plain");
     }
 
+    proptest::proptest! {
+        /// Folding a value (a line break before white space, LF or CRLF as
+        /// the MTA passes it) and unfolding it gives the value back.
+        #[test]
+        fn unfold_undoes_folding(
+            lines in proptest::collection::vec("[a-z:;=()\\r]{0,12}", 1..6),
+            folds in proptest::collection::vec(("(\r\n|\n)", "[ \t]{1,2}"), 6),
+        ) {
+            let (mut folded, mut unfolded) = (lines[0].clone(), lines[0].clone());
+            for (line, (brk, ws)) in lines[1..].iter().zip(&folds) {
+                folded.push_str(&format!("{brk}{ws}{line}"));
+                unfolded.push_str(&format!("{ws}{line}"));
+            }
+            // A lone CR at the end of a line would join the break that
+            // follows it: not something an MTA passes.
+            proptest::prop_assume!(!folded.contains("\r\r") && !lines.iter().any(|l| l.ends_with('\r')));
+            proptest::prop_assert_eq!(unfold(&folded), unfolded);
+        }
+    }
+
     #[test]
     fn status_names() {
         for s in Status::ALL {

@@ -59,10 +59,14 @@ pub struct TestOutcome {
 pub fn parse_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     let text = String::from_utf8_lossy(raw);
     let normalized = text.replace("\r\n", "\n");
-    let (head, body) = match normalized.find("\n\n") {
-        Some(i) => (&normalized[..i], &normalized[i + 2..]),
-        None if normalized.starts_with('\n') => ("", &normalized[1..]),
-        None => (normalized.as_str(), ""),
+    // A message that starts with an empty line has no headers, whatever
+    // empty lines its body holds further down.
+    let (head, body) = if let Some(body) = normalized.strip_prefix('\n') {
+        ("", body)
+    } else if let Some(i) = normalized.find("\n\n") {
+        (&normalized[..i], &normalized[i + 2..])
+    } else {
+        (normalized.as_str(), "")
     };
     let mut headers: Vec<(String, String)> = Vec::new();
     for line in head.lines() {
@@ -418,5 +422,14 @@ mod tests {
         assert_eq!(h[0], ("Subject".to_string(), "hi\r\n  there".to_string()));
         assert_eq!(h[1].0, "From");
         assert_eq!(b, b"line1\r\nline2\r\n");
+    }
+
+    /// Found by the `message` fuzz target: a message without headers whose
+    /// body has an empty line had its first paragraph read as headers.
+    #[test]
+    fn a_message_starting_with_an_empty_line_has_no_headers() {
+        let (h, b) = parse_message(b"\r\nNot: a header\r\n\r\nbody\r\n");
+        assert!(h.is_empty(), "{h:?}");
+        assert_eq!(b, b"Not: a header\r\n\r\nbody\r\n");
     }
 }

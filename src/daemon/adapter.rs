@@ -166,7 +166,10 @@ fn stage_status(ctx: &mut Context<Connection>, reply: StageReply) -> Status {
 
 /// A header value as the MTA wants it: folded with LF (the MTA turns it into
 /// CRLF) before white space when a line grows past 78 characters, and with
-/// the leading space when LEADING_SPACE was negotiated.
+/// the leading space when LEADING_SPACE was negotiated. A fold goes before
+/// the whole run of white space that precedes a word, never inside it: a
+/// line of white space alone is forbidden (RFC 5322 §3.2.2), and some
+/// readers take it for the end of the header block.
 pub fn wire_header_value(name: &str, value: &str, leading_space: bool) -> String {
     let mut out = String::with_capacity(value.len() + 8);
     if leading_space {
@@ -174,21 +177,28 @@ pub fn wire_header_value(name: &str, value: &str, leading_space: bool) -> String
     }
     // The first line also holds "Name: ".
     let mut line_len = name.len() + 2;
-    let mut first_word = true;
-    for word in value.split(' ') {
-        if !first_word {
-            if line_len + 1 + word.len() > 78 && line_len > 0 {
-                out.push_str("\n ");
-                line_len = 1;
-            } else {
-                out.push(' ');
-                line_len += 1;
-            }
+    let mut line_has_word = false;
+    // White space read but not written yet: it goes with the next word.
+    let mut pending = String::new();
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            pending.push(' ');
         }
+        if word.trim_matches('\t').is_empty() {
+            pending.push_str(word);
+            continue;
+        }
+        if line_has_word && line_len + pending.len() + word.len() > 78 {
+            out.push('\n');
+            line_len = 0;
+        }
+        out.push_str(&pending);
         out.push_str(word);
-        line_len += word.len();
-        first_word = false;
+        line_len += pending.len() + word.len();
+        pending.clear();
+        line_has_word = true;
     }
+    out.push_str(&pending);
     out
 }
 
@@ -712,5 +722,72 @@ mod tests {
         }
         // Unfolding gives the value back.
         assert_eq!(folded.replace('\n', "").trim_start(), long.trim_end());
+    }
+
+    /// Found by the `header_value` fuzz target: a run of spaces after a
+    /// full line was folded space by space, leaving lines of white space
+    /// alone. The fold now goes before the run.
+    #[test]
+    fn runs_of_spaces_never_make_a_blank_line() {
+        let value = format!("{}  \t   {}", "x".repeat(80), "y".repeat(80));
+        let folded = wire_header_value("X-A", &value, false);
+        assert_eq!(
+            folded,
+            format!("{}\n  \t   {}", "x".repeat(80), "y".repeat(80))
+        );
+        assert_eq!(folded.replace('\n', ""), value);
+    }
+
+    use crate::edits::sanitize_value;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any value an edit can carry folds into lines the MTA takes as
+        /// they are: unfolding gives the value back, no line is longer than
+        /// 78 characters unless one word alone is, and no line is white
+        /// space alone (RFC 5322 §3.2.2).
+        #[test]
+        fn folded_values_unfold_and_fit(
+            name in "[A-Za-z][A-Za-z0-9-]{0,40}",
+            words in proptest::collection::vec("[a-zA-Z0-9\t;=,.()<>@-]{0,90}", 0..24),
+            gaps in proptest::collection::vec(1usize..4, 24),
+            leading_space in any::<bool>(),
+        ) {
+            let mut raw = String::new();
+            for (i, w) in words.iter().enumerate() {
+                if i > 0 {
+                    raw.push_str(&" ".repeat(gaps[i]));
+                }
+                raw.push_str(w);
+            }
+            let value = sanitize_value(&raw);
+            let folded = wire_header_value(&name, &value, leading_space);
+            let body = if leading_space {
+                folded.strip_prefix(' ').expect("the leading space")
+            } else {
+                folded.as_str()
+            };
+            prop_assert!(!folded.contains('\r'));
+            prop_assert_eq!(body.replace('\n', ""), value.clone());
+            for (i, line) in body.split('\n').enumerate() {
+                let visible = line.trim_end_matches([' ', '\t']);
+                let width = if i == 0 { name.len() + 2 } else { 0 } + visible.len();
+                if i > 0 {
+                    prop_assert!(line.starts_with(' '), "a fold starts with a space");
+                    prop_assert!(
+                        !visible.trim_start_matches([' ', '\t']).is_empty(),
+                        "line {} of {:?} is white space alone", i, folded
+                    );
+                }
+                if width > 78 {
+                    prop_assert!(
+                        !visible.trim_start_matches([' ', '\t']).contains(' '),
+                        "line {} of {:?} is {} long and holds several words", i, folded, width
+                    );
+                }
+            }
+        }
     }
 }
