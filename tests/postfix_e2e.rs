@@ -954,3 +954,73 @@ async fn submission_mail_is_dkim_signed_and_mx_mail_gets_spf_authentication_resu
     })
     .await;
 }
+
+/// Header deletions that meet on one message: two `remove_header` modifiers
+/// on three instances of one name, and a `remove_header` beside the
+/// deletion of forged Authentication-Results. Every index must count the
+/// headers as Postfix holds them after the deletions before it, so exactly
+/// the instances meant are gone at the sink (issue 15, item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_header_deletions_reach_exactly_the_instances_they_mean() {
+    let policy = POLICY
+        .replace(
+            "[pipelines.mx]\nmodify = [\"masq\", \"tag\", \"long\"]",
+            "[pipelines.mx]\nauthserv_id = \"mx.example.org\"\nmodify = [\"masq\", \"tag\", \"long\", \"strip_a\", \"strip_c\", \"strip_other_ar\"]",
+        )
+        .replace(
+            "# The MX smtpd:",
+            r#"[modifiers.strip_a]
+kind = "remove_header"
+name = "X-Tag"
+pattern = "^a$"
+
+[modifiers.strip_c]
+kind = "remove_header"
+name = "X-Tag"
+pattern = "^c$"
+
+[modifiers.strip_other_ar]
+kind = "remove_header"
+name = "Authentication-Results"
+pattern = "^other\\.example;"
+
+# The MX smtpd:"#,
+        );
+    assert!(
+        policy.contains("strip_other_ar\"]"),
+        "the policy was edited"
+    );
+    let Some(env) = Env::start(&policy).await else {
+        return;
+    };
+    postfix::bounded(TEST_LIMIT, "test", async {
+        let data = message(
+            "someone@example.net",
+            "alice@example.org",
+            "several deletions",
+            "hello",
+        )
+        .replacen(
+            "Subject:",
+            "X-Tag: a\nAuthentication-Results: (x) mx.example.org; dkim=pass\nX-Tag: b\nAuthentication-Results: other.example; spf=pass\nX-Tag: c\nAuthentication-Results: third.example; spf=fail\nSubject:",
+            1,
+        );
+        let t = smtp_send(
+            env.postfix.mx,
+            "someone@example.net",
+            &["alice@example.org"],
+            &data,
+        )
+        .await;
+        assert!(t.queued(), "{}", t.log);
+        let d = env.sink.wait_subject("several deletions", 1).await;
+        assert_eq!(d[0].header("X-Tag"), vec!["b".to_string()], "{}", d[0].head());
+        assert_eq!(
+            d[0].header("Authentication-Results"),
+            vec!["third.example; spf=fail".to_string()],
+            "{}",
+            d[0].head()
+        );
+    })
+    .await;
+}
