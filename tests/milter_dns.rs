@@ -72,6 +72,24 @@ async fn a_listed_client_is_refused_at_mail_with_the_configured_reply() {
     d.shutdown().await;
 }
 
+/// The Authentication-Results headers inserted at the top, unfolded.
+fn inserted_auth_results(actions: &indymilter_test::EomActions) -> Vec<String> {
+    actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::InsertHeader {
+                index: 0,
+                name,
+                value,
+            } if name.as_c_str() == c"Authentication-Results" => {
+                Some(value.to_string_lossy().replace('\n', ""))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn an_unlisted_client_gets_authentication_results() {
     let server = DnsServer::start_with_test_zones().await;
@@ -101,19 +119,9 @@ async fn an_unlisted_client_gets_authentication_results() {
         actions.has_delete_header("Authentication-Results", 1),
         "{actions:?}"
     );
-    let ar = actions
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            EomAction::InsertHeader {
-                index: 0,
-                name,
-                value,
-            } if name.as_c_str() == c"Authentication-Results" => {
-                Some(value.to_string_lossy().replace('\n', ""))
-            }
-            _ => None,
-        })
+    let ar = inserted_auth_results(&actions)
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no Authentication-Results: {actions:?}"));
     assert!(ar.starts_with(" mx.example.org;"), "{ar}");
     assert!(ar.contains("iprev=pass policy.iprev=192.0.2.22"), "{ar}");
@@ -201,20 +209,7 @@ checks = ["iprev", "spf"]
         })
         .collect();
     assert_eq!(deleted, [4, 3, 1], "{actions:?}");
-    let ours: Vec<String> = actions
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            EomAction::InsertHeader {
-                index: 0,
-                name,
-                value,
-            } if name.as_c_str() == c"Authentication-Results" => {
-                Some(value.to_string_lossy().replace('\n', ""))
-            }
-            _ => None,
-        })
-        .collect();
+    let ours = inserted_auth_results(&actions);
     assert_eq!(
         ours,
         [" mx.example.org; iprev=temperror; spf=temperror"],

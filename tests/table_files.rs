@@ -477,13 +477,7 @@ async fn a_reload_to_a_fifo_table_is_refused_and_sigterm_still_works() {
     std::fs::remove_file(dir.path().join("mailboxes")).expect("remove table");
     mkfifo(&dir.path().join("mailboxes"));
     std::fs::write(&config, serving_config(port, true)).expect("rewrite config");
-    d.signal("HUP");
-    let event = d
-        .wait_for_any(&[
-            "configuration reloaded",
-            "reload failed; the running configuration stays",
-        ])
-        .await;
+    let event = d.reload().await;
     assert_eq!(
         message_of(&event),
         "reload failed; the running configuration stays",
@@ -576,13 +570,7 @@ async fn reloads_do_not_pile_up_watcher_threads() {
     let pid = d.child.id();
     let before = threads(pid);
     for _ in 0..5 {
-        d.signal("HUP");
-        let event = d
-            .wait_for_any(&[
-                "configuration reloaded",
-                "reload failed; the running configuration stays",
-            ])
-            .await;
+        let event = d.reload().await;
         assert_eq!(message_of(&event), "configuration reloaded", "{event}");
     }
     let deadline = Instant::now() + WAIT;

@@ -624,16 +624,9 @@ impl Session {
         let deferred = settings.dry_run || settings.refuse_at_eom;
         let shown = error.address.escape_debug().to_string();
         if let Some(m) = &mut self.message {
-            let mut report = RecipientReport::new(
-                &Address::Null,
-                None,
-                None,
-                &StageReply::Reject(reply.clone()),
-                "reject",
-                Vec::new(),
-            );
-            report.address = shown.clone();
-            m.report.recipients.push(report);
+            m.report
+                .recipients
+                .push(RecipientReport::unreadable(shown.clone(), &reply));
             if deferred {
                 m.unreadable_recipients.push((shown, reply));
                 return StageReply::Continue;

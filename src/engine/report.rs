@@ -96,6 +96,20 @@ pub struct RecipientReport {
 }
 
 impl RecipientReport {
+    /// A recipient refused because its address could not be read, shown
+    /// escaped as the client wrote it.
+    pub(crate) fn unreadable(shown: String, reply: &Reply) -> RecipientReport {
+        RecipientReport {
+            address: shown,
+            outcome: "reject".to_string(),
+            branch: None,
+            matched_by: None,
+            reply: Some(reply.clone()),
+            delivered_to: Vec::new(),
+            copies: Vec::new(),
+        }
+    }
+
     pub(crate) fn new(
         original: &Address,
         branch: Option<String>,

@@ -200,6 +200,17 @@ impl Serve {
         assert!(status.success(), "kill -{name} failed: {status}");
     }
 
+    /// SIGHUP, then the event that says how the reload ended: "configuration
+    /// reloaded" or "reload failed; the running configuration stays".
+    pub async fn reload(&mut self) -> Value {
+        self.signal("HUP");
+        self.wait_for_any(&[
+            "configuration reloaded",
+            "reload failed; the running configuration stays",
+        ])
+        .await
+    }
+
     pub fn rewrite_config(&self, config: &str) {
         std::fs::write(&self.config, config).expect("write config");
     }
