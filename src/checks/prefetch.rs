@@ -15,15 +15,18 @@
 //! its `ResolverCache` interface, so its DMARC tree walk and key fetches are
 //! answered from here.
 //!
-//! Answers are parsed by mail-auth's own lookup, so what a check sees is
-//! what mail-auth would have found. A temporary failure (timeout, SERVFAIL)
+//! Answers are parsed by mail-auth's own parser, choosing among several
+//! records as its lookup does, so what a check sees is what mail-auth would
+//! have found. A temporary failure (timeout, SERVFAIL)
 //! that a check waited for at end of message stands as the answer; one that
 //! came in earlier, during the dialogue, is asked again. Each message asks
 //! for at most a few names early (see `RecordKind::cap`), and its lookups
 //! stop when the message ends.
 
 use super::Memo;
-use crate::dns::Dns;
+use crate::dns::{Dns, DnsError};
+use hickory_resolver::proto::op::ResponseCode;
+use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dmarc::Dmarc;
 use mail_auth::{ResolverCache, Txt};
@@ -197,88 +200,56 @@ pub fn dmarc_records(memo: &Memo, dns: &Arc<Dns>, domain: &str) {
 /// their DNS TTL runs out, keyed by name as mail-auth spells it.
 pub type SharedTxt = crate::ttl_cache::TtlCache<Txt>;
 
-/// Holds what mail-auth's lookup would cache, and until when, so its exact
-/// parsing (raw bytes, the error of the last record tried) is what the
-/// store keeps.
-#[derive(Default)]
-struct Capture(Mutex<Option<(Txt, Instant)>>);
-
-impl ResolverCache<Box<str>, Txt> for Capture {
-    fn get<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
+/// The first record that parses as `T`, or the error of the last one
+/// tried: the choice mail-auth's own lookup makes, so a check sees what
+/// mail-auth would have found.
+fn parse_first<T: TxtRecordParser + Into<Txt>>(records: &[Vec<u8>]) -> Txt {
+    let mut parsed = Err(mail_auth::Error::Dns(
+        mail_auth::DnsError::InvalidRecordType,
+    ));
+    for record in records {
+        parsed = T::parse(record);
+        if parsed.is_ok() {
+            break;
+        }
     }
-
-    fn remove<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
-    }
-
-    fn insert(&self, _: Box<str>, value: Txt, valid_until: Instant) {
-        *lock(&self.0) = Some((value, valid_until));
+    match parsed {
+        Ok(record) => record.into(),
+        Err(error) => Txt::Error(error),
     }
 }
 
-/// One lookup, through mail-auth's own lookup and parser.
+/// One lookup: a single question to the resolver, parsed by mail-auth's
+/// parser, and shared with later messages for as long as the answer may be
+/// kept: a record (or one that does not parse) for its TTL, "no such
+/// record" for the negative TTL of the zone's SOA (nearly every message
+/// asks for the `_dmarc` name of its top-level domain, which does not
+/// exist). A temporary failure is never kept.
 async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
-    let capture = Capture::default();
-    let auth = dns.authenticator();
-    let result = match kind {
-        RecordKind::Dmarc => auth
-            .txt_lookup::<Dmarc>(name, Some(&capture))
-            .await
-            .map(Txt::Dmarc),
-        RecordKind::DomainKey => auth
-            .txt_lookup::<DomainKey>(name, Some(&capture))
-            .await
-            .map(Txt::DomainKey),
-    };
-    let captured = lock(&capture.0).take();
-    if let Some((txt, valid_until)) = &captured {
-        // A record, or one that does not parse: good for its TTL.
-        dns.parsed_txt().put(name, txt.clone(), *valid_until);
-    }
-    match result {
-        Ok(txt) => Answer::Definite(txt),
-        Err(error) => match captured {
-            // A record that does not parse: mail-auth caches its error.
-            Some((txt, _)) => Answer::Definite(txt),
-            None if matches!(
-                error,
-                mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))
-            ) =>
-            {
-                Answer::Temporary {
-                    at: Instant::now(),
-                    error: Txt::Error(error),
-                }
-            }
-            // No such record: shared with later messages for as long as
-            // the zone's SOA allows, like a record (nearly every message
-            // asks for the `_dmarc` name of its top-level domain, which
-            // does not exist).
-            None if matches!(
-                error,
-                mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
-            ) =>
-            {
-                let none = Txt::Error(error);
-                let shared = dns.settings().cache_size > 0;
-                if shared && let Some(until) = dns.txt_negative_until(name).await {
-                    dns.parsed_txt().put(name, none.clone(), until);
-                }
-                Answer::Definite(none)
-            }
-            // A name that cannot be asked for.
-            None => Answer::Definite(Txt::Error(error)),
+    let answer = dns.txt_answer(name).await;
+    let txt = match &answer.records {
+        Ok(records) => match kind {
+            RecordKind::Dmarc => parse_first::<Dmarc>(records),
+            RecordKind::DomainKey => parse_first::<DomainKey>(records),
         },
+        Err(DnsError::NotFound) => Txt::Error(mail_auth::Error::Dns(
+            mail_auth::DnsError::RecordNotFound(ResponseCode::NXDomain),
+        )),
+        Err(DnsError::Temporary(why)) => {
+            return Answer::Temporary {
+                at: Instant::now(),
+                error: Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::Resolver(
+                    why.clone(),
+                ))),
+            };
+        }
+    };
+    if dns.settings().cache_size > 0
+        && let Some(until) = answer.valid_until
+    {
+        dns.parsed_txt().put(name, txt.clone(), until);
     }
+    Answer::Definite(txt)
 }
 
 impl TxtPrefetch {
