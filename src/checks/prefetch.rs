@@ -1,9 +1,9 @@
 //! Lookups started before the check that needs them can run.
 //!
-//! DKIM, DMARC and ARC can only be evaluated at end of message, but most of
-//! the DNS records they will ask for are known much earlier: the DMARC
-//! policy records of the MAIL FROM domain at MAIL FROM, those of the From:
-//! domain and the DKIM and ARC keys as soon as those headers arrive. Asked
+//! DKIM and ARC can only be evaluated at end of message, but the keys they
+//! will ask for are known much earlier: as soon as the DKIM-Signature and
+//! ARC headers arrive. (DMARC's policy records have their own store,
+//! `dmarc::lookups`, since DMARC is no longer evaluated by mail-auth.) Asked
 //! for then, and all at once instead of one after another, they are usually
 //! in hand when end of message comes, so the message waits for at most one
 //! DNS round trip instead of a chain of them.
@@ -12,8 +12,8 @@
 //! name: a name is looked up once per message however many checks want it,
 //! and a check that needs the answer while the lookup is in flight waits for
 //! that lookup instead of sending another query. mail-auth reads it through
-//! its `ResolverCache` interface, so its DMARC tree walk and key fetches are
-//! answered from here.
+//! its `ResolverCache` interface, so its key fetches are answered from
+//! here.
 //!
 //! Answers are parsed by mail-auth's own lookup, so what a check sees is
 //! what mail-auth would have found. A temporary failure (timeout, SERVFAIL)
@@ -25,7 +25,6 @@
 use super::Memo;
 use crate::dns::Dns;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::dmarc::Dmarc;
 use mail_auth::{ResolverCache, Txt};
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -37,7 +36,6 @@ use std::time::Instant;
 /// mail-auth would parse it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
-    Dmarc,
     DomainKey,
 }
 
@@ -46,11 +44,9 @@ impl RecordKind {
     /// the lookups are left to end of message. Keys: a message rarely has
     /// more than a few signatures and ARC sets, and a forged message with
     /// thousands of DKIM-Signature headers must not turn into thousands of
-    /// queries. DMARC: two tree walks (MAIL FROM and From: domain) of at most
-    /// eight names each.
+    /// queries.
     fn cap(self) -> usize {
         match self {
-            RecordKind::Dmarc => 16,
             RecordKind::DomainKey => 8,
         }
     }
@@ -111,44 +107,6 @@ fn key_of(name: &str) -> Box<str> {
     key.into_boxed_str()
 }
 
-/// Whether `domain` is a host name worth a query: labels of 1 to 63
-/// letters, digits, hyphens or underscores (an address literal or a
-/// malformed name is not).
-fn is_dns_name(domain: &str) -> bool {
-    domain.len() <= 253
-        && domain.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-/// The names mail-auth's DMARC tree walk (RFC 9989 §4.10.1) asks for, in
-/// its order: the domain itself, then, for long names, the name cut to
-/// seven labels, then one label less each time down to the top level.
-pub fn dmarc_tree(domain: &str) -> Vec<String> {
-    let domain = domain.trim_end_matches('.');
-    if !is_dns_name(domain) {
-        return Vec::new();
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    let total = labels.len();
-    if total < 2 {
-        return Vec::new();
-    }
-    let mut names = Vec::new();
-    let mut count = total;
-    loop {
-        names.push(format!("_dmarc.{}.", labels[total - count..].join(".")));
-        if count == 1 {
-            break;
-        }
-        count = if count >= 8 { 7 } else { count - 1 };
-    }
-    names
-}
-
 /// The key record name of a signature (`s._domainkey.d.`).
 pub fn domain_key_name(selector: &str, domain: &str) -> String {
     format!("{selector}._domainkey.{}.", domain.trim_end_matches('.'))
@@ -182,14 +140,6 @@ pub fn arc_keys(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
     };
     if let Some(key) = key {
         TxtPrefetch::of(memo).start(dns, &key, RecordKind::DomainKey);
-    }
-}
-
-/// The DMARC records mail-auth's tree walk will want for `domain`.
-pub fn dmarc_records(memo: &Memo, dns: &Arc<Dns>, domain: &str) {
-    let store = TxtPrefetch::of(memo);
-    for name in dmarc_tree(domain) {
-        store.start(dns, &name, RecordKind::Dmarc);
     }
 }
 
@@ -230,10 +180,6 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
     let capture = Capture::default();
     let auth = dns.authenticator();
     let result = match kind {
-        RecordKind::Dmarc => auth
-            .txt_lookup::<Dmarc>(name, Some(&capture))
-            .await
-            .map(Txt::Dmarc),
         RecordKind::DomainKey => auth
             .txt_lookup::<DomainKey>(name, Some(&capture))
             .await
@@ -260,9 +206,7 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
                 }
             }
             // No such record: shared with later messages for as long as
-            // the zone's SOA allows, like a record (nearly every message
-            // asks for the `_dmarc` name of its top-level domain, which
-            // does not exist).
+            // the zone's SOA allows, like a record.
             None if matches!(
                 error,
                 mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
@@ -432,31 +376,10 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
 mod tests {
     use super::*;
     use mail_auth::common::parse::TxtRecordParser;
+    use mail_auth::dmarc::Dmarc;
 
     #[test]
-    fn the_tree_walk_names_match_mail_auths_order() {
-        assert_eq!(
-            dmarc_tree("example.org"),
-            ["_dmarc.example.org.", "_dmarc.org."]
-        );
-        assert_eq!(
-            dmarc_tree("mail.example.org."),
-            [
-                "_dmarc.mail.example.org.",
-                "_dmarc.example.org.",
-                "_dmarc.org."
-            ]
-        );
-        // Eight labels or more: the name itself, then straight to seven.
-        let long = dmarc_tree("a.b.c.d.e.f.g.h.example.org");
-        assert_eq!(long.len(), 8);
-        assert_eq!(long[0], "_dmarc.a.b.c.d.e.f.g.h.example.org.");
-        assert_eq!(long[1], "_dmarc.d.e.f.g.h.example.org.");
-        assert_eq!(long[7], "_dmarc.org.");
-        assert!(dmarc_tree("localhost").is_empty());
-        assert!(dmarc_tree("a..b").is_empty());
-        assert!(dmarc_tree("[192.0.2.1]").is_empty());
-        assert!(dmarc_tree("4]").is_empty());
+    fn key_names_are_spelled_as_mail_auth_asks() {
         assert_eq!(
             domain_key_name("sel", "example.org."),
             "sel._domainkey.example.org."
