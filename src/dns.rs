@@ -388,6 +388,39 @@ impl Dns {
         })
     }
 
+    /// Whether `name` exists, for DMARC's `np=` (RFC 9989 §3.2.13, RFC
+    /// 8020): A, AAAA and MX are asked for at once (RFC 9091 §2.7 named
+    /// those three); NXDOMAIN to any of them means the name and everything
+    /// below it do not exist. Any other answer, records or none (NODATA),
+    /// means it exists; only when no query completes is the answer
+    /// unknown.
+    pub async fn exists(&self, name: &str) -> Result<bool, DnsError> {
+        use hickory_resolver::proto::rr::RecordType;
+        let fqdn = Self::fqdn(name)?;
+        let resolver = self.auth.resolver();
+        let (a, aaaa, mx) = tokio::join!(
+            resolver.lookup(fqdn.clone(), RecordType::A),
+            resolver.lookup(fqdn.clone(), RecordType::AAAA),
+            resolver.lookup(fqdn, RecordType::MX),
+        );
+        let answers = [a, aaaa, mx];
+        if answers
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.is_nx_domain()))
+        {
+            return Ok(false);
+        }
+        let mut failure = None;
+        for answer in answers {
+            match answer {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_no_records_found() => return Ok(true),
+                Err(e) => failure = Some(DnsError::Temporary(e.to_string())),
+            }
+        }
+        Err(failure.unwrap_or(DnsError::NotFound))
+    }
+
     /// PTR names of an address, without trailing dots. Kept for their TTL
     /// like A answers: iprev asks on every connection.
     pub async fn ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
