@@ -375,6 +375,40 @@ impl Dns {
     }
 }
 
+// ----- For SPF (checks::spf): names as RFC 7208 forms them -----
+//
+// A domain-spec may hold any visible character (RFC 7208 §4.6.1, §7.1:
+// `a:foo:bar/baz.example.com` names a host whose first label is
+// `foo:bar/baz`), which `Name::from_ascii` refuses as a host name. SPF
+// builds its query names label by label instead, and asks through the same
+// resolver, cache and timeouts as every other lookup.
+
+/// A query name from dot-separated labels of any octets but the dot, made
+/// fully qualified. `None` when it cannot be a DNS name (RFC 1035 §2.3.4):
+/// an empty label, a label over 63 octets, over 255 octets in all.
+pub fn name_from_labels(name: &str) -> Option<Name> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    let mut parsed = Name::from_labels(name.split('.').map(str::as_bytes)).ok()?;
+    parsed.set_fqdn(true);
+    Some(parsed)
+}
+
+impl Dns {
+    /// The records of type `rtype` at `name` (CNAMEs followed by the
+    /// resolver); none is NotFound.
+    pub async fn records_of_type(
+        &self,
+        name: Name,
+        rtype: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Vec<RData>, DnsError> {
+        let lookup = self.auth.resolver().lookup(name, rtype).await;
+        Self::records(lookup, |d| (d.record_type() == rtype).then(|| d.clone()))
+    }
+}
+
 /// For unit tests: a resolver whose only server is a closed port on
 /// 127.0.0.1 (discard), with a short timeout. Lookups fail quickly as
 /// temporary errors and never leave the machine.

@@ -296,6 +296,7 @@ impl DmarcCheck {
             return CheckResult::temperror("internal error: DMARC memo");
         };
         let dkim_outputs = super::dkim::outputs_for_dmarc(&dkim);
+        let spf_output = spf.0.mail_auth_output();
         let out = self
             .dns
             .authenticator()
@@ -304,7 +305,7 @@ impl DmarcCheck {
                     &parsed,
                     &dkim_outputs,
                     &spf.0.domain,
-                    &spf.0.output,
+                    &spf_output,
                 ))
                 .with_txt_cache(&*store),
             )
