@@ -30,19 +30,12 @@ use crate::stage::Stage;
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use viaspf::{Config, DomainName, ErrorCause, ExplanationString, Sender, SpfResultCause};
 
-mod lookup;
+mod eval;
+pub mod record;
 
 /// Longest SPF explanation (`exp=`) quoted in a reason.
 const MAX_EXPLANATION: usize = 200;
-
-/// Most parts of an `exp=` explanation string that are expanded (RFC 7208
-/// §6.2). A TXT record can hold tens of kilobytes of `%{s}` or `%{p}`
-/// macros; each part expands to a few hundred octets at most (and `%{p}`
-/// to DNS lookups), and only the first `MAX_EXPLANATION` characters are
-/// ever shown, so the rest is dropped before expansion.
-const MAX_EXPLANATION_PARTS: usize = 64;
 
 /// Time for one whole evaluation (RFC 7208 §4.6.4: "at least 20
 /// seconds"); past it the result is `temperror`. The check's own timeout
@@ -67,23 +60,6 @@ pub fn receiver() -> &'static str {
         } else {
             "unknown".to_string()
         }
-    })
-}
-
-/// The evaluator's settings, the same for every evaluation: the limits of
-/// RFC 7208 §4.6.4 (10 DNS-querying terms, 2 void lookups; viaspf also
-/// applies the 10-name limits of `mx` and `ptr`), the overall time limit,
-/// the receiver's name, and the bound on explanations.
-fn config() -> &'static Config {
-    static CONFIG: OnceLock<Config> = OnceLock::new();
-    CONFIG.get_or_init(|| {
-        Config::builder()
-            .max_lookups(10)
-            .max_void_lookups(2)
-            .timeout(EVALUATION_TIMEOUT)
-            .hostname(receiver())
-            .modify_exp_with(|e| e.segments.truncate(MAX_EXPLANATION_PARTS))
-            .build()
     })
 }
 
@@ -164,20 +140,6 @@ pub struct HeloSpf(pub SpfOutcome);
 /// (RFC 7489 §3.1.2).
 pub struct MailFromSpf(pub SpfOutcome);
 
-/// viaspf's result in the check vocabulary, spelled out so a new variant
-/// upstream is a compile error rather than a silent mapping.
-fn status_of(result: &viaspf::SpfResult) -> Status {
-    match result {
-        viaspf::SpfResult::Pass => Status::Pass,
-        viaspf::SpfResult::Fail(_) => Status::Fail,
-        viaspf::SpfResult::Softfail => Status::Softfail,
-        viaspf::SpfResult::Neutral => Status::Neutral,
-        viaspf::SpfResult::None => Status::None,
-        viaspf::SpfResult::Temperror => Status::Temperror,
-        viaspf::SpfResult::Permerror => Status::Permerror,
-    }
-}
-
 /// The HELO name for SPF: trimmed, without a trailing dot.
 fn helo_name(input: &CheckInput) -> String {
     input
@@ -218,82 +180,78 @@ pub struct SpfQuery<'a> {
 
 /// Evaluates one identity (RFC 7208 §2.3, §2.4, §4) through `dns`.
 pub async fn evaluate(dns: &Dns, query: SpfQuery<'_>) -> SpfOutcome {
-    // §5: an IPv4-mapped IPv6 address is the IPv4 client it stands for.
+    // §5: an IPv4-mapped IPv6 address is the IPv4 client it stands for
+    // (RFC 4291 §2.5.5.2): `ip4`, `a` with A records and `%{i}` apply.
     let ip = query.ip.to_canonical();
     let helo = query.helo;
-    let (sender_text, domain, parsed) = match query.checked {
+    let (sender, local, domain) = match query.checked {
         // §2.3: the HELO identity is checked as postmaster@<helo>.
-        Checked::Helo => (String::new(), helo.to_string(), Sender::from_domain(helo)),
+        Checked::Helo => (String::new(), "postmaster", helo),
         Checked::MailFrom => {
-            let domain = query
-                .sender
-                .rsplit_once('@')
-                .map_or(query.sender, |(_, d)| d);
-            // §4.3: a sender without local part (`@example.org`) is
-            // checked with "postmaster".
-            let sender = query.sender.strip_prefix('@').unwrap_or(query.sender);
-            (
-                query.sender.to_string(),
-                domain.to_string(),
-                Sender::new(sender),
-            )
+            let (local, domain) = query.sender.rsplit_once('@').unwrap_or(("", query.sender));
+            // §4.3: a sender without a local part is "postmaster".
+            let local = if local.is_empty() {
+                "postmaster"
+            } else {
+                local
+            };
+            (query.sender.to_string(), local, domain)
         }
     };
+    let domain = domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase();
     let mut outcome = SpfOutcome {
         checked: query.checked,
-        domain,
+        domain: domain.clone(),
         result: Status::None,
         explanation: None,
         mechanism: None,
         problem: None,
         ip: Some(ip),
         helo: helo.to_string(),
-        sender: sender_text,
+        sender,
         note: None,
     };
     // §4.3: a malformed domain, or one that is not a multi-label domain
-    // name (an address literal, a bare host name), gives `none` at once.
-    let Ok(sender) = parsed else {
+    // name (an address literal, a bare host name), is `none` at once.
+    if !eval::is_checkable_domain(&domain) {
         outcome.note = Some("not a domain name that SPF can check");
         return outcome;
-    };
-    outcome.domain = sender.domain().to_string();
-    let helo_domain = DomainName::new(helo).ok();
-    let found = viaspf::evaluate_sender(
-        &lookup::SpfLookup { dns },
-        config(),
-        ip,
-        &sender,
-        helo_domain.as_ref(),
-    )
-    .await;
-    outcome.result = status_of(&found.spf_result);
-    if let viaspf::SpfResult::Fail(ExplanationString::External(exp)) = &found.spf_result {
-        outcome.explanation = Some(exp.clone());
     }
-    match (&found.cause, outcome.result) {
-        (Some(SpfResultCause::Match(m)), _) => outcome.mechanism = Some(m.to_string()),
-        (Some(SpfResultCause::Error(e)), _) => outcome.problem = Some(problem(*e).to_string()),
-        // §4.7, §9.1: no mechanism matched.
-        (None, Status::Neutral) => outcome.mechanism = Some("default".to_string()),
-        (None, _) => {}
+    let params = eval::Params {
+        ip,
+        local,
+        sender_domain: &domain,
+        helo,
+        receiver: receiver(),
+    };
+    // §4.6.4: the whole evaluation is bounded in time too.
+    let evaluated =
+        tokio::time::timeout(EVALUATION_TIMEOUT, eval::check_host(dns, &params, &domain))
+            .await
+            .unwrap_or_else(|_| {
+                Err(eval::Failed::Temporary(
+                    "evaluation took longer than 20 seconds".to_string(),
+                ))
+            });
+    match evaluated {
+        Ok(finished) => {
+            outcome.result = finished.result;
+            outcome.mechanism = finished.mechanism;
+            outcome.explanation = finished.explanation;
+        }
+        Err(eval::Failed::Temporary(problem)) => {
+            outcome.result = Status::Temperror;
+            outcome.problem = Some(problem);
+        }
+        Err(eval::Failed::Permanent(problem)) => {
+            outcome.result = Status::Permerror;
+            outcome.problem = Some(problem);
+        }
     }
     outcome
-}
-
-/// A `problem=` text (RFC 7208 §9.1) for each way an evaluation can fail,
-/// spelled out so a new variant upstream is a compile error.
-fn problem(cause: ErrorCause) -> &'static str {
-    match cause {
-        ErrorCause::Timeout => "DNS lookup timed out",
-        ErrorCause::Dns => "DNS lookup failed",
-        ErrorCause::LookupLimitExceeded => "more than 10 DNS-querying terms",
-        ErrorCause::VoidLookupLimitExceeded => "more than 2 void lookups",
-        ErrorCause::NoSpfRecord => "no SPF record at an included domain",
-        ErrorCause::MultipleSpfRecords => "more than one SPF record",
-        ErrorCause::InvalidSpfRecordSyntax => "invalid SPF record",
-        ErrorCause::InvalidTargetDomain => "invalid target domain name",
-    }
 }
 
 async fn evaluate_helo(dns: &Dns, input: &CheckInput) -> SpfOutcome {
