@@ -168,37 +168,7 @@ async fn ours(dns: &Dns, c: &Case) -> (Answer, SpfOutcome) {
     (answer, o)
 }
 
-/// The evaluator under test: ours, or (`SPF_ENGINE=mail-auth`, for the
-/// measurement that chose the evaluator) mail-auth 0.13's, as main used it.
 async fn engine(dns: &Dns, c: &Case) -> (Answer, String) {
-    if std::env::var("SPF_ENGINE").as_deref() == Ok("mail-auth") {
-        use mail_auth::spf::verify::SpfParameters;
-        let ip: IpAddr = c.ip.parse().unwrap();
-        let params = if c.from.is_empty() {
-            SpfParameters::verify_ehlo(ip, c.helo, "unknown")
-        } else {
-            SpfParameters::verify_mail_from(ip, c.helo, "unknown", c.from)
-        };
-        let out = dns
-            .authenticator()
-            .verify_spf(mail_auth::Parameters::new(params))
-            .await;
-        use mail_auth::SpfResult as R;
-        let result = match out.result() {
-            R::Pass => "pass",
-            R::Fail => "fail",
-            R::SoftFail => "softfail",
-            R::Neutral => "neutral",
-            R::None => "none",
-            R::TempError => "temperror",
-            R::PermError => "permerror",
-        };
-        let answer = Answer {
-            result: result.to_string(),
-            exp: out.explanation().unwrap_or_default().to_string(),
-        };
-        return (answer, format!("{out:?}"));
-    }
     let (answer, outcome) = ours(dns, c).await;
     (answer, format!("{outcome:?}"))
 }
@@ -1853,4 +1823,125 @@ fn case_names_are_unique_and_name_a_section() {
     let before = names.len();
     names.dedup();
     assert_eq!(before, names.len(), "duplicate case names");
+}
+
+// ----- the cross-check with pyspf -----
+
+/// Debian's python3, which has python3-spf (the PATH python3 may not).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Whether pyspf can run here; without it, print why and skip, except
+/// under CI, where that is a failure.
+fn pyspf_installed() -> bool {
+    let ok = std::process::Command::new(PYTHON)
+        .args(["-c", "import spf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return true;
+    }
+    let reason = "pyspf not installed: apt-get install python3-spf";
+    if std::env::var_os("CI").is_some() {
+        panic!("{reason} (CI is set, so this is a failure)");
+    }
+    println!("{reason}");
+    false
+}
+
+/// Cases where pyspf 2.0.14 (Debian 12) gives another answer than the RFC,
+/// with the result it gives. A pyspf that changes its answer fails this
+/// test, so the list stays true.
+const PYSPF_DIFFERS: &[(&str, &str)] = &[
+    // §4.3: "not a multi-label domain name ... returns none"; pyspf
+    // evaluates the record of a single-label name.
+    ("s4_3_helo_single_label_is_none", "fail"),
+    ("s4_3_single_label_sender_is_none", "fail"),
+    // §12: a modifier value is a macro-string of visible characters;
+    // pyspf does not check unknown modifiers' values for control characters.
+    ("s4_6_1_unknown_modifier_with_a_control_character", "fail"),
+    // §5.5: a PTR lookup error makes `ptr` not match, and an address
+    // lookup error skips that name; pyspf says temperror for both.
+    ("s5_5_ptr_lookup_error_does_not_match", "temperror"),
+    ("s5_5_ptr_address_lookup_error_skips_the_name", "temperror"),
+    // §7.3 (§7.4's example): IPv6 nibbles in lower case; pyspf writes them
+    // in upper case, as RFC 4408's example did (only explanations see it).
+    ("s6_2_exp_ipv6_c_and_i", "fail"),
+    // §7.1: an unterminated macro and §7.3's zero part count are syntax
+    // errors; pyspf lets `exists` with them not match.
+    ("s7_1_unterminated_macro", "neutral"),
+    ("s7_1_digit_transformer_zero", "neutral"),
+    // §7.3: labels are removed from the left until the name fits; pyspf
+    // removes one label at most, so a name still too long is not found.
+    ("s7_3_long_names_lose_labels_on_the_left", "fail"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyspf_agrees_with_the_rfc() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    if !pyspf_installed() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/spf_pyspf.py");
+    let mut child = tokio::process::Command::new(PYTHON)
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tests/spf_pyspf.py");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let receiver = dispatch_milter::checks::spf::receiver();
+
+    let cases = all_cases();
+    let (mut ours_wrong, mut pyspf_wrong, mut surprises) = (Vec::new(), Vec::new(), Vec::new());
+    for c in &cases {
+        let server = DnsServer::start().await;
+        load(&server, c.zone);
+        let dns = resolver(&server);
+        let (answer, _) = ours(&dns, c).await;
+        if let Err(e) = judge(c, &answer) {
+            ours_wrong.push(e);
+        }
+        let question = serde_json::json!({
+            "port": server.port(),
+            "ip": c.ip,
+            "sender": c.from,
+            "helo": c.helo,
+            "receiver": receiver,
+        });
+        stdin
+            .write_all(format!("{question}\n").as_bytes())
+            .await
+            .unwrap();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("pyspf answers within a minute")
+            .unwrap()
+            .expect("pyspf answers");
+        let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let theirs = Answer {
+            result: reply["result"].as_str().unwrap_or("").to_string(),
+            exp: reply["exp"].as_str().unwrap_or("").to_string(),
+        };
+        let known = PYSPF_DIFFERS.iter().find(|(name, _)| *name == c.name);
+        match (judge(c, &theirs), known) {
+            (Ok(()), None) => {}
+            (Err(e), Some((_, said))) if theirs.result == *said => pyspf_wrong.push(e),
+            (Err(e), _) => surprises.push(format!("{e} [pyspf: {theirs:?}]")),
+            (Ok(()), Some(_)) => surprises.push(format!("{}: pyspf now agrees", c.name)),
+        }
+    }
+    println!(
+        "pyspf cross-check: ours {} of {}, pyspf {} of {} as RFC 7208 says",
+        cases.len() - ours_wrong.len(),
+        cases.len(),
+        cases.len() - pyspf_wrong.len() - surprises.len(),
+        cases.len()
+    );
+    for e in &pyspf_wrong {
+        println!("  pyspf differs (known): {e}");
+    }
+    assert!(ours_wrong.is_empty(), "{}", ours_wrong.join("\n"));
+    assert!(surprises.is_empty(), "{}", surprises.join("\n"));
 }
