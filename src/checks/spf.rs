@@ -1,5 +1,11 @@
 //! The `spf` check: is the client allowed to send for the domain it claims
-//! (RFC 7208)? Verified with mail-auth through the shared resolver.
+//! (RFC 7208)? Evaluated by our own evaluator: `spf/record.rs` parses a
+//! record (a syntax error anywhere is `permerror`, §4.6), `spf/eval.rs` is
+//! check_host() over the shared resolver (`Dns`), its cache and timeouts.
+//! mail-auth 0.13's evaluator got 164 of the 230 cases of
+//! tests/spf_rfc7208.rs right and viaspf 0.6 223 (it panics on a `/0`
+//! prefix in debug builds and takes it as `/32` in release), so neither is
+//! used; pyspf is the cross-check (221 of 230, its departures listed there).
 //!
 //! Options:
 //! - `identity`: which identity to check.
@@ -15,7 +21,25 @@
 //! permerror; the usual `on_<result>` keys choose the actions (by default a
 //! `fail` rejects, temperror/permerror take the pipeline's `error_action`,
 //! the rest are ignored). Without a client address (a local submission) the
-//! result is `none`.
+//! result is `none`, and so is an identity that is not a multi-label domain
+//! name (§4.3). An IPv4-mapped IPv6 client is evaluated as IPv4.
+//!
+//! Bounds (§4.6.4, per evaluation): 10 DNS-querying terms and 2 void
+//! lookups (else `permerror`), at most 10 MX names per `mx` (else
+//! `permerror`), the first 10 PTR names per `ptr` or `%{p}`, 20 seconds in
+//! all (else `temperror`); expanded names are cut to 253 octets from the
+//! left (§7.3), explanations to 1000 octets before the reason quotes 200.
+//! Where the RFC leaves a choice open we take: a target name that cannot
+//! be a DNS name matches nothing (§4.8 with §4.3 and §5); a missing PTR
+//! answer is not a void lookup (the client's reverse zone is not the domain
+//! owner's); a zero part count in a macro (`%{d0}`, §7.3 "MUST be
+//! nonzero") is a syntax error; IPv6 nibbles in `%{i}` are lower case
+//! (§7.4's example).
+//!
+//! `Received-SPF` (§9.1): result, a comment naming the receiver, then
+//! `receiver`, `client-ip`, `envelope-from`, `helo`, `identity` and
+//! `mechanism` (or `problem` for an error), each value a dot-atom or a
+//! quoted-string. The receiver is this host's name (`receiver()`).
 //!
 //! The check starts at MAIL FROM, so its DNS lookups overlap the rest of the
 //! dialogue, and is decided at end of message (`decide_at` moves that). Its
