@@ -160,14 +160,10 @@ impl DnsProvider {
 pub struct Dns {
     auth: MessageAuthenticator,
     settings: DnsSettings,
-    /// DKIM keys and DMARC records as parsed, shared by every message for
-    /// as long as their TTL allows (the resolver's cache keeps the answer,
-    /// this keeps the parsing: an RSA key or a policy record is parsed once
-    /// per TTL, not once per message).
+    /// DKIM keys as parsed, shared by every message for as long as their
+    /// TTL allows (the resolver's cache keeps the answer, this keeps the
+    /// parsing: an RSA key is parsed once per TTL, not once per message).
     parsed: crate::checks::prefetch::SharedTxt,
-    /// SPF records as parsed, the same way, apart from the DKIM and DMARC
-    /// ones (see `checks::spf::SpfRecords`).
-    spf_records: TtlCache<mail_auth::Txt>,
     /// A answers (and "no such record") for their TTL; see `ipv4`.
     a_answers: TtlCache<Result<Vec<Ipv4Addr>, DnsError>>,
     /// PTR answers by address, the same way.
@@ -226,7 +222,6 @@ impl Dns {
             auth,
             settings: settings.clone(),
             parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
-            spf_records: TtlCache::new(settings.cache_size),
             a_answers: TtlCache::new(settings.cache_size),
             ptr_answers: TtlCache::new(settings.cache_size),
         })
@@ -245,11 +240,6 @@ impl Dns {
     /// Parsed TXT records shared between messages.
     pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
         &self.parsed
-    }
-
-    /// Parsed SPF records shared between messages.
-    pub fn spf_records(&self) -> &TtlCache<mail_auth::Txt> {
-        &self.spf_records
     }
 
     /// For the mail-auth checks (SPF, DKIM, DMARC, ARC).
@@ -436,6 +426,40 @@ impl Dns {
         });
         keep(&self.ptr_answers, &key, &answer, valid_until);
         answer
+    }
+}
+
+// ----- For SPF (checks::spf): names as RFC 7208 forms them -----
+//
+// A domain-spec may hold any visible character (RFC 7208 §4.6.1, §7.1:
+// `a:foo:bar/baz.example.com` names a host whose first label is
+// `foo:bar/baz`), which `Name::from_ascii` refuses as a host name. SPF
+// builds its query names label by label instead, and asks through the same
+// resolver, cache and timeouts as every other lookup.
+
+/// A query name from dot-separated labels of any octets but the dot, made
+/// fully qualified. `None` when it cannot be a DNS name (RFC 1035 §2.3.4):
+/// an empty label, a label over 63 octets, over 255 octets in all.
+pub fn name_from_labels(name: &str) -> Option<Name> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    let mut parsed = Name::from_labels(name.split('.').map(str::as_bytes)).ok()?;
+    parsed.set_fqdn(true);
+    Some(parsed)
+}
+
+impl Dns {
+    /// The records of type `rtype` at `name` (CNAMEs followed by the
+    /// resolver); none is NotFound.
+    pub async fn records_of_type(
+        &self,
+        name: Name,
+        rtype: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<Vec<RData>, DnsError> {
+        let lookup = self.auth.resolver().lookup(name, rtype).await;
+        Self::records(lookup, |d| (d.record_type() == rtype).then(|| d.clone()))
     }
 }
 

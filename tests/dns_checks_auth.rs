@@ -229,7 +229,13 @@ async fn the_null_sender_is_checked_by_its_helo_identity() {
         "{}",
         received[0]
     );
-    assert!(received[0].ends_with("identity=helo;"), "{}", received[0]);
+    // RFC 7208 §9.1: who checked, then what matched.
+    assert!(received[0].contains(" receiver="), "{}", received[0]);
+    assert!(
+        received[0].ends_with("identity=helo; mechanism=\"ip4:192.0.2.10\";"),
+        "{}",
+        received[0]
+    );
 
     let o = eom(&p, &mail("", "192.0.2.99")).await;
     assert_eq!(check(&o, "spf").0, "fail");

@@ -352,12 +352,21 @@ fn assert_dns_name(name: &str, from: &str) {
 /// Tag lists from DNS (DKIM keys, SPF and DMARC records) and from headers
 /// (DKIM-Signature, ARC-Seal, ARC-Message-Signature,
 /// ARC-Authentication-Results), parsed by mail-auth as our checks call it,
-/// and what we read of them ourselves: a DMARC record (our own parser) and
-/// the key name a signature makes us look up.
+/// and what we read of them ourselves: SPF records and macro strings and a
+/// DMARC record (our own parsers), and the key name a signature makes us
+/// look up.
 pub fn auth_records(data: &[u8]) {
     let _ = mail_auth::common::verify::DomainKey::parse(data);
-    let _ = mail_auth::spf::Spf::parse(data);
-    let _ = mail_auth::spf::Macro::parse(data);
+    // SPF records and explanations go through our own parser (the `spf`
+    // check no longer uses mail-auth's).
+    let spf_text = String::from_utf8_lossy(data);
+    let _ = dispatch_milter::checks::spf::record::parse_record(&spf_text);
+    for context in [
+        dispatch_milter::checks::spf::record::Context::DomainSpec,
+        dispatch_milter::checks::spf::record::Context::Explanation,
+    ] {
+        let _ = dispatch_milter::checks::spf::record::parse_macro_string(&spf_text, context);
+    }
     if let Ok(sig) = mail_auth::dkim::Signature::parse(data) {
         let name = domain_key_name(&sig.s, &sig.d);
         assert!(name.ends_with("."), "{name:?}");

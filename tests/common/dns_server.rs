@@ -431,6 +431,12 @@ impl DnsServer {
         lock(&self.shared).insert(Record::from_rdata(dns_name(name), DEFAULT_TTL, rdata));
     }
 
+    /// Adds a record at an owner name given as a [`Name`], for names that
+    /// are not host names (SPF targets may hold `:`, `/` or spaces).
+    pub fn add_rdata_at(&self, owner: Name, rdata: RData) {
+        lock(&self.shared).insert(Record::from_rdata(owner, DEFAULT_TTL, rdata));
+    }
+
     pub fn add_a(&self, name: &str, ip: Ipv4Addr) {
         self.add_rdata(name, RData::A(A(ip)));
     }
