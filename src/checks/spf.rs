@@ -139,21 +139,6 @@ impl SpfOutcome {
     pub fn status(&self) -> Status {
         self.result
     }
-
-    /// The result as mail-auth's DMARC evaluator takes it.
-    pub fn mail_auth_output(&self) -> mail_auth::SpfOutput {
-        use mail_auth::SpfResult as R;
-        let result = match self.result {
-            Status::Pass => R::Pass,
-            Status::Fail => R::Fail,
-            Status::Softfail => R::SoftFail,
-            Status::Neutral => R::Neutral,
-            Status::None => R::None,
-            Status::Temperror => R::TempError,
-            Status::Permerror => R::PermError,
-        };
-        mail_auth::SpfOutput::new(self.domain.clone()).with_result(result)
-    }
 }
 
 /// The memoised HELO evaluation of a message.
@@ -691,25 +676,6 @@ mod tests {
             helo: "mx.example.net".into(),
             sender: "alice@example.org".into(),
             note: None,
-        }
-    }
-
-    #[test]
-    fn every_status_reaches_dmarc_as_the_same_result() {
-        use mail_auth::SpfResult as R;
-        let cases = [
-            (Status::Pass, R::Pass),
-            (Status::Fail, R::Fail),
-            (Status::Softfail, R::SoftFail),
-            (Status::Neutral, R::Neutral),
-            (Status::None, R::None),
-            (Status::Temperror, R::TempError),
-            (Status::Permerror, R::PermError),
-        ];
-        for (status, r) in cases {
-            let out = outcome(Checked::MailFrom, status).mail_auth_output();
-            assert_eq!(out.result(), r, "{status}");
-            assert_eq!(out.domain(), "example.org");
         }
     }
 
