@@ -92,7 +92,7 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
                 "ARC-Authentication-Results",
             ]
             .iter()
-            .any(|n| h.name.eq_ignore_ascii_case(n))
+            .any(|n| h.name().eq_ignore_ascii_case(n))
         })
     });
     if !has_arc_header {
@@ -275,10 +275,7 @@ mod tests {
         });
         let mut i = input(Stage::Eom);
         i.message = Some(Arc::new(Message {
-            headers: vec![Header {
-                name: "From".into(),
-                value: "a@example.org".into(),
-            }],
+            headers: vec![Header::new("From", "a@example.org")],
             body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,

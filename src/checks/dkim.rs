@@ -115,7 +115,7 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     if !message
         .headers
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("DKIM-Signature"))
+        .any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature"))
     {
         return DkimMemo {
             signatures: Vec::new(),
@@ -666,14 +666,8 @@ mod tests {
     fn the_message_is_rebuilt_with_crlf() {
         let m = Message {
             headers: vec![
-                Header {
-                    name: "Subject".into(),
-                    value: "two\n lines".into(),
-                },
-                Header {
-                    name: "X-A".into(),
-                    value: " spaced\r\n\tfolded".into(),
-                },
+                Header::new("Subject", "two\n lines"),
+                Header::new("X-A", " spaced\r\n\tfolded"),
             ],
             body: b"body\r\n".as_slice().into(),
             body_truncated: false,
@@ -716,10 +710,7 @@ mod tests {
         Arc::new(Message {
             headers: headers
                 .iter()
-                .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
+                .map(|(n, v)| Header::new(n.to_string(), v.to_string()))
                 .collect(),
             body: b"hello\r\n".as_slice().into(),
             body_truncated: truncated,

@@ -256,7 +256,7 @@ impl DmarcCheck {
         let from_only: Vec<crate::message::Header> = message
             .headers
             .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("From"))
+            .filter(|h| h.name().eq_ignore_ascii_case("From"))
             .cloned()
             .collect();
         let head = crate::message::header_block(&from_only);
@@ -515,10 +515,7 @@ mod tests {
         i.message = Some(Arc::new(Message {
             headers: from
                 .iter()
-                .map(|v| Header {
-                    name: "From".into(),
-                    value: v.to_string(),
-                })
+                .map(|v| Header::new("From", v.to_string()))
                 .collect(),
             body: b"hi\r\n".as_slice().into(),
             body_truncated: false,

@@ -228,7 +228,7 @@ impl Modifier for ArcSealModifier {
             None => format!("{}; none", self.domain),
         };
         let results = AuthenticationResults::new(&copied);
-        let present = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        let present = |name: &str| headers.iter().any(|h| h.name().eq_ignore_ascii_case(name));
         let template = header_template(&self.headers, &[], present);
         let set = ArcSealer::from_key(self.key.signer())
             .domain(self.domain.as_str())

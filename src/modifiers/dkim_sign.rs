@@ -954,7 +954,10 @@ impl Modifier for DkimSignModifier {
             tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, domain = %domain, "message not signed: no key for the domain");
             return Ok(());
         }
-        if !headers.iter().any(|h| h.name.eq_ignore_ascii_case("From")) {
+        if !headers
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case("From"))
+        {
             tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, domain = %domain, "message not signed: no From header to sign");
             return Ok(());
         }
@@ -971,7 +974,7 @@ impl Modifier for DkimSignModifier {
                 added
                     .iter()
                     .chain(headers.iter())
-                    .any(|h| h.name.eq_ignore_ascii_case(name))
+                    .any(|h| h.name().eq_ignore_ascii_case(name))
             };
             let template = header_template(&self.headers, &self.oversign, present);
             let signer = DkimSigner::from_key(entry.key.signer())
@@ -1003,7 +1006,7 @@ impl Modifier for DkimSignModifier {
                 return Err("mail-auth wrote no DKIM-Signature header".to_string());
             };
             edits.insert_header(0, &name, &value)?;
-            added.insert(0, Header { name, value });
+            added.insert(0, Header::new(name, value));
         }
         Ok(())
     }
@@ -1213,14 +1216,8 @@ mod tests {
     #[test]
     fn raw_messages_use_crlf() {
         let headers = vec![
-            Header {
-                name: "Subject".into(),
-                value: "a\n b".into(),
-            },
-            Header {
-                name: "To".into(),
-                value: "x\r\n\ty".into(),
-            },
+            Header::new("Subject", "a\n b"),
+            Header::new("To", "x\r\n\ty"),
         ];
         assert_eq!(
             raw_message(&headers, &b"body\r\n".as_slice().into()),
