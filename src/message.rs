@@ -192,6 +192,16 @@ impl Body {
         self.chunks.iter().map(|c| c.as_ref())
     }
 
+    /// The body in one piece: borrowed when it came in one chunk, else a
+    /// copy.
+    pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.chunks.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one.as_ref()),
+            _ => std::borrow::Cow::Owned(self.to_vec()),
+        }
+    }
+
     /// The body in one piece (a copy).
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len);

@@ -101,9 +101,13 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
     let Some(raw) = super::dkim::raw_message(input).await else {
         return facts_from(&DkimResult::None, 0, None);
     };
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
         return facts_from(&DkimResult::None, 0, None);
     };
+    // The AMS body hashes are DKIM's (RFC 8617 §4.1.2): ours, not mail-auth
+    // 0.13's (crate::dkim_canon says why).
+    let body = raw.0.get(parsed.body_offset()..).unwrap_or_default();
+    crate::dkim_canon::replace_body_hashes(&mut parsed, body);
     let sealer = parsed
         .as_headers
         .iter()

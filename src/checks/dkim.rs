@@ -39,7 +39,7 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early,
 use crate::dns::Dns;
 use crate::message::Message;
 use crate::stage::Stage;
-use mail_auth::common::crypto::{Algorithm, CryptoError};
+use mail_auth::common::crypto::{Algorithm, CryptoError, HashAlgorithm};
 use mail_auth::common::verify::{DomainKey, VerifySignature};
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters};
@@ -50,6 +50,9 @@ pub const DEFAULT_ALLOW_L_TAG: bool = false;
 
 /// The reason when the body was cut at `max_body_size`.
 pub const TRUNCATED: &str = "body larger than max_body_size; cannot verify";
+
+/// The reason when `l=` claims more body than there is (RFC 6376 §3.5).
+pub const L_TOO_LARGE: &str = "l= is larger than the canonicalized body";
 
 /// The message as bytes, rebuilt once per message for DKIM, ARC and DMARC.
 pub struct RawMessage(pub Vec<u8>);
@@ -143,14 +146,15 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             truncated: true,
         };
     }
-    let Some(raw) = raw_message(input).await else {
-        return DkimMemo::default();
-    };
+    // mail-auth reads the header block; the body hashes are ours
+    // (crate::dkim_canon says why), so the body is never given to it.
+    let head = crate::message::header_block(&message.headers);
     // Not strict: signatures with l= are verified, and local policy decides
     // what they are worth.
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
         return DkimMemo::default();
     };
+    let body = message.body.contiguous();
     // Keys asked for when the DKIM-Signature headers arrived answer from
     // the message's store; the others are fetched now.
     let store = TxtPrefetch::of(&input.memo);
@@ -160,27 +164,56 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         .map(|h| domain_key_name(&h.header.s, &h.header.d))
         .collect();
     store.settled(dns, &keys).await;
-    let outputs: Vec<DkimOutput<'_>> = dns
-        .authenticator()
-        .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
-        .await;
-    let mut signatures = Vec::with_capacity(outputs.len());
-    for o in &outputs {
-        let signature = o.signature().cloned();
-        let key_bits = match (&signature, o.result()) {
-            (Some(sig), DkimResult::Pass)
-            | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
-                if sig.a != Algorithm::Ed25519Sha256 =>
-            {
-                rsa_key_bits(dns, &store, sig).await
-            }
-            _ => None,
-        };
-        signatures.push(SignatureFacts {
-            signature,
-            result: o.result().clone(),
-            key_bits,
-        });
+    // Signatures that did not parse first, as mail-auth reports them; then
+    // each signature on its own, so each is checked against the body hash
+    // of its own `l=` (mail-auth keys body hashes by `l` with 0 for both
+    // "absent" and "l=0", which sign different things).
+    let mut signatures = malformed(&parsed);
+    parsed
+        .errors
+        .retain(|h| !matches!(h.header, Error::Dkim(_)));
+    let all = std::mem::take(&mut parsed.dkim_headers);
+    for header in all {
+        let sig = header.header.clone();
+        let algorithm = HashAlgorithm::from(sig.a);
+        let limit = crate::dkim_canon::l_tag(header.value);
+        // RFC 6376 §3.5: l= "MUST NOT be larger than the actual number of
+        // octets in the canonicalized message body". Such a signature
+        // claims body that is not there: it fails (as OpenDKIM has it).
+        if let Some(l) = limit
+            && l > crate::dkim_canon::canonical_len(&body, sig.cb)
+        {
+            signatures.push(SignatureFacts {
+                signature: Some(sig),
+                result: DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string())),
+                key_bits: None,
+            });
+            continue;
+        }
+        let hash = crate::dkim_canon::body_hash(&body, sig.cb, algorithm, limit);
+        parsed.body_hashes = vec![(sig.cb, algorithm, sig.l, hash)];
+        parsed.dkim_headers = vec![header];
+        let outputs: Vec<DkimOutput<'_>> = dns
+            .authenticator()
+            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
+            .await;
+        for o in &outputs {
+            let signature = o.signature().cloned();
+            let key_bits = match (&signature, o.result()) {
+                (Some(sig), DkimResult::Pass)
+                | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
+                    if sig.a != Algorithm::Ed25519Sha256 =>
+                {
+                    rsa_key_bits(dns, &store, sig).await
+                }
+                _ => None,
+            };
+            signatures.push(SignatureFacts {
+                signature,
+                result: o.result().clone(),
+                key_bits,
+            });
+        }
     }
     DkimMemo {
         signatures,
