@@ -347,4 +347,58 @@ mod tests {
             ("X-Ours", &b" v"[..], "v")
         );
     }
+
+    proptest::proptest! {
+        /// RFC 6376 §3.4.1: the header block rebuilt from received headers
+        /// is the block as it came, byte for byte, whatever the spacing
+        /// after the colon, the folds (CRLF or, as Postfix passes them, LF)
+        /// and the 8-bit bytes.
+        #[test]
+        fn received_headers_rebuild_the_exact_header_block(
+            fields in proptest::collection::vec(
+                (
+                    "[!-9;-~]{1,20}",
+                    proptest::collection::vec(
+                        (
+                            proptest::collection::vec(
+                                proptest::prop_oneof![0u8..=9, 11u8..=12, 14u8..=255],
+                                0..30,
+                            ),
+                            proptest::prop_oneof![proptest::strategy::Just(b' '), proptest::strategy::Just(b'\t')],
+                        ),
+                        1..4,
+                    ),
+                    proptest::bool::ANY,
+                ),
+                0..12,
+            )
+        ) {
+            let mut expected = Vec::new();
+            let mut headers = Vec::new();
+            for (name, segments, lf_folds) in &fields {
+                let mut crlf_value = Vec::new();
+                let mut wire_value = Vec::new();
+                for (i, (text, fold)) in segments.iter().enumerate() {
+                    if i > 0 {
+                        crlf_value.extend_from_slice(b"\r\n");
+                        wire_value.extend_from_slice(if *lf_folds { b"\n" } else { b"\r\n" });
+                        crlf_value.push(*fold);
+                        wire_value.push(*fold);
+                    }
+                    crlf_value.extend_from_slice(text);
+                    wire_value.extend_from_slice(text);
+                }
+                expected.extend_from_slice(name.as_bytes());
+                expected.push(b':');
+                expected.extend_from_slice(&crlf_value);
+                expected.extend_from_slice(b"\r\n");
+                headers.push(Header::received(name.as_str(), wire_value));
+            }
+            expected.extend_from_slice(b"\r\n");
+            proptest::prop_assert_eq!(header_block(&headers), expected.clone());
+            let body = Body::from(b"x\r\n".as_slice());
+            expected.extend_from_slice(b"x\r\n");
+            proptest::prop_assert_eq!(message_bytes(&headers, &body), expected);
+        }
+    }
 }

@@ -210,10 +210,13 @@ modify = [{modify}]
     }
 }
 
+/// A header's name and the bytes after its colon.
+type RawHeader = (Vec<u8>, Vec<u8>);
+
 /// Headers and body of a message, each header as its exact bytes (name, and
 /// every byte after the colon, folds included, without the final CRLF).
-fn split(message: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
-    let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+fn split(message: &[u8]) -> (Vec<RawHeader>, Vec<u8>) {
+    let mut headers: Vec<RawHeader> = Vec::new();
     let mut rest = message;
     loop {
         let end = rest
@@ -798,4 +801,117 @@ async fn our_signatures_verify_with_dkimpy_for_every_dkim_sign_option() {
         names.len()
     );
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+// ----- through the milter protocol -----
+
+/// RFC 6376 §3.4.1 through the whole daemon: with LEADING_SPACE the MTA
+/// passes every byte after the colon (`Subject:x` has none, a fold arrives
+/// with LF as Postfix sends it, an 8-bit value as its bytes), and a
+/// signature with simple header canonicalization over them verifies.
+#[tokio::test]
+async fn rfc6376_3_4_1_subject_without_space_and_8bit_header_verify_through_the_milter() {
+    use common::daemon::{LISTEN, TestDaemon, postfix_actions};
+    use indymilter::ProtoOpts;
+    use indymilter_test::{EomAction, MacroStage, Status, TestConnection};
+    use std::ffi::CString;
+
+    if !dkimpy_installed() {
+        return;
+    }
+    let server = dns().await;
+    let headers: Vec<&[u8]> = vec![
+        b"From: alice@example.org",
+        b"Subject:x",
+        b"X-Latin1: caf\xe9",
+        b"To: bob@rcpt.test,\r\n\tcarol@rcpt.test",
+    ];
+    let msg = message(&headers, b"hello \r\n\r\n");
+    let sigs = dkimpy_sign(&[
+        SignJob {
+            message: msg.clone(),
+            key: RSA,
+            canon: "simple/simple",
+            length: false,
+            headers: vec!["From", "Subject", "X-Latin1", "To"],
+        },
+        SignJob {
+            message: msg.clone(),
+            key: ED25519,
+            canon: "relaxed/relaxed",
+            length: false,
+            headers: vec!["From", "Subject", "X-Latin1", "To"],
+        },
+    ]);
+    let signed = prepend(&sigs[1], &prepend(&sigs[0], &msg));
+    let (headers, body) = split(&signed);
+
+    let mut registry = common::registry(Arc::new(common::Probes::default()));
+    registry.set_nameservers(vec![server.addr()]);
+    let mut d = TestDaemon::start_with(
+        &format!(
+            "{LISTEN}[dns]\ntimeout = \"2s\"\nattempts = 1\n[checks.dkim]\nkind = \"dkim\"\n[pipelines.mx]\nauthserv_id = \"mx.test\"\nchecks = [\"dkim\"]\n"
+        ),
+        registry,
+    )
+    .await;
+    let mut conn = TestConnection::configure()
+        .available_actions(postfix_actions())
+        .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
+        .exact_leading_space(true)
+        .open_tcp(d.addr())
+        .await
+        .expect("milter connection");
+    conn.macros(MacroStage::Connect, [("{daemon_name}", "mx")])
+        .await
+        .unwrap();
+    let ip: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+    assert_eq!(
+        conn.connect("mail.example.net", ip).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.helo("mail.example.net").await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.mail(["<alice@example.org>"]).await.unwrap(),
+        Status::Continue
+    );
+    assert_eq!(
+        conn.rcpt(["<bob@rcpt.test>"]).await.unwrap(),
+        Status::Continue
+    );
+    for (name, value) in headers {
+        // Postfix passes folds with LF alone (CR appears only in folds).
+        let value: Vec<u8> = value.into_iter().filter(|b| *b != b'\r').collect();
+        conn.header(CString::new(name).unwrap(), CString::new(value).unwrap())
+            .await
+            .unwrap();
+    }
+    conn.eoh().await.unwrap();
+    conn.body(body).await.unwrap();
+    let (actions, status) = conn.eom().await.unwrap();
+    assert_eq!(status, Status::Continue);
+    let ar: Vec<String> = actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            EomAction::InsertHeader { name, value, .. }
+                if name.as_c_str() == c"Authentication-Results" =>
+            {
+                Some(value.to_string_lossy().replace('\n', ""))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ar.len(), 1, "{actions:?}");
+    let results: Vec<&str> = ar[0]
+        .split(';')
+        .filter_map(|p| p.trim().strip_prefix("dkim="))
+        .map(|r| r.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(results, ["pass", "pass"], "{}", ar[0]);
+    drop(conn);
+    d.shutdown().await;
 }

@@ -23,11 +23,20 @@
 //! it was kept, so nothing can be verified: the result is `temperror`
 //! ("body larger than max_body_size; cannot verify").
 //!
-//! The message is rebuilt for verification as `Name: value` CRLF for each
-//! header as received (folding kept, bare LF turned into CRLF), an empty
-//! line, and the body as received. Headers the MTA passed without the space
-//! after the colon (RFC 6376 "simple" header canonicalization notices the
-//! difference) only verify when the milter negotiated the leading space.
+//! Each header is verified as the MTA passed it (LEADING_SPACE negotiated):
+//! its exact bytes after the colon, folds made CRLF, so "simple" header
+//! canonicalization (RFC 6376 §3.4.1) sees `Subject:x` and 8-bit values as
+//! the signer did. Without LEADING_SPACE (Postfix before 2.9) the MTA drops
+//! the white space after the colon and one space is assumed.
+//!
+//! Headers, keys and signatures are checked by mail-auth 0.13; the body
+//! hash is ours (`crate::dkim_canon`): the library's body canonicalization
+//! is wrong for white-space-only lines at the end of a relaxed body
+//! (§3.4.4), for `l=` (§3.5: octets of the canonical body; `l=0` signs no
+//! body) and for a CR not followed by LF. Each signature is checked
+//! against the body hash of its own `l=`. An `l=` larger than the
+//! canonicalized body is a `fail` (§3.5 "MUST NOT be larger"; OpenDKIM
+//! agrees, dkimpy would pass it).
 //!
 //! The verification is memoised for the message: the `dmarc` check reuses
 //! it (and runs it itself when no `dkim` check is configured). DMARC judges

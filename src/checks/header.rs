@@ -198,7 +198,7 @@ impl HeaderCheck {
                     return CheckResult::permerror("header check without header or pattern");
                 };
                 for h in &message.headers {
-                    let line = format!("{}: {}", h.name(), unfold(&h.value()));
+                    let line = format!("{}: {}", h.name(), unfold(h.value()));
                     if re.is_match(&line) {
                         // Debug quoting keeps a name sent by the client on one line.
                         return self

@@ -1,6 +1,10 @@
-//! The `dkim_sign` modifier: adds DKIM-Signature headers (RFC 6376) with
-//! mail-auth on its `ring` backend, one per key of the signing domain, over
-//! the message as it will be delivered. Also home of the private key loader
+//! The `dkim_sign` modifier: adds DKIM-Signature headers (RFC 6376), one
+//! per key of the signing domain, over the message as it will be delivered
+//! (received headers byte for byte). The signature is built here: body hash
+//! from `crate::dkim_canon` (mail-auth 0.13's is wrong for some bodies),
+//! relaxed header hash, signing and header text from mail-auth on its
+//! `ring` backend. `h=` lists every instance of each signed name, bottom
+//! up (RFC 6376 §5.4.2), then each `oversign` name once more. Also home of the private key loader
 //! that `arc_seal` and `dkim-record` share.
 //!
 //! Options:
