@@ -457,6 +457,46 @@ async fn rfc6376_3_5_l_counts_canonical_octets_and_appended_text_is_unsigned() {
     check_cases(&cases).await;
 }
 
+/// §3.5: l= "MUST NOT be larger than the actual number of octets in the
+/// canonicalized message body". mail-auth 0.13's signer writes the raw
+/// body length into l=, larger than the relaxed canonical body when lines
+/// end in white space. We fail such a signature (it claims body that is
+/// not there; OpenDKIM refuses it too); dkimpy hashes what there is and
+/// passes it. The one case where the two disagree, on purpose.
+#[tokio::test]
+async fn rfc6376_3_5_an_l_larger_than_the_canonical_body_fails() {
+    use mail_auth::common::crypto::{RsaKey, Sha256};
+    use mail_auth::common::headers::HeaderWriter;
+    use mail_auth::dkim::DkimSigner;
+
+    if !dkimpy_installed() {
+        return;
+    }
+    let pem = std::fs::read_to_string(tests_dir().join("keys").join(RSA8.file)).unwrap();
+    #[allow(deprecated)]
+    let key = RsaKey::<Sha256>::from_pkcs8_pem(&pem).expect("a PKCS#8 RSA key");
+    // Raw body 12 octets, relaxed canonical body "text\r\n": 6.
+    let msg = message(&base_headers(), b"text    \r\n\r\n");
+    let signature = DkimSigner::from_key(key)
+        .domain(DOMAIN)
+        .selector(RSA8.selector)
+        .headers(["From", "Subject"])
+        .body_length(true)
+        .sign(&msg)
+        .expect("sign");
+    assert_eq!(signature.l, 12);
+    let signed = prepend(signature.to_header().as_bytes(), &msg);
+    let server = dns().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = policy(&server, dir.path(), "", "");
+    assert_eq!(ours(&p, &signed).await, ["fail"]);
+    assert_eq!(
+        dkimpy_verify(&[signed]),
+        [["pass"]],
+        "dkimpy changed its mind"
+    );
+}
+
 /// Header spellings that simple canonicalization hashes as they are
 /// (§3.4.1) and relaxed rewrites (§3.4.2).
 #[tokio::test]
@@ -464,7 +504,7 @@ async fn rfc6376_3_4_1_and_3_4_2_headers_are_hashed_as_received() {
     if !dkimpy_installed() {
         return;
     }
-    let spellings: [(&str, Vec<&[u8]>); 6] = [
+    let spellings: [(&str, Vec<&[u8]>); 7] = [
         ("no space after the colon", vec![b"Subject:x"]),
         ("two spaces and a tab", vec![b"Subject:  \tx  y"]),
         ("folded", vec![b"Subject: folded\r\n\tacross\r\n   lines"]),
@@ -474,6 +514,10 @@ async fn rfc6376_3_4_1_and_3_4_2_headers_are_hashed_as_received() {
             vec![b"SUBJECT:  Mixed Case  "],
         ),
         ("empty value", vec![b"Subject:"]),
+        (
+            "form feed and vertical tab",
+            vec![b"Subject: a\x0cb \x0b c"],
+        ),
     ];
     let mut jobs = Vec::new();
     let mut names = Vec::new();
@@ -760,7 +804,7 @@ async fn our_signatures_verify_with_dkimpy_for_every_dkim_sign_option() {
             vec![
                 b"From: alice@example.org",
                 b"Subject:x",
-                b"X-Tag: caf\xe9",
+                b"X-Tag: caf\xe9 a\x0cb",
                 b"To: bob@rcpt.test,\r\n\tcarol@rcpt.test",
                 b"X-Tag: second",
             ],

@@ -1,9 +1,9 @@
 //! The `dkim_sign` modifier: adds DKIM-Signature headers (RFC 6376), one
 //! per key of the signing domain, over the message as it will be delivered
 //! (received headers byte for byte). The signature is built here: body hash
-//! from `crate::dkim_canon` (mail-auth 0.13's is wrong for some bodies),
-//! relaxed header hash, signing and header text from mail-auth on its
-//! `ring` backend. `h=` lists every instance of each signed name, bottom
+//! and relaxed header canonicalization from `crate::dkim_canon` (mail-auth
+//! 0.13's body hash is wrong for some bodies), signing and the signature's
+//! header text from mail-auth on its `ring` backend. `h=` lists every instance of each signed name, bottom
 //! up (RFC 6376 §5.4.2), then each `oversign` name once more. Also home of the private key loader
 //! that `arc_seal` and `dkim-record` share.
 //!
@@ -1002,8 +1002,8 @@ impl DkimSignModifier {
     /// One signature over `added` (our signatures so far, top first) above
     /// `headers`, and `body`. Built here rather than by mail-auth's
     /// `DkimSigner`, whose body hash is wrong for some bodies
-    /// (crate::dkim_canon says why); the header hash, the signature and
-    /// its header text are mail-auth's.
+    /// (crate::dkim_canon says why); the header canonicalization is ours
+    /// too, the signing and the signature's header text mail-auth's.
     fn sign(
         &self,
         entry: &KeyEntry,
@@ -1027,6 +1027,7 @@ impl DkimSignModifier {
             if wanted.iter().any(|n| n.eq_ignore_ascii_case(h.name())) {
                 let mut value = Vec::with_capacity(h.raw_value().len() + 2);
                 h.write_value_crlf(&mut value);
+                value.truncate(value.len() - 2);
                 signed.push((h.name(), value));
             }
         }
@@ -1070,8 +1071,8 @@ impl DkimSignModifier {
 }
 
 /// What a signature signs (RFC 6376 §3.7): the signed headers in `h=`
-/// order, relaxed, then the DKIM-Signature header itself with `b=` empty
-/// and no CRLF.
+/// order, relaxed (by `crate::dkim_canon`, as the `dkim` check verifies),
+/// then the DKIM-Signature header itself with `b=` empty and no CRLF.
 struct Signed<'a> {
     headers: &'a [(&'a str, Vec<u8>)],
     signature: &'a Signature,
@@ -1079,12 +1080,18 @@ struct Signed<'a> {
 
 impl Writable for Signed<'_> {
     fn write(self, writer: &mut impl mail_auth::common::headers::Writer) {
-        Canonicalization::Relaxed.canonicalize_headers(
-            self.headers
-                .iter()
-                .map(|(n, v)| (n.as_bytes(), v.as_slice())),
-            writer,
-        );
+        let mut headers = Vec::new();
+        for (name, value) in self.headers {
+            crate::dkim_canon::canonical_header(
+                name.as_bytes(),
+                value,
+                Canonicalization::Relaxed,
+                &mut headers,
+            );
+        }
+        writer.write(&headers);
+        // mail-auth writes its header in relaxed form when told it is not
+        // the header: "dkim-signature:", the tags, "b=" empty, no CRLF.
         self.signature.write(writer, false);
     }
 }
