@@ -23,6 +23,7 @@ use mail_auth::AuthenticatedMessage;
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Writable, Writer};
 use mail_auth::dkim::Canonicalization;
+use std::collections::HashMap;
 
 const CRLF: &[u8] = b"\r\n";
 
@@ -274,26 +275,26 @@ pub fn header_hash_input(
     canon: Canonicalization,
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    // Instances of each name already taken, by lowercased name.
-    let mut taken: Vec<(String, usize)> = Vec::new();
+    // The instances of each name, top first, and how many of them `h=` has
+    // taken from the bottom so far: linear in `h=` and the header count,
+    // however long a hostile `h=` is.
+    let mut instances: HashMap<Vec<u8>, (Vec<usize>, usize)> = HashMap::new();
+    for (i, (name, _)) in headers.iter().enumerate() {
+        instances
+            .entry(name.to_ascii_lowercase())
+            .or_default()
+            .0
+            .push(i);
+    }
     for name in h {
         let lower = name.trim().to_ascii_lowercase();
-        let slot = match taken.iter().position(|(n, _)| *n == lower) {
-            Some(slot) => slot,
-            None => {
-                taken.push((lower.clone(), 0));
-                taken.len() - 1
-            }
+        let Some((found, taken)) = instances.get_mut(lower.as_bytes()) else {
+            continue;
         };
-        let skip = taken[slot].1;
-        let instance = headers
-            .iter()
-            .rev()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(lower.as_bytes()))
-            .nth(skip);
-        if let Some((n, v)) = instance {
+        if *taken < found.len() {
+            let (n, v) = headers[found[found.len() - 1 - *taken]];
             canonical_header(n, v, canon, &mut out);
-            taken[slot].1 += 1;
+            *taken += 1;
         }
     }
     let (name, value) = signature;
