@@ -4,6 +4,12 @@
 //! the checks make goes through here, and every failure is classified once:
 //! "no such record" is an answer, anything else is a temporary error.
 //! `/etc/hosts` is never read: DNS checks see what DNS answers.
+//!
+//! Identical questions in flight share one query (hickory's name-server
+//! pool joins them), and answers are kept for their TTL; "no such record"
+//! for the negative TTL of the zone's SOA (RFC 2308 §5), and not at all
+//! when the answer has no SOA, as that section asks. tests/dns_queries.rs
+//! holds all three.
 
 use crate::ttl_cache::TtlCache;
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
@@ -109,6 +115,16 @@ fn keep<T: Clone>(
     {
         table.put(key, answer.clone(), until);
     }
+}
+
+/// A TXT lookup's outcome with its lifetime (see [`Dns::txt_answer`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxtAnswer {
+    pub records: Result<Vec<Vec<u8>>, DnsError>,
+    /// The records' TTL, or for "no such record" the negative TTL of the
+    /// zone's SOA (RFC 2308 §5); `None` for failures and for negative
+    /// answers without an SOA, which must not be kept.
+    pub valid_until: Option<std::time::Instant>,
 }
 
 /// Builds the resolver the first time a check asks for it, so a policy
@@ -331,16 +347,31 @@ impl Dns {
         Ok(mx)
     }
 
-    /// Until when the resolver may keep "no such record" for a TXT name
-    /// (see `negative_until`). The name is one just looked up: this is
-    /// answered from the resolver's cache.
-    pub async fn txt_negative_until(&self, name: &str) -> Option<std::time::Instant> {
-        let lookup = self
-            .auth
-            .resolver()
-            .txt_lookup(Self::fqdn(name).ok()?)
-            .await;
-        negative_until(&lookup.err()?)
+    /// One TXT question: the records as bytes (each with its strings
+    /// joined, nothing decoded: the parsers judge what a zone sent) and
+    /// until when the answer may be kept. One query answers both, so a
+    /// caller that keeps "no such record" for the zone's negative TTL does
+    /// not have to ask again to learn it (which, for an answer without an
+    /// SOA that the resolver does not keep, sent the same question twice).
+    pub async fn txt_answer(&self, name: &str) -> TxtAnswer {
+        let lookup = match Self::fqdn(name) {
+            Ok(fqdn) => self.auth.resolver().txt_lookup(fqdn).await,
+            Err(e) => {
+                return TxtAnswer {
+                    records: Err(e),
+                    valid_until: None,
+                };
+            }
+        };
+        let valid_until = valid_until(&lookup);
+        let records = Self::records(lookup, |d| match d {
+            RData::TXT(t) => Some(t.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+            _ => None,
+        });
+        TxtAnswer {
+            records,
+            valid_until,
+        }
     }
 
     /// TXT records, each with its strings joined.
@@ -355,6 +386,39 @@ impl Dns {
             ),
             _ => None,
         })
+    }
+
+    /// Whether `name` exists, for DMARC's `np=` (RFC 9989 §3.2.13, RFC
+    /// 8020): A, AAAA and MX are asked for at once (RFC 9091 §2.7 named
+    /// those three); NXDOMAIN to any of them means the name and everything
+    /// below it do not exist. Any other answer, records or none (NODATA),
+    /// means it exists; only when no query completes is the answer
+    /// unknown.
+    pub async fn exists(&self, name: &str) -> Result<bool, DnsError> {
+        use hickory_resolver::proto::rr::RecordType;
+        let fqdn = Self::fqdn(name)?;
+        let resolver = self.auth.resolver();
+        let (a, aaaa, mx) = tokio::join!(
+            resolver.lookup(fqdn.clone(), RecordType::A),
+            resolver.lookup(fqdn.clone(), RecordType::AAAA),
+            resolver.lookup(fqdn, RecordType::MX),
+        );
+        let answers = [a, aaaa, mx];
+        if answers
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.is_nx_domain()))
+        {
+            return Ok(false);
+        }
+        let mut failure = None;
+        for answer in answers {
+            match answer {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_no_records_found() => return Ok(true),
+                Err(e) => failure = Some(DnsError::Temporary(e.to_string())),
+            }
+        }
+        Err(failure.unwrap_or(DnsError::NotFound))
     }
 
     /// PTR names of an address, without trailing dots. Kept for their TTL

@@ -450,7 +450,10 @@ async fn dmarc_passes_with_an_aligned_dkim_signature() {
     );
     assert_eq!(o.decision.verdict, Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
-    assert!(ar.contains("dmarc=pass header.from=aligned.test"), "{ar}");
+    assert!(
+        ar.contains("dmarc=pass (p=reject) header.from=aligned.test"),
+        "{ar}"
+    );
 
     // Unsigned, the same message fails p=reject.
     let mut m = mail("bounce@spf.test", "192.0.2.10");
@@ -501,7 +504,10 @@ async fn dmarc_failures_follow_the_published_policy() {
     );
     assert_eq!(o.decision.verdict, Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
-    assert!(ar.contains("dmarc=fail header.from=none.test"), "{ar}");
+    assert!(
+        ar.contains("dmarc=fail (p=none) header.from=none.test"),
+        "{ar}"
+    );
 
     // pct=0: the policy applies to no message, the milder one to all.
     let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;

@@ -11,9 +11,11 @@
 use dispatch_milter::address::{Address, normalize_domain};
 use dispatch_milter::auth_results::{authserv_id, claims};
 use dispatch_milter::checks::authorize_sender::from_addresses;
-use dispatch_milter::checks::dmarc::parse_pct;
+use dispatch_milter::checks::dmarc::canonical;
+use dispatch_milter::checks::dmarc::evaluate::walk_domains;
+use dispatch_milter::checks::dmarc::record::{PolicyTag, Record};
 use dispatch_milter::checks::header::unfold;
-use dispatch_milter::checks::prefetch::{dmarc_tree, domain_key_name};
+use dispatch_milter::checks::prefetch::domain_key_name;
 use dispatch_milter::checks::spf::pvalue;
 use dispatch_milter::cli::test::parse_message;
 use dispatch_milter::config::{Registry, compile_str};
@@ -300,7 +302,7 @@ pub fn header_value(data: &[u8]) {
 
 /// A From: value, read by both of its readers: `authorize_sender`'s (every
 /// address in it) and DMARC's (mail-auth's parser, then the author domain
-/// and the DNS names of its policy tree walk).
+/// and the DNS names of its policy tree walk, at most eight).
 pub fn from_header(data: &[u8]) {
     let value = text(data);
     if let Some(addresses) = from_addresses(&value) {
@@ -315,11 +317,13 @@ pub fn from_header(data: &[u8]) {
             let Some((_, domain)) = from.rsplit_once('@') else {
                 continue;
             };
-            let Ok(domain) = normalize_domain(domain.trim()) else {
+            let Some(domain) = canonical(domain.trim()) else {
                 continue;
             };
-            for name in dmarc_tree(&domain) {
-                assert_dns_name(&name, &domain);
+            let walk = walk_domains(&domain);
+            assert!((1..=8).contains(&walk.len()), "{domain:?}: {walk:?}");
+            for name in walk {
+                assert_dns_name(&format!("_dmarc.{name}."), &domain);
             }
         }
     }
@@ -342,13 +346,12 @@ fn assert_dns_name(name: &str, from: &str) {
     }
 }
 
-/// Tag lists from DNS (DKIM keys, DMARC and SPF records) and from headers
+/// Tag lists from DNS (DKIM keys, SPF and DMARC records) and from headers
 /// (DKIM-Signature, ARC-Seal, ARC-Message-Signature,
 /// ARC-Authentication-Results), parsed by mail-auth as our checks call it,
-/// and what we read of them ourselves: a DMARC record's `pct=` and the key
-/// name a signature makes us look up.
+/// and what we read of them ourselves: a DMARC record (our own parser) and
+/// the key name a signature makes us look up.
 pub fn auth_records(data: &[u8]) {
-    let _ = mail_auth::dmarc::Dmarc::parse(data);
     let _ = mail_auth::common::verify::DomainKey::parse(data);
     let _ = mail_auth::spf::Spf::parse(data);
     let _ = mail_auth::spf::Macro::parse(data);
@@ -364,8 +367,18 @@ pub fn auth_records(data: &[u8]) {
     }
     let _ = mail_auth::arc::Results::parse(data);
     let record = text(data);
-    if let Some(pct) = parse_pct(&record) {
-        assert!(pct <= 100, "pct={pct} from {record:?}");
+    if let Some(parsed) = Record::parse(&record) {
+        if let Some(pct) = parsed.pct {
+            assert!(pct <= 100, "pct={pct} from {record:?}");
+        }
+        // Unusable only for an invalid policy tag without a valid rua
+        // (RFC 9989 §4.10.1).
+        let invalid = [parsed.p, parsed.sp, parsed.np].contains(&PolicyTag::Invalid);
+        assert_eq!(
+            parsed.policies().is_none(),
+            invalid && !parsed.valid_rua,
+            "{record:?}"
+        );
     }
 }
 

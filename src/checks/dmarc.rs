@@ -1,34 +1,73 @@
-//! The `dmarc` check: does the From: domain's DMARC policy (RFC 7489, as
-//! updated by RFC 9989) accept the message, given SPF and DKIM results that
-//! align with that domain? Verified with mail-auth through the shared
-//! resolver.
+//! The `dmarc` check: does the From: domain's DMARC policy (RFC 9989, which
+//! obsoletes RFC 7489 and RFC 9091) accept the message, given SPF and DKIM
+//! results that align with that domain?
 //!
-//! The author domain comes from the one From header, which must hold
-//! exactly one address (RFC 7489 §6.6.1); anything else is `permerror`. SPF
-//! (the MAIL FROM identity, or HELO for `<>`) and DKIM are taken from what
-//! the `spf` and `dkim` checks of the same message computed, or computed
-//! here when those checks are not configured; DKIM signatures are judged
-//! with the `dkim` defaults (an RSA key of fewer than 1024 bits or an `l=`
-//! tag does not count as a pass).
+//! The evaluation is ours, not mail-auth's (0.13 cannot be upgraded here,
+//! and its `verify_dmarc` gets several cases wrong, see `evaluate`): the
+//! record parser is [`record`], discovery, the Organizational Domain,
+//! alignment and the choice of `p`, `sp` or `np` are [`evaluate`], pure
+//! functions over a lookup trait, and [`lookups`] answers them per message
+//! through the shared resolver.
 //!
-//! Results: `pass`, `none` (no policy published, or no usable identifier),
-//! `temperror`, `permerror`, and for a message that fails DMARC a status
-//! chosen by `policy`:
-//! - `policy = "published"` (default): the domain's own policy, after `sp`
-//!   and `np` for subdomains, `t=y` test mode and `pct` sampling, becomes
-//!   the status: `p=reject` gives `fail`, `p=quarantine` gives `softfail`,
-//!   `p=none` gives `neutral`. The actions then come from the usual keys:
-//!   `on_fail` (default "reject"), `on_softfail` (default "ignore": set
-//!   `on_softfail = "quarantine"` to honour quarantine policies) and
-//!   `on_neutral` (default "ignore").
+//! The Author Domain (RFC 9989 §5.3.1) comes from the one From header. Its
+//! addresses must all have one domain (a U-label is taken as its A-label);
+//! no From header, several, an address without a domain or addresses of
+//! several domains are `permerror` (DMARC cannot be evaluated). SPF (the
+//! MAIL FROM identity, or HELO for `<>`) and DKIM are taken from what the
+//! `spf` and `dkim` checks of the same message computed, or computed here
+//! when those checks are not configured; a DKIM signature counts as a pass
+//! under the `dkim` defaults (an RSA key of fewer than 1024 bits or an `l=`
+//! tag does not).
+//!
+//! Discovery and the Organizational Domain follow the DNS tree walk of RFC
+//! 9989 §4.10, at most eight queries per walk, each name asked once per
+//! message. No public suffix list is used. Where the two disagree, the walk
+//! decides: a name a suffix list calls public (say `github.io`) that
+//! publishes a record without `psd=y` is the Organizational Domain of the
+//! names below it, so its signature aligns with them; a subdomain whose
+//! record says `psd=n` is its own Organizational Domain, so its parent's
+//! signature does not align with it (a list would say the opposite in both
+//! cases). RFC 9989 replaced the list with the walk (§4.10) because lists
+//! differ between receivers; publishers now state the boundary themselves
+//! with `psd`.
+//!
+//! Records (§4.7, §4.8): the first tag must be `v=DMARC1` (case-sensitive);
+//! unknown tags are ignored and a bad value takes the tag's default. Several
+//! DMARC records at one name count as none, and the walk goes on (§4.10
+//! steps 2 and 6; RFC 7489 stopped there instead). A record without `p=` is
+//! `p=none`. An invalid `p=`, `sp=` or `np=` (§4.10.1, RFC 7489 §6.6.3)
+//! makes the record `p=none` throughout when its `rua=` holds a valid URI;
+//! without one the record is unusable and no DMARC processing applies: the
+//! result is `none`, and Authentication-Results says `dmarc=permerror
+//! (unusable policy record)` (the RFC 9989 §9.2 name for a malformed
+//! record). `sp` applies to existing subdomains of the policy domain, `np`
+//! to non-existent ones: NXDOMAIN to A, AAAA or MX (§3.2.13), asked only
+//! when a failing message's `sp` and `np` differ.
+//!
+//! Results: `pass`, `none` (no policy record applies, or it is unusable),
+//! `temperror` (a lookup the result depends on did not complete, §5.3.6:
+//! a policy record, a walk needed for relaxed alignment, the existence of
+//! the author domain when `np` matters, or an identifier whose own result
+//! was temporary and would align), `permerror` (the From header), and for
+//! a message that fails DMARC a status chosen by `policy`:
+//! - `policy = "published"` (default): the policy that applies after `sp`
+//!   and `np`, `t=y` and a legacy `pct`, becomes the status: reject gives
+//!   `fail`, quarantine gives `softfail`, none gives `neutral`. The
+//!   actions then come from the usual keys: `on_fail` (default "reject"),
+//!   `on_softfail` (default "quarantine" for this check) and `on_neutral`
+//!   (default "ignore").
 //! - `policy = "local"`: every DMARC failure is `fail`, whatever the domain
 //!   publishes; `on_fail` says what to do.
 //!
-//! Other options:
-//! - `honour_pct` (bool, default true): a `pct=` below 100 (RFC 7489 §6.3)
-//!   applies the policy to that share of failing messages, drawn at random;
-//!   the others get the next milder policy (reject to quarantine, quarantine
-//!   to none). `false` applies the policy to every failing message.
+//! `t=y` (§4.7) applies the next milder policy (reject becomes quarantine,
+//! quarantine becomes none). `pct` is gone from RFC 9989 (historic in its
+//! §9.3; Appendix A.6 makes `t=y` and `t=n` the heirs of `pct=0` and
+//! `pct=100`), but records still carry it, written for RFC 7489 receivers:
+//! - `honour_pct` (bool, default true): a record without a valid `t=` and
+//!   with a `pct=` below 100 has its policy applied to that share of failing
+//!   messages, drawn at random, and the next milder one to the others (RFC
+//!   7489 §6.6.4); `pct=0` is thus exactly `t=y`. A valid `t=` wins over
+//!   `pct`. `false` ignores `pct` as a pure RFC 9989 receiver does.
 //! - `trusted_arc_sealers` (list of domains, default none): when DMARC fails
 //!   but the message's ARC chain passes and its newest seal is from one of
 //!   these domains (a mailing list or forwarder you trust to have checked
@@ -36,21 +75,35 @@
 //!   overridden by trusted ARC sealer <domain>" (RFC 8617 §7.2). The ARC
 //!   validation is shared with the `arc` check.
 //!
-//! Authentication-Results gets `dmarc=<result> header.from=<domain>`; an
-//! override is recorded as `dmarc=fail (overridden by trusted ARC sealer
-//! <domain>) header.from=<domain>`, since DMARC itself did fail. Exemptions
-//! for authenticated senders and trusted networks belong in the dispatch
-//! tree: list the check only in the branches it applies to.
+//! Authentication-Results (RFC 8601) carries the result, a comment naming
+//! the policy and `header.from`: `dmarc=pass (p=reject)
+//! header.from=example.org`, `dmarc=fail (sp=quarantine)
+//! header.from=sub.example.org`, `dmarc=fail (p=reject t=y: quarantine)`
+//! or `(p=reject pct=0: quarantine)` when test mode or sampling lowered it,
+//! `dmarc=none header.from=example.org`. The comment names the tag that
+//! applied and what it asked for, not what the message's whole policy then
+//! did (OpenDMARC's `dis=`): the check does not know the action its status
+//! maps to, and a rejected message carries no header anyway. An override
+//! reads `dmarc=fail (overridden by trusted ARC sealer <domain>)
+//! header.from=<domain>`, since DMARC itself did fail; a `permerror` about
+//! the From header is `dmarc=permerror` alone. Exemptions for authenticated
+//! senders and trusted networks belong in the dispatch tree: list the check
+//! only in the branches it applies to.
 
-use super::prefetch::{RecordKind, TxtPrefetch, dmarc_tree};
+pub mod evaluate;
+pub mod lookups;
+pub mod record;
+
+use super::dkim::{DkimMemo, Judge};
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::address::normalize_domain;
 use crate::dns::Dns;
 use crate::stage::Stage;
-use mail_auth::dmarc::Policy;
-use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::{AuthenticatedMessage, DmarcResult, Parameters};
+use evaluate::{Authenticated, Identifier, Outcome};
+use lookups::{DmarcDns, MessageDns};
+use mail_auth::AuthenticatedMessage;
+use record::Request;
 use std::sync::Arc;
 
 /// What the `policy` option selects.
@@ -73,43 +126,13 @@ pub struct DmarcCheck {
     trusted_arc_sealers: Vec<String>,
 }
 
-/// One step milder, for messages `pct` leaves out (RFC 7489 §6.6.4).
-pub fn milder(p: Policy) -> Policy {
-    match p {
-        Policy::Reject => Policy::Quarantine,
-        Policy::Quarantine | Policy::None | Policy::Unspecified => Policy::None,
-    }
-}
-
 /// The status a failing message gets under the policy that applies.
-pub fn status_for(mode: PolicyMode, applied: Policy) -> Status {
+pub fn status_for(mode: PolicyMode, applied: Request) -> Status {
     match (mode, applied) {
         (PolicyMode::Local, _) => Status::Fail,
-        (PolicyMode::Published, Policy::Reject) => Status::Fail,
-        (PolicyMode::Published, Policy::Quarantine) => Status::Softfail,
-        (PolicyMode::Published, Policy::None | Policy::Unspecified) => Status::Neutral,
-    }
-}
-
-/// `pct=` of a DMARC record, if it has a valid one.
-pub fn parse_pct(record: &str) -> Option<u8> {
-    record.split(';').find_map(|tag| {
-        let (k, v) = tag.split_once('=')?;
-        if !k.trim().eq_ignore_ascii_case("pct") {
-            return None;
-        }
-        v.trim().parse::<u8>().ok().filter(|p| *p <= 100)
-    })
-}
-
-fn is_dmarc_record(txt: &str) -> bool {
-    let t = txt.trim();
-    match t.get(..8) {
-        Some(v) if v.eq_ignore_ascii_case("v=DMARC1") => {
-            let rest = t[8..].trim_start();
-            rest.is_empty() || rest.starts_with(';')
-        }
-        _ => false,
+        (PolicyMode::Published, Request::Reject) => Status::Fail,
+        (PolicyMode::Published, Request::Quarantine) => Status::Softfail,
+        (PolicyMode::Published, Request::None) => Status::Neutral,
     }
 }
 
@@ -131,9 +154,137 @@ fn sampled(pct: u8) -> bool {
     }
 }
 
+/// Why the policy applied is milder than the one published, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lowered {
+    TestMode,
+    NotSampled(u8),
+}
+
+/// The policy applied to a failing message after `t` and the legacy `pct`
+/// (see the module documentation).
+fn apply_test_and_pct(
+    policy: Request,
+    test: Option<bool>,
+    pct: Option<u8>,
+    honour_pct: bool,
+    draw: impl FnOnce(u8) -> bool,
+) -> (Request, Option<Lowered>) {
+    if policy == Request::None {
+        return (policy, None);
+    }
+    match (test, pct) {
+        (Some(true), _) => (policy.milder(), Some(Lowered::TestMode)),
+        (Some(false), _) => (policy, None),
+        (None, Some(pct)) if honour_pct && !draw(pct) => {
+            (policy.milder(), Some(Lowered::NotSampled(pct)))
+        }
+        (None, _) => (policy, None),
+    }
+}
+
 fn with_auth(mut r: CheckResult, fragment: String) -> CheckResult {
     r.auth_results = Some(fragment);
     r
+}
+
+/// A domain as DMARC compares it and asks for it: lower-case A-labels, no
+/// final dot; `None` for what cannot be a DNS name (an address literal,
+/// an empty or over-long label, a name over 253 octets, characters no host
+/// name has), so a hostile From: or MAIL FROM turns into "no DMARC", never
+/// into a query the resolver refuses (which would read as temperror).
+pub fn canonical(domain: &str) -> Option<String> {
+    normalize_domain(domain).ok().filter(|d| {
+        // `_dmarc.` and the final dot must still fit in 255 octets.
+        d.len() <= 253 - "_dmarc.".len()
+            && d.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    })
+}
+
+/// The DKIM signatures as DMARC sees them: the signing domain `d=` and
+/// whether the signature passed, judged as the `dkim` check does by
+/// default (a temporary failure stays temporary: it might pass).
+fn dkim_identifiers(memo: &DkimMemo) -> Vec<Identifier> {
+    memo.signatures
+        .iter()
+        .filter_map(|f| {
+            let domain = canonical(&f.signature.as_ref()?.d)?;
+            let state = match super::dkim::judge(f, Judge::default()).status {
+                Status::Pass => Authenticated::Pass,
+                Status::Temperror => Authenticated::Temporary,
+                _ => Authenticated::No,
+            };
+            Some(Identifier { domain, state })
+        })
+        .collect()
+}
+
+/// The SPF-authenticated identifier candidate: the domain SPF evaluated
+/// and whether it passed.
+fn spf_identifier(domain: &str, status: Status) -> Option<Identifier> {
+    let state = match status {
+        Status::Pass => Authenticated::Pass,
+        Status::Temperror => Authenticated::Temporary,
+        _ => Authenticated::No,
+    };
+    Some(Identifier {
+        domain: canonical(domain)?,
+        state,
+    })
+}
+
+/// The Author Domain of a From header (RFC 9989 §5.3.1), or why there is
+/// none.
+fn author_domain(message: &crate::message::Message) -> Result<String, String> {
+    let from_headers = message.header_values("From").count();
+    if from_headers != 1 {
+        return Err(format!(
+            "DMARC needs exactly one From header, found {from_headers}"
+        ));
+    }
+    // mail-auth's parser reads the address list (groups, comments,
+    // encoded words); only the From header is handed to it.
+    let from_only: Vec<crate::message::Header> = message
+        .headers
+        .iter()
+        .filter(|h| h.name().eq_ignore_ascii_case("From"))
+        .cloned()
+        .collect();
+    let head = crate::message::header_block(&from_only);
+    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
+        return Err("the header cannot be parsed".into());
+    };
+    if parsed.from.is_empty() {
+        return Err("the From header holds no address".into());
+    }
+    let mut domains: Vec<String> = Vec::new();
+    for address in &parsed.from {
+        let raw = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim())
+            .unwrap_or_default();
+        if raw.is_empty() {
+            return Err("the From address has no domain".into());
+        }
+        let Some(domain) = canonical(raw) else {
+            return Err(format!("the From domain {} is not a DNS name", pvalue(raw)));
+        };
+        if !domains.contains(&domain) {
+            domains.push(domain);
+        }
+    }
+    match domains.as_slice() {
+        [one] => Ok(one.clone()),
+        more => Err(format!(
+            "the From header holds addresses of {} domains",
+            more.len()
+        )),
+    }
 }
 
 impl DmarcCheck {
@@ -206,23 +357,6 @@ impl DmarcCheck {
         })
     }
 
-    /// `pct=` of the record that governs `domain`: the first DMARC record
-    /// from the domain up to its parent below the top level (mail-auth no
-    /// longer parses `pct`; the shared resolver cache usually answers, and
-    /// only failing messages ask). 100 when unknown.
-    async fn published_pct(&self, domain: &str) -> u8 {
-        let labels: Vec<&str> = domain.split('.').filter(|l| !l.is_empty()).collect();
-        for start in 0..labels.len().saturating_sub(1) {
-            let name = format!("_dmarc.{}", labels[start..].join("."));
-            if let Ok(records) = self.dns.txt(&name).await
-                && let Some(r) = records.iter().find(|r| is_dmarc_record(r))
-            {
-                return parse_pct(r).unwrap_or(100);
-            }
-        }
-        100
-    }
-
     /// The trusted sealer of a passing ARC chain, if there is one.
     async fn trusted_sealer(&self, input: &CheckInput) -> Option<String> {
         if self.trusted_arc_sealers.is_empty() {
@@ -241,109 +375,83 @@ impl DmarcCheck {
         let Some(message) = input.message.as_ref() else {
             return CheckResult::temperror("no message to evaluate");
         };
-        let permerror =
-            |why: String| with_auth(CheckResult::permerror(why), "dmarc=permerror".into());
-        let from_headers = message.header_values("From").count();
-        if from_headers != 1 {
-            return permerror(format!(
-                "DMARC needs exactly one From header, found {from_headers}"
-            ));
-        }
-        // mail-auth's DMARC evaluation reads only the From addresses of the
-        // parsed message (DKIM, which needs the rest, is verified by
-        // `dkim::facts`): parse just the From header, not every header and
-        // DKIM-Signature again.
-        let from_only: Vec<crate::message::Header> = message
-            .headers
-            .iter()
-            .filter(|h| h.name().eq_ignore_ascii_case("From"))
-            .cloned()
-            .collect();
-        let head = crate::message::header_block(&from_only);
-        let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
-            return permerror("the header cannot be parsed".into());
+        let author = match author_domain(message) {
+            Ok(author) => author,
+            Err(why) => {
+                return with_auth(CheckResult::permerror(why), "dmarc=permerror".into());
+            }
         };
-        if parsed.from.len() != 1 {
-            return permerror(format!(
-                "the From header must hold exactly one address, found {}",
-                parsed.from.len()
-            ));
-        }
-        let from_domain = parsed.from[0]
-            .rsplit_once('@')
-            .map(|(_, d)| d.trim().to_string())
-            .unwrap_or_default();
-        if from_domain.is_empty() {
-            return permerror("the From address has no domain".into());
-        }
 
         // The policy records were most likely asked for when the From
-        // header arrived; if not (a From: the prefetch could not read), all
-        // levels of the tree are asked for now, at once.
-        let store = TxtPrefetch::of(&input.memo);
-        let tree = normalize_domain(&from_domain)
-            .map(|d| dmarc_tree(&d))
-            .unwrap_or_default();
-        for name in &tree {
-            store.start(&self.dns, name, RecordKind::Dmarc);
-        }
-        let (spf, dkim, ()) = tokio::join!(
+        // header arrived; if not, the walk's names are asked for now, all
+        // at once.
+        let store = DmarcDns::of(&input.memo);
+        store.prefetch(&self.dns, &author);
+        let (spf, dkim) = tokio::join!(
             super::spf::mail_from_outcome(&self.dns, input),
             super::dkim::facts(&self.dns, input),
-            store.settled(&self.dns, &tree)
         );
         let (Some(spf), Some(dkim)) = (spf, dkim) else {
             return CheckResult::temperror("internal error: DMARC memo");
         };
-        let dkim_outputs = super::dkim::outputs_for_dmarc(&dkim);
-        let out = self
-            .dns
-            .authenticator()
-            .verify_dmarc(
-                Parameters::new(DmarcParameters::new(
-                    &parsed,
-                    &dkim_outputs,
-                    &spf.0.domain,
-                    &spf.0.output,
-                ))
-                .with_txt_cache(&*store),
-            )
-            .await;
-        let domain = if out.domain().is_empty() {
-            from_domain
-        } else {
-            out.domain().to_string()
-        };
-        let header_from = format!("header.from={}", pvalue(&domain));
-        let fragment = |status: &str| format!("dmarc={status} {header_from}");
-        match out.result() {
-            DmarcResult::Pass => {
-                let how = match (out.dkim_result(), out.spf_result()) {
-                    (DmarcResult::Pass, DmarcResult::Pass) => "DKIM and SPF aligned",
-                    (DmarcResult::Pass, _) => "DKIM aligned",
+        let evaluated = evaluate::evaluate(
+            &MessageDns {
+                store: &store,
+                dns: &self.dns,
+            },
+            &evaluate::Message {
+                author: &author,
+                spf: spf_identifier(&spf.0.domain, spf.0.status()),
+                dkim: dkim_identifiers(&dkim),
+            },
+        )
+        .await;
+        let header_from = format!("header.from={}", pvalue(&author));
+        match evaluated {
+            Outcome::Pass {
+                spf,
+                dkim,
+                tag,
+                policy,
+                ..
+            } => {
+                let how = match (dkim, spf) {
+                    (true, true) => "DKIM and SPF aligned",
+                    (true, false) => "DKIM aligned",
                     _ => "SPF aligned",
                 };
                 with_auth(
                     CheckResult::with_reason(
                         Status::Pass,
-                        format!("DMARC pass for {domain} ({how})"),
+                        format!("DMARC pass for {author} ({how})"),
                     ),
-                    fragment("pass"),
+                    format!("dmarc=pass ({}={policy}) {header_from}", tag.as_str()),
                 )
             }
-            DmarcResult::None => with_auth(
-                CheckResult::with_reason(Status::None, format!("no DMARC policy for {domain}")),
-                fragment("none"),
+            Outcome::NoPolicy => with_auth(
+                CheckResult::with_reason(Status::None, format!("no DMARC policy for {author}")),
+                format!("dmarc=none {header_from}"),
             ),
-            DmarcResult::TempError(e) => with_auth(
-                CheckResult::temperror(format!("DMARC temperror for {domain}: {e}")),
-                fragment("temperror"),
+            Outcome::Unusable { policy_domain } => with_auth(
+                CheckResult::with_reason(
+                    Status::None,
+                    format!(
+                        "the DMARC record of {policy_domain} has an invalid policy and no valid rua: no policy applies to {author}"
+                    ),
+                ),
+                format!("dmarc=permerror (unusable policy record) {header_from}"),
             ),
-            DmarcResult::PermError(e) => with_auth(
-                CheckResult::permerror(format!("DMARC permerror for {domain}: {e}")),
-                fragment("permerror"),
+            Outcome::TempError(e) => with_auth(
+                CheckResult::temperror(format!("DMARC temperror for {author}: {e}")),
+                format!("dmarc=temperror {header_from}"),
             ),
-            DmarcResult::Fail(_) => {
+            Outcome::Fail {
+                tag,
+                policy,
+                test,
+                pct,
+                ..
+            } => {
                 if let Some(sealer) = self.trusted_sealer(input).await {
                     let why = format!("DMARC fail overridden by trusted ARC sealer {sealer}");
                     return with_auth(
@@ -353,23 +461,26 @@ impl DmarcCheck {
                         ),
                     );
                 }
-                let published = out.policy();
-                let mut applied = published;
-                let mut note = String::new();
-                if self.honour_pct && matches!(published, Policy::Reject | Policy::Quarantine) {
-                    let pct = self.published_pct(&domain).await;
-                    if !sampled(pct) {
-                        applied = milder(published);
-                        note = format!(", pct={pct}, not sampled: {applied} applied");
-                    }
-                }
-                let status = status_for(self.mode, applied);
+                let tag = tag.as_str();
+                let (applied, lowered) =
+                    apply_test_and_pct(policy, test, pct, self.honour_pct, sampled);
+                let (note, comment) = match lowered {
+                    None => (String::new(), String::new()),
+                    Some(Lowered::TestMode) => (
+                        format!(", t=y: {applied} applied"),
+                        format!(" t=y: {applied}"),
+                    ),
+                    Some(Lowered::NotSampled(pct)) => (
+                        format!(", pct={pct}, not sampled: {applied} applied"),
+                        format!(" pct={pct}: {applied}"),
+                    ),
+                };
                 with_auth(
                     CheckResult::with_reason(
-                        status,
-                        format!("DMARC fail for {domain} (p={published}{note})"),
+                        status_for(self.mode, applied),
+                        format!("DMARC fail for {author} ({tag}={policy}{note})"),
                     ),
-                    fragment("fail"),
+                    format!("dmarc=fail ({tag}={policy}{comment}) {header_from}"),
                 )
             }
         }
@@ -391,25 +502,27 @@ impl Check for DmarcCheck {
     }
 
     /// Ask early for the records DMARC will need at end of message: the
-    /// policy records of the MAIL FROM domain at MAIL FROM (most often the
-    /// From: domain too, which is only known once the headers come; relaxed
-    /// SPF alignment needs them otherwise), those of the From: domain when
-    /// that header arrives, and the DKIM keys (DMARC verifies the
-    /// signatures itself when no `dkim` check runs). The tree walk's levels
-    /// are asked for all at once. A DKIM signer that is a subdomain of the
-    /// author's organization still has its tree walked at end of message.
+    /// tree walk of the MAIL FROM domain at MAIL FROM (most often the From:
+    /// domain too, which is only known once the headers come; relaxed SPF
+    /// alignment needs it otherwise), that of the From: domain when that
+    /// header arrives, and the DKIM keys (DMARC verifies the signatures
+    /// itself when no `dkim` check runs). A walk's names are asked for all
+    /// at once. A DKIM signer below the author's organization still has its
+    /// walk made at end of message.
     fn prefetch(&self, early: &Early<'_>) {
         let (memo, dns) = (early.memo, &self.dns);
         match early.header {
             None => {
-                if let Some(domain) = early.sender.domain() {
-                    super::prefetch::dmarc_records(memo, dns, domain);
+                if let Some(domain) = early.sender.domain().and_then(canonical) {
+                    DmarcDns::of(memo).prefetch(dns, &domain);
                 }
             }
             Some((name, value)) if name.eq_ignore_ascii_case("From") => {
-                // Only a From: with one domain has a policy (RFC 7489 §6.6.1).
-                if let [domain] = super::dnsbl::from_header_domains(value).as_slice() {
-                    super::prefetch::dmarc_records(memo, dns, domain);
+                // Only a From: with one domain has a policy (RFC 9989 §5.3.1).
+                if let [domain] = super::dnsbl::from_header_domains(value).as_slice()
+                    && let Some(domain) = canonical(domain)
+                {
+                    DmarcDns::of(memo).prefetch(dns, &domain);
                 }
             }
             Some((name, value)) => {
@@ -443,29 +556,55 @@ mod tests {
     #[test]
     fn published_policies_choose_the_status() {
         let p = PolicyMode::Published;
-        assert_eq!(status_for(p, Policy::Reject), Status::Fail);
-        assert_eq!(status_for(p, Policy::Quarantine), Status::Softfail);
-        assert_eq!(status_for(p, Policy::None), Status::Neutral);
-        assert_eq!(status_for(p, Policy::Unspecified), Status::Neutral);
-        for policy in [Policy::Reject, Policy::Quarantine, Policy::None] {
+        assert_eq!(status_for(p, Request::Reject), Status::Fail);
+        assert_eq!(status_for(p, Request::Quarantine), Status::Softfail);
+        assert_eq!(status_for(p, Request::None), Status::Neutral);
+        for policy in [Request::Reject, Request::Quarantine, Request::None] {
             assert_eq!(status_for(PolicyMode::Local, policy), Status::Fail);
         }
-        assert_eq!(milder(Policy::Reject), Policy::Quarantine);
-        assert_eq!(milder(Policy::Quarantine), Policy::None);
-        assert_eq!(milder(Policy::None), Policy::None);
     }
 
     #[test]
-    fn pct_is_read_from_the_record() {
-        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=25"), Some(25));
-        assert_eq!(parse_pct("v=DMARC1; p=reject; PCT = 0 ;"), Some(0));
-        assert_eq!(parse_pct("v=DMARC1; p=reject"), None);
-        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=250"), None);
-        assert_eq!(parse_pct("v=DMARC1; p=reject; pct=x"), None);
-        assert!(is_dmarc_record("v=DMARC1; p=none"));
-        assert!(is_dmarc_record("v=DMARC1"));
-        assert!(!is_dmarc_record("v=spf1 -all"));
-        assert!(!is_dmarc_record("v=DMARC10; p=none"));
+    fn t_and_legacy_pct_lower_the_policy() {
+        use Request::{None as N, Quarantine as Q, Reject as R};
+        let never = |_| false;
+        let always = |_| true;
+        // RFC 9989 §4.7: t=y is one step milder, and nothing for none.
+        assert_eq!(
+            apply_test_and_pct(R, Some(true), None, true, always),
+            (Q, Some(Lowered::TestMode))
+        );
+        assert_eq!(
+            apply_test_and_pct(Q, Some(true), None, true, always),
+            (N, Some(Lowered::TestMode))
+        );
+        assert_eq!(
+            apply_test_and_pct(N, Some(true), None, true, always),
+            (N, None)
+        );
+        // A valid t= wins over pct.
+        assert_eq!(
+            apply_test_and_pct(R, Some(false), Some(0), true, never),
+            (R, None)
+        );
+        assert_eq!(
+            apply_test_and_pct(R, Some(true), Some(100), true, always),
+            (Q, Some(Lowered::TestMode))
+        );
+        // Legacy pct: sampled, or the next milder policy.
+        assert_eq!(
+            apply_test_and_pct(R, None, Some(30), true, always),
+            (R, None)
+        );
+        assert_eq!(
+            apply_test_and_pct(R, None, Some(30), true, never),
+            (Q, Some(Lowered::NotSampled(30)))
+        );
+        assert_eq!(
+            apply_test_and_pct(R, None, Some(0), false, never),
+            (R, None)
+        );
+        assert_eq!(apply_test_and_pct(R, None, None, true, never), (R, None));
     }
 
     #[test]
@@ -513,10 +652,7 @@ mod tests {
     async fn with_from(from: &[&str]) -> CheckResult {
         let mut i = input(Stage::Eom);
         i.message = Some(Arc::new(Message {
-            headers: from
-                .iter()
-                .map(|v| Header::new("From", v.to_string()))
-                .collect(),
+            headers: from.iter().map(|v| Header::new("From", *v)).collect(),
             body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,
@@ -538,9 +674,26 @@ mod tests {
         let r = with_from(&["a@example.org, b@example.net"]).await;
         assert_eq!(
             r.reason.as_deref(),
-            Some("the From header must hold exactly one address, found 2")
+            Some("the From header holds addresses of 2 domains")
         );
         let r = with_from(&["undisclosed"]).await;
         assert_eq!(r.status, Status::Permerror);
+        let r = with_from(&["undisclosed-recipients:;"]).await;
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("the From header holds no address")
+        );
+        let r = with_from(&["a@[192.0.2.1]"]).await;
+        assert_eq!(r.status, Status::Permerror);
+        // Nothing that could not be asked for in the DNS.
+        let long_label = format!("a@{}.org", "x".repeat(64));
+        let r = with_from(&[long_label.as_str()]).await;
+        assert_eq!(r.status, Status::Permerror);
+        assert!(canonical(&format!("{}.org", "x".repeat(63))).is_some());
+        assert!(canonical(&format!("{}.org", ["x"; 124].join("."))).is_none());
+        assert_eq!(
+            canonical("Bücher.Example.").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
     }
 }

@@ -1,9 +1,9 @@
 //! Lookups started before the check that needs them can run.
 //!
-//! DKIM, DMARC and ARC can only be evaluated at end of message, but most of
-//! the DNS records they will ask for are known much earlier: the DMARC
-//! policy records of the MAIL FROM domain at MAIL FROM, those of the From:
-//! domain and the DKIM and ARC keys as soon as those headers arrive. Asked
+//! DKIM and ARC can only be evaluated at end of message, but the keys they
+//! will ask for are known much earlier: as soon as the DKIM-Signature and
+//! ARC headers arrive. (DMARC's policy records have their own store,
+//! `dmarc::lookups`, since DMARC is no longer evaluated by mail-auth.) Asked
 //! for then, and all at once instead of one after another, they are usually
 //! in hand when end of message comes, so the message waits for at most one
 //! DNS round trip instead of a chain of them.
@@ -12,20 +12,22 @@
 //! name: a name is looked up once per message however many checks want it,
 //! and a check that needs the answer while the lookup is in flight waits for
 //! that lookup instead of sending another query. mail-auth reads it through
-//! its `ResolverCache` interface, so its DMARC tree walk and key fetches are
-//! answered from here.
+//! its `ResolverCache` interface, so its key fetches are answered from
+//! here.
 //!
-//! Answers are parsed by mail-auth's own lookup, so what a check sees is
-//! what mail-auth would have found. A temporary failure (timeout, SERVFAIL)
+//! Answers are parsed by mail-auth's own parser, choosing among several
+//! records as its lookup does, so what a check sees is what mail-auth would
+//! have found. A temporary failure (timeout, SERVFAIL)
 //! that a check waited for at end of message stands as the answer; one that
 //! came in earlier, during the dialogue, is asked again. Each message asks
 //! for at most a few names early (see `RecordKind::cap`), and its lookups
 //! stop when the message ends.
 
 use super::Memo;
-use crate::dns::Dns;
+use crate::dns::{Dns, DnsError};
+use hickory_resolver::proto::op::ResponseCode;
+use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
-use mail_auth::dmarc::Dmarc;
 use mail_auth::{ResolverCache, Txt};
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -37,7 +39,6 @@ use std::time::Instant;
 /// mail-auth would parse it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecordKind {
-    Dmarc,
     DomainKey,
 }
 
@@ -46,11 +47,9 @@ impl RecordKind {
     /// the lookups are left to end of message. Keys: a message rarely has
     /// more than a few signatures and ARC sets, and a forged message with
     /// thousands of DKIM-Signature headers must not turn into thousands of
-    /// queries. DMARC: two tree walks (MAIL FROM and From: domain) of at most
-    /// eight names each.
+    /// queries.
     fn cap(self) -> usize {
         match self {
-            RecordKind::Dmarc => 16,
             RecordKind::DomainKey => 8,
         }
     }
@@ -111,44 +110,6 @@ fn key_of(name: &str) -> Box<str> {
     key.into_boxed_str()
 }
 
-/// Whether `domain` is a host name worth a query: labels of 1 to 63
-/// letters, digits, hyphens or underscores (an address literal or a
-/// malformed name is not).
-fn is_dns_name(domain: &str) -> bool {
-    domain.len() <= 253
-        && domain.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-/// The names mail-auth's DMARC tree walk (RFC 9989 §4.10.1) asks for, in
-/// its order: the domain itself, then, for long names, the name cut to
-/// seven labels, then one label less each time down to the top level.
-pub fn dmarc_tree(domain: &str) -> Vec<String> {
-    let domain = domain.trim_end_matches('.');
-    if !is_dns_name(domain) {
-        return Vec::new();
-    }
-    let labels: Vec<&str> = domain.split('.').collect();
-    let total = labels.len();
-    if total < 2 {
-        return Vec::new();
-    }
-    let mut names = Vec::new();
-    let mut count = total;
-    loop {
-        names.push(format!("_dmarc.{}.", labels[total - count..].join(".")));
-        if count == 1 {
-            break;
-        }
-        count = if count >= 8 { 7 } else { count - 1 };
-    }
-    names
-}
-
 /// The key record name of a signature (`s._domainkey.d.`).
 pub fn domain_key_name(selector: &str, domain: &str) -> String {
     format!("{selector}._domainkey.{}.", domain.trim_end_matches('.'))
@@ -185,100 +146,58 @@ pub fn arc_keys(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
     }
 }
 
-/// The DMARC records mail-auth's tree walk will want for `domain`.
-pub fn dmarc_records(memo: &Memo, dns: &Arc<Dns>, domain: &str) {
-    let store = TxtPrefetch::of(memo);
-    for name in dmarc_tree(domain) {
-        store.start(dns, &name, RecordKind::Dmarc);
-    }
-}
-
 /// Parsed records (and "no such record") shared by every message until
 /// their DNS TTL runs out, keyed by name as mail-auth spells it.
 pub type SharedTxt = crate::ttl_cache::TtlCache<Txt>;
 
-/// Holds what mail-auth's lookup would cache, and until when, so its exact
-/// parsing (raw bytes, the error of the last record tried) is what the
-/// store keeps.
-#[derive(Default)]
-struct Capture(Mutex<Option<(Txt, Instant)>>);
-
-impl ResolverCache<Box<str>, Txt> for Capture {
-    fn get<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
+/// The first record that parses as `T`, or the error of the last one
+/// tried: the choice mail-auth's own lookup makes, so a check sees what
+/// mail-auth would have found.
+fn parse_first<T: TxtRecordParser + Into<Txt>>(records: &[Vec<u8>]) -> Txt {
+    let mut parsed = Err(mail_auth::Error::Dns(
+        mail_auth::DnsError::InvalidRecordType,
+    ));
+    for record in records {
+        parsed = T::parse(record);
+        if parsed.is_ok() {
+            break;
+        }
     }
-
-    fn remove<Q>(&self, _: &Q) -> Option<Txt>
-    where
-        Box<str>: Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
-        None
-    }
-
-    fn insert(&self, _: Box<str>, value: Txt, valid_until: Instant) {
-        *lock(&self.0) = Some((value, valid_until));
+    match parsed {
+        Ok(record) => record.into(),
+        Err(error) => Txt::Error(error),
     }
 }
 
-/// One lookup, through mail-auth's own lookup and parser.
+/// One lookup: a single question to the resolver, parsed by mail-auth's
+/// parser, and shared with later messages for as long as the answer may be
+/// kept: a record (or one that does not parse) for its TTL, "no such
+/// record" for the negative TTL of the zone's SOA. A temporary failure is
+/// never kept.
 async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
-    let capture = Capture::default();
-    let auth = dns.authenticator();
-    let result = match kind {
-        RecordKind::Dmarc => auth
-            .txt_lookup::<Dmarc>(name, Some(&capture))
-            .await
-            .map(Txt::Dmarc),
-        RecordKind::DomainKey => auth
-            .txt_lookup::<DomainKey>(name, Some(&capture))
-            .await
-            .map(Txt::DomainKey),
-    };
-    let captured = lock(&capture.0).take();
-    if let Some((txt, valid_until)) = &captured {
-        // A record, or one that does not parse: good for its TTL.
-        dns.parsed_txt().put(name, txt.clone(), *valid_until);
-    }
-    match result {
-        Ok(txt) => Answer::Definite(txt),
-        Err(error) => match captured {
-            // A record that does not parse: mail-auth caches its error.
-            Some((txt, _)) => Answer::Definite(txt),
-            None if matches!(
-                error,
-                mail_auth::Error::Dns(mail_auth::DnsError::Resolver(_))
-            ) =>
-            {
-                Answer::Temporary {
-                    at: Instant::now(),
-                    error: Txt::Error(error),
-                }
-            }
-            // No such record: shared with later messages for as long as
-            // the zone's SOA allows, like a record (nearly every message
-            // asks for the `_dmarc` name of its top-level domain, which
-            // does not exist).
-            None if matches!(
-                error,
-                mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
-            ) =>
-            {
-                let none = Txt::Error(error);
-                let shared = dns.settings().cache_size > 0;
-                if shared && let Some(until) = dns.txt_negative_until(name).await {
-                    dns.parsed_txt().put(name, none.clone(), until);
-                }
-                Answer::Definite(none)
-            }
-            // A name that cannot be asked for.
-            None => Answer::Definite(Txt::Error(error)),
+    let answer = dns.txt_answer(name).await;
+    let txt = match &answer.records {
+        Ok(records) => match kind {
+            RecordKind::DomainKey => parse_first::<DomainKey>(records),
         },
+        Err(DnsError::NotFound) => Txt::Error(mail_auth::Error::Dns(
+            mail_auth::DnsError::RecordNotFound(ResponseCode::NXDomain),
+        )),
+        Err(DnsError::Temporary(why)) => {
+            return Answer::Temporary {
+                at: Instant::now(),
+                error: Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::Resolver(
+                    why.clone(),
+                ))),
+            };
+        }
+    };
+    if dns.settings().cache_size > 0
+        && let Some(until) = answer.valid_until
+    {
+        dns.parsed_txt().put(name, txt.clone(), until);
     }
+    Answer::Definite(txt)
 }
 
 impl TxtPrefetch {
@@ -432,31 +351,10 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
 mod tests {
     use super::*;
     use mail_auth::common::parse::TxtRecordParser;
+    use mail_auth::dmarc::Dmarc;
 
     #[test]
-    fn the_tree_walk_names_match_mail_auths_order() {
-        assert_eq!(
-            dmarc_tree("example.org"),
-            ["_dmarc.example.org.", "_dmarc.org."]
-        );
-        assert_eq!(
-            dmarc_tree("mail.example.org."),
-            [
-                "_dmarc.mail.example.org.",
-                "_dmarc.example.org.",
-                "_dmarc.org."
-            ]
-        );
-        // Eight labels or more: the name itself, then straight to seven.
-        let long = dmarc_tree("a.b.c.d.e.f.g.h.example.org");
-        assert_eq!(long.len(), 8);
-        assert_eq!(long[0], "_dmarc.a.b.c.d.e.f.g.h.example.org.");
-        assert_eq!(long[1], "_dmarc.d.e.f.g.h.example.org.");
-        assert_eq!(long[7], "_dmarc.org.");
-        assert!(dmarc_tree("localhost").is_empty());
-        assert!(dmarc_tree("a..b").is_empty());
-        assert!(dmarc_tree("[192.0.2.1]").is_empty());
-        assert!(dmarc_tree("4]").is_empty());
+    fn key_names_are_spelled_as_mail_auth_asks() {
         assert_eq!(
             domain_key_name("sel", "example.org."),
             "sel._domainkey.example.org."

@@ -85,3 +85,36 @@ pub fn arc_seal(mail: &mut Mail, sealer: &str) {
         .expect("seal");
     prepend(mail, parse_headers(&set.to_header()));
 }
+
+/// Add the next ARC set, sealed by `sealer`, on top of the chain the
+/// message carries, as a hop that validated that chain with the result
+/// `chain` would: `cv=pass` for a pass, `cv=fail` otherwise (mail-auth's
+/// sealer writes cv= from the result it is given and never seals on top of
+/// a `cv=fail`). The sets are taken as they are, not validated here.
+pub fn arc_seal_next(mail: &mut Mail, sealer: &str, chain: mail_auth::DkimResult) {
+    use mail_auth::arc::Set;
+    use mail_auth::common::headers::Header;
+    let raw = raw_message(mail);
+    let parsed = AuthenticatedMessage::parse(raw.as_bytes()).expect("parse");
+    let mut output = ArcOutput::default().with_result(chain);
+    for ((seal, ams), aar) in parsed
+        .as_headers
+        .iter()
+        .zip(&parsed.ams_headers)
+        .zip(&parsed.aar_headers)
+    {
+        output = output.with_set(Set {
+            signature: Header::new(ams.name, ams.value, &ams.header),
+            seal: Header::new(seal.name, seal.value, &seal.header),
+            results: Header::new(aar.name, aar.value, &aar.header),
+        });
+    }
+    let results = AuthenticationResults::new(sealer);
+    let set = ArcSealer::from_key(rsa_key())
+        .domain(sealer)
+        .selector("sel")
+        .headers(["From", "To", "Subject"])
+        .seal(&parsed, &results, &output)
+        .expect("seal");
+    prepend(mail, parse_headers(&set.to_header()));
+}
