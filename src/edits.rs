@@ -202,9 +202,9 @@ impl EditList {
     pub fn resulting_headers(&self, original: &[Header]) -> Vec<Header> {
         self.model(original)
             .into_iter()
-            .map(|h| Header {
-                name: h.name.to_string(),
-                value: h.value.to_string(),
+            .map(|h| match h.unchanged {
+                Some(received) => received.clone(),
+                None => Header::new(h.name, h.value),
             })
             .collect()
     }
@@ -216,9 +216,10 @@ impl EditList {
         let mut headers: Vec<ModelHeader<'a>> = original
             .iter()
             .map(|h| ModelHeader {
-                name: &h.name,
-                value: &h.value,
+                name: h.name(),
+                value: h.value(),
                 received: true,
+                unchanged: Some(h),
             })
             .collect();
         for edit in &self.edits {
@@ -234,7 +235,10 @@ impl EditList {
                         Some(at) if value.is_empty() => {
                             headers.remove(at);
                         }
-                        Some(at) => headers[at].value = value,
+                        Some(at) => {
+                            headers[at].value = value;
+                            headers[at].unchanged = None;
+                        }
                         None if value.is_empty() => {}
                         None => headers.push(ModelHeader::ours(name, value)),
                     }
@@ -290,6 +294,9 @@ struct ModelHeader<'a> {
     value: &'a str,
     /// Sent by the client (possibly changed by an edit since), not added.
     received: bool,
+    /// The header as received while no edit has changed it: what is
+    /// delivered keeps its exact bytes (DKIM signatures depend on them).
+    unchanged: Option<&'a Header>,
 }
 
 impl<'a> ModelHeader<'a> {
@@ -298,6 +305,7 @@ impl<'a> ModelHeader<'a> {
             name,
             value,
             received: false,
+            unchanged: None,
         }
     }
 }
@@ -349,22 +357,10 @@ mod tests {
     #[test]
     fn deletes_highest_index_first() {
         let headers = vec![
-            Header {
-                name: "Received".into(),
-                value: "a".into(),
-            },
-            Header {
-                name: "X-Spam".into(),
-                value: "1".into(),
-            },
-            Header {
-                name: "x-spam".into(),
-                value: "2".into(),
-            },
-            Header {
-                name: "X-SPAM".into(),
-                value: "3".into(),
-            },
+            Header::new("Received", "a"),
+            Header::new("X-Spam", "1"),
+            Header::new("x-spam", "2"),
+            Header::new("X-SPAM", "3"),
         ];
         let mut list = EditList::new();
         list.delete_headers_named("X-Spam", &headers);
@@ -380,16 +376,13 @@ mod tests {
     }
 
     fn h(name: &str, value: &str) -> Header {
-        Header {
-            name: name.into(),
-            value: value.into(),
-        }
+        Header::new(name, value)
     }
 
     fn shown(headers: &[Header]) -> Vec<String> {
         headers
             .iter()
-            .map(|h| format!("{}: {}", h.name, h.value))
+            .map(|h| format!("{}: {}", h.name(), h.value()))
             .collect()
     }
 
@@ -611,8 +604,8 @@ mod tests {
                         // What it meant: the received headers of that name
                         // still there whose id was picked.
                         for hd in &before {
-                            if let Ok(id) = hd.value.parse::<usize>()
-                                && hd.name.eq_ignore_ascii_case(NAMES[*n])
+                            if let Ok(id) = hd.value().parse::<usize>()
+                                && hd.name().eq_ignore_ascii_case(NAMES[*n])
                                 && pick[id]
                             {
                                 deleted[id] = true;
@@ -624,7 +617,7 @@ mod tests {
             let ids: Vec<(String, usize)> = original
                 .iter()
                 .enumerate()
-                .map(|(id, hd)| (hd.name.clone(), id))
+                .map(|(id, hd)| (hd.name().to_string(), id))
                 .collect();
             let mut next_id = original.len();
             let after = mta_apply(&ids, list.edits(), &mut next_id);
@@ -635,7 +628,7 @@ mod tests {
             let added = ops.iter().filter(|o| !matches!(o, Op::Delete(..))).count();
             prop_assert_eq!(ours, added, "every header we added is delivered");
             // And our own model agrees with the MTA's.
-            let model: Vec<String> = list.resulting_headers(&original).into_iter().map(|h| h.name).collect();
+            let model: Vec<String> = list.resulting_headers(&original).into_iter().map(|h| h.name().to_string()).collect();
             let mta: Vec<String> = after.into_iter().map(|(n, _)| n).collect();
             prop_assert_eq!(model, mta);
         }

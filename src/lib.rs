@@ -11,6 +11,7 @@ pub mod cli;
 pub mod concurrent;
 pub mod config;
 pub mod daemon;
+pub mod dkim_canon;
 pub mod dns;
 pub mod edits;
 pub mod engine;

@@ -59,12 +59,107 @@ impl Envelope {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One header field. A received header keeps its exact bytes: DKIM's
+/// "simple" header canonicalization (RFC 6376 §3.4.1) hashes the name, the
+/// colon and the value as the client sent them, so the white space after
+/// the colon (or its absence, `Subject:x`), the folding and any 8-bit bytes
+/// must reach the verifier unchanged. The policy checks read a text view
+/// computed once at construction.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
-    pub name: String,
-    /// The value as received, without the leading space after the colon and
-    /// with folding kept as the MTA sent it.
-    pub value: String,
+    /// The field name. Names are printable ASCII (RFC 5322 §3.6.8 `ftext`)
+    /// and the MTA passes nothing else as a header; bytes that are not
+    /// UTF-8 would be replaced here, so such a name is not kept exactly.
+    name: String,
+    /// Every byte after the colon, as the MTA passed it: leading white
+    /// space and folds included (the MTA may fold with LF alone).
+    raw_value: Vec<u8>,
+    /// The text view: `raw_value` without its leading white space, with
+    /// bytes that are not UTF-8 replaced by U+FFFD.
+    value: String,
+}
+
+impl Header {
+    /// A header as the MTA passed it: `raw_value` is everything after the
+    /// colon, exactly.
+    pub fn received(name: impl Into<Vec<u8>>, raw_value: impl Into<Vec<u8>>) -> Header {
+        let name = into_text(name.into());
+        let raw_value = raw_value.into();
+        let start = raw_value
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+            .unwrap_or(raw_value.len());
+        let value = String::from_utf8_lossy(&raw_value[start..]).into_owned();
+        Header {
+            name,
+            raw_value,
+            value,
+        }
+    }
+
+    /// A header we make: written `Name: value`, with the one space after
+    /// the colon that RFC 5322 §2.2 suggests.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Header {
+        let value = value.into();
+        let mut raw_value = Vec::with_capacity(value.len() + 1);
+        raw_value.push(b' ');
+        raw_value.extend_from_slice(value.as_bytes());
+        Header {
+            name: name.into(),
+            raw_value,
+            value,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The value's bytes exactly as received (for a header we made: a space
+    /// and the value).
+    pub fn raw_value(&self) -> &[u8] {
+        &self.raw_value
+    }
+
+    /// The value as text: without the white space after the colon, folds
+    /// kept as received, bytes that are not UTF-8 replaced by U+FFFD.
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// The value after the colon with every line break made CRLF (MTAs pass
+    /// folds with LF or CRLF; DKIM hashes CRLF) and the CRLF that ends the
+    /// field, appended to `out`. Copied line by line, not byte by byte
+    /// (most values are one line).
+    pub fn write_value_crlf(&self, out: &mut Vec<u8>) {
+        for line in self.raw_value.split_inclusive(|b| *b == b'\n') {
+            match line.strip_suffix(b"\n") {
+                Some(text) if !text.ends_with(b"\r") => {
+                    out.extend_from_slice(text);
+                    out.extend_from_slice(b"\r\n");
+                }
+                _ => out.extend_from_slice(line),
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Bytes as text, reusing the buffer when they are UTF-8.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// What reports and the `test` command show of a header: its name and its
+/// text view (the exact bytes are for signatures, not for reading).
+impl Serialize for Header {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut s = serializer.serialize_struct("Header", 2)?;
+        s.serialize_field("name", &self.name)?;
+        s.serialize_field("value", &self.value)?;
+        s.end()
+    }
 }
 
 /// The body as the MTA sent it, kept as the chunks it came in. A chunk
@@ -95,6 +190,16 @@ impl Body {
     /// The body's pieces, in order.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         self.chunks.iter().map(|c| c.as_ref())
+    }
+
+    /// The body in one piece: borrowed when it came in one chunk, else a
+    /// copy.
+    pub fn contiguous(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.chunks.as_slice() {
+            [] => std::borrow::Cow::Borrowed(&[]),
+            [one] => std::borrow::Cow::Borrowed(one.as_ref()),
+            _ => std::borrow::Cow::Owned(self.to_vec()),
+        }
     }
 
     /// The body in one piece (a copy).
@@ -130,10 +235,9 @@ pub struct Message {
     pub size: u64,
 }
 
-/// The message as bytes, the shape DKIM and ARC work on: `Name: value`
-/// CRLF per header (values are kept without the space after the colon;
-/// line breaks inside folded values become CRLF), an empty line, then the
-/// body as received.
+/// The message as bytes, the shape DKIM and ARC work on: each header as
+/// received (name, colon, the value's exact bytes with every line break
+/// made CRLF) and CRLF, an empty line, then the body as received.
 pub fn message_bytes(headers: &[Header], body: &Body) -> Vec<u8> {
     let mut out = header_block_with_room(headers, body.len());
     body.chunks().for_each(|c| out.extend_from_slice(c));
@@ -149,24 +253,13 @@ pub fn header_block(headers: &[Header]) -> Vec<u8> {
 fn header_block_with_room(headers: &[Header], room: usize) -> Vec<u8> {
     let size: usize = headers
         .iter()
-        .map(|h| h.name.len() + h.value.len() + 8)
+        .map(|h| h.name.len() + h.raw_value.len() + 8)
         .sum();
     let mut out = Vec::with_capacity(size + room + 2);
     for h in headers {
         out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        // MTAs pass folded values with LF or CRLF; DKIM hashes CRLF. Copy
-        // line by line, not byte by byte (most values are one line).
-        for line in h.value.as_bytes().split_inclusive(|b| *b == b'\n') {
-            match line.strip_suffix(b"\n") {
-                Some(text) if !text.ends_with(b"\r") => {
-                    out.extend_from_slice(text);
-                    out.extend_from_slice(b"\r\n");
-                }
-                _ => out.extend_from_slice(line),
-            }
-        }
-        out.extend_from_slice(b"\r\n");
+        out.push(b':');
+        h.write_value_crlf(&mut out);
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -179,7 +272,7 @@ impl Message {
         self.headers
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+            .map(Header::value)
     }
 }
 
@@ -207,10 +300,7 @@ mod tests {
         assert_eq!(body.len(), 15);
         assert_eq!(body.chunks().count(), 2, "empty chunks are not kept");
         assert_eq!(body.to_vec(), b"Hello,\r\nworld\r\n");
-        let headers = vec![Header {
-            name: "Subject".into(),
-            value: "folded\n line".into(),
-        }];
+        let headers = vec![Header::received("Subject", " folded\n line")];
         assert_eq!(
             message_bytes(&headers, &body),
             b"Subject: folded\r\n line\r\n\r\nHello,\r\nworld\r\n"
@@ -220,20 +310,95 @@ mod tests {
 
     #[test]
     fn header_values_get_crlf_line_ends_whatever_the_mta_sent() {
-        let header = |name: &str, value: &str| Header {
-            name: name.into(),
-            value: value.into(),
-        };
         let headers = vec![
-            header("A", "one\r\n two\n three"),
-            header("B", "\n lead"),
-            header("C", "end\n"),
-            header("D", "plain"),
-            header("E", ""),
+            Header::received("A", " one\r\n two\n three"),
+            Header::received("B", "\n lead"),
+            Header::received("C", " end\n"),
+            Header::new("D", "plain"),
+            Header::new("E", ""),
         ];
         assert_eq!(
             header_block(&headers),
-            b"A: one\r\n two\r\n three\r\nB: \r\n lead\r\nC: end\r\n\r\nD: plain\r\nE: \r\n\r\n"
+            b"A: one\r\n two\r\n three\r\nB:\r\n lead\r\nC: end\r\n\r\nD: plain\r\nE: \r\n\r\n"
         );
+    }
+
+    #[test]
+    fn received_headers_keep_their_bytes_and_give_a_text_view() {
+        // RFC 6376 §3.4.1: "simple" hashes the header as received, so no
+        // space is added after the colon and none is taken away.
+        let h = Header::received("Subject", "x");
+        assert_eq!(h.raw_value(), b"x");
+        assert_eq!(h.value(), "x");
+        let h = Header::received("Subject", " \t two\n\tlines ");
+        assert_eq!(h.value(), "two\n\tlines ");
+        // 8-bit bytes stay bytes; the text view replaces them.
+        let h = Header::received("X-Latin1", b" caf\xe9".to_vec());
+        assert_eq!(h.raw_value(), b" caf\xe9");
+        assert_eq!(h.value(), "caf\u{fffd}");
+        assert_eq!(
+            header_block(&[h, Header::received("Subject", "x")]),
+            b"X-Latin1: caf\xe9\r\nSubject:x\r\n\r\n"
+        );
+        // Ours get the one space.
+        let h = Header::new("X-Ours", "v");
+        assert_eq!(
+            (h.name(), h.raw_value(), h.value()),
+            ("X-Ours", &b" v"[..], "v")
+        );
+    }
+
+    proptest::proptest! {
+        /// RFC 6376 §3.4.1: the header block rebuilt from received headers
+        /// is the block as it came, byte for byte, whatever the spacing
+        /// after the colon, the folds (CRLF or, as Postfix passes them, LF)
+        /// and the 8-bit bytes.
+        #[test]
+        fn received_headers_rebuild_the_exact_header_block(
+            fields in proptest::collection::vec(
+                (
+                    "[!-9;-~]{1,20}",
+                    proptest::collection::vec(
+                        (
+                            proptest::collection::vec(
+                                proptest::prop_oneof![0u8..=9, 11u8..=12, 14u8..=255],
+                                0..30,
+                            ),
+                            proptest::prop_oneof![proptest::strategy::Just(b' '), proptest::strategy::Just(b'\t')],
+                        ),
+                        1..4,
+                    ),
+                    proptest::bool::ANY,
+                ),
+                0..12,
+            )
+        ) {
+            let mut expected = Vec::new();
+            let mut headers = Vec::new();
+            for (name, segments, lf_folds) in &fields {
+                let mut crlf_value = Vec::new();
+                let mut wire_value = Vec::new();
+                for (i, (text, fold)) in segments.iter().enumerate() {
+                    if i > 0 {
+                        crlf_value.extend_from_slice(b"\r\n");
+                        wire_value.extend_from_slice(if *lf_folds { b"\n" } else { b"\r\n" });
+                        crlf_value.push(*fold);
+                        wire_value.push(*fold);
+                    }
+                    crlf_value.extend_from_slice(text);
+                    wire_value.extend_from_slice(text);
+                }
+                expected.extend_from_slice(name.as_bytes());
+                expected.push(b':');
+                expected.extend_from_slice(&crlf_value);
+                expected.extend_from_slice(b"\r\n");
+                headers.push(Header::received(name.as_str(), wire_value));
+            }
+            expected.extend_from_slice(b"\r\n");
+            proptest::prop_assert_eq!(header_block(&headers), expected.clone());
+            let body = Body::from(b"x\r\n".as_slice());
+            expected.extend_from_slice(b"x\r\n");
+            proptest::prop_assert_eq!(message_bytes(&headers, &body), expected);
+        }
     }
 }

@@ -124,16 +124,13 @@ fn apply(edits: &[Edit], mail: &Mail) -> Mail {
     let original: Vec<Header> = mail
         .headers
         .iter()
-        .map(|(name, value)| Header {
-            name: name.clone(),
-            value: value.clone(),
-        })
+        .map(|(name, value)| Header::new(name.clone(), value.clone()))
         .collect();
     let mut out = mail.clone();
     out.headers = list
         .resulting_headers(&original)
         .into_iter()
-        .map(|h| (h.name, h.value))
+        .map(|h| (h.name().to_string(), h.value().to_string()))
         .collect();
     out
 }

@@ -492,7 +492,7 @@ async fn copies_of_our_own_headers_sent_by_the_client_are_deleted() {
     let headers: Vec<(String, String)> = mail.headers.clone();
     let received: Vec<dispatch_milter::message::Header> = headers
         .into_iter()
-        .map(|(name, value)| dispatch_milter::message::Header { name, value })
+        .map(|(name, value)| dispatch_milter::message::Header::new(name, value))
         .collect();
     let mut list = EditList::new();
     for e in &outcome.edits {
@@ -501,8 +501,8 @@ async fn copies_of_our_own_headers_sent_by_the_client_are_deleted() {
     let delivered: Vec<String> = list
         .resulting_headers(&received)
         .into_iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("X-Quarantine-Reason"))
-        .map(|h| h.value)
+        .filter(|h| h.name().eq_ignore_ascii_case("X-Quarantine-Reason"))
+        .map(|h| h.value().to_string())
         .collect();
     assert_eq!(delivered, ["held for review"]);
     // Dry run: the forged dry-run header goes, ours says what would happen.

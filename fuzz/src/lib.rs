@@ -311,10 +311,7 @@ pub fn from_header(data: &[u8]) {
             assert_canonical(a, &value);
         }
     }
-    let head = header_block(&[Header {
-        name: "From".into(),
-        value,
-    }]);
+    let head = header_block(&[Header::new("From", value)]);
     if let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) {
         for from in &parsed.from {
             let Some((_, domain)) = from.rsplit_once('@') else {
@@ -459,10 +456,7 @@ pub fn message(data: &[u8]) {
     let (pairs, body) = parse_message(data);
     let headers: Vec<Header> = pairs
         .iter()
-        .map(|(name, value)| Header {
-            name: name.clone(),
-            value: value.clone(),
-        })
+        .map(|(name, value)| Header::new(name.clone(), value.clone()))
         .collect();
     let mut chunks = Body::default();
     let (first, second) = body.split_at(body.len() / 2);
@@ -503,7 +497,7 @@ pub fn message(data: &[u8]) {
 /// at a time: the model must never panic, and deletions go highest index
 /// first.
 fn edit_model(headers: &[Header], program: &[u8]) {
-    let mut names: Vec<&str> = headers.iter().map(|h| h.name.as_str()).collect();
+    let mut names: Vec<&str> = headers.iter().map(|h| h.name()).collect();
     names.extend(["X-Fuzz", "Authentication-Results"]);
     let mut list = EditList::new();
     for step in program.chunks_exact(2).take(64) {

@@ -94,7 +94,7 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
                 "ARC-Authentication-Results",
             ]
             .iter()
-            .any(|n| h.name.eq_ignore_ascii_case(n))
+            .any(|n| h.name().eq_ignore_ascii_case(n))
         })
     });
     if !has_arc_header {
@@ -103,9 +103,13 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
     let Some(raw) = super::dkim::raw_message(input).await else {
         return facts_from(&DkimResult::None, 0, None);
     };
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
         return facts_from(&DkimResult::None, 0, None);
     };
+    // The AMS body hashes are DKIM's (RFC 8617 §4.1.2): ours, not mail-auth
+    // 0.13's (crate::dkim_canon says why).
+    let body = raw.0.get(parsed.body_offset()..).unwrap_or_default();
+    crate::dkim_canon::replace_body_hashes(&mut parsed, body);
     let sealer = parsed
         .as_headers
         .iter()
@@ -277,10 +281,7 @@ mod tests {
         });
         let mut i = input(Stage::Eom);
         i.message = Some(Arc::new(Message {
-            headers: vec![Header {
-                name: "From".into(),
-                value: "a@example.org".into(),
-            }],
+            headers: vec![Header::new("From", "a@example.org")],
             body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,

@@ -277,10 +277,7 @@ mod tests {
         i.message = Some(Arc::new(Message {
             headers: from
                 .iter()
-                .map(|v| Header {
-                    name: "From".into(),
-                    value: v.to_string(),
-                })
+                .map(|v| Header::new("From", v.to_string()))
                 .collect(),
             ..Message::default()
         }));

@@ -482,14 +482,8 @@ mod tests {
         });
         i.message = Some(Arc::new(Message {
             headers: vec![
-                Header {
-                    name: "Subject".into(),
-                    value: "hi\n there".into(),
-                },
-                Header {
-                    name: "From".into(),
-                    value: "alice@example.org".into(),
-                },
+                Header::new("Subject", "hi\n there"),
+                Header::new("From", "alice@example.org"),
             ],
             size: body.len() as u64,
             body: body.into(),

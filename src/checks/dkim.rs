@@ -23,11 +23,24 @@
 //! it was kept, so nothing can be verified: the result is `temperror`
 //! ("body larger than max_body_size; cannot verify").
 //!
-//! The message is rebuilt for verification as `Name: value` CRLF for each
-//! header as received (folding kept, bare LF turned into CRLF), an empty
-//! line, and the body as received. Headers the MTA passed without the space
-//! after the colon (RFC 6376 "simple" header canonicalization notices the
-//! difference) only verify when the milter negotiated the leading space.
+//! Each header is verified as the MTA passed it (LEADING_SPACE negotiated):
+//! its exact bytes after the colon, folds made CRLF, so "simple" header
+//! canonicalization (RFC 6376 §3.4.1) sees `Subject:x` and 8-bit values as
+//! the signer did. Without LEADING_SPACE (Postfix before 2.9) the MTA drops
+//! the white space after the colon and one space is assumed.
+//!
+//! mail-auth 0.13 parses the signatures, fetches and judges the keys and
+//! checks expiry and `i=`; the canonicalization is ours
+//! (`crate::dkim_canon`). The library's body canonicalization is wrong for
+//! white-space-only lines at the end of a relaxed body (§3.4.4), for `l=`
+//! (§3.5: octets of the canonical body; `l=0` signs no body) and for a CR
+//! not followed by LF, so each signature is checked against our body hash
+//! of its own `l=`; its relaxed header canonicalization takes form feed for
+//! white space, so when it reaches the signature itself the header hash is
+//! recomputed here and the signature checked against that. An `l=` larger
+//! than the canonicalized body is a `fail` (§3.5 "MUST NOT be larger";
+//! OpenDKIM agrees; dkimpy passes it, and mail-auth's own signer writes
+//! such an `l=`: the raw body length).
 //!
 //! The verification is memoised for the message: the `dmarc` check reuses
 //! it (and runs it itself when no `dkim` check is configured). DMARC judges
@@ -39,7 +52,7 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early,
 use crate::dns::Dns;
 use crate::message::Message;
 use crate::stage::Stage;
-use mail_auth::common::crypto::{Algorithm, CryptoError};
+use mail_auth::common::crypto::{Algorithm, CryptoError, HashAlgorithm};
 use mail_auth::common::verify::{DomainKey, VerifySignature};
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters};
@@ -50,6 +63,9 @@ pub const DEFAULT_ALLOW_L_TAG: bool = false;
 
 /// The reason when the body was cut at `max_body_size`.
 pub const TRUNCATED: &str = "body larger than max_body_size; cannot verify";
+
+/// The reason when `l=` claims more body than there is (RFC 6376 §3.5).
+pub const L_TOO_LARGE: &str = "l= is larger than the canonicalized body";
 
 /// The message as bytes, rebuilt once per message for DKIM, ARC and DMARC.
 pub struct RawMessage(pub Vec<u8>);
@@ -115,7 +131,7 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     if !message
         .headers
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("DKIM-Signature"))
+        .any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature"))
     {
         return DkimMemo {
             signatures: Vec::new(),
@@ -143,14 +159,32 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             truncated: true,
         };
     }
-    let Some(raw) = raw_message(input).await else {
-        return DkimMemo::default();
-    };
+    // mail-auth reads the header block; the body hashes are ours
+    // (crate::dkim_canon says why), so the body is never given to it.
+    let head = crate::message::header_block(&message.headers);
     // Not strict: signatures with l= are verified, and local policy decides
     // what they are worth.
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
         return DkimMemo::default();
     };
+    let body = message.body.contiguous();
+    // Every header as the signatures hash it: name, value with CRLF folds.
+    let values: Vec<Vec<u8>> = message
+        .headers
+        .iter()
+        .map(|h| {
+            let mut v = Vec::with_capacity(h.raw_value().len() + 2);
+            h.write_value_crlf(&mut v);
+            v.truncate(v.len() - 2);
+            v
+        })
+        .collect();
+    let fields: Vec<(&[u8], &[u8])> = message
+        .headers
+        .iter()
+        .zip(&values)
+        .map(|(h, v)| (h.name().as_bytes(), v.as_slice()))
+        .collect();
     // Keys asked for when the DKIM-Signature headers arrived answer from
     // the message's store; the others are fetched now.
     let store = TxtPrefetch::of(&input.memo);
@@ -160,32 +194,104 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         .map(|h| domain_key_name(&h.header.s, &h.header.d))
         .collect();
     store.settled(dns, &keys).await;
-    let outputs: Vec<DkimOutput<'_>> = dns
-        .authenticator()
-        .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
-        .await;
-    let mut signatures = Vec::with_capacity(outputs.len());
-    for o in &outputs {
-        let signature = o.signature().cloned();
-        let key_bits = match (&signature, o.result()) {
-            (Some(sig), DkimResult::Pass)
-            | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
-                if sig.a != Algorithm::Ed25519Sha256 =>
-            {
-                rsa_key_bits(dns, &store, sig).await
-            }
-            _ => None,
-        };
-        signatures.push(SignatureFacts {
-            signature,
-            result: o.result().clone(),
-            key_bits,
-        });
+    // Signatures that did not parse first, as mail-auth reports them; then
+    // each signature on its own, so each is checked against the body hash
+    // of its own `l=` (mail-auth keys body hashes by `l` with 0 for both
+    // "absent" and "l=0", which sign different things).
+    let mut signatures = malformed(&parsed);
+    parsed
+        .errors
+        .retain(|h| !matches!(h.header, Error::Dkim(_)));
+    let all = std::mem::take(&mut parsed.dkim_headers);
+    for header in all {
+        let sig = header.header.clone();
+        let algorithm = HashAlgorithm::from(sig.a);
+        let limit = crate::dkim_canon::l_tag(header.value);
+        // RFC 6376 §3.5: l= "MUST NOT be larger than the actual number of
+        // octets in the canonicalized message body". Such a signature
+        // claims body that is not there: it fails (as OpenDKIM has it).
+        if let Some(l) = limit
+            && l > crate::dkim_canon::canonical_len(&body, sig.cb)
+        {
+            signatures.push(SignatureFacts {
+                signature: Some(sig),
+                result: DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string())),
+                key_bits: None,
+            });
+            continue;
+        }
+        let hash = crate::dkim_canon::body_hash(&body, sig.cb, algorithm, limit);
+        let signature_field = (
+            header.name,
+            header.value.strip_suffix(b"\r\n").unwrap_or(header.value),
+        );
+        parsed.body_hashes = vec![(sig.cb, algorithm, sig.l, hash)];
+        parsed.dkim_headers = vec![header];
+        let outputs: Vec<DkimOutput<'_>> = dns
+            .authenticator()
+            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
+            .await;
+        for o in &outputs {
+            let signature = o.signature().cloned();
+            // mail-auth got as far as the signature itself: the key is
+            // fetched and acceptable, the body hash matches. Its header
+            // canonicalization is not the RFC's in every case (form feed
+            // taken for WSP), so the header hash and the signature check
+            // are decided here (a second public-key operation, cheap next
+            // to the DNS lookup).
+            // (Its Ed25519 check reports a bad signature as a library
+            // error, not as FailedVerification: every crypto failure is
+            // looked at again.)
+            let result = match (&signature, o.result()) {
+                (Some(sig), DkimResult::Pass) | (Some(sig), DkimResult::Fail(Error::Crypto(_))) => {
+                    check_header_hash(dns, &store, sig, &fields, signature_field)
+                        .await
+                        .unwrap_or_else(|| o.result().clone())
+                }
+                (_, other) => other.clone(),
+            };
+            let key_bits = match (&signature, &result) {
+                (Some(sig), DkimResult::Pass)
+                | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
+                    if sig.a != Algorithm::Ed25519Sha256 =>
+                {
+                    rsa_key_bits(dns, &store, sig).await
+                }
+                _ => None,
+            };
+            signatures.push(SignatureFacts {
+                signature,
+                result,
+                key_bits,
+            });
+        }
     }
     DkimMemo {
         signatures,
         truncated: false,
     }
+}
+
+/// The signature checked over the header hash input of RFC 6376 §3.7,
+/// canonicalized by `crate::dkim_canon`; `None` when the key cannot be had
+/// (mail-auth had it moments ago, from the message's store).
+async fn check_header_hash(
+    dns: &Dns,
+    store: &TxtPrefetch,
+    sig: &Signature,
+    fields: &[(&[u8], &[u8])],
+    signature_field: (&[u8], &[u8]),
+) -> Option<DkimResult> {
+    let key = dns
+        .authenticator()
+        .txt_lookup::<DomainKey>(sig.domain_key(), Some(store))
+        .await
+        .ok()?;
+    let input = crate::dkim_canon::header_hash_input(fields, &sig.h, signature_field, sig.ch);
+    Some(match key.p.verify_bytes(&input, &sig.b, sig.a) {
+        Ok(()) => DkimResult::Pass,
+        Err(e) => DkimResult::Fail(e),
+    })
 }
 
 /// Signatures that did not parse, as mail-auth reports them (neutral).
@@ -666,14 +772,8 @@ mod tests {
     fn the_message_is_rebuilt_with_crlf() {
         let m = Message {
             headers: vec![
-                Header {
-                    name: "Subject".into(),
-                    value: "two\n lines".into(),
-                },
-                Header {
-                    name: "X-A".into(),
-                    value: " spaced\r\n\tfolded".into(),
-                },
+                Header::new("Subject", "two\n lines"),
+                Header::new("X-A", " spaced\r\n\tfolded"),
             ],
             body: b"body\r\n".as_slice().into(),
             body_truncated: false,
@@ -716,10 +816,7 @@ mod tests {
         Arc::new(Message {
             headers: headers
                 .iter()
-                .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
+                .map(|(n, v)| Header::new(n.to_string(), v.to_string()))
                 .collect(),
             body: b"hello\r\n".as_slice().into(),
             body_truncated: truncated,

@@ -252,7 +252,7 @@ fn author_domain(message: &crate::message::Message) -> Result<String, String> {
     let from_only: Vec<crate::message::Header> = message
         .headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("From"))
+        .filter(|h| h.name().eq_ignore_ascii_case("From"))
         .cloned()
         .collect();
     let head = crate::message::header_block(&from_only);
@@ -652,13 +652,7 @@ mod tests {
     async fn with_from(from: &[&str]) -> CheckResult {
         let mut i = input(Stage::Eom);
         i.message = Some(Arc::new(Message {
-            headers: from
-                .iter()
-                .map(|v| Header {
-                    name: "From".into(),
-                    value: v.to_string(),
-                })
-                .collect(),
+            headers: from.iter().map(|v| Header::new("From", *v)).collect(),
             body: b"hi\r\n".as_slice().into(),
             body_truncated: false,
             size: 0,

@@ -1092,10 +1092,7 @@ mod tests {
             recipients: vec![],
         });
         i.message = Some(Arc::new(Message {
-            headers: vec![Header {
-                name: "From".into(),
-                value: "undisclosed:;".into(),
-            }],
+            headers: vec![Header::new("From", "undisclosed:;")],
             ..Message::default()
         }));
         // No client address, an address literal, <> and no From domain: no
@@ -1120,10 +1117,7 @@ mod tests {
             recipients: vec![],
         });
         let from: Vec<Header> = (0..8)
-            .map(|n| Header {
-                name: "from".into(),
-                value: format!("a@d{n}.example, b@d{n}.example"),
-            })
+            .map(|n| Header::new("from", format!("a@d{n}.example, b@d{n}.example")))
             .collect();
         i.message = Some(Arc::new(Message {
             headers: from,

@@ -198,11 +198,11 @@ impl HeaderCheck {
                     return CheckResult::permerror("header check without header or pattern");
                 };
                 for h in &message.headers {
-                    let line = format!("{}: {}", h.name, unfold(&h.value));
+                    let line = format!("{}: {}", h.name(), unfold(h.value()));
                     if re.is_match(&line) {
                         // Debug quoting keeps a name sent by the client on one line.
                         return self
-                            .result(self.match_result, format!("header {:?} matched", h.name));
+                            .result(self.match_result, format!("header {:?} matched", h.name()));
                     }
                 }
                 CheckResult::pass()
@@ -232,10 +232,7 @@ mod tests {
         i.message = Some(Arc::new(Message {
             headers: headers
                 .iter()
-                .map(|(n, v)| Header {
-                    name: n.to_string(),
-                    value: v.to_string(),
-                })
+                .map(|(n, v)| Header::new(n.to_string(), v.to_string()))
                 .collect(),
             ..Message::default()
         }));

@@ -4,7 +4,7 @@
 //! replies, the verdict and the exact edits. `--json` prints one object.
 
 use crate::engine::{MessageReport, Session, StageReply, Verdict};
-use crate::message::{AuthInfo, ConnectionFacts, TlsInfo};
+use crate::message::{AuthInfo, ConnectionFacts, Header, TlsInfo};
 use crate::policy::Policy;
 use crate::reply::Reply;
 use serde::Serialize;
@@ -54,38 +54,68 @@ pub struct TestOutcome {
     pub edits: Vec<crate::edits::Edit>,
 }
 
-/// Split a message into headers (unfolded lines kept with their CRLF
-/// folding, as an MTA passes them) and a CRLF body.
+/// Split a message into headers as text (name trimmed; the value without
+/// the one space after the colon, folds kept as CRLF, bytes that are not
+/// UTF-8 replaced) and a CRLF body: [`parse_message_exact`] read as text,
+/// for what wants strings.
 pub fn parse_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
-    let text = String::from_utf8_lossy(raw);
-    let normalized = text.replace("\r\n", "\n");
+    let (headers, body) = parse_message_exact(raw);
+    let headers = headers
+        .iter()
+        .map(|h| {
+            let value = h.raw_value().strip_prefix(b" ").unwrap_or(h.raw_value());
+            (
+                h.name().trim().to_string(),
+                String::from_utf8_lossy(value).into_owned(),
+            )
+        })
+        .collect();
+    (headers, body)
+}
+
+/// Split a message file into headers as an MTA passes them with
+/// LEADING_SPACE (each name, and every byte after the colon with folds as
+/// CRLF) and the body with CRLF line ends. A file with LF line ends reads
+/// as if each LF were CRLF, as an MTA receives it; every other byte, 8-bit
+/// ones included, is kept, so DKIM signatures over it verify.
+pub fn parse_message_exact(raw: &[u8]) -> (Vec<Header>, Vec<u8>) {
+    let mut normalized = Vec::with_capacity(raw.len() + raw.len() / 32);
+    for (i, b) in raw.iter().enumerate() {
+        if *b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            normalized.push(b'\r');
+        }
+        normalized.push(*b);
+    }
     // A message that starts with an empty line has no headers, whatever
     // empty lines its body holds further down.
-    let (head, body) = if let Some(body) = normalized.strip_prefix('\n') {
-        ("", body)
-    } else if let Some(i) = normalized.find("\n\n") {
-        (&normalized[..i], &normalized[i + 2..])
+    let (head, body): (&[u8], &[u8]) = if let Some(body) = normalized.strip_prefix(b"\r\n") {
+        (&[], body)
+    } else if let Some(i) = normalized.windows(4).position(|w| w == b"\r\n\r\n") {
+        (&normalized[..i], &normalized[i + 4..])
     } else {
-        (normalized.as_str(), "")
+        (normalized.as_slice(), &[])
     };
-    let mut headers: Vec<(String, String)> = Vec::new();
-    for line in head.lines() {
-        if line.starts_with([' ', '\t']) {
-            if let Some((_, value)) = headers.last_mut() {
-                value.push_str("\r\n");
-                value.push_str(line);
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    for line in lines.filter(|l| !l.is_empty()) {
+        if line.starts_with(b" ") || line.starts_with(b"\t") {
+            if let Some((_, value)) = fields.last_mut() {
+                value.extend_from_slice(b"\r\n");
+                value.extend_from_slice(line);
             }
             continue;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((
-                name.trim().to_string(),
-                value.strip_prefix(' ').unwrap_or(value).to_string(),
-            ));
+        if let Some(colon) = line.iter().position(|b| *b == b':') {
+            fields.push((line[..colon].to_vec(), line[colon + 1..].to_vec()));
         }
     }
-    let body = body.replace('\n', "\r\n").into_bytes();
-    (headers, body)
+    let headers = fields
+        .into_iter()
+        .map(|(name, value)| Header::received(name, value))
+        .collect();
+    (headers, body.to_vec())
 }
 
 fn stage(stages: &mut Vec<StageLine>, name: &str, detail: String, reply: &StageReply) {
@@ -221,9 +251,10 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
         out.report = session.take_ended().pop();
         return Ok(out);
     }
-    let (headers, body) = parse_message(&input.message);
-    for (name, value) in &headers {
-        session.header(name, value);
+    let (headers, body) = parse_message_exact(&input.message);
+    let header_count = headers.len();
+    for h in headers {
+        session.header_received(h.name().as_bytes().to_vec(), h.raw_value().to_vec());
     }
     let body_len = body.len();
     session.body(body.into());
@@ -232,7 +263,7 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
     stage(
         &mut stages,
         "eom",
-        format!("{} headers, {} body bytes", headers.len(), body_len),
+        format!("{header_count} headers, {body_len} body bytes"),
         &match decision.verdict {
             Verdict::Reject => {
                 StageReply::Reject(decision.reply.clone().unwrap_or_else(Reply::default_reject))
@@ -414,7 +445,18 @@ pub fn render_text(outcome: &TestOutcome) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_message;
+    use super::{parse_message, parse_message_exact};
+
+    #[test]
+    fn exact_parsing_keeps_every_header_byte() {
+        let (h, b) =
+            parse_message_exact(b"Subject:x\nX-8bit:  caf\xe9\r\n\tfolded\nFrom: a@b\n\n\xe9\n");
+        assert_eq!(h.len(), 3);
+        assert_eq!((h[0].name(), h[0].raw_value()), ("Subject", &b"x"[..]));
+        assert_eq!(h[1].raw_value(), b"  caf\xe9\r\n\tfolded");
+        assert_eq!(h[2].raw_value(), b" a@b");
+        assert_eq!(b, b"\xe9\r\n");
+    }
 
     #[test]
     fn message_parsing_keeps_folding_and_crlf_body() {

@@ -489,25 +489,25 @@ fn handle_header(ctx: &mut Context<Connection>, name: CString, value: CString) -
     };
     if let Some(session) = conn.session.as_mut() {
         let mut value = value.into_bytes();
-        // With LEADING_SPACE the MTA sends the value exactly as received,
-        // space after the colon included; the engine wants it without.
-        if conn.leading_space && value.first() == Some(&b' ') {
-            value.remove(0);
+        // With LEADING_SPACE the MTA sends every byte after the colon as the
+        // client sent it (" x", "x", "\tx", a fold): kept exactly, since
+        // DKIM's simple header canonicalization hashes them. Without it the
+        // MTA (Postfix before 2.9, Sendmail not offering it) has already
+        // dropped the white space after the colon and what it was cannot be
+        // known: the usual single space is the best guess, and a signature
+        // over any other spelling with simple header canonicalization fails.
+        if !conn.leading_space {
+            value.insert(0, b' ');
         }
         // The engine keeps what it is given: the MTA's buffers become the
-        // stored header without a copy (unless they are not UTF-8).
-        session.header_owned(owned_text(name.into_bytes()), owned_text(value));
+        // stored header without a copy.
+        session.header_received(name.into_bytes(), value);
     }
     if conn.noreply_header {
         Status::Noreply
     } else {
         Status::Continue
     }
-}
-
-/// Bytes as text, reusing the buffer when they are UTF-8.
-fn owned_text(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> Status {

@@ -710,17 +710,24 @@ impl Session {
 
     /// One header as received (value without the leading space).
     pub fn header(&mut self, name: &str, value: &str) {
-        self.header_owned(name.to_string(), value.to_string());
+        self.add_header(Header::new(name, value));
     }
 
-    /// [`Session::header`] for a caller that owns the strings: they are
-    /// kept as they are, not copied.
-    pub fn header_owned(&mut self, name: String, value: String) {
+    /// A header as the MTA passed it: the name and every byte after the
+    /// colon, kept exactly (see [`Header::received`]). The MTA's buffers
+    /// become the stored header without a copy.
+    pub fn header_received(&mut self, name: Vec<u8>, raw_value: Vec<u8>) {
+        self.add_header(Header::received(name, raw_value));
+    }
+
+    fn add_header(&mut self, header: Header) {
         let limits = self.pipeline().settings.header_limits;
         let Some(m) = &mut self.message else {
             return;
         };
-        let bytes = (name.len() + value.len()) as u64;
+        let bytes = (header.name().len() + header.raw_value().len()) as u64;
+        // On the wire: name, colon, value, CRLF.
+        let wire = bytes + 3;
         if m.headers_over_limit
             || m.content.headers.len() >= limits.count
             || m.header_bytes + bytes > limits.bytes
@@ -731,21 +738,21 @@ impl Session {
                 tracing::info!(queue_id = ?self.queue_id, headers = m.content.headers.len(), bytes = m.header_bytes, "headers past the pipeline's limits; the message will be refused");
             }
             m.headers_over_limit = true;
-            Arc::make_mut(&mut m.content).size += bytes + 4;
+            Arc::make_mut(&mut m.content).size += wire;
             return;
         }
         m.header_bytes += bytes;
         let early = Early {
             sender: &m.original_sender,
-            header: Some((&name, &value)),
+            header: Some((header.name(), header.value())),
             memo: &m.memo,
         };
         for &id in &m.early {
             self.policy.checks[id].check.prefetch(&early);
         }
         let content = Arc::make_mut(&mut m.content);
-        content.size += (name.len() + value.len() + 4) as u64;
-        content.headers.push(Header { name, value });
+        content.size += wire;
+        content.headers.push(header);
     }
 
     /// A piece of the body. Only the pipeline's `max_body_size` is kept, and

@@ -28,6 +28,7 @@ use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
 use crate::edits::{Edit, EditList};
 use mail_auth::arc::{ArcSealer, Set};
+use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Header as AuthHeader, HeaderWriter};
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult};
@@ -207,8 +208,26 @@ impl Modifier for ArcSealModifier {
     fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
         let headers = edits.resulting_headers(&ctx.message.headers);
         let raw = raw_message(&headers, &ctx.message.body);
-        let parsed = AuthenticatedMessage::parse_with_opts(&raw, None, false)
+        let mut parsed = AuthenticatedMessage::parse_with_opts(&raw, None, false)
             .ok_or("the message cannot be parsed for sealing")?;
+        // mail-auth's sealer takes the AMS body hash (relaxed, sha256, no
+        // l=) from the parsed message when it is there and computes its own,
+        // wrong for some bodies (crate::dkim_canon says why), when not: it
+        // is always there, and ours.
+        let body = raw.get(parsed.body_offset()..).unwrap_or_default();
+        crate::dkim_canon::replace_body_hashes(&mut parsed, body);
+        let ours_bh = crate::dkim_canon::body_hash(
+            body,
+            Canonicalization::Relaxed,
+            HashAlgorithm::Sha256,
+            None,
+        );
+        parsed.body_hashes.retain(|(c, h, l, _)| {
+            !(*c == Canonicalization::Relaxed && *h == HashAlgorithm::Sha256 && *l == 0)
+        });
+        parsed
+            .body_hashes
+            .push((Canonicalization::Relaxed, HashAlgorithm::Sha256, 0, ours_bh));
         let ours = our_auth_results(edits);
         let output = match existing_chain(&parsed, ours)? {
             Chain::Seal(output) => output,
@@ -228,7 +247,7 @@ impl Modifier for ArcSealModifier {
             None => format!("{}; none", self.domain),
         };
         let results = AuthenticationResults::new(&copied);
-        let present = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+        let present = |name: &str| headers.iter().any(|h| h.name().eq_ignore_ascii_case(name));
         let template = header_template(&self.headers, &[], present);
         let set = ArcSealer::from_key(self.key.signer())
             .domain(self.domain.as_str())

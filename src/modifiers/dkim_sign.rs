@@ -1,6 +1,10 @@
-//! The `dkim_sign` modifier: adds DKIM-Signature headers (RFC 6376) with
-//! mail-auth on its `ring` backend, one per key of the signing domain, over
-//! the message as it will be delivered. Also home of the private key loader
+//! The `dkim_sign` modifier: adds DKIM-Signature headers (RFC 6376), one
+//! per key of the signing domain, over the message as it will be delivered
+//! (received headers byte for byte). The signature is built here: body hash
+//! and relaxed header canonicalization from `crate::dkim_canon` (mail-auth
+//! 0.13's body hash is wrong for some bodies), signing and the signature's
+//! header text from mail-auth on its `ring` backend. `h=` lists every instance of each signed name, bottom
+//! up (RFC 6376 §5.4.2), then each `oversign` name once more. Also home of the private key loader
 //! that `arc_seal` and `dkim-record` share.
 //!
 //! Options:
@@ -41,9 +45,11 @@ use crate::address::normalize_domain;
 use crate::edits::{EditList, valid_header_name};
 use crate::message::Header;
 use mail_auth::AuthenticatedMessage;
-use mail_auth::common::crypto::{self, Algorithm, DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{
+    self, Algorithm, DkimKey, Ed25519Key, HashAlgorithm, RsaKey, Sha256,
+};
 use mail_auth::common::headers::{HeaderWriter, Writable};
-use mail_auth::dkim::{Canonicalization, DkimSigner};
+use mail_auth::dkim::{Canonicalization, Signature};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -954,7 +960,10 @@ impl Modifier for DkimSignModifier {
             tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, domain = %domain, "message not signed: no key for the domain");
             return Ok(());
         }
-        if !headers.iter().any(|h| h.name.eq_ignore_ascii_case("From")) {
+        if !headers
+            .iter()
+            .any(|h| h.name().eq_ignore_ascii_case("From"))
+        {
             tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, domain = %domain, "message not signed: no From header to sign");
             return Ok(());
         }
@@ -962,50 +971,128 @@ impl Modifier for DkimSignModifier {
         if ctx.message.body_truncated {
             return Err(TRUNCATED.to_string());
         }
-        let raw = raw_message(&headers, &ctx.message.body);
+        let body = ctx.message.body.contiguous();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         // Signatures added here, top first: each later one is computed over
         // the message with the earlier ones on top, as it is delivered.
         let mut added: Vec<Header> = Vec::new();
         for entry in entries {
-            let present = |name: &str| {
-                added
-                    .iter()
-                    .chain(headers.iter())
-                    .any(|h| h.name.eq_ignore_ascii_case(name))
-            };
-            let template = header_template(&self.headers, &self.oversign, present);
-            let signer = DkimSigner::from_key(entry.key.signer())
-                .domain(entry.domain.as_str())
-                .selector(entry.selector.as_str())
-                .headers(template)
-                .header_canonicalization(Canonicalization::Relaxed)
-                .body_canonicalization(self.body_canonicalization);
-            let signer = match self.expire {
-                Some(secs) => signer.expiration(secs),
-                None => signer,
-            };
-            let signature = if added.is_empty() {
-                signer.sign(&raw)
-            } else {
-                let block = crate::message::header_block(&added);
-                // Without the empty line that ends a header block.
-                let prefix = block.strip_suffix(b"\r\n").unwrap_or(&block);
-                signer.sign_chained([prefix, raw.as_slice()])
-            }
-            .map_err(|e| {
-                format!(
-                    "signing as d={} s={} failed: {e}",
-                    entry.domain, entry.selector
-                )
-            })?;
+            let signature = self
+                .sign(entry, &added, &headers, &body, now)
+                .map_err(|e| {
+                    format!(
+                        "signing as d={} s={} failed: {e}",
+                        entry.domain, entry.selector
+                    )
+                })?;
             let header = signature.to_header();
             let Some((name, value)) = split_headers(&header).into_iter().next() else {
                 return Err("mail-auth wrote no DKIM-Signature header".to_string());
             };
             edits.insert_header(0, &name, &value)?;
-            added.insert(0, Header { name, value });
+            added.insert(0, Header::new(name, value));
         }
         Ok(())
+    }
+}
+
+impl DkimSignModifier {
+    /// One signature over `added` (our signatures so far, top first) above
+    /// `headers`, and `body`. Built here rather than by mail-auth's
+    /// `DkimSigner`, whose body hash is wrong for some bodies
+    /// (crate::dkim_canon says why); the header canonicalization is ours
+    /// too, the signing and the signature's header text mail-auth's.
+    fn sign(
+        &self,
+        entry: &KeyEntry,
+        added: &[Header],
+        headers: &[Header],
+        body: &[u8],
+        now: u64,
+    ) -> Result<Signature, String> {
+        let message: Vec<&Header> = added.iter().chain(headers.iter()).collect();
+        let present = |name: &str| message.iter().any(|h| h.name().eq_ignore_ascii_case(name));
+        let wanted: Vec<&String> = self
+            .headers
+            .iter()
+            .chain(self.oversign.iter())
+            .filter(|n| present(n))
+            .collect();
+        // RFC 6376 §5.4.2: each name in h= takes the next instance from the
+        // bottom; listing every instance bottom-up signs them all in order.
+        let mut signed: Vec<(&str, Vec<u8>)> = Vec::new();
+        for h in message.iter().rev() {
+            if wanted.iter().any(|n| n.eq_ignore_ascii_case(h.name())) {
+                let mut value = Vec::with_capacity(h.raw_value().len() + 2);
+                h.write_value_crlf(&mut value);
+                value.truncate(value.len() - 2);
+                signed.push((h.name(), value));
+            }
+        }
+        if signed.is_empty() {
+            return Err("no header to sign".to_string());
+        }
+        let mut h: Vec<String> = signed.iter().map(|(n, _)| n.to_string()).collect();
+        // Oversigned names once more than the message holds them: an
+        // instance added later breaks the signature (§8.15).
+        h.extend(self.oversign.iter().cloned());
+        let key = entry.key.signer();
+        let algorithm = crypto::SigningKey::algorithm(&key);
+        let mut signature = Signature {
+            v: 1,
+            a: algorithm,
+            d: entry.domain.clone(),
+            s: entry.selector.clone(),
+            h,
+            t: now,
+            x: self.expire.map_or(0, |secs| now.saturating_add(secs)),
+            ch: Canonicalization::Relaxed,
+            cb: self.body_canonicalization,
+            ..Signature::default()
+        };
+        signature.bh = crate::dkim_canon::body_hash(
+            body,
+            self.body_canonicalization,
+            HashAlgorithm::from(algorithm),
+            None,
+        );
+        signature.b = crypto::SigningKey::sign(
+            &key,
+            Signed {
+                headers: &signed,
+                signature: &signature,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(signature)
+    }
+}
+
+/// What a signature signs (RFC 6376 §3.7): the signed headers in `h=`
+/// order, relaxed (by `crate::dkim_canon`, as the `dkim` check verifies),
+/// then the DKIM-Signature header itself with `b=` empty and no CRLF.
+struct Signed<'a> {
+    headers: &'a [(&'a str, Vec<u8>)],
+    signature: &'a Signature,
+}
+
+impl Writable for Signed<'_> {
+    fn write(self, writer: &mut impl mail_auth::common::headers::Writer) {
+        let mut headers = Vec::new();
+        for (name, value) in self.headers {
+            crate::dkim_canon::canonical_header(
+                name.as_bytes(),
+                value,
+                Canonicalization::Relaxed,
+                &mut headers,
+            );
+        }
+        writer.write(&headers);
+        // mail-auth writes its header in relaxed form when told it is not
+        // the header: "dkim-signature:", the tags, "b=" empty, no CRLF.
+        self.signature.write(writer, false);
     }
 }
 
@@ -1213,14 +1300,8 @@ mod tests {
     #[test]
     fn raw_messages_use_crlf() {
         let headers = vec![
-            Header {
-                name: "Subject".into(),
-                value: "a\n b".into(),
-            },
-            Header {
-                name: "To".into(),
-                value: "x\r\n\ty".into(),
-            },
+            Header::new("Subject", "a\n b"),
+            Header::new("To", "x\r\n\ty"),
         ];
         assert_eq!(
             raw_message(&headers, &b"body\r\n".as_slice().into()),

@@ -77,10 +77,7 @@ mod tests {
     }
 
     fn message() -> Message {
-        let h = |name: &str, value: &str| Header {
-            name: name.into(),
-            value: value.into(),
-        };
+        let h = |name: &str, value: &str| Header::new(name, value);
         Message {
             headers: vec![
                 h("Received", "from a"),
