@@ -23,7 +23,7 @@ use common::signing::dkim_sign;
 use common::{Mail, run_mail};
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::edits::Edit;
-use dispatch_milter::engine::{MessageOutcome, StageReply};
+use dispatch_milter::engine::{MessageOutcome, StageReply, Verdict};
 use dispatch_milter::policy::Policy;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -81,13 +81,19 @@ impl World {
         self.server.add_a(domain, Ipv4Addr::new(192, 0, 2, 1));
     }
 
+    /// A dry-run pipeline (every message gets to end of message and is
+    /// delivered, so the verdicts can be read) with these `dmarc` options.
     fn policy(&self, dmarc_options: &str) -> Arc<Policy> {
+        self.policy_with(dmarc_options, "dry_run = true")
+    }
+
+    fn policy_with(&self, dmarc_options: &str, pipeline_options: &str) -> Arc<Policy> {
         let mut registry = Registry::builtin();
         registry.set_nameservers(vec![self.server.addr()]);
         let src = format!(
             "[dns]\ntimeout = \"500ms\"\nattempts = 1\n{CHECKS}\
              [checks.dmarc]\nkind = \"dmarc\"\n{dmarc_options}\n\
-             [pipelines.p]\nauthserv_id = \"mx.test\"\ndry_run = true\nchecks = [\"spf\", \"dkim\", \"dmarc\"]\n"
+             [pipelines.p]\nauthserv_id = \"mx.test\"\n{pipeline_options}\nchecks = [\"spf\", \"dkim\", \"dmarc\"]\n"
         );
         match compile_str(Path::new("t.toml"), &src, &registry) {
             Ok(p) => Arc::new(p),
@@ -264,7 +270,7 @@ async fn s4_10_1_invalid_p_with_a_valid_rua_is_p_none() {
     w.dmarc("badp.test", "v=DMARC1; p=bogus; rua=mailto:dmarc@badp.test");
     let o = w.send("a@other.test", "a@badp.test", &[]).await;
     assert_eq!(result(&o), "neutral", "{:?}", dmarc(&o));
-    assert_eq!(ar(&o), "dmarc=fail (p=none) header.from=badp.test");
+    assert_eq!(ar(&o), "dmarc=fail (p=none dis=none) header.from=badp.test");
 }
 
 #[tokio::test]
@@ -389,10 +395,13 @@ async fn s4_7_sp_applies_to_existing_subdomains_only() {
     w.host("sub.sp.test");
     let o = w.send("a@other.test", "a@sub.sp.test", &[]).await;
     assert_eq!(result(&o), "softfail", "{:?}", dmarc(&o));
-    assert_eq!(ar(&o), "dmarc=fail (sp=quarantine) header.from=sub.sp.test");
+    assert_eq!(
+        ar(&o),
+        "dmarc=fail (sp=quarantine dis=none) header.from=sub.sp.test"
+    );
     let o = w.send("a@other.test", "a@sp.test", &[]).await;
     assert_eq!(result(&o), "fail", "{:?}", dmarc(&o));
-    assert_eq!(ar(&o), "dmarc=fail (p=reject) header.from=sp.test");
+    assert_eq!(ar(&o), "dmarc=fail (p=reject dis=none) header.from=sp.test");
 }
 
 #[tokio::test]
@@ -403,7 +412,10 @@ async fn s4_7_np_applies_to_non_existent_subdomains() {
     // NXDOMAIN (RFC 8020): ghost.np.test and all below it do not exist.
     let o = w.send("a@other.test", "a@ghost.np.test", &[]).await;
     assert_eq!(result(&o), "fail", "{:?}", dmarc(&o));
-    assert_eq!(ar(&o), "dmarc=fail (np=reject) header.from=ghost.np.test");
+    assert_eq!(
+        ar(&o),
+        "dmarc=fail (np=reject dis=none) header.from=ghost.np.test"
+    );
     let o = w.send("a@other.test", "a@real.np.test", &[]).await;
     assert_eq!(result(&o), "neutral", "{:?}", dmarc(&o));
     let o = w.send("a@other.test", "a@np.test", &[]).await;
@@ -785,7 +797,7 @@ async fn s4_7_t_y_applies_the_next_milder_policy() {
     assert_eq!(result(&o), "softfail", "{:?}", dmarc(&o));
     assert_eq!(
         ar(&o),
-        "dmarc=fail (p=reject t=y: quarantine) header.from=ty.test"
+        "dmarc=fail (p=reject t=y: quarantine dis=none) header.from=ty.test"
     );
     let o = w.send("a@other.test", "a@tyq.test", &[]).await;
     assert_eq!(result(&o), "neutral", "{:?}", dmarc(&o));
@@ -805,7 +817,7 @@ async fn a_6_legacy_pct() {
     assert_eq!(result(&o), "softfail", "{:?}", dmarc(&o));
     assert_eq!(
         ar(&o),
-        "dmarc=fail (p=reject pct=0: quarantine) header.from=pct0.test"
+        "dmarc=fail (p=reject pct=0: quarantine dis=none) header.from=pct0.test"
     );
     for d in ["pct100.test", "pctbad.test", "pct0t.test"] {
         let o = w.send("a@other.test", &format!("a@{d}"), &[]).await;
@@ -826,11 +838,51 @@ async fn s5_4_authentication_results_name_the_policy() {
     w.spf("arp.test");
     let o = w.send("a@arp.test", "a@arp.test", &[]).await;
     assert_eq!(result(&o), "pass", "{:?}", dmarc(&o));
-    assert_eq!(ar(&o), "dmarc=pass (p=reject) header.from=arp.test");
+    assert_eq!(
+        ar(&o),
+        "dmarc=pass (p=reject dis=none) header.from=arp.test"
+    );
     w.dmarc("arn.test", "v=DMARC1; p=none");
     let o = w.send("a@other.test", "a@arn.test", &[]).await;
-    assert_eq!(ar(&o), "dmarc=fail (p=none) header.from=arn.test");
+    assert_eq!(ar(&o), "dmarc=fail (p=none dis=none) header.from=arn.test");
     let o = w.send("a@other.test", "a@nothing.test", &[]).await;
     assert_eq!(result(&o), "none");
     assert_eq!(ar(&o), "dmarc=none header.from=nothing.test");
+}
+
+/// The comment ends with what became of the message, as OpenDMARC writes
+/// it: `dis=quarantine` when the policy put it on hold, `dis=none` when it
+/// was delivered, here because the local policy lets p=quarantine through
+/// (and in dry run, whatever the policy would have done).
+#[tokio::test]
+async fn s5_4_authentication_results_name_the_disposition() {
+    let w = World::new().await;
+    w.dmarc("disq.test", "v=DMARC1; p=quarantine");
+    let quarantine = w.policy_with("on_softfail = \"quarantine\"", "");
+    let o = w
+        .send_with(&quarantine, "a@other.test", &["a@disq.test"], &[])
+        .await;
+    assert_eq!(result(&o), "softfail", "{:?}", dmarc(&o));
+    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(
+        ar(&o),
+        "dmarc=fail (p=quarantine dis=quarantine) header.from=disq.test"
+    );
+    let let_through = w.policy_with("on_softfail = \"ignore\"", "");
+    let o = w
+        .send_with(&let_through, "a@other.test", &["a@disq.test"], &[])
+        .await;
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(
+        ar(&o),
+        "dmarc=fail (p=quarantine dis=none) header.from=disq.test"
+    );
+    let dry_run = w.policy_with("on_softfail = \"quarantine\"", "dry_run = true");
+    let o = w
+        .send_with(&dry_run, "a@other.test", &["a@disq.test"], &[])
+        .await;
+    assert_eq!(
+        ar(&o),
+        "dmarc=fail (p=quarantine dis=none) header.from=disq.test"
+    );
 }

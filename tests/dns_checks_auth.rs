@@ -457,7 +457,7 @@ async fn dmarc_passes_with_an_aligned_dkim_signature() {
     assert_eq!(o.decision.verdict, Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
     assert!(
-        ar.contains("dmarc=pass (p=reject) header.from=aligned.test"),
+        ar.contains("dmarc=pass (p=reject dis=none) header.from=aligned.test"),
         "{ar}"
     );
 
@@ -511,7 +511,7 @@ async fn dmarc_failures_follow_the_published_policy() {
     assert_eq!(o.decision.verdict, Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
     assert!(
-        ar.contains("dmarc=fail (p=none) header.from=none.test"),
+        ar.contains("dmarc=fail (p=none dis=none) header.from=none.test"),
         "{ar}"
     );
 
@@ -762,7 +762,7 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
     for fragment in [
         "spf=pass smtp.mailfrom=forwarder.test",
         "dkim=fail header.d=origin.test header.s=sel header.b=",
-        "dmarc=fail (overridden by trusted ARC sealer forwarder.test) header.from=origin.test",
+        "dmarc=fail (overridden by trusted ARC sealer forwarder.test dis=none) header.from=origin.test",
         "arc=pass",
     ] {
         assert!(ar.contains(fragment), "{fragment} missing from {ar}");

@@ -639,7 +639,9 @@ async fn dmarc_pass_fail_temperror() {
                 mail: aligned(),
                 failures: vec![],
                 asked: "_dmarc.aligned.test",
-                expect: Expect::Accepted(Some("dmarc=pass (p=reject) header.from=aligned.test")),
+                expect: Expect::Accepted(Some(
+                    "dmarc=pass (p=reject dis=none) header.from=aligned.test",
+                )),
             },
             Case {
                 // reject.test publishes p=reject; SPF fails for 192.0.2.99

@@ -76,15 +76,17 @@
 //!   validation is shared with the `arc` check.
 //!
 //! Authentication-Results (RFC 8601) carries the result, a comment naming
-//! the policy and `header.from`: `dmarc=pass (p=reject)
-//! header.from=example.org`, `dmarc=fail (sp=quarantine)
-//! header.from=sub.example.org`, `dmarc=fail (p=reject t=y: quarantine)`
-//! or `(p=reject pct=0: quarantine)` when test mode or sampling lowered it,
-//! `dmarc=none header.from=example.org`. The comment names the tag that
-//! applied and what it asked for, not what the message's whole policy then
-//! did (OpenDMARC's `dis=`): the check does not know the action its status
-//! maps to, and a rejected message carries no header anyway. An override
-//! reads `dmarc=fail (overridden by trusted ARC sealer <domain>)
+//! the policy and what became of the message, and `header.from`:
+//! `dmarc=pass (p=reject dis=none) header.from=example.org`,
+//! `dmarc=fail (sp=quarantine dis=quarantine) header.from=sub.example.org`,
+//! `dmarc=fail (p=reject t=y: quarantine dis=none)` or `(p=reject pct=0:
+//! quarantine dis=none)` when test mode or sampling lowered it,
+//! `dmarc=none header.from=example.org`. The policy part names the tag that
+//! applied and what it asked for; `dis=` (as OpenDMARC writes it) is the
+//! disposition the whole policy gave the message, filled in by the engine:
+//! `quarantine` when it is put on hold, otherwise `none` (a rejected or
+//! discarded message carries no header, and dry run delivers). An override
+//! reads `dmarc=fail (overridden by trusted ARC sealer <domain> dis=none)
 //! header.from=<domain>`, since DMARC itself did fail; a `permerror` about
 //! the From header is `dmarc=permerror` alone. Exemptions for authenticated
 //! senders and trusted networks belong in the dispatch tree: list the check
@@ -185,6 +187,23 @@ fn apply_test_and_pct(
 
 fn with_auth(mut r: CheckResult, fragment: String) -> CheckResult {
     r.auth_results = Some(fragment);
+    r
+}
+
+/// `with_auth` for a result whose policy comment ends with what became of
+/// the message (`dmarc=pass (p=reject dis=none) header.from=...`): the
+/// comment is `comment` inside the parentheses, the engine inserts the
+/// disposition before the closing one.
+fn with_policy_auth(
+    r: CheckResult,
+    method_result: &str,
+    comment: &str,
+    header_from: &str,
+) -> CheckResult {
+    let open = format!("{method_result} ({comment}");
+    let at = open.len();
+    let mut r = with_auth(r, format!("{open}) {header_from}"));
+    r.auth_disposition_at = Some(at);
     r
 }
 
@@ -420,12 +439,14 @@ impl DmarcCheck {
                     (true, false) => "DKIM aligned",
                     _ => "SPF aligned",
                 };
-                with_auth(
+                with_policy_auth(
                     CheckResult::with_reason(
                         Status::Pass,
                         format!("DMARC pass for {author} ({how})"),
                     ),
-                    format!("dmarc=pass ({}={policy}) {header_from}", tag.as_str()),
+                    "dmarc=pass",
+                    &format!("{}={policy}", tag.as_str()),
+                    &header_from,
                 )
             }
             Outcome::NoPolicy => with_auth(
@@ -454,11 +475,11 @@ impl DmarcCheck {
             } => {
                 if let Some(sealer) = self.trusted_sealer(input).await {
                     let why = format!("DMARC fail overridden by trusted ARC sealer {sealer}");
-                    return with_auth(
+                    return with_policy_auth(
                         CheckResult::with_reason(Status::Pass, why),
-                        format!(
-                            "dmarc=fail (overridden by trusted ARC sealer {sealer}) {header_from}"
-                        ),
+                        "dmarc=fail",
+                        &format!("overridden by trusted ARC sealer {sealer}"),
+                        &header_from,
                     );
                 }
                 let tag = tag.as_str();
@@ -475,12 +496,14 @@ impl DmarcCheck {
                         format!(" pct={pct}: {applied}"),
                     ),
                 };
-                with_auth(
+                with_policy_auth(
                     CheckResult::with_reason(
                         status_for(self.mode, applied),
                         format!("DMARC fail for {author} ({tag}={policy}{note})"),
                     ),
-                    format!("dmarc=fail ({tag}={policy}{comment}) {header_from}"),
+                    "dmarc=fail",
+                    &format!("{tag}={policy}{comment}"),
+                    &header_from,
                 )
             }
         }

@@ -185,6 +185,11 @@ pub struct CheckResult {
     /// A `method=result` fragment for Authentication-Results (RFC 8601 §2.2),
     /// such as `spf=pass smtp.mailfrom=example.org`.
     pub auth_results: Option<String>,
+    /// Where in `auth_results` the message's disposition goes (` dis=none`
+    /// or ` dis=quarantine`, as OpenDMARC writes it), as a byte offset:
+    /// only the engine knows what the whole policy did with the message.
+    #[serde(skip)]
+    pub auth_disposition_at: Option<usize>,
     /// Headers to add when the message is accepted (`Received-SPF`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub add_headers: Vec<(String, String)>,
@@ -197,6 +202,7 @@ impl CheckResult {
             reason: None,
             score: None,
             auth_results: None,
+            auth_disposition_at: None,
             add_headers: Vec::new(),
         }
     }

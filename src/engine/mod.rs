@@ -1053,13 +1053,22 @@ impl Session {
     /// then ours goes on top, followed by extra trace headers checks asked
     /// for (Received-SPF). A check that reports a method but ended without
     /// a fragment (timed out, panicked) is shown as `method=temperror`.
+    /// A fragment that asks for it gets the message's disposition (DMARC's
+    /// `dis=`): `quarantine` when the message goes on hold, `none` when it
+    /// is delivered (edits, and so this header, exist for nothing else;
+    /// in dry run the message is delivered whatever the policy said).
     fn authentication_results(
         &self,
         pipeline: &Pipeline,
         message: &MessageState,
+        decision: &Decision,
         checks: &[CheckId],
         edits: &mut EditList,
     ) -> Result<(), String> {
+        let disposition = match decision.verdict {
+            Verdict::Quarantine if !pipeline.settings.dry_run => "quarantine",
+            _ => "none",
+        };
         let mut fragments = Vec::new();
         let mut extra = Vec::new();
         for &id in checks {
@@ -1068,7 +1077,11 @@ impl Session {
                     &f.result.auth_results,
                     self.policy.checks[id].check.auth_method(),
                 ) {
-                    (Some(frag), _) => fragments.push(crate::edits::sanitize_value(frag)),
+                    (Some(frag), _) => {
+                        let frag =
+                            with_disposition(frag, f.result.auth_disposition_at, disposition);
+                        fragments.push(crate::edits::sanitize_value(&frag))
+                    }
                     (None, Some(method)) => fragments.push(format!("{method}={}", f.result.status)),
                     (None, None) => {}
                 }
@@ -1162,7 +1175,7 @@ impl Session {
             }
         }
 
-        self.authentication_results(pipeline, message, checks, &mut edits)?;
+        self.authentication_results(pipeline, message, decision, checks, &mut edits)?;
         // Headers only we write: a copy the client sent would pass for our
         // own verdict with whoever reads the delivered message.
         let settings = &pipeline.settings;
@@ -1266,6 +1279,20 @@ fn eom_modifiers(pipeline: &Pipeline, message: &MessageState) -> Vec<ModifierId>
         }
     }
     ids
+}
+
+/// `fragment` with ` dis=<disposition>` inserted at `at` (see
+/// `CheckResult::auth_disposition_at`); unchanged without an offset or with
+/// one that does not fall on a character boundary of the fragment.
+fn with_disposition<'a>(
+    fragment: &'a str,
+    at: Option<usize>,
+    disposition: &str,
+) -> std::borrow::Cow<'a, str> {
+    match at.and_then(|at| Some((fragment.get(..at)?, fragment.get(at..)?))) {
+        Some((head, tail)) => format!("{head} dis={disposition}{tail}").into(),
+        None => fragment.into(),
+    }
 }
 
 /// The same order with signers moved to the end (a stable partition), and
@@ -1380,4 +1407,25 @@ fn branch_signature(pipeline: &Pipeline, source: &SourceNode, targets: &[Target]
         }
     }
     sig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_disposition;
+
+    #[test]
+    fn the_disposition_goes_where_the_check_said() {
+        let f = "dmarc=pass (p=reject) header.from=example.org";
+        let at = "dmarc=pass (p=reject".len();
+        assert_eq!(
+            with_disposition(f, Some(at), "none"),
+            "dmarc=pass (p=reject dis=none) header.from=example.org"
+        );
+        assert_eq!(with_disposition(f, None, "none"), f);
+        // An offset outside the text or inside a character changes nothing.
+        assert_eq!(with_disposition(f, Some(f.len() + 1), "none"), f);
+        let g = "dmarc=fail (overridden by é.example)";
+        let inside = g.find('é').map(|i| i + 1);
+        assert_eq!(with_disposition(g, inside, "quarantine"), g);
+    }
 }
