@@ -75,14 +75,17 @@ fn without_dot(name: &str) -> &str {
 
 /// A name from a DNS reply as text (labels joined by dots, no escapes);
 /// `None` for the root (a null MX, RFC 7505) and for labels that hold a
-/// dot or are not UTF-8, which no SPF comparison could match.
+/// dot or anything but printable ASCII, which no SPF comparison could match.
 fn reply_name(name: &Name) -> Option<String> {
     let mut text = String::new();
     for label in name.iter() {
-        let label = std::str::from_utf8(label).ok()?;
-        if label.contains('.') {
+        // A host name is printable ASCII; a label with a dot, a control
+        // character or 8-bit octets in it names nothing we could look up
+        // or compare.
+        if label.contains(&b'.') || !label.iter().all(u8::is_ascii_graphic) {
             return None;
         }
+        let label = std::str::from_utf8(label).ok()?;
         if !text.is_empty() {
             text.push('.');
         }
@@ -167,13 +170,17 @@ fn truncate_left(name: &str) -> &str {
     name
 }
 
+/// Compared as octets: names from DNS answers are not trusted to split on
+/// character boundaries where `domain` would have them.
 fn is_subdomain_or_equal(name: &str, domain: &str) -> bool {
-    let (name, domain) = (without_dot(name), without_dot(domain));
-    name.eq_ignore_ascii_case(domain)
-        || name.len() > domain.len()
-            && name.is_char_boundary(name.len() - domain.len() - 1)
-            && name[name.len() - domain.len()..].eq_ignore_ascii_case(domain)
-            && name.as_bytes()[name.len() - domain.len() - 1] == b'.'
+    let (name, domain) = (without_dot(name).as_bytes(), without_dot(domain).as_bytes());
+    match name.len().checked_sub(domain.len()) {
+        Some(0) => name.eq_ignore_ascii_case(domain),
+        Some(extra) => {
+            name[extra - 1] == b'.' && name[extra..].eq_ignore_ascii_case(domain)
+        }
+        None => false,
+    }
 }
 
 impl<'a> Evaluation<'a> {
@@ -650,6 +657,20 @@ pub async fn check_host(dns: &Dns, params: &Params<'_>, domain: &str) -> Evaluat
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subdomains_compare_as_octets_whatever_the_reply_holds() {
+        use super::is_subdomain_or_equal as sub;
+        assert!(sub("mail.x.test.", "x.test"));
+        assert!(sub("X.TEST", "x.test."));
+        assert!(!sub("mailx.test", "x.test"));
+        assert!(!sub("test", "x.test"));
+        assert!(!sub("x.test", ""));
+        // 8-bit octets where the split would fall inside a character.
+        assert!(!sub("\u{e9}abcde", "x.test"));
+        assert!(!sub("\u{e9}.x.tes", "x.test"));
+        assert!(sub("\u{e9}.x.test", "x.test"));
+    }
+
     use super::*;
 
     #[test]
