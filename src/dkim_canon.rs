@@ -24,6 +24,7 @@ use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Writable, Writer};
 use mail_auth::dkim::Canonicalization;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 
 const CRLF: &[u8] = b"\r\n";
 
@@ -47,8 +48,14 @@ fn next_line(body: &[u8]) -> (&[u8], bool, &[u8]) {
     (body, false, &[])
 }
 
-/// Write the canonical form of `body` to `emit`, piece by piece.
-pub fn canonicalize(body: &[u8], canon: Canonicalization, emit: &mut impl FnMut(&[u8])) {
+/// Write the canonical form of `body` to `emit`, piece by piece, until
+/// `emit` says it has had enough (an `l=` reached: a hostile `l=` or a
+/// huge body costs no more than the octets a signature covers).
+pub fn canonicalize(
+    body: &[u8],
+    canon: Canonicalization,
+    emit: &mut impl FnMut(&[u8]) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     match canon {
         Canonicalization::Simple => {
             // §3.4.3: every CRLF at the end of the body becomes one CRLF;
@@ -57,8 +64,8 @@ pub fn canonicalize(body: &[u8], canon: Canonicalization, emit: &mut impl FnMut(
             while body[..end].ends_with(CRLF) {
                 end -= 2;
             }
-            emit(&body[..end]);
-            emit(CRLF);
+            emit(&body[..end])?;
+            emit(CRLF)
         }
         Canonicalization::Relaxed => {
             // §3.4.4: white space at the end of a line goes, runs of it
@@ -76,14 +83,14 @@ pub fn canonicalize(body: &[u8], canon: Canonicalization, emit: &mut impl FnMut(
                     }
                 } else {
                     for _ in 0..held {
-                        emit(CRLF);
+                        emit(CRLF)?;
                     }
                     held = 0;
-                    relaxed_line(line, emit);
-                    emit(CRLF);
+                    relaxed_line(line, emit)?;
+                    emit(CRLF)?;
                 }
                 if !ended {
-                    break;
+                    return ControlFlow::Continue(());
                 }
                 rest = next;
             }
@@ -93,7 +100,7 @@ pub fn canonicalize(body: &[u8], canon: Canonicalization, emit: &mut impl FnMut(
 
 /// One line under relaxed body canonicalization: each run of WSP one SP,
 /// none at the end.
-fn relaxed_line(line: &[u8], emit: &mut impl FnMut(&[u8])) {
+fn relaxed_line(line: &[u8], emit: &mut impl FnMut(&[u8]) -> ControlFlow<()>) -> ControlFlow<()> {
     let mut rest = line;
     while !rest.is_empty() {
         let spaces = rest.iter().take_while(|b| is_wsp(**b)).count();
@@ -102,12 +109,13 @@ fn relaxed_line(line: &[u8], emit: &mut impl FnMut(&[u8])) {
             break;
         }
         if spaces > 0 {
-            emit(b" ");
+            emit(b" ")?;
         }
         let word = rest.iter().take_while(|b| !is_wsp(**b)).count();
-        emit(&rest[..word]);
+        emit(&rest[..word])?;
         rest = &rest[word..];
     }
+    ControlFlow::Continue(())
 }
 
 /// The canonical body of one signature, as mail-auth's hashers take it:
@@ -121,20 +129,35 @@ struct Canonical<'a> {
 impl Writable for Canonical<'_> {
     fn write(self, writer: &mut impl Writer) {
         let mut left = self.limit.unwrap_or(u64::MAX);
-        canonicalize(self.body, self.canon, &mut |piece| {
+        if left == 0 {
+            return;
+        }
+        let _ = canonicalize(self.body, self.canon, &mut |piece| {
             let take = usize::try_from(left).map_or(piece.len(), |l| l.min(piece.len()));
-            if take > 0 {
-                writer.write(&piece[..take]);
-                left -= take as u64;
+            writer.write(&piece[..take]);
+            left -= take as u64;
+            if left == 0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
             }
         });
     }
 }
 
-/// The length of the canonical body, in octets.
-pub fn canonical_len(body: &[u8], canon: Canonicalization) -> u64 {
+/// The length of the canonical body in octets, exact when below `cap`,
+/// otherwise at least `cap`: counting stops there (enough to tell whether
+/// an `l=` of `cap` fits).
+pub fn canonical_len_up_to(body: &[u8], canon: Canonicalization, cap: u64) -> u64 {
     let mut len = 0u64;
-    canonicalize(body, canon, &mut |piece| len += piece.len() as u64);
+    let _ = canonicalize(body, canon, &mut |piece| {
+        len = len.saturating_add(piece.len() as u64);
+        if len >= cap {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
     len
 }
 
@@ -152,44 +175,77 @@ pub fn body_hash(
         .to_vec()
 }
 
-/// Replace the body hashes mail-auth computed for `parsed` by ours over
-/// `body`. mail-auth keys them by canonicalization, hash and `l=`, where 0
-/// stands for "no `l=`": that is how it is read here too, so `l=0` in an
-/// ARC-Message-Signature still means the whole body (the `dkim` check reads
-/// `l=` itself and is exact; ARC forbids nothing but nobody sends `l=0`).
-pub fn replace_body_hashes(parsed: &mut AuthenticatedMessage<'_>, body: &[u8]) {
+/// Most ARC sets a chain may have (RFC 8617 §4.2.1); more
+/// ARC-Message-Signatures than this make the chain fail whatever they hash.
+pub const MAX_ARC_SETS: usize = 50;
+
+/// Give `parsed` our body hashes over `body` for what its
+/// ARC-Message-Signatures ask for (`parsed` comes from the header block
+/// alone, so mail-auth hashed an empty body). mail-auth keys them by
+/// canonicalization, hash and `l=`, where 0 stands for "no `l=`": that is
+/// how it is read here too, so `l=0` in an ARC-Message-Signature still
+/// means the whole body (the `dkim` check reads `l=` itself and is exact;
+/// ARC forbids nothing but nobody sends `l=0`). The keys DKIM-Signatures
+/// alone ask for, and every key when there are more AMS headers than a
+/// chain may have, get no hash: a thousand hostile signatures with as many
+/// `l=` values cost nothing here.
+pub fn replace_ams_body_hashes(parsed: &mut AuthenticatedMessage<'_>, body: &[u8]) {
+    let wanted: Vec<_> = if parsed.ams_headers.len() <= MAX_ARC_SETS {
+        parsed
+            .ams_headers
+            .iter()
+            .map(|h| (h.header.cb, HashAlgorithm::from(h.header.a), h.header.l))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for (canon, algorithm, l, hash) in &mut parsed.body_hashes {
-        let limit = (*l > 0).then_some(*l);
-        *hash = body_hash(body, *canon, *algorithm, limit);
+        *hash = if wanted.contains(&(*canon, *algorithm, *l)) {
+            let limit = (*l > 0).then_some(*l);
+            body_hash(body, *canon, *algorithm, limit)
+        } else {
+            Vec::new()
+        };
     }
 }
 
+/// The reason when a DKIM-Signature has `l=` twice.
+pub const L_TWICE: &str = "the l= tag appears more than once";
+
 /// The `l=` tag of a DKIM-Signature value, read from the tag list itself
 /// (RFC 6376 §3.2, §3.5): mail-auth stores an absent `l=` and `l=0` alike
-/// as 0, but `l=0` signs no body at all. `None` when absent; an `l=` that
-/// is not a number is left to mail-auth's parser, which refuses it.
-pub fn l_tag(value: &[u8]) -> Option<u64> {
+/// as 0, but `l=0` signs no body at all. `Ok(None)` when absent; an `l=`
+/// that is not a number is left to mail-auth's parser, which refuses it.
+/// A tag list with `l=` twice is invalid as a whole (§3.2), and which of
+/// the two a reader takes would decide what is signed: an error.
+pub fn l_tag(value: &[u8]) -> Result<Option<u64>, &'static str> {
     let fws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-    value.split(|b| *b == b';').find_map(|spec| {
-        let eq = spec.iter().position(|b| *b == b'=')?;
+    let mut found = None;
+    for spec in value.split(|b| *b == b';') {
+        let Some(eq) = spec.iter().position(|b| *b == b'=') else {
+            continue;
+        };
         let (name, rest) = spec.split_at(eq);
-        let name: Vec<u8> = name.iter().copied().filter(|b| !fws(b)).collect();
-        if name != b"l" {
-            return None;
+        if !name.iter().copied().filter(|b| !fws(b)).eq(*b"l") {
+            continue;
+        }
+        if found.is_some() {
+            return Err(L_TWICE);
         }
         let digits: Vec<u8> = rest[1..].iter().copied().filter(|b| !fws(b)).collect();
         // At most 76 digits (§3.5); more than u64 holds is more than any
         // body and reads as the largest.
-        if digits.is_empty() || digits.len() > 76 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        Some(
-            std::str::from_utf8(&digits)
-                .ok()
-                .and_then(|d| d.parse().ok())
-                .unwrap_or(u64::MAX),
-        )
-    })
+        found = Some(
+            (!digits.is_empty() && digits.len() <= 76 && digits.iter().all(u8::is_ascii_digit))
+                .then(|| {
+                    std::str::from_utf8(&digits)
+                        .ok()
+                        .and_then(|d| d.parse().ok())
+                        .unwrap_or(u64::MAX)
+                }),
+        );
+    }
+    Ok(found.flatten())
 }
 
 // ----- headers (§3.4.1, §3.4.2, §3.7, §5.4.2) -----
@@ -309,7 +365,10 @@ mod tests {
 
     fn canon(body: &[u8], c: Canonicalization) -> Vec<u8> {
         let mut out = Vec::new();
-        canonicalize(body, c, &mut |p| out.extend_from_slice(p));
+        let _ = canonicalize(body, c, &mut |p| {
+            out.extend_from_slice(p);
+            ControlFlow::Continue(())
+        });
         out
     }
 
@@ -391,21 +450,53 @@ mod tests {
             body_hash(body, Canonicalization::Relaxed, Sha256, Some(0)),
             Sha256.hash(&b""[..]).as_ref()
         );
-        assert_eq!(canonical_len(body, Canonicalization::Relaxed), 8);
-        assert_eq!(canonical_len(b"", Canonicalization::Simple), 2);
+        assert_eq!(
+            canonical_len_up_to(body, Canonicalization::Relaxed, u64::MAX),
+            8
+        );
+        assert_eq!(
+            canonical_len_up_to(b"", Canonicalization::Simple, u64::MAX),
+            2
+        );
     }
 
     #[test]
     fn l_tags_are_read_from_the_tag_list() {
-        assert_eq!(l_tag(b"v=1; a=rsa-sha256; l=0; b=x"), Some(0));
-        assert_eq!(l_tag(b"v=1;\r\n\t l = 12 ;bh=abc"), Some(12));
-        assert_eq!(l_tag(b"v=1; bh=l=5"), None);
-        assert_eq!(l_tag(b"v=1; a=rsa-sha256"), None);
-        assert_eq!(l_tag(b"l=x"), None);
+        assert_eq!(l_tag(b"v=1; a=rsa-sha256; l=0; b=x"), Ok(Some(0)));
+        assert_eq!(l_tag(b"v=1;\r\n\t l = 12 ;bh=abc"), Ok(Some(12)));
+        assert_eq!(l_tag(b"v=1; bh=l=5"), Ok(None));
+        assert_eq!(l_tag(b"v=1; a=rsa-sha256"), Ok(None));
+        assert_eq!(l_tag(b"l=x"), Ok(None));
+        assert_eq!(l_tag(b"L=5"), Ok(None));
         assert_eq!(
             l_tag(format!("l={}", "9".repeat(40)).as_bytes()),
-            Some(u64::MAX)
+            Ok(Some(u64::MAX))
         );
+        // Twice, however written, is an invalid tag list.
+        assert_eq!(l_tag(b"l=5; b=x; l=0"), Err(L_TWICE));
+        assert_eq!(l_tag(b"l=5; l =x"), Err(L_TWICE));
+    }
+
+    #[test]
+    fn canonicalization_stops_at_the_limit() {
+        let body = b"a  b\r\n\r\nc\r\n".repeat(1000);
+        for c in [Canonicalization::Simple, Canonicalization::Relaxed] {
+            // At least the cap once it is reached (simple emits its body
+            // in one piece), exact below it.
+            assert!(canonical_len_up_to(&body, c, 5) >= 5, "{c:?}");
+            let full = canonical_len_up_to(&body, c, u64::MAX);
+            assert_eq!(canonical_len_up_to(&body, c, full + 1), full);
+            // A hash of the first n octets is the hash of those octets.
+            let all = canon(&body, c);
+            assert_eq!(
+                body_hash(&body, c, Sha256, Some(7)),
+                Sha256.hash(&all[..7]).as_ref()
+            );
+            assert_eq!(
+                body_hash(&body, c, Sha256, Some(0)),
+                Sha256.hash(&b""[..]).as_ref()
+            );
+        }
     }
 
     /// When this fails, mail-auth's body canonicalization was fixed: this

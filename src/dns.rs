@@ -1,5 +1,6 @@
 //! The one DNS seam: a single hickory resolver (the one inside mail-auth's
-//! authenticator, so SPF, DKIM, DMARC and our own lookups share one cache),
+//! authenticator, so mail-auth's DKIM and ARC lookups and our own, SPF and
+//! DMARC included, share one cache),
 //! configured from `[dns]` or overridden with `--nameserver`. Every lookup
 //! the checks make goes through here, and every failure is classified once:
 //! "no such record" is an answer, anything else is a temporary error.
@@ -242,7 +243,7 @@ impl Dns {
         &self.parsed
     }
 
-    /// For the mail-auth checks (SPF, DKIM, DMARC, ARC).
+    /// For what mail-auth still does: DKIM and ARC keys and signatures.
     pub fn authenticator(&self) -> &MessageAuthenticator {
         &self.auth
     }

@@ -393,6 +393,111 @@ async fn dkim_weak_keys_and_length_limits() {
     assert_eq!(check(&o, "dkim").0, "pass");
 }
 
+/// `l=0` signs no body at all: whatever body follows is unsigned, so it is
+/// a length limit like any other (mail-auth's parser reads it as "no
+/// `l=`"), and a tag list with `l=` twice is invalid (RFC 6376 §3.2, §3.5).
+#[tokio::test]
+async fn dkim_l0_signs_no_body_and_two_l_tags_are_invalid() {
+    let server = dns().await;
+    let p = policy(&server, DKIM_POLICY);
+    // mail-auth's signer writes no l= for an empty body, so the signature
+    // is made here (relaxed/relaxed, the test key).
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    sign_l0(&mut m);
+    // A replay of a signature of no body over any other body.
+    m.body = "Send the money to account 123.\r\n".into();
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "neutral", "{reason}");
+    assert!(reason.contains("only the first 0 bytes"), "{reason}");
+
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", true);
+    m.headers[0].1 = m.headers[0].1.replacen("l=", "l=0; l=", 1);
+    assert!(m.headers[0].1.contains("l=0; l=7;"), "{:?}", m.headers[0]);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "permerror", "{reason}");
+    assert!(
+        reason.contains("the l= tag appears more than once"),
+        "{reason}"
+    );
+}
+
+/// Sign `m` with `l=0` over its From and Subject headers, as RFC 6376
+/// §3.7 says: relaxed header canonicalization of each signed header, then
+/// of the DKIM-Signature itself with an empty `b=`.
+fn sign_l0(m: &mut Mail) {
+    use mail_auth::common::crypto::SigningKey;
+    let relaxed = |name: &str, value: &str| {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        format!("{}:{}", name.to_ascii_lowercase(), words.join(" "))
+    };
+    // The sha256 of nothing: l=0 hashes no body octet.
+    let unsigned = "v=1; a=rsa-sha256; c=relaxed/relaxed; d=dkim.test; s=sel; l=0; \
+                    h=From:Subject; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=";
+    let mut input = String::new();
+    for name in ["From", "Subject"] {
+        let value = &m.headers.iter().find(|(n, _)| n == name).expect("header").1;
+        input.push_str(&relaxed(name, value));
+        input.push_str("\r\n");
+    }
+    input.push_str(&relaxed("DKIM-Signature", unsigned));
+    let b = common::signing::rsa_key()
+        .sign(input.as_bytes())
+        .expect("sign");
+    let value = format!(
+        "{unsigned}{}",
+        dispatch_milter::modifiers::dkim_sign::base64_encode(&b)
+    );
+    m.headers.insert(0, ("DKIM-Signature".into(), value));
+}
+
+/// A message with many signatures costs what five do: the first five (top
+/// down) are verified, the rest reported once and never looked up.
+#[tokio::test]
+async fn dkim_verifies_at_most_five_signatures() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.dkim]
+        kind = "dkim"
+        on_permerror = "ignore"
+        [pipelines.p]
+        authserv_id = "mx.test"
+        checks = ["dkim"]
+        "#,
+    );
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", false);
+    let good = m.headers[0].1.clone();
+    assert!(good.contains("s=sel;"), "{good}");
+    for i in 0..40 {
+        let forged = good.replacen("s=sel;", &format!("s=nokey{i};"), 1);
+        m.headers.insert(0, ("DKIM-Signature".into(), forged));
+    }
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    // The valid signature is the 41st: never checked.
+    assert_eq!(result, "permerror", "{reason}");
+    let ar = &inserted(&o, "Authentication-Results")[0];
+    assert_eq!(ar.matches("dkim=permerror").count(), 5, "{ar}");
+    assert!(
+        ar.contains("dkim=neutral reason=\"36 more signatures not checked (at most 5 are)\""),
+        "{ar}"
+    );
+    let keys: Vec<String> = server
+        .query_log()
+        .into_iter()
+        .filter(|q| q.name.contains("._domainkey."))
+        .map(|q| q.name)
+        .collect();
+    // Five at end of message; the early lookups stop at eight.
+    assert!(keys.len() <= 8, "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("sel.")), "{keys:?}");
+}
+
 #[tokio::test]
 async fn dkim_cannot_verify_a_truncated_body() {
     let server = dns().await;

@@ -19,6 +19,7 @@
 
 use super::prefetch::{TxtPrefetch, domain_key_name};
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
+use crate::dkim_canon::MAX_ARC_SETS;
 use crate::dns::Dns;
 use crate::stage::Stage;
 use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
@@ -100,16 +101,18 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
     if !has_arc_header {
         return facts_from(&DkimResult::None, 0, None);
     }
-    let Some(raw) = super::dkim::raw_message(input).await else {
+    let Some(message) = input.message.as_ref() else {
         return facts_from(&DkimResult::None, 0, None);
     };
-    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&raw.0, None, false) else {
+    // mail-auth reads the header block alone: it would hash the body once
+    // for every canonicalization, hash and l= any signature names.
+    let head = crate::message::header_block(&message.headers);
+    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
         return facts_from(&DkimResult::None, 0, None);
     };
     // The AMS body hashes are DKIM's (RFC 8617 §4.1.2): ours, not mail-auth
     // 0.13's (crate::dkim_canon says why).
-    let body = raw.0.get(parsed.body_offset()..).unwrap_or_default();
-    crate::dkim_canon::replace_body_hashes(&mut parsed, body);
+    crate::dkim_canon::replace_ams_body_hashes(&mut parsed, &message.body.contiguous());
     let sealer = parsed
         .as_headers
         .iter()
@@ -137,7 +140,12 @@ async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
                 .map(|h| domain_key_name(&h.header.s, &h.header.d)),
         )
         .collect();
-    store.settled(dns, &keys).await;
+    // More sets than a chain may have fail before any key is needed
+    // (mail-auth checks the count first): a forged message with a
+    // thousand ARC headers is not a thousand lookups.
+    if parsed.as_headers.len() <= MAX_ARC_SETS && parsed.ams_headers.len() <= MAX_ARC_SETS {
+        store.settled(dns, &keys).await;
+    }
     let output = dns
         .authenticator()
         .verify_arc(Parameters::new(&parsed).with_txt_cache(&*store))

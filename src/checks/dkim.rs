@@ -42,6 +42,14 @@
 //! OpenDKIM agrees; dkimpy passes it, and mail-auth's own signer writes
 //! such an `l=`: the raw body length).
 //!
+//! At most `MAX_SIGNATURES` (5) signatures are verified, top down; the
+//! rest are reported once as not checked (`dkim=neutral reason=...`) and
+//! count for nothing. Signatures that agree on canonicalization, hash and
+//! `l=` share one body hash, and canonicalization stops at `l=`, so a
+//! hostile message costs at most five passes over its body. `l=` is read
+//! by us (`dkim_canon::l_tag`): `l=0` is a length limit like any other,
+//! and `l=` twice makes the signature a `permerror`.
+//!
 //! The verification is memoised for the message: the `dmarc` check reuses
 //! it (and runs it itself when no `dkim` check is configured). DMARC judges
 //! signatures with the defaults above, whatever a `dkim` check's options.
@@ -50,11 +58,10 @@ use super::prefetch::{TxtPrefetch, domain_key_name};
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::dns::Dns;
-use crate::message::Message;
 use crate::stage::Stage;
 use mail_auth::common::crypto::{Algorithm, CryptoError, HashAlgorithm};
 use mail_auth::common::verify::{DomainKey, VerifySignature};
-use mail_auth::dkim::{DkimError, Signature};
+use mail_auth::dkim::{Canonicalization, DkimError, Signature};
 use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters};
 use std::sync::Arc;
 
@@ -67,25 +74,6 @@ pub const TRUNCATED: &str = "body larger than max_body_size; cannot verify";
 /// The reason when `l=` claims more body than there is (RFC 6376 §3.5).
 pub const L_TOO_LARGE: &str = "l= is larger than the canonicalized body";
 
-/// The message as bytes, rebuilt once per message for DKIM, ARC and DMARC.
-pub struct RawMessage(pub Vec<u8>);
-
-/// Rebuild the message from what the MTA sent: `Name: value` CRLF per
-/// header (the engine keeps values without the space after the colon), a
-/// blank line, then the body as received.
-pub fn rebuild(message: &Message) -> Vec<u8> {
-    crate::message::message_bytes(&message.headers, &message.body)
-}
-
-/// The rebuilt message of this check input, computed once per message.
-pub async fn raw_message(input: &CheckInput) -> Option<Arc<RawMessage>> {
-    let message = input.message.as_ref()?;
-    input
-        .memo
-        .get_or_init(|| async { RawMessage(rebuild(message)) })
-        .await
-}
-
 /// What verification found for one signature, owned so it can be memoised.
 #[derive(Clone, Debug)]
 pub struct SignatureFacts {
@@ -95,6 +83,10 @@ pub struct SignatureFacts {
     pub result: DkimResult,
     /// The RSA modulus size, when the key was fetched and is RSA.
     pub key_bits: Option<usize>,
+    /// The signature's `l=` as we read it (RFC 6376 §3.5): `Some(0)`
+    /// signs no body at all (mail-auth's `Signature::l` says 0 for that
+    /// and for no `l=` alike).
+    pub body_length: Option<u64>,
 }
 
 /// The memoised DKIM verification of a message.
@@ -103,6 +95,8 @@ pub struct DkimMemo {
     pub signatures: Vec<SignatureFacts>,
     /// The body was cut at `max_body_size`: nothing was verified.
     pub truncated: bool,
+    /// Signatures past the first `MAX_SIGNATURES`, not looked at.
+    pub unchecked: usize,
 }
 
 /// How local policy judges signatures.
@@ -121,7 +115,18 @@ impl Default for Judge {
     }
 }
 
-/// Verify every signature of the message.
+/// What a body hash depends on: canonicalization, hash and `l=`.
+type BodyHashKey = (Canonicalization, HashAlgorithm, Option<u64>);
+
+/// Most DKIM-Signature headers verified per message, top down (the
+/// newest first). Each costs a key lookup, a public-key operation and, for
+/// a new canonicalization, hash or `l=`, a pass over the body: a message
+/// with a thousand signatures must not cost a thousand of each. Real mail
+/// has one to three (author, ESP, mailing list); OpenDKIM verifies 3 by
+/// default.
+pub const MAX_SIGNATURES: usize = 5;
+
+/// Verify the message's signatures (the first `MAX_SIGNATURES`).
 async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     let Some(message) = input.message.as_ref() else {
         return DkimMemo::default();
@@ -134,8 +139,8 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         .any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature"))
     {
         return DkimMemo {
-            signatures: Vec::new(),
             truncated: message.body_truncated,
+            ..DkimMemo::default()
         };
     }
     if message.body_truncated {
@@ -144,19 +149,23 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         let head = crate::message::header_block(&message.headers);
         let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
             return DkimMemo {
-                signatures: Vec::new(),
                 truncated: true,
+                ..DkimMemo::default()
             };
         };
         let mut signatures: Vec<SignatureFacts> = malformed(&parsed);
-        signatures.extend(parsed.dkim_headers.iter().map(|h| SignatureFacts {
-            signature: Some(h.header.clone()),
-            result: DkimResult::TempError(Error::Io(TRUNCATED.to_string())),
-            key_bits: None,
+        signatures.extend(parsed.dkim_headers.iter().take(MAX_SIGNATURES).map(|h| {
+            SignatureFacts {
+                signature: Some(h.header.clone()),
+                result: DkimResult::TempError(Error::Io(TRUNCATED.to_string())),
+                key_bits: None,
+                body_length: None,
+            }
         }));
         return DkimMemo {
             signatures,
             truncated: true,
+            unchecked: parsed.dkim_headers.len().saturating_sub(MAX_SIGNATURES),
         };
     }
     // mail-auth reads the header block; the body hashes are ours
@@ -191,6 +200,7 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
     let keys: Vec<String> = parsed
         .dkim_headers
         .iter()
+        .take(MAX_SIGNATURES)
         .map(|h| domain_key_name(&h.header.s, &h.header.d))
         .collect();
     store.settled(dns, &keys).await;
@@ -203,24 +213,48 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         .errors
         .retain(|h| !matches!(h.header, Error::Dkim(_)));
     let all = std::mem::take(&mut parsed.dkim_headers);
-    for header in all {
+    let unchecked = all.len().saturating_sub(MAX_SIGNATURES);
+    // Body hashes by canonicalization, hash and l=: signatures that agree
+    // on all three share one pass over the body.
+    let mut hashes: Vec<(BodyHashKey, Vec<u8>)> = Vec::new();
+    for header in all.into_iter().take(MAX_SIGNATURES) {
         let sig = header.header.clone();
         let algorithm = HashAlgorithm::from(sig.a);
-        let limit = crate::dkim_canon::l_tag(header.value);
+        let limit = match crate::dkim_canon::l_tag(header.value) {
+            Ok(limit) => limit,
+            Err(why) => {
+                signatures.push(SignatureFacts {
+                    signature: Some(sig),
+                    result: DkimResult::PermError(Error::Io(why.to_string())),
+                    key_bits: None,
+                    body_length: None,
+                });
+                continue;
+            }
+        };
         // RFC 6376 §3.5: l= "MUST NOT be larger than the actual number of
         // octets in the canonicalized message body". Such a signature
         // claims body that is not there: it fails (as OpenDKIM has it).
         if let Some(l) = limit
-            && l > crate::dkim_canon::canonical_len(&body, sig.cb)
+            && l > crate::dkim_canon::canonical_len_up_to(&body, sig.cb, l)
         {
             signatures.push(SignatureFacts {
                 signature: Some(sig),
                 result: DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string())),
                 key_bits: None,
+                body_length: limit,
             });
             continue;
         }
-        let hash = crate::dkim_canon::body_hash(&body, sig.cb, algorithm, limit);
+        let hash_key = (sig.cb, algorithm, limit);
+        let hash = match hashes.iter().find(|(k, _)| *k == hash_key) {
+            Some((_, hash)) => hash.clone(),
+            None => {
+                let hash = crate::dkim_canon::body_hash(&body, sig.cb, algorithm, limit);
+                hashes.push((hash_key, hash.clone()));
+                hash
+            }
+        };
         let signature_field = (
             header.name,
             header.value.strip_suffix(b"\r\n").unwrap_or(header.value),
@@ -244,9 +278,15 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
             // looked at again.)
             let result = match (&signature, o.result()) {
                 (Some(sig), DkimResult::Pass) | (Some(sig), DkimResult::Fail(Error::Crypto(_))) => {
+                    // Without the key now, what mail-auth said cannot
+                    // stand: its header hash is not the RFC's in every case.
                     check_header_hash(dns, &store, sig, &fields, signature_field)
                         .await
-                        .unwrap_or_else(|| o.result().clone())
+                        .unwrap_or_else(|| {
+                            DkimResult::TempError(Error::Io(
+                                "the key could not be fetched again".to_string(),
+                            ))
+                        })
                 }
                 (_, other) => other.clone(),
             };
@@ -263,12 +303,14 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
                 signature,
                 result,
                 key_bits,
+                body_length: limit,
             });
         }
     }
     DkimMemo {
         signatures,
         truncated: false,
+        unchecked,
     }
 }
 
@@ -304,6 +346,7 @@ fn malformed(parsed: &AuthenticatedMessage<'_>) -> Vec<SignatureFacts> {
             signature: None,
             result: DkimResult::Neutral(h.header.clone()),
             key_bits: None,
+            body_length: None,
         })
         .collect()
 }
@@ -355,7 +398,6 @@ pub fn judge(f: &SignatureFacts, judge: Judge) -> Verdict {
     let weak = f.key_bits.filter(|bits| *bits < judge.min_rsa_bits);
     match &f.result {
         DkimResult::Pass => {
-            let l = f.signature.as_ref().map_or(0, |s| s.l);
             if let Some(bits) = weak {
                 verdict(
                     Status::Fail,
@@ -364,7 +406,9 @@ pub fn judge(f: &SignatureFacts, judge: Judge) -> Verdict {
                         judge.min_rsa_bits
                     ),
                 )
-            } else if l > 0 && !judge.allow_l_tag {
+            } else if let Some(l) = f.body_length
+                && !judge.allow_l_tag
+            {
                 verdict(
                     Status::Neutral,
                     format!(
@@ -477,33 +521,25 @@ pub fn summarise(memo: &DkimMemo, j: Judge) -> CheckResult {
         _ => (Status::None, "no DKIM signature".to_string()),
     };
     let mut r = CheckResult::with_reason(status, reason);
-    r.auth_results = Some(
-        memo.signatures
-            .iter()
-            .zip(&verdicts)
-            .map(|(f, v)| fragment(f, v))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
+    let mut fragments: Vec<String> = memo
+        .signatures
+        .iter()
+        .zip(&verdicts)
+        .map(|(f, v)| fragment(f, v))
+        .collect();
+    if memo.unchecked > 0 {
+        fragments.push(format!(
+            "dkim=neutral reason={}",
+            super::spf::quoted(&unchecked_reason(memo.unchecked))
+        ));
+    }
+    r.auth_results = Some(fragments.join("; "));
     r
 }
 
-/// The signatures as DMARC should see them: only what passes under the
-/// default policy counts as a pass; DNS failures stay temporary.
-pub fn outputs_for_dmarc(memo: &DkimMemo) -> Vec<DkimOutput<'_>> {
-    memo.signatures
-        .iter()
-        .filter_map(|f| {
-            let sig = f.signature.as_ref()?;
-            let v = judge(f, Judge::default());
-            let out = match v.status {
-                Status::Pass => DkimOutput::pass(),
-                Status::Temperror => DkimOutput::temp_err(Error::Dns(DnsError::Resolver(v.reason))),
-                _ => DkimOutput::fail(Error::NotAligned),
-            };
-            Some(out.with_signature(sig))
-        })
-        .collect()
+/// Why signatures past the first `MAX_SIGNATURES` carry no verdict.
+fn unchecked_reason(unchecked: usize) -> String {
+    format!("{unchecked} more signatures not checked (at most {MAX_SIGNATURES} are)")
 }
 
 pub struct DkimCheck {
@@ -586,7 +622,7 @@ impl Check for DkimCheck {
 mod tests {
     use super::*;
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
-    use crate::message::Header;
+    use crate::message::{Header, Message};
     use crate::tables::TableSet;
 
     fn sig(d: &str, l: u64) -> Signature {
@@ -604,6 +640,7 @@ mod tests {
             signature: Some(sig("example.org", l)),
             result,
             key_bits,
+            body_length: (l > 0).then_some(l),
         }
     }
 
@@ -670,6 +707,15 @@ mod tests {
             ..Judge::default()
         };
         assert_eq!(judge(&limited, allow).status, Status::Pass);
+        // l=0 signs no body: it is a length limit like any other, though
+        // mail-auth's Signature::l reads 0 for it.
+        let nothing = SignatureFacts {
+            body_length: Some(0),
+            ..facts_of(DkimResult::Pass, 0, None)
+        };
+        let v = judge(&nothing, Judge::default());
+        assert_eq!(v.status, Status::Neutral);
+        assert!(v.reason.contains("first 0 bytes"), "{}", v.reason);
     }
 
     #[test]
@@ -690,9 +736,11 @@ mod tests {
                     }),
                     result: DkimResult::Pass,
                     key_bits: Some(2048),
+                    body_length: None,
                 },
             ],
             truncated: false,
+            unchecked: 0,
         };
         let r = summarise(&memo, Judge::default());
         assert_eq!(r.status, Status::Pass);
@@ -722,9 +770,18 @@ mod tests {
                 ),
             ],
             truncated: false,
+            unchecked: 2,
         };
         let r = summarise(&memo, Judge::default());
         assert_eq!(r.status, Status::Fail);
+        // Signatures past the cap are reported once, without a verdict.
+        assert!(
+            r.auth_results.as_deref().is_some_and(|a| a.ends_with(
+                "; dkim=neutral reason=\"2 more signatures not checked (at most 5 are)\""
+            )),
+            "{:?}",
+            r.auth_results
+        );
         assert_eq!(
             r.reason.as_deref(),
             Some("DKIM fail for example.org (s=sel): body hash mismatch (body altered)")
@@ -740,49 +797,6 @@ mod tests {
         assert_eq!(b_prefix(b"Man is"), "TWFuIGlz");
         assert_eq!(b_prefix(b"Ma"), "TWE");
         assert_eq!(b_prefix(b""), "");
-    }
-
-    #[test]
-    fn dmarc_sees_passes_and_temporary_errors_only() {
-        let memo = DkimMemo {
-            signatures: vec![
-                facts_of(DkimResult::Pass, 0, Some(2048)),
-                facts_of(DkimResult::Pass, 10, Some(2048)),
-                facts_of(
-                    DkimResult::TempError(Error::Dns(DnsError::Resolver("t".into()))),
-                    0,
-                    None,
-                ),
-                SignatureFacts {
-                    signature: None,
-                    result: DkimResult::Neutral(Error::ParseError),
-                    key_bits: None,
-                },
-            ],
-            truncated: false,
-        };
-        let outs = outputs_for_dmarc(&memo);
-        assert_eq!(outs.len(), 3);
-        assert_eq!(outs[0].result(), &DkimResult::Pass);
-        assert!(matches!(outs[1].result(), DkimResult::Fail(_)));
-        assert!(matches!(outs[2].result(), DkimResult::TempError(_)));
-    }
-
-    #[test]
-    fn the_message_is_rebuilt_with_crlf() {
-        let m = Message {
-            headers: vec![
-                Header::new("Subject", "two\n lines"),
-                Header::new("X-A", " spaced\r\n\tfolded"),
-            ],
-            body: b"body\r\n".as_slice().into(),
-            body_truncated: false,
-            size: 0,
-        };
-        assert_eq!(
-            rebuild(&m),
-            b"Subject: two\r\n lines\r\nX-A:  spaced\r\n\tfolded\r\n\r\nbody\r\n".to_vec()
-        );
     }
 
     #[test]

@@ -304,9 +304,9 @@ impl TxtPrefetch {
 }
 
 /// mail-auth reads and fills the store through this interface. What it
-/// looks up itself is kept too, so a second check of the same message (DKIM
-/// and ARC share keys; DMARC and the key size check reread them) does not
-/// ask again.
+/// looks up itself is kept too, so a second look at the same message (DKIM
+/// and ARC share keys; the header hash and key size checks reread them)
+/// does not ask again.
 impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
     where

@@ -22,7 +22,7 @@
 
 use super::dkim_sign::{
     DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, header_list_option, header_template,
-    load_key_option, raw_message, split_headers, valid_selector,
+    load_key_option, split_headers, valid_selector,
 };
 use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
@@ -207,17 +207,19 @@ impl Modifier for ArcSealModifier {
 
     fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
         let headers = edits.resulting_headers(&ctx.message.headers);
-        let raw = raw_message(&headers, &ctx.message.body);
-        let mut parsed = AuthenticatedMessage::parse_with_opts(&raw, None, false)
+        // mail-auth reads the header block alone (given the body, it would
+        // hash it for every canonicalization, hash and l= any signature of
+        // the message names, none of which the seal needs).
+        let head = crate::message::header_block(&headers);
+        let mut parsed = AuthenticatedMessage::parse_with_opts(&head, None, false)
             .ok_or("the message cannot be parsed for sealing")?;
         // mail-auth's sealer takes the AMS body hash (relaxed, sha256, no
         // l=) from the parsed message when it is there and computes its own,
         // wrong for some bodies (crate::dkim_canon says why), when not: it
-        // is always there, and ours.
-        let body = raw.get(parsed.body_offset()..).unwrap_or_default();
-        crate::dkim_canon::replace_body_hashes(&mut parsed, body);
+        // is always there, and ours. The existing chain is judged by the
+        // `arc` check, not here.
         let ours_bh = crate::dkim_canon::body_hash(
-            body,
+            &ctx.message.body.contiguous(),
             Canonicalization::Relaxed,
             HashAlgorithm::Sha256,
             None,

@@ -578,13 +578,6 @@ pub(crate) fn header_list_option(
     Some(names)
 }
 
-/// The message as bytes: `Name: value` CRLF per header (line breaks inside
-/// folded values made CRLF), an empty line, then the body as received. The
-/// same shape the `dkim` check verifies.
-pub(crate) fn raw_message(headers: &[Header], body: &crate::message::Body) -> Vec<u8> {
-    crate::message::message_bytes(headers, body)
-}
-
 /// Split header text as mail-auth writes it (`Name: value` with `\r\n\t`
 /// folds, CRLF after each) into names and one-line values. Each fold
 /// becomes the single space relaxed canonicalization makes of it, which is
@@ -1294,18 +1287,6 @@ mod tests {
                     "i=1; mx; none".to_string()
                 ),
             ]
-        );
-    }
-
-    #[test]
-    fn raw_messages_use_crlf() {
-        let headers = vec![
-            Header::new("Subject", "a\n b"),
-            Header::new("To", "x\r\n\ty"),
-        ];
-        assert_eq!(
-            raw_message(&headers, &b"body\r\n".as_slice().into()),
-            b"Subject: a\r\n b\r\nTo: x\r\n\ty\r\n\r\nbody\r\n"
         );
     }
 

@@ -176,9 +176,7 @@ fn is_subdomain_or_equal(name: &str, domain: &str) -> bool {
     let (name, domain) = (without_dot(name).as_bytes(), without_dot(domain).as_bytes());
     match name.len().checked_sub(domain.len()) {
         Some(0) => name.eq_ignore_ascii_case(domain),
-        Some(extra) => {
-            name[extra - 1] == b'.' && name[extra..].eq_ignore_ascii_case(domain)
-        }
+        Some(extra) => name[extra - 1] == b'.' && name[extra..].eq_ignore_ascii_case(domain),
         None => false,
     }
 }
