@@ -879,6 +879,45 @@ async fn s4_6_4_processing_limits() {
     assert_group("§4.6.4 processing limits", limits()).await;
 }
 
+/// §4.6.4 counts no `%{p}`, so a record or explanation could name it
+/// fifty times; each would cost a PTR and up to 10 address queries, and a
+/// name that times out would cost a timeout each time. The validated names
+/// are looked up once per evaluation: fifty uses cost the queries of one.
+#[tokio::test]
+async fn s4_6_4_p_macro_is_looked_up_once_however_often_it_is_used() {
+    let ptr = reverse_name(CLIENT.parse().unwrap());
+    let mut seen = Vec::new();
+    for uses in [1, 50] {
+        let exp = format!("e.x.test TXT {}", "%{p}".repeat(uses));
+        let zone = [
+            "x.test TXT v=spf1 -all exp=e.x.test",
+            exp.as_str(),
+            "192.0.2.1 PTR slow.x.test",
+            "192.0.2.1 PTR mail.x.test",
+            "slow.x.test TIMEOUT",
+            "mail.x.test A 192.0.2.1",
+        ];
+        let server = DnsServer::start().await;
+        load(&server, &zone);
+        let dns = resolver(&server);
+        let c = case("s4_6_4_p_once", &[], "user@x.test", &["fail"]);
+        let (answer, _) = ours(&dns, &c).await;
+        assert_eq!(answer.result, "fail");
+        assert_eq!(answer.exp, "mail.x.test".repeat(uses));
+        let counts = (
+            server.queries_for(&ptr),
+            server.queries_for("slow.x.test"),
+            server.queries_for("mail.x.test"),
+        );
+        assert_eq!(counts.0, 1, "{:?}", server.query_log());
+        seen.push(counts);
+    }
+    assert_eq!(
+        seen[0], seen[1],
+        "queries (PTR, slow, mail) for 1 use, 50 uses"
+    );
+}
+
 // ----- §5.1, §5.2: all, include -----
 
 fn all_and_include() -> Vec<Case> {

@@ -5,7 +5,9 @@
 //! DNS-querying terms and 2 void lookups per evaluation (§4.6.4, which also
 //! bounds include and redirect depth), 10 MX and 10 PTR names per term,
 //! domain names cut to 253 octets (§7.3) while they are expanded, and
-//! explanations to `MAX_EXPLANATION` octets.
+//! explanations to `MAX_EXPLANATION` octets. `%{p}`, which §4.6.4 does not
+//! count, costs one PTR and at most 10 address queries per evaluation
+//! however many times a record and its explanation use it.
 
 use super::record::{
     Context, DualCidr, Letter, MacroString, Mechanism, Qualifier, Record, Segment, is_spf_record,
@@ -66,6 +68,11 @@ struct Evaluation<'a> {
     params: &'a Params<'a>,
     dns_terms: u32,
     voids: u32,
+    /// The client's validated names for `%{p}`, looked up once per
+    /// evaluation: a record or explanation may hold any number of `%{p}`
+    /// macros, and each would otherwise cost a PTR and up to 10 address
+    /// queries that no limit of §4.6.4 counts.
+    p_names: tokio::sync::OnceCell<Vec<String>>,
 }
 
 /// An owned domain name as the RFC builds it: text, no trailing dot.
@@ -272,7 +279,10 @@ impl<'a> Evaluation<'a> {
     /// `%{p}` (§7.3): the domain itself if validated, else a validated
     /// subdomain of it, else any validated name, else "unknown".
     async fn p_macro(&self, domain: &str) -> String {
-        let names = self.validated_names(|_| true).await;
+        let names = self
+            .p_names
+            .get_or_init(|| self.validated_names(|_| true))
+            .await;
         names
             .iter()
             .find(|n| without_dot(n).eq_ignore_ascii_case(without_dot(domain)))
@@ -647,6 +657,7 @@ pub async fn check_host(dns: &Dns, params: &Params<'_>, domain: &str) -> Evaluat
         params,
         dns_terms: 0,
         voids: 0,
+        p_names: tokio::sync::OnceCell::new(),
     };
     evaluation
         .check_host(without_dot(domain).to_string(), true)
