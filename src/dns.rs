@@ -254,8 +254,11 @@ impl Dns {
         } else {
             format!("{name}.")
         };
-        Name::from_ascii(&absolute)
-            .map_err(|e| DnsError::Temporary(format!("invalid name \"{name}\": {e}")))
+        // A name no server could hold (a label over 63 octets, an empty
+        // label) has no records: asking would give NXDOMAIN, and calling it
+        // temporary would let a hostile signature's key name turn a
+        // DKIM or DMARC failure into a tempfail.
+        Name::from_ascii(&absolute).map_err(|_| DnsError::NotFound)
     }
 
     /// The records of one lookup that `pick` understands; none is NotFound.
@@ -449,6 +452,12 @@ pub fn name_from_labels(name: &str) -> Option<Name> {
     let mut parsed = Name::from_labels(name.split('.').map(str::as_bytes)).ok()?;
     parsed.set_fqdn(true);
     Some(parsed)
+}
+
+/// Whether `name` could be a DNS name at all (labels of 1-63 octets, 255
+/// octets in all); one that cannot has no records.
+pub fn can_exist(name: &str) -> bool {
+    Dns::fqdn(name).is_ok()
 }
 
 impl Dns {

@@ -881,3 +881,54 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
     assert_eq!(check(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict, Verdict::Reject);
 }
+
+/// A name no DNS server could hold (a label over 63 octets) has no
+/// records: a signature whose key name is one is `permerror`, and it
+/// cannot turn a DMARC `fail` into `temperror` (a tempfail where the
+/// author's p=reject asked for a rejection).
+#[tokio::test]
+async fn a_key_name_that_cannot_exist_is_a_permanent_error() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    let mut m = mail("alice@reject.test", "192.0.2.99");
+    dkim_sign(&mut m, "reject.test", false);
+    let long = "a".repeat(64);
+    m.headers[0].1 = m.headers[0].1.replacen("s=sel", &format!("s={long}"), 1);
+    assert!(m.headers[0].1.contains(&long), "{:?}", m.headers[0]);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "permerror", "{reason}");
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "fail".into(),
+            "DMARC fail for reject.test (p=reject)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+    // Nothing was asked for the name.
+    assert!(
+        !server.query_log().iter().any(|q| q.name.contains(&long)),
+        "{:?}",
+        server.query_log()
+    );
+}
+
+/// The author's domain: a From domain with a label over 63 octets is a
+/// DMARC permerror (the message cannot be judged), never a temperror.
+#[tokio::test]
+async fn a_from_domain_that_cannot_exist_has_no_dmarc_record_of_its_own() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    let long = "a".repeat(64);
+    let mut m = mail("alice@reject.test", "192.0.2.99");
+    m.headers[0].1 = format!("Alice <alice@{long}.reject.test>");
+    let o = eom(&p, &m).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "permerror".into(),
+            format!("the From domain {long}.reject.test is not a DNS name")
+        )
+    );
+}

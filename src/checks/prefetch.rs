@@ -73,6 +73,18 @@ struct Entry {
     later: Mutex<Option<Txt>>,
 }
 
+impl Entry {
+    /// An answer known without asking this message's resolver: what
+    /// mail-auth looked up itself, or a name that cannot exist.
+    fn definite(txt: Txt) -> Arc<Entry> {
+        Arc::new(Entry {
+            kind: None,
+            answer: tokio::sync::OnceCell::new_with(Some(Answer::Definite(txt))),
+            later: Mutex::new(None),
+        })
+    }
+}
+
 /// The per-message store of early lookups (see the module documentation).
 #[derive(Default)]
 pub struct TxtPrefetch {
@@ -169,6 +181,13 @@ fn parse_first<T: TxtRecordParser + Into<Txt>>(records: &[Vec<u8>]) -> Txt {
     }
 }
 
+/// "No such record", as mail-auth's resolver reports NXDOMAIN.
+fn no_such_record() -> Txt {
+    Txt::Error(mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(
+        ResponseCode::NXDomain,
+    )))
+}
+
 /// One lookup: a single question to the resolver, parsed by mail-auth's
 /// parser, and shared with later messages for as long as the answer may be
 /// kept: a record (or one that does not parse) for its TTL, "no such
@@ -180,9 +199,7 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
         Ok(records) => match kind {
             RecordKind::DomainKey => parse_first::<DomainKey>(records),
         },
-        Err(DnsError::NotFound) => Txt::Error(mail_auth::Error::Dns(
-            mail_auth::DnsError::RecordNotFound(ResponseCode::NXDomain),
-        )),
+        Err(DnsError::NotFound) => no_such_record(),
         Err(DnsError::Temporary(why)) => {
             return Answer::Temporary {
                 at: Instant::now(),
@@ -246,10 +263,22 @@ impl TxtPrefetch {
     /// Wait for the early lookups of `names` (those this message started;
     /// others are left to mail-auth). One whose task was stopped unfinished
     /// is done here instead.
+    ///
+    /// A name that cannot be a DNS name (a label over 63 octets: a hostile
+    /// `s=` or `d=`) is answered "no such record" here, whether or not it
+    /// was asked for early: mail-auth's own lookup would call it a resolver
+    /// error, a temperror that could turn a DKIM or DMARC failure into a
+    /// tempfail.
     pub async fn settled(&self, dns: &Dns, names: &[String]) {
         lock(&self.waiting_since).get_or_insert_with(Instant::now);
         let pending: Vec<(Box<str>, Arc<Entry>, RecordKind)> = {
-            let entries = lock(&self.entries);
+            let mut entries = lock(&self.entries);
+            for name in names {
+                let key = key_of(name);
+                if !entries.contains_key(&key) && !crate::dns::can_exist(name) {
+                    entries.insert(key, Entry::definite(no_such_record()));
+                }
+            }
             names
                 .iter()
                 .filter_map(|n| {
@@ -332,16 +361,7 @@ impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
             // flight: mail-auth's own answer replaces it.
             Some(entry) => *lock(&entry.later) = Some(value),
             None => {
-                let answer = tokio::sync::OnceCell::new();
-                let _ = answer.set(Answer::Definite(value));
-                entries.insert(
-                    key,
-                    Arc::new(Entry {
-                        kind: None,
-                        answer,
-                        later: Mutex::new(None),
-                    }),
-                );
+                entries.insert(key, Entry::definite(value));
             }
         }
     }
@@ -395,5 +415,29 @@ mod tests {
         let b = TxtPrefetch::of(&memo);
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &TxtPrefetch::of(&Memo::default())));
+    }
+
+    /// A key name with a 64-octet label is "no such record" without a
+    /// query, even when it was never asked for early; a name that can
+    /// exist but was not asked for early is left to mail-auth.
+    #[tokio::test]
+    async fn a_name_that_cannot_exist_is_settled_as_not_found() {
+        let dns = crate::dns::unreachable_for_tests();
+        let store = TxtPrefetch::default();
+        let impossible = domain_key_name(&"a".repeat(64), "example.org");
+        let possible = domain_key_name("sel", "example.org");
+        store
+            .settled(&dns, &[impossible.clone(), possible.clone()])
+            .await;
+        assert!(matches!(
+            store.answer(&impossible),
+            Some(Txt::Error(mail_auth::Error::Dns(
+                mail_auth::DnsError::RecordNotFound(ResponseCode::NXDomain)
+            )))
+        ));
+        assert!(store.answer(&possible).is_none());
+        assert!(crate::dns::can_exist(&possible));
+        assert!(!crate::dns::can_exist(&impossible));
+        assert!(!crate::dns::can_exist("a..example.org"));
     }
 }
