@@ -89,6 +89,19 @@ pub struct SignatureFacts {
     pub body_length: Option<u64>,
 }
 
+impl SignatureFacts {
+    /// A signature judged before any key was fetched (its tags alone
+    /// decide it).
+    fn without_key(sig: Signature, result: DkimResult, body_length: Option<u64>) -> Self {
+        SignatureFacts {
+            signature: Some(sig),
+            result,
+            key_bits: None,
+            body_length,
+        }
+    }
+}
+
 /// The memoised DKIM verification of a message.
 #[derive(Clone, Debug, Default)]
 pub struct DkimMemo {
@@ -223,12 +236,8 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         let limit = match crate::dkim_canon::l_tag(header.value) {
             Ok(limit) => limit,
             Err(why) => {
-                signatures.push(SignatureFacts {
-                    signature: Some(sig),
-                    result: DkimResult::PermError(Error::Io(why.to_string())),
-                    key_bits: None,
-                    body_length: None,
-                });
+                let result = DkimResult::PermError(Error::Io(why.to_string()));
+                signatures.push(SignatureFacts::without_key(sig, result, None));
                 continue;
             }
         };
@@ -238,12 +247,8 @@ async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
         if let Some(l) = limit
             && l > crate::dkim_canon::canonical_len_up_to(&body, sig.cb, l)
         {
-            signatures.push(SignatureFacts {
-                signature: Some(sig),
-                result: DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string())),
-                key_bits: None,
-                body_length: limit,
-            });
+            let result = DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string()));
+            signatures.push(SignatureFacts::without_key(sig, result, limit));
             continue;
         }
         let hash_key = (sig.cb, algorithm, limit);
