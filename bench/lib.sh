@@ -4,12 +4,12 @@
 # waiting for a daemon to answer.
 #
 # Before sourcing, set `target` (a cargo target directory with a release
-# build of the binaries and the benchmarks test).
+# build of the binaries and the bench test target).
 
 bin=$target/release/dispatch-milter
 [ -x "$bin" ] || { echo "no $bin: build the release binaries and tests first (see the top of the script)" >&2; exit 1; }
-bench=$(ls -t "$target"/release/deps/benchmarks-* 2>/dev/null | grep -v '\.d$' | head -1)
-[ -x "$bench" ] || { echo "no benchmarks test binary under $target/release: build with --tests" >&2; exit 1; }
+bench=$(ls -t "$target"/release/deps/bench-* 2>/dev/null | grep -v '\.d$' | head -1)
+[ -x "$bench" ] || { echo "no benchmark test binary under $target/release: build with --test bench" >&2; exit 1; }
 
 tmp=$(mktemp -d)
 pids=()
@@ -24,7 +24,7 @@ trap cleanup EXIT
 # The test zones on a loopback DNS server (the ignored test
 # serve_dns_for_profiling), its address in $dns.
 DISPATCH_BENCH_DNS_ADDR=$tmp/dns.addr DISPATCH_BENCH_DNS_STOP=$tmp/dns.stop \
-    "$bench" --ignored --exact serve_dns_for_profiling >"$tmp/dns.log" 2>&1 &
+    "$bench" --ignored --exact daemon::serve_dns_for_profiling >"$tmp/dns.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$tmp/dns.addr" ] && break; sleep 0.1; done
 dns=$(cat "$tmp/dns.addr")

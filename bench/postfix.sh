@@ -2,7 +2,7 @@
 # Throughput behind Postfix: smtp-source through a throwaway Postfix with no
 # milter, dispatch-milter (empty policy, MX checks, submission signing) and
 # OpenDKIM signing, side by side. The benchmark itself is the ignored test
-# tests/benchmarks_postfix.rs: it needs the loopback DNS server of the test
+# tests/bench/postfix.rs: it needs the loopback DNS server of the test
 # suite (tests/common/dns_server.rs) for the MX checks and the Postfix
 # harness of the end-to-end tests (tests/common/postfix.rs), which tear
 # everything down even when a run fails. This script only checks what the
@@ -28,4 +28,4 @@ if ((${#missing[@]})); then
     exit 1
 fi
 
-exec cargo test --release --test benchmarks_postfix -- --ignored --nocapture
+exec cargo test --release --test bench postfix:: -- --nocapture

@@ -6,7 +6,7 @@
 #
 # Builds nothing: run it after
 #   CARGO_TARGET_DIR=/work/target-prof CARGO_PROFILE_RELEASE_DEBUG=true \
-#     cargo build --release --bins --tests
+#     cargo build --release --bins --test bench
 # For each policy (empty, MX checks against the test zones on a loopback DNS
 # server) it starts the daemon under callgrind, warms it up, counts 2,000
 # typical messages over 10 connections, and prints Ir per message, the

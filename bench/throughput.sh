@@ -11,7 +11,7 @@
 # message, and the ratio MX / empty within one round, move much less.
 #
 # Run from the repository root after
-#   cargo build --release --bins --tests
+#   cargo build --release --bins --test bench
 # Parameters (environment): TARGET (target), ROUNDS (3), CONNECTIONS (10),
 # MESSAGES (1000 per connection), CORPUS (typical), LOAD (the binary whose
 # load generator runs).

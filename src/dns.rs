@@ -9,7 +9,7 @@
 //! Identical questions in flight share one query (hickory's name-server
 //! pool joins them), and answers are kept for their TTL; "no such record"
 //! for the negative TTL of the zone's SOA (RFC 2308 §5), and not at all
-//! when the answer has no SOA, as that section asks. tests/dns_queries.rs
+//! when the answer has no SOA, as that section asks. tests/it/dns_queries.rs
 //! holds all three.
 
 use crate::ttl_cache::TtlCache;

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# An independent DKIM implementation for tests/dkim_rfc6376.rs: dkimpy
+# An independent DKIM implementation for tests/it/dkim_rfc6376.rs: dkimpy
 # (Debian python3-dkim). Run with Debian's /usr/bin/python3.
 #
 #   dkimpy.py sign < JOBS

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Answers SPF questions with pyspf (Debian's python3-spf), for the
-cross-check in tests/spf_rfc7208.rs.
+cross-check in tests/it/spf_rfc7208.rs.
 
 Reads one JSON object a line on stdin: {"port", "ip", "sender", "helo",
 "receiver"}; "sender" empty checks the HELO identity. Writes one JSON

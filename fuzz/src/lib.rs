@@ -1,6 +1,6 @@
 //! What each fuzz target feeds and asserts, one function per target, apart
 //! from libFuzzer: `fuzz_targets/*.rs` call these, and the main crate's
-//! `tests/fuzz_regressions.rs` includes this file to replay the seed corpus
+//! `tests/it/fuzz_regressions.rs` includes this file to replay the seed corpus
 //! and every input that ever failed against the very same code.
 //!
 //! Each function takes raw bytes, as the MTA, a DNS zone or a file would

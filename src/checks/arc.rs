@@ -7,7 +7,7 @@
 //! body altered after the newest seal and a seal key that is not
 //! published; and, as RFC 8617 §4.2.1 and §5.2 say, a set sealed with
 //! `cv=fail` upstream, a first set whose cv= is not `none`, instances that
-//! are not 1 to N once each, and more than 50 sets: tests/arc_rfc8617.rs), `none` (no ARC headers), `temperror` (a DNS failure while
+//! are not 1 to N once each, and more than 50 sets: tests/it/arc_rfc8617.rs), `none` (no ARC headers), `temperror` (a DNS failure while
 //! fetching a key: the chain could be fine). Act on them with the usual
 //! `on_<result>` keys; by default a `fail` rejects, so an administrator who
 //! only wants the report sets `on_fail = "ignore"`.

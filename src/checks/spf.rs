@@ -3,7 +3,7 @@
 //! record (a syntax error anywhere is `permerror`, §4.6), `spf/eval.rs` is
 //! check_host() over the shared resolver (`Dns`), its cache and timeouts.
 //! mail-auth 0.13's evaluator got 164 of the 230 cases of
-//! tests/spf_rfc7208.rs right and viaspf 0.6 223 (it panics on a `/0`
+//! tests/it/spf_rfc7208.rs right and viaspf 0.6 223 (it panics on a `/0`
 //! prefix in debug builds and takes it as `/32` in release), so neither is
 //! used; pyspf is the cross-check (221 of 230, its departures listed there).
 //!

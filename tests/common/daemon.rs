@@ -18,6 +18,24 @@ pub struct TestDaemon {
 /// The listener block most tests use: loopback, any free port.
 pub const LISTEN: &str = "[[server.listen]]\naddress = \"inet:127.0.0.1:0\"\n";
 
+/// One listener and a pipeline `mx` that adds `X-Seen: yes`, with
+/// `settings` among the pipeline's (the header-limit tests and the header
+/// flood benchmark).
+pub fn tagging_policy(settings: &str) -> String {
+    format!(
+        r#"{LISTEN}
+[modifiers.tag]
+kind = "add_header"
+name = "X-Seen"
+value = "yes"
+
+[pipelines.mx]
+modify = ["tag"]
+{settings}
+"#
+    )
+}
+
 impl TestDaemon {
     /// Write `config` (which must contain its `[server]` listeners) and start.
     pub async fn start(config: &str) -> TestDaemon {

@@ -145,6 +145,8 @@ pub mod postfix;
 pub mod raw_milter;
 pub mod serve;
 pub mod signing;
+pub mod stats;
+pub mod tools;
 
 pub fn compile_with(src: &str, probes: Arc<Probes>) -> Arc<Policy> {
     match compile_str(Path::new("test.toml"), src, &registry(probes)) {
@@ -266,8 +268,8 @@ pub fn reply_code(r: &StageReply) -> u16 {
 
 /// The MX checks the benchmarks measure: DNSBL (three lists), iprev, SPF,
 /// DKIM and DMARC, in pipeline `mx`, with `dns_extra` added to `[dns]`
-/// (nameservers, cache_size). Shared by tests/benchmarks.rs and
-/// tests/benchmarks_postfix.rs so both measure the same policy;
+/// (nameservers, cache_size). Shared by tests/bench/daemon.rs and
+/// tests/bench/postfix.rs so both measure the same policy;
 /// bench/mx-checks.toml is the same policy for the daemon binary.
 pub fn mx_checks(dns_extra: &str) -> String {
     format!(

@@ -41,25 +41,23 @@ pub const SWAKS: &str = "/usr/bin/swaks";
 /// How long one SMTP reply, one command or one wait may take at most.
 pub const STEP: Duration = Duration::from_secs(60);
 
-/// Whether the end-to-end tests can run here. Without Postfix (or swaks, or
-/// root) it prints why and returns false; with `CI` set it panics instead,
-/// so CI never skips these tests silently.
-pub fn installed() -> bool {
-    let missing = [POSTFIX, SENDMAIL, POSTQUEUE, POSTCAT, POSTSUPER, SWAKS]
-        .iter()
-        .any(|p| !Path::new(p).exists());
-    let reason = if missing {
-        "postfix not installed: apt-get install postfix swaks"
-    } else if unsafe { libc::geteuid() } != 0 {
-        "postfix end-to-end tests need root (Postfix's master must start as root)"
-    } else {
-        return true;
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("{reason} (CI is set, so this is a failure)");
-    }
-    println!("{reason}");
-    false
+/// What the Postfix tests' `#[ignore]` says they need.
+pub const NEEDS: &str = "needs postfix, swaks and root: apt-get install postfix swaks";
+
+/// Fails the test unless Postfix and swaks are installed and we are root
+/// (Postfix's master must start as root); see tests/common/tools.rs.
+pub fn require() {
+    let missing: Vec<&str> = [POSTFIX, SENDMAIL, POSTQUEUE, POSTCAT, POSTSUPER, SWAKS]
+        .into_iter()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
+    super::tools::require(
+        missing.is_empty(),
+        &format!("{NEEDS} ({} missing)", missing.join(", ")),
+    );
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    super::tools::require(root, &format!("{NEEDS} (not running as root)"));
 }
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,6 +1,6 @@
 # Cross-check of DMARC record parsing and policy discovery against
 # checkdmarc 6.0.4 (PyPI, RFC 9989 aware), with the zone data of
-# tests/dmarc_rfc9989.rs served from a dict instead of DNS.
+# tests/it/dmarc_rfc9989.rs served from a dict instead of DNS.
 #
 #   python3 -m venv /tmp/cdm && /tmp/cdm/bin/pip install checkdmarc==6.0.4
 #   /tmp/cdm/bin/python checkdmarc_crosscheck.py crosscheck_cases.json

@@ -1,5 +1,5 @@
 -- One message through dispatch-milter, driven by miltertest (OpenDKIM) as
--- the MTA. Run by tests/miltertest.rs against tests/miltertest/basic.toml:
+-- the MTA. Run by tests/it/miltertest.rs against tests/miltertest/basic.toml:
 --   miltertest -s tests/miltertest/basic.lua -D port=PORT
 -- Any unexpected answer calls fail(): it prints "FAIL: ..." and calls error(),
 -- which makes miltertest exit 1.

@@ -1,0 +1,934 @@
+//! The sender-authentication checks (`spf`, `dkim`, `dmarc`, `arc`) through
+//! the real engine against a real DNS server on 127.0.0.1 (tests/common/
+//! dns_server.rs) serving the zones of tests/zones/auth/. Messages are
+//! DKIM-signed and ARC-sealed here with mail-auth and the test key
+//! tests/zones/auth/dkim-rsa2048.pem, whose public half those zones publish.
+
+use crate::common;
+
+use common::dns_server::{DnsServer, Failure, RecordType};
+use common::signing::{arc_seal, dkim_sign};
+use common::{Mail, reply_code, run_mail};
+use dispatch_milter::config::{Registry, compile_str};
+use dispatch_milter::edits::Edit;
+use dispatch_milter::engine::{MessageOutcome, Session, StageReply, Verdict};
+use dispatch_milter::message::ConnectionFacts;
+use dispatch_milter::policy::Policy;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn auth_zones() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zones/auth")
+}
+
+/// A DNS server with every zone of tests/zones/auth/.
+async fn dns() -> DnsServer {
+    let server = DnsServer::start().await;
+    server.load_zone_dir(auth_zones());
+    server
+}
+
+/// Compile a policy whose resolver asks only `server`, quickly.
+fn policy(server: &DnsServer, body: &str) -> Arc<Policy> {
+    let mut registry = Registry::builtin();
+    registry.set_nameservers(vec![server.addr()]);
+    let src = format!("[dns]\ntimeout = \"500ms\"\nattempts = 1\n\n{body}");
+    match compile_str(Path::new("t.toml"), &src, &registry) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("config should compile:\n{e}\n{src}"),
+    }
+}
+
+fn mail(from: &str, ip: &'static str) -> Mail {
+    let mut m = Mail::new(from, &["bob@rcpt.test"]);
+    m.client_ip = ip;
+    m
+}
+
+/// The report of one check: (result, reason).
+fn check(outcome: &MessageOutcome, name: &str) -> (String, String) {
+    let c = outcome
+        .report
+        .checks
+        .iter()
+        .find(|c| &*c.name == name)
+        .unwrap_or_else(|| panic!("check {name} reported: {:?}", outcome.report.checks));
+    (c.result.to_string(), c.reason.clone().unwrap_or_default())
+}
+
+/// Every header the edits insert with this name.
+fn inserted(outcome: &MessageOutcome, header: &str) -> Vec<String> {
+    outcome
+        .edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::InsertHeader { name, value, .. } if name.eq_ignore_ascii_case(header) => {
+                Some(value.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+async fn eom(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
+    let run = run_mail(policy, "p", mail).await;
+    assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
+    run.outcome.expect("the message reached end of message")
+}
+
+// ----- SPF -----
+
+const SPF_POLICY: &str = r#"
+[checks.spf]
+kind = "spf"
+on_softfail = "quarantine"
+reply = { code = 550, status = "5.7.23", text = "SPF check failed" }
+[pipelines.p]
+authserv_id = "mx.test"
+checks = ["spf"]
+"#;
+
+#[tokio::test]
+async fn spf_results_take_their_configured_actions() {
+    let server = dns().await;
+    let p = policy(&server, SPF_POLICY);
+
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(check(&o, "spf").0, "pass");
+    assert_eq!(
+        inserted(&o, "Authentication-Results"),
+        ["mx.test; spf=pass smtp.mailfrom=spf.test"]
+    );
+
+    // A fail is decided at end of message, with the configured reply.
+    let run = run_mail(&p, "p", &mail("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(run.mail, StageReply::Continue);
+    let o = run.outcome.expect("EOM");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+    let reply = o.decision.reply.clone().expect("a reply");
+    assert_eq!((reply.code, reply.status.as_str()), (550, "5.7.23"));
+    assert_eq!(
+        check(&o, "spf"),
+        (
+            "fail".into(),
+            "SPF fail for spf.test from 192.0.2.99".into()
+        )
+    );
+
+    let o = eom(&p, &mail("alice@softfail.spf.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "softfail");
+    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert!(o.edits.iter().any(|e| matches!(e, Edit::Quarantine { .. })));
+
+    let o = eom(&p, &mail("alice@neutral.spf.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "neutral");
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+
+    // No SPF record at all.
+    let o = eom(&p, &mail("alice@rcpt.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "none");
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+}
+
+#[tokio::test]
+async fn spf_dns_failures_are_temperrors_and_take_the_error_action() {
+    let server = dns().await;
+    let p = policy(&server, SPF_POLICY);
+    server.set_failure("spf.test", Failure::ServFail);
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "temperror");
+    assert_eq!(o.decision.verdict, Verdict::Tempfail);
+    assert_eq!(o.decision.reply.as_ref().map(|r| r.code), Some(451));
+
+    // The server does not answer at all: the lookup times out.
+    server.set_failure("spf.test", Failure::Drop);
+    let p = policy(&server, SPF_POLICY);
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "temperror");
+    assert_eq!(o.decision.verdict, Verdict::Tempfail);
+    assert!(server.queries_for_type("spf.test", RecordType::TXT) >= 2);
+}
+
+/// Parsed SPF records are kept between messages, in a store that only
+/// SPF records may enter: mail-auth also passes it the `exp=` explanation
+/// of a failing sender, and a sender may name any domain there. Were the
+/// explanation kept under that domain's name, its own SPF record would no
+/// longer read for the rest of the TTL.
+#[tokio::test]
+async fn a_senders_spf_explanation_does_not_replace_another_domains_record() {
+    let server = dns().await;
+    server.add_zone("evil.test");
+    server.add_txt("evil.test", "v=spf1 -all exp=spf.test");
+    let p = policy(&server, SPF_POLICY);
+    // The failing sender first: its explanation is spf.test's TXT record.
+    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "fail");
+    for _ in 0..2 {
+        let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+        assert_eq!(check(&o, "spf").0, "pass", "{:?}", check(&o, "spf"));
+    }
+    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "fail");
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "fail", "the kept record still decides");
+}
+
+#[tokio::test]
+async fn spf_can_refuse_at_mail_from_with_decide_at() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.spf]
+        kind = "spf"
+        decide_at = "mail"
+        [pipelines.p]
+        checks = ["spf"]
+        "#,
+    );
+    let run = run_mail(&p, "p", &mail("alice@spf.test", "192.0.2.99")).await;
+    assert!(matches!(run.mail, StageReply::Reject(_)), "{:?}", run.mail);
+    assert_eq!(reply_code(&run.mail), 550);
+    assert!(run.outcome.is_none());
+}
+
+#[tokio::test]
+async fn the_null_sender_is_checked_by_its_helo_identity() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.spf]
+        kind = "spf"
+        received_spf = true
+        [pipelines.p]
+        authserv_id = "mx.test"
+        checks = ["spf"]
+        "#,
+    );
+    // run_mail says HELO client.example.net, whose record allows 192.0.2.10.
+    let o = eom(&p, &mail("", "192.0.2.10")).await;
+    assert_eq!(
+        check(&o, "spf"),
+        (
+            "pass".into(),
+            "SPF pass for client.example.net from 192.0.2.10".into()
+        )
+    );
+    assert_eq!(
+        inserted(&o, "Authentication-Results"),
+        ["mx.test; spf=pass smtp.helo=client.example.net"]
+    );
+    let received = inserted(&o, "Received-SPF");
+    assert_eq!(received.len(), 1);
+    assert!(received[0].starts_with("pass ("), "{}", received[0]);
+    assert!(
+        received[0].contains("envelope-from=\"postmaster@client.example.net\""),
+        "{}",
+        received[0]
+    );
+    // RFC 7208 §9.1: who checked, then what matched.
+    assert!(received[0].contains(" receiver="), "{}", received[0]);
+    assert!(
+        received[0].ends_with("identity=helo; mechanism=\"ip4:192.0.2.10\";"),
+        "{}",
+        received[0]
+    );
+
+    let o = eom(&p, &mail("", "192.0.2.99")).await;
+    assert_eq!(check(&o, "spf").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+}
+
+#[tokio::test]
+async fn identity_both_checks_helo_first_and_a_helo_fail_is_final() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.spf]
+        kind = "spf"
+        identity = "both"
+        [pipelines.p]
+        authserv_id = "mx.test"
+        checks = ["spf"]
+        "#,
+    );
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "spf").0, "pass");
+    assert_eq!(
+        inserted(&o, "Authentication-Results"),
+        ["mx.test; spf=pass smtp.helo=client.example.net; spf=pass smtp.mailfrom=spf.test"]
+    );
+    server.reset_stats();
+    // MAIL FROM would be neutral, but HELO already failed.
+    let o = eom(&p, &mail("alice@neutral.spf.test", "192.0.2.99")).await;
+    assert_eq!(
+        check(&o, "spf"),
+        (
+            "fail".into(),
+            "SPF fail for client.example.net from 192.0.2.99".into()
+        )
+    );
+    assert_eq!(server.queries_for("neutral.spf.test"), 0);
+}
+
+// ----- DKIM -----
+
+const DKIM_POLICY: &str = r#"
+[checks.dkim]
+kind = "dkim"
+[pipelines.p]
+authserv_id = "mx.test"
+checks = ["dkim"]
+"#;
+
+#[tokio::test]
+async fn dkim_pass_fail_and_none() {
+    let server = dns().await;
+    let p = policy(&server, DKIM_POLICY);
+
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", false);
+    let o = eom(&p, &m).await;
+    assert_eq!(
+        check(&o, "dkim"),
+        ("pass".into(), "DKIM pass for dkim.test (s=sel)".into())
+    );
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    let ar = inserted(&o, "Authentication-Results");
+    assert!(
+        ar[0].starts_with("mx.test; dkim=pass header.d=dkim.test header.s=sel header.b="),
+        "{ar:?}"
+    );
+
+    // The body changed after signing.
+    m.body.push_str("a footer\r\n");
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "fail");
+    assert!(reason.contains("body hash mismatch"), "{reason}");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+
+    let o = eom(&p, &mail("alice@dkim.test", "192.0.2.10")).await;
+    assert_eq!(
+        check(&o, "dkim"),
+        ("none".into(), "no DKIM signature".into())
+    );
+    assert_eq!(
+        inserted(&o, "Authentication-Results"),
+        ["mx.test; dkim=none"]
+    );
+}
+
+#[tokio::test]
+async fn dkim_key_lookup_failure_is_temperror() {
+    let server = dns().await;
+    let p = policy(&server, DKIM_POLICY);
+    server.set_failure("sel._domainkey.dkim.test", Failure::ServFail);
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", false);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "temperror");
+    assert!(reason.contains("DNS failure"), "{reason}");
+    assert_eq!(o.decision.verdict, Verdict::Tempfail);
+
+    // A key that is not published at all is a permanent error.
+    let mut m = mail("alice@rcpt.test", "192.0.2.10");
+    dkim_sign(&mut m, "rcpt.test", false);
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "dkim").0, "permerror");
+}
+
+#[tokio::test]
+async fn dkim_weak_keys_and_length_limits() {
+    let server = dns().await;
+    // ring signs with 2048-bit keys at least, so "weak" is shown by asking
+    // for more than the test key has.
+    let p = policy(
+        &server,
+        r#"
+        [checks.dkim]
+        kind = "dkim"
+        min_rsa_bits = 4096
+        [pipelines.p]
+        checks = ["dkim"]
+        "#,
+    );
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", false);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "fail");
+    assert!(
+        reason.contains("weak key (2048 bits, at least 4096 required)"),
+        "{reason}"
+    );
+
+    // l= covers only the signed part: what is appended is not signed.
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", true);
+    m.body.push_str("appended by someone else\r\n");
+    let p = policy(&server, DKIM_POLICY);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "neutral");
+    assert!(reason.contains("l= tag"), "{reason}");
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+
+    let p = policy(
+        &server,
+        r#"
+        [checks.dkim]
+        kind = "dkim"
+        allow_l_tag = true
+        [pipelines.p]
+        checks = ["dkim"]
+        "#,
+    );
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "dkim").0, "pass");
+}
+
+/// `l=0` signs no body at all: whatever body follows is unsigned, so it is
+/// a length limit like any other (mail-auth's parser reads it as "no
+/// `l=`"), and a tag list with `l=` twice is invalid (RFC 6376 §3.2, §3.5).
+#[tokio::test]
+async fn dkim_l0_signs_no_body_and_two_l_tags_are_invalid() {
+    let server = dns().await;
+    let p = policy(&server, DKIM_POLICY);
+    // mail-auth's signer writes no l= for an empty body, so the signature
+    // is made here (relaxed/relaxed, the test key).
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    sign_l0(&mut m);
+    // A replay of a signature of no body over any other body.
+    m.body = "Send the money to account 123.\r\n".into();
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "neutral", "{reason}");
+    assert!(reason.contains("only the first 0 bytes"), "{reason}");
+
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", true);
+    m.headers[0].1 = m.headers[0].1.replacen("l=", "l=0; l=", 1);
+    assert!(m.headers[0].1.contains("l=0; l=7;"), "{:?}", m.headers[0]);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "permerror", "{reason}");
+    assert!(
+        reason.contains("the l= tag appears more than once"),
+        "{reason}"
+    );
+}
+
+/// Sign `m` with `l=0` over its From and Subject headers, as RFC 6376
+/// §3.7 says: relaxed header canonicalization of each signed header, then
+/// of the DKIM-Signature itself with an empty `b=`.
+fn sign_l0(m: &mut Mail) {
+    use mail_auth::common::crypto::SigningKey;
+    let relaxed = |name: &str, value: &str| {
+        let words: Vec<&str> = value.split_whitespace().collect();
+        format!("{}:{}", name.to_ascii_lowercase(), words.join(" "))
+    };
+    // The sha256 of nothing: l=0 hashes no body octet.
+    let unsigned = "v=1; a=rsa-sha256; c=relaxed/relaxed; d=dkim.test; s=sel; l=0; \
+                    h=From:Subject; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=";
+    let mut input = String::new();
+    for name in ["From", "Subject"] {
+        let value = &m.headers.iter().find(|(n, _)| n == name).expect("header").1;
+        input.push_str(&relaxed(name, value));
+        input.push_str("\r\n");
+    }
+    input.push_str(&relaxed("DKIM-Signature", unsigned));
+    let b = common::signing::rsa_key()
+        .sign(input.as_bytes())
+        .expect("sign");
+    let value = format!(
+        "{unsigned}{}",
+        dispatch_milter::modifiers::dkim_sign::base64_encode(&b)
+    );
+    m.headers.insert(0, ("DKIM-Signature".into(), value));
+}
+
+/// A message with many signatures costs what five do: the first five (top
+/// down) are verified, the rest reported once and never looked up.
+#[tokio::test]
+async fn dkim_verifies_at_most_five_signatures() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.dkim]
+        kind = "dkim"
+        on_permerror = "ignore"
+        [pipelines.p]
+        authserv_id = "mx.test"
+        checks = ["dkim"]
+        "#,
+    );
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    dkim_sign(&mut m, "dkim.test", false);
+    let good = m.headers[0].1.clone();
+    assert!(good.contains("s=sel;"), "{good}");
+    for i in 0..40 {
+        let forged = good.replacen("s=sel;", &format!("s=nokey{i};"), 1);
+        m.headers.insert(0, ("DKIM-Signature".into(), forged));
+    }
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    // The valid signature is the 41st: never checked.
+    assert_eq!(result, "permerror", "{reason}");
+    let ar = &inserted(&o, "Authentication-Results")[0];
+    assert_eq!(ar.matches("dkim=permerror").count(), 5, "{ar}");
+    assert!(
+        ar.contains("dkim=neutral reason=\"36 more signatures not checked (at most 5 are)\""),
+        "{ar}"
+    );
+    let keys: Vec<String> = server
+        .query_log()
+        .into_iter()
+        .filter(|q| q.name.contains("._domainkey."))
+        .map(|q| q.name)
+        .collect();
+    // Five at end of message; the early lookups stop at eight.
+    assert!(keys.len() <= 8, "{keys:?}");
+    assert!(!keys.iter().any(|k| k.starts_with("sel.")), "{keys:?}");
+}
+
+#[tokio::test]
+async fn dkim_cannot_verify_a_truncated_body() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.dkim]
+        kind = "dkim"
+        [pipelines.p]
+        max_body_size = 16
+        checks = ["dkim"]
+        "#,
+    );
+    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    m.body = "a body longer than sixteen bytes\r\n".into();
+    dkim_sign(&mut m, "dkim.test", false);
+    server.reset_stats();
+    let o = eom(&p, &m).await;
+    assert_eq!(
+        check(&o, "dkim"),
+        (
+            "temperror".into(),
+            "body larger than max_body_size; cannot verify".into()
+        )
+    );
+    assert_eq!(server.queries(), 0, "nothing was looked up");
+}
+
+// ----- DMARC -----
+
+const DMARC_POLICY: &str = r#"
+[checks.spf]
+kind = "spf"
+on_fail = "ignore"
+[checks.dkim]
+kind = "dkim"
+on_fail = "ignore"
+[checks.dmarc]
+kind = "dmarc"
+# No on_softfail: p=quarantine quarantines by the dmarc kind's own default.
+[pipelines.p]
+authserv_id = "mx.test"
+checks = ["spf", "dkim", "dmarc"]
+"#;
+
+#[tokio::test]
+async fn dmarc_passes_with_an_aligned_dkim_signature() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    // The envelope is another domain's (SPF passes for it, unaligned).
+    let mut m = mail("bounce@spf.test", "192.0.2.10");
+    m.headers[0].1 = "Alice <alice@aligned.test>".into();
+    dkim_sign(&mut m, "aligned.test", false);
+    let o = eom(&p, &m).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "pass".into(),
+            "DMARC pass for aligned.test (DKIM aligned)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    let ar = &inserted(&o, "Authentication-Results")[0];
+    assert!(
+        ar.contains("dmarc=pass (p=reject dis=none) header.from=aligned.test"),
+        "{ar}"
+    );
+
+    // Unsigned, the same message fails p=reject.
+    let mut m = mail("bounce@spf.test", "192.0.2.10");
+    m.headers[0].1 = "Alice <alice@aligned.test>".into();
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "dmarc").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+}
+
+#[tokio::test]
+async fn dmarc_failures_follow_the_published_policy() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+
+    // SPF fails for the author's own domain and nothing is signed.
+    let o = eom(&p, &mail("alice@reject.test", "192.0.2.99")).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "fail".into(),
+            "DMARC fail for reject.test (p=reject)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.reply.as_ref().map(|r| r.code), Some(550));
+    assert!(
+        o.decision
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("p=reject")),
+        "{:?}",
+        o.decision.reason
+    );
+
+    let o = eom(&p, &mail("alice@quarantine.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "dmarc").0, "softfail");
+    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert!(
+        o.edits
+            .iter()
+            .any(|e| matches!(e, Edit::Quarantine { reason } if reason.contains("p=quarantine")))
+    );
+
+    let o = eom(&p, &mail("alice@none.test", "192.0.2.99")).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        ("neutral".into(), "DMARC fail for none.test (p=none)".into())
+    );
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    let ar = &inserted(&o, "Authentication-Results")[0];
+    assert!(
+        ar.contains("dmarc=fail (p=none dis=none) header.from=none.test"),
+        "{ar}"
+    );
+
+    // pct=0: the policy applies to no message, the milder one to all.
+    let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "softfail".into(),
+            "DMARC fail for pct.test (p=reject, pct=0, not sampled: quarantine applied)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+
+    // A domain without a DMARC record.
+    let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "dmarc").0, "none");
+}
+
+#[tokio::test]
+async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.dmarc]
+        kind = "dmarc"
+        honour_pct = false
+        [pipelines.p]
+        checks = ["dmarc"]
+        "#,
+    );
+    let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "dmarc").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+
+    let p = policy(
+        &server,
+        r#"
+        [checks.dmarc]
+        kind = "dmarc"
+        policy = "local"
+        on_fail = "quarantine"
+        [pipelines.p]
+        checks = ["dmarc"]
+        "#,
+    );
+    let o = eom(&p, &mail("alice@none.test", "192.0.2.99")).await;
+    assert_eq!(check(&o, "dmarc").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+}
+
+#[tokio::test]
+async fn dmarc_relaxed_and_strict_spf_alignment() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    // SPF passes for mail.<domain>, a subdomain of the author domain.
+    let mut m = mail("bounce@mail.relaxed.test", "192.0.2.10");
+    m.headers[0].1 = "<alice@relaxed.test>".into();
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "spf").0, "pass");
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "pass".into(),
+            "DMARC pass for relaxed.test (SPF aligned)".into()
+        )
+    );
+
+    let mut m = mail("bounce@mail.strict.test", "192.0.2.10");
+    m.headers[0].1 = "<alice@strict.test>".into();
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "spf").0, "pass");
+    assert_eq!(check(&o, "dmarc").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+}
+
+/// Like `run_mail`, with a pause after MAIL FROM so that the checks started
+/// there finish before end of message. (hickory merges identical queries in
+/// flight at the same time, so only answers that were complete before a
+/// second lookup show whether it asked again.)
+async fn eom_after_pause(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
+    let facts = ConnectionFacts {
+        client_ip: mail.client_ip.parse().ok(),
+        ..ConnectionFacts::default()
+    };
+    let mut session = Session::new(policy.clone(), 0, facts);
+    assert_eq!(session.connect().await, StageReply::Continue);
+    assert_eq!(
+        session.helo("client.example.net", None).await,
+        StageReply::Continue
+    );
+    let reply = session.mail(&format!("<{}>", mail.from), &[], None).await;
+    assert_eq!(reply, StageReply::Continue);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for to in &mail.to {
+        assert_eq!(
+            session.rcpt(&format!("<{to}>"), &[]).await,
+            StageReply::Continue
+        );
+    }
+    for (name, value) in &mail.headers {
+        session.header(name, value);
+    }
+    session.body(mail.body.clone().into());
+    session.eom().await
+}
+
+#[tokio::test]
+async fn dmarc_reuses_the_spf_result_of_the_message() {
+    let server = dns().await;
+    // nocache.spf.test has TTL 0: the resolver's cache hides no lookup.
+    let p = policy(&server, DMARC_POLICY);
+    for _ in 0..2 {
+        let o = eom_after_pause(&p, &mail("alice@nocache.spf.test", "192.0.2.10")).await;
+        assert_eq!(check(&o, "spf").0, "pass");
+        assert_eq!(check(&o, "dmarc").0, "none");
+    }
+    // Once per message, although both checks needed it.
+    assert_eq!(
+        server.queries_for_type("nocache.spf.test", RecordType::TXT),
+        2
+    );
+
+    // Without an spf check, dmarc evaluates SPF itself, once.
+    server.reset_stats();
+    let p = policy(
+        &server,
+        r#"
+        [checks.dmarc]
+        kind = "dmarc"
+        [pipelines.p]
+        checks = ["dmarc"]
+        "#,
+    );
+    let mut m = mail("alice@nocache.spf.test", "192.0.2.10");
+    m.headers[0].1 = "<alice@aligned.test>".into();
+    dkim_sign(&mut m, "aligned.test", false);
+    let o = eom_after_pause(&p, &m).await;
+    assert_eq!(check(&o, "dmarc").0, "pass");
+    assert_eq!(
+        server.queries_for_type("nocache.spf.test", RecordType::TXT),
+        1
+    );
+}
+
+// ----- ARC -----
+
+/// A message from origin.test, signed there, that a list at forwarder.test
+/// changed (a footer) and sealed, delivered by the list.
+fn forwarded() -> Mail {
+    let mut m = mail("list-bounces@forwarder.test", "192.0.2.50");
+    m.headers[0].1 = "Alice <alice@origin.test>".into();
+    dkim_sign(&mut m, "origin.test", false);
+    m.body.push_str("--\r\nlist footer\r\n");
+    arc_seal(&mut m, "forwarder.test");
+    m
+}
+
+#[tokio::test]
+async fn an_arc_chain_is_verified_and_reported() {
+    let server = dns().await;
+    let p = policy(
+        &server,
+        r#"
+        [checks.arc]
+        kind = "arc"
+        [pipelines.p]
+        authserv_id = "mx.test"
+        checks = ["arc"]
+        "#,
+    );
+    let o = eom(&p, &forwarded()).await;
+    assert_eq!(
+        check(&o, "arc"),
+        (
+            "pass".into(),
+            "ARC pass, 1 set(s), newest seal by forwarder.test".into()
+        )
+    );
+    assert_eq!(
+        inserted(&o, "Authentication-Results"),
+        ["mx.test; arc=pass"]
+    );
+
+    // Changed after sealing: the newest AMS no longer matches.
+    let mut m = forwarded();
+    m.body.push_str("tampered\r\n");
+    let o = eom(&p, &m).await;
+    assert_eq!(check(&o, "arc").0, "fail");
+
+    let o = eom(&p, &mail("alice@origin.test", "192.0.2.10")).await;
+    assert_eq!(check(&o, "arc"), ("none".into(), "no ARC chain".into()));
+}
+
+const FORWARDING_POLICY: &str = r#"
+[checks.spf]
+kind = "spf"
+on_fail = "ignore"
+[checks.dkim]
+kind = "dkim"
+on_fail = "ignore"
+[checks.arc]
+kind = "arc"
+on_fail = "ignore"
+[checks.dmarc]
+kind = "dmarc"
+TRUSTED
+[pipelines.p]
+authserv_id = "mx.test"
+checks = ["spf", "dkim", "dmarc", "arc"]
+"#;
+
+#[tokio::test]
+async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
+    let server = dns().await;
+    let untrusted = policy(&server, &FORWARDING_POLICY.replace("TRUSTED", ""));
+    let o = eom(&untrusted, &forwarded()).await;
+    assert_eq!(check(&o, "dkim").0, "fail");
+    assert_eq!(check(&o, "arc").0, "pass");
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "fail".into(),
+            "DMARC fail for origin.test (p=reject)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+
+    let trusted = policy(
+        &server,
+        &FORWARDING_POLICY.replace("TRUSTED", "trusted_arc_sealers = [\"forwarder.test\"]"),
+    );
+    let o = eom(&trusted, &forwarded()).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "pass".into(),
+            "DMARC fail overridden by trusted ARC sealer forwarder.test".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Accept);
+    // One Authentication-Results with every method, checks in config order.
+    let ar = inserted(&o, "Authentication-Results");
+    assert_eq!(ar.len(), 1, "{ar:?}");
+    let ar = &ar[0];
+    assert!(ar.starts_with("mx.test; "), "{ar}");
+    for fragment in [
+        "spf=pass smtp.mailfrom=forwarder.test",
+        "dkim=fail header.d=origin.test header.s=sel header.b=",
+        "dmarc=fail (overridden by trusted ARC sealer forwarder.test dis=none) header.from=origin.test",
+        "arc=pass",
+    ] {
+        assert!(ar.contains(fragment), "{fragment} missing from {ar}");
+    }
+
+    // A chain that does not verify overrides nothing.
+    let mut m = forwarded();
+    m.body.push_str("tampered\r\n");
+    let o = eom(&trusted, &m).await;
+    assert_eq!(check(&o, "arc").0, "fail");
+    assert_eq!(check(&o, "dmarc").0, "fail");
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+}
+
+/// A name no DNS server could hold (a label over 63 octets) has no
+/// records: a signature whose key name is one is `permerror`, and it
+/// cannot turn a DMARC `fail` into `temperror` (a tempfail where the
+/// author's p=reject asked for a rejection).
+#[tokio::test]
+async fn a_key_name_that_cannot_exist_is_a_permanent_error() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    let mut m = mail("alice@reject.test", "192.0.2.99");
+    dkim_sign(&mut m, "reject.test", false);
+    let long = "a".repeat(64);
+    m.headers[0].1 = m.headers[0].1.replacen("s=sel", &format!("s={long}"), 1);
+    assert!(m.headers[0].1.contains(&long), "{:?}", m.headers[0]);
+    let o = eom(&p, &m).await;
+    let (result, reason) = check(&o, "dkim");
+    assert_eq!(result, "permerror", "{reason}");
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "fail".into(),
+            "DMARC fail for reject.test (p=reject)".into()
+        )
+    );
+    assert_eq!(o.decision.verdict, Verdict::Reject);
+    // Nothing was asked for the name.
+    assert!(
+        !server.query_log().iter().any(|q| q.name.contains(&long)),
+        "{:?}",
+        server.query_log()
+    );
+}
+
+/// The author's domain: a From domain with a label over 63 octets is a
+/// DMARC permerror (the message cannot be judged), never a temperror.
+#[tokio::test]
+async fn a_from_domain_that_cannot_exist_has_no_dmarc_record_of_its_own() {
+    let server = dns().await;
+    let p = policy(&server, DMARC_POLICY);
+    let long = "a".repeat(64);
+    let mut m = mail("alice@reject.test", "192.0.2.99");
+    m.headers[0].1 = format!("Alice <alice@{long}.reject.test>");
+    let o = eom(&p, &m).await;
+    assert_eq!(
+        check(&o, "dmarc"),
+        (
+            "permerror".into(),
+            format!("the From domain {long}.reject.test is not a DNS name")
+        )
+    );
+}
