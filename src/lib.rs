@@ -15,6 +15,7 @@ pub mod dkim_canon;
 pub mod dns;
 pub mod edits;
 pub mod engine;
+pub mod esmtp;
 pub mod files;
 pub mod load;
 pub mod message;

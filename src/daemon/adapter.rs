@@ -318,6 +318,11 @@ fn handle_negotiate(
         );
     }
     let mut granted = wanted & offered;
+    // Recipients added in place of one that had NOTIFY or ORCPT keep them
+    // (ADDRCPT_PAR); an MTA without it gets the address alone.
+    if granted.contains(Actions::ADD_RCPT) && offered.contains(Actions::ADD_RCPT_EXT) {
+        granted |= Actions::ADD_RCPT_EXT;
+    }
     if offered.contains(Actions::REQUEST_MACROS) {
         granted |= Actions::REQUEST_MACROS;
         for (stage, names) in MACROS {
@@ -669,15 +674,21 @@ async fn send_edits(
             }
             Edit::AddRecipient {
                 address,
-                args: None,
-            } => actions.add_recipient(format!("<{address}>")).await,
-            Edit::AddRecipient {
-                address,
                 args: Some(a),
-            } => {
+            } if granted.contains(Actions::ADD_RCPT_EXT) => {
                 actions
                     .add_recipient_ext(format!("<{address}>"), Some(a.as_str()))
                     .await
+            }
+            Edit::AddRecipient { address, args } => {
+                if let Some(args) = args {
+                    tracing::warn!(
+                        recipient = %address,
+                        parameters = %args,
+                        "the MTA does not take recipient parameters from a milter (ADDRCPT_PAR); the recipient is added without them"
+                    );
+                }
+                actions.add_recipient(format!("<{address}>")).await
             }
             Edit::DeleteRecipient { address } => {
                 actions.delete_recipient(format!("<{address}>")).await

@@ -99,6 +99,8 @@ struct RecipientState {
     targets: Vec<Target>,
     /// Dry-run only: what the recipient would have been told.
     would_refuse: Option<StageReply>,
+    /// The RCPT TO parameters a replacement keeps (`crate::esmtp`).
+    kept_parameters: Option<String>,
 }
 
 struct Target {
@@ -504,7 +506,7 @@ impl Session {
 
     /// RCPT TO: rewrite, dispatch, run what decides at RCPT, and answer for
     /// this recipient only.
-    pub async fn rcpt(&mut self, recipient: &str, _args: &[String]) -> StageReply {
+    pub async fn rcpt(&mut self, recipient: &str, args: &[String]) -> StageReply {
         let Some(message) = &self.message else {
             tracing::error!(
                 recipient,
@@ -606,6 +608,7 @@ impl Session {
                 original,
                 targets,
                 would_refuse,
+                kept_parameters: crate::esmtp::kept_rcpt_parameters(args),
             });
         }
         answer
@@ -1154,11 +1157,13 @@ impl Session {
                         address: r.original.original().to_string(),
                     });
                 }
+                // Each address that replaces the recipient keeps its
+                // delivery-status parameters (RFC 3461 §6.2.7.3).
                 for t in &delivered {
                     if !t.is_original(&r.original) && present.insert(t.address.key()) {
                         edits.push(Edit::AddRecipient {
                             address: t.address.original().to_string(),
-                            args: None,
+                            args: r.kept_parameters.clone(),
                         });
                     }
                 }

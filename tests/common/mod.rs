@@ -172,6 +172,8 @@ pub struct Mail {
     pub tls: bool,
     pub from: String,
     pub to: Vec<String>,
+    /// ESMTP parameters given with every RCPT TO.
+    pub rcpt_args: Vec<String>,
     pub headers: Vec<(String, String)>,
     pub body: String,
 }
@@ -185,6 +187,7 @@ impl Mail {
             tls: false,
             from: from.to_string(),
             to: to.iter().map(|s| s.to_string()).collect(),
+            rcpt_args: Vec::new(),
             headers: vec![
                 ("From".into(), format!("<{from}>")),
                 ("Subject".into(), "test".into()),
@@ -235,7 +238,7 @@ pub async fn run_mail(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Run 
     }
     let mut rcpts = Vec::new();
     for to in &mail.to {
-        rcpts.push(session.rcpt(&format!("<{to}>"), &[]).await);
+        rcpts.push(session.rcpt(&format!("<{to}>"), &mail.rcpt_args).await);
     }
     if !rcpts.iter().any(StageReply::is_continue) {
         return Run {

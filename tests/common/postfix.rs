@@ -132,6 +132,8 @@ pub struct Delivery {
     pub mail_from: String,
     /// Every RCPT TO address, without angle brackets, in order.
     pub rcpt_to: Vec<String>,
+    /// The ESMTP parameters after each of them ("" for none), in order.
+    pub rcpt_params: Vec<String>,
     /// Headers and body, CRLF line ends, dot-stuffing removed.
     pub data: String,
 }
@@ -192,6 +194,13 @@ fn path_of(arg: &str) -> String {
     }
 }
 
+/// What follows the path in `RCPT TO:<a> ...`, trimmed.
+fn params_of(arg: &str) -> String {
+    arg.find('>')
+        .map_or("", |end| arg[end + 1..].trim())
+        .to_string()
+}
+
 async fn sink_session(stream: TcpStream, deliveries: Arc<Mutex<Vec<Delivery>>>) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -201,6 +210,7 @@ async fn sink_session(stream: TcpStream, deliveries: Arc<Mutex<Vec<Delivery>>>) 
     }
     let mut from: Option<String> = None;
     let mut rcpts: Vec<String> = Vec::new();
+    let mut params: Vec<String> = Vec::new();
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -211,18 +221,21 @@ async fn sink_session(stream: TcpStream, deliveries: Arc<Mutex<Vec<Delivery>>>) 
         let line = String::from_utf8_lossy(&buf).trim_end().to_string();
         let upper = line.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-sink.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
+            b"250-sink.test\r\n250-8BITMIME\r\n250-DSN\r\n250 SMTPUTF8\r\n"
         } else if upper.starts_with("HELO") {
             b"250 sink.test\r\n"
         } else if upper.starts_with("MAIL FROM:") {
             from = Some(path_of(&line["MAIL FROM:".len()..]));
             rcpts.clear();
+            params.clear();
             b"250 2.1.0 Ok\r\n"
         } else if upper.starts_with("RCPT TO:") {
             if from.is_none() {
                 b"503 5.5.1 MAIL first\r\n"
             } else {
-                rcpts.push(path_of(&line["RCPT TO:".len()..]));
+                let arg = &line["RCPT TO:".len()..];
+                rcpts.push(path_of(arg));
+                params.push(params_of(arg));
                 b"250 2.1.5 Ok\r\n"
             }
         } else if upper == "DATA" {
@@ -256,6 +269,7 @@ async fn sink_session(stream: TcpStream, deliveries: Arc<Mutex<Vec<Delivery>>>) 
                 deliveries.lock().unwrap().push(Delivery {
                     mail_from: from.take().unwrap_or_default(),
                     rcpt_to: std::mem::take(&mut rcpts),
+                    rcpt_params: std::mem::take(&mut params),
                     data: String::from_utf8_lossy(&data).into_owned(),
                 });
                 b"250 2.0.0 Ok: sunk\r\n"
@@ -465,7 +479,9 @@ impl Client {
 }
 
 /// Send one message over SMTP (EHLO, MAIL, RCPT..., DATA) and record every
-/// reply. `message` is the message text with LF or CRLF line ends.
+/// reply. `message` is the message text with LF or CRLF line ends. A
+/// recipient may carry ESMTP parameters after a space
+/// (`"bob@example.org NOTIFY=NEVER"`).
 pub async fn smtp_send(addr: SocketAddr, from: &str, rcpts: &[&str], message: &str) -> Transcript {
     let stream = bounded(STEP, "SMTP connect", TcpStream::connect(addr))
         .await
@@ -515,7 +531,11 @@ async fn smtp_transaction(
         return;
     }
     for r in rcpts {
-        let reply = c.command(&format!("RCPT TO:<{r}>")).await;
+        // "address PARAMETERS": the parameters go after the path.
+        let reply = match r.split_once(' ') {
+            Some((address, params)) => c.command(&format!("RCPT TO:<{address}> {params}")).await,
+            None => c.command(&format!("RCPT TO:<{r}>")).await,
+        };
         t.rcpts.push(reply);
     }
     if !t.rcpts.iter().any(|r| r.code == 250) {

@@ -151,6 +151,54 @@ async fn alias_expansion_dispatches_each_result_and_survives_a_loop() {
     );
 }
 
+/// A recipient replaced by an alias, a rewrite or a redirect keeps its
+/// NOTIFY and ORCPT for each address that replaces it (RFC 3461 §6.2.7.3);
+/// other parameters and copies to other addresses get none.
+#[tokio::test]
+async fn replacements_keep_the_recipients_dsn_parameters() {
+    let policy = compile(
+        r#"
+        [tables.aliases]
+        type = "inline"
+        entries = { "team@x.test" = ["ann@x.test", "bob@x.test"] }
+        [modifiers.aliases]
+        kind = "alias"
+        table = "aliases"
+        [pipelines.p]
+        modify = ["aliases"]
+        [[pipelines.p.destination]]
+        match = ["old@x.test"]
+        redirect = "new@x.test"
+        [[pipelines.p.destination]]
+        match = ["x.test"]
+        copy = ["archive@x.test"]
+        "#,
+    );
+    let mut mail = Mail::new("a@y.test", &["team@x.test", "old@x.test"]);
+    mail.rcpt_args = vec![
+        "ORCPT=rfc822;team@x.test".into(),
+        "RRVS=2027-01-01T00:00:00Z".into(),
+        "NOTIFY=FAILURE,DELAY".into(),
+    ];
+    let run = run_mail(&policy, "p", &mail).await;
+    let outcome = run.outcome.expect("EOM");
+    let with = |a: &str| Edit::AddRecipient {
+        address: a.to_string(),
+        args: Some("NOTIFY=FAILURE,DELAY ORCPT=rfc822;team@x.test".into()),
+    };
+    assert_eq!(
+        outcome.edits,
+        vec![
+            del("team@x.test"),
+            with("ann@x.test"),
+            with("bob@x.test"),
+            add("archive@x.test"),
+            del("old@x.test"),
+            with("new@x.test"),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn redirect_copy_discard_and_quarantine_edits() {
     let policy = compile(

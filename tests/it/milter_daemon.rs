@@ -142,6 +142,55 @@ replacement = "$1@example.org"
     d.shutdown().await;
 }
 
+/// A redirected recipient's NOTIFY and ORCPT go with its replacement
+/// (ADDRCPT_PAR) when the MTA offers that action; an MTA that does not
+/// gets the address alone, never a tempfail.
+#[tokio::test]
+async fn a_replacement_recipient_gets_notify_and_orcpt_where_the_mta_takes_them() {
+    use indymilter_test::{Actions, ProtoOpts, TestConnection};
+    let mut d = TestDaemon::start(&config("")).await;
+    for (offered, args) in [
+        (
+            common::daemon::postfix_actions(),
+            Some(c("NOTIFY=DELAY ORCPT=rfc822;old@example.org")),
+        ),
+        (
+            common::daemon::postfix_actions() - Actions::ADD_RCPT_EXT,
+            None,
+        ),
+    ] {
+        let mut conn = TestConnection::configure()
+            .available_actions(offered)
+            .available_opts(ProtoOpts::LEADING_SPACE | ProtoOpts::SKIP)
+            .open_tcp(d.addr())
+            .await
+            .expect("milter connection");
+        greet(&mut conn, "mx").await;
+        assert_eq!(
+            conn.mail(["<joe@example.net>"]).await.unwrap(),
+            Status::Continue
+        );
+        let rcpt = [
+            "<old@example.org>",
+            "ORCPT=rfc822;old@example.org",
+            "SIZE=1",
+            "NOTIFY=DELAY",
+        ];
+        assert_eq!(conn.rcpt(rcpt).await.unwrap(), Status::Continue);
+        let (actions, status) = conn.eom().await.unwrap();
+        assert_eq!(status, Status::Continue);
+        assert!(
+            actions.actions.contains(&EomAction::AddRecipient {
+                rcpt: c("<new@example.org>"),
+                args: args.clone(),
+            }),
+            "{:?}",
+            actions.actions
+        );
+    }
+    d.shutdown().await;
+}
+
 #[tokio::test]
 async fn quarantine_with_reason_header_and_discard_only_where_configured() {
     let mut d = TestDaemon::start(&config("")).await;

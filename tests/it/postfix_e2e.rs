@@ -415,6 +415,38 @@ async fn redirect_copy_and_sender_change_show_in_the_delivered_envelope() {
     .await;
 }
 
+/// A redirected recipient's delivery-status requests (RFC 3461 NOTIFY and
+/// ORCPT) reach the next hop with the address that replaced it: the
+/// daemon adds it with ADDRCPT_PAR, and Postfix passes them on to a server
+/// that offers DSN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postfix, swaks and root: apt-get install postfix swaks"]
+async fn a_redirected_recipient_keeps_its_dsn_parameters() {
+    let env = Env::start(POLICY).await;
+    postfix::bounded(TEST_LIMIT, "test", async {
+        let t = smtp_send(
+            env.postfix.mx,
+            "joe@example.net",
+            &["old@example.org NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;old@example.org"],
+            &message(
+                "joe@example.net",
+                "old@example.org",
+                "dsn kept",
+                "notify me",
+            ),
+        )
+        .await;
+        assert!(t.queued(), "{}", t.log);
+        let d = env.sink.wait_subject("dsn kept", 1).await;
+        assert_eq!(d[0].rcpt_to, ["new@example.org"], "{d:#?}");
+        let params = &d[0].rcpt_params[0];
+        assert!(params.contains("NOTIFY=SUCCESS,FAILURE"), "{d:#?}");
+        assert!(params.contains("ORCPT=rfc822;old@example.org"), "{d:#?}");
+        env.postfix.wait_queue_empty().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postfix, swaks and root: apt-get install postfix swaks"]
 async fn mx_and_submission_services_get_their_own_pipelines() {
