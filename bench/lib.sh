@@ -8,6 +8,9 @@
 
 bin=$target/release/dispatch-milter
 [ -x "$bin" ] || { echo "no $bin: build the release binaries and tests first (see the top of the script)" >&2; exit 1; }
+# The load generator (bench/load), built with the workspace.
+load=${LOAD:-$target/release/dispatch-milter-load}
+[ -x "$load" ] || { echo "no $load: build the release binaries first (see the top of the script)" >&2; exit 1; }
 bench=$(ls -t "$target"/release/deps/bench-* 2>/dev/null | grep -v '\.d$' | head -1)
 [ -x "$bench" ] || { echo "no benchmark test binary under $target/release: build with --test bench" >&2; exit 1; }
 
@@ -33,7 +36,7 @@ dns=$(cat "$tmp/dns.addr")
 # message (up to 60 s: a daemon under valgrind starts slowly).
 wait_for_milter() {
     for _ in $(seq 300); do
-        "$1" load --connect "inet:127.0.0.1:$2" -n 1 -m 1 >/dev/null 2>&1 && return 0
+        "$1" --connect "inet:127.0.0.1:$2" -n 1 -m 1 >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     echo "the daemon on port $2 did not answer" >&2

@@ -18,13 +18,14 @@
 #
 # Run from the repository root after `cargo build --release`. Every figure
 # comes from a fresh daemon, so VmHWM is the peak of that part alone.
-# Parameters (environment): BIN, PARTS ("concurrency idle big leak"),
+# Parameters (environment): BIN, LOAD, PARTS ("concurrency idle big leak"),
 # IDLE_CONNECTIONS ("1000 5000"), IDLE_HOLD, IDLE_ROUNDS, BIG_SIZE, LEAK_MESSAGES,
 # LEAK_STEP, LEAK_CONNECTIONS. A quick run:
 #   LEAK_MESSAGES=100000 LEAK_STEP=30000 bash bench/memory.sh
 set -euo pipefail
 
 bin=${BIN:-target/release/dispatch-milter}
+load=${LOAD:-target/release/dispatch-milter-load}
 parts=${PARTS:-concurrency idle big leak}
 idle_connections=${IDLE_CONNECTIONS:-1000 5000}
 idle_hold=${IDLE_HOLD:-15s}
@@ -43,6 +44,7 @@ metrics_port=9411
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 [ -x "$bin" ] || { echo "no $bin: run cargo build --release first" >&2; exit 1; }
+[ -x "$load" ] || { echo "no $load: run cargo build --release first" >&2; exit 1; }
 tmp=$(mktemp -d)
 pid=""
 load_pid=""
@@ -110,7 +112,7 @@ stop() {
 # any error is fatal (the figures would mean nothing).
 load() {
     local out
-    out=$("$bin" load --connect "inet:127.0.0.1:$port" --json "$@") || {
+    out=$("$load" --connect "inet:127.0.0.1:$port" --json "$@") || {
         echo "load $* failed: $out" >&2
         exit 1
     }
@@ -148,7 +150,7 @@ if [[ " $parts " == *" idle "* ]]; then
         before_anon=$(anon)
         # Later rounds show whether the memory of the first is reused.
         for round in $(seq "$idle_rounds"); do
-            "$bin" load --connect "inet:127.0.0.1:$port" -n "$n" -m 0 --hold "$idle_hold" \
+            "$load" --connect "inet:127.0.0.1:$port" -n "$n" -m 0 --hold "$idle_hold" \
                 --json >"$tmp/idle.json" &
             load_pid=$!
             # The daemon counts a connection open once CONNECT is through;

@@ -56,10 +56,10 @@ for policy in $policies; do
         "$bin" serve -c "$config" --nameserver "$dns" 2>"$tmp/valgrind.$policy" &
     vpid=$!
     pids+=($vpid)
-    wait_for_milter "$bin" "$port"
-    "$bin" load --connect "inet:127.0.0.1:$port" -n 10 -m 20 "${load_args[@]}" >/dev/null
+    wait_for_milter "$load" "$port"
+    "$load" --connect "inet:127.0.0.1:$port" -n 10 -m 20 "${load_args[@]}" >/dev/null
     callgrind_control -z "$vpid" >/dev/null 2>&1
-    "$bin" load --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
+    "$load" --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
         >"$tmp/load.$policy"
     callgrind_control -d "$vpid" >/dev/null 2>&1
     kill "$vpid"
@@ -76,9 +76,9 @@ for policy in $policies; do
     "$bin" serve -c "$config" --nameserver "$dns" 2>/dev/null &
     dpid=$!
     pids+=($dpid)
-    wait_for_milter "$bin" "$port"
+    wait_for_milter "$load" "$port"
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out/callgrind.load.$policy" \
-        "$bin" load --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
+        "$load" --connect "inet:127.0.0.1:$port" -n "$connections" -m "$messages" "${load_args[@]}" \
         >/dev/null 2>&1
     kill "$dpid"
     wait "$dpid" 2>/dev/null || true

@@ -23,9 +23,8 @@ connections=${CONNECTIONS:-10}
 messages=${MESSAGES:-1000}
 corpus=${CORPUS:-typical}
 source "$(dirname "$0")/lib.sh"
-# The load generator: by default the same binary; set LOAD to compare two
-# daemons under one generator.
-load=${LOAD:-$bin}
+# The load generator is $load (lib.sh): set LOAD to use another build of
+# it, the same generator against two daemons.
 
 declare -A pid_of port_of
 port_of[empty]=7401
@@ -43,7 +42,7 @@ load_args=(-n "$connections" --corpus "$corpus" --tls
 for policy in empty mx; do
     wait_for_milter "$load" "${port_of[$policy]}"
     # Warm up: DNS cache, allocator, connections' first messages.
-    "$load" load --connect "inet:127.0.0.1:${port_of[$policy]}" "${load_args[@]}" -m 50 >/dev/null
+    "$load" --connect "inet:127.0.0.1:${port_of[$policy]}" "${load_args[@]}" -m 50 >/dev/null
 done
 
 # utime + stime of a process, in clock ticks.
@@ -56,7 +55,7 @@ for round in $(seq "$rounds"); do
     for policy in empty mx; do
         pid=${pid_of[$policy]}
         before=$(ticks "$pid")
-        "$load" load --connect "inet:127.0.0.1:${port_of[$policy]}" "${load_args[@]}" -m "$messages" --json \
+        "$load" --connect "inet:127.0.0.1:${port_of[$policy]}" "${load_args[@]}" -m "$messages" --json \
             >"$tmp/run.json"
         after=$(ticks "$pid")
         rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["messages_per_second"]))' "$tmp/run.json")

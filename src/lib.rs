@@ -17,7 +17,6 @@ pub mod edits;
 pub mod engine;
 pub mod esmtp;
 pub mod files;
-pub mod load;
 pub mod message;
 pub mod modifiers;
 pub mod policy;

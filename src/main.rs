@@ -42,8 +42,6 @@ enum Command {
     },
     /// Run the policy on one message offline and show what it would do.
     Test(Box<TestArgs>),
-    /// Play the MTA against a running daemon and measure it.
-    Load(Box<LoadArgs>),
     /// Print the DNS TXT record that publishes a DKIM key's public half.
     DkimRecord {
         /// The private key file (PEM: PKCS#1 or PKCS#8, RSA or Ed25519).
@@ -52,53 +50,6 @@ enum Command {
         #[arg(short, long)]
         selector: String,
     },
-}
-
-#[derive(clap::Args)]
-struct LoadArgs {
-    /// The daemon: inet:IP:PORT or unix:/path.
-    #[arg(long, default_value = "inet:127.0.0.1:7357")]
-    connect: String,
-    /// Concurrent milter connections (one SMTP session each).
-    #[arg(short = 'n', long, default_value_t = 10)]
-    connections: usize,
-    /// Messages per connection (0 with --hold: idle connections).
-    #[arg(short = 'm', long, default_value_t = 100)]
-    messages: usize,
-    /// small, typical (40 KiB attachment), large (1 MiB) or mixed.
-    #[arg(long, default_value = "typical")]
-    corpus: String,
-    /// Instead of --corpus: send this message file (RFC 5322, LF or CRLF)
-    /// every time, for example a DKIM-signed message to verify.
-    #[arg(long)]
-    message: Option<PathBuf>,
-    /// Instead of --corpus: bodies of about this size ("50M").
-    #[arg(long)]
-    message_size: Option<String>,
-    /// Keep each connection open and idle this long after its messages ("30s").
-    #[arg(long, default_value = "0s")]
-    hold: String,
-    #[arg(long, default_value = "someone@example.net")]
-    from: String,
-    /// A recipient; repeat for several.
-    #[arg(long, default_values_t = vec!["alice@example.org".to_string()])]
-    to: Vec<String>,
-    #[arg(long, default_value = "192.0.2.10")]
-    client_ip: IpAddr,
-    #[arg(long, default_value = "client.example.net")]
-    helo: String,
-    #[arg(long, default_value = "smtpd")]
-    daemon_name: String,
-    #[arg(long)]
-    auth_user: Option<String>,
-    #[arg(long)]
-    tls: bool,
-    /// Pause between SMTP commands, like a real client's round trips ("200ms").
-    #[arg(long, default_value = "0s")]
-    pace: String,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -150,90 +101,6 @@ fn init_logging() {
         .init();
 }
 
-fn run_load(args: LoadArgs) -> ExitCode {
-    use dispatch_milter::load;
-    let target = match dispatch_milter::server_config::ListenAddress::parse(&args.connect) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("--connect: {e}");
-            return exit(2);
-        }
-    };
-    let corpus = match &args.message_size {
-        Some(size) => match dispatch_milter::config::options::parse_size(size)
-            .and_then(|n| usize::try_from(n).ok())
-        {
-            Some(n) => load::Corpus::Sized(n),
-            None => {
-                eprintln!("--message-size: write a size such as \"50M\"");
-                return exit(2);
-            }
-        },
-        None => match load::Corpus::parse(&args.corpus) {
-            Some(c) => c,
-            None => {
-                eprintln!("--corpus: use small, typical, large or mixed");
-                return exit(2);
-            }
-        },
-    };
-    let pace = match humantime::parse_duration(&args.pace) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("--pace: {e}; write a duration such as \"200ms\"");
-            return exit(2);
-        }
-    };
-    let hold = match humantime::parse_duration(&args.hold) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("--hold: {e}; write a duration such as \"30s\"");
-            return exit(2);
-        }
-    };
-    let message = match &args.message {
-        Some(path) => match std::fs::read(path) {
-            Ok(raw) => Some(std::sync::Arc::new(load::FileMessage::parse(&raw))),
-            Err(e) => {
-                eprintln!("--message: cannot read {}: {e}", path.display());
-                return exit(2);
-            }
-        },
-        None => None,
-    };
-    let cfg = load::LoadConfig {
-        target,
-        connections: args.connections.max(1),
-        // 0 only makes sense with --hold, but is harmless without it.
-        messages: args.messages,
-        corpus,
-        from: args.from,
-        to: args.to,
-        client_ip: args.client_ip,
-        helo: args.helo,
-        daemon_name: args.daemon_name,
-        auth_user: args.auth_user,
-        tls: args.tls,
-        pace,
-        hold,
-        message,
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return exit(1);
-        }
-    };
-    let report = runtime.block_on(load::run(cfg));
-    if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        print!("{}", load::render(&report));
-    }
-    exit(if report.errors.is_empty() { 0 } else { 1 })
-}
-
 fn registry_with(nameservers: &[std::net::SocketAddr]) -> dispatch_milter::config::Registry {
     let mut registry = dispatch_milter::config::Registry::builtin();
     if !nameservers.is_empty() {
@@ -267,7 +134,6 @@ fn main() -> ExitCode {
     }
     init_logging();
     match args.command {
-        Command::Load(load) => run_load(*load),
         Command::Serve { .. } => exit(0),
         Command::Check { config, nameserver } => {
             exit(cli::check::run(&config, &registry_with(&nameserver)))

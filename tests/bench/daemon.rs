@@ -12,7 +12,7 @@ use crate::common;
 
 use common::daemon::{LISTEN, TestDaemon};
 use common::dns_server::DnsServer;
-use dispatch_milter::load::{Corpus, LoadConfig, LoadReport, run};
+use dispatch_milter_load::{Corpus, LoadConfig, LoadReport, run};
 use std::time::Duration;
 
 const EMPTY: &str = "[pipelines.empty]\nauth_results = false\n";

@@ -600,7 +600,7 @@ async fn dns() -> DnsServer {
 /// `smtp-source -F` (LF line ends: smtp-source sends each line with CRLF
 /// and dot-stuffs it).
 async fn signed_message(dir: &Path, key: &Path) -> PathBuf {
-    let sample = dispatch_milter::load::sample(dispatch_milter::load::Corpus::Typical, FROM, TO, 0);
+    let sample = dispatch_milter_load::sample(dispatch_milter_load::Corpus::Typical, FROM, TO, 0);
     let policy_text = format!(
         "[modifiers.sign]\nkind = \"dkim_sign\"\nkeys = [{{ domain = \"example.org\", selector = \"{IN_SELECTOR}\", key = \"{}\" }}]\n[pipelines.sign]\nmodify = [\"sign\"]\n",
         key.display()

@@ -4,7 +4,7 @@
 use crate::common;
 
 use common::daemon::{LISTEN, TestDaemon};
-use dispatch_milter::load::{Corpus, LoadConfig, run};
+use dispatch_milter_load::{Corpus, LoadConfig, run};
 use std::time::Duration;
 
 /// `connections` × `messages` of `corpus` against the daemon, from one
@@ -118,7 +118,7 @@ async fn sized_messages_complete() {
 /// the file was what went out).
 #[tokio::test]
 async fn a_message_file_is_sent_instead_of_the_corpus() {
-    use dispatch_milter::load::FileMessage;
+    use dispatch_milter_load::FileMessage;
     let cfg = format!(
         r#"{LISTEN}
 [checks.subject]

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 
-use crate::server_config::ListenAddress;
+use dispatch_milter::server_config::ListenAddress;
 
 /// The messages the generator sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,7 +200,7 @@ pub struct FileMessage {
 impl FileMessage {
     /// Split an RFC 5322 message (LF or CRLF line ends) into its parts.
     pub fn parse(raw: &[u8]) -> FileMessage {
-        let (headers, body) = crate::cli::test::parse_message(raw);
+        let (headers, body) = dispatch_milter::cli::test::parse_message(raw);
         FileMessage {
             headers,
             body: bytes::Bytes::from(body),
