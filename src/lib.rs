@@ -8,7 +8,6 @@ pub mod address;
 pub mod auth_results;
 pub mod checks;
 pub mod cli;
-pub mod concurrent;
 pub mod config;
 pub mod daemon;
 pub mod dkim_canon;

@@ -38,11 +38,11 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
-use crate::concurrent::Concurrent;
 use crate::config::error::did_you_mean;
 use crate::dns::{Dns, DnsError};
 use crate::policy::canonical_ip;
 use crate::stage::Stage;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use toml::Value;
@@ -694,9 +694,11 @@ impl DnsblCheck {
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {
-        // In this task, not one spawned per question: the answers nearly
-        // always come from the cache (see crate::concurrent).
-        let mut lookups = Concurrent::new();
+        // Polled together in this task, not a task spawned per question:
+        // nearly every answer comes from the cache, and a task (allocation,
+        // scheduler, often a wakeup of the other worker thread) cost more
+        // than the answer. Dropping the set cancels what is still running.
+        let mut lookups = FuturesUnordered::new();
         let mut nothing: Vec<&'static str> = Vec::new();
         for (i, list) in self.lists.iter().enumerate() {
             let found = match targets(list.kind, input) {

@@ -15,9 +15,9 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
-use crate::concurrent::Concurrent;
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -113,9 +113,11 @@ impl IprevCheck {
             );
         }
 
-        // In this task, not one spawned per name: the answers nearly always
-        // come from the cache (see crate::concurrent).
-        let mut lookups = Concurrent::new();
+        // Polled together in this task, not a task spawned per question:
+        // nearly every answer comes from the cache, and a task (allocation,
+        // scheduler, often a wakeup of the other worker thread) cost more
+        // than the answer. Dropping the set cancels what is still running.
+        let mut lookups = FuturesUnordered::new();
         for (i, name) in names.iter().enumerate() {
             let dns = &self.dns;
             lookups.push(async move {

@@ -12,11 +12,12 @@
 use crate::checks::{Check, CheckInput, CheckResult};
 use crate::policy::{CheckId, CheckInstance};
 use crate::stage::Stage;
+use futures_util::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
@@ -370,7 +371,9 @@ async fn run_guarded(
         Ok(f) => f,
         Err(panic) => return panicked(name, panic),
     };
-    match tokio::time::timeout(timeout, CatchUnwind(future)).await {
+    // Each poll of the check's future inside catch_unwind, so a panicking
+    // check fails alone.
+    match tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => panicked(name, panic),
         Err(_) => CheckResult::temperror(format!(
@@ -388,22 +391,6 @@ fn panicked(name: &str, panic: Box<dyn std::any::Any + Send>) -> CheckResult {
         .unwrap_or_else(|| "unknown panic".to_string());
     tracing::error!(check = name, panic = %what, "check panicked; treating it as temperror");
     CheckResult::temperror("internal error in check")
-}
-
-/// Poll a future inside `catch_unwind`, so a panicking check fails alone.
-struct CatchUnwind<F>(F);
-
-impl<F: Future + Unpin> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = &mut self.0;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
 }
 
 #[cfg(test)]
