@@ -79,55 +79,15 @@ pub const TRUNCATED: &str = "the body is larger than the pipeline's max_body_siz
 
 // ----- base64 (RFC 4648 §4), for PEM and DNS records -----
 
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(BASE64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    data_encoding::BASE64.encode(data)
 }
 
-/// Decode base64, ignoring white space; `None` for any other stray byte or
-/// a bad length.
+/// Decode base64, ignoring white space (PEM lines, folded DNS records);
+/// `None` for any other stray byte or a bad length.
 pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    let mut padding = 0;
-    let mut symbols = 0usize;
-    for b in text.bytes() {
-        if b.is_ascii_whitespace() {
-            continue;
-        }
-        symbols += 1;
-        if b == b'=' {
-            padding += 1;
-            continue;
-        }
-        if padding > 0 {
-            return None;
-        }
-        let v = BASE64.iter().position(|&c| c == b)?;
-        acc = ((acc << 6) | v as u32) & 0xff_ffff;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    (symbols.is_multiple_of(4) && padding <= 2).then_some(out)
+    let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    data_encoding::BASE64.decode(&compact).ok()
 }
 
 // ----- DER, just enough to read private keys and write a public one -----
