@@ -131,12 +131,10 @@ impl GroupKill {
 impl Drop for GroupKill {
     fn drop(&mut self) {
         if let Some(pid) = self.0.and_then(|p| i32::try_from(p).ok()) {
-            // SAFETY: kill(2) with a negative pid signals the process group
-            // the child leads (process_group(0) made its pgid its pid); it
-            // touches no memory of ours.
-            unsafe {
-                libc::kill(-pid, libc::SIGKILL);
-            }
+            // The process group the child leads (process_group(0) made its
+            // pgid its pid). Gone already is fine.
+            let group = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -132,31 +132,23 @@ async fn bind_unix(path: &Path, settings: &ListenerSettings) -> Result<Bound, Bi
     Ok(Bound::Unix(listener, file))
 }
 
-/// A user name or a numeric uid.
+/// A user name or a numeric uid. getpwnam_r (through nix), not getpwnam:
+/// the latter's static result could be overwritten by another thread.
 fn user_id(name: &str) -> Option<u32> {
     if let Ok(id) = name.parse() {
         return Some(id);
     }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: getpwnam returns a pointer into static storage or null; we read
-    // one field immediately, before any other call could overwrite it.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        (!pw.is_null()).then(|| (*pw).pw_uid)
-    }
+    let user = nix::unistd::User::from_name(name).ok()??;
+    Some(user.uid.as_raw())
 }
 
-/// A group name or a numeric gid.
+/// A group name or a numeric gid (getgrnam_r, as `user_id`).
 fn group_id(name: &str) -> Option<u32> {
     if let Ok(id) = name.parse() {
         return Some(id);
     }
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: as in `user_id`, for getgrnam.
-    unsafe {
-        let gr = libc::getgrnam(c.as_ptr());
-        (!gr.is_null()).then(|| (*gr).gr_gid)
-    }
+    let group = nix::unistd::Group::from_name(name).ok()??;
+    Some(group.gid.as_raw())
 }
 
 /// The stream type of every listener: TCP or UNIX, counted while open.
@@ -416,5 +408,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{group_id, user_id};
+
+    #[test]
+    fn socket_owners_by_name_or_number() {
+        // root and its group exist on every system the daemon runs on.
+        assert_eq!(user_id("root"), Some(0));
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(user_id("4242"), Some(4242));
+        assert_eq!(group_id("4242"), Some(4242));
+        assert_eq!(user_id("no-such-user-dispatch-milter"), None);
+        assert_eq!(group_id("no-such-group-dispatch-milter"), None);
+        assert_eq!(user_id("ro\0ot"), None);
     }
 }
