@@ -34,6 +34,10 @@ pub mod defaults {
     pub const CACHE_SIZE: u64 = 10_000;
 }
 
+/// Parsed records (and "no such record") shared by every message until
+/// their DNS TTL runs out, keyed by name as mail-auth spells it.
+pub type SharedTxt = crate::ttl_cache::TtlCache<mail_auth::Txt>;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
     /// `None`: the system's /etc/resolv.conf.
@@ -164,7 +168,7 @@ pub struct Dns {
     /// DKIM keys as parsed, shared by every message for as long as their
     /// TTL allows (the resolver's cache keeps the answer, this keeps the
     /// parsing: an RSA key is parsed once per TTL, not once per message).
-    parsed: crate::checks::prefetch::SharedTxt,
+    parsed: SharedTxt,
     /// A answers (and "no such record") for their TTL; see `ipv4`.
     a_answers: TtlCache<Result<Vec<Ipv4Addr>, DnsError>>,
     /// PTR answers by address, the same way.
@@ -222,7 +226,7 @@ impl Dns {
         Ok(Dns {
             auth,
             settings: settings.clone(),
-            parsed: crate::checks::prefetch::SharedTxt::new(settings.cache_size),
+            parsed: SharedTxt::new(settings.cache_size),
             a_answers: TtlCache::new(settings.cache_size),
             ptr_answers: TtlCache::new(settings.cache_size),
         })
@@ -239,7 +243,7 @@ impl Dns {
     }
 
     /// Parsed TXT records shared between messages.
-    pub fn parsed_txt(&self) -> &crate::checks::prefetch::SharedTxt {
+    pub fn parsed_txt(&self) -> &SharedTxt {
         &self.parsed
     }
 

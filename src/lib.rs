@@ -16,6 +16,7 @@ pub mod edits;
 pub mod engine;
 pub mod esmtp;
 pub mod files;
+pub mod ip;
 pub mod message;
 pub mod modifiers;
 pub mod policy;

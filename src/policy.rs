@@ -4,6 +4,7 @@
 //! looked up by name at message time.
 
 use crate::address::Address;
+use crate::checks::action::Action;
 use crate::checks::{Check, Status};
 use crate::modifiers::Modifier;
 use crate::reply::Reply;
@@ -37,49 +38,6 @@ impl Policy {
 
     pub fn pipeline_index(&self, name: &str) -> Option<usize> {
         self.pipelines.iter().position(|p| p.name == name)
-    }
-}
-
-/// What to do with a check result.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Action {
-    Ignore,
-    Reject,
-    Tempfail,
-    Quarantine,
-    /// Add to the message's score; `None` uses the score the check suggested.
-    Score(Option<f64>),
-    /// Whatever the pipeline's `error_action` says (the default for
-    /// temperror and permerror).
-    Error,
-}
-
-impl Action {
-    /// The action's name for reports: static but for a score with a number.
-    pub fn label(&self) -> std::borrow::Cow<'static, str> {
-        match self {
-            Action::Ignore => "ignore".into(),
-            Action::Reject => "reject".into(),
-            Action::Tempfail => "tempfail".into(),
-            Action::Quarantine => "quarantine".into(),
-            Action::Score(Some(_)) => self.to_string().into(),
-            Action::Score(None) => "score".into(),
-            Action::Error => "error_action".into(),
-        }
-    }
-}
-
-impl std::fmt::Display for Action {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Action::Ignore => f.write_str("ignore"),
-            Action::Reject => f.write_str("reject"),
-            Action::Tempfail => f.write_str("tempfail"),
-            Action::Quarantine => f.write_str("quarantine"),
-            Action::Score(Some(n)) => write!(f, "score {n}"),
-            Action::Score(None) => f.write_str("score"),
-            Action::Error => f.write_str("error_action"),
-        }
     }
 }
 
@@ -348,7 +306,7 @@ impl SourceDispatch {
             }
         }
         if let Some(ip) = facts.client_ip {
-            let ip = canonical_ip(ip);
+            let ip = crate::ip::canonical(ip);
             if let Some((_, n)) = self.by_network.iter().find(|(net, _)| net.contains(&ip)) {
                 return (n, MatchedBy::Network);
             }
@@ -357,13 +315,5 @@ impl SourceDispatch {
             return (n, MatchedBy::DaemonName);
         }
         self.by_sender.select(facts.sender)
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) match IPv4 networks.
-pub fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }

@@ -560,8 +560,8 @@ impl Check for DmarcCheck {
     /// The published policy decides by default: p=reject gives fail (the
     /// generic default rejects it) and p=quarantine gives softfail, which
     /// DMARC quarantines unless `on_softfail` says otherwise.
-    fn default_action(&self, status: Status) -> Option<crate::policy::Action> {
-        (status == Status::Softfail).then_some(crate::policy::Action::Quarantine)
+    fn default_action(&self, status: Status) -> Option<crate::checks::action::Action> {
+        (status == Status::Softfail).then_some(crate::checks::action::Action::Quarantine)
     }
 
     fn run(self: Arc<Self>, input: Arc<CheckInput>) -> BoxFuture<CheckResult> {

@@ -40,7 +40,6 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::address::normalize_domain;
 use crate::config::error::did_you_mean;
 use crate::dns::{Dns, DnsError};
-use crate::policy::canonical_ip;
 use crate::stage::Stage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -320,7 +319,7 @@ fn targets(kind: ListType, input: &CheckInput) -> Result<Vec<Target>, &'static s
         ListType::Ip => input
             .connection
             .client_ip
-            .map(|ip| vec![Target::Ip(canonical_ip(ip))])
+            .map(|ip| vec![Target::Ip(crate::ip::canonical(ip))])
             .ok_or("no client address"),
         ListType::Helo => input
             .connection
@@ -857,11 +856,11 @@ mod tests {
     fn mapped_ipv6_is_ipv4() {
         let mapped: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
         assert_eq!(
-            canonical_ip(mapped),
+            crate::ip::canonical(mapped),
             "192.0.2.10".parse::<IpAddr>().unwrap()
         );
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(canonical_ip(v6), v6);
+        assert_eq!(crate::ip::canonical(v6), v6);
     }
 
     #[test]

@@ -29,14 +29,6 @@ pub struct IprevCheck {
     dns: Arc<Dns>,
 }
 
-/// An IPv4-mapped IPv6 address is the IPv4 client it stands for.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// The PTR names worth a forward lookup: valid host names, lowercased,
 /// without repeats, at most [`MAX_NAMES`], in the order DNS gave them.
 fn usable_names(names: &[String]) -> Vec<String> {
@@ -86,7 +78,7 @@ impl IprevCheck {
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {
-        let Some(ip) = input.connection.client_ip.map(canonical_ip) else {
+        let Some(ip) = input.connection.client_ip.map(crate::ip::canonical) else {
             return CheckResult::with_reason(Status::None, "no client address");
         };
         let ptr = match self.dns.ptr(ip).await {
@@ -218,7 +210,10 @@ mod tests {
     #[test]
     fn mapped_clients_are_ipv4() {
         let ip: IpAddr = "::ffff:192.0.2.10".parse().unwrap();
-        assert_eq!(canonical_ip(ip), "192.0.2.10".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            crate::ip::canonical(ip),
+            "192.0.2.10".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[tokio::test]

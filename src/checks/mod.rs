@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod action;
 pub mod arc;
 pub mod authorize_sender;
 pub mod command;
@@ -249,7 +250,7 @@ pub trait Check: Send + Sync + 'static {
     /// The kind's own default action for a result, where it differs from the
     /// generic one (fail: reject; temperror, permerror: the pipeline's error
     /// action; others: ignore). The `on_<result>` keys still override it.
-    fn default_action(&self, _status: Status) -> Option<crate::policy::Action> {
+    fn default_action(&self, _status: Status) -> Option<action::Action> {
         None
     }
 
@@ -295,28 +296,3 @@ pub struct CheckBuildContext<'o, 'd, 'a> {
 /// returns `None` when the block is invalid.
 pub type CheckBuilder =
     Arc<dyn Fn(&mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> + Send + Sync>;
-
-/// The built-in check kinds, by `kind` name.
-pub fn builtin() -> Vec<(&'static str, CheckBuilder)> {
-    vec![
-        ("require_tls", Arc::new(require_tls::RequireTlsCheck::build)),
-        (
-            "require_auth",
-            Arc::new(require_auth::RequireAuthCheck::build),
-        ),
-        (
-            "authorize_sender",
-            Arc::new(authorize_sender::AuthorizeSenderCheck::build),
-        ),
-        ("header", Arc::new(header::HeaderCheck::build)),
-        ("size", Arc::new(size::SizeCheck::build)),
-        ("command", Arc::new(command::CommandCheck::build)),
-        ("dnsbl", Arc::new(dnsbl::DnsblCheck::build)),
-        ("iprev", Arc::new(iprev::IprevCheck::build)),
-        ("require_mx", Arc::new(require_mx::RequireMxCheck::build)),
-        ("spf", Arc::new(spf::SpfCheck::build)),
-        ("dkim", Arc::new(dkim::DkimCheck::build)),
-        ("dmarc", Arc::new(dmarc::DmarcCheck::build)),
-        ("arc", Arc::new(arc::ArcCheck::build)),
-    ]
-}

@@ -158,10 +158,6 @@ pub fn arc_keys(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
     }
 }
 
-/// Parsed records (and "no such record") shared by every message until
-/// their DNS TTL runs out, keyed by name as mail-auth spells it.
-pub type SharedTxt = crate::ttl_cache::TtlCache<Txt>;
-
 /// The first record that parses as `T`, or the error of the last one
 /// tried: the choice mail-auth's own lookup makes, so a check sees what
 /// mail-auth would have found.

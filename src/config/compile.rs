@@ -6,17 +6,19 @@
 use super::error::{ConfigErrors, Diagnostics, did_you_mean};
 use super::options::{Options, RawOptions};
 use super::raw::{Named, RawBlock, RawConfig, RawDns, RawPipeline, RawReply, RawServer};
+use super::registry::Registry;
 use crate::address::{Address, normalize_domain};
-use crate::checks::{CheckBuildContext, CheckBuilder, Status};
+use crate::checks::action::Action;
+use crate::checks::{CheckBuildContext, Status};
 use crate::edits::valid_header_name;
-use crate::modifiers::{ModifierBuildContext, ModifierBuilder};
+use crate::modifiers::ModifierBuildContext;
 use crate::policy::*;
 use crate::reply::{Reply, ReplyClass};
 use crate::server_config::{ListenAddress, ListenerSettings, LogFormat, ServerSettings};
 use crate::stage::Stage;
 use crate::tables::{Table, TableSet, normalize_key};
 use ipnet::IpNet;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
@@ -79,59 +81,12 @@ pub mod defaults {
     /// Our name in Authentication-Results: this host's name, as RFC 8601
     /// §2.5 suggests; "localhost" if the system has none.
     pub fn authserv_id() -> String {
-        let mut buf = [0u8; 256];
-        // SAFETY: gethostname writes at most buf.len() bytes into buf.
-        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-        let name = if rc == 0 {
-            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-            String::from_utf8_lossy(&buf[..end]).into_owned()
-        } else {
-            String::new()
-        };
+        let name = gethostname::gethostname().to_string_lossy().into_owned();
         if name.is_empty() || !name.is_ascii() {
             "localhost".to_string()
         } else {
             name.to_ascii_lowercase()
         }
-    }
-}
-
-/// The check and modifier kinds the compiler knows. Tests add their own.
-#[derive(Clone)]
-pub struct Registry {
-    checks: BTreeMap<String, CheckBuilder>,
-    modifiers: BTreeMap<String, ModifierBuilder>,
-    /// `--nameserver`: replaces `[dns] nameservers` (tests and
-    /// administrators point the daemon at a resolver of their choice).
-    nameservers: Option<Vec<std::net::SocketAddr>>,
-}
-
-impl Registry {
-    pub fn builtin() -> Registry {
-        Registry {
-            checks: crate::checks::builtin()
-                .into_iter()
-                .map(|(k, b)| (k.to_string(), b))
-                .collect(),
-            modifiers: crate::modifiers::builtin()
-                .into_iter()
-                .map(|(k, b)| (k.to_string(), b))
-                .collect(),
-            nameservers: None,
-        }
-    }
-
-    /// Use these name servers whatever `[dns]` says.
-    pub fn set_nameservers(&mut self, servers: Vec<std::net::SocketAddr>) {
-        self.nameservers = Some(servers);
-    }
-
-    pub fn add_check(&mut self, kind: &str, builder: CheckBuilder) {
-        self.checks.insert(kind.to_string(), builder);
-    }
-
-    pub fn add_modifier(&mut self, kind: &str, builder: ModifierBuilder) {
-        self.modifiers.insert(kind.to_string(), builder);
     }
 }
 

@@ -6,9 +6,11 @@ pub mod compile;
 pub mod error;
 pub mod options;
 pub mod raw;
+pub mod registry;
 
-pub use compile::{Registry, compile_str};
+pub use compile::compile_str;
 pub use error::{ConfigError, ConfigErrors};
+pub use registry::Registry;
 
 use crate::policy::Policy;
 use std::path::Path;

@@ -12,13 +12,14 @@ pub mod runner;
 pub mod verdict;
 
 use crate::address::Address;
+use crate::checks::action::Action;
 use crate::checks::{CheckInput, Early};
 use crate::edits::{Edit, EditList};
 use crate::message::{AuthInfo, ConnectionFacts, Envelope, Header, Message, TlsInfo};
 use crate::modifiers::MessageContext;
 use crate::policy::{
-    Action, Branch, CheckId, ErrorAction, LimitAction, MatchedBy, ModifierId, Outcome,
-    OversizeAction, Pipeline, Policy, SourceFacts, SourceNode,
+    Branch, CheckId, ErrorAction, LimitAction, MatchedBy, ModifierId, Outcome, OversizeAction,
+    Pipeline, Policy, SourceFacts, SourceNode,
 };
 use crate::reply::Reply;
 use crate::stage::Stage;
@@ -27,34 +28,7 @@ use runner::{Mode, Runner, Scope};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
-pub use verdict::{Decision, Verdict};
-
-/// The answer to a stage before end of message.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "reply", rename_all = "lowercase")]
-pub enum StageReply {
-    Continue,
-    Reject(Reply),
-    Tempfail(Reply),
-}
-
-impl StageReply {
-    fn from_decision(d: &Decision) -> StageReply {
-        match d.verdict {
-            Verdict::Reject => {
-                StageReply::Reject(d.reply.clone().unwrap_or_else(Reply::default_reject))
-            }
-            Verdict::Tempfail => {
-                StageReply::Tempfail(d.reply.clone().unwrap_or_else(Reply::default_tempfail))
-            }
-            _ => StageReply::Continue,
-        }
-    }
-
-    pub fn is_continue(&self) -> bool {
-        matches!(self, StageReply::Continue)
-    }
-}
+pub use verdict::{Decision, StageReply, Verdict};
 
 /// The outcome of one message.
 #[derive(Clone, Debug, Serialize)]

@@ -2,8 +2,8 @@
 //! each check with its result, action and time, each recipient with its
 //! branch and reply, and the score.
 
-use super::StageReply;
 use super::runner::Finished;
+use super::verdict::StageReply;
 use crate::address::Address;
 use crate::policy::{CheckInstance, MatchedBy};
 use crate::reply::Reply;
@@ -49,7 +49,7 @@ impl CheckReport {
             reason: f.result.reason.clone(),
             action: action.label(),
             score: match action {
-                crate::policy::Action::Score(n) => n.or(f.result.score),
+                crate::checks::action::Action::Score(n) => n.or(f.result.score),
                 _ => None,
             },
             started: f.started_at,

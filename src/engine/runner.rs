@@ -396,8 +396,8 @@ fn panicked(name: &str, panic: Box<dyn std::any::Any + Send>) -> CheckResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::action::Action;
     use crate::checks::{BoxFuture, Memo};
-    use crate::policy::Action;
     use crate::reply::Reply;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

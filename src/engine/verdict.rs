@@ -1,6 +1,8 @@
 //! Verdicts and how they combine: the most severe wins (reject > tempfail >
 //! quarantine > discard > accept); between equals, the earlier in the config.
+//! And what a stage before end of message answers (`StageReply`).
 
+use crate::reply::Reply;
 use serde::Serialize;
 use std::fmt;
 
@@ -59,6 +61,33 @@ impl Decision {
         if other.verdict > self.verdict {
             *self = other;
         }
+    }
+}
+
+/// The answer to a stage before end of message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "reply", rename_all = "lowercase")]
+pub enum StageReply {
+    Continue,
+    Reject(Reply),
+    Tempfail(Reply),
+}
+
+impl StageReply {
+    pub(super) fn from_decision(d: &Decision) -> StageReply {
+        match d.verdict {
+            Verdict::Reject => {
+                StageReply::Reject(d.reply.clone().unwrap_or_else(Reply::default_reject))
+            }
+            Verdict::Tempfail => {
+                StageReply::Tempfail(d.reply.clone().unwrap_or_else(Reply::default_tempfail))
+            }
+            _ => StageReply::Continue,
+        }
+    }
+
+    pub fn is_continue(&self) -> bool {
+        matches!(self, StageReply::Continue)
     }
 }
 

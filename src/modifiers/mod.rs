@@ -81,26 +81,3 @@ pub struct ModifierBuildContext<'o, 'd, 'a> {
 
 pub type ModifierBuilder =
     Arc<dyn Fn(&mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> + Send + Sync>;
-
-/// The built-in modifier kinds, by `kind` name.
-pub fn builtin() -> Vec<(&'static str, ModifierBuilder)> {
-    vec![
-        (
-            "rewrite_sender",
-            Arc::new(rewrite_sender::RewriteSenderModifier::build),
-        ),
-        (
-            "rewrite_rcpt",
-            Arc::new(rewrite_rcpt::RewriteRcptModifier::build),
-        ),
-        ("alias", Arc::new(alias::AliasModifier::build)),
-        ("strip_plus", Arc::new(strip_plus::StripPlusModifier::build)),
-        ("add_header", Arc::new(add_header::AddHeaderModifier::build)),
-        (
-            "remove_header",
-            Arc::new(remove_header::RemoveHeaderModifier::build),
-        ),
-        ("dkim_sign", Arc::new(dkim_sign::DkimSignModifier::build)),
-        ("arc_seal", Arc::new(arc_seal::ArcSealModifier::build)),
-    ]
-}
