@@ -1,4 +1,5 @@
-//! The check interface and the built-in check kinds. A check is an async task
+//! The check interface; each kind is a submodule (the list of built-in kinds
+//! is `config::registry`). A check is an async task
 //! that looks at what is known at one stage and returns a result from the
 //! RFC 8601 vocabulary; the engine maps results to actions from the config.
 

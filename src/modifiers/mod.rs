@@ -1,4 +1,5 @@
-//! The modifier interface and the built-in modifier kinds. Modifiers run
+//! The modifier interface; each kind is a submodule (the list of built-in
+//! kinds is `config::registry`). Modifiers run
 //! serially, in the order the config lists them (global, then source, then
 //! destination), so their combined effect is predictable. Envelope rewrites
 //! happen as the envelope arrives (dispatch may depend on them); header edits

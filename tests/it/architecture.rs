@@ -42,3 +42,150 @@ fn the_policy_engine_does_not_know_the_milter_protocol() {
         );
     }
 }
+
+/// The modules as the dependency rule sees them: top-level modules, with
+/// the big ones split into their submodules (`checks::dkim`, `engine::runner`).
+const SPLIT: [&str; 6] = ["checks", "modifiers", "daemon", "engine", "config", "cli"];
+
+fn module_of(relative: &Path) -> Option<String> {
+    let mut parts: Vec<String> = relative
+        .with_extension("")
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    match parts.as_slice() {
+        [] => None,
+        [one] if one == "lib" || one == "main" => None,
+        [first, second, ..] if SPLIT.contains(&first.as_str()) => {
+            Some(format!("{first}::{second}"))
+        }
+        [first, ..] => Some(first.clone()),
+    }
+}
+
+/// Who uses whom among the modules of src/ (tests inside a file left out):
+/// `crate::a::b` paths, a split module's bare `child::` paths and its
+/// submodules' `super::x`.
+fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for f in &files {
+        let relative = f.strip_prefix(&root).expect("under src");
+        if let Some(module) = module_of(relative) {
+            let text = std::fs::read_to_string(f).expect("readable");
+            let code = text
+                .split("#[cfg(test)]\nmod tests")
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            sources.entry(module).or_default().push(code);
+        }
+    }
+    let known: BTreeSet<String> = sources.keys().cloned().collect();
+    let resolve = |first: &str, second: Option<&str>| -> Option<String> {
+        if let Some(second) = second {
+            let split = format!("{first}::{second}");
+            if known.contains(&split) {
+                return Some(split);
+            }
+        }
+        known.contains(first).then(|| first.to_string())
+    };
+    let crate_path =
+        regex::Regex::new(r"crate::([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*))?").expect("regex");
+    let bare_path = regex::Regex::new(r"(?:^|[^:\w])([a-z_][a-z0-9_]*)::").expect("regex");
+    let super_path = regex::Regex::new(r"super::([a-z_][a-z0-9_]*)").expect("regex");
+    // `crate::checks::{arc, dkim, Status}` and `super::{spf, Status}`: the
+    // lower-case names in the braces may be submodules.
+    let crate_group = regex::Regex::new(r"crate::([a-z_][a-z0-9_]*)::\{([^}]*)\}").expect("regex");
+    let super_group = regex::Regex::new(r"super::\{([^}]*)\}").expect("regex");
+    let items = |group: &str| -> Vec<String> {
+        group
+            .split(',')
+            .filter_map(|item| item.trim().split("::").next())
+            .filter(|name| name.starts_with(|c: char| c.is_ascii_lowercase()))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, codes) in &sources {
+        let uses = graph.entry(module.clone()).or_default();
+        let parent = module.split("::").next().unwrap_or_default();
+        for code in codes {
+            for c in crate_path.captures_iter(code) {
+                let second = c.get(2).map(|m| m.as_str());
+                uses.extend(resolve(&c[1], second));
+            }
+            for c in crate_group.captures_iter(code) {
+                for item in items(&c[2]) {
+                    uses.extend(resolve(&c[1], Some(&item)));
+                }
+            }
+            if SPLIT.contains(&module.as_str()) {
+                for c in bare_path.captures_iter(code) {
+                    let child = format!("{module}::{}", &c[1]);
+                    if known.contains(&child) {
+                        uses.insert(child);
+                    }
+                }
+            }
+            if module.contains("::") {
+                for c in super_path.captures_iter(code) {
+                    uses.extend(resolve(parent, Some(&c[1])));
+                }
+                for c in super_group.captures_iter(code) {
+                    for item in items(&c[1]) {
+                        uses.extend(resolve(parent, Some(&item)));
+                    }
+                }
+            }
+        }
+        uses.remove(module);
+    }
+    graph
+}
+
+/// Dependencies run one way (docs/architecture.md): no module reaches,
+/// through others, back to itself.
+#[test]
+fn no_module_depends_on_itself_through_others() {
+    let graph = module_graph();
+    assert!(graph.len() > 40, "found the modules: {graph:?}");
+    assert!(
+        graph["config::registry"].contains("checks::dkim"),
+        "the graph sees uses: {:?}",
+        graph["config::registry"]
+    );
+    // Depth-first, colouring modules in progress; a module met again while
+    // in progress closes a cycle, printed from where it starts.
+    fn visit<'g>(
+        node: &'g str,
+        graph: &'g std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+        path: &mut Vec<&'g str>,
+        done: &mut std::collections::BTreeSet<&'g str>,
+    ) {
+        if done.contains(node) {
+            return;
+        }
+        if let Some(start) = path.iter().position(|n| *n == node) {
+            let cycle = path[start..].join(" -> ");
+            panic!("import cycle: {cycle} -> {node}");
+        }
+        path.push(node);
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done);
+        }
+        path.pop();
+        done.insert(node);
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for node in graph.keys() {
+        visit(node, &graph, &mut Vec::new(), &mut done);
+    }
+}
