@@ -13,8 +13,8 @@
 # Run from the repository root after
 #   cargo build --release --bins --test bench
 # Parameters (environment): TARGET (target), ROUNDS (3), CONNECTIONS (10),
-# MESSAGES (1000 per connection), CORPUS (typical), LOAD (the binary whose
-# load generator runs).
+# MESSAGES (1000 per connection), CORPUS (typical), LOAD (the load
+# generator binary; default: dispatch-milter-load of TARGET).
 set -euo pipefail
 
 target=${TARGET:-target}
