@@ -871,8 +871,8 @@ async fn run_engine(t: &Transaction) -> Run {
     session.body(bytes::Bytes::copy_from_slice(second));
     let outcome = session.eom().await;
 
-    let verdict = outcome.decision.verdict;
-    if let Some(r) = &outcome.decision.reply {
+    let verdict = outcome.decision.verdict();
+    if let Some(r) = outcome.decision.reply() {
         assert_one_line("reply text", &r.text);
     }
     if dry_run {

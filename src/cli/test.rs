@@ -264,26 +264,15 @@ pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, 
         &mut stages,
         "eom",
         format!("{header_count} headers, {body_len} body bytes"),
-        &match decision.verdict {
-            Verdict::Reject => {
-                StageReply::Reject(decision.reply.clone().unwrap_or_else(Reply::default_reject))
-            }
-            Verdict::Tempfail => StageReply::Tempfail(
-                decision
-                    .reply
-                    .clone()
-                    .unwrap_or_else(Reply::default_tempfail),
-            ),
-            _ => StageReply::Continue,
-        },
+        &StageReply::from_decision(decision),
     );
     let dry_run = session.pipeline().settings.dry_run;
     Ok(TestOutcome {
         pipeline: pipeline_name,
-        verdict: decision.verdict,
-        reply: decision.reply.clone(),
-        reason: outcome.policy_decision.reason.clone(),
-        dry_run_verdict: dry_run.then_some(outcome.policy_decision.verdict),
+        verdict: decision.verdict(),
+        reply: decision.reply().cloned(),
+        reason: outcome.policy_decision.reason().map(str::to_string),
+        dry_run_verdict: dry_run.then_some(outcome.policy_decision.verdict()),
         stages,
         report: Some(outcome.report),
         edits: outcome.edits,

@@ -9,7 +9,7 @@
 use super::logline;
 use super::shared::{MessageGuard, Shared};
 use crate::edits::Edit;
-use crate::engine::{MessageOutcome, Session, StageReply, Verdict};
+use crate::engine::{Decision, MessageOutcome, Session, StageReply};
 use crate::message::{AuthInfo, ConnectionFacts, TlsInfo};
 use crate::policy::{EditKinds, Policy};
 use crate::reply::Reply;
@@ -558,38 +558,36 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
     let message_guard = conn.message.take();
     let mut outcome = outcome;
 
-    let status = match outcome.decision.verdict {
-        Verdict::Reject | Verdict::Tempfail => {
-            let r =
-                outcome
-                    .decision
-                    .reply
-                    .clone()
-                    .unwrap_or_else(|| match outcome.decision.verdict {
-                        Verdict::Reject => Reply::default_reject(),
-                        _ => Reply::default_tempfail(),
-                    });
-            refuse(reply, &r)
-        }
-        Verdict::Discard => Status::Discard,
-        Verdict::Accept | Verdict::Quarantine => {
+    // Dry run let through what the policy refused or held (before an edit
+    // failure below turns the message into a tempfail).
+    let dry_run_overrode = outcome.decision.verdict() != outcome.policy_decision.verdict();
+    let status = match &outcome.decision {
+        Decision::Reject { reply: r, .. } | Decision::Tempfail { reply: r, .. } => refuse(reply, r),
+        Decision::Discard { .. } => Status::Discard,
+        Decision::Accept | Decision::Quarantine { .. } => {
             match send_edits(actions, &outcome, conn.granted, conn.leading_space).await {
                 Ok(()) => Status::Continue,
                 Err(e) => {
                     tracing::error!(error = %e, queue_id = ?queue_id, "sending the edits failed; the message is tempfailed so no half-edited mail leaves");
-                    outcome.decision.reply = Some(error_reply.clone());
-                    outcome.decision.reason = Some(format!("edits not sent: {e}"));
-                    refuse(reply, &error_reply)
+                    let status = refuse(reply, &error_reply);
+                    outcome.decision = Decision::Tempfail {
+                        reply: error_reply,
+                        reason: Some(format!("edits not sent: {e}")),
+                    };
+                    status
                 }
             }
         }
     };
-    let verdict = match status {
-        Status::Tempfail if outcome.decision.verdict != Verdict::Tempfail => "tempfail",
-        _ => outcome.decision.verdict.as_str(),
-    };
+    let verdict = outcome.decision.verdict().as_str();
     record(shared, &pipeline, verdict, &outcome);
-    logline::log_message(&conn.client, verdict, &outcome, conn.started);
+    logline::log_message(
+        &conn.client,
+        verdict,
+        &outcome,
+        dry_run_overrode,
+        conn.started,
+    );
     drop(message_guard);
     status
 }

@@ -37,12 +37,17 @@ pub fn checks_field(report: &MessageReport) -> String {
     out
 }
 
-pub fn log_message(client: &str, verdict: &str, outcome: &MessageOutcome, connected: Instant) {
+pub fn log_message(
+    client: &str,
+    verdict: &str,
+    outcome: &MessageOutcome,
+    dry_run_overrode: bool,
+    connected: Instant,
+) {
     let report = &outcome.report;
     let reply = outcome
         .decision
-        .reply
-        .as_ref()
+        .reply()
         .map(|r| r.to_string())
         .unwrap_or_default();
     tracing::info!(
@@ -56,9 +61,9 @@ pub fn log_message(client: &str, verdict: &str, outcome: &MessageOutcome, connec
         checks = %checks_field(report),
         score = report.score,
         verdict,
-        reason = outcome.policy_decision.reason.as_deref().unwrap_or(""),
+        reason = outcome.policy_decision.reason().unwrap_or(""),
         reply = %reply,
-        dry_run = outcome.decision.verdict != outcome.policy_decision.verdict,
+        dry_run = dry_run_overrode,
         connection_age_ms = connected.elapsed().as_millis() as u64,
         "message"
     );

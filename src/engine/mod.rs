@@ -240,7 +240,7 @@ impl Session {
         let mut decision = Decision::accept();
         for &id in ids {
             if let Some(d) = self.check_decision(id)
-                && d.verdict >= Verdict::Tempfail
+                && d.verdict() >= Verdict::Tempfail
             {
                 decision.merge(d);
             }
@@ -267,11 +267,7 @@ impl Session {
             Some(reason) => format!("{}: {reason}", instance.name),
             None => format!("{}: {}", instance.name, result.status),
         };
-        Some(Decision {
-            verdict,
-            reply,
-            reason: Some(described),
-        })
+        Some(Decision::new(verdict, reply, Some(described)))
     }
 
     /// Wait for `ids`, stopping early when one asks for a reject, and never
@@ -509,16 +505,16 @@ impl Session {
         let mut decision = Decision::accept();
         for t in &targets {
             let d = match &t.branch.outcome {
-                Outcome::Reject(r) => Decision {
-                    verdict: Verdict::Reject,
-                    reply: Some(r.clone()),
-                    reason: Some(t.branch.label.clone()),
-                },
-                Outcome::Tempfail(r) => Decision {
-                    verdict: Verdict::Tempfail,
-                    reply: Some(r.clone()),
-                    reason: Some(t.branch.label.clone()),
-                },
+                Outcome::Reject(r) => Decision::new(
+                    Verdict::Reject,
+                    Some(r.clone()),
+                    Some(t.branch.label.clone()),
+                ),
+                Outcome::Tempfail(r) => Decision::new(
+                    Verdict::Tempfail,
+                    Some(r.clone()),
+                    Some(t.branch.label.clone()),
+                ),
                 _ => continue,
             };
             decision.merge(d);
@@ -533,7 +529,7 @@ impl Session {
             }
         }
         checks.sort_unstable();
-        if decision.verdict < Verdict::Tempfail {
+        if decision.verdict() < Verdict::Tempfail {
             let now = self.checks_deciding_by(&checks, Stage::Rcpt);
             self.start_checks(&checks, Stage::Rcpt, &now);
             self.await_checks(&now).await;
@@ -848,11 +844,11 @@ impl Session {
                 )),
             };
             if let Some((verdict, reply)) = over {
-                decision.merge(Decision {
+                decision.merge(Decision::new(
                     verdict,
-                    reply: Some(reply),
-                    reason: Some(format!("body larger than max_body_size ({limit} bytes)")),
-                });
+                    Some(reply),
+                    Some(format!("body larger than max_body_size ({limit} bytes)")),
+                ));
             }
         }
         let header_limit = self
@@ -866,21 +862,21 @@ impl Session {
         if let Some(limit) = settings.reject_score
             && score >= limit
         {
-            decision.merge(Decision {
-                verdict: Verdict::Reject,
-                reply: Some(Reply::default_reject().with_text(&format!(
+            decision.merge(Decision::new(
+                Verdict::Reject,
+                Some(Reply::default_reject().with_text(&format!(
                     "Message rejected by policy (score {score} reaches {limit})"
                 ))),
-                reason: Some(format!("score {score} reaches reject_score {limit}")),
-            });
+                Some(format!("score {score} reaches reject_score {limit}")),
+            ));
         } else if let Some(limit) = settings.quarantine_score
             && score >= limit
         {
-            decision.merge(Decision {
-                verdict: Verdict::Quarantine,
-                reply: None,
-                reason: Some(format!("score {score} reaches quarantine_score {limit}")),
-            });
+            decision.merge(Decision::new(
+                Verdict::Quarantine,
+                None,
+                Some(format!("score {score} reaches quarantine_score {limit}")),
+            ));
         }
 
         let Some(message) = self.message.as_ref() else {
@@ -905,11 +901,11 @@ impl Session {
                     .all(|t| t.branch.outcome == Outcome::Discard)
             });
         for (address, reply) in &message.unreadable_recipients {
-            decision.merge(Decision {
-                verdict: Verdict::Reject,
-                reply: Some(reply.clone()),
-                reason: Some(format!("recipient {address}")),
-            });
+            decision.merge(Decision::new(
+                Verdict::Reject,
+                Some(reply.clone()),
+                Some(format!("recipient {address}")),
+            ));
         }
         for r in &message.recipients {
             if let Some(refusal) = &r.would_refuse {
@@ -918,34 +914,37 @@ impl Session {
                     StageReply::Tempfail(reply) => (Verdict::Tempfail, reply.clone()),
                     StageReply::Continue => continue,
                 };
-                decision.merge(Decision {
+                decision.merge(Decision::new(
                     verdict,
-                    reply: Some(reply),
-                    reason: Some(format!("recipient {}", r.original)),
-                });
+                    Some(reply),
+                    Some(format!("recipient {}", r.original)),
+                ));
             }
             for t in &r.targets {
                 if let Outcome::Quarantine(reason) = &t.branch.outcome {
-                    decision.merge(Decision {
-                        verdict: Verdict::Quarantine,
-                        reply: None,
-                        reason: Some(reason.clone()),
-                    });
+                    decision.merge(Decision::new(
+                        Verdict::Quarantine,
+                        None,
+                        Some(reason.clone()),
+                    ));
                 }
             }
         }
         if all_discard {
-            decision.merge(Decision {
-                verdict: Verdict::Discard,
-                reply: None,
-                reason: Some("discard".to_string()),
-            });
+            decision.merge(Decision::new(
+                Verdict::Discard,
+                None,
+                Some("discard".to_string()),
+            ));
         }
-        if decision.verdict == Verdict::Quarantine && decision.reason.is_none() {
-            decision.reason = Some("quarantined by policy".to_string());
+        if let Decision::Quarantine {
+            reason: reason @ None,
+        } = &mut decision
+        {
+            *reason = Some("quarantined by policy".to_string());
         }
 
-        let edits = if matches!(decision.verdict, Verdict::Accept | Verdict::Quarantine)
+        let edits = if matches!(decision.verdict(), Verdict::Accept | Verdict::Quarantine)
             || settings.dry_run
         {
             match self.build_edits(pipeline, &decision, &checks) {
@@ -969,10 +968,10 @@ impl Session {
         } else if settings.dry_run {
             let mut kept = edits;
             kept.retain(|e| !e.changes_delivery() && !is_quarantine_header(e, settings));
-            if policy_decision.verdict != Verdict::Accept {
-                let what = match &policy_decision.reason {
-                    Some(r) => format!("would {}: {r}", policy_decision.verdict),
-                    None => format!("would {}", policy_decision.verdict),
+            if policy_decision.verdict() != Verdict::Accept {
+                let what = match policy_decision.reason() {
+                    Some(r) => format!("would {}: {r}", policy_decision.verdict()),
+                    None => format!("would {}", policy_decision.verdict()),
                 };
                 // The header text is built from check reasons: add_header sanitises it.
                 if kept.add_header(DRY_RUN_HEADER, &what).is_err() {
@@ -1016,11 +1015,7 @@ impl Session {
             ErrorAction::Tempfail(r) => (Verdict::Tempfail, r.clone()),
             ErrorAction::Reject(r) => (Verdict::Reject, r.clone()),
         };
-        Decision {
-            verdict,
-            reply: Some(reply),
-            reason: Some(why.to_string()),
-        }
+        Decision::new(verdict, Some(reply), Some(why.to_string()))
     }
 
     /// Authentication-Results from the checks' fragments, in config order:
@@ -1042,7 +1037,7 @@ impl Session {
         checks: &[CheckId],
         edits: &mut EditList,
     ) -> Result<(), String> {
-        let disposition = match decision.verdict {
+        let disposition = match decision.verdict() {
             Verdict::Quarantine if !pipeline.settings.dry_run => "quarantine",
             _ => "none",
         };
@@ -1182,8 +1177,8 @@ impl Session {
                 .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?;
         }
 
-        if decision.verdict == Verdict::Quarantine {
-            let reason = decision.reason.clone().unwrap_or_default();
+        if let Decision::Quarantine { reason } = decision {
+            let reason = reason.clone().unwrap_or_default();
             edits.add_header(&pipeline.settings.quarantine_header, &reason)?;
             edits.push(Edit::Quarantine {
                 reason: crate::edits::sanitize_value(&reason),
@@ -1209,14 +1204,14 @@ fn header_limit_decision(limits: crate::policy::HeaderLimits) -> Decision {
             ),
         ),
     };
-    Decision {
+    Decision::new(
         verdict,
-        reply: Some(reply),
-        reason: Some(format!(
+        Some(reply),
+        Some(format!(
             "headers past max_headers ({}) or max_header_bytes ({} bytes)",
             limits.count, limits.bytes
         )),
-    }
+    )
 }
 
 fn is_quarantine_header(e: &Edit, settings: &crate::policy::PipelineSettings) -> bool {

@@ -36,31 +36,105 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// A verdict with the reply or reason that goes with it, and who decided.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Decision {
-    pub verdict: Verdict,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reply: Option<crate::reply::Reply>,
-    /// For quarantine: the reason; otherwise what decided, for logs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+/// A verdict with what goes with it. A refusal always carries the reply the
+/// client gets, so no reader has to invent one; the reason says what
+/// decided (for quarantine: the reason the MTA records).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Accept,
+    Discard {
+        reason: Option<String>,
+    },
+    Quarantine {
+        reason: Option<String>,
+    },
+    Tempfail {
+        reply: Reply,
+        reason: Option<String>,
+    },
+    Reject {
+        reply: Reply,
+        reason: Option<String>,
+    },
 }
 
 impl Decision {
     pub fn accept() -> Decision {
-        Decision {
-            verdict: Verdict::Accept,
-            reply: None,
-            reason: None,
+        Decision::Accept
+    }
+
+    /// `verdict` with the reply the policy names for it; a refusal without
+    /// one gets the default reply of its kind, and the reply of anything
+    /// else is dropped (only a refusal is answered with one). An accept
+    /// keeps no reason.
+    pub fn new(verdict: Verdict, reply: Option<Reply>, reason: Option<String>) -> Decision {
+        match verdict {
+            Verdict::Accept => Decision::Accept,
+            Verdict::Discard => Decision::Discard { reason },
+            Verdict::Quarantine => Decision::Quarantine { reason },
+            Verdict::Tempfail => Decision::Tempfail {
+                reply: reply.unwrap_or_else(Reply::default_tempfail),
+                reason,
+            },
+            Verdict::Reject => Decision::Reject {
+                reply: reply.unwrap_or_else(Reply::default_reject),
+                reason,
+            },
+        }
+    }
+
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Decision::Accept => Verdict::Accept,
+            Decision::Discard { .. } => Verdict::Discard,
+            Decision::Quarantine { .. } => Verdict::Quarantine,
+            Decision::Tempfail { .. } => Verdict::Tempfail,
+            Decision::Reject { .. } => Verdict::Reject,
+        }
+    }
+
+    /// The reply of a refusal; `None` for anything else.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Decision::Tempfail { reply, .. } | Decision::Reject { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Decision::Accept => None,
+            Decision::Discard { reason }
+            | Decision::Quarantine { reason }
+            | Decision::Tempfail { reason, .. }
+            | Decision::Reject { reason, .. } => reason.as_deref(),
         }
     }
 
     /// Keep the more severe of the two; on a tie keep `self` (the earlier).
     pub fn merge(&mut self, other: Decision) {
-        if other.verdict > self.verdict {
+        if other.verdict() > self.verdict() {
             *self = other;
         }
+    }
+}
+
+/// Written as it always was: `{"verdict": ..., "reply": ..., "reason": ...}`,
+/// the last two only when there is one (the `test --json` output and the
+/// reports).
+impl Serialize for Decision {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let fields = 1 + usize::from(self.reply().is_some()) + usize::from(self.reason().is_some());
+        let mut out = serializer.serialize_struct("Decision", fields)?;
+        out.serialize_field("verdict", &self.verdict())?;
+        if let Some(reply) = self.reply() {
+            out.serialize_field("reply", reply)?;
+        }
+        if let Some(reason) = self.reason() {
+            out.serialize_field("reason", reason)?;
+        }
+        out.end()
     }
 }
 
@@ -74,14 +148,10 @@ pub enum StageReply {
 }
 
 impl StageReply {
-    pub(super) fn from_decision(d: &Decision) -> StageReply {
-        match d.verdict {
-            Verdict::Reject => {
-                StageReply::Reject(d.reply.clone().unwrap_or_else(Reply::default_reject))
-            }
-            Verdict::Tempfail => {
-                StageReply::Tempfail(d.reply.clone().unwrap_or_else(Reply::default_tempfail))
-            }
+    pub fn from_decision(d: &Decision) -> StageReply {
+        match d {
+            Decision::Reject { reply, .. } => StageReply::Reject(reply.clone()),
+            Decision::Tempfail { reply, .. } => StageReply::Tempfail(reply.clone()),
             _ => StageReply::Continue,
         }
     }
@@ -96,11 +166,7 @@ mod tests {
     use super::*;
 
     fn d(v: Verdict, reason: &str) -> Decision {
-        Decision {
-            verdict: v,
-            reply: None,
-            reason: Some(reason.into()),
-        }
+        Decision::new(v, None, Some(reason.into()))
     }
 
     #[test]
@@ -112,9 +178,43 @@ mod tests {
         let mut acc = Decision::accept();
         acc.merge(d(Verdict::Quarantine, "first"));
         acc.merge(d(Verdict::Quarantine, "second"));
-        assert_eq!(acc.reason.as_deref(), Some("first"));
+        assert_eq!(acc.reason(), Some("first"));
         acc.merge(d(Verdict::Reject, "r"));
         acc.merge(d(Verdict::Tempfail, "t"));
-        assert_eq!(acc.verdict, Verdict::Reject);
+        assert_eq!(acc.verdict(), Verdict::Reject);
+    }
+
+    #[test]
+    fn a_refusal_always_has_its_reply_and_nothing_else_has_one() {
+        let custom = Reply::fixed(554, "5.7.1", "No");
+        let r = Decision::new(Verdict::Reject, Some(custom.clone()), None);
+        assert_eq!(r.reply(), Some(&custom));
+        let r = Decision::new(Verdict::Reject, None, None);
+        assert_eq!(r.reply(), Some(&Reply::default_reject()));
+        let t = Decision::new(Verdict::Tempfail, None, Some("why".into()));
+        assert_eq!(t.reply(), Some(&Reply::default_tempfail()));
+        assert_eq!(
+            StageReply::from_decision(&t),
+            StageReply::Tempfail(Reply::default_tempfail())
+        );
+        let q = Decision::new(Verdict::Quarantine, Some(custom), Some("held".into()));
+        assert_eq!((q.reply(), q.reason()), (None, Some("held")));
+        assert_eq!(
+            Decision::new(Verdict::Accept, None, Some("x".into())),
+            Decision::Accept
+        );
+    }
+
+    #[test]
+    fn serialized_as_verdict_reply_and_reason() {
+        let r = Decision::new(Verdict::Reject, None, Some("dnsbl: listed".into()));
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["verdict"], "reject");
+        assert_eq!(v["reply"]["code"], 550);
+        assert_eq!(v["reason"], "dnsbl: listed");
+        assert_eq!(
+            serde_json::to_string(&Decision::Accept).expect("json"),
+            r#"{"verdict":"accept"}"#
+        );
     }
 }

@@ -263,7 +263,7 @@ async fn a_refusal_at_eom_still_refuses_an_unreadable_recipient() {
     assert!(run.rcpts.iter().all(StageReply::is_continue));
     let outcome = run.outcome.expect("reached end of message");
     assert_eq!(
-        outcome.decision.reply.map(|r| (r.code, r.status)),
+        outcome.decision.reply().map(|r| (r.code, r.status.clone())),
         Some((553, "5.1.3".to_string()))
     );
 }

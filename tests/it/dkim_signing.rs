@@ -269,7 +269,7 @@ async fn rsa_and_ed25519_signatures_verify_with_the_dkim_check() {
         &message("alice@example.org", "alice@example.org"),
     )
     .await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Accept);
 
     // Both at the top, the later key above the earlier.
     assert!(
@@ -446,7 +446,7 @@ modify = ["sign"]
 
 async fn signer_of(p: &Arc<Policy>, sender: &str, author: &str) -> (Option<String>, Mail) {
     let d = deliver(p, "out", &message(sender, author)).await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Accept);
     let sigs = inserted(&d.outcome, "DKIM-Signature");
     assert!(sigs.len() <= 1, "{sigs:?}");
     let signer = sigs
@@ -558,15 +558,20 @@ async fn a_truncated_body_is_not_signed_but_tempfailed() {
         &message("alice@example.org", "alice@example.org"),
     )
     .await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Tempfail);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Tempfail);
     assert!(d.outcome.edits.is_empty(), "{:?}", d.outcome.edits);
-    let reason = d.outcome.decision.reason.clone().unwrap_or_default();
+    let reason = d
+        .outcome
+        .decision
+        .reason()
+        .map(str::to_string)
+        .unwrap_or_default();
     assert!(reason.contains("modifier \"sign\""), "{reason}");
     assert!(reason.contains("max_body_size"), "{reason}");
 
     // Mail the modifier would not sign goes on, unsigned.
     let d = deliver(&p, "out", &message("dave@example.com", "dave@example.com")).await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Accept);
     assert!(d.outcome.edits.is_empty(), "{:?}", d.outcome.edits);
 }
 
@@ -698,7 +703,7 @@ async fn sealed_messages_pass_the_arc_check() {
         &message("alice@example.org", "alice@example.org"),
     )
     .await;
-    assert_eq!(one.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(one.outcome.decision.verdict(), Verdict::Accept);
     let names: Vec<&str> = one
         .mail
         .headers
@@ -766,7 +771,7 @@ async fn sealed_messages_pass_the_arc_check() {
     let mut broken = one.mail.clone();
     broken.body.push_str("altered\r\n");
     let d = deliver(&hop2, "fwd", &broken).await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Accept);
     assert!(inserted(&d.outcome, "ARC-Seal").is_empty());
 
     // Without an `arc` check nobody knows what the chain is worth: no seal.
@@ -776,7 +781,7 @@ async fn sealed_messages_pass_the_arc_check() {
         &forwarding("mx.relay.example", SEAL_RELAY, ""),
     );
     let d = deliver(&blind, "fwd", &one.mail).await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Accept);
     assert!(inserted(&d.outcome, "ARC-Seal").is_empty());
     // A first hop without any Authentication-Results still seals.
     let d = deliver(
@@ -806,7 +811,12 @@ async fn sealed_messages_pass_the_arc_check() {
         &message("dave@example.com", "dave@example.com"),
     )
     .await;
-    assert_eq!(d.outcome.decision.verdict, Verdict::Tempfail);
-    let reason = d.outcome.decision.reason.clone().unwrap_or_default();
+    assert_eq!(d.outcome.decision.verdict(), Verdict::Tempfail);
+    let reason = d
+        .outcome
+        .decision
+        .reason()
+        .map(str::to_string)
+        .unwrap_or_default();
     assert!(reason.contains("modifier \"seal\""), "{reason}");
 }

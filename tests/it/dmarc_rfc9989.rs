@@ -863,7 +863,7 @@ async fn s5_4_authentication_results_name_the_disposition() {
         .send_with(&quarantine, "a@other.test", &["a@disq.test"], &[])
         .await;
     assert_eq!(result(&o), "softfail", "{:?}", dmarc(&o));
-    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(o.decision.verdict(), Verdict::Quarantine);
     assert_eq!(
         ar(&o),
         "dmarc=fail (p=quarantine dis=quarantine) header.from=disq.test"
@@ -872,7 +872,7 @@ async fn s5_4_authentication_results_name_the_disposition() {
     let o = w
         .send_with(&let_through, "a@other.test", &["a@disq.test"], &[])
         .await;
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     assert_eq!(
         ar(&o),
         "dmarc=fail (p=quarantine dis=none) header.from=disq.test"

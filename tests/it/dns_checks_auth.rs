@@ -95,7 +95,7 @@ async fn spf_results_take_their_configured_actions() {
     let p = policy(&server, SPF_POLICY);
 
     let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     assert_eq!(check(&o, "spf").0, "pass");
     assert_eq!(
         inserted(&o, "Authentication-Results"),
@@ -106,8 +106,8 @@ async fn spf_results_take_their_configured_actions() {
     let run = run_mail(&p, "p", &mail("alice@spf.test", "192.0.2.99")).await;
     assert_eq!(run.mail, StageReply::Continue);
     let o = run.outcome.expect("EOM");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
-    let reply = o.decision.reply.clone().expect("a reply");
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
+    let reply = o.decision.reply().cloned().expect("a reply");
     assert_eq!((reply.code, reply.status.as_str()), (550, "5.7.23"));
     assert_eq!(
         check(&o, "spf"),
@@ -119,17 +119,17 @@ async fn spf_results_take_their_configured_actions() {
 
     let o = eom(&p, &mail("alice@softfail.spf.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "spf").0, "softfail");
-    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(o.decision.verdict(), Verdict::Quarantine);
     assert!(o.edits.iter().any(|e| matches!(e, Edit::Quarantine { .. })));
 
     let o = eom(&p, &mail("alice@neutral.spf.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "spf").0, "neutral");
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
 
     // No SPF record at all.
     let o = eom(&p, &mail("alice@rcpt.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "spf").0, "none");
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
 }
 
 #[tokio::test]
@@ -139,15 +139,15 @@ async fn spf_dns_failures_are_temperrors_and_take_the_error_action() {
     server.set_failure("spf.test", Failure::ServFail);
     let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
     assert_eq!(check(&o, "spf").0, "temperror");
-    assert_eq!(o.decision.verdict, Verdict::Tempfail);
-    assert_eq!(o.decision.reply.as_ref().map(|r| r.code), Some(451));
+    assert_eq!(o.decision.verdict(), Verdict::Tempfail);
+    assert_eq!(o.decision.reply().map(|r| r.code), Some(451));
 
     // The server does not answer at all: the lookup times out.
     server.set_failure("spf.test", Failure::Drop);
     let p = policy(&server, SPF_POLICY);
     let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
     assert_eq!(check(&o, "spf").0, "temperror");
-    assert_eq!(o.decision.verdict, Verdict::Tempfail);
+    assert_eq!(o.decision.verdict(), Verdict::Tempfail);
     assert!(server.queries_for_type("spf.test", RecordType::TXT) >= 2);
 }
 
@@ -239,7 +239,7 @@ async fn the_null_sender_is_checked_by_its_helo_identity() {
 
     let o = eom(&p, &mail("", "192.0.2.99")).await;
     assert_eq!(check(&o, "spf").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn dkim_pass_fail_and_none() {
         check(&o, "dkim"),
         ("pass".into(), "DKIM pass for dkim.test (s=sel)".into())
     );
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     let ar = inserted(&o, "Authentication-Results");
     assert!(
         ar[0].starts_with("mx.test; dkim=pass header.d=dkim.test header.s=sel header.b="),
@@ -310,7 +310,7 @@ async fn dkim_pass_fail_and_none() {
     let (result, reason) = check(&o, "dkim");
     assert_eq!(result, "fail");
     assert!(reason.contains("body hash mismatch"), "{reason}");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 
     let o = eom(&p, &mail("alice@dkim.test", "192.0.2.10")).await;
     assert_eq!(
@@ -334,7 +334,7 @@ async fn dkim_key_lookup_failure_is_temperror() {
     let (result, reason) = check(&o, "dkim");
     assert_eq!(result, "temperror");
     assert!(reason.contains("DNS failure"), "{reason}");
-    assert_eq!(o.decision.verdict, Verdict::Tempfail);
+    assert_eq!(o.decision.verdict(), Verdict::Tempfail);
 
     // A key that is not published at all is a permanent error.
     let mut m = mail("alice@rcpt.test", "192.0.2.10");
@@ -377,7 +377,7 @@ async fn dkim_weak_keys_and_length_limits() {
     let (result, reason) = check(&o, "dkim");
     assert_eq!(result, "neutral");
     assert!(reason.contains("l= tag"), "{reason}");
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
 
     let p = policy(
         &server,
@@ -559,7 +559,7 @@ async fn dmarc_passes_with_an_aligned_dkim_signature() {
             "DMARC pass for aligned.test (DKIM aligned)".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
     assert!(
         ar.contains("dmarc=pass (p=reject dis=none) header.from=aligned.test"),
@@ -571,7 +571,7 @@ async fn dmarc_passes_with_an_aligned_dkim_signature() {
     m.headers[0].1 = "Alice <alice@aligned.test>".into();
     let o = eom(&p, &m).await;
     assert_eq!(check(&o, "dmarc").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 #[tokio::test]
@@ -588,20 +588,17 @@ async fn dmarc_failures_follow_the_published_policy() {
             "DMARC fail for reject.test (p=reject)".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Reject);
-    assert_eq!(o.decision.reply.as_ref().map(|r| r.code), Some(550));
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
+    assert_eq!(o.decision.reply().map(|r| r.code), Some(550));
     assert!(
-        o.decision
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("p=reject")),
+        o.decision.reason().is_some_and(|r| r.contains("p=reject")),
         "{:?}",
-        o.decision.reason
+        o.decision.reason()
     );
 
     let o = eom(&p, &mail("alice@quarantine.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "dmarc").0, "softfail");
-    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(o.decision.verdict(), Verdict::Quarantine);
     assert!(
         o.edits
             .iter()
@@ -613,7 +610,7 @@ async fn dmarc_failures_follow_the_published_policy() {
         check(&o, "dmarc"),
         ("neutral".into(), "DMARC fail for none.test (p=none)".into())
     );
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     let ar = &inserted(&o, "Authentication-Results")[0];
     assert!(
         ar.contains("dmarc=fail (p=none dis=none) header.from=none.test"),
@@ -629,7 +626,7 @@ async fn dmarc_failures_follow_the_published_policy() {
             "DMARC fail for pct.test (p=reject, pct=0, not sampled: quarantine applied)".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(o.decision.verdict(), Verdict::Quarantine);
 
     // A domain without a DMARC record.
     let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
@@ -651,7 +648,7 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
     );
     let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "dmarc").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 
     let p = policy(
         &server,
@@ -666,7 +663,7 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
     );
     let o = eom(&p, &mail("alice@none.test", "192.0.2.99")).await;
     assert_eq!(check(&o, "dmarc").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Quarantine);
+    assert_eq!(o.decision.verdict(), Verdict::Quarantine);
 }
 
 #[tokio::test]
@@ -691,7 +688,7 @@ async fn dmarc_relaxed_and_strict_spf_alignment() {
     let o = eom(&p, &m).await;
     assert_eq!(check(&o, "spf").0, "pass");
     assert_eq!(check(&o, "dmarc").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 /// Like `run_mail`, with a pause after MAIL FROM so that the checks started
@@ -844,7 +841,7 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
             "DMARC fail for origin.test (p=reject)".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 
     let trusted = policy(
         &server,
@@ -858,7 +855,7 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
             "DMARC fail overridden by trusted ARC sealer forwarder.test".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Accept);
+    assert_eq!(o.decision.verdict(), Verdict::Accept);
     // One Authentication-Results with every method, checks in config order.
     let ar = inserted(&o, "Authentication-Results");
     assert_eq!(ar.len(), 1, "{ar:?}");
@@ -879,7 +876,7 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
     let o = eom(&trusted, &m).await;
     assert_eq!(check(&o, "arc").0, "fail");
     assert_eq!(check(&o, "dmarc").0, "fail");
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 /// A name no DNS server could hold (a label over 63 octets) has no
@@ -905,7 +902,7 @@ async fn a_key_name_that_cannot_exist_is_a_permanent_error() {
             "DMARC fail for reject.test (p=reject)".into()
         )
     );
-    assert_eq!(o.decision.verdict, Verdict::Reject);
+    assert_eq!(o.decision.verdict(), Verdict::Reject);
     // Nothing was asked for the name.
     assert!(
         !server.query_log().iter().any(|q| q.name.contains(&long)),

@@ -106,7 +106,7 @@ async fn dnsbl_unlisted_client_passes() {
     let mut run = run_mail(&policy, "p", &mail_from("192.0.2.20", "a@example.org")).await;
     assert_eq!(run.mail, StageReply::Continue);
     assert_eq!(
-        run.outcome.as_ref().map(|o| o.decision.verdict),
+        run.outcome.as_ref().map(|o| o.decision.verdict()),
         Some(Verdict::Accept)
     );
     let c = report(&mut run, "zen");
@@ -202,7 +202,7 @@ async fn dnsbl_accepted_codes_filter_the_answers() {
     let policy = policy(&server, checks, &["sbl", "pbl"], "");
     let mut run = run_mail(&policy, "p", &mail_from("192.0.2.11", "a@example.org")).await;
     assert_eq!(run.mail, StageReply::Continue);
-    let verdict = run.outcome.as_ref().map(|o| o.decision.verdict);
+    let verdict = run.outcome.as_ref().map(|o| o.decision.verdict());
     assert_eq!(verdict, Some(Verdict::Quarantine));
     let sbl = report(&mut run, "sbl");
     assert_eq!(sbl.result, "pass", "{sbl:?}");
@@ -240,7 +240,7 @@ async fn dnsbl_scores_of_listing_lists_add_up() {
     );
     let outcome = run.outcome.clone().expect("EOM");
     assert_eq!(outcome.report.score, 5.5);
-    assert_eq!(outcome.decision.verdict, Verdict::Reject);
+    assert_eq!(outcome.decision.verdict(), Verdict::Reject);
     let c = report(&mut run, "bls");
     assert_eq!(c.result, "fail");
     assert_eq!(c.score, Some(5.5));
@@ -254,7 +254,7 @@ async fn dnsbl_scores_of_listing_lists_add_up() {
     let mut run = run_mail(&policy, "p", &mail_from("192.0.2.11", "a@example.org")).await;
     let outcome = run.outcome.clone().expect("EOM");
     assert_eq!(outcome.report.score, 2.0);
-    assert_eq!(outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(outcome.decision.verdict(), Verdict::Accept);
     assert_eq!(report(&mut run, "bls").score, Some(2.0));
 }
 
@@ -280,7 +280,7 @@ async fn dnsbl_domain_lists_for_helo_sender_and_from() {
     let mut run = run_mail(&policy, "p", &mail).await;
     assert_eq!(run.mail, StageReply::Continue);
     let outcome = run.outcome.clone().expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Reject);
+    assert_eq!(outcome.decision.verdict(), Verdict::Reject);
     assert_eq!(outcome.report.score, 2.0);
     let helo = report(&mut run, "helo");
     assert_eq!(

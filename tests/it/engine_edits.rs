@@ -229,7 +229,7 @@ async fn redirect_copy_discard_and_quarantine_edits() {
     )
     .await;
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(outcome.decision.verdict(), Verdict::Accept);
     assert_eq!(
         outcome.edits,
         vec![
@@ -244,7 +244,7 @@ async fn redirect_copy_discard_and_quarantine_edits() {
     // Only discard recipients: the whole message is discarded, no edits.
     let run = run_mail(&policy, "p", &Mail::new("a@y.test", &["void@x.test"])).await;
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Discard);
+    assert_eq!(outcome.decision.verdict(), Verdict::Discard);
     assert!(outcome.edits.is_empty());
 
     // Quarantine for one recipient holds the whole message, with the reason header.
@@ -255,7 +255,7 @@ async fn redirect_copy_discard_and_quarantine_edits() {
     )
     .await;
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Quarantine);
+    assert_eq!(outcome.decision.verdict(), Verdict::Quarantine);
     assert_eq!(
         outcome.edits,
         vec![
@@ -277,7 +277,7 @@ async fn redirect_copy_discard_and_quarantine_edits() {
     )
     .await;
     assert_eq!(
-        run.outcome.expect("EOM").decision.verdict,
+        run.outcome.expect("EOM").decision.verdict(),
         Verdict::Quarantine
     );
 }
@@ -396,8 +396,8 @@ async fn a_failing_modifier_sends_no_edit_at_all() {
         .await
         .outcome
         .expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Tempfail);
-    assert_eq!(outcome.decision.reply.map(|r| r.code), Some(451));
+    assert_eq!(outcome.decision.verdict(), Verdict::Tempfail);
+    assert_eq!(outcome.decision.reply().map(|r| r.code), Some(451));
     assert!(outcome.edits.is_empty(), "{:?}", outcome.edits);
 }
 

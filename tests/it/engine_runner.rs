@@ -46,7 +46,7 @@ async fn checks_of_one_stage_run_at_the_same_time() {
     );
     let run = run_mail(&policy, "p", &Mail::new("a@x.test", &["b@y.test"])).await;
     let outcome = run.outcome.expect("message reached EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Accept);
+    assert_eq!(outcome.decision.verdict(), Verdict::Accept);
     // All three were in flight at once: proof of overlap, not of timing.
     assert_eq!(p.peak.load(Ordering::SeqCst), 3);
     assert_eq!(run.session.checks_in_flight_peak(), 3);
@@ -79,8 +79,8 @@ async fn a_reject_cancels_a_pending_slow_check() {
         started.elapsed() < Duration::from_secs(30),
         "did not wait for the slow check"
     );
-    assert_eq!(outcome.decision.verdict, Verdict::Reject);
-    let reply = outcome.decision.reply.expect("a reply");
+    assert_eq!(outcome.decision.verdict(), Verdict::Reject);
+    let reply = outcome.decision.reply().cloned().expect("a reply");
     assert_eq!(
         (reply.code, reply.status.as_str(), reply.text.as_str()),
         (554, "5.7.1", "bad message")
@@ -120,8 +120,8 @@ async fn timeout_and_panic_become_temperror_and_the_error_action() {
     );
     let run = run_mail(&policy, "p", &Mail::new("a@x.test", &["b@y.test"])).await;
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Tempfail);
-    assert_eq!(outcome.decision.reply.as_ref().map(|r| r.code), Some(451));
+    assert_eq!(outcome.decision.verdict(), Verdict::Tempfail);
+    assert_eq!(outcome.decision.reply().map(|r| r.code), Some(451));
     assert!(outcome.edits.is_empty());
     let by_name = |n: &str| {
         outcome
@@ -145,8 +145,8 @@ async fn timeout_and_panic_become_temperror_and_the_error_action() {
     // The same panic under error_action = "reject".
     let run = run_mail(&policy, "strict", &Mail::new("a@x.test", &["b@y.test"])).await;
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Reject);
-    assert_eq!(outcome.decision.reply.map(|r| r.code), Some(554));
+    assert_eq!(outcome.decision.verdict(), Verdict::Reject);
+    assert_eq!(outcome.decision.reply().map(|r| r.code), Some(554));
 }
 
 #[tokio::test]
@@ -166,14 +166,14 @@ async fn a_session_survives_a_panic_and_takes_the_next_message() {
     );
     let mut run = run_mail(&policy, "p", &Mail::new("a@x.test", &["b@panic.test"])).await;
     assert_eq!(
-        run.outcome.expect("EOM").decision.verdict,
+        run.outcome.expect("EOM").decision.verdict(),
         Verdict::Tempfail
     );
     let s = &mut run.session;
     assert_eq!(s.mail("<a@x.test>", &[], None).await, StageReply::Continue);
     assert_eq!(s.rcpt("<b@fine.test>", &[]).await, StageReply::Continue);
     s.header("Subject", "second");
-    assert_eq!(s.eom().await.decision.verdict, Verdict::Accept);
+    assert_eq!(s.eom().await.decision.verdict(), Verdict::Accept);
 }
 
 #[tokio::test]
@@ -234,7 +234,7 @@ async fn scores_add_up_against_the_thresholds() {
         let policy = compile_with(&config(extra), probes());
         let run = run_mail(&policy, "p", &Mail::new("a@x.test", &["b@y.test"])).await;
         let outcome = run.outcome.expect("EOM");
-        assert_eq!(outcome.decision.verdict, verdict, "extra {extra}");
+        assert_eq!(outcome.decision.verdict(), verdict, "extra {extra}");
         assert_eq!(outcome.report.score, score);
         if verdict == Verdict::Quarantine {
             assert!(outcome.edits.iter().any(|e| matches!(e, dispatch_milter::edits::Edit::Quarantine { reason } if reason.contains("score 5"))));
@@ -274,12 +274,15 @@ async fn the_most_severe_action_wins_and_ties_keep_config_order() {
     for _ in 0..20 {
         let run = run_mail(&policy, "qt", &Mail::new("a@x.test", &["b@y.test"])).await;
         let d = run.outcome.expect("EOM").decision;
-        assert_eq!(d.verdict, Verdict::Tempfail);
+        assert_eq!(d.verdict(), Verdict::Tempfail);
         // t1 comes first in the file, whatever the order of the list or of finishing.
-        assert_eq!(d.reply.map(|r| r.text), Some("first".to_string()));
+        assert_eq!(d.reply().map(|r| r.text.clone()), Some("first".to_string()));
     }
     let run = run_mail(&policy, "all", &Mail::new("a@x.test", &["b@y.test"])).await;
-    assert_eq!(run.outcome.expect("EOM").decision.verdict, Verdict::Reject);
+    assert_eq!(
+        run.outcome.expect("EOM").decision.verdict(),
+        Verdict::Reject
+    );
 }
 
 #[tokio::test]
@@ -381,7 +384,10 @@ async fn rcpt_checks_refuse_one_recipient_and_mail_checks_the_transaction() {
     .await;
     assert_eq!(run.rcpts[0], StageReply::Continue);
     assert_eq!(reply_code(&run.rcpts[1]), 550);
-    assert_eq!(run.outcome.expect("EOM").decision.verdict, Verdict::Accept);
+    assert_eq!(
+        run.outcome.expect("EOM").decision.verdict(),
+        Verdict::Accept
+    );
 
     let run = run_mail(&policy, "m", &Mail::new("a@x.test", &["b@open.test"])).await;
     match &run.mail {
@@ -495,8 +501,8 @@ async fn dry_run_refuses_nothing_but_reports_the_verdict() {
         run.rcpts
     );
     let outcome = run.outcome.expect("EOM");
-    assert_eq!(outcome.decision.verdict, Verdict::Accept);
-    assert_eq!(outcome.policy_decision.verdict, Verdict::Reject);
+    assert_eq!(outcome.decision.verdict(), Verdict::Accept);
+    assert_eq!(outcome.policy_decision.verdict(), Verdict::Reject);
     // Only header edits: no copy recipient, plus the dry-run header.
     assert_eq!(outcome.edits.len(), 1, "{:?}", outcome.edits);
     match &outcome.edits[0] {
@@ -552,7 +558,7 @@ async fn no_stage_waits_past_the_pipeline_deadline() {
         .outcome
         .expect("EOM");
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert_eq!(outcome.decision.verdict, Verdict::Tempfail);
+    assert_eq!(outcome.decision.verdict(), Verdict::Tempfail);
     let hang = &outcome.report.checks[0];
     assert_eq!(hang.result, "temperror");
     assert!(
@@ -593,9 +599,9 @@ async fn refuse_at_eom_moves_recipient_refusals_to_the_end() {
         run.rcpts
     );
     let d = run.outcome.expect("EOM").decision;
-    assert_eq!(d.verdict, Verdict::Reject);
+    assert_eq!(d.verdict(), Verdict::Reject);
     assert_eq!(
-        d.reply.map(|r| (r.code, r.text)),
+        d.reply().map(|r| (r.code, r.text.clone())),
         Some((550, "No such user".to_string()))
     );
 }
@@ -624,8 +630,8 @@ async fn oversize_bodies_follow_the_oversize_action() {
             .outcome
             .expect("EOM")
             .decision;
-        assert_eq!(d.verdict, verdict, "{action}");
-        assert_eq!(d.reply.map(|r| r.code), code, "{action}");
+        assert_eq!(d.verdict(), verdict, "{action}");
+        assert_eq!(d.reply().map(|r| r.code), code, "{action}");
     }
 }
 
