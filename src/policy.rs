@@ -39,6 +39,29 @@ impl Policy {
     pub fn pipeline_index(&self, name: &str) -> Option<usize> {
         self.pipelines.iter().position(|p| p.name == name)
     }
+
+    /// The pipeline whose `daemon_names` lists `daemon_name`, if one does.
+    pub fn pipeline_for_daemon_name(&self, daemon_name: &str) -> Option<usize> {
+        self.pipelines
+            .iter()
+            .position(|p| p.settings.daemon_names.iter().any(|n| n == daemon_name))
+    }
+
+    /// The pipeline for a connection, for the daemon and `test` alike: the
+    /// one `named` (a listener's `pipeline`, `test --pipeline`), else the
+    /// one whose `daemon_names` lists `{daemon_name}`, else the first.
+    /// `None` only when the named pipeline does not exist: never another
+    /// pipeline in its place.
+    pub fn choose_pipeline(&self, named: Option<&str>, daemon_name: Option<&str>) -> Option<usize> {
+        match named {
+            Some(name) => self.pipeline_index(name),
+            None => Some(
+                daemon_name
+                    .and_then(|d| self.pipeline_for_daemon_name(d))
+                    .unwrap_or(0),
+            ),
+        }
+    }
 }
 
 pub struct CheckInstance {

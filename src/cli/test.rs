@@ -129,28 +129,20 @@ fn stage(stages: &mut Vec<StageLine>, name: &str, detail: String, reply: &StageR
 /// Run the policy on one message. Errors are for the command line (an
 /// unknown pipeline), not for the policy's verdict.
 pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, String> {
-    let pipeline = match &input.pipeline {
-        Some(name) => policy.pipeline_index(name).ok_or_else(|| {
+    // The daemon's choice: --pipeline as a listener's `pipeline`, else by
+    // {daemon_name}, else the first.
+    let named = input.pipeline.as_deref();
+    let pipeline = policy
+        .choose_pipeline(named, input.daemon_name.as_deref())
+        .ok_or_else(|| {
             let names: Vec<&str> = policy.pipelines.iter().map(|p| p.name.as_str()).collect();
             format!(
-                "no pipeline \"{name}\" in {}; pipelines: {}",
+                "no pipeline \"{}\" in {}; pipelines: {}",
+                named.unwrap_or_default(),
                 policy.file.display(),
                 names.join(", ")
             )
-        })?,
-        // As the daemon does: the pipeline whose daemon_names lists
-        // {daemon_name}, else the first.
-        None => input
-            .daemon_name
-            .as_deref()
-            .and_then(|d| {
-                policy
-                    .pipelines
-                    .iter()
-                    .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
-            })
-            .unwrap_or(0),
-    };
+        })?;
     let facts = ConnectionFacts {
         client_ip: input.client_ip,
         client_name: input.client_name.clone(),

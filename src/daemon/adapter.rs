@@ -129,16 +129,7 @@ fn kinds_for(policy: &Policy, binding: &Binding) -> EditKinds {
 /// listener's pipeline is gone, which a reload refuses to let happen
 /// (`reload_guard`): never another pipeline in its place.
 fn choose_pipeline(policy: &Policy, binding: &Binding, daemon_name: Option<&str>) -> Option<usize> {
-    if let Some(name) = &binding.pipeline {
-        return policy.pipeline_index(name);
-    }
-    let by_name = daemon_name.and_then(|d| {
-        policy
-            .pipelines
-            .iter()
-            .position(|p| p.settings.daemon_names.iter().any(|n| n == d))
-    });
-    Some(by_name.unwrap_or(0))
+    policy.choose_pipeline(binding.pipeline.as_deref(), daemon_name)
 }
 
 /// Set the SMTP reply for a refusal and return the matching status.

@@ -31,10 +31,7 @@ pub fn refusals(listeners: &[ListenerSettings], old: &Policy, new: &Policy) -> V
     // name, and the fallback stays the same pipeline.
     for p in &old.pipelines {
         for d in &p.settings.daemon_names {
-            let chosen = new
-                .pipelines
-                .iter()
-                .find(|n| n.settings.daemon_names.contains(d));
+            let chosen = new.pipeline_for_daemon_name(d).map(|i| &new.pipelines[i]);
             match chosen {
                 None => why.push(format!(
                     "{{daemon_name}} \"{d}\" selects pipeline \"{}\", and no pipeline of the new configuration lists it: its mail would go to the first pipeline; list it in `daemon_names` again, or restart the daemon to apply this",

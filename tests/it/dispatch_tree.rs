@@ -450,3 +450,33 @@ fn one_daemon_name_selects_one_pipeline() {
         "{e}"
     );
 }
+
+/// One choice of pipeline for the daemon and `test`: the named one (a
+/// listener's `pipeline`), else by `{daemon_name}`, else the first; a name
+/// that does not exist chooses nothing rather than another pipeline.
+#[test]
+fn the_pipeline_is_chosen_by_name_then_daemon_name_then_first() {
+    let policy = compile(
+        r#"
+        [pipelines.mx]
+        [pipelines.submission]
+        daemon_names = ["submission", "smtps"]
+        [pipelines.local]
+        daemon_names = ["pickup"]
+        "#,
+    );
+    let chosen = |named: Option<&str>, daemon: Option<&str>| {
+        policy
+            .choose_pipeline(named, daemon)
+            .map(|i| policy.pipelines[i].name.clone())
+    };
+    assert_eq!(
+        chosen(Some("local"), Some("submission")).as_deref(),
+        Some("local")
+    );
+    assert_eq!(chosen(Some("gone"), Some("submission")), None);
+    assert_eq!(chosen(None, Some("smtps")).as_deref(), Some("submission"));
+    assert_eq!(chosen(None, Some("pickup")).as_deref(), Some("local"));
+    assert_eq!(chosen(None, Some("smtpd")).as_deref(), Some("mx"));
+    assert_eq!(chosen(None, None).as_deref(), Some("mx"));
+}
