@@ -1,0 +1,389 @@
+//! Lookup tables: inline in TOML, a file of `key value` lines (Postfix map
+//! style), or an ordered regex list. Tables are named in `[tables.NAME]` and
+//! referred to by name from checks, modifiers and dispatch blocks.
+//!
+//! A file table never touches its file on the lookup path. A watcher thread
+//! per table looks at the file's stamp once a second and swaps in new
+//! contents only once the file has stopped changing and reads back whole,
+//! regular and valid; a lookup clones the current snapshot. So a file
+//! rewritten in place is never applied half-written, and nothing a file does
+//! (a FIFO, `/dev/zero`, a hung file system) can stall mail or signals.
+
+mod file;
+
+use crate::address::{Address, normalize_domain};
+use crate::config::options::Options;
+use file::{FileMap, Timing, max_size_option};
+use regex::Regex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use toml::Value;
+use unicode_normalization::UnicodeNormalization;
+
+/// File table settings, and why each is what it is. Only `MAX_SIZE` is an
+/// option (`max_size`); the rest are fixed.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// The largest table file read (`max_size`). A mailbox or alias map of
+    /// half a million lines is about 30 MiB, so 64 MiB fits real maps with
+    /// room to spare, while something like `/dev/zero` behind a symbolic
+    /// link is refused long before memory runs out (a parsed table takes a
+    /// few times its file's size).
+    pub const MAX_SIZE: u64 = 64 << 20;
+    /// How often a file table's watcher looks at the file's stamp (size,
+    /// modification and change time, inode).
+    pub const POLL: Duration = Duration::from_secs(1);
+    /// How long a changed file must have stayed unchanged before it is read:
+    /// longer than the pauses of an editor or script that rewrites the file
+    /// in place, and than the one-second time stamps of some file systems.
+    /// A file last modified at least this long ago counts as settled at once.
+    pub const SETTLE: Duration = Duration::from_secs(2);
+    /// The same for a file that now has no entries while the table has some:
+    /// a shell's `> file` empties the file at once, and the program writing
+    /// into it may take several seconds before its first buffered write.
+    pub const SETTLE_EMPTY: Duration = Duration::from_secs(10);
+    /// A watcher read that takes longer than this is logged (the old
+    /// contents are served meanwhile).
+    pub const SLOW_READ: Duration = Duration::from_secs(5);
+    /// How long loading a configuration waits for a table file that keeps
+    /// changing before it gives up with an error.
+    pub const LOAD_WAIT: Duration = Duration::from_secs(10);
+    /// A file that goes on changing this long without ever settling is
+    /// logged once, because its new contents are not being applied.
+    pub const KEEPS_CHANGING: Duration = Duration::from_secs(60);
+}
+
+pub type TableSet = BTreeMap<String, Arc<Table>>;
+
+#[derive(Debug)]
+pub struct Table {
+    name: String,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Map(HashMap<String, Vec<String>>),
+    File(FileMap),
+    Regex(Vec<(Regex, String)>),
+}
+
+type Entries = HashMap<String, Vec<String>>;
+
+/// Which part of an address matched in `Table::lookup_address`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AddressMatch {
+    Address,
+    Domain,
+}
+
+/// Keys compare case-insensitively and in NFC; an address key
+/// (`user@domain`) gets the canonical form of `Address::key` (quoting that
+/// changes nothing removed, the domain IDNA-normalised), so
+/// `"Joe"@bücher.example.` in a table is the key `joe@xn--bcher-kva.example`.
+/// The domain of `*@domain` and `@domain`, and a key that is a domain, get
+/// the same domain normalisation. Normalising a key again changes nothing.
+pub fn normalize_key(key: &str) -> String {
+    let trimmed = key.trim();
+    // Only a key that reads as `local@domain`: `@route:user` reads as a
+    // source route and a bare user, whose key a plain key would not match.
+    if let Some((local, _)) = trimmed.rsplit_once('@')
+        && !local.is_empty()
+        && local != "*"
+        && let Ok(address) = Address::parse(trimmed)
+        && address.domain().is_some()
+    {
+        return address.key();
+    }
+    // Lowercase, then NFC: lowercasing can undo NFC (see `Address::key`).
+    let key = trimmed.to_lowercase().nfc().collect::<String>();
+    match key.rsplit_once('@') {
+        Some((local, domain)) if !domain.is_empty() => match normalize_domain(domain) {
+            Ok(d) => format!("{local}@{d}"),
+            Err(_) => key,
+        },
+        Some(_) => key,
+        // A plain key (a user name, a domain): only a key that looks like a
+        // domain changes; "alice" stays "alice".
+        // An address literal ([192.0.2.1]) too: lookups use its canonical form.
+        None if key.contains('.') || key.starts_with('[') || !key.is_ascii() => {
+            normalize_domain(&key).unwrap_or(key)
+        }
+        None => key,
+    }
+}
+
+impl Table {
+    pub fn inline(name: &str, entries: HashMap<String, Vec<String>>) -> Table {
+        let entries = entries
+            .into_iter()
+            .map(|(k, v)| (normalize_key(&k), v))
+            .collect();
+        Table {
+            name: name.to_string(),
+            source: Source::Map(entries),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The values stored for `key`, or `None` when the key is absent. For a
+    /// regex table, the replacement of the first pattern that matches.
+    pub fn lookup(&self, key: &str) -> Option<Vec<String>> {
+        match &self.source {
+            Source::Map(map) => map.get(&normalize_key(key)).cloned(),
+            Source::File(file) => file.current().get(&normalize_key(key)).cloned(),
+            Source::Regex(rules) => rules.iter().find_map(|(re, replacement)| {
+                let caps = re.captures(key.trim())?;
+                let mut out = String::new();
+                caps.expand(replacement, &mut out);
+                Some(split_values(&out))
+            }),
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.lookup(key).is_some()
+    }
+
+    /// Look an address up as Postfix does: the full address, then `@domain`,
+    /// then the bare domain.
+    pub fn lookup_address(&self, address: &Address) -> Option<(AddressMatch, Vec<String>)> {
+        if let Some(v) = self.lookup(&address.key()) {
+            return Some((AddressMatch::Address, v));
+        }
+        let domain = address.domain()?;
+        self.lookup(&format!("@{domain}"))
+            .or_else(|| self.lookup(domain))
+            .map(|v| (AddressMatch::Domain, v))
+    }
+
+    /// Build a table from a `[tables.NAME]` block. Relative paths resolve
+    /// against `base_dir`, the directory of the config file.
+    pub fn build(name: &str, options: &mut Options<'_, '_>, base_dir: &Path) -> Option<Table> {
+        let kind = options.required_string("type")?;
+        let table = match kind.get_ref().as_str() {
+            "inline" => {
+                let entries = options.value("entries");
+                let Some(entries) = entries else {
+                    let span = options.span();
+                    options.error(span, format!("table \"{name}\" needs `entries`"));
+                    return None;
+                };
+                let map = inline_entries(entries.get_ref()).or_else(|| {
+                    options.error(
+                        entries.span(),
+                        "`entries` of an inline table must be a table of strings or lists of strings, like { \"alice\" = [\"alice@example.org\"] }",
+                    );
+                    None
+                })?;
+                Table::inline(name, map)
+            }
+            "file" => {
+                let max_size = max_size_option(options);
+                let path = options.required_string("path")?;
+                let max_size = max_size?;
+                let full = base_dir.join(path.get_ref());
+                match FileMap::load(name, &full, max_size, Timing::DEFAULT) {
+                    Ok(map) => Table {
+                        name: name.to_string(),
+                        source: Source::File(map),
+                    },
+                    Err(e) => {
+                        let message = if Path::new(path.get_ref()).is_absolute() {
+                            format!("cannot read table file \"{}\": {e}", path.get_ref())
+                        } else {
+                            format!(
+                                "cannot read table file \"{}\" (relative to the configuration's directory): {e}",
+                                path.get_ref()
+                            )
+                        };
+                        match e.hint() {
+                            Some(hint) => options.diag().error_hint(path.span(), message, hint),
+                            None => options.error(path.span(), message),
+                        }
+                        return None;
+                    }
+                }
+            }
+            "regex" => {
+                let entries = options.value("entries");
+                let Some(entries) = entries else {
+                    let span = options.span();
+                    options.error(span, format!("table \"{name}\" needs `entries`"));
+                    return None;
+                };
+                let Some(pairs) = regex_pairs(entries.get_ref()) else {
+                    options.error(
+                        entries.span(),
+                        "`entries` of a regex table must be a list of [\"pattern\", \"replacement\"] pairs",
+                    );
+                    return None;
+                };
+                let mut rules = Vec::new();
+                for (pattern, replacement) in pairs {
+                    match Regex::new(&format!("(?i){pattern}")) {
+                        Ok(re) => rules.push((re, replacement)),
+                        Err(e) => options.error(
+                            entries.span(),
+                            format!(
+                                "invalid regex \"{pattern}\" in table \"{name}\": {}",
+                                crate::config::error::regex_error_text(&e)
+                            ),
+                        ),
+                    }
+                }
+                Table {
+                    name: name.to_string(),
+                    source: Source::Regex(rules),
+                }
+            }
+            other => {
+                options.error(
+                    kind.span(),
+                    format!(
+                        "unknown table type \"{other}\": use \"inline\", \"file\" or \"regex\""
+                    ),
+                );
+                return None;
+            }
+        };
+        Some(table)
+    }
+}
+
+fn inline_entries(value: &Value) -> Option<HashMap<String, Vec<String>>> {
+    let table = value.as_table()?;
+    table
+        .iter()
+        .map(|(k, v)| {
+            let values = match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()?,
+                Value::Boolean(true) => Vec::new(),
+                _ => return None,
+            };
+            Some((k.clone(), values))
+        })
+        .collect()
+}
+
+fn regex_pairs(value: &Value) -> Option<Vec<(String, String)>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|pair| {
+            let pair = pair.as_array()?;
+            match pair.as_slice() {
+                [Value::String(p), Value::String(r)] => Some((p.clone(), r.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Values on a table line are separated by commas and/or white space.
+fn split_values(s: &str) -> Vec<String> {
+    // Outside quoted strings only: `"john smith"@example.org` is one value.
+    let mut values = Vec::new();
+    let mut start = 0;
+    for (i, c) in crate::address::outside_quotes(s) {
+        if c == ',' || c.is_whitespace() {
+            values.push(&s[start..i]);
+            start = i + c.len_utf8();
+        }
+    }
+    values.push(&s[start..]);
+    values
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parse a Postfix-style map file: `key value, value`; `#` comments and blank
+/// lines ignored; a line starting with white space continues the previous one.
+pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String> {
+    let mut logical: Vec<(usize, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if line.starts_with(char::is_whitespace) {
+            match logical.last_mut() {
+                Some((_, prev)) => {
+                    prev.push(' ');
+                    prev.push_str(trimmed);
+                    continue;
+                }
+                None => return Err(format!("line {}: continuation line without a key", n + 1)),
+            }
+        }
+        logical.push((n + 1, trimmed.to_string()));
+    }
+    let mut map = HashMap::new();
+    for (_, line) in logical {
+        let (key, rest) = split_key(&line);
+        map.insert(normalize_key(key), split_values(rest));
+    }
+    Ok(map)
+}
+
+/// A map line's key and the rest: the key ends at the first white space
+/// outside a quoted string, so `"John Smith"@example.org` is one key.
+fn split_key(line: &str) -> (&str, &str) {
+    match crate::address::outside_quotes(line).find(|&(_, c)| c.is_whitespace()) {
+        Some((i, _)) => (&line[..i], &line[i..]),
+        None => (line, ""),
+    }
+}
+
+/// Read a table option: either the name of a `[tables.NAME]` block or an
+/// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
+pub fn table_option(
+    options: &mut Options<'_, '_>,
+    tables: &TableSet,
+    key: &'static str,
+) -> Option<Arc<Table>> {
+    let value = options.value(key)?;
+    match value.get_ref() {
+        Value::String(name) => match tables.get(name) {
+            Some(t) => Some(t.clone()),
+            None => {
+                let hint =
+                    crate::config::error::did_you_mean(name, tables.keys().map(String::as_str))
+                        .map(|s| format!("did you mean \"{s}\"?"))
+                        .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
+                options
+                    .diag()
+                    .error_hint(value.span(), format!("unknown table \"{name}\""), hint);
+                None
+            }
+        },
+        other => match inline_entries(other) {
+            Some(map) => Some(Arc::new(Table::inline(
+                &format!("{} {key}", options.what()),
+                map,
+            ))),
+            None => {
+                let msg = format!(
+                    "`{key}` in {} must name a table or be an inline table of strings",
+                    options.what()
+                );
+                options.error(value.span(), msg);
+                None
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;
