@@ -18,7 +18,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
 fn the_policy_engine_does_not_know_the_milter_protocol() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
-    for part in ["engine", "config", "checks", "modifiers", "cli"] {
+    for part in ["engine", "config", "checks", "modifiers", "cli", "tables"] {
         rust_files(&root.join(part), &mut files);
     }
     for file in [
@@ -28,7 +28,8 @@ fn the_policy_engine_does_not_know_the_milter_protocol() {
         "message.rs",
         "reply.rs",
         "stage.rs",
-        "tables.rs",
+        "esmtp.rs",
+        "ip.rs",
     ] {
         files.push(root.join(file));
     }
@@ -66,7 +67,7 @@ fn module_of(relative: &Path) -> Option<String> {
     }
 }
 
-/// Who uses whom among the modules of src/ (tests inside a file left out):
+/// Who uses whom among the modules of src/ (unit tests left out):
 /// `crate::a::b` paths, a split module's bare `child::` paths and its
 /// submodules' `super::x`.
 fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
@@ -77,6 +78,10 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
     let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for f in &files {
         let relative = f.strip_prefix(&root).expect("under src");
+        // Unit tests (a `tests.rs` beside the code) may use anything.
+        if relative.ends_with("tests.rs") {
+            continue;
+        }
         if let Some(module) = module_of(relative) {
             let text = std::fs::read_to_string(f).expect("readable");
             let code = text
