@@ -75,7 +75,9 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&root, &mut files);
-    let mut sources: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Per module: the code of each of its files, with the module path
+    // `super` means in that file.
+    let mut sources: BTreeMap<String, Vec<(Vec<String>, String)>> = BTreeMap::new();
     for f in &files {
         let relative = f.strip_prefix(&root).expect("under src");
         // Unit tests (a `tests.rs` beside the code) may use anything.
@@ -89,7 +91,16 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            sources.entry(module).or_default().push(code);
+            let mut path: Vec<String> = relative
+                .with_extension("")
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect();
+            if path.last().is_some_and(|p| p == "mod") {
+                path.pop();
+            }
+            path.pop();
+            sources.entry(module).or_default().push((path, code));
         }
     }
     let known: BTreeSet<String> = sources.keys().cloned().collect();
@@ -105,7 +116,7 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
     let crate_path =
         regex::Regex::new(r"crate::([a-z_][a-z0-9_]*)(?:::([a-z_][a-z0-9_]*))?").expect("regex");
     let bare_path = regex::Regex::new(r"(?:^|[^:\w])([a-z_][a-z0-9_]*)::").expect("regex");
-    let super_path = regex::Regex::new(r"super::([a-z_][a-z0-9_]*)").expect("regex");
+    let super_path_re = regex::Regex::new(r"super::([a-z_][a-z0-9_]*)").expect("regex");
     // `crate::checks::{arc, dkim, Status}` and `super::{spf, Status}`: the
     // lower-case names in the braces may be submodules.
     let crate_group = regex::Regex::new(r"crate::([a-z_][a-z0-9_]*)::\{([^}]*)\}").expect("regex");
@@ -121,8 +132,7 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (module, codes) in &sources {
         let uses = graph.entry(module.clone()).or_default();
-        let parent = module.split("::").next().unwrap_or_default();
-        for code in codes {
+        for (super_path, code) in codes {
             for c in crate_path.captures_iter(code) {
                 let second = c.get(2).map(|m| m.as_str());
                 uses.extend(resolve(&c[1], second));
@@ -140,14 +150,18 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
                     }
                 }
             }
-            if module.contains("::") {
-                for c in super_path.captures_iter(code) {
-                    uses.extend(resolve(parent, Some(&c[1])));
-                }
-                for c in super_group.captures_iter(code) {
-                    for item in items(&c[1]) {
-                        uses.extend(resolve(parent, Some(&item)));
-                    }
+            // `super::x` from a file whose parent module is `super_path`.
+            let via_super = |name: &str| -> Option<String> {
+                let first = super_path.first()?;
+                let second = super_path.get(1).map(String::as_str).unwrap_or(name);
+                resolve(first, Some(second))
+            };
+            for c in super_path_re.captures_iter(code) {
+                uses.extend(via_super(&c[1]));
+            }
+            for c in super_group.captures_iter(code) {
+                for item in items(&c[1]) {
+                    uses.extend(via_super(&item));
                 }
             }
         }

@@ -1,0 +1,256 @@
+//! Checks and modifiers: each block built once by its kind's builder,
+//! and the names pipelines and dispatch blocks use resolved to indexes.
+
+use super::*;
+
+impl Compiler<'_, '_> {
+    pub(super) fn check(&mut self, name: Spanned<String>, block: Spanned<RawOptions>) {
+        let what = format!("check \"{}\"", name.get_ref());
+        let span = block.span();
+        let registry = self.registry;
+        let tables = &self.tables;
+        let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
+        let Some(kind) = options.required_string("kind") else {
+            // Without a kind every other key would read as unknown: say only
+            // what is missing.
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let Some(builder) = registry.checks.get(kind.get_ref()) else {
+            let hint =
+                match did_you_mean(kind.get_ref(), registry.checks.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean \"{s}\"?"),
+                    None => format!(
+                        "known kinds: {}",
+                        registry
+                            .checks
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+            options.diag().error_hint(
+                kind.span(),
+                format!("unknown check kind \"{}\"", kind.get_ref()),
+                hint,
+            );
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let timeout = options
+            .duration("timeout")
+            .unwrap_or(defaults::CHECK_TIMEOUT);
+        // What the administrator wrote per result; defaults come once the
+        // check is built, since a kind may have its own.
+        let mut configured: [Option<Action>; 7] = [None; 7];
+        for (i, status) in Status::ALL.iter().enumerate() {
+            let key: &'static str = match status {
+                Status::Pass => "on_pass",
+                Status::Fail => "on_fail",
+                Status::Softfail => "on_softfail",
+                Status::Neutral => "on_neutral",
+                Status::None => "on_none",
+                Status::Temperror => "on_temperror",
+                Status::Permerror => "on_permerror",
+            };
+            if let Some(v) = options.string(key) {
+                match parse_action(v.get_ref()) {
+                    Some(a) => configured[i] = Some(a),
+                    None => options.error(
+                        v.span(),
+                        format!(
+                            "invalid action \"{}\" for `{key}`: use \"ignore\", \"reject\", \"tempfail\", \"quarantine\", \"error_action\", \"score\" or \"score N\"",
+                            v.get_ref()
+                        ),
+                    ),
+                }
+            }
+        }
+        let reject_reply = reply_option(&mut options, "reply", ReplyClass::Permanent);
+        let tempfail_reply = reply_option(&mut options, "tempfail_reply", ReplyClass::Temporary);
+        let decide_at = options.string("decide_at");
+        let mut ctx = CheckBuildContext {
+            name: name.get_ref(),
+            options: &mut options,
+            tables,
+            base_dir: &self.base_dir,
+            dns: &self.dns,
+        };
+        let built = builder(&mut ctx);
+        let decides = match (&built, decide_at) {
+            (Some(check), Some(stage)) => match Stage::parse(stage.get_ref()) {
+                Some(s) if s >= check.inputs() => s,
+                Some(_) => {
+                    options.error(
+                        stage.span(),
+                        format!(
+                            "`decide_at` \"{}\" comes before the stage this check's inputs exist (\"{}\")",
+                            stage.get_ref(),
+                            check.inputs()
+                        ),
+                    );
+                    check.decides()
+                }
+                None => {
+                    options.error(
+                        stage.span(),
+                        format!(
+                            "invalid stage \"{}\": use connect, helo, mail, rcpt or eom",
+                            stage.get_ref()
+                        ),
+                    );
+                    check.decides()
+                }
+            },
+            (Some(check), None) => check.decides().max(check.inputs()),
+            (None, _) => Stage::Eom,
+        };
+        options.finish();
+        let Some(check) = built else {
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let mut actions = [Action::Ignore; 7];
+        for (i, status) in Status::ALL.iter().enumerate() {
+            actions[i] = configured[i]
+                .or_else(|| check.default_action(*status))
+                .unwrap_or(match status {
+                    Status::Fail => Action::Reject,
+                    Status::Temperror | Status::Permerror => Action::Error,
+                    _ => Action::Ignore,
+                });
+        }
+        let id = self.checks.len();
+        self.check_ids.insert(name.get_ref().clone(), id);
+        self.checks.push(CheckInstance {
+            name: name.into_inner().into(),
+            kind: kind.into_inner().into(),
+            inputs: check.inputs(),
+            decides,
+            check,
+            timeout,
+            actions,
+            reject_reply: reject_reply.unwrap_or_else(Reply::default_reject),
+            tempfail_reply: tempfail_reply.unwrap_or_else(Reply::default_tempfail),
+        });
+    }
+
+    pub(super) fn modifier(&mut self, name: Spanned<String>, block: Spanned<RawOptions>) {
+        let what = format!("modifier \"{}\"", name.get_ref());
+        let span = block.span();
+        let registry = self.registry;
+        let tables = &self.tables;
+        let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
+        let Some(kind) = options.required_string("kind") else {
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let Some(builder) = registry.modifiers.get(kind.get_ref()) else {
+            let hint = match did_you_mean(
+                kind.get_ref(),
+                registry.modifiers.keys().map(String::as_str),
+            ) {
+                Some(s) => format!("did you mean \"{s}\"?"),
+                None => format!(
+                    "known kinds: {}",
+                    registry
+                        .modifiers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            options.diag().error_hint(
+                kind.span(),
+                format!("unknown modifier kind \"{}\"", kind.get_ref()),
+                hint,
+            );
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let mut ctx = ModifierBuildContext {
+            name: name.get_ref(),
+            options: &mut options,
+            tables,
+            base_dir: &self.base_dir,
+        };
+        let built = builder(&mut ctx);
+        options.finish();
+        let Some(modifier) = built else {
+            self.broken.insert(name.into_inner());
+            return;
+        };
+        let id = self.modifiers.len();
+        self.modifier_ids.insert(name.get_ref().clone(), id);
+        self.modifiers.push(ModifierInstance {
+            name: name.into_inner(),
+            kind: kind.into_inner(),
+            modifier,
+        });
+    }
+
+    /// Resolve a `checks` or `modify` list to ids: each name defined, once.
+    pub(super) fn resolve_names(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+        what: &str,
+        ids_by_name: &HashMap<String, usize>,
+    ) -> Vec<usize> {
+        let mut ids = Vec::new();
+        for name in list.iter().flat_map(|l| l.get_ref()) {
+            match ids_by_name.get(name.get_ref()) {
+                Some(id) if ids.contains(id) => self.diag.error(
+                    name.span(),
+                    format!("{what} \"{}\" is listed twice here", name.get_ref()),
+                ),
+                Some(id) => ids.push(*id),
+                None if self.broken.contains(name.get_ref()) => {}
+                None => {
+                    let hint = did_you_mean(name.get_ref(), ids_by_name.keys().map(String::as_str))
+                        .map(|s| format!("did you mean \"{s}\"?"))
+                        .unwrap_or_else(|| {
+                            let block = if what == "check" {
+                                "checks"
+                            } else {
+                                "modifiers"
+                            };
+                            format!("define it in a [{block}.NAME] block")
+                        });
+                    self.diag.error_hint(
+                        name.span(),
+                        format!("{what} \"{}\" is not defined", name.get_ref()),
+                        hint,
+                    );
+                }
+            }
+        }
+        ids
+    }
+
+    pub(super) fn resolve_checks(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Vec<CheckId> {
+        let names = std::mem::take(&mut self.check_ids);
+        let ids = self.resolve_names(list, "check", &names);
+        self.check_ids = names;
+        ids
+    }
+
+    pub(super) fn resolve_modifiers(
+        &mut self,
+        list: &Option<Spanned<Vec<Spanned<String>>>>,
+    ) -> Vec<ModifierId> {
+        let names = std::mem::take(&mut self.modifier_ids);
+        let ids = self.resolve_names(list, "modifier", &names);
+        self.modifier_ids = names;
+        for id in &ids {
+            if !self.pipeline_modifiers.contains(id) {
+                self.pipeline_modifiers.push(*id);
+            }
+        }
+        ids
+    }
+}
