@@ -11,7 +11,10 @@ pub mod report;
 pub mod runner;
 pub mod verdict;
 
+mod envelope;
 mod eom;
+
+use envelope::{branch_signature, dispatch_recipient, rewrite_sender};
 
 use crate::address::Address;
 use crate::checks::action::Action;
@@ -785,107 +788,4 @@ impl RecipientState {
     fn unchanged(&self) -> bool {
         matches!(self.targets.as_slice(), [t] if t.address.original() == self.original.original())
     }
-}
-
-fn rewrite_sender(
-    policy: &Policy,
-    modifiers: &[ModifierId],
-    sender: &Address,
-) -> Result<Address, String> {
-    let mut current = sender.clone();
-    for &id in modifiers {
-        let instance = &policy.modifiers[id];
-        if let Some(new) = instance
-            .modifier
-            .rewrite_sender(&current)
-            .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
-        {
-            current = new;
-        }
-    }
-    Ok(current)
-}
-
-fn rewrite_recipients(
-    policy: &Policy,
-    modifiers: &[ModifierId],
-    addresses: Vec<Address>,
-) -> Result<Vec<Address>, String> {
-    let mut current = addresses;
-    for &id in modifiers {
-        let instance = &policy.modifiers[id];
-        let mut next = Vec::with_capacity(current.len());
-        for a in current {
-            match instance
-                .modifier
-                .rewrite_recipient(&a)
-                .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
-            {
-                Some(replaced) => next.extend(replaced),
-                None => next.push(a),
-            }
-        }
-        current = next;
-    }
-    let mut seen = HashSet::new();
-    current.retain(|a| seen.insert(a.key()));
-    Ok(current)
-}
-
-/// Global and source rewrites, dispatch of each result, then the
-/// destination's own rewrites and its redirect.
-fn dispatch_recipient(
-    policy: &Policy,
-    pipeline: &Pipeline,
-    source: &SourceNode,
-    original: &Address,
-) -> Result<Vec<Target>, String> {
-    let rewritten = rewrite_recipients(policy, &pipeline.modifiers, vec![original.clone()])?;
-    let rewritten = rewrite_recipients(policy, &source.modifiers, rewritten)?;
-    let mut targets = Vec::new();
-    for address in rewritten {
-        let (branch, matched_by) = source.destinations.select(&address);
-        let finals = match &branch.redirect {
-            Some(r) => vec![r.clone()],
-            None => rewrite_recipients(policy, &branch.modifiers, vec![address])?,
-        };
-        for a in finals {
-            targets.push(Target {
-                address: a,
-                branch: branch.clone(),
-                matched_by,
-            });
-        }
-    }
-    Ok(targets)
-}
-
-/// What a recipient's branch does to the whole message: the checks it runs,
-/// the modifiers it applies and a quarantine. Recipients with the same
-/// signature can share a transaction.
-fn branch_signature(pipeline: &Pipeline, source: &SourceNode, targets: &[Target]) -> Vec<usize> {
-    let mut sig: Vec<usize> = Vec::new();
-    let mut checks: Vec<usize> = targets
-        .iter()
-        .flat_map(|t| t.branch.checks.iter().copied())
-        .collect();
-    checks.sort_unstable();
-    checks.dedup();
-    sig.extend(checks);
-    sig.push(usize::MAX);
-    sig.extend(pipeline.modifiers.iter().copied());
-    sig.extend(source.modifiers.iter().copied());
-    let mut mods: Vec<usize> = targets
-        .iter()
-        .flat_map(|t| t.branch.modifiers.iter().copied())
-        .collect();
-    mods.dedup();
-    sig.extend(mods);
-    sig.push(usize::MAX);
-    for t in targets {
-        if matches!(t.branch.outcome, Outcome::Quarantine(_)) {
-            sig.push(t.branch.id);
-        }
-    }
-    sig
 }
