@@ -60,11 +60,24 @@ fn module_of(relative: &Path) -> Option<String> {
     match parts.as_slice() {
         [] => None,
         [one] if one == "lib" || one == "main" => None,
-        [first, second, ..] if SPLIT.contains(&first.as_str()) => {
+        // A private submodule (`mod eom;`) is its parent's code in a file
+        // of its own: it counts as the parent.
+        [first, second, ..] if SPLIT.contains(&first.as_str()) && is_public(first, second) => {
             Some(format!("{first}::{second}"))
         }
         [first, ..] => Some(first.clone()),
     }
+}
+
+/// Whether src/PARENT/mod.rs declares `pub mod CHILD;`.
+fn is_public(parent: &str, child: &str) -> bool {
+    let declaring = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("src")
+        .join(parent)
+        .join("mod.rs");
+    let text = std::fs::read_to_string(declaring).unwrap_or_default();
+    text.lines()
+        .any(|l| l.trim() == format!("pub mod {child};"))
 }
 
 /// Who uses whom among the modules of src/ (unit tests left out):
@@ -158,6 +171,14 @@ fn module_graph() -> std::collections::BTreeMap<String, std::collections::BTreeS
             };
             for c in super_path_re.captures_iter(code) {
                 uses.extend(via_super(&c[1]));
+            }
+            // `use super::*`: everything of the module above.
+            if code.contains("super::*") {
+                let above = super_path.first().and_then(|first| {
+                    let second = super_path.get(1).map(String::as_str);
+                    resolve(first, second.filter(|s| is_public(first, s)))
+                });
+                uses.extend(above);
             }
             for c in super_group.captures_iter(code) {
                 for item in items(&c[1]) {
