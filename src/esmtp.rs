@@ -68,4 +68,24 @@ mod tests {
             Some("NOTIFY=NEVER".into())
         );
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends, what is passed on is at most one NOTIFY
+        /// and one ORCPT, each printable ASCII without spaces and bounded.
+        #[test]
+        fn only_bounded_printable_notify_and_orcpt_pass(
+            args in proptest::collection::vec("(?i:(notify|orcpt|size|x)=)?[\\PC\\s\\x00-\\x1f]{0,600}", 0..6)
+        ) {
+            if let Some(kept) = kept(&args) {
+                let params: Vec<&str> = kept.split(' ').collect();
+                proptest::prop_assert!(params.len() <= 2, "{kept:?}");
+                for p in params {
+                    proptest::prop_assert!(p.len() <= 512);
+                    proptest::prop_assert!(p.bytes().all(|b| b.is_ascii_graphic()));
+                    let name = p.split('=').next().unwrap_or_default().to_ascii_uppercase();
+                    proptest::prop_assert!(name == "NOTIFY" || name == "ORCPT", "{p:?}");
+                }
+            }
+        }
+    }
 }

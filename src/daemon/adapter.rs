@@ -124,14 +124,6 @@ fn kinds_for(policy: &Policy, binding: &Binding) -> EditKinds {
         .fold(EditKinds::default(), |acc, p| acc.union(p.edit_kinds))
 }
 
-/// The pipeline for a new connection: the listener's, else the one whose
-/// `daemon_names` lists `{daemon_name}`, else the first. `None` when the
-/// listener's pipeline is gone, which a reload refuses to let happen
-/// (`reload_guard`): never another pipeline in its place.
-fn choose_pipeline(policy: &Policy, binding: &Binding, daemon_name: Option<&str>) -> Option<usize> {
-    policy.choose_pipeline(binding.pipeline.as_deref(), daemon_name)
-}
-
 /// Set the SMTP reply for a refusal and return the matching status.
 fn refuse(reply: &mut impl SetErrorReply, r: &Reply) -> Status {
     let status = if r.code >= 500 {
@@ -408,7 +400,13 @@ async fn handle_connect(
         (None, Some(ip)) => format!("unknown[{ip}]"),
         (_, None) => host.clone(),
     };
-    let Some(pipeline) = choose_pipeline(&conn.policy, binding, daemon_name.as_deref()) else {
+    // The listener's pipeline, else by {daemon_name}, else the first; `None`
+    // when the listener's pipeline is gone, which a reload refuses to let
+    // happen (`reload_guard`): never another pipeline in its place.
+    let Some(pipeline) = conn
+        .policy
+        .choose_pipeline(binding.pipeline.as_deref(), daemon_name.as_deref())
+    else {
         tracing::error!(listener = %binding.listener, pipeline = ?binding.pipeline, "the listener's pipeline is missing from the configuration; tempfailing the connection");
         return Status::Tempfail;
     };

@@ -78,13 +78,7 @@ impl Session {
             decision: d.clone(),
             policy_decision: d,
             edits: Vec::new(),
-            report: MessageReport::new(
-                &self.pipeline().name,
-                &Address::Null,
-                &Address::Null,
-                "",
-                MatchedBy::Default,
-            ),
+            report: MessageReport::unrouted(&self.pipeline().name),
         }
     }
 
@@ -133,13 +127,7 @@ impl Session {
     fn finish_report(&mut self, cancelled: &[CheckId], score: f64) -> MessageReport {
         let mut report = match self.message.take() {
             Some(m) => m.report,
-            None => MessageReport::new(
-                &self.pipeline().name,
-                &Address::Null,
-                &Address::Null,
-                "",
-                MatchedBy::Default,
-            ),
+            None => MessageReport::unrouted(&self.pipeline().name),
         };
         for &id in cancelled {
             report

@@ -393,13 +393,7 @@ impl Session {
                 tracing::info!(error = %e, queue_id = ?self.queue_id, "sender refused");
                 let reply = StageReply::Reject(bad_sender_reply());
                 // Logged and counted like any message refused at MAIL FROM.
-                let mut report = MessageReport::new(
-                    &pipeline.name,
-                    &Address::Null,
-                    &Address::Null,
-                    "",
-                    MatchedBy::Default,
-                );
+                let mut report = MessageReport::unrouted(&pipeline.name);
                 report.sender = e.address.escape_debug().to_string();
                 report.mail_reply = Some(reply.clone());
                 report.queue_id = self.queue_id.clone();

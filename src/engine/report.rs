@@ -172,6 +172,18 @@ impl MessageReport {
         }
     }
 
+    /// The report of a message that reached no source: no sender it could
+    /// be dispatched by (unreadable, or the message state was lost).
+    pub(crate) fn unrouted(pipeline: &str) -> MessageReport {
+        MessageReport::new(
+            pipeline,
+            &Address::Null,
+            &Address::Null,
+            "",
+            MatchedBy::Default,
+        )
+    }
+
     pub(crate) fn new(
         pipeline: &str,
         sender: &Address,
