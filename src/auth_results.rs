@@ -1,8 +1,54 @@
-//! Reading the one part of a received Authentication-Results header that the
-//! daemon acts on: its authserv-id (RFC 8601 §2.2), to delete every header
-//! that claims to come from us, however the sender spelled the claim.
+//! Authentication-Results (RFC 8601): the result vocabulary that every
+//! method shares ([`Status`]), and reading the one part of a received
+//! header that the daemon acts on: its authserv-id (§2.2), to delete every
+//! header that claims to come from us, however the sender spelled the claim.
 
 use crate::address::normalize_domain;
+use serde::Serialize;
+use std::fmt;
+
+/// The result vocabulary of RFC 8601 §2.7.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    Softfail,
+    Neutral,
+    None,
+    Temperror,
+    Permerror,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Pass,
+        Status::Fail,
+        Status::Softfail,
+        Status::Neutral,
+        Status::None,
+        Status::Temperror,
+        Status::Permerror,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "fail",
+            Status::Softfail => "softfail",
+            Status::Neutral => "neutral",
+            Status::None => "none",
+            Status::Temperror => "temperror",
+            Status::Permerror => "permerror",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The authserv-id an Authentication-Results value starts with: after
 /// optional CFWS (white space, folding and comments, which nest and may

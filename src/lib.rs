@@ -5,6 +5,7 @@
 //! order, and the offline commands. The binary only parses arguments.
 
 pub mod address;
+pub mod auth;
 pub mod auth_results;
 pub mod checks;
 pub mod cli;

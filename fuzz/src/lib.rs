@@ -9,13 +9,13 @@
 //! must hold for any input, not just that nothing panics.
 
 use dispatch_milter::address::{Address, normalize_domain};
+use dispatch_milter::auth::dmarc::evaluate::walk_domains;
+use dispatch_milter::auth::dmarc::record::{PolicyTag, Record};
+use dispatch_milter::auth::keys::domain_key_name;
 use dispatch_milter::auth_results::{authserv_id, claims};
 use dispatch_milter::checks::authorize_sender::from_addresses;
 use dispatch_milter::checks::dmarc::canonical;
-use dispatch_milter::checks::dmarc::evaluate::walk_domains;
-use dispatch_milter::checks::dmarc::record::{PolicyTag, Record};
 use dispatch_milter::checks::header::unfold;
-use dispatch_milter::checks::prefetch::domain_key_name;
 use dispatch_milter::checks::spf::pvalue;
 use dispatch_milter::cli::test::parse_message;
 use dispatch_milter::config::{Registry, compile_str};
@@ -357,12 +357,12 @@ pub fn auth_records(data: &[u8]) {
     // SPF records and explanations go through our own parser (the `spf`
     // check no longer uses mail-auth's).
     let spf_text = String::from_utf8_lossy(data);
-    let _ = dispatch_milter::checks::spf::record::parse_record(&spf_text);
+    let _ = dispatch_milter::auth::spf::record::parse_record(&spf_text);
     for context in [
-        dispatch_milter::checks::spf::record::Context::DomainSpec,
-        dispatch_milter::checks::spf::record::Context::Explanation,
+        dispatch_milter::auth::spf::record::Context::DomainSpec,
+        dispatch_milter::auth::spf::record::Context::Explanation,
     ] {
-        let _ = dispatch_milter::checks::spf::record::parse_macro_string(&spf_text, context);
+        let _ = dispatch_milter::auth::spf::record::parse_macro_string(&spf_text, context);
     }
     if let Ok(sig) = mail_auth::dkim::Signature::parse(data) {
         let name = domain_key_name(&sig.s, &sig.d);

@@ -12,155 +12,17 @@
 //! `on_<result>` keys; by default a `fail` rejects, so an administrator who
 //! only wants the report sets `on_fail = "ignore"`.
 //!
-//! The outcome is memoised for the message, together with the domain of the
-//! newest ARC-Seal, so the `dmarc` check can override a DMARC failure when
-//! the chain passes and was sealed by a trusted forwarder
-//! (`trusted_arc_sealers`), without validating the chain a second time.
+//! The validation (crate::auth::arc) is a fact of the message's evidence,
+//! together with the domain of the newest ARC-Seal, so the `dmarc` check
+//! can override a DMARC failure when the chain passes and was sealed by a
+//! trusted forwarder (`trusted_arc_sealers`), without validating the chain
+//! a second time.
 
-use super::prefetch::{TxtPrefetch, domain_key_name};
-use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
-use crate::dkim_canon::MAX_ARC_SETS;
+use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early};
+use crate::auth::arc::ArcFacts;
 use crate::dns::Dns;
 use crate::stage::Stage;
-use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
 use std::sync::Arc;
-
-/// What ARC validation found, owned so it can be memoised.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ArcFacts {
-    pub status: Status,
-    pub reason: String,
-    /// How many ARC sets the message carries.
-    pub sets: usize,
-    /// `d=` of the newest ARC-Seal (the highest `i=`), lowercased.
-    pub sealer: Option<String>,
-}
-
-/// The memoised ARC validation of a message.
-pub struct ArcMemo(pub ArcFacts);
-
-/// mail-auth's chain result in the check vocabulary. ARC itself only knows
-/// none, pass and fail (RFC 8617 §4.4); a DNS failure is kept apart so that
-/// it cannot be mistaken for a broken chain.
-pub fn status_of(result: &DkimResult) -> Status {
-    match result {
-        DkimResult::Pass => Status::Pass,
-        DkimResult::None => Status::None,
-        DkimResult::TempError(_) => Status::Temperror,
-        DkimResult::Fail(_) | DkimResult::Neutral(_) | DkimResult::PermError(_) => Status::Fail,
-    }
-}
-
-fn describe(result: &DkimResult) -> Option<String> {
-    match result {
-        DkimResult::Pass | DkimResult::None => None,
-        DkimResult::Fail(e)
-        | DkimResult::Neutral(e)
-        | DkimResult::PermError(e)
-        | DkimResult::TempError(e) => Some(match e {
-            Error::Dns(DnsError::RecordNotFound(_)) => "no key published for a seal".into(),
-            Error::Dns(DnsError::Resolver(_)) => "DNS failure fetching a key".into(),
-            other => other.to_string(),
-        }),
-    }
-}
-
-fn facts_from(result: &DkimResult, sets: usize, sealer: Option<String>) -> ArcFacts {
-    let status = status_of(result);
-    let reason = match (status, describe(result)) {
-        (Status::None, _) => "no ARC chain".to_string(),
-        (Status::Pass, _) => match &sealer {
-            Some(d) => format!("ARC pass, {sets} set(s), newest seal by {d}"),
-            None => format!("ARC pass, {sets} set(s)"),
-        },
-        (s, Some(why)) => format!("ARC {s}: {why}"),
-        (s, None) => format!("ARC {s}"),
-    };
-    ArcFacts {
-        status,
-        reason,
-        sets,
-        sealer,
-    }
-}
-
-async fn validate(dns: &Dns, input: &CheckInput) -> ArcFacts {
-    // No ARC header at all (most mail): no chain, and no need to rebuild
-    // the message bytes to find that out.
-    let has_arc_header = input.message.as_ref().is_some_and(|m| {
-        m.headers.iter().any(|h| {
-            [
-                "ARC-Seal",
-                "ARC-Message-Signature",
-                "ARC-Authentication-Results",
-            ]
-            .iter()
-            .any(|n| h.name().eq_ignore_ascii_case(n))
-        })
-    });
-    if !has_arc_header {
-        return facts_from(&DkimResult::None, 0, None);
-    }
-    let Some(message) = input.message.as_ref() else {
-        return facts_from(&DkimResult::None, 0, None);
-    };
-    // mail-auth reads the header block alone: it would hash the body once
-    // for every canonicalization, hash and l= any signature names.
-    let head = crate::message::header_block(&message.headers);
-    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
-        return facts_from(&DkimResult::None, 0, None);
-    };
-    // The AMS body hashes are DKIM's (RFC 8617 §4.1.2): ours, not mail-auth
-    // 0.13's (crate::dkim_canon says why).
-    crate::dkim_canon::replace_ams_body_hashes(&mut parsed, &message.body.contiguous());
-    let sealer = parsed
-        .as_headers
-        .iter()
-        .max_by_key(|h| h.header.i)
-        .map(|h| h.header.d.to_ascii_lowercase());
-    let sets = parsed.as_headers.len();
-    if sets > 0 && input.message.as_ref().is_some_and(|m| m.body_truncated) {
-        return ArcFacts {
-            status: Status::Temperror,
-            reason: super::dkim::TRUNCATED.to_string(),
-            sets,
-            sealer,
-        };
-    }
-    let store = TxtPrefetch::of(&input.memo);
-    // The keys of every set, as the headers named them.
-    let keys: Vec<String> = parsed
-        .as_headers
-        .iter()
-        .map(|h| domain_key_name(&h.header.s, &h.header.d))
-        .chain(
-            parsed
-                .ams_headers
-                .iter()
-                .map(|h| domain_key_name(&h.header.s, &h.header.d)),
-        )
-        .collect();
-    // More sets than a chain may have fail before any key is needed
-    // (mail-auth checks the count first): a forged message with a
-    // thousand ARC headers is not a thousand lookups.
-    if parsed.as_headers.len() <= MAX_ARC_SETS && parsed.ams_headers.len() <= MAX_ARC_SETS {
-        store.settled(dns, &keys).await;
-    }
-    let output = dns
-        .authenticator()
-        .verify_arc(Parameters::new(&parsed).with_txt_cache(&*store))
-        .await;
-    facts_from(output.result(), sets, sealer)
-}
-
-/// The ARC validation of this message, computed once, whichever of `arc`
-/// and `dmarc` asks first.
-pub async fn facts(dns: &Dns, input: &CheckInput) -> Option<Arc<ArcMemo>> {
-    input
-        .memo
-        .get_or_init(|| async { ArcMemo(validate(dns, input).await) })
-        .await
-}
 
 /// The check result for validated facts.
 pub fn result(f: &ArcFacts) -> CheckResult {
@@ -202,7 +64,7 @@ impl Check for ArcCheck {
     /// Fetch the keys of each ARC set as its headers arrive.
     fn prefetch(&self, early: &Early<'_>) {
         if let Some((name, value)) = early.header {
-            super::prefetch::arc_keys(early.memo, &self.dns, name, value);
+            early.evidence.keys().arc_keys(&self.dns, name, value);
         }
     }
 
@@ -211,10 +73,8 @@ impl Check for ArcCheck {
             if input.message.is_none() {
                 return CheckResult::temperror("no message to validate");
             }
-            match facts(&self.dns, &input).await {
-                Some(memo) => result(&memo.0),
-                None => CheckResult::temperror("internal error: ARC memo"),
-            }
+            let message = input.message.as_deref();
+            result(&*input.evidence.arc(&self.dns, message).await)
         })
     }
 }
@@ -222,11 +82,14 @@ impl Check for ArcCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::arc::{facts_from, status_of};
+    use crate::checks::Status;
     use crate::checks::require_tls::tests::{build_err, input, run, try_build};
     use crate::message::{Header, Message};
     use crate::tables::TableSet;
     use mail_auth::arc::ArcError;
     use mail_auth::common::crypto::CryptoError;
+    use mail_auth::{DkimResult, DnsError, Error};
 
     #[test]
     fn chain_results_map_to_none_pass_fail() {

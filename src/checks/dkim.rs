@@ -50,67 +50,23 @@
 //! by us (`dkim_canon::l_tag`): `l=0` is a length limit like any other,
 //! and `l=` twice makes the signature a `permerror`.
 //!
-//! The verification is memoised for the message: the `dmarc` check reuses
-//! it (and runs it itself when no `dkim` check is configured). DMARC judges
+//! The verification (crate::auth::dkim) is a fact of the message's
+//! evidence: the `dmarc` check reuses it (and has it made when no `dkim`
+//! check is configured). DMARC judges
 //! signatures with the defaults above, whatever a `dkim` check's options.
 
-use super::prefetch::{TxtPrefetch, domain_key_name};
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
+use crate::auth::dkim::{DkimFacts, MAX_SIGNATURES, SignatureFacts, TRUNCATED};
 use crate::dns::Dns;
 use crate::stage::Stage;
-use mail_auth::common::crypto::{Algorithm, CryptoError, HashAlgorithm};
-use mail_auth::common::verify::{DomainKey, VerifySignature};
-use mail_auth::dkim::{Canonicalization, DkimError, Signature};
-use mail_auth::{AuthenticatedMessage, DkimOutput, DkimResult, DnsError, Error, Parameters};
+use mail_auth::common::crypto::CryptoError;
+use mail_auth::dkim::DkimError;
+use mail_auth::{DkimResult, DnsError, Error};
 use std::sync::Arc;
 
 pub const DEFAULT_MIN_RSA_BITS: usize = 1024;
 pub const DEFAULT_ALLOW_L_TAG: bool = false;
-
-/// The reason when the body was cut at `max_body_size`.
-pub const TRUNCATED: &str = "body larger than max_body_size; cannot verify";
-
-/// The reason when `l=` claims more body than there is (RFC 6376 §3.5).
-pub const L_TOO_LARGE: &str = "l= is larger than the canonicalized body";
-
-/// What verification found for one signature, owned so it can be memoised.
-#[derive(Clone, Debug)]
-pub struct SignatureFacts {
-    /// `None` for a DKIM-Signature that could not be parsed.
-    pub signature: Option<Signature>,
-    /// mail-auth's verdict, before local policy (key size, `l=`).
-    pub result: DkimResult,
-    /// The RSA modulus size, when the key was fetched and is RSA.
-    pub key_bits: Option<usize>,
-    /// The signature's `l=` as we read it (RFC 6376 §3.5): `Some(0)`
-    /// signs no body at all (mail-auth's `Signature::l` says 0 for that
-    /// and for no `l=` alike).
-    pub body_length: Option<u64>,
-}
-
-impl SignatureFacts {
-    /// A signature judged before any key was fetched (its tags alone
-    /// decide it).
-    fn without_key(sig: Signature, result: DkimResult, body_length: Option<u64>) -> Self {
-        SignatureFacts {
-            signature: Some(sig),
-            result,
-            key_bits: None,
-            body_length,
-        }
-    }
-}
-
-/// The memoised DKIM verification of a message.
-#[derive(Clone, Debug, Default)]
-pub struct DkimMemo {
-    pub signatures: Vec<SignatureFacts>,
-    /// The body was cut at `max_body_size`: nothing was verified.
-    pub truncated: bool,
-    /// Signatures past the first `MAX_SIGNATURES`, not looked at.
-    pub unchecked: usize,
-}
 
 /// How local policy judges signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,257 +82,6 @@ impl Default for Judge {
             allow_l_tag: DEFAULT_ALLOW_L_TAG,
         }
     }
-}
-
-/// What a body hash depends on: canonicalization, hash and `l=`.
-type BodyHashKey = (Canonicalization, HashAlgorithm, Option<u64>);
-
-/// Most DKIM-Signature headers verified per message, top down (the
-/// newest first). Each costs a key lookup, a public-key operation and, for
-/// a new canonicalization, hash or `l=`, a pass over the body: a message
-/// with a thousand signatures must not cost a thousand of each. Real mail
-/// has one to three (author, ESP, mailing list); OpenDKIM verifies 3 by
-/// default.
-pub const MAX_SIGNATURES: usize = 5;
-
-/// Verify the message's signatures (the first `MAX_SIGNATURES`).
-async fn verify(dns: &Dns, input: &CheckInput) -> DkimMemo {
-    let Some(message) = input.message.as_ref() else {
-        return DkimMemo::default();
-    };
-    // Most mail is unsigned: nothing to verify, no need to rebuild the
-    // message bytes (a copy of the whole body) to find that out.
-    if !message
-        .headers
-        .iter()
-        .any(|h| h.name().eq_ignore_ascii_case("DKIM-Signature"))
-    {
-        return DkimMemo {
-            truncated: message.body_truncated,
-            ..DkimMemo::default()
-        };
-    }
-    if message.body_truncated {
-        // Nothing can be verified: list the signatures from the header
-        // block alone, without copying the (max_body_size) body.
-        let head = crate::message::header_block(&message.headers);
-        let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
-            return DkimMemo {
-                truncated: true,
-                ..DkimMemo::default()
-            };
-        };
-        let mut signatures: Vec<SignatureFacts> = malformed(&parsed);
-        signatures.extend(parsed.dkim_headers.iter().take(MAX_SIGNATURES).map(|h| {
-            SignatureFacts {
-                signature: Some(h.header.clone()),
-                result: DkimResult::TempError(Error::Io(TRUNCATED.to_string())),
-                key_bits: None,
-                body_length: None,
-            }
-        }));
-        return DkimMemo {
-            signatures,
-            truncated: true,
-            unchecked: parsed.dkim_headers.len().saturating_sub(MAX_SIGNATURES),
-        };
-    }
-    // mail-auth reads the header block; the body hashes are ours
-    // (crate::dkim_canon says why), so the body is never given to it.
-    let head = crate::message::header_block(&message.headers);
-    // Not strict: signatures with l= are verified, and local policy decides
-    // what they are worth.
-    let Some(mut parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
-        return DkimMemo::default();
-    };
-    let body = message.body.contiguous();
-    // Every header as the signatures hash it: name, value with CRLF folds.
-    let values: Vec<Vec<u8>> = message
-        .headers
-        .iter()
-        .map(|h| {
-            let mut v = Vec::with_capacity(h.raw_value().len() + 2);
-            h.write_value_crlf(&mut v);
-            v.truncate(v.len() - 2);
-            v
-        })
-        .collect();
-    let fields: Vec<(&[u8], &[u8])> = message
-        .headers
-        .iter()
-        .zip(&values)
-        .map(|(h, v)| (h.name().as_bytes(), v.as_slice()))
-        .collect();
-    // Keys asked for when the DKIM-Signature headers arrived answer from
-    // the message's store; the others are fetched now.
-    let store = TxtPrefetch::of(&input.memo);
-    let keys: Vec<String> = parsed
-        .dkim_headers
-        .iter()
-        .take(MAX_SIGNATURES)
-        .map(|h| domain_key_name(&h.header.s, &h.header.d))
-        .collect();
-    store.settled(dns, &keys).await;
-    // Signatures that did not parse first, as mail-auth reports them; then
-    // each signature on its own, so each is checked against the body hash
-    // of its own `l=` (mail-auth keys body hashes by `l` with 0 for both
-    // "absent" and "l=0", which sign different things).
-    let mut signatures = malformed(&parsed);
-    parsed
-        .errors
-        .retain(|h| !matches!(h.header, Error::Dkim(_)));
-    let all = std::mem::take(&mut parsed.dkim_headers);
-    let unchecked = all.len().saturating_sub(MAX_SIGNATURES);
-    // Body hashes by canonicalization, hash and l=: signatures that agree
-    // on all three share one pass over the body.
-    let mut hashes: Vec<(BodyHashKey, Vec<u8>)> = Vec::new();
-    for header in all.into_iter().take(MAX_SIGNATURES) {
-        let sig = header.header.clone();
-        let algorithm = HashAlgorithm::from(sig.a);
-        let limit = match crate::dkim_canon::l_tag(header.value) {
-            Ok(limit) => limit,
-            Err(why) => {
-                let result = DkimResult::PermError(Error::Io(why.to_string()));
-                signatures.push(SignatureFacts::without_key(sig, result, None));
-                continue;
-            }
-        };
-        // RFC 6376 §3.5: l= "MUST NOT be larger than the actual number of
-        // octets in the canonicalized message body". Such a signature
-        // claims body that is not there: it fails (as OpenDKIM has it).
-        if let Some(l) = limit
-            && l > crate::dkim_canon::canonical_len_up_to(&body, sig.cb, l)
-        {
-            let result = DkimResult::Fail(Error::Io(L_TOO_LARGE.to_string()));
-            signatures.push(SignatureFacts::without_key(sig, result, limit));
-            continue;
-        }
-        let hash_key = (sig.cb, algorithm, limit);
-        let hash = match hashes.iter().find(|(k, _)| *k == hash_key) {
-            Some((_, hash)) => hash.clone(),
-            None => {
-                let hash = crate::dkim_canon::body_hash(&body, sig.cb, algorithm, limit);
-                hashes.push((hash_key, hash.clone()));
-                hash
-            }
-        };
-        let signature_field = (
-            header.name,
-            header.value.strip_suffix(b"\r\n").unwrap_or(header.value),
-        );
-        parsed.body_hashes = vec![(sig.cb, algorithm, sig.l, hash)];
-        parsed.dkim_headers = vec![header];
-        let outputs: Vec<DkimOutput<'_>> = dns
-            .authenticator()
-            .verify_dkim(Parameters::new(&parsed).with_txt_cache(&*store))
-            .await;
-        for o in &outputs {
-            let signature = o.signature().cloned();
-            // mail-auth got as far as the signature itself: the key is
-            // fetched and acceptable, the body hash matches. Its header
-            // canonicalization is not the RFC's in every case (form feed
-            // taken for WSP), so the header hash and the signature check
-            // are decided here (a second public-key operation, cheap next
-            // to the DNS lookup).
-            // (Its Ed25519 check reports a bad signature as a library
-            // error, not as FailedVerification: every crypto failure is
-            // looked at again.)
-            let result = match (&signature, o.result()) {
-                (Some(sig), DkimResult::Pass) | (Some(sig), DkimResult::Fail(Error::Crypto(_))) => {
-                    // Without the key now, what mail-auth said cannot
-                    // stand: its header hash is not the RFC's in every case.
-                    check_header_hash(dns, &store, sig, &fields, signature_field)
-                        .await
-                        .unwrap_or_else(|| {
-                            DkimResult::TempError(Error::Io(
-                                "the key could not be fetched again".to_string(),
-                            ))
-                        })
-                }
-                (_, other) => other.clone(),
-            };
-            let key_bits = match (&signature, &result) {
-                (Some(sig), DkimResult::Pass)
-                | (Some(sig), DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)))
-                    if sig.a != Algorithm::Ed25519Sha256 =>
-                {
-                    rsa_key_bits(dns, &store, sig).await
-                }
-                _ => None,
-            };
-            signatures.push(SignatureFacts {
-                signature,
-                result,
-                key_bits,
-                body_length: limit,
-            });
-        }
-    }
-    DkimMemo {
-        signatures,
-        truncated: false,
-        unchecked,
-    }
-}
-
-/// The signature checked over the header hash input of RFC 6376 §3.7,
-/// canonicalized by `crate::dkim_canon`; `None` when the key cannot be had
-/// (mail-auth had it moments ago, from the message's store).
-async fn check_header_hash(
-    dns: &Dns,
-    store: &TxtPrefetch,
-    sig: &Signature,
-    fields: &[(&[u8], &[u8])],
-    signature_field: (&[u8], &[u8]),
-) -> Option<DkimResult> {
-    let key = dns
-        .authenticator()
-        .txt_lookup::<DomainKey>(sig.domain_key(), Some(store))
-        .await
-        .ok()?;
-    let input = crate::dkim_canon::header_hash_input(fields, &sig.h, signature_field, sig.ch);
-    Some(match key.p.verify_bytes(&input, &sig.b, sig.a) {
-        Ok(()) => DkimResult::Pass,
-        Err(e) => DkimResult::Fail(e),
-    })
-}
-
-/// Signatures that did not parse, as mail-auth reports them (neutral).
-fn malformed(parsed: &AuthenticatedMessage<'_>) -> Vec<SignatureFacts> {
-    parsed
-        .errors
-        .iter()
-        .filter(|h| matches!(h.header, Error::Dkim(_)))
-        .map(|h| SignatureFacts {
-            signature: None,
-            result: DkimResult::Neutral(h.header.clone()),
-            key_bits: None,
-            body_length: None,
-        })
-        .collect()
-}
-
-/// The size of the signer's RSA key. mail-auth fetched the record moments
-/// ago and left it in the message's store.
-async fn rsa_key_bits(dns: &Dns, store: &TxtPrefetch, sig: &Signature) -> Option<usize> {
-    let key = dns
-        .authenticator()
-        .txt_lookup::<DomainKey>(sig.domain_key(), Some(store))
-        .await
-        .ok()?;
-    match key.p.public_key_bits() {
-        0 | usize::MAX => None,
-        bits => Some(bits),
-    }
-}
-
-/// The DKIM verification of this message, computed once, whichever of
-/// `dkim` and `dmarc` asks first.
-pub async fn facts(dns: &Dns, input: &CheckInput) -> Option<Arc<DkimMemo>> {
-    input
-        .memo
-        .get_or_init(|| async { verify(dns, input).await })
-        .await
 }
 
 /// Local policy's verdict on one signature.
@@ -492,7 +197,7 @@ fn who(f: &SignatureFacts) -> String {
 }
 
 /// The overall result from every signature's verdict.
-pub fn summarise(memo: &DkimMemo, j: Judge) -> CheckResult {
+pub fn summarise(memo: &DkimFacts, j: Judge) -> CheckResult {
     if memo.signatures.is_empty() {
         let mut r = CheckResult::with_reason(Status::None, "no DKIM signature");
         r.auth_results = Some("dkim=none".into());
@@ -606,7 +311,7 @@ impl Check for DkimCheck {
     /// Fetch each signature's key as its header arrives.
     fn prefetch(&self, early: &Early<'_>) {
         if let Some((name, value)) = early.header {
-            super::prefetch::dkim_key(early.memo, &self.dns, name, value);
+            early.evidence.keys().dkim_key(&self.dns, name, value);
         }
     }
 
@@ -615,10 +320,9 @@ impl Check for DkimCheck {
             if input.message.is_none() {
                 return CheckResult::temperror("no message to verify");
             }
-            match facts(&self.dns, &input).await {
-                Some(memo) => summarise(&memo, self.judge),
-                None => CheckResult::temperror("internal error: DKIM memo"),
-            }
+            let message = input.message.as_deref();
+            let facts = input.evidence.dkim(&self.dns, message).await;
+            summarise(&facts, self.judge)
         })
     }
 }

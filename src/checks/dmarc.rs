@@ -92,18 +92,16 @@
 //! senders and trusted networks belong in the dispatch tree: list the check
 //! only in the branches it applies to.
 
-pub mod evaluate;
-pub mod lookups;
-pub mod record;
-
-use super::dkim::{DkimMemo, Judge};
+use super::dkim::Judge;
 use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::address::normalize_domain;
+use crate::auth::dkim::DkimFacts;
+use crate::auth::dmarc::{evaluate, lookups, record};
 use crate::dns::Dns;
 use crate::stage::Stage;
 use evaluate::{Authenticated, Identifier, Outcome};
-use lookups::{DmarcDns, MessageDns};
+use lookups::MessageDns;
 use mail_auth::AuthenticatedMessage;
 use record::Request;
 use std::sync::Arc;
@@ -228,8 +226,9 @@ pub fn canonical(domain: &str) -> Option<String> {
 /// The DKIM signatures as DMARC sees them: the signing domain `d=` and
 /// whether the signature passed, judged as the `dkim` check does by
 /// default (a temporary failure stays temporary: it might pass).
-fn dkim_identifiers(memo: &DkimMemo) -> Vec<Identifier> {
-    memo.signatures
+fn dkim_identifiers(facts: &DkimFacts) -> Vec<Identifier> {
+    facts
+        .signatures
         .iter()
         .filter_map(|f| {
             let domain = canonical(&f.signature.as_ref()?.d)?;
@@ -381,11 +380,14 @@ impl DmarcCheck {
         if self.trusted_arc_sealers.is_empty() {
             return None;
         }
-        let arc = super::arc::facts(&self.dns, input).await?;
-        if arc.0.status != Status::Pass {
+        let arc = input
+            .evidence
+            .arc(&self.dns, input.message.as_deref())
+            .await;
+        if arc.status != Status::Pass {
             return None;
         }
-        let sealer = arc.0.sealer.as_deref()?;
+        let sealer = arc.sealer.as_deref()?;
         let sealer = normalize_domain(sealer).unwrap_or_else(|_| sealer.to_ascii_lowercase());
         self.trusted_arc_sealers.contains(&sealer).then_some(sealer)
     }
@@ -404,23 +406,22 @@ impl DmarcCheck {
         // The policy records were most likely asked for when the From
         // header arrived; if not, the walk's names are asked for now, all
         // at once.
-        let store = DmarcDns::of(&input.memo);
+        let (evidence, connection) = (&input.evidence, &input.connection);
+        let store = evidence.dmarc_records();
         store.prefetch(&self.dns, &author);
+        let sender = input.envelope.as_ref().map(|e| &e.sender);
         let (spf, dkim) = tokio::join!(
-            super::spf::mail_from_outcome(&self.dns, input),
-            super::dkim::facts(&self.dns, input),
+            evidence.mail_from_spf(&self.dns, connection, sender),
+            evidence.dkim(&self.dns, Some(message)),
         );
-        let (Some(spf), Some(dkim)) = (spf, dkim) else {
-            return CheckResult::temperror("internal error: DMARC memo");
-        };
         let evaluated = evaluate::evaluate(
             &MessageDns {
-                store: &store,
+                store,
                 dns: &self.dns,
             },
             &evaluate::Message {
                 author: &author,
-                spf: spf_identifier(&spf.0.domain, spf.0.status()),
+                spf: spf_identifier(&spf.domain, spf.status()),
                 dkim: dkim_identifiers(&dkim),
             },
         )
@@ -533,11 +534,11 @@ impl Check for DmarcCheck {
     /// at once. A DKIM signer below the author's organization still has its
     /// walk made at end of message.
     fn prefetch(&self, early: &Early<'_>) {
-        let (memo, dns) = (early.memo, &self.dns);
+        let (evidence, dns) = (early.evidence, &self.dns);
         match early.header {
             None => {
                 if let Some(domain) = early.sender.domain().and_then(canonical) {
-                    DmarcDns::of(memo).prefetch(dns, &domain);
+                    evidence.dmarc_records().prefetch(dns, &domain);
                 }
             }
             Some((name, value)) if name.eq_ignore_ascii_case("From") => {
@@ -545,13 +546,13 @@ impl Check for DmarcCheck {
                 if let [domain] = super::dnsbl::from_header_domains(value).as_slice()
                     && let Some(domain) = canonical(domain)
                 {
-                    DmarcDns::of(memo).prefetch(dns, &domain);
+                    evidence.dmarc_records().prefetch(dns, &domain);
                 }
             }
             Some((name, value)) => {
-                super::prefetch::dkim_key(memo, dns, name, value);
+                evidence.keys().dkim_key(dns, name, value);
                 if !self.trusted_arc_sealers.is_empty() {
-                    super::prefetch::arc_keys(memo, dns, name, value);
+                    evidence.keys().arc_keys(dns, name, value);
                 }
             }
         }

@@ -3,12 +3,13 @@
 //! that looks at what is known at one stage and returns a result from the
 //! RFC 8601 vocabulary; the engine maps results to actions from the config.
 
+use crate::auth::Evidence;
+pub use crate::auth_results::Status;
 use crate::config::options::Options;
 use crate::message::{ConnectionFacts, Envelope, Message};
 use crate::stage::Stage;
 use crate::tables::TableSet;
 use serde::Serialize;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,7 +23,6 @@ pub mod dmarc;
 pub mod dnsbl;
 pub mod header;
 pub mod iprev;
-pub mod prefetch;
 pub mod require_auth;
 pub mod require_mx;
 pub mod require_tls;
@@ -45,80 +45,10 @@ pub struct CheckInput {
     pub message: Option<Arc<Message>>,
     /// The MTA's queue id (`i` macro), once known.
     pub queue_id: Option<String>,
-    /// Work shared between the checks of one message (or, for checks that
-    /// start at connect or HELO, of one connection): DMARC reuses the SPF
-    /// and DKIM results instead of computing them again.
-    pub memo: Arc<Memo>,
-}
-
-/// Single-flight memoisation by type: the first caller computes, concurrent
-/// callers wait for that result, later callers get it at once. Each value
-/// type has one slot, so give each memoised value its own newtype.
-#[derive(Default)]
-pub struct Memo {
-    cells: std::sync::Mutex<std::collections::HashMap<std::any::TypeId, Arc<MemoCell>>>,
-}
-
-type MemoCell = tokio::sync::OnceCell<Arc<dyn std::any::Any + Send + Sync>>;
-
-impl std::fmt::Debug for Memo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Memo")
-    }
-}
-
-impl Memo {
-    /// The value of type `T`, computing it with `init` if nobody has yet.
-    /// `None` only if the slot somehow holds another type (it cannot: slots
-    /// are keyed by type); callers treat that as an internal temperror.
-    pub async fn get_or_init<T, F, Fut>(&self, init: F) -> Option<Arc<T>>
-    where
-        T: Send + Sync + 'static,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let cell = {
-            let mut cells = match self.cells.lock() {
-                Ok(c) => c,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            cells
-                .entry(std::any::TypeId::of::<T>())
-                .or_default()
-                .clone()
-        };
-        let value = cell
-            .get_or_init(|| async {
-                Arc::new(init().await) as Arc<dyn std::any::Any + Send + Sync>
-            })
-            .await
-            .clone();
-        value.downcast::<T>().ok()
-    }
-}
-
-impl Memo {
-    /// The value of type `T`, created with `T::default()` by the first
-    /// caller; for values that are shared state rather than a computation.
-    pub fn get_or_default<T>(&self) -> Arc<T>
-    where
-        T: Default + Send + Sync + 'static,
-    {
-        let mut cells = match self.cells.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let cell = cells.entry(std::any::TypeId::of::<T>()).or_default();
-        // Created and read under the map's lock, so no other caller can be
-        // half-way through; a slot filled by `get_or_init` with another
-        // type cannot exist (slots are keyed by type).
-        if let Some(existing) = cell.get().and_then(|v| v.clone().downcast::<T>().ok()) {
-            return existing;
-        }
-        let value = Arc::new(T::default());
-        let _ = cell.set(value.clone() as Arc<dyn std::any::Any + Send + Sync>);
-        value
-    }
+    /// What is established about the message (or, for checks that start
+    /// at connect or HELO, the connection) by one check for others: DMARC
+    /// reuses the SPF and DKIM facts instead of establishing them again.
+    pub evidence: Arc<Evidence>,
 }
 
 /// What is known before a check's inputs are complete, for
@@ -129,51 +59,8 @@ pub struct Early<'a> {
     /// The header that just arrived (name, value), or `None` at MAIL FROM
     /// (and at RCPT, for checks that only a recipient's branch lists).
     pub header: Option<(&'a str, &'a str)>,
-    /// The message's memo, where whatever is started is kept.
-    pub memo: &'a Memo,
-}
-
-/// The result vocabulary of RFC 8601 §2.7.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Pass,
-    Fail,
-    Softfail,
-    Neutral,
-    None,
-    Temperror,
-    Permerror,
-}
-
-impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Pass,
-        Status::Fail,
-        Status::Softfail,
-        Status::Neutral,
-        Status::None,
-        Status::Temperror,
-        Status::Permerror,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pass => "pass",
-            Status::Fail => "fail",
-            Status::Softfail => "softfail",
-            Status::Neutral => "neutral",
-            Status::None => "none",
-            Status::Temperror => "temperror",
-            Status::Permerror => "permerror",
-        }
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+    /// The message's evidence, where whatever is started is kept.
+    pub evidence: &'a Evidence,
 }
 
 /// What a check found.
@@ -271,7 +158,7 @@ pub trait Check: Send + Sync + 'static {
     /// Start work whose inputs are already known, before the check itself
     /// can run: called at MAIL FROM and for every header as it arrives, for
     /// the checks that may apply to the message. What is started goes into
-    /// the message's memo, where `run` finds it (see `prefetch`). It must be
+    /// the message's evidence, where `run` finds it. It must be
     /// cheap and must not wait; the default starts nothing.
     fn prefetch(&self, _early: &Early<'_>) {}
 

@@ -189,7 +189,7 @@ pub(crate) mod tests {
             envelope: None,
             message: None,
             queue_id: None,
-            memo: Default::default(),
+            evidence: Default::default(),
         }
     }
 

@@ -101,8 +101,8 @@ struct MessageState {
     /// Body bytes counted against the limit but not kept (nobody reads them).
     body_dropped: u64,
     report: MessageReport,
-    /// Work the message's checks share (see `Memo`).
-    memo: Arc<crate::checks::Memo>,
+    /// What the message's checks establish for each other.
+    evidence: Arc<crate::auth::Evidence>,
     /// The checks that may apply to the message and have not started yet:
     /// they are told about MAIL FROM and each header as it arrives, so they
     /// can start lookups early (`Check::prefetch`).
@@ -127,7 +127,7 @@ pub struct Session {
     /// Reports of messages that ended without end of message (MAIL refused,
     /// every recipient refused, abort), for the daemon's log line.
     ended: Vec<MessageReport>,
-    connection_memo: Arc<crate::checks::Memo>,
+    connection_evidence: Arc<crate::auth::Evidence>,
 }
 
 impl Session {
@@ -143,7 +143,7 @@ impl Session {
             message: None,
             queue_id: None,
             ended: Vec::new(),
-            connection_memo: Arc::default(),
+            connection_evidence: Arc::default(),
         }
     }
 
@@ -182,9 +182,9 @@ impl Session {
             envelope,
             message,
             queue_id: self.queue_id.clone(),
-            memo: match &self.message {
-                Some(m) if stage >= Stage::Mail => m.memo.clone(),
-                _ => self.connection_memo.clone(),
+            evidence: match &self.message {
+                Some(m) if stage >= Stage::Mail => m.evidence.clone(),
+                _ => self.connection_evidence.clone(),
             },
         })
     }
@@ -436,7 +436,7 @@ impl Session {
             first_signature: None,
             content: Arc::default(),
             body_dropped: 0,
-            memo: Arc::default(),
+            evidence: Arc::default(),
             early: Vec::new(),
             unreadable_recipients: Vec::new(),
             header_bytes: 0,
@@ -669,7 +669,7 @@ impl Session {
             let early = Early {
                 sender: &m.original_sender,
                 header: None,
-                memo: &m.memo,
+                evidence: &m.evidence,
             };
             for &id in &fresh {
                 policy.checks[id].check.prefetch(&early);
@@ -715,7 +715,7 @@ impl Session {
         let early = Early {
             sender: &m.original_sender,
             header: Some((header.name(), header.value())),
-            memo: &m.memo,
+            evidence: &m.evidence,
         };
         for &id in &m.early {
             self.policy.checks[id].check.prefetch(&early);

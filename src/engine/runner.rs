@@ -396,8 +396,8 @@ fn panicked(name: &str, panic: Box<dyn std::any::Any + Send>) -> CheckResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checks::BoxFuture;
     use crate::checks::action::Action;
-    use crate::checks::{BoxFuture, Memo};
     use crate::reply::Reply;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -445,7 +445,7 @@ mod tests {
             envelope: None,
             message: None,
             queue_id: None,
-            memo: Arc::new(Memo::default()),
+            evidence: Arc::default(),
         })
     }
 

@@ -346,8 +346,7 @@ async fn a_message_asks_for_at_most_eight_keys_early() {
 /// by our code; they go through `Dns::txt`.)
 #[tokio::test]
 async fn a_missing_record_is_shared_between_messages_for_its_negative_ttl() {
-    use dispatch_milter::checks::Memo;
-    use dispatch_milter::checks::prefetch::{RecordKind, TxtPrefetch};
+    use dispatch_milter::auth::keys::KeyStore;
     use dispatch_milter::dns::{Dns, DnsSettings};
 
     let server = dns().await;
@@ -358,9 +357,8 @@ async fn a_missing_record_is_shared_between_messages_for_its_negative_ttl() {
         cache_size,
     };
     let dns = Arc::new(Dns::new(&settings(100)).expect("resolver"));
-    let memo = Memo::default();
-    let store = TxtPrefetch::of(&memo);
-    store.start(&dns, "nokey._domainkey.spf.test", RecordKind::DomainKey);
+    let store = KeyStore::default();
+    store.start(&dns, "nokey._domainkey.spf.test");
     store
         .settled(&dns, &["nokey._domainkey.spf.test.".to_string()])
         .await;
@@ -378,13 +376,8 @@ async fn a_missing_record_is_shared_between_messages_for_its_negative_ttl() {
     // The resolver's cache off ([dns] cache_size = 0): nothing is shared,
     // and no second query is made to find the negative TTL.
     let uncached = Arc::new(Dns::new(&settings(0)).expect("resolver"));
-    let memo = Memo::default();
-    let store = TxtPrefetch::of(&memo);
-    store.start(
-        &uncached,
-        "nokey._domainkey.spf.test",
-        RecordKind::DomainKey,
-    );
+    let store = KeyStore::default();
+    store.start(&uncached, "nokey._domainkey.spf.test");
     store
         .settled(&uncached, &["nokey._domainkey.spf.test.".to_string()])
         .await;

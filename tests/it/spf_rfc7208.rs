@@ -15,7 +15,7 @@ use crate::common;
 use common::tools::PYTHON;
 
 use common::dns_server::{DnsServer, Failure, reverse_name};
-use dispatch_milter::checks::spf::{Checked, SpfOutcome, SpfQuery, evaluate};
+use dispatch_milter::auth::spf::{Checked, SpfOutcome, SpfQuery, evaluate};
 use dispatch_milter::dns::{Dns, DnsSettings};
 use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_resolver::proto::rr::{Name, RData};
@@ -1909,7 +1909,7 @@ async fn pyspf_agrees_with_the_rfc() {
         .expect("start tests/spf_pyspf.py");
     let mut stdin = child.stdin.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let receiver = dispatch_milter::checks::spf::receiver();
+    let receiver = dispatch_milter::auth::spf::receiver();
 
     let cases = all_cases();
     let (mut ours_wrong, mut pyspf_wrong, mut surprises) = (Vec::new(), Vec::new(), Vec::new());

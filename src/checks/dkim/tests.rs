@@ -2,6 +2,7 @@ use super::*;
 use crate::checks::require_tls::tests::{build_err, input, run, try_build};
 use crate::message::{Header, Message};
 use crate::tables::TableSet;
+use mail_auth::dkim::Signature;
 
 fn sig(d: &str, l: u64) -> Signature {
     Signature {
@@ -98,7 +99,7 @@ fn weak_keys_and_length_limits_follow_the_options() {
 
 #[test]
 fn the_best_signature_decides_and_every_one_is_reported() {
-    let memo = DkimMemo {
+    let memo = DkimFacts {
         signatures: vec![
             facts_of(
                 DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification)),
@@ -134,7 +135,7 @@ fn the_best_signature_decides_and_every_one_is_reported() {
         )
     );
 
-    let memo = DkimMemo {
+    let memo = DkimFacts {
         signatures: vec![
             facts_of(
                 DkimResult::TempError(Error::Dns(DnsError::Resolver("t".into()))),
@@ -164,7 +165,7 @@ fn the_best_signature_decides_and_every_one_is_reported() {
         Some("DKIM fail for example.org (s=sel): body hash mismatch (body altered)")
     );
 
-    let r = summarise(&DkimMemo::default(), Judge::default());
+    let r = summarise(&DkimFacts::default(), Judge::default());
     assert_eq!(r.status, Status::None);
     assert_eq!(r.auth_results.as_deref(), Some("dkim=none"));
 }

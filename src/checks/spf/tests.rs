@@ -1,4 +1,5 @@
 use super::*;
+use crate::address::Address;
 use crate::checks::require_tls::tests::{build_err, input, run, try_build};
 use crate::message::Envelope;
 use crate::tables::TableSet;
@@ -217,9 +218,10 @@ async fn the_mail_from_outcome_is_computed_once_per_message() {
         recipients: vec![],
     });
     let dns = loopback_dns();
-    let a = mail_from_outcome(&dns, &i).await.unwrap();
-    let b = mail_from_outcome(&dns, &i).await.unwrap();
+    let sender = i.envelope.as_ref().map(|e| &e.sender);
+    let a = i.evidence.mail_from_spf(&dns, &i.connection, sender).await;
+    let b = i.evidence.mail_from_spf(&dns, &i.connection, sender).await;
     assert!(Arc::ptr_eq(&a, &b));
-    assert_eq!(a.0.domain, "example.org");
-    assert_eq!(a.0.sender, "alice@example.org");
+    assert_eq!(a.domain, "example.org");
+    assert_eq!(a.sender, "alice@example.org");
 }

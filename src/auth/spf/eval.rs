@@ -13,7 +13,7 @@ use super::record::{
     Context, DualCidr, Letter, MacroString, Mechanism, Qualifier, Record, Segment, is_spf_record,
     parse_macro_string, parse_record,
 };
-use crate::checks::Status;
+use crate::auth_results::Status;
 use crate::dns::{Dns, DnsError, name_from_labels};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use std::future::Future;

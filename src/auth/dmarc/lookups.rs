@@ -1,4 +1,4 @@
-//! The DMARC evaluation's DNS: one store per message (in its memo) of the
+//! The DMARC evaluation's DNS: one store per message (in its evidence) of the
 //! `_dmarc` TXT answers, raw, through the shared resolver (`Dns::txt`).
 //!
 //! The names of a tree walk are known long before end of message (the MAIL
@@ -67,11 +67,6 @@ async fn fetch(dns: &Dns, name: &str) -> (TxtAnswer, Instant) {
 }
 
 impl DmarcDns {
-    /// The message's store, created on first use.
-    pub fn of(memo: &crate::checks::Memo) -> Arc<DmarcDns> {
-        memo.get_or_default::<DmarcDns>()
-    }
-
     /// Start asking for every name of the tree walk from `domain` (a
     /// normalised domain), in the background. Outside a tokio runtime the
     /// evaluation asks itself.

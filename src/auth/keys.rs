@@ -1,29 +1,27 @@
-//! Lookups started before the check that needs them can run.
+//! The DKIM and ARC keys of one message, looked up early.
 //!
 //! DKIM and ARC can only be evaluated at end of message, but the keys they
 //! will ask for are known much earlier: as soon as the DKIM-Signature and
 //! ARC headers arrive. (DMARC's policy records have their own store,
-//! `dmarc::lookups`, since DMARC is no longer evaluated by mail-auth.) Asked
-//! for then, and all at once instead of one after another, they are usually
-//! in hand when end of message comes, so the message waits for at most one
-//! DNS round trip instead of a chain of them.
+//! `auth::dmarc::lookups`.) Asked for then, and all at once instead of one
+//! after another, they are usually in hand when end of message comes, so
+//! the message waits for at most one DNS round trip instead of a chain of
+//! them.
 //!
-//! Each message has one [`TxtPrefetch`] in its memo. It is single-flight per
-//! name: a name is looked up once per message however many checks want it,
-//! and a check that needs the answer while the lookup is in flight waits for
-//! that lookup instead of sending another query. mail-auth reads it through
-//! its `ResolverCache` interface, so its key fetches are answered from
-//! here.
+//! Each message's [`Evidence`](super::Evidence) has one [`KeyStore`]. It is
+//! single-flight per name: a name is looked up once per message however
+//! many checks want it, and a check that needs the answer while the lookup
+//! is in flight waits for that lookup instead of sending another query.
+//! mail-auth reads it through its `ResolverCache` interface, so its key
+//! fetches are answered from here.
 //!
 //! Answers are parsed by mail-auth's own parser, choosing among several
 //! records as its lookup does, so what a check sees is what mail-auth would
-//! have found. A temporary failure (timeout, SERVFAIL)
-//! that a check waited for at end of message stands as the answer; one that
-//! came in earlier, during the dialogue, is asked again. Each message asks
-//! for at most a few names early (see `RecordKind::cap`), and its lookups
-//! stop when the message ends.
+//! have found. A temporary failure (timeout, SERVFAIL) that a check waited
+//! for at end of message stands as the answer; one that came in earlier,
+//! during the dialogue, is asked again. Each message asks for at most
+//! `EARLY_KEYS` keys early, and its lookups stop when the message ends.
 
-use super::Memo;
 use crate::dns::{Dns, DnsError};
 use hickory_resolver::proto::op::ResponseCode;
 use mail_auth::common::parse::TxtRecordParser;
@@ -35,25 +33,11 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// What kind of record a name holds, so the answer is parsed the way
-/// mail-auth would parse it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordKind {
-    DomainKey,
-}
-
-impl RecordKind {
-    /// The most names of this kind one message may ask for early; past it,
-    /// the lookups are left to end of message. Keys: a message rarely has
-    /// more than a few signatures and ARC sets, and a forged message with
-    /// thousands of DKIM-Signature headers must not turn into thousands of
-    /// queries.
-    fn cap(self) -> usize {
-        match self {
-            RecordKind::DomainKey => 8,
-        }
-    }
-}
+/// The most keys one message may ask for early; past it, the lookups are
+/// left to end of message. A message rarely has more than a few signatures
+/// and ARC sets, and a forged message with thousands of DKIM-Signature
+/// headers must not turn into thousands of queries.
+const EARLY_KEYS: usize = 8;
 
 /// One lookup's outcome.
 #[derive(Clone)]
@@ -66,8 +50,9 @@ enum Answer {
 }
 
 struct Entry {
-    /// `None` for names mail-auth looked up itself and stored here.
-    kind: Option<RecordKind>,
+    /// Asked for by this store (early or at end of message), as opposed to
+    /// looked up by mail-auth itself and stored here.
+    ours: bool,
     answer: tokio::sync::OnceCell<Answer>,
     /// mail-auth's own answer after a temporary failure here.
     later: Mutex<Option<Txt>>,
@@ -78,16 +63,16 @@ impl Entry {
     /// mail-auth looked up itself, or a name that cannot exist.
     fn definite(txt: Txt) -> Arc<Entry> {
         Arc::new(Entry {
-            kind: None,
+            ours: false,
             answer: tokio::sync::OnceCell::new_with(Some(Answer::Definite(txt))),
             later: Mutex::new(None),
         })
     }
 }
 
-/// The per-message store of early lookups (see the module documentation).
+/// The per-message store of key lookups (see the module documentation).
 #[derive(Default)]
-pub struct TxtPrefetch {
+pub struct KeyStore {
     entries: Mutex<HashMap<Box<str>, Arc<Entry>>>,
     /// The lookups in the background, stopped when the message ends.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -98,7 +83,7 @@ pub struct TxtPrefetch {
     waiting_since: Mutex<Option<Instant>>,
 }
 
-impl Drop for TxtPrefetch {
+impl Drop for KeyStore {
     fn drop(&mut self) {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
@@ -125,37 +110,6 @@ fn key_of(name: &str) -> Box<str> {
 /// The key record name of a signature (`s._domainkey.d.`).
 pub fn domain_key_name(selector: &str, domain: &str) -> String {
     format!("{selector}._domainkey.{}.", domain.trim_end_matches('.'))
-}
-
-// The helpers below are called for every header of every message: they
-// look at the header name first and only then reach the message's store.
-
-/// The DKIM key a `DKIM-Signature` header names, looked up early.
-pub fn dkim_key(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
-    if name.eq_ignore_ascii_case("DKIM-Signature")
-        && let Ok(sig) = mail_auth::dkim::Signature::parse(value.as_bytes())
-    {
-        let key = domain_key_name(&sig.s, &sig.d);
-        TxtPrefetch::of(memo).start(dns, &key, RecordKind::DomainKey);
-    }
-}
-
-/// The keys an `ARC-Message-Signature` or `ARC-Seal` header names.
-pub fn arc_keys(memo: &Memo, dns: &Arc<Dns>, name: &str, value: &str) {
-    let key = if name.eq_ignore_ascii_case("ARC-Message-Signature") {
-        mail_auth::arc::Signature::parse(value.as_bytes())
-            .ok()
-            .map(|s| domain_key_name(&s.s, &s.d))
-    } else if name.eq_ignore_ascii_case("ARC-Seal") {
-        mail_auth::arc::Seal::parse(value.as_bytes())
-            .ok()
-            .map(|s| domain_key_name(&s.s, &s.d))
-    } else {
-        None
-    };
-    if let Some(key) = key {
-        TxtPrefetch::of(memo).start(dns, &key, RecordKind::DomainKey);
-    }
 }
 
 /// The first record that parses as `T`, or the error of the last one
@@ -189,12 +143,10 @@ fn no_such_record() -> Txt {
 /// kept: a record (or one that does not parse) for its TTL, "no such
 /// record" for the negative TTL of the zone's SOA. A temporary failure is
 /// never kept.
-async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
+async fn lookup(dns: &Dns, name: &str) -> Answer {
     let answer = dns.txt_answer(name).await;
     let txt = match &answer.records {
-        Ok(records) => match kind {
-            RecordKind::DomainKey => parse_first::<DomainKey>(records),
-        },
+        Ok(records) => parse_first::<DomainKey>(records),
         Err(DnsError::NotFound) => no_such_record(),
         Err(DnsError::Temporary(why)) => {
             return Answer::Temporary {
@@ -213,17 +165,43 @@ async fn lookup(dns: &Dns, name: &str, kind: RecordKind) -> Answer {
     Answer::Definite(txt)
 }
 
-impl TxtPrefetch {
-    /// The message's store, created on first use.
-    pub fn of(memo: &Memo) -> Arc<TxtPrefetch> {
-        memo.get_or_default::<TxtPrefetch>()
+impl KeyStore {
+    // `dkim_key` and `arc_keys` are called for every header of every
+    // message: they look at the header name first and only then reach the
+    // store.
+
+    /// The DKIM key a `DKIM-Signature` header names, looked up early.
+    pub fn dkim_key(&self, dns: &Arc<Dns>, name: &str, value: &str) {
+        if name.eq_ignore_ascii_case("DKIM-Signature")
+            && let Ok(sig) = mail_auth::dkim::Signature::parse(value.as_bytes())
+        {
+            self.start(dns, &domain_key_name(&sig.s, &sig.d));
+        }
     }
 
-    /// Start looking `name` up in the background, unless this message
-    /// already did or has asked for as many names of the kind as it may.
+    /// The keys an `ARC-Message-Signature` or `ARC-Seal` header names.
+    pub fn arc_keys(&self, dns: &Arc<Dns>, name: &str, value: &str) {
+        let key = if name.eq_ignore_ascii_case("ARC-Message-Signature") {
+            mail_auth::arc::Signature::parse(value.as_bytes())
+                .ok()
+                .map(|s| domain_key_name(&s.s, &s.d))
+        } else if name.eq_ignore_ascii_case("ARC-Seal") {
+            mail_auth::arc::Seal::parse(value.as_bytes())
+                .ok()
+                .map(|s| domain_key_name(&s.s, &s.d))
+        } else {
+            None
+        };
+        if let Some(key) = key {
+            self.start(dns, &key);
+        }
+    }
+
+    /// Start looking the key `name` up in the background, unless this
+    /// message already did or has asked for as many keys as it may.
     /// Outside a tokio runtime (nothing to run it on) the lookup is left to
     /// the check itself.
-    pub fn start(&self, dns: &Arc<Dns>, name: &str, kind: RecordKind) {
+    pub fn start(&self, dns: &Arc<Dns>, name: &str) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -231,12 +209,12 @@ impl TxtPrefetch {
         let entry = {
             let mut entries = lock(&self.entries);
             if entries.contains_key(&key)
-                || entries.values().filter(|e| e.kind == Some(kind)).count() >= kind.cap()
+                || entries.values().filter(|e| e.ours).count() >= EARLY_KEYS
             {
                 return;
             }
             let entry = Arc::new(Entry {
-                kind: Some(kind),
+                ours: true,
                 answer: tokio::sync::OnceCell::new(),
                 later: Mutex::new(None),
             });
@@ -251,7 +229,7 @@ impl TxtPrefetch {
         };
         let dns = dns.clone();
         let task = runtime.spawn(async move {
-            entry.answer.get_or_init(|| lookup(&dns, &key, kind)).await;
+            entry.answer.get_or_init(|| lookup(&dns, &key)).await;
         });
         lock(&self.tasks).push(task.abort_handle());
     }
@@ -267,7 +245,7 @@ impl TxtPrefetch {
     /// tempfail.
     pub async fn settled(&self, dns: &Dns, names: &[String]) {
         lock(&self.waiting_since).get_or_insert_with(Instant::now);
-        let pending: Vec<(Box<str>, Arc<Entry>, RecordKind)> = {
+        let pending: Vec<(Box<str>, Arc<Entry>)> = {
             let mut entries = lock(&self.entries);
             for name in names {
                 let key = key_of(name);
@@ -279,16 +257,15 @@ impl TxtPrefetch {
                 .iter()
                 .filter_map(|n| {
                     let key = key_of(n);
-                    let entry = entries.get(&key)?;
-                    let kind = entry.kind?;
-                    (!entry.answer.initialized()).then(|| (key, entry.clone(), kind))
+                    let entry = entries.get(&key).filter(|e| e.ours)?;
+                    (!entry.answer.initialized()).then(|| (key, entry.clone()))
                 })
                 .collect()
         };
         // The lookups run in their own tasks: waiting for one after the
         // other takes as long as the slowest.
-        for (key, entry, kind) in pending {
-            entry.answer.get_or_init(|| lookup(dns, &key, kind)).await;
+        for (key, entry) in pending {
+            entry.answer.get_or_init(|| lookup(dns, &key)).await;
         }
     }
 
@@ -332,7 +309,7 @@ impl TxtPrefetch {
 /// looks up itself is kept too, so a second look at the same message (DKIM
 /// and ARC share keys; the header hash and key size checks reread them)
 /// does not ask again.
-impl ResolverCache<Box<str>, Txt> for TxtPrefetch {
+impl ResolverCache<Box<str>, Txt> for KeyStore {
     fn get<Q>(&self, name: &Q) -> Option<Txt>
     where
         Box<str>: Borrow<Q>,
@@ -384,7 +361,7 @@ mod tests {
 
     #[test]
     fn what_mail_auth_stores_it_finds_again() {
-        let store = TxtPrefetch::default();
+        let store = KeyStore::default();
         assert!(store.is_empty());
         let record = Dmarc::parse(b"v=DMARC1; p=reject").map(Arc::new);
         let Ok(record) = record else {
@@ -404,22 +381,13 @@ mod tests {
         assert_eq!(store.len(), 1);
     }
 
-    #[test]
-    fn the_memo_hands_out_one_store_per_message() {
-        let memo = Memo::default();
-        let a = TxtPrefetch::of(&memo);
-        let b = TxtPrefetch::of(&memo);
-        assert!(Arc::ptr_eq(&a, &b));
-        assert!(!Arc::ptr_eq(&a, &TxtPrefetch::of(&Memo::default())));
-    }
-
     /// A key name with a 64-octet label is "no such record" without a
     /// query, even when it was never asked for early; a name that can
     /// exist but was not asked for early is left to mail-auth.
     #[tokio::test]
     async fn a_name_that_cannot_exist_is_settled_as_not_found() {
         let dns = crate::dns::unreachable_for_tests();
-        let store = TxtPrefetch::default();
+        let store = KeyStore::default();
         let impossible = domain_key_name(&"a".repeat(64), "example.org");
         let possible = domain_key_name("sel", "example.org");
         store
