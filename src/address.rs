@@ -39,34 +39,31 @@ pub struct LocalPart {
 }
 
 /// Why an address cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid address \"{}\": {reason}", .address.escape_debug())]
 pub struct InvalidAddress {
+    /// The address as given.
     pub address: String,
+    /// What is wrong with it.
     pub reason: &'static str,
 }
 
-impl fmt::Display for InvalidAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid address \"{}\": {}",
-            self.address.escape_debug(),
-            self.reason
-        )
-    }
+/// Why an address written in the configuration or a table cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigAddressError {
+    /// Empty, in angle brackets or with a source route: the configuration
+    /// writes a bare `local@domain` (or `<>`).
+    #[error("invalid address \"{}\"", .0.escape_debug())]
+    NotBare(String),
+    /// Bare, but not a readable address.
+    #[error(transparent)]
+    Invalid(#[from] InvalidAddress),
 }
-
-impl std::error::Error for InvalidAddress {}
 
 /// Why a string is not a usable domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid domain \"{}\"", .0.escape_debug())]
 pub struct InvalidDomain(pub String);
-
-impl fmt::Display for InvalidDomain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid domain \"{}\"", self.0.escape_debug())
-    }
-}
 
 /// Normalise a domain for matching: NFC, IDNA (UTS #46) to A-labels, lowercase,
 /// no trailing dot. `bücher.example` and `XN--BCHER-KVA.example.` give the same
@@ -154,7 +151,7 @@ fn is_dot_string(text: &str) -> bool {
 
 /// A local part's text spelled for an envelope: as it is when it is a
 /// Dot-string, else as a quoted string with `"` and `\` escaped.
-pub fn quote_local(text: &str) -> Cow<'_, str> {
+pub(crate) fn quote_local(text: &str) -> Cow<'_, str> {
     if is_dot_string(text) {
         return Cow::Borrowed(text);
     }
@@ -334,15 +331,15 @@ impl Address {
 
     /// Parse an address written in the configuration or a table value: no
     /// angle brackets or source route, `<>` for the null sender.
-    pub fn parse_config(raw: &str) -> Result<Address, String> {
+    pub fn parse_config(raw: &str) -> Result<Address, ConfigAddressError> {
         let s = raw.trim();
         if s == "<>" {
             return Ok(Address::Null);
         }
         if s.is_empty() || s.starts_with(['<', '@']) || s.ends_with('>') {
-            return Err(format!("invalid address \"{}\"", raw.escape_debug()));
+            return Err(ConfigAddressError::NotBare(raw.to_string()));
         }
-        Address::parse(s).map_err(|e| e.to_string())
+        Ok(Address::parse(s)?)
     }
 
     /// The key used for exact-address matching: `local@domain`, `<>` or
@@ -376,6 +373,7 @@ impl Address {
         }
     }
 
+    /// The domain in canonical form, for a `local@domain` address.
     pub fn domain(&self) -> Option<&str> {
         match self {
             Address::Mailbox { domain, .. } => Some(domain),
@@ -383,14 +381,9 @@ impl Address {
         }
     }
 
-    /// The local part's matching key.
-    pub fn local_part(&self) -> Option<&str> {
-        self.local().map(|l| l.key.as_str())
-    }
-
     /// The mailbox name without quoting, case kept (`john smith` for
     /// `"John Smith"@example.org` is `John Smith`).
-    pub fn local_text(&self) -> Option<&str> {
+    pub(crate) fn local_text(&self) -> Option<&str> {
         self.local().map(|l| l.text.as_str())
     }
 
@@ -402,7 +395,7 @@ impl Address {
     }
 
     /// The domain as the MTA spelled it.
-    pub fn original_domain(&self) -> Option<&str> {
+    pub(crate) fn original_domain(&self) -> Option<&str> {
         match self {
             Address::Mailbox { local, .. } => {
                 split_at_domain(&local.original).map(|(_, domain)| domain)
@@ -412,7 +405,7 @@ impl Address {
     }
 
     /// The local part as the MTA spelled it, for rewrites that keep it.
-    pub fn original_local(&self) -> Option<&str> {
+    pub(crate) fn original_local(&self) -> Option<&str> {
         match self {
             Address::Null => None,
             Address::Local(local) => Some(&local.original),
@@ -432,6 +425,7 @@ impl Address {
         format!("<{}>", self.original())
     }
 
+    /// Whether this is the null reverse-path `<>`.
     pub fn is_null(&self) -> bool {
         matches!(self, Address::Null)
     }
@@ -655,6 +649,17 @@ mod tests {
                 .unwrap()
                 .key(),
             "blocked@example.org"
+        );
+    }
+
+    #[test]
+    fn config_address_error_texts() {
+        let text = |s: &str| Address::parse_config(s).unwrap_err().to_string();
+        assert_eq!(text(" <a\tb> "), "invalid address \" <a\\tb> \"");
+        assert_eq!(text("user@"), "invalid address \"user@\": empty domain");
+        assert_eq!(
+            normalize_domain("a..b").unwrap_err().to_string(),
+            "invalid domain \"a..b\""
         );
     }
 

@@ -38,12 +38,16 @@ pub mod defaults {
 /// their DNS TTL runs out, keyed by name as mail-auth spells it.
 pub type SharedTxt = crate::ttl_cache::TtlCache<mail_auth::Txt>;
 
+/// The compiled `[dns]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
     /// `None`: the system's /etc/resolv.conf.
     pub nameservers: Option<Vec<SocketAddr>>,
+    /// Per query, per try.
     pub timeout: Duration,
+    /// Tries in all, the first included.
     pub attempts: usize,
+    /// Answers kept in each cache.
     pub cache_size: u64,
 }
 
@@ -125,6 +129,7 @@ fn keep<T: Clone>(
 /// A TXT lookup's outcome with its lifetime (see [`Dns::txt_answer`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxtAnswer {
+    /// The records' strings, each record's strings joined.
     pub records: Result<Vec<Vec<u8>>, DnsError>,
     /// The records' TTL, or for "no such record" the negative TTL of the
     /// zone's SOA (RFC 2308 §5); `None` for failures and for negative
@@ -132,15 +137,37 @@ pub struct TxtAnswer {
     pub valid_until: Option<std::time::Instant>,
 }
 
+/// Why the resolver could not be set up.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DnsSetupError {
+    /// No `[dns] nameservers`, and the system's resolver configuration
+    /// cannot be read.
+    #[error("cannot read /etc/resolv.conf: {0}; set [dns] nameservers")]
+    SystemConfig(#[source] NetError),
+    /// hickory refused the configuration.
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(#[source] NetError),
+}
+
+/// The checks being changed elsewhere (spf, dkim, dmarc, arc) report this
+/// error through `Options::error`, which takes text; remove this with their
+/// conversion (issue 17).
+impl From<DnsSetupError> for String {
+    fn from(e: DnsSetupError) -> String {
+        e.to_string()
+    }
+}
+
 /// Builds the resolver the first time a check asks for it, so a policy
 /// without DNS checks never needs /etc/resolv.conf.
 pub struct DnsProvider {
     settings: DnsSettings,
-    built: std::sync::OnceLock<Result<std::sync::Arc<Dns>, String>>,
+    built: std::sync::OnceLock<Result<std::sync::Arc<Dns>, DnsSetupError>>,
 }
 
 impl DnsProvider {
-    pub fn new(settings: DnsSettings) -> DnsProvider {
+    /// A provider that builds its resolver from `settings` when first asked.
+    pub(crate) fn new(settings: DnsSettings) -> DnsProvider {
         DnsProvider {
             settings,
             built: std::sync::OnceLock::new(),
@@ -148,20 +175,23 @@ impl DnsProvider {
     }
 
     /// The settings of the resolver, if a check has asked for it.
-    pub fn settings_in_use(&self) -> Option<DnsSettings> {
+    pub(crate) fn settings_in_use(&self) -> Option<DnsSettings> {
         match self.built.get() {
             Some(Ok(dns)) => Some(dns.settings().clone()),
             _ => None,
         }
     }
 
-    pub fn get(&self) -> Result<std::sync::Arc<Dns>, String> {
+    /// The shared resolver, built on first use; a failure is kept too, so
+    /// every check that asks reports the same error.
+    pub fn get(&self) -> Result<std::sync::Arc<Dns>, DnsSetupError> {
         self.built
             .get_or_init(|| Dns::new(&self.settings).map(std::sync::Arc::new))
             .clone()
     }
 }
 
+/// The shared resolver and the caches in front of it.
 pub struct Dns {
     auth: MessageAuthenticator,
     settings: DnsSettings,
@@ -184,7 +214,8 @@ impl std::fmt::Debug for Dns {
 }
 
 impl Dns {
-    pub fn new(settings: &DnsSettings) -> Result<Dns, String> {
+    /// A resolver with these settings, its caches empty.
+    pub fn new(settings: &DnsSettings) -> Result<Dns, DnsSetupError> {
         let mut opts = ResolverOpts::default();
         let config = match &settings.nameservers {
             Some(servers) => {
@@ -200,9 +231,7 @@ impl Dns {
             }
             None => {
                 let (config, system_opts) = hickory_resolver::system_conf::read_system_conf()
-                    .map_err(|e| {
-                        format!("cannot read /etc/resolv.conf: {e}; set [dns] nameservers")
-                    })?;
+                    .map_err(DnsSetupError::SystemConfig)?;
                 opts = system_opts;
                 config
             }
@@ -221,8 +250,7 @@ impl Dns {
         // nameservers are given. (Its RFC 6761 answers for `localhost` and
         // 127.0.0.0/8 stay: no DNS server may answer those differently.)
         opts.use_hosts_file = ResolveHosts::Never;
-        let auth = MessageAuthenticator::new(config, opts)
-            .map_err(|e| format!("cannot set up the DNS resolver: {e}"))?;
+        let auth = MessageAuthenticator::new(config, opts).map_err(DnsSetupError::Resolver)?;
         Ok(Dns {
             auth,
             settings: settings.clone(),
@@ -232,7 +260,8 @@ impl Dns {
         })
     }
 
-    pub fn settings(&self) -> &DnsSettings {
+    /// The settings the resolver was built with.
+    pub(crate) fn settings(&self) -> &DnsSettings {
         &self.settings
     }
 
@@ -248,7 +277,7 @@ impl Dns {
     }
 
     /// For what mail-auth still does: DKIM and ARC keys and signatures.
-    pub fn authenticator(&self) -> &MessageAuthenticator {
+    pub(crate) fn authenticator(&self) -> &MessageAuthenticator {
         &self.auth
     }
 
@@ -300,6 +329,8 @@ impl Dns {
         answer
     }
 
+    /// AAAA records, as [`Dns::ipv4`] does A records but without the
+    /// cache in front.
     pub async fn ipv6(&self, name: &str) -> Result<Vec<Ipv6Addr>, DnsError> {
         let lookup = self.auth.resolver().ipv6_lookup(Self::fqdn(name)?).await;
         Self::records(lookup, |d| match d {
@@ -309,7 +340,7 @@ impl Dns {
     }
 
     /// A and AAAA together, looked up in parallel.
-    pub async fn ips(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
+    pub(crate) async fn ips(&self, name: &str) -> Result<Vec<IpAddr>, DnsError> {
         let (v4, v6) = tokio::join!(self.ipv4(name), self.ipv6(name));
         let mut out: Vec<IpAddr> = Vec::new();
         let mut temporary = None;
@@ -332,7 +363,7 @@ impl Dns {
 
     /// MX records as (preference, exchange without the trailing dot),
     /// lowest preference first.
-    pub async fn mx(&self, name: &str) -> Result<Vec<(u16, String)>, DnsError> {
+    pub(crate) async fn mx(&self, name: &str) -> Result<Vec<(u16, String)>, DnsError> {
         let lookup = self.auth.resolver().mx_lookup(Self::fqdn(name)?).await;
         let mut mx = Self::records(lookup, |d| match d {
             RData::MX(m) => Some((
@@ -392,7 +423,7 @@ impl Dns {
     /// below it do not exist. Any other answer, records or none (NODATA),
     /// means it exists; only when no query completes is the answer
     /// unknown.
-    pub async fn exists(&self, name: &str) -> Result<bool, DnsError> {
+    pub(crate) async fn exists(&self, name: &str) -> Result<bool, DnsError> {
         use hickory_resolver::proto::rr::RecordType;
         let fqdn = Self::fqdn(name)?;
         let resolver = self.auth.resolver();
@@ -448,7 +479,7 @@ impl Dns {
 /// A query name from dot-separated labels of any octets but the dot, made
 /// fully qualified. `None` when it cannot be a DNS name (RFC 1035 §2.3.4):
 /// an empty label, a label over 63 octets, over 255 octets in all.
-pub fn name_from_labels(name: &str) -> Option<Name> {
+pub(crate) fn name_from_labels(name: &str) -> Option<Name> {
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
         return None;
@@ -460,14 +491,14 @@ pub fn name_from_labels(name: &str) -> Option<Name> {
 
 /// Whether `name` could be a DNS name at all (labels of 1-63 octets, 255
 /// octets in all); one that cannot has no records.
-pub fn can_exist(name: &str) -> bool {
+pub(crate) fn can_exist(name: &str) -> bool {
     Dns::fqdn(name).is_ok()
 }
 
 impl Dns {
     /// The records of type `rtype` at `name` (CNAMEs followed by the
     /// resolver); none is NotFound.
-    pub async fn records_of_type(
+    pub(crate) async fn records_of_type(
         &self,
         name: Name,
         rtype: hickory_resolver::proto::rr::RecordType,
@@ -481,7 +512,7 @@ impl Dns {
 /// 127.0.0.1 (discard), with a short timeout. Lookups fail quickly as
 /// temporary errors and never leave the machine.
 #[cfg(test)]
-pub fn unreachable_for_tests() -> std::sync::Arc<Dns> {
+pub(crate) fn unreachable_for_tests() -> std::sync::Arc<Dns> {
     let settings = DnsSettings {
         nameservers: Some(vec![SocketAddr::from(([127, 0, 0, 1], 9))]),
         timeout: Duration::from_millis(200),

@@ -10,20 +10,26 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Why a file could not be opened for reading.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    #[error(transparent)]
     Io(std::io::Error),
     /// What it is instead of a regular file: "a FIFO", "a directory", ...
+    #[error("it is {0}, not a regular file")]
     NotRegular(&'static str),
 }
 
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpenError::Io(e) => write!(f, "{e}"),
-            OpenError::NotRegular(kind) => write!(f, "it is {kind}, not a regular file"),
-        }
-    }
+/// Why a whole file could not be read by [`read_regular`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Larger than the cap, before or while reading it.
+    #[error("it is larger than {max} bytes")]
+    TooLarge { max: u64 },
+    /// Reading failed after the file was opened.
+    #[error(transparent)]
+    Read(std::io::Error),
 }
 
 /// What a file is, for an error, when it is not a regular file.
@@ -61,20 +67,19 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     }
 }
 
-/// A whole regular file of at most `max` bytes, or why not, in words.
-pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    let (file, meta) = open_regular(path).map_err(|e| e.to_string())?;
-    let too_large = || format!("it is larger than {max} bytes");
+/// A whole regular file of at most `max` bytes, or why not.
+pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+    let (file, meta) = open_regular(path)?;
     if meta.len() > max {
-        return Err(too_large());
+        return Err(ReadError::TooLarge { max });
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     (&file)
         .take(max.saturating_add(1))
         .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+        .map_err(ReadError::Read)?;
     if bytes.len() as u64 > max {
-        return Err(too_large());
+        return Err(ReadError::TooLarge { max });
     }
     Ok(bytes)
 }
@@ -90,15 +95,17 @@ mod tests {
         std::fs::write(&file, "0123456789").unwrap();
         assert_eq!(read_regular(&file, 10).unwrap(), b"0123456789");
         assert_eq!(
-            read_regular(&file, 9).unwrap_err(),
+            read_regular(&file, 9).unwrap_err().to_string(),
             "it is larger than 9 bytes"
         );
         assert_eq!(
-            read_regular(dir.path(), 10).unwrap_err(),
+            read_regular(dir.path(), 10).unwrap_err().to_string(),
             "it is a directory, not a regular file"
         );
         assert_eq!(
-            read_regular(Path::new("/dev/zero"), 10).unwrap_err(),
+            read_regular(Path::new("/dev/zero"), 10)
+                .unwrap_err()
+                .to_string(),
             "it is a character device, not a regular file"
         );
         let fifo = dir.path().join("fifo");
@@ -106,7 +113,7 @@ mod tests {
         // SAFETY: mkfifo reads a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         assert_eq!(
-            read_regular(&fifo, 10).unwrap_err(),
+            read_regular(&fifo, 10).unwrap_err().to_string(),
             "it is a FIFO, not a regular file"
         );
     }

@@ -35,31 +35,60 @@ pub mod defaults {
     pub const SPARE_FILES: u64 = 64;
 }
 
+/// Where the daemon listens for the MTA.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenAddress {
+    /// A TCP socket.
     Inet(SocketAddr),
+    /// A UNIX socket at an absolute path.
     Unix(PathBuf),
+}
+
+/// Why a listen address cannot be used; each carries the address as written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ListenAddressError {
+    /// `inet:` followed by something that is not IP:PORT.
+    #[error(
+        "invalid address \"{address}\": write inet:IP:PORT, such as inet:127.0.0.1:7357 or inet:[::1]:7357"
+    )]
+    Inet {
+        address: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    /// `unix:` followed by nothing or a relative path.
+    #[error(
+        "invalid address \"{address}\": write unix: and an absolute path, such as unix:/run/dispatch-milter/milter.sock"
+    )]
+    Unix { address: String },
+    /// Neither `inet:` nor `unix:`.
+    #[error("invalid address \"{address}\": use inet:IP:PORT or unix:/absolute/path")]
+    Scheme { address: String },
 }
 
 impl ListenAddress {
     /// `inet:127.0.0.1:7357`, `inet:[::1]:7357` or `unix:/run/dispatch-milter/milter.sock`.
-    pub fn parse(s: &str) -> Result<ListenAddress, String> {
+    pub fn parse(s: &str) -> Result<ListenAddress, ListenAddressError> {
         if let Some(rest) = s.strip_prefix("inet:") {
-            return rest.parse::<SocketAddr>().map(ListenAddress::Inet).map_err(|_| {
-                format!("invalid address \"{s}\": write inet:IP:PORT, such as inet:127.0.0.1:7357 or inet:[::1]:7357")
-            });
+            return rest
+                .parse::<SocketAddr>()
+                .map(ListenAddress::Inet)
+                .map_err(|source| ListenAddressError::Inet {
+                    address: s.to_string(),
+                    source,
+                });
         }
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() || !path.starts_with('/') {
-                return Err(format!(
-                    "invalid address \"{s}\": write unix: and an absolute path, such as unix:/run/dispatch-milter/milter.sock"
-                ));
+                return Err(ListenAddressError::Unix {
+                    address: s.to_string(),
+                });
             }
             return Ok(ListenAddress::Unix(PathBuf::from(path)));
         }
-        Err(format!(
-            "invalid address \"{s}\": use inet:IP:PORT or unix:/absolute/path"
-        ))
+        Err(ListenAddressError::Scheme {
+            address: s.to_string(),
+        })
     }
 }
 
@@ -72,40 +101,52 @@ impl std::fmt::Display for ListenAddress {
     }
 }
 
+/// One `[[server.listen]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenerSettings {
+    /// Where to listen.
     pub address: ListenAddress,
     /// The pipeline for every connection here; `None` chooses by
     /// `{daemon_name}`, then the first pipeline.
     pub pipeline: Option<String>,
     /// UNIX sockets only.
     pub socket_mode: Option<u32>,
+    /// UNIX sockets only: the user that owns the socket.
     pub socket_owner: Option<String>,
+    /// UNIX sockets only: the socket's group.
     pub socket_group: Option<String>,
 }
 
+/// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// One human-readable line per event.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// The compiled `[server]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
+    /// Where the daemon listens, in config order.
     pub listeners: Vec<ListenerSettings>,
     /// Per listener: the most connections it holds open at once.
     pub max_connections: usize,
     /// Threads that run connections and checks; `None`: half the CPUs, at
     /// least one (`daemon::default_worker_threads`).
     pub worker_threads: Option<usize>,
+    /// How long messages in flight may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// The longest the MTA may leave a connection silent, and the longest
     /// a reply may take to write, before the connection is closed.
     pub connection_timeout: Duration,
+    /// Text or JSON log lines.
     pub log_format: LogFormat,
     /// A tracing filter such as `info` or `dispatch_milter=debug`; `RUST_LOG`
     /// wins when set.
     pub log_level: String,
+    /// Where Prometheus metrics are served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -158,5 +199,22 @@ mod tests {
         ] {
             assert!(ListenAddress::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn error_texts() {
+        let text = |s: &str| ListenAddress::parse(s).unwrap_err().to_string();
+        assert_eq!(
+            text("inet:localhost:25"),
+            "invalid address \"inet:localhost:25\": write inet:IP:PORT, such as inet:127.0.0.1:7357 or inet:[::1]:7357"
+        );
+        assert_eq!(
+            text("unix:rel.sock"),
+            "invalid address \"unix:rel.sock\": write unix: and an absolute path, such as unix:/run/dispatch-milter/milter.sock"
+        );
+        assert_eq!(
+            text("127.0.0.1:7357"),
+            "invalid address \"127.0.0.1:7357\": use inet:IP:PORT or unix:/absolute/path"
+        );
     }
 }

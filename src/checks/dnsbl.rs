@@ -125,27 +125,43 @@ fn error_code_meaning(a: Ipv4Addr) -> Option<&'static str> {
     }
 }
 
+/// Why an entry of `codes` is refused; each carries the entry (or the
+/// part of it at fault) as written, trimmed.
+#[derive(Debug, thiserror::Error)]
+enum CodeError {
+    #[error("\"{0}\" is not an IPv4 address")]
+    NotAddress(String),
+    #[error("the range \"{0}\" ends before it starts")]
+    Backwards(String),
+    #[error("\"{0}\" is not an IPv4 prefix such as \"127.0.0.0/24\"")]
+    NotPrefix(String),
+    #[error("\"{0}\" is outside 127.0.0.0/8, where list answers are (RFC 5782 §2.1)")]
+    OutsideLoopback(String),
+    #[error(
+        "\"{0}\" overlaps 127.255.255.0/24, which lists use for error answers, never for listings"
+    )]
+    ErrorAnswers(String),
+}
+
 /// Parse one entry of `codes`: an address, `first-last`, or a prefix.
-fn parse_code(s: &str) -> Result<CodeRange, String> {
+fn parse_code(s: &str) -> Result<CodeRange, CodeError> {
     let s = s.trim();
-    let addr = |t: &str| -> Result<Ipv4Addr, String> {
-        t.trim()
-            .parse::<Ipv4Addr>()
-            .map_err(|_| format!("\"{}\" is not an IPv4 address", t.trim()))
+    let addr = |t: &str| -> Result<Ipv4Addr, CodeError> {
+        let t = t.trim();
+        t.parse::<Ipv4Addr>()
+            .map_err(|_| CodeError::NotAddress(t.to_string()))
     };
     let range = if let Some((a, b)) = s.split_once('-') {
         let (a, b) = (addr(a)?, addr(b)?);
         if a > b {
-            return Err(format!("the range \"{s}\" ends before it starts"));
+            return Err(CodeError::Backwards(s.to_string()));
         }
         CodeRange {
             first: a.into(),
             last: b.into(),
         }
     } else if s.contains('/') {
-        let net: ipnet::Ipv4Net = s
-            .parse()
-            .map_err(|_| format!("\"{s}\" is not an IPv4 prefix such as \"127.0.0.0/24\""))?;
+        let net: ipnet::Ipv4Net = s.parse().map_err(|_| CodeError::NotPrefix(s.to_string()))?;
         CodeRange {
             first: net.network().into(),
             last: net.broadcast().into(),
@@ -159,18 +175,14 @@ fn parse_code(s: &str) -> Result<CodeRange, String> {
     };
     let (first, last) = (Ipv4Addr::from(range.first), Ipv4Addr::from(range.last));
     if first.octets()[0] != 127 || last.octets()[0] != 127 {
-        return Err(format!(
-            "\"{s}\" is outside 127.0.0.0/8, where list answers are (RFC 5782 §2.1)"
-        ));
+        return Err(CodeError::OutsideLoopback(s.to_string()));
     }
     let errors = CodeRange {
         first: Ipv4Addr::new(127, 255, 255, 0).into(),
         last: Ipv4Addr::new(127, 255, 255, 255).into(),
     };
     if range.first <= errors.last && errors.first <= range.last {
-        return Err(format!(
-            "\"{s}\" overlaps 127.255.255.0/24, which lists use for error answers, never for listings"
-        ));
+        return Err(CodeError::ErrorAnswers(s.to_string()));
     }
     Ok(range)
 }

@@ -3,16 +3,27 @@
 //! file line split into 255-byte strings. The key is parsed and checked as
 //! `dkim_sign` would load it, so a key it prints a record for can sign.
 
-use crate::modifiers::dkim_sign::{LoadedKey, valid_selector};
+use crate::modifiers::dkim_sign::{KeyError, LoadedKey, valid_selector};
 use std::path::Path;
 
+/// Why no record can be printed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecordError {
+    /// Not a DNS selector; kept as given.
+    #[error(
+        "--selector \"{}\" must be DNS labels of letters, digits, \"-\" and \"_\"",
+        .0.escape_debug()
+    )]
+    Selector(String),
+    /// The key cannot be used; the text follows the file's name.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
 /// The record line for the key in `pem` under `selector`.
-pub fn record(pem: &str, selector: &str) -> Result<String, String> {
+pub(crate) fn record(pem: &str, selector: &str) -> Result<String, RecordError> {
     if !valid_selector(selector) {
-        return Err(format!(
-            "--selector \"{}\" must be DNS labels of letters, digits, \"-\" and \"_\"",
-            selector.escape_debug()
-        ));
+        return Err(RecordError::Selector(selector.to_string()));
     }
     let key = LoadedKey::from_pem(pem)?;
     Ok(key.zone_record(selector))
@@ -22,10 +33,7 @@ pub fn record(pem: &str, selector: &str) -> Result<String, String> {
 /// cannot be read or used, 2 for a bad selector.
 pub fn run(keyfile: &Path, selector: &str) -> i32 {
     if !valid_selector(selector) {
-        eprintln!(
-            "--selector \"{}\" must be DNS labels of letters, digits, \"-\" and \"_\"",
-            selector.escape_debug()
-        );
+        eprintln!("{}", RecordError::Selector(selector.to_string()));
         return 2;
     }
     let text = match crate::files::read_regular(keyfile, 1 << 20) {
@@ -81,7 +89,11 @@ mod tests {
     #[test]
     fn problems_are_reported() {
         assert!(record(&key("ed25519.pem"), "bad selector").is_err());
-        let e = record(&key("rsa768.pem"), "s").unwrap_err();
+        assert_eq!(
+            record(&key("ed25519.pem"), "a\tb").unwrap_err().to_string(),
+            "--selector \"a\\tb\" must be DNS labels of letters, digits, \"-\" and \"_\""
+        );
+        let e = record(&key("rsa768.pem"), "s").unwrap_err().to_string();
         assert!(e.contains("768 bits"), "{e}");
         assert_eq!(run(Path::new("/nonexistent/key.pem"), "s"), 1);
         assert_eq!(run(Path::new("/nonexistent/key.pem"), "a b"), 2);

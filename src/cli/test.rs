@@ -11,52 +11,74 @@ use serde::Serialize;
 use serde_json::json;
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Everything the command line says about the message.
 #[derive(Clone, Debug, Default)]
 pub struct TestInput {
+    /// `--pipeline`: the pipeline to use instead of the daemon's choice.
     pub pipeline: Option<String>,
+    /// The SMTP client's address.
     pub client_ip: Option<IpAddr>,
+    /// The SMTP client's host name.
     pub client_name: Option<String>,
+    /// The HELO name; the client name (or "localhost") when absent.
     pub helo: Option<String>,
+    /// The envelope sender, "" for the null sender.
     pub from: String,
+    /// The envelope recipients.
     pub to: Vec<String>,
+    /// The SASL user name, as if the client had authenticated.
     pub auth_user: Option<String>,
+    /// Pretend the client used TLS 1.3.
     pub tls: bool,
+    /// The MTA's `{daemon_name}`.
     pub daemon_name: Option<String>,
+    /// The MTA's queue id.
     pub queue_id: Option<String>,
     /// The message as read from the file: headers, a blank line, the body.
     pub message: Vec<u8>,
 }
 
+/// One SMTP stage as `test` ran it.
 #[derive(Clone, Debug, Serialize)]
 pub struct StageLine {
+    /// `connect`, `helo`, `mail`, `rcpt`, ...
     pub stage: String,
+    /// What was sent at that stage.
     pub detail: String,
+    /// What the policy answered.
     pub reply: StageReply,
 }
 
 /// What `test` found.
 #[derive(Clone, Debug, Serialize)]
 pub struct TestOutcome {
+    /// The pipeline the message went through.
     pub pipeline: String,
+    /// What happened to the message.
     pub verdict: Verdict,
+    /// The reply sent with a refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
+    /// Why, when the policy says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// In dry-run mode: what the policy would have done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run_verdict: Option<Verdict>,
+    /// Every stage run, in order.
     pub stages: Vec<StageLine>,
+    /// The message's report, when it reached end of message.
     pub report: Option<MessageReport>,
+    /// The edits the MTA would be asked to make.
     pub edits: Vec<crate::edits::Edit>,
 }
 
 /// Split a message into headers as text (name trimmed; the value without
 /// the one space after the colon, folds kept as CRLF, bytes that are not
-/// UTF-8 replaced) and a CRLF body: [`parse_message_exact`] read as text,
+/// UTF-8 replaced) and a CRLF body: `parse_message_exact` read as text,
 /// for what wants strings.
 pub fn parse_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
     let (headers, body) = parse_message_exact(raw);
@@ -78,7 +100,7 @@ pub fn parse_message(raw: &[u8]) -> (Vec<(String, String)>, Vec<u8>) {
 /// CRLF) and the body with CRLF line ends. A file with LF line ends reads
 /// as if each LF were CRLF, as an MTA receives it; every other byte, 8-bit
 /// ones included, is kept, so DKIM signatures over it verify.
-pub fn parse_message_exact(raw: &[u8]) -> (Vec<Header>, Vec<u8>) {
+pub(crate) fn parse_message_exact(raw: &[u8]) -> (Vec<Header>, Vec<u8>) {
     let mut normalized = Vec::with_capacity(raw.len() + raw.len() / 32);
     for (i, b) in raw.iter().enumerate() {
         if *b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
@@ -126,22 +148,32 @@ fn stage(stages: &mut Vec<StageLine>, name: &str, detail: String, reply: &StageR
     });
 }
 
+/// `--pipeline` names no pipeline of the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no pipeline \"{name}\" in {}; pipelines: {}",
+    .file.display(),
+    .pipelines.join(", ")
+)]
+pub struct UnknownPipeline {
+    name: String,
+    file: PathBuf,
+    /// The configuration's pipelines, in order.
+    pipelines: Vec<String>,
+}
+
 /// Run the policy on one message. Errors are for the command line (an
 /// unknown pipeline), not for the policy's verdict.
-pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, String> {
+pub async fn run(policy: Arc<Policy>, input: &TestInput) -> Result<TestOutcome, UnknownPipeline> {
     // The daemon's choice: --pipeline as a listener's `pipeline`, else by
     // {daemon_name}, else the first.
     let named = input.pipeline.as_deref();
     let pipeline = policy
         .choose_pipeline(named, input.daemon_name.as_deref())
-        .ok_or_else(|| {
-            let names: Vec<&str> = policy.pipelines.iter().map(|p| p.name.as_str()).collect();
-            format!(
-                "no pipeline \"{}\" in {}; pipelines: {}",
-                named.unwrap_or_default(),
-                policy.file.display(),
-                names.join(", ")
-            )
+        .ok_or_else(|| UnknownPipeline {
+            name: named.unwrap_or_default().to_string(),
+            file: policy.file.clone(),
+            pipelines: policy.pipelines.iter().map(|p| p.name.clone()).collect(),
         })?;
     let facts = ConnectionFacts {
         client_ip: input.client_ip,

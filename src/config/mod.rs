@@ -24,11 +24,23 @@ pub fn load(path: &Path) -> Result<Policy, ConfigErrors> {
 /// belong in table files), and a bound on what a wrong path can cost.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
+/// Why the configuration file could not be read as text.
+#[derive(Debug, thiserror::Error)]
+enum ReadConfigError {
+    #[error(transparent)]
+    File(#[from] crate::files::ReadError),
+    #[error("it is not valid UTF-8")]
+    NotUtf8,
+}
+
+fn read_config(path: &Path) -> Result<String, ReadConfigError> {
+    let bytes = crate::files::read_regular(path, MAX_CONFIG_SIZE)?;
+    String::from_utf8(bytes).map_err(|_| ReadConfigError::NotUtf8)
+}
+
+/// Read and compile a configuration file with the kinds of `registry`.
 pub fn load_with(path: &Path, registry: &Registry) -> Result<Policy, ConfigErrors> {
-    let text = crate::files::read_regular(path, MAX_CONFIG_SIZE).and_then(|bytes| {
-        String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8".to_string())
-    });
-    match text {
+    match read_config(path) {
         Ok(text) => compile_str(path, &text, registry),
         Err(e) => Err(ConfigErrors(vec![ConfigError {
             file: path.to_path_buf(),

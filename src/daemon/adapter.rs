@@ -604,6 +604,21 @@ fn record(shared: &Shared, pipeline: &str, verdict: &str, outcome: &MessageOutco
     }
 }
 
+/// Why the edit list could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+enum SendEditsError {
+    /// The MTA did not grant the milter action an edit of this kind needs.
+    #[error("the MTA did not grant the milter action needed for \"{kind}\"")]
+    NotGranted { kind: &'static str },
+    /// The MTA connection refused or failed an edit of this kind.
+    #[error("{kind}: {source}")]
+    Action {
+        kind: &'static str,
+        #[source]
+        source: indymilter::ActionError,
+    },
+}
+
 /// Send the edit list in order. The first failure stops and is returned; the
 /// caller then tempfails the message, so the MTA discards what was sent.
 async fn send_edits(
@@ -611,7 +626,7 @@ async fn send_edits(
     outcome: &MessageOutcome,
     granted: Actions,
     leading_space: bool,
-) -> Result<(), String> {
+) -> Result<(), SendEditsError> {
     for edit in &outcome.edits {
         let needed = match edit {
             Edit::AddHeader { .. } | Edit::InsertHeader { .. } => Actions::ADD_HEADER,
@@ -622,10 +637,7 @@ async fn send_edits(
             Edit::Quarantine { .. } => Actions::QUARANTINE,
         };
         if !granted.contains(needed) {
-            return Err(format!(
-                "the MTA did not grant the milter action needed for \"{}\"",
-                edit.kind()
-            ));
+            return Err(SendEditsError::NotGranted { kind: edit.kind() });
         }
         let result = match edit {
             Edit::AddHeader { name, value } => {
@@ -687,7 +699,10 @@ async fn send_edits(
             }
             Edit::Quarantine { reason } => actions.quarantine(reason.as_str()).await,
         };
-        result.map_err(|e| format!("{}: {e}", edit.kind()))?;
+        result.map_err(|source| SendEditsError::Action {
+            kind: edit.kind(),
+            source,
+        })?;
     }
     Ok(())
 }

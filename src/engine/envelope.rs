@@ -4,19 +4,50 @@
 //! transaction.
 
 use super::*;
+use crate::modifiers::RewriteError;
+use crate::policy::ModifierInstance;
 
+/// A modifier's rewrite that failed, with the modifier's name.
+#[derive(Debug, thiserror::Error)]
+#[error("modifier \"{modifier}\": {source}")]
+pub(super) struct ModifierFailed {
+    modifier: String,
+    #[source]
+    source: RewriteError,
+}
+
+impl ModifierFailed {
+    fn new(instance: &ModifierInstance, source: RewriteError) -> ModifierFailed {
+        ModifierFailed {
+            modifier: instance.name.clone(),
+            source,
+        }
+    }
+}
+
+/// The sender after `modifiers`' rewrites. The error is text because
+/// engine/mod.rs, which is being changed elsewhere, logs it as a `&str`;
+/// it becomes [`ModifierFailed`] with that change (issue 17).
 pub(super) fn rewrite_sender(
     policy: &Policy,
     modifiers: &[ModifierId],
     sender: &Address,
 ) -> Result<Address, String> {
+    rewrite_sender_typed(policy, modifiers, sender).map_err(|e| e.to_string())
+}
+
+fn rewrite_sender_typed(
+    policy: &Policy,
+    modifiers: &[ModifierId],
+    sender: &Address,
+) -> Result<Address, ModifierFailed> {
     let mut current = sender.clone();
     for &id in modifiers {
         let instance = &policy.modifiers[id];
         if let Some(new) = instance
             .modifier
             .rewrite_sender(&current)
-            .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
+            .map_err(|e| ModifierFailed::new(instance, e))?
         {
             current = new;
         }
@@ -24,11 +55,11 @@ pub(super) fn rewrite_sender(
     Ok(current)
 }
 
-pub(super) fn rewrite_recipients(
+fn rewrite_recipients(
     policy: &Policy,
     modifiers: &[ModifierId],
     addresses: Vec<Address>,
-) -> Result<Vec<Address>, String> {
+) -> Result<Vec<Address>, ModifierFailed> {
     let mut current = addresses;
     for &id in modifiers {
         let instance = &policy.modifiers[id];
@@ -37,7 +68,7 @@ pub(super) fn rewrite_recipients(
             match instance
                 .modifier
                 .rewrite_recipient(&a)
-                .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?
+                .map_err(|e| ModifierFailed::new(instance, e))?
             {
                 Some(replaced) => next.extend(replaced),
                 None => next.push(a),
@@ -51,13 +82,23 @@ pub(super) fn rewrite_recipients(
 }
 
 /// Global and source rewrites, dispatch of each result, then the
-/// destination's own rewrites and its redirect.
+/// destination's own rewrites and its redirect. The error is text for the
+/// same reason as [`rewrite_sender`]'s.
 pub(super) fn dispatch_recipient(
     policy: &Policy,
     pipeline: &Pipeline,
     source: &SourceNode,
     original: &Address,
 ) -> Result<Vec<Target>, String> {
+    dispatch_recipient_typed(policy, pipeline, source, original).map_err(|e| e.to_string())
+}
+
+fn dispatch_recipient_typed(
+    policy: &Policy,
+    pipeline: &Pipeline,
+    source: &SourceNode,
+    original: &Address,
+) -> Result<Vec<Target>, ModifierFailed> {
     let rewritten = rewrite_recipients(policy, &pipeline.modifiers, vec![original.clone()])?;
     let rewritten = rewrite_recipients(policy, &source.modifiers, rewritten)?;
     let mut targets = Vec::new();

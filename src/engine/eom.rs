@@ -2,9 +2,23 @@
 //! scores, recipients), dry run, and the one ordered edit list.
 
 use super::*;
+use crate::edits::InvalidHeaderName;
 use crate::policy::PipelineSettings;
 
 const DRY_RUN_HEADER: &str = "X-Dispatch-Dry-Run";
+
+/// Why the edit list could not be built; then no edit at all is sent.
+#[derive(Debug, thiserror::Error)]
+enum EditsError {
+    #[error("no message")]
+    NoMessage,
+    #[error(transparent)]
+    Header(#[from] InvalidHeaderName),
+    /// A modifier's header edits failed. Its error is text until the
+    /// `Modifier` trait's `edit_message` gets a typed one (issue 17).
+    #[error("modifier \"{modifier}\": {error}")]
+    Modifier { modifier: String, error: String },
+}
 
 impl Session {
     /// End of message: run what is left, decide, and build the edits.
@@ -48,7 +62,7 @@ impl Session {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, queue_id = ?self.queue_id, "building the edits failed; no edit is sent and the error action applies");
-                    decision = self.error_decision(&e);
+                    decision = self.error_decision(&e.to_string());
                     EditList::new()
                 }
             }
@@ -167,7 +181,7 @@ impl Session {
         decision: &Decision,
         checks: &[CheckId],
         edits: &mut EditList,
-    ) -> Result<(), String> {
+    ) -> Result<(), InvalidHeaderName> {
         let disposition = match decision.verdict() {
             Verdict::Quarantine if !pipeline.settings.dry_run => "quarantine",
             _ => "none",
@@ -217,8 +231,8 @@ impl Session {
         pipeline: &Pipeline,
         decision: &Decision,
         checks: &[CheckId],
-    ) -> Result<EditList, String> {
-        let message = self.message.as_ref().ok_or("no message")?;
+    ) -> Result<EditList, EditsError> {
+        let message = self.message.as_ref().ok_or(EditsError::NoMessage)?;
         let mut edits = EditList::new();
 
         if message.sender.original() != message.original_sender.original() {
@@ -305,7 +319,10 @@ impl Session {
             instance
                 .modifier
                 .edit_message(&ctx, &mut edits)
-                .map_err(|e| format!("modifier \"{}\": {e}", instance.name))?;
+                .map_err(|error| EditsError::Modifier {
+                    modifier: instance.name.clone(),
+                    error,
+                })?;
         }
 
         if let Decision::Quarantine { reason } = decision {

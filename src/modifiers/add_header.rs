@@ -37,6 +37,12 @@ impl Field {
         ("daemon_name", Field::DaemonName),
     ];
 
+    /// Every placeholder, as written in a template: `{sender}, {recipients}, ...`.
+    fn placeholders() -> String {
+        let known: Vec<String> = Field::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
+        known.join(", ")
+    }
+
     fn from_name(name: &str) -> Option<Field> {
         Field::ALL.iter().find(|(n, _)| *n == name).map(|(_, f)| *f)
     }
@@ -73,9 +79,31 @@ enum Part {
     Field(Field),
 }
 
+/// Why a `value` template is refused; the text follows "`value` in
+/// MODIFIER".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum TemplateError {
+    #[error("must be a single line: the MTA folds long headers itself")]
+    Multiline,
+    #[error("has a \"}}\" without \"{{\": write }}}} for a literal brace")]
+    UnopenedBrace,
+    #[error("has a \"{{\" without \"}}\": write {{{{ for a literal brace")]
+    UnclosedBrace,
+    #[error(
+        "has an unknown placeholder \"{{{}}}\": use one of {}, or {{{{ and }}}} for literal braces",
+        .name.escape_debug(), Field::placeholders()
+    )]
+    UnknownPlaceholder { name: String },
+}
+
 /// Split a template into literal text and placeholders once, at build time,
 /// so a typo in a placeholder is a config error and not a surprise in mail.
-fn parse_template(template: &str) -> Result<Vec<Part>, String> {
+fn parse_template(template: &str) -> Result<Vec<Part>, TemplateError> {
+    if template.contains(['\r', '\n', '\0']) {
+        // The MTA folds long headers itself; a line break written here would
+        // only be flattened by sanitising, so say so instead.
+        return Err(TemplateError::Multiline);
+    }
     let mut parts = Vec::new();
     let mut literal = String::new();
     let mut rest = template;
@@ -88,19 +116,16 @@ fn parse_template(template: &str) -> Result<Vec<Part>, String> {
             continue;
         }
         if tail.starts_with('}') {
-            return Err("has a \"}\" without \"{\": write }} for a literal brace".to_string());
+            return Err(TemplateError::UnopenedBrace);
         }
         let Some(end) = tail.find('}') else {
-            return Err("has a \"{\" without \"}\": write {{ for a literal brace".to_string());
+            return Err(TemplateError::UnclosedBrace);
         };
         let name = &tail[1..end];
         let Some(field) = Field::from_name(name) else {
-            let known: Vec<String> = Field::ALL.iter().map(|(n, _)| format!("{{{n}}}")).collect();
-            return Err(format!(
-                "has an unknown placeholder \"{{{}}}\": use one of {}, or {{{{ and }}}} for literal braces",
-                name.escape_debug(),
-                known.join(", ")
-            ));
+            return Err(TemplateError::UnknownPlaceholder {
+                name: name.to_string(),
+            });
         };
         if !literal.is_empty() {
             parts.push(Part::Literal(std::mem::take(&mut literal)));
@@ -121,6 +146,7 @@ enum Position {
     Bottom,
 }
 
+/// The `add_header` modifier.
 pub struct AddHeaderModifier {
     name: String,
     template: Vec<Part>,
@@ -128,6 +154,7 @@ pub struct AddHeaderModifier {
 }
 
 impl AddHeaderModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         // Every key is read before any early return, so all mistakes in the
         // block are reported in one pass.
@@ -143,17 +170,10 @@ impl AddHeaderModifier {
 
     fn template(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<Part>> {
         let value = ctx.options.required_string("value")?;
-        // The MTA folds long headers itself; a line break written here would
-        // only be flattened by sanitising, so say so instead.
-        let problem = if value.get_ref().contains(['\r', '\n', '\0']) {
-            Err("must be a single line: the MTA folds long headers itself".to_string())
-        } else {
-            parse_template(value.get_ref())
-        };
-        match problem {
+        match parse_template(value.get_ref()) {
             Ok(parts) => Some(parts),
-            Err(msg) => {
-                let msg = format!("`value` in {} {msg}", ctx.options.what());
+            Err(e) => {
+                let msg = format!("`value` in {} {e}", ctx.options.what());
                 ctx.options.error(value.span(), msg);
                 None
             }
@@ -221,9 +241,10 @@ impl Modifier for AddHeaderModifier {
         // a placeholder cannot start a header line of its own.
         let value = self.render(ctx);
         match self.position {
-            Position::Bottom => edits.add_header(&self.name, &value),
-            Position::Top => edits.insert_header(0, &self.name, &value),
+            Position::Bottom => edits.add_header(&self.name, &value)?,
+            Position::Top => edits.insert_header(0, &self.name, &value)?,
         }
+        Ok(())
     }
 }
 
@@ -429,5 +450,26 @@ mod tests {
         // All problems of a block at once.
         let errors = errors_of("name = ''\nvalue = '{x}'\nposition = 1");
         assert_eq!(errors.len(), 3, "{errors:?}");
+    }
+
+    #[test]
+    fn template_error_texts() {
+        let text = |t: &str| parse_template(t).unwrap_err().to_string();
+        assert_eq!(
+            text("a\nb"),
+            "must be a single line: the MTA folds long headers itself"
+        );
+        assert_eq!(
+            text("a}b"),
+            "has a \"}\" without \"{\": write }} for a literal brace"
+        );
+        assert_eq!(
+            text("a{b"),
+            "has a \"{\" without \"}\": write {{ for a literal brace"
+        );
+        assert_eq!(
+            text("{send\ter}"),
+            "has an unknown placeholder \"{send\\ter}\": use one of {sender}, {recipients}, {client_ip}, {client_name}, {helo}, {queue_id}, {pipeline}, {auth_user}, {daemon_name}, or {{ and }} for literal braces"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! (so `a -> a` keeps `a`); results are deduplicated in first-seen order.
 
 use super::rewrite_sender::table_target;
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::{AliasLimit, Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::Address;
 use crate::tables::{Table, table_option};
 use std::collections::HashSet;
@@ -22,11 +22,13 @@ const MAX_ADDRESSES: usize = 1000;
 /// work per recipient.
 const MAX_LOOKUPS: usize = 10 * MAX_ADDRESSES;
 
+/// The `alias` modifier.
 pub struct AliasModifier {
     table: Arc<Table>,
 }
 
 impl AliasModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         if ctx.options.value("table").is_none() {
             let span = ctx.options.span();
@@ -43,7 +45,7 @@ impl AliasModifier {
 
     /// The full expansion of `recipient`, or `None` when the table does not
     /// know it.
-    fn expand(&self, recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+    fn expand(&self, recipient: &Address) -> Result<Option<Vec<Address>>, RewriteError> {
         if recipient.is_null() {
             return Ok(None);
         }
@@ -71,7 +73,7 @@ impl Modifier for AliasModifier {
         }
     }
 
-    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, RewriteError> {
         let Some(expanded) = self.expand(recipient)? else {
             return Ok(None);
         };
@@ -100,14 +102,18 @@ struct Walk<'w> {
 
 impl Walk<'_> {
     /// Resolve the table values of `from`, found at alias level `depth`.
-    fn targets(&mut self, from: &Address, values: &[String], depth: usize) -> Result<(), String> {
+    fn targets(
+        &mut self,
+        from: &Address,
+        values: &[String],
+        depth: usize,
+    ) -> Result<(), RewriteError> {
         if values.is_empty() {
             // Dropping the recipient silently would lose mail over a typo.
-            return Err(format!(
-                "table \"{}\" has no addresses for \"{}\": list at least one target",
-                self.table.name().escape_debug(),
-                from.original().escape_debug()
-            ));
+            return Err(RewriteError::NoAliasTargets {
+                table: self.table.name().to_string(),
+                address: from.original().to_string(),
+            });
         }
         for value in values {
             let target = table_target(from, value, self.table)?;
@@ -118,13 +124,13 @@ impl Walk<'_> {
             }
             self.lookups += 1;
             if self.lookups > MAX_LOOKUPS {
-                return Err(self.limit(&format!("{MAX_LOOKUPS} table lookups")));
+                return Err(self.limit(AliasLimit::Lookups(MAX_LOOKUPS)));
             }
             match self.table.lookup_address(&target) {
                 None => self.emit(target)?,
                 Some((_, next)) => {
                     if depth >= MAX_DEPTH {
-                        return Err(self.limit(&format!("{MAX_DEPTH} levels")));
+                        return Err(self.limit(AliasLimit::Depth(MAX_DEPTH)));
                     }
                     self.path.push(key);
                     self.targets(&target, &next, depth + 1)?;
@@ -135,10 +141,10 @@ impl Walk<'_> {
         Ok(())
     }
 
-    fn emit(&mut self, address: Address) -> Result<(), String> {
+    fn emit(&mut self, address: Address) -> Result<(), RewriteError> {
         if self.seen.insert(address.key()) {
             if self.out.len() >= MAX_ADDRESSES {
-                return Err(self.limit(&format!("{MAX_ADDRESSES} addresses")));
+                return Err(self.limit(AliasLimit::Addresses(MAX_ADDRESSES)));
             }
             self.out.push(address);
         }
@@ -147,12 +153,12 @@ impl Walk<'_> {
 
     /// A limit error; a partial list would deliver to some members and not
     /// others without anyone noticing, so the whole expansion fails.
-    fn limit(&self, what: &str) -> String {
-        format!(
-            "alias expansion of \"{}\" exceeds {what}: check table \"{}\" for long alias chains or oversized lists",
-            self.root.original().escape_debug(),
-            self.table.name().escape_debug()
-        )
+    fn limit(&self, limit: AliasLimit) -> RewriteError {
+        RewriteError::AliasLimit {
+            address: self.root.original().to_string(),
+            table: self.table.name().to_string(),
+            limit,
+        }
     }
 }
 
@@ -338,7 +344,8 @@ mod tests {
         let m = modifier(&tables("aliases", &pairs));
         let err = m
             .rewrite_recipient(&Address::parse("a0@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("alias expansion of \"a0@example.org\" exceeds 10 levels"),
             "{err}"
@@ -354,7 +361,8 @@ mod tests {
         let m = modifier(&tables("aliases", &[("big@example.org", &refs)]));
         let err = m
             .rewrite_recipient(&Address::parse("big@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("alias expansion of \"big@example.org\" exceeds 1000 addresses"),
             "{err}"
@@ -389,7 +397,8 @@ mod tests {
         let m = modifier(&tables("aliases", &pairs));
         let err = m
             .rewrite_recipient(&Address::parse("top@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exceeds 10000 table lookups"), "{err}");
     }
 
@@ -406,18 +415,21 @@ mod tests {
         ));
         let err = m
             .rewrite_recipient(&Address::parse("a@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("\"nodomain\"") && err.contains("table \"aliases\""),
             "{err}"
         );
         let err = m
             .rewrite_recipient(&Address::parse("b@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"bad@exa mple.org\""), "{err}");
         let err = m
             .rewrite_recipient(&Address::parse("d@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no addresses"), "{err}");
     }
 

@@ -42,9 +42,7 @@
 
 mod key;
 
-pub use key::{
-    Exposure, KeyKind, LoadedKey, base64_decode, base64_encode, exposure, valid_selector,
-};
+pub use key::{KeyError, KeyKind, LoadedKey, base64_decode, base64_encode, valid_selector};
 
 use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
@@ -79,7 +77,7 @@ pub const DEFAULT_HEADERS: [&str; 13] = [
 ];
 
 /// The reason a truncated body gives, for both signers.
-pub const TRUNCATED: &str = "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size";
+pub(crate) const TRUNCATED: &str = "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size";
 
 /// Keys already loaded while building one modifier, so a file named twice
 /// is read and reported once. A failed load is remembered as `None`.
@@ -213,6 +211,7 @@ struct KeyEntry {
     key: Arc<LoadedKey>,
 }
 
+/// The `dkim_sign` modifier.
 pub struct DkimSignModifier {
     name: String,
     keys: Vec<KeyEntry>,
@@ -225,6 +224,8 @@ pub struct DkimSignModifier {
 }
 
 impl DkimSignModifier {
+    /// Build it from its options, loading every key; `None` after
+    /// reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         // Every key is read before any early return, so all mistakes in the
         // block are reported in one pass.
@@ -584,7 +585,7 @@ impl DkimSignModifier {
         headers: &[Header],
         body: &[u8],
         now: u64,
-    ) -> Result<Signature, String> {
+    ) -> Result<Signature, SignError> {
         let message: Vec<&Header> = added.iter().chain(headers.iter()).collect();
         let present = |name: &str| message.iter().any(|h| h.name().eq_ignore_ascii_case(name));
         let wanted: Vec<&String> = self
@@ -605,7 +606,7 @@ impl DkimSignModifier {
             }
         }
         if signed.is_empty() {
-            return Err("no header to sign".to_string());
+            return Err(SignError::NoHeaders);
         }
         let mut h: Vec<String> = signed.iter().map(|(n, _)| n.to_string()).collect();
         // Oversigned names once more than the message holds them: an
@@ -637,10 +638,20 @@ impl DkimSignModifier {
                 headers: &signed,
                 signature: &signature,
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         Ok(signature)
     }
+}
+
+/// Why one signature could not be made.
+#[derive(Debug, thiserror::Error)]
+enum SignError {
+    /// None of the names to sign is in the message.
+    #[error("no header to sign")]
+    NoHeaders,
+    /// mail-auth's signing failed.
+    #[error(transparent)]
+    Crypto(#[from] mail_auth::Error),
 }
 
 /// What a signature signs (RFC 6376 §3.7): the signed headers in `h=`

@@ -23,10 +23,15 @@ pub mod strip_plus;
 
 /// What a modifier sees at end of message.
 pub struct MessageContext<'m> {
+    /// What is known of the SMTP client.
     pub connection: &'m ConnectionFacts,
+    /// Sender and recipients, as given and as rewritten.
     pub envelope: &'m Envelope,
+    /// Headers and body as received.
     pub message: &'m Message,
+    /// The MTA's queue id, when it sent one.
     pub queue_id: Option<&'m str>,
+    /// The name of the pipeline the message is in.
     pub pipeline: &'m str,
 }
 
@@ -34,12 +39,82 @@ pub struct MessageContext<'m> {
 /// actions and to compare branches for `split_transactions`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
+    /// It may change the envelope sender.
     pub sender: bool,
+    /// It may add or remove recipients.
     pub recipients: bool,
+    /// It may add, change or delete headers.
     pub headers: bool,
 }
 
+/// Why an envelope rewrite failed. The message then gets the pipeline's
+/// error action: a wrong or partial rewrite would misroute mail. Addresses,
+/// patterns and table values are kept as given and shown escaped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// A pattern's replacement made something that is not `local@domain`.
+    #[error(
+        "pattern \"{}\" rewrote \"{}\" to \"{}\", which is not an address with a domain: fix the pattern or the replacement",
+        .pattern.escape_debug(), .address.escape_debug(), .result.escape_debug()
+    )]
+    PatternResult {
+        pattern: String,
+        address: String,
+        result: String,
+    },
+    /// A rewrite table's entry for the address has no value.
+    #[error(
+        "table \"{}\" has no address for \"{}\": give the entry a value",
+        .table.escape_debug(), .address.escape_debug()
+    )]
+    EmptyEntry { table: String, address: String },
+    /// A table value that is not `local@domain` (or `@domain`).
+    #[error(
+        "table \"{}\" maps \"{}\" to \"{}\", which is not an address with a domain: fix the table entry",
+        .table.escape_debug(), .address.escape_debug(), .value.escape_debug()
+    )]
+    TableValue {
+        table: String,
+        address: String,
+        value: String,
+    },
+    /// An alias entry with no targets: dropping the recipient would lose
+    /// mail over a typo.
+    #[error(
+        "table \"{}\" has no addresses for \"{}\": list at least one target",
+        .table.escape_debug(), .address.escape_debug()
+    )]
+    NoAliasTargets { table: String, address: String },
+    /// An alias expansion past one of its limits; `address` is the
+    /// recipient whose expansion failed.
+    #[error(
+        "alias expansion of \"{}\" exceeds {limit}: check table \"{}\" for long alias chains or oversized lists",
+        .address.escape_debug(), .table.escape_debug()
+    )]
+    AliasLimit {
+        address: String,
+        table: String,
+        limit: AliasLimit,
+    },
+}
+
+/// The limit an alias expansion went past, with its value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AliasLimit {
+    /// Table lookups for one recipient.
+    #[error("{0} table lookups")]
+    Lookups(usize),
+    /// Alias levels.
+    #[error("{0} levels")]
+    Depth(usize),
+    /// Distinct addresses in the result.
+    #[error("{0} addresses")]
+    Addresses(usize),
+}
+
+/// One modifier: what it may change, and the changes themselves.
 pub trait Modifier: Send + Sync + 'static {
+    /// What the modifier may change, for milter negotiation.
     fn effects(&self) -> Effects;
 
     /// Whether the modifier needs the message body at end of message.
@@ -54,31 +129,97 @@ pub trait Modifier: Send + Sync + 'static {
     }
 
     /// A new sender, or `None` to leave it as it is.
-    fn rewrite_sender(&self, _sender: &Address) -> Result<Option<Address>, String> {
+    fn rewrite_sender(&self, _sender: &Address) -> Result<Option<Address>, RewriteError> {
         Ok(None)
     }
 
     /// The addresses that replace this recipient (one or several), or `None`
     /// to leave it as it is.
-    fn rewrite_recipient(&self, _recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+    fn rewrite_recipient(
+        &self,
+        _recipient: &Address,
+    ) -> Result<Option<Vec<Address>>, RewriteError> {
         Ok(None)
     }
 
-    /// Header edits at end of message.
+    /// Header edits at end of message. The error is still text: the trait
+    /// is implemented in `arc_seal`, which is being changed elsewhere, and
+    /// gets a typed error with it (issue 17).
     fn edit_message(&self, _ctx: &MessageContext<'_>, _edits: &mut EditList) -> Result<(), String> {
         Ok(())
     }
 }
 
+/// What a modifier's builder gets: its name, options, the tables and where
+/// relative paths start.
 pub struct ModifierBuildContext<'o, 'd, 'a> {
+    /// The modifier's name in `[modifiers.NAME]`.
     pub name: &'o str,
     /// Kind-specific keys only; `kind` is taken before.
     pub options: &'o mut Options<'d, 'a>,
+    /// Every table of the configuration.
     pub tables: &'o TableSet,
     /// The configuration file's directory: relative paths (key files)
     /// resolve against it.
     pub base_dir: &'o std::path::Path,
 }
 
+/// Builds one kind of modifier from its options; `None` after reporting
+/// what is wrong.
 pub type ModifierBuilder =
     Arc<dyn Fn(&mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrite_error_texts() {
+        let s = String::from;
+        let cases = [
+            (
+                RewriteError::PatternResult {
+                    pattern: s("^(.+)$"),
+                    address: s("a\"b@example.org"),
+                    result: s("x\ty"),
+                },
+                "pattern \"^(.+)$\" rewrote \"a\\\"b@example.org\" to \"x\\ty\", which is not an address with a domain: fix the pattern or the replacement",
+            ),
+            (
+                RewriteError::EmptyEntry {
+                    table: s("map"),
+                    address: s("a@example.org"),
+                },
+                "table \"map\" has no address for \"a@example.org\": give the entry a value",
+            ),
+            (
+                RewriteError::TableValue {
+                    table: s("map"),
+                    address: s("a@example.org"),
+                    value: s("broken"),
+                },
+                "table \"map\" maps \"a@example.org\" to \"broken\", which is not an address with a domain: fix the table entry",
+            ),
+            (
+                RewriteError::NoAliasTargets {
+                    table: s("aliases"),
+                    address: s("d@example.org"),
+                },
+                "table \"aliases\" has no addresses for \"d@example.org\": list at least one target",
+            ),
+            (
+                RewriteError::AliasLimit {
+                    address: s("a@example.org"),
+                    table: s("aliases"),
+                    limit: AliasLimit::Lookups(10000),
+                },
+                "alias expansion of \"a@example.org\" exceeds 10000 table lookups: check table \"aliases\" for long alias chains or oversized lists",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
+        assert_eq!(AliasLimit::Depth(10).to_string(), "10 levels");
+        assert_eq!(AliasLimit::Addresses(1000).to_string(), "1000 addresses");
+    }
+}

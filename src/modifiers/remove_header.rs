@@ -9,12 +9,14 @@ use regex::Regex;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// The `remove_header` modifier.
 pub struct RemoveHeaderModifier {
     name: String,
     pattern: Option<Regex>,
 }
 
 impl RemoveHeaderModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         let name = header_name_option(ctx);
         // `regex` returns `None` for a bad pattern too (already reported);

@@ -5,15 +5,17 @@
 //! `@otherdomain` keeps the local part). Use `alias` to fan one out to many.
 
 use super::rewrite_sender::Rewrite;
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::{Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::Address;
 use std::sync::Arc;
 
+/// The `rewrite_rcpt` modifier.
 pub struct RewriteRcptModifier {
     rewrite: Rewrite,
 }
 
 impl RewriteRcptModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         let rewrite = Rewrite::from_options(ctx)?;
         Some(Arc::new(RewriteRcptModifier { rewrite }))
@@ -28,7 +30,7 @@ impl Modifier for RewriteRcptModifier {
         }
     }
 
-    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, RewriteError> {
         Ok(self.rewrite.apply(recipient)?.map(|new| vec![new]))
     }
 }
@@ -105,7 +107,8 @@ mod tests {
         assert_eq!(rewrite(&m, "sam@example.org"), None);
         let err = m
             .rewrite_recipient(&Address::parse("broken@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"broken\""), "{err}");
     }
 
@@ -117,7 +120,8 @@ mod tests {
         );
         let err = m
             .rewrite_recipient(&Address::parse("a@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not an address with a domain"), "{err}");
     }
 

@@ -5,17 +5,19 @@
 //! does: address, `@domain`, domain; the first value is the new address, and a
 //! value `@otherdomain` keeps the local part). The null sender is never touched.
 
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::{Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::Address;
 use crate::tables::{Table, table_option};
 use regex::Regex;
 use std::sync::Arc;
 
+/// The `rewrite_sender` modifier.
 pub struct RewriteSenderModifier {
     rewrite: Rewrite,
 }
 
 impl RewriteSenderModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         let rewrite = Rewrite::from_options(ctx)?;
         Some(Arc::new(RewriteSenderModifier { rewrite }))
@@ -30,7 +32,7 @@ impl Modifier for RewriteSenderModifier {
         }
     }
 
-    fn rewrite_sender(&self, sender: &Address) -> Result<Option<Address>, String> {
+    fn rewrite_sender(&self, sender: &Address) -> Result<Option<Address>, RewriteError> {
         self.rewrite.apply(sender)
     }
 }
@@ -102,8 +104,8 @@ impl Rewrite {
                 let pattern = opts.regex("pattern");
                 let replacement = opts.string("replacement");
                 let (pattern, replacement) = (pattern?, replacement?);
-                if let Err(msg) = check_group_refs(&pattern, replacement.get_ref(), &what) {
-                    opts.error(replacement.span(), msg);
+                if let Err(e) = check_group_refs(&pattern, replacement.get_ref()) {
+                    opts.error(replacement.span(), format!("`replacement` in {what} {e}"));
                     return None;
                 }
                 Some(Rewrite::Pattern {
@@ -116,7 +118,7 @@ impl Rewrite {
 
     /// The new address, or `None` when nothing matched or the result is
     /// spelled exactly like the input (no point asking the MTA to change it).
-    pub(crate) fn apply(&self, address: &Address) -> Result<Option<Address>, String> {
+    pub(crate) fn apply(&self, address: &Address) -> Result<Option<Address>, RewriteError> {
         // A bounce must keep its null sender (RFC 5321 §4.5.5), and there is
         // nothing meaningful to rewrite in it anyway.
         if address.is_null() {
@@ -135,25 +137,26 @@ impl Rewrite {
                 };
                 let mut out = String::new();
                 caps.expand(replacement, &mut out);
-                parse_target(&out).ok_or_else(|| {
-                    format!(
-                        "pattern \"{}\" rewrote \"{}\" to \"{}\", which is not an address with a domain: fix the pattern or the replacement",
-                        pattern.as_str().escape_debug(),
-                        address.original().escape_debug(),
-                        out.escape_debug()
-                    )
-                })?
+                match parse_target(&out) {
+                    Some(new) => new,
+                    None => {
+                        return Err(RewriteError::PatternResult {
+                            pattern: pattern.as_str().to_string(),
+                            address: address.original().to_string(),
+                            result: out,
+                        });
+                    }
+                }
             }
             Rewrite::Table(table) => {
                 let Some((_, values)) = table.lookup_address(address) else {
                     return Ok(None);
                 };
                 let Some(first) = values.first() else {
-                    return Err(format!(
-                        "table \"{}\" has no address for \"{}\": give the entry a value",
-                        table.name().escape_debug(),
-                        address.original().escape_debug()
-                    ));
+                    return Err(RewriteError::EmptyEntry {
+                        table: table.name().to_string(),
+                        address: address.original().to_string(),
+                    });
                 };
                 table_target(address, first, table)?
             }
@@ -170,7 +173,7 @@ impl Rewrite {
 /// would silently expand them to nothing, and `$1_old` (read as the group
 /// `1_old`) is an easy mistake to make. Follows the regex crate's own rules
 /// for `$$`, `$name` and `${name}`.
-fn check_group_refs(pattern: &Regex, replacement: &str, what: &str) -> Result<(), String> {
+fn check_group_refs(pattern: &Regex, replacement: &str) -> Result<(), UnknownGroup> {
     let mut rest = replacement;
     while let Some(i) = rest.find('$') {
         rest = &rest[i + 1..];
@@ -201,12 +204,22 @@ fn check_group_refs(pattern: &Regex, replacement: &str, what: &str) -> Result<()
             Err(_) => pattern.capture_names().flatten().any(|n| n == name),
         };
         if !known {
-            return Err(format!(
-                "`replacement` in {what} refers to group \"{name}\", which `pattern` does not have: check the group, and write ${{1}} when a letter, digit or _ follows a group number"
-            ));
+            return Err(UnknownGroup {
+                name: name.to_string(),
+            });
         }
     }
     Ok(())
+}
+
+/// A replacement's reference to a group its pattern does not have; the text
+/// follows "`replacement` in MODIFIER".
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refers to group \"{name}\", which `pattern` does not have: check the group, and write ${{1}} when a letter, digit or _ follows a group number"
+)]
+struct UnknownGroup {
+    name: String,
 }
 
 /// Parse a rewrite result. It goes back to the MTA, so it must be a plain
@@ -226,7 +239,11 @@ pub(crate) fn parse_target(spelled: &str) -> Option<Address> {
 /// The address a table value stands for. `@otherdomain` keeps the local part
 /// as spelled, as Postfix canonical and virtual maps do, so a domain key can
 /// rename a whole domain.
-pub(crate) fn table_target(from: &Address, value: &str, table: &Table) -> Result<Address, String> {
+pub(crate) fn table_target(
+    from: &Address,
+    value: &str,
+    table: &Table,
+) -> Result<Address, RewriteError> {
     let value = value.trim();
     let spelled = match (value.strip_prefix('@'), from.original_local()) {
         (Some(domain), Some(local)) if !domain.is_empty() && !domain.contains('@') => {
@@ -234,13 +251,10 @@ pub(crate) fn table_target(from: &Address, value: &str, table: &Table) -> Result
         }
         _ => value.to_string(),
     };
-    parse_target(&spelled).ok_or_else(|| {
-        format!(
-            "table \"{}\" maps \"{}\" to \"{}\", which is not an address with a domain: fix the table entry",
-            table.name().escape_debug(),
-            from.original().escape_debug(),
-            value.escape_debug()
-        )
+    parse_target(&spelled).ok_or_else(|| RewriteError::TableValue {
+        table: table.name().to_string(),
+        address: from.original().to_string(),
+        value: value.to_string(),
     })
 }
 
@@ -395,7 +409,8 @@ mod tests {
             let m = modifier(&src, &TableSet::new());
             let err = m
                 .rewrite_sender(&Address::parse("joe@example.org").unwrap())
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("not an address with a domain"), "{err}");
         }
         // Envelope data carrying a line break cannot reach a capture: such
@@ -440,7 +455,8 @@ mod tests {
         assert_eq!(rewrite(&m, "x@elsewhere.example"), None);
         let err = m
             .rewrite_sender(&Address::parse("bad@example.org").unwrap())
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("\"not-an-address\"") && err.contains("table \"map\""),
             "{err}"

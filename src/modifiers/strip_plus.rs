@@ -3,16 +3,18 @@
 //! characters, each one counting, like Postfix's `recipient_delimiter`;
 //! `sender` (default false) strips the envelope sender too.
 
-use super::{Effects, Modifier, ModifierBuildContext};
+use super::{Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::{Address, quote_local};
 use std::sync::Arc;
 
+/// The `strip_plus` modifier.
 pub struct StripPlusModifier {
     separators: Vec<char>,
     sender: bool,
 }
 
 impl StripPlusModifier {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         // The typed accessors return `None` both for an absent key and for a
         // wrongly typed one (already reported); only absence means default.
@@ -79,14 +81,14 @@ impl Modifier for StripPlusModifier {
         }
     }
 
-    fn rewrite_sender(&self, sender: &Address) -> Result<Option<Address>, String> {
+    fn rewrite_sender(&self, sender: &Address) -> Result<Option<Address>, RewriteError> {
         if !self.sender {
             return Ok(None);
         }
         Ok(self.strip(sender))
     }
 
-    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, String> {
+    fn rewrite_recipient(&self, recipient: &Address) -> Result<Option<Vec<Address>>, RewriteError> {
         Ok(self.strip(recipient).map(|a| vec![a]))
     }
 }

@@ -55,7 +55,7 @@ pub(super) enum ReadError {
     NotUtf8 {
         line: usize,
     },
-    Parse(String),
+    Parse(super::MapFileError),
     /// No thread could be started to watch or read it.
     Thread(std::io::Error),
 }
@@ -84,7 +84,7 @@ impl std::fmt::Display for ReadError {
                 humantime::format_duration(*d)
             ),
             ReadError::NotUtf8 { line } => write!(f, "line {line} is not valid UTF-8"),
-            ReadError::Parse(e) => f.write_str(e),
+            ReadError::Parse(e) => write!(f, "{e}"),
             ReadError::Thread(e) => write!(f, "cannot start a thread for it: {e}"),
         }
     }

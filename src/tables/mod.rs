@@ -55,8 +55,10 @@ pub mod defaults {
     pub const KEEPS_CHANGING: Duration = Duration::from_secs(60);
 }
 
+/// The configuration's tables by name.
 pub type TableSet = BTreeMap<String, Arc<Table>>;
 
+/// A lookup table: inline, a map file kept current, or regex rules.
 #[derive(Debug)]
 pub struct Table {
     name: String,
@@ -74,7 +76,7 @@ type Entries = HashMap<String, Vec<String>>;
 
 /// Which part of an address matched in `Table::lookup_address`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum AddressMatch {
+pub(crate) enum AddressMatch {
     Address,
     Domain,
 }
@@ -116,7 +118,8 @@ pub fn normalize_key(key: &str) -> String {
 }
 
 impl Table {
-    pub fn inline(name: &str, entries: HashMap<String, Vec<String>>) -> Table {
+    /// A table of the given entries; keys are normalised here.
+    pub(crate) fn inline(name: &str, entries: HashMap<String, Vec<String>>) -> Table {
         let entries = entries
             .into_iter()
             .map(|(k, v)| (normalize_key(&k), v))
@@ -127,13 +130,14 @@ impl Table {
         }
     }
 
-    pub fn name(&self) -> &str {
+    /// The table's name, for messages.
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The values stored for `key`, or `None` when the key is absent. For a
     /// regex table, the replacement of the first pattern that matches.
-    pub fn lookup(&self, key: &str) -> Option<Vec<String>> {
+    pub(crate) fn lookup(&self, key: &str) -> Option<Vec<String>> {
         match &self.source {
             Source::Map(map) => map.get(&normalize_key(key)).cloned(),
             Source::File(file) => file.current().get(&normalize_key(key)).cloned(),
@@ -146,13 +150,14 @@ impl Table {
         }
     }
 
+    /// Whether the table has a value for `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.lookup(key).is_some()
     }
 
     /// Look an address up as Postfix does: the full address, then `@domain`,
     /// then the bare domain.
-    pub fn lookup_address(&self, address: &Address) -> Option<(AddressMatch, Vec<String>)> {
+    pub(crate) fn lookup_address(&self, address: &Address) -> Option<(AddressMatch, Vec<String>)> {
         if let Some(v) = self.lookup(&address.key()) {
             return Some((AddressMatch::Address, v));
         }
@@ -164,7 +169,11 @@ impl Table {
 
     /// Build a table from a `[tables.NAME]` block. Relative paths resolve
     /// against `base_dir`, the directory of the config file.
-    pub fn build(name: &str, options: &mut Options<'_, '_>, base_dir: &Path) -> Option<Table> {
+    pub(crate) fn build(
+        name: &str,
+        options: &mut Options<'_, '_>,
+        base_dir: &Path,
+    ) -> Option<Table> {
         let kind = options.required_string("type")?;
         let table = match kind.get_ref().as_str() {
             "inline" => {
@@ -308,9 +317,18 @@ fn split_values(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Why a map file cannot be read as a table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MapFileError {
+    /// A line that starts with white space, before any key: there is
+    /// nothing for it to continue (1-based line number).
+    #[error("line {line}: continuation line without a key")]
+    OrphanContinuation { line: usize },
+}
+
 /// Parse a Postfix-style map file: `key value, value`; `#` comments and blank
 /// lines ignored; a line starting with white space continues the previous one.
-pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String> {
+pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, MapFileError> {
     let mut logical: Vec<(usize, String)> = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
@@ -324,7 +342,7 @@ pub fn parse_map_file(text: &str) -> Result<HashMap<String, Vec<String>>, String
                     prev.push_str(trimmed);
                     continue;
                 }
-                None => return Err(format!("line {}: continuation line without a key", n + 1)),
+                None => return Err(MapFileError::OrphanContinuation { line: n + 1 }),
             }
         }
         logical.push((n + 1, trimmed.to_string()));
@@ -348,7 +366,7 @@ fn split_key(line: &str) -> (&str, &str) {
 
 /// Read a table option: either the name of a `[tables.NAME]` block or an
 /// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
-pub fn table_option(
+pub(crate) fn table_option(
     options: &mut Options<'_, '_>,
     tables: &TableSet,
     key: &'static str,

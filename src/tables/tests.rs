@@ -58,6 +58,12 @@ fn map_file_format() {
     );
     assert_eq!(map["example.net"], Vec::<String>::new());
     assert!(parse_map_file("  orphan\n").is_err());
+    assert_eq!(
+        parse_map_file("# head\n  orphan\n")
+            .unwrap_err()
+            .to_string(),
+        "line 2: continuation line without a key"
+    );
     let quoted = parse_map_file("\"John Smith\"@Example.org  john@example.org\n").unwrap();
     assert_eq!(
         quoted["\"john smith\"@example.org"],

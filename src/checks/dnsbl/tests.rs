@@ -78,16 +78,38 @@ fn code_parsing() {
     assert!(r.contains(ip4("127.0.1.0")) && r.contains(ip4("127.0.1.255")));
     assert!(!r.contains(ip4("127.0.2.0")));
 
-    let e = parse_code("127.0.0.300").unwrap_err();
+    let e = parse_code("127.0.0.300").unwrap_err().to_string();
     assert!(e.contains("not an IPv4 address"), "{e}");
-    let e = parse_code("127.0.0.7-127.0.0.4").unwrap_err();
+    let e = parse_code("127.0.0.7-127.0.0.4").unwrap_err().to_string();
     assert!(e.contains("ends before it starts"), "{e}");
-    let e = parse_code("10.0.0.2").unwrap_err();
+    let e = parse_code("10.0.0.2").unwrap_err().to_string();
     assert!(e.contains("outside 127.0.0.0/8"), "{e}");
-    let e = parse_code("127.0.0.0/8").unwrap_err();
+    let e = parse_code("127.0.0.0/8").unwrap_err().to_string();
     assert!(e.contains("127.255.255.0/24"), "{e}");
-    let e = parse_code("127.0.0.0/33").unwrap_err();
+    let e = parse_code("127.0.0.0/33").unwrap_err().to_string();
     assert!(e.contains("prefix"), "{e}");
+    let texts = [
+        ("127.0.0.300", "\"127.0.0.300\" is not an IPv4 address"),
+        (
+            " 127.0.0.7 - 127.0.0.4 ",
+            "the range \"127.0.0.7 - 127.0.0.4\" ends before it starts",
+        ),
+        (
+            "127.0.0.0/33",
+            "\"127.0.0.0/33\" is not an IPv4 prefix such as \"127.0.0.0/24\"",
+        ),
+        (
+            "10.0.0.2",
+            "\"10.0.0.2\" is outside 127.0.0.0/8, where list answers are (RFC 5782 §2.1)",
+        ),
+        (
+            "127.0.0.0/8",
+            "\"127.0.0.0/8\" overlaps 127.255.255.0/24, which lists use for error answers, never for listings",
+        ),
+    ];
+    for (code, text) in texts {
+        assert_eq!(parse_code(code).unwrap_err().to_string(), text);
+    }
 }
 
 #[test]

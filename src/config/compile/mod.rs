@@ -13,7 +13,7 @@ use crate::checks::{CheckBuildContext, Status};
 use crate::edits::valid_header_name;
 use crate::modifiers::ModifierBuildContext;
 use crate::policy::*;
-use crate::reply::{Reply, ReplyClass};
+use crate::reply::{Reply, ReplyClass, ReplyError};
 use crate::server_config::{ListenAddress, ListenerSettings, LogFormat, ServerSettings};
 use crate::stage::Stage;
 use crate::tables::{Table, TableSet, normalize_key};
@@ -35,24 +35,40 @@ mod tree;
 /// word that is not a level as a target name at the most verbose level and
 /// silences everything else, so `"inf"` would turn all logging off: every
 /// directive must be a level or `target=level`.
-fn check_log_filter(filter: &str) -> Result<(), String> {
+fn check_log_filter(filter: &str) -> Result<(), LogFilterError> {
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     let is_level = |s: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(s.trim()));
     let directives: Vec<&str> = filter.split(',').map(str::trim).collect();
     if directives.iter().all(|d| d.is_empty()) {
-        return Err("it is empty".to_string());
+        return Err(LogFilterError::Empty);
     }
     for d in directives.into_iter().filter(|d| !d.is_empty()) {
         match d.rsplit_once('=') {
             Some((target, level)) if !target.trim().is_empty() && is_level(level) => {}
-            Some(_) => return Err(format!("\"{}\" is not target=level", d.escape_debug())),
+            Some(_) => return Err(LogFilterError::NotTargetLevel(d.to_string())),
             None if is_level(d) => {}
-            None => return Err(format!("\"{}\" is not a level", d.escape_debug())),
+            None => return Err(LogFilterError::NotLevel(d.to_string())),
         }
     }
-    tracing_subscriber::EnvFilter::try_new(filter)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    tracing_subscriber::EnvFilter::try_new(filter)?;
+    Ok(())
+}
+
+/// Why a `log_level` filter is refused; the text follows "invalid
+/// `log_level` \"FILTER\": ".
+#[derive(Debug, thiserror::Error)]
+enum LogFilterError {
+    #[error("it is empty")]
+    Empty,
+    /// A directive with `=` that is not `target=level`.
+    #[error("\"{}\" is not target=level", .0.escape_debug())]
+    NotTargetLevel(String),
+    /// A bare word that is not a level (tracing would take it as a target).
+    #[error("\"{}\" is not a level", .0.escape_debug())]
+    NotLevel(String),
+    /// Refused by tracing itself.
+    #[error(transparent)]
+    Filter(#[from] tracing_subscriber::filter::ParseError),
 }
 
 /// Why each default is what it is:
@@ -261,7 +277,7 @@ fn parse_action(s: &str) -> Option<Action> {
     }
 }
 
-fn build_reply(spec: &RawReply, class: ReplyClass) -> Result<Reply, String> {
+fn build_reply(spec: &RawReply, class: ReplyClass) -> Result<Reply, ReplyError> {
     let default = match class {
         ReplyClass::Permanent => Reply::default_reject(),
         ReplyClass::Temporary => Reply::default_tempfail(),
@@ -333,10 +349,20 @@ mod tests {
             "warn,dispatch_milter::message=info",
             "dispatch_milter=debug",
         ] {
-            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+            let checked = check_log_filter(good);
+            assert!(checked.is_ok(), "{good}: {checked:?}");
         }
         for bad in ["", " , ", "inf", "dispatch_milter", "x=loud", "=info"] {
             assert!(check_log_filter(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn log_filter_error_texts() {
+        let text = |f: &str| check_log_filter(f).unwrap_err().to_string();
+        assert_eq!(text(" , "), "it is empty");
+        assert_eq!(text("x=loud"), "\"x=loud\" is not target=level");
+        assert_eq!(text("inf\t"), "\"inf\" is not a level");
+        assert_eq!(text("in\u{7}f"), "\"in\\u{7}f\" is not a level");
     }
 }

@@ -87,7 +87,7 @@ impl Compiler<'_, '_> {
             let address = match ListenAddress::parse(l.address.get_ref()) {
                 Ok(a) => a,
                 Err(e) => {
-                    self.diag.error(l.address.span(), e);
+                    self.diag.error(l.address.span(), e.to_string());
                     continue;
                 }
             };

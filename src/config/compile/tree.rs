@@ -103,7 +103,7 @@ impl Compiler<'_, '_> {
                     }
                     Err(e) => self.diag.error_hint(
                         m.span(),
-                        e,
+                        e.to_string(),
                         "write a full address (user@example.org), a domain (example.org), \"<>\" or \"postmaster\"",
                     ),
                 }
@@ -510,7 +510,7 @@ impl Compiler<'_, '_> {
                 None
             }
             Err(e) => {
-                self.diag.error(s.span(), e);
+                self.diag.error(s.span(), e.to_string());
                 None
             }
         }

@@ -10,6 +10,7 @@ use std::path::Path;
 
 // ----- base64 (RFC 4648 §4), for PEM and DNS records -----
 
+/// Standard base64 with padding.
 pub fn base64_encode(data: &[u8]) -> String {
     data_encoding::BASE64.encode(data)
 }
@@ -122,10 +123,82 @@ fn rsa_spki(rsa_public_key: &[u8]) -> Vec<u8> {
     der_wrap(TAG_SEQUENCE, &body)
 }
 
+// ----- errors -----
+
+/// Why a key cannot be used. Each text completes a sentence that starts
+/// with the file's name (or, for `dkim-record`, the path given).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// A private-key block whose END line is missing.
+    #[error("has no \"-----END {label}-----\" line")]
+    Unterminated { label: String },
+    #[error(
+        "holds an encrypted key, and the milter cannot ask for a passphrase: write it out unencrypted with `openssl pkey -in FILE -out NEWFILE`"
+    )]
+    Encrypted,
+    #[error("has a \"{label}\" block that is not valid base64")]
+    Base64 { label: String },
+    /// PEM blocks, but none holds a private key; `label` is the first.
+    #[error(
+        "holds a \"{label}\" PEM block and no private key: give the private key (\"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\")"
+    )]
+    NoPrivateKey { label: String },
+    #[error(
+        "is not a PEM file (no \"-----BEGIN\" line): give a PEM private key such as `openssl genpkey` writes"
+    )]
+    NotPem,
+    /// PKCS#8 of an algorithm other than RSA and Ed25519.
+    #[error("holds a key of another type: DKIM signs with RSA or Ed25519 (RFC 8463)")]
+    OtherAlgorithm,
+    #[error("holds a \"PRIVATE KEY\" block that is not valid PKCS#8")]
+    Pkcs8,
+    #[error("holds an EC key: DKIM signs with RSA or Ed25519 (RFC 8463)")]
+    Ec,
+    /// A private-key block of a kind not read here.
+    #[error(
+        "holds a \"{label}\" block: give an RSA or Ed25519 key in PKCS#1 (\"BEGIN RSA PRIVATE KEY\") or PKCS#8 (\"BEGIN PRIVATE KEY\") form"
+    )]
+    UnknownBlock { label: String },
+    #[error("holds an RSA key that cannot be parsed")]
+    RsaUnparsable,
+    /// Below the 1024 bits RFC 8301 §3.2 allows.
+    #[error(
+        "holds an RSA key of {bits} bits, too short: DKIM signers must use at least 1024 bits (RFC 8301 §3.2) and this milter needs 2048; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
+    )]
+    RsaTooShort { bits: usize },
+    /// Outside the 2048 to 4096 bits ring signs with.
+    #[error(
+        "holds an RSA key of {bits} bits: the ring crypto backend signs with 2048 to 4096 bits; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
+    )]
+    RsaSize { bits: usize },
+    /// mail-auth (ring) refused the RSA key.
+    #[error("holds an RSA key that cannot be used: {0}")]
+    RsaUnusable(#[source] mail_auth::Error),
+    /// mail-auth (ring) refused the Ed25519 key.
+    #[error("holds an Ed25519 key that cannot be used: {0}")]
+    Ed25519Unusable(#[source] mail_auth::Error),
+    /// The file's metadata cannot be read (it does not exist, ...).
+    #[error("cannot be read: {0}")]
+    Metadata(#[source] std::io::Error),
+    #[error("is not a regular file")]
+    NotRegular,
+    /// Any user on the host could sign with it.
+    #[error(
+        "is readable by every user (mode {mode:04o}): anyone on this host could sign as your domain; run `chmod 600` (or `chmod 640` with the milter's group)"
+    )]
+    WorldReadable { mode: u32 },
+    #[error("cannot be read: {0}")]
+    Read(#[source] crate::files::ReadError),
+    #[error(
+        "is not a PEM file (it is not text): give a PEM private key such as `openssl genpkey` writes"
+    )]
+    NotText,
+}
+
 // ----- PEM (RFC 7468) -----
 
 /// The label and contents of the first private-key block of a PEM file.
-fn pem_private_key(text: &str) -> Result<(String, Vec<u8>), String> {
+fn pem_private_key(text: &str) -> Result<(String, Vec<u8>), KeyError> {
     let mut lines = text.lines().map(str::trim);
     let mut first_label: Option<String> = None;
     while let Some(line) = lines.next() {
@@ -157,23 +230,21 @@ fn pem_private_key(text: &str) -> Result<(String, Vec<u8>), String> {
             continue;
         }
         if !closed {
-            return Err(format!("has no \"{end}\" line"));
+            return Err(KeyError::Unterminated {
+                label: label.to_string(),
+            });
         }
         if encrypted || label == "ENCRYPTED PRIVATE KEY" {
-            return Err(
-                "holds an encrypted key, and the milter cannot ask for a passphrase: write it out unencrypted with `openssl pkey -in FILE -out NEWFILE`"
-                    .to_string(),
-            );
+            return Err(KeyError::Encrypted);
         }
-        let der = base64_decode(&base64)
-            .ok_or_else(|| format!("has a \"{label}\" block that is not valid base64"))?;
+        let der = base64_decode(&base64).ok_or_else(|| KeyError::Base64 {
+            label: label.to_string(),
+        })?;
         return Ok((label.to_string(), der));
     }
     Err(match first_label {
-        Some(label) => format!(
-            "holds a \"{label}\" PEM block and no private key: give the private key (\"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\")"
-        ),
-        None => "is not a PEM file (no \"-----BEGIN\" line): give a PEM private key such as `openssl genpkey` writes".to_string(),
+        Some(label) => KeyError::NoPrivateKey { label },
+        None => KeyError::NotPem,
     })
 }
 
@@ -182,7 +253,9 @@ fn pem_private_key(text: &str) -> Result<(String, Vec<u8>), String> {
 /// The kind and strength of a loaded key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
+    /// RSA of `bits` bits.
     Rsa { bits: usize },
+    /// Ed25519 (RFC 8463).
     Ed25519,
 }
 
@@ -206,7 +279,7 @@ impl std::fmt::Debug for LoadedKey {
 
 /// Who else can read a key file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Exposure {
+pub(crate) enum Exposure {
     /// Only the owner, or a group the milter runs as.
     Private,
     /// A group the milter does not run as: a warning.
@@ -216,7 +289,7 @@ pub enum Exposure {
 }
 
 /// Judge a key file's mode bits and group against the milter's group.
-pub fn exposure(mode: u32, file_gid: u32, our_gid: u32) -> Exposure {
+pub(crate) fn exposure(mode: u32, file_gid: u32, our_gid: u32) -> Exposure {
     if mode & 0o004 != 0 {
         Exposure::World
     } else if mode & 0o040 != 0 && file_gid != our_gid {
@@ -234,40 +307,28 @@ fn effective_gid() -> u32 {
 impl LoadedKey {
     /// Parse a PEM private key: PKCS#1 RSA, PKCS#8 RSA or PKCS#8 Ed25519.
     /// The error completes a sentence that starts with the file name.
-    pub fn from_pem(text: &str) -> Result<LoadedKey, String> {
+    pub fn from_pem(text: &str) -> Result<LoadedKey, KeyError> {
         let (label, der) = pem_private_key(text)?;
         match label.as_str() {
             "RSA PRIVATE KEY" => Self::rsa(&der, None),
             "PRIVATE KEY" => match pkcs8_parts(&der) {
                 Some((OID_RSA, pkcs1)) => Self::rsa(pkcs1, Some(&der)),
                 Some((OID_ED25519, _)) => Self::ed25519(&der),
-                Some(_) => Err(
-                    "holds a key of another type: DKIM signs with RSA or Ed25519 (RFC 8463)"
-                        .to_string(),
-                ),
-                None => Err("holds a \"PRIVATE KEY\" block that is not valid PKCS#8".to_string()),
+                Some(_) => Err(KeyError::OtherAlgorithm),
+                None => Err(KeyError::Pkcs8),
             },
-            "EC PRIVATE KEY" => {
-                Err("holds an EC key: DKIM signs with RSA or Ed25519 (RFC 8463)".to_string())
-            }
-            other => Err(format!(
-                "holds a \"{other}\" block: give an RSA or Ed25519 key in PKCS#1 (\"BEGIN RSA PRIVATE KEY\") or PKCS#8 (\"BEGIN PRIVATE KEY\") form"
-            )),
+            "EC PRIVATE KEY" => Err(KeyError::Ec),
+            _ => Err(KeyError::UnknownBlock { label }),
         }
     }
 
-    fn rsa(pkcs1: &[u8], pkcs8: Option<&[u8]>) -> Result<LoadedKey, String> {
-        let bits = rsa_modulus_bits(pkcs1)
-            .ok_or_else(|| "holds an RSA key that cannot be parsed".to_string())?;
+    fn rsa(pkcs1: &[u8], pkcs8: Option<&[u8]>) -> Result<LoadedKey, KeyError> {
+        let bits = rsa_modulus_bits(pkcs1).ok_or(KeyError::RsaUnparsable)?;
         if bits < 1024 {
-            return Err(format!(
-                "holds an RSA key of {bits} bits, too short: DKIM signers must use at least 1024 bits (RFC 8301 §3.2) and this milter needs 2048; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
-            ));
+            return Err(KeyError::RsaTooShort { bits });
         }
         if !(2048..=4096).contains(&bits) {
-            return Err(format!(
-                "holds an RSA key of {bits} bits: the ring crypto backend signs with 2048 to 4096 bits; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
-            ));
+            return Err(KeyError::RsaSize { bits });
         }
         // mail-auth's replacement, `from_key_der`, takes a type of
         // rustls-pki-types, which is not among this crate's dependencies;
@@ -277,7 +338,7 @@ impl LoadedKey {
             Some(der) => RsaKey::<Sha256>::from_pkcs8_der(der),
             None => RsaKey::<Sha256>::from_der(pkcs1),
         };
-        let key = parsed.map_err(|e| format!("holds an RSA key that cannot be used: {e}"))?;
+        let key = parsed.map_err(KeyError::RsaUnusable)?;
         let public = rsa_spki(&key.public_key());
         Ok(LoadedKey {
             key: DkimKey::Rsa(key),
@@ -286,11 +347,11 @@ impl LoadedKey {
         })
     }
 
-    fn ed25519(pkcs8: &[u8]) -> Result<LoadedKey, String> {
+    fn ed25519(pkcs8: &[u8]) -> Result<LoadedKey, KeyError> {
         // OpenSSL writes PKCS#8 v1 without the public key, which the
         // checked constructor refuses; ring derives the public key itself.
-        let key = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8)
-            .map_err(|e| format!("holds an Ed25519 key that cannot be used: {e}"))?;
+        let key =
+            Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8).map_err(KeyError::Ed25519Unusable)?;
         let public = key.public_key();
         Ok(LoadedKey {
             key: DkimKey::Ed25519(key),
@@ -302,19 +363,15 @@ impl LoadedKey {
     /// Read, check and parse a key file. `Ok` may carry a warning (the file
     /// is readable by a group the milter does not run as); a file readable
     /// by everyone is an error. Texts complete a sentence naming the file.
-    pub fn load(path: &Path) -> Result<(LoadedKey, Option<String>), String> {
+    pub(crate) fn load(path: &Path) -> Result<(LoadedKey, Option<String>), KeyError> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+        let meta = std::fs::metadata(path).map_err(KeyError::Metadata)?;
         if !meta.is_file() {
-            return Err("is not a regular file".to_string());
+            return Err(KeyError::NotRegular);
         }
         let mode = meta.mode() & 0o777;
         let warning = match exposure(mode, meta.gid(), effective_gid()) {
-            Exposure::World => {
-                return Err(format!(
-                    "is readable by every user (mode {mode:04o}): anyone on this host could sign as your domain; run `chmod 600` (or `chmod 640` with the milter's group)"
-                ));
-            }
+            Exposure::World => return Err(KeyError::WorldReadable { mode }),
             Exposure::Group => Some(format!(
                 "is readable by group {} (mode {mode:04o}), which the milter does not run as: every member of that group can sign as your domain",
                 meta.gid()
@@ -322,15 +379,12 @@ impl LoadedKey {
             Exposure::Private => None,
         };
         // A PEM key is a few kilobytes; 1 MiB bounds what a wrong path costs.
-        let bytes = crate::files::read_regular(path, 1 << 20)
-            .map_err(|e| format!("cannot be read: {e}"))?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            "is not a PEM file (it is not text): give a PEM private key such as `openssl genpkey` writes"
-                .to_string()
-        })?;
+        let bytes = crate::files::read_regular(path, 1 << 20).map_err(KeyError::Read)?;
+        let text = String::from_utf8(bytes).map_err(|_| KeyError::NotText)?;
         Ok((Self::from_pem(&text)?, warning))
     }
 
+    /// The key's algorithm and, for RSA, its size.
     pub fn kind(&self) -> KeyKind {
         self.kind
     }

@@ -1,4 +1,5 @@
 use super::super::rewrite_sender::test_support::{build, has_error};
+use super::key::{Exposure, exposure};
 use super::*;
 use crate::tables::TableSet;
 use std::path::Path;
@@ -62,11 +63,13 @@ fn keys_parse_with_their_public_half() {
 #[test]
 fn short_rsa_keys_are_refused_with_their_size() {
     for (file, bits) in [("rsa512.pem", 512), ("rsa768.pem", 768)] {
-        let e = LoadedKey::from_pem(&pem(file)).unwrap_err();
+        let e = LoadedKey::from_pem(&pem(file)).unwrap_err().to_string();
         assert!(e.contains(&format!("{bits} bits, too short")), "{e}");
         assert!(e.contains("RFC 8301"), "{e}");
     }
-    let e = LoadedKey::from_pem(&pem("rsa1024.pem")).unwrap_err();
+    let e = LoadedKey::from_pem(&pem("rsa1024.pem"))
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("1024 bits: the ring crypto backend signs with 2048 to 4096"),
         "{e}"
@@ -75,12 +78,12 @@ fn short_rsa_keys_are_refused_with_their_size() {
 
 #[test]
 fn what_is_not_a_usable_key_says_so() {
-    let e = LoadedKey::from_pem("hello").unwrap_err();
+    let e = LoadedKey::from_pem("hello").unwrap_err().to_string();
     assert!(e.starts_with("is not a PEM file"), "{e}");
     let e = LoadedKey::from_pem(
         "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAm3ywBnoo1dUy/SHaPoRy0fjDgO8gQEF0XHZtORRlnrM=\n-----END PUBLIC KEY-----\n",
     )
-    .unwrap_err();
+    .unwrap_err().to_string();
     assert!(
         e.contains("\"PUBLIC KEY\" PEM block and no private key"),
         "{e}"
@@ -88,7 +91,8 @@ fn what_is_not_a_usable_key_says_so() {
     let e = LoadedKey::from_pem(
         "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
     )
-    .unwrap_err();
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("encrypted key"), "{e}");
     let legacy = pem("rsa2048-pkcs1.pem").replacen(
         "-----\n",
@@ -98,15 +102,20 @@ fn what_is_not_a_usable_key_says_so() {
     assert!(
         LoadedKey::from_pem(&legacy)
             .unwrap_err()
+            .to_string()
             .contains("encrypted key")
     );
     let e = LoadedKey::from_pem("-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n")
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not valid base64"), "{e}");
     let e = LoadedKey::from_pem("-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----\n")
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not valid PKCS#8"), "{e}");
-    let e = LoadedKey::from_pem("-----BEGIN PRIVATE KEY-----\nMAA=\n").unwrap_err();
+    let e = LoadedKey::from_pem("-----BEGIN PRIVATE KEY-----\nMAA=\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no \"-----END PRIVATE KEY-----\" line"), "{e}");
     // Garbled key material inside a valid PEM frame.
     let mut text = pem("rsa2048-pkcs1.pem");
