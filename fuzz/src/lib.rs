@@ -15,13 +15,13 @@ use dispatch_milter::auth::keys::domain_key_name;
 use dispatch_milter::auth_results::{authserv_id, claims};
 use dispatch_milter::checks::authorize_sender::from_addresses;
 use dispatch_milter::checks::dmarc::canonical;
-use dispatch_milter::checks::header::unfold;
 use dispatch_milter::checks::spf::pvalue;
 use dispatch_milter::cli::test::parse_message;
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::daemon::adapter::wire_header_value;
 use dispatch_milter::edits::{Edit, EditList, sanitize_value, valid_header_name};
 use dispatch_milter::engine::{StageReply, Verdict};
+use dispatch_milter::message::unfold;
 use dispatch_milter::message::{
     AuthInfo, Body, ConnectionFacts, Header, TlsInfo, header_block, message_bytes,
 };

@@ -11,9 +11,9 @@
 //! true. Unauthenticated sessions get "none": demanding AUTH is the job of
 //! `require_auth`.
 
-use super::header::unfold;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::{Address, normalize_domain};
+use crate::message::address_list::address_list;
 use crate::stage::Stage;
 use crate::tables::{Table, table_option};
 use std::sync::Arc;
@@ -52,83 +52,24 @@ fn granted(values: &[String], address: &Address) -> bool {
     })
 }
 
-/// Split a header value at commas that separate list members, i.e. those
-/// outside quoted strings, comments and angle brackets.
-fn split_members(value: &str) -> Vec<&str> {
-    let mut members = Vec::new();
-    let (mut start, mut quoted, mut escaped, mut comment, mut angle) =
-        (0, false, false, 0u32, false);
-    for (i, c) in value.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted || comment > 0 => escaped = true,
-            '"' if comment == 0 => quoted = !quoted,
-            '(' if !quoted => comment += 1,
-            ')' if !quoted && comment > 0 => comment -= 1,
-            '<' if !quoted && comment == 0 => angle = true,
-            '>' if !quoted && comment == 0 => angle = false,
-            ',' if !quoted && comment == 0 && !angle => {
-                members.push(&value[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    members.push(&value[start..]);
-    members
-}
-
-/// The text inside each `<...>` of one list member, ignoring brackets within
-/// quoted display names and comments.
-fn bracketed(member: &str) -> Vec<&str> {
-    let mut found = Vec::new();
-    let (mut quoted, mut escaped, mut comment, mut open) = (false, false, 0u32, None);
-    for (i, c) in member.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted || comment > 0 => escaped = true,
-            '"' if comment == 0 && open.is_none() => quoted = !quoted,
-            '(' if !quoted && open.is_none() => comment += 1,
-            ')' if !quoted && comment > 0 => comment -= 1,
-            '<' if !quoted && comment == 0 => open = Some(i + 1),
-            '>' if !quoted && comment == 0 => {
-                if let Some(from) = open.take() {
-                    found.push(&member[from..i]);
-                }
-            }
-            _ => {}
-        }
-    }
-    found
-}
-
-/// The addresses of a From: header, parsed simply: what is inside angle
-/// brackets if there are any, else every bare token containing '@'. Taking
-/// every '@' token errs towards checking too much, which is the safe side for
-/// an anti-spoofing check. `None` when any of them cannot be read: an
-/// address that cannot be read is granted to no one. Public for the fuzz
+/// The addresses of a From: header to check: each mailbox's address (read
+/// by `message::address_list`), and every word with an '@' in the comments
+/// beside it (`alice@example.org (ceo@bank.example)`), because some readers
+/// show comments as if they were the address: checking too much is the safe
+/// side for an anti-spoofing check. `None` when any of them cannot be read:
+/// an address that cannot be read is granted to no one. Public for the fuzz
 /// target that feeds it hostile From: values (fuzz/README.md).
 pub fn from_addresses(value: &str) -> Option<Vec<Address>> {
-    let value = unfold(value);
     let mut out = Vec::new();
-    for member in split_members(&value) {
-        let inner = bracketed(member);
-        let candidates: Vec<&str> = if inner.is_empty() {
-            member
-                .split_whitespace()
-                .filter(|t| t.contains('@'))
-                .map(|t| t.trim_matches(|c: char| "\"'()<>;:,".contains(c)))
-                .collect()
-        } else {
-            inner
-        };
-        for candidate in candidates {
+    for mailbox in address_list(value) {
+        let mailbox = mailbox.ok()?;
+        let in_comments = mailbox
+            .comments()
+            .iter()
+            .flat_map(|c| c.split_whitespace())
+            .filter(|w| w.contains('@'))
+            .map(|w| w.trim_matches(|c: char| "\"'()<>;:,".contains(c)));
+        for candidate in std::iter::once(mailbox.addr_spec()).chain(in_comments) {
             match Address::parse(candidate) {
                 Ok(a) if !a.is_null() => out.push(a),
                 Ok(_) => {}

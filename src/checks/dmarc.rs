@@ -99,10 +99,10 @@ use crate::address::normalize_domain;
 use crate::auth::dkim::DkimFacts;
 use crate::auth::dmarc::{evaluate, lookups, record};
 use crate::dns::Dns;
+use crate::message::address_list::{Unreadable, address_list};
 use crate::stage::Stage;
 use evaluate::{Authenticated, Identifier, Outcome};
 use lookups::MessageDns;
-use mail_auth::AuthenticatedMessage;
 use record::Request;
 use std::sync::Arc;
 
@@ -256,52 +256,55 @@ fn spf_identifier(domain: &str, status: Status) -> Option<Identifier> {
     })
 }
 
-/// The Author Domain of a From header (RFC 9989 §5.3.1), or why there is
-/// none.
-fn author_domain(message: &crate::message::Message) -> Result<String, String> {
-    let from_headers = message.header_values("From").count();
-    if from_headers != 1 {
-        return Err(format!(
-            "DMARC needs exactly one From header, found {from_headers}"
-        ));
+/// Why a message has no Author Domain (RFC 9989 §5.3.1).
+#[derive(Debug, thiserror::Error)]
+enum NoAuthor {
+    #[error("DMARC needs exactly one From header, found {0}")]
+    FromHeaders(usize),
+    #[error("the From header cannot be read: {0}")]
+    Unreadable(Unreadable),
+    #[error("the From header holds no address")]
+    NoAddress,
+    #[error("the From address has no domain")]
+    NoDomain,
+    #[error("the From domain {} is not a DNS name", pvalue(.0))]
+    NotADnsName(String),
+    #[error("the From header holds addresses of {0} domains")]
+    SeveralDomains(usize),
+}
+
+/// The Author Domain of a message: its one From header's.
+fn author_domain(message: &crate::message::Message) -> Result<String, NoAuthor> {
+    let mut from = message.header_values("From");
+    match (from.next(), from.count()) {
+        (Some(value), 0) => author_domain_of(value),
+        (None, _) => Err(NoAuthor::FromHeaders(0)),
+        (Some(_), more) => Err(NoAuthor::FromHeaders(more + 1)),
     }
-    // mail-auth's parser reads the address list (groups, comments,
-    // encoded words); only the From header is handed to it.
-    let from_only: Vec<crate::message::Header> = message
-        .headers
-        .iter()
-        .filter(|h| h.name().eq_ignore_ascii_case("From"))
-        .cloned()
-        .collect();
-    let head = crate::message::header_block(&from_only);
-    let Some(parsed) = AuthenticatedMessage::parse_with_opts(&head, None, false) else {
-        return Err("the header cannot be parsed".into());
-    };
-    if parsed.from.is_empty() {
-        return Err("the From header holds no address".into());
-    }
+}
+
+/// The Author Domain of one From header value, normalised: every address
+/// in it must be readable and all of one domain. The early lookups at the
+/// From header and the evaluation at end of message both read it here.
+fn author_domain_of(value: &str) -> Result<String, NoAuthor> {
     let mut domains: Vec<String> = Vec::new();
-    for address in &parsed.from {
-        let raw = address
-            .rsplit_once('@')
-            .map(|(_, d)| d.trim())
-            .unwrap_or_default();
-        if raw.is_empty() {
-            return Err("the From address has no domain".into());
-        }
-        let Some(domain) = canonical(raw) else {
-            return Err(format!("the From domain {} is not a DNS name", pvalue(raw)));
+    for mailbox in address_list(value) {
+        let raw = match mailbox {
+            Ok(mailbox) => mailbox.domain().to_string(),
+            Err(Unreadable::NoDomain) => return Err(NoAuthor::NoDomain),
+            Err(e) => return Err(NoAuthor::Unreadable(e)),
+        };
+        let Some(domain) = canonical(&raw) else {
+            return Err(NoAuthor::NotADnsName(raw));
         };
         if !domains.contains(&domain) {
             domains.push(domain);
         }
     }
     match domains.as_slice() {
+        [] => Err(NoAuthor::NoAddress),
         [one] => Ok(one.clone()),
-        more => Err(format!(
-            "the From header holds addresses of {} domains",
-            more.len()
-        )),
+        more => Err(NoAuthor::SeveralDomains(more.len())),
     }
 }
 
@@ -399,7 +402,10 @@ impl DmarcCheck {
         let author = match author_domain(message) {
             Ok(author) => author,
             Err(why) => {
-                return with_auth(CheckResult::permerror(why), "dmarc=permerror".into());
+                return with_auth(
+                    CheckResult::permerror(why.to_string()),
+                    "dmarc=permerror".into(),
+                );
             }
         };
 
@@ -543,9 +549,7 @@ impl Check for DmarcCheck {
             }
             Some((name, value)) if name.eq_ignore_ascii_case("From") => {
                 // Only a From: with one domain has a policy (RFC 9989 §5.3.1).
-                if let [domain] = super::dnsbl::from_header_domains(value).as_slice()
-                    && let Some(domain) = canonical(domain)
-                {
+                if let Ok(domain) = author_domain_of(value) {
                     evidence.dmarc_records().prefetch(dns, &domain);
                 }
             }

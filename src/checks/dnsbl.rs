@@ -225,70 +225,21 @@ fn lookup_domain(raw: &str) -> Option<String> {
     (d.contains('.') && !d.starts_with('[') && fits_dns(&d)).then_some(d)
 }
 
-/// The domains of the addresses in a `From:` value (RFC 5322 §3.6.2):
-/// display names, quoted strings and comments skipped, groups flattened.
+/// The domains of the addresses in a `From:` value (RFC 5322 §3.6.2,
+/// read by `message::address_list`) worth looking up; members that cannot
+/// be read are skipped, the others are still looked up.
 pub(crate) fn from_header_domains(value: &str) -> Vec<String> {
-    fn finish(plain: &mut String, angle: &mut String, has_angle: &mut bool, out: &mut Vec<String>) {
-        let addr = if *has_angle {
-            angle.as_str()
-        } else {
-            plain.as_str()
-        };
-        if let Some((_, domain)) = addr.trim().rsplit_once('@')
-            && let Some(d) = lookup_domain(domain)
+    let mut out = Vec::new();
+    for mailbox in crate::message::address_list::address_list(value)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(d) = lookup_domain(mailbox.domain())
             && !out.contains(&d)
         {
             out.push(d);
         }
-        plain.clear();
-        angle.clear();
-        *has_angle = false;
     }
-
-    let mut out = Vec::new();
-    let (mut plain, mut angle) = (String::new(), String::new());
-    let (mut has_angle, mut in_angle, mut in_quote, mut escaped) = (false, false, false, false);
-    let mut comment_depth = 0usize;
-    for c in value.chars() {
-        let c = if matches!(c, '\r' | '\n') { ' ' } else { c };
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        if in_quote {
-            match c {
-                '\\' => escaped = true,
-                '"' => in_quote = false,
-                _ => {}
-            }
-            continue;
-        }
-        if comment_depth > 0 {
-            match c {
-                '\\' => escaped = true,
-                '(' => comment_depth += 1,
-                ')' => comment_depth -= 1,
-                _ => {}
-            }
-            continue;
-        }
-        match c {
-            '"' => in_quote = true,
-            '(' => comment_depth = 1,
-            '<' if !in_angle => {
-                in_angle = true;
-                has_angle = true;
-                angle.clear();
-            }
-            '>' if in_angle => in_angle = false,
-            _ if in_angle => angle.push(c),
-            ',' | ';' => finish(&mut plain, &mut angle, &mut has_angle, &mut out),
-            // A group's display name ends at the colon.
-            ':' => plain.clear(),
-            _ => plain.push(c),
-        }
-    }
-    finish(&mut plain, &mut angle, &mut has_angle, &mut out);
     out
 }
 

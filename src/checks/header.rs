@@ -55,27 +55,6 @@ fn status_option(options: &mut Options<'_, '_>, key: &'static str) -> Result<Opt
     Err(())
 }
 
-/// Undo RFC 5322 §2.2.3 folding: a line break followed by white space is
-/// removed, keeping the white space. Milters see LF or CRLF depending on the
-/// MTA, so both are handled.
-pub fn unfold(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(idx) = rest.find(['\r', '\n']) {
-        out.push_str(&rest[..idx]);
-        let after = &rest[idx..];
-        let brk = if after.starts_with("\r\n") { 2 } else { 1 };
-        let next = after[brk..].chars().next();
-        if !matches!(next, Some(' ' | '\t')) {
-            // Not a fold: keep the break so a pattern can still see it.
-            out.push_str(&after[..brk]);
-        }
-        rest = &after[brk..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// A field name is printable ASCII without a colon (RFC 5322 §3.6.8).
 fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
@@ -182,7 +161,7 @@ impl HeaderCheck {
                 for value in message.header_values(name) {
                     seen = true;
                     if let Some(re) = &self.pattern
-                        && re.is_match(&unfold(value))
+                        && re.is_match(&crate::message::unfold(value))
                     {
                         return self.result(self.match_result, format!("header {name:?} matched"));
                     }
@@ -198,7 +177,7 @@ impl HeaderCheck {
                     return CheckResult::permerror("header check without header or pattern");
                 };
                 for h in &message.headers {
-                    let line = format!("{}: {}", h.name(), unfold(h.value()));
+                    let line = format!("{}: {}", h.name(), crate::message::unfold(h.value()));
                     if re.is_match(&line) {
                         // Debug quoting keeps a name sent by the client on one line.
                         return self
@@ -225,7 +204,7 @@ impl Check for HeaderCheck {
 mod tests {
     use super::*;
     use crate::checks::require_tls::tests::{build_err, build_ok, input, run};
-    use crate::message::{Header, Message};
+    use crate::message::{Header, Message, unfold};
 
     fn with_headers(headers: &[(&str, &str)]) -> CheckInput {
         let mut i = input(Stage::Eom);

@@ -48,7 +48,7 @@ use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
 use crate::edits::{EditList, valid_header_name};
 use crate::message::Header;
-use mail_auth::AuthenticatedMessage;
+use crate::message::address_list::{Unreadable, address_list};
 use mail_auth::common::crypto::{self, HashAlgorithm};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, Signature};
@@ -462,7 +462,11 @@ impl DkimSignModifier {
     }
 
     /// The domain whose keys sign, or why there is none.
-    fn domain_of(&self, ctx: &MessageContext<'_>, raw: &[u8]) -> Result<String, &'static str> {
+    fn domain_of(
+        &self,
+        ctx: &MessageContext<'_>,
+        headers: &[crate::message::Header],
+    ) -> Result<String, &'static str> {
         match self.sign_domain {
             SignDomain::Sender => {
                 let sender = ctx
@@ -476,15 +480,19 @@ impl DkimSignModifier {
                     .ok_or("the envelope sender has no domain")
             }
             SignDomain::From => {
-                // The same parser as the `dmarc` check, so the domain signed
+                // The same reader as the `dmarc` check, so the domain signed
                 // is the one DMARC aligns on.
-                let parsed = AuthenticatedMessage::parse_with_opts(raw, None, false)
-                    .ok_or("the header cannot be parsed")?;
                 let mut domains: Vec<String> = Vec::new();
-                for address in &parsed.from {
-                    let Some((_, d)) = address.rsplit_once('@') else {
-                        return Err("a From address has no domain");
+                let from = headers
+                    .iter()
+                    .filter(|h| h.name().eq_ignore_ascii_case("From"));
+                for mailbox in from.flat_map(|h| address_list(h.value())) {
+                    let d = match mailbox {
+                        Ok(mailbox) => mailbox.domain().to_string(),
+                        Err(Unreadable::NoDomain) => return Err("a From address has no domain"),
+                        Err(_) => return Err("the header cannot be parsed"),
                     };
+                    let d = d.as_str();
                     let d = normalize_domain(d).map_err(|_| "a From domain is not valid")?;
                     if !domains.contains(&d) {
                         domains.push(d);
@@ -521,8 +529,7 @@ impl Modifier for DkimSignModifier {
         let headers = edits.resulting_headers(&ctx.message.headers);
         // The signing domain comes from the headers: the whole message (a
         // copy of the body) is only built once it is certain to be signed.
-        let head = crate::message::header_block(&headers);
-        let domain = match self.domain_of(ctx, &head) {
+        let domain = match self.domain_of(ctx, &headers) {
             Ok(d) => d,
             Err(why) => {
                 tracing::info!(modifier = %self.name, queue_id = ?ctx.queue_id, reason = why, "message not signed: no signing domain");

@@ -6,7 +6,6 @@ use super::add_header::header_name_option;
 use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::edits::EditList;
 use regex::Regex;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The `remove_header` modifier.
@@ -32,17 +31,6 @@ impl RemoveHeaderModifier {
     }
 }
 
-/// The value as one line (RFC 5322 §2.2.3): folding is a line break before
-/// white space, so dropping the line breaks unfolds it. Patterns then need
-/// not care where the sender's software chose to fold.
-fn unfold(value: &str) -> Cow<'_, str> {
-    if value.contains(['\r', '\n']) {
-        Cow::Owned(value.chars().filter(|&c| c != '\r' && c != '\n').collect())
-    } else {
-        Cow::Borrowed(value)
-    }
-}
-
 impl Modifier for RemoveHeaderModifier {
     fn effects(&self) -> Effects {
         Effects {
@@ -57,7 +45,7 @@ impl Modifier for RemoveHeaderModifier {
         edits.delete_headers_where(&self.name, &ctx.message.headers, |value| {
             self.pattern
                 .as_ref()
-                .is_none_or(|re| re.is_match(&unfold(value)))
+                .is_none_or(|re| re.is_match(&crate::message::unfold(value)))
         });
         Ok(())
     }

@@ -2,9 +2,12 @@
 //! the envelope and the message. Built by the milter adapter or by the offline
 //! `test` command; nothing here knows the wire protocol.
 
+pub mod address_list;
+
 use crate::address::Address;
 use bytes::Bytes;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -274,6 +277,31 @@ impl Message {
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(Header::value)
     }
+}
+
+/// Undo RFC 5322 §2.2.3 folding: a line break followed by white space is
+/// removed, keeping the white space. Milters see LF or CRLF depending on the
+/// MTA, so both are handled. The one unfolder: patterns of the `header`
+/// check and `remove_header` match the unfolded value.
+pub fn unfold(value: &str) -> Cow<'_, str> {
+    if !value.contains(['\r', '\n']) {
+        return Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(idx) = rest.find(['\r', '\n']) {
+        out.push_str(&rest[..idx]);
+        let after = &rest[idx..];
+        let brk = if after.starts_with("\r\n") { 2 } else { 1 };
+        let next = after[brk..].chars().next();
+        if !matches!(next, Some(' ' | '\t')) {
+            // Not a fold: keep the break so a pattern can still see it.
+            out.push_str(&after[..brk]);
+        }
+        rest = &after[brk..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
