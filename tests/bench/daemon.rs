@@ -12,6 +12,7 @@ use crate::common;
 
 use common::daemon::{LISTEN, TestDaemon};
 use common::dns_server::DnsServer;
+use common::wait;
 use dispatch_milter_load::{Corpus, LoadConfig, LoadReport, run};
 use std::time::Duration;
 
@@ -197,12 +198,10 @@ async fn serve_dns_for_profiling() {
         std::fs::write(path, server.addr().to_string()).expect("write the address file");
     }
     println!("DNS on {}", server.addr());
-    let until = std::time::Instant::now() + Duration::from_secs(600);
-    while std::time::Instant::now() < until {
-        if std::path::Path::new(&stop).exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Until the stop file appears, ten minutes at most.
+    wait::within(Duration::from_secs(600), || {
+        std::path::Path::new(&stop).exists()
+    })
+    .await;
     println!("DNS queries answered: {}", server.queries());
 }

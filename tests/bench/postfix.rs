@@ -59,6 +59,7 @@ use crate::common;
 use common::dns_server::DnsServer;
 use common::postfix::{self, Postfix, Wiring};
 use common::stats::geometric_mean_ci;
+use common::wait;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -278,17 +279,13 @@ impl CountingSink {
 
     /// Wait until `n` messages arrived; `None` if they did not within `limit`.
     async fn wait_for(&self, n: usize, limit: Duration) -> Option<Counts> {
-        let start = Instant::now();
-        loop {
-            let c = self.counts();
-            if c.delivered >= n {
-                return Some(c);
-            }
-            if start.elapsed() > limit {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut c = Counts::default();
+        let arrived = wait::within(limit, || {
+            c = self.counts();
+            c.delivered >= n
+        })
+        .await;
+        arrived.then_some(c)
     }
 }
 
@@ -325,19 +322,18 @@ impl Proc {
     /// Wait until `addr` accepts a connection (one empty milter
     /// connection, which both milters take in their stride).
     async fn wait_listening(&mut self, addr: SocketAddr) {
-        let start = Instant::now();
-        loop {
+        let listening = wait::within_async(Duration::from_secs(30), async || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("exited with {status} before listening:\n{}", self.log());
             }
-            if TcpStream::connect(addr).await.is_ok() {
-                return;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                panic!("not listening on {addr} after 30 s:\n{}", self.log());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(
+            listening,
+            "not listening on {addr} after 30 s:\n{}",
+            self.log()
+        );
     }
 
     async fn stop(mut self) {
@@ -873,8 +869,13 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
         .zip(milter_cpu0)
         .map(|(m, c0)| per_message(cpu_times(m.pid()).0 - c0));
     let delivered = counts.last.expect("a delivery") - t0;
-    // Nothing more may come: exactly one delivery per message.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing more may come: exactly one delivery per message. A duplicate
+    // would follow the last delivery closely; half a second shows none does
+    // (the count is checked below).
+    wait::holds_for(Duration::from_millis(500), || {
+        w.sink.counts().delivered == p.messages
+    })
+    .await;
     let counts = Counts {
         sample: counts.sample,
         ..w.sink.counts()

@@ -147,6 +147,7 @@ pub mod serve;
 pub mod signing;
 pub mod stats;
 pub mod tools;
+pub mod wait;
 
 pub fn compile_with(src: &str, probes: Arc<Probes>) -> Arc<Policy> {
     match compile_str(Path::new("test.toml"), src, &registry(probes)) {

@@ -31,6 +31,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use super::wait;
+
 pub const POSTFIX: &str = "/usr/sbin/postfix";
 pub const SENDMAIL: &str = "/usr/sbin/sendmail";
 pub const POSTQUEUE: &str = "/usr/sbin/postqueue";
@@ -330,17 +332,17 @@ impl Sink {
         what: &str,
         done: impl Fn(&[Delivery]) -> bool,
     ) -> Vec<Delivery> {
-        let start = Instant::now();
-        loop {
-            let all = self.deliveries();
-            if done(&all) {
-                return all;
-            }
-            if start.elapsed() > limit {
-                panic!("sink: {what} not seen within {limit:?}; received:\n{all:#?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut all = Vec::new();
+        let seen = wait::within(limit, || {
+            all = self.deliveries();
+            done(&all)
+        })
+        .await;
+        assert!(
+            seen,
+            "sink: {what} not seen within {limit:?}; received:\n{all:#?}"
+        );
+        all
     }
 
     /// Wait for the recipients of the message with this Subject to add up
@@ -900,17 +902,17 @@ impl Postfix {
 
     /// Wait until the maillog contains `needle`; panic after [`STEP`].
     pub async fn wait_log(&self, needle: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let log = self.maillog();
-            if log.contains(needle) {
-                return log;
-            }
-            if start.elapsed() > STEP {
-                panic!("{needle:?} not logged within {STEP:?}; maillog:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let mut log = String::new();
+        let logged = wait::within(STEP, || {
+            log = self.maillog();
+            log.contains(needle)
+        })
+        .await;
+        assert!(
+            logged,
+            "{needle:?} not logged within {STEP:?}; maillog:\n{log}"
+        );
+        log
     }
 
     pub fn master_pid(&self) -> Option<i32> {
@@ -948,20 +950,17 @@ impl Postfix {
 
     /// Wait until the queue is empty (everything delivered or bounced).
     pub async fn wait_queue_empty(&self) {
-        let start = Instant::now();
-        loop {
-            let q = self.queue().await;
-            if q.is_empty() {
-                return;
-            }
-            if start.elapsed() > STEP {
-                panic!(
-                    "the queue did not drain within {STEP:?}:\n{q:#?}\nmaillog:\n{}",
-                    self.maillog()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let mut q = Vec::new();
+        let drained = wait::within_async(STEP, async || {
+            q = self.queue().await;
+            q.is_empty()
+        })
+        .await;
+        assert!(
+            drained,
+            "the queue did not drain within {STEP:?}:\n{q:#?}\nmaillog:\n{}",
+            self.maillog()
+        );
     }
 
     /// `postcat -q ID`: the queue file's envelope, headers and body.
@@ -1015,17 +1014,12 @@ impl Postfix {
             .stderr(Stdio::null())
             .spawn();
         if let Ok(mut child) = stop {
-            let start = Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if start.elapsed() > Duration::from_secs(15) => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
+            let exited = wait::within_blocking(Duration::from_secs(15), || {
+                !matches!(child.try_wait(), Ok(None))
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         // Whatever is left: the master (if its pid is still this instance's)

@@ -8,6 +8,7 @@ use crate::common;
 
 use common::dns_server::{DnsServer, Failure, RecordType};
 use common::signing::{arc_seal, dkim_sign};
+use common::wait::{self, WAIT};
 use common::{Mail, reply_code, run_mail};
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::edits::Edit;
@@ -16,7 +17,6 @@ use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 fn auth_zones() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zones/auth")
@@ -691,11 +691,19 @@ async fn dmarc_relaxed_and_strict_spf_alignment() {
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
-/// Like `run_mail`, with a pause after MAIL FROM so that the checks started
-/// there finish before end of message. (hickory merges identical queries in
-/// flight at the same time, so only answers that were complete before a
-/// second lookup show whether it asked again.)
-async fn eom_after_pause(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
+/// Like `run_mail`, but after MAIL FROM it waits until `server` has answered
+/// a lookup of `asked_at_mail` (one more than before) and has nothing in
+/// flight, so that the lookups started there are complete before end of
+/// message. (hickory merges identical queries in flight at the same time,
+/// so only answers that were complete before a second lookup show whether
+/// it asked again.)
+async fn eom_after_mail_lookups(
+    server: &DnsServer,
+    asked_at_mail: &str,
+    policy: &Arc<Policy>,
+    mail: &Mail,
+) -> MessageOutcome {
+    let before = server.queries_for(asked_at_mail);
     let facts = ConnectionFacts {
         client_ip: mail.client_ip.parse().ok(),
         ..ConnectionFacts::default()
@@ -708,7 +716,15 @@ async fn eom_after_pause(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
     );
     let reply = session.mail(&format!("<{}>", mail.from), &[], None).await;
     assert_eq!(reply, StageReply::Continue);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answered = wait::within(WAIT, || {
+        server.queries_for(asked_at_mail) > before && server.in_flight() == 0
+    })
+    .await;
+    assert!(
+        answered,
+        "{asked_at_mail} not asked and answered after MAIL FROM: {:?}",
+        server.query_log()
+    );
     for to in &mail.to {
         assert_eq!(
             session.rcpt(&format!("<{to}>"), &[]).await,
@@ -728,7 +744,9 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
     // nocache.spf.test has TTL 0: the resolver's cache hides no lookup.
     let p = policy(&server, DMARC_POLICY);
     for _ in 0..2 {
-        let o = eom_after_pause(&p, &mail("alice@nocache.spf.test", "192.0.2.10")).await;
+        let m = mail("alice@nocache.spf.test", "192.0.2.10");
+        // The spf check's lookup, started at MAIL FROM.
+        let o = eom_after_mail_lookups(&server, "nocache.spf.test", &p, &m).await;
         assert_eq!(check(&o, "spf").0, "pass");
         assert_eq!(check(&o, "dmarc").0, "none");
     }
@@ -752,7 +770,8 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
     let mut m = mail("alice@nocache.spf.test", "192.0.2.10");
     m.headers[0].1 = "<alice@aligned.test>".into();
     dkim_sign(&mut m, "aligned.test", false);
-    let o = eom_after_pause(&p, &m).await;
+    // DMARC's early lookup of the MAIL FROM domain's policy.
+    let o = eom_after_mail_lookups(&server, "_dmarc.nocache.spf.test", &p, &m).await;
     assert_eq!(check(&o, "dmarc").0, "pass");
     assert_eq!(
         server.queries_for_type("nocache.spf.test", RecordType::TXT),

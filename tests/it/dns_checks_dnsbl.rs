@@ -6,6 +6,7 @@
 use crate::common;
 
 use common::dns_server::{DnsServer, Failure, dnsbl_name, reverse_name, zones_dir};
+use common::wait::{self, WAIT};
 use common::{Mail, Run, reply_code, run_mail};
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::engine::{CheckReport, Session, StageReply, Verdict};
@@ -315,17 +316,6 @@ async fn dnsbl_domain_lists_for_helo_sender_and_from() {
     assert!(server.queries() - before <= 1);
 }
 
-/// Wait (bounded) until `cond` holds.
-async fn eventually(cond: impl Fn() -> bool) -> bool {
-    for _ in 0..500 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn dnsbl_lists_are_asked_at_once_from_connect() {
     let server = server().await;
@@ -354,7 +344,7 @@ async fn dnsbl_lists_are_asked_at_once_from_connect() {
     // Before HELO and MAIL: the check started at connect and asked all three
     // lists; each answer takes 300 ms, so all three are in flight together.
     assert!(
-        eventually(|| server.queries() == 3).await,
+        wait::within(WAIT, || server.queries() == 3).await,
         "the lookups did not start at connect: {:?}",
         server.query_log()
     );

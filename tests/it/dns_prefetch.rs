@@ -10,6 +10,7 @@ use crate::common;
 
 use common::dns_server::{DnsServer, Failure, zones_dir};
 use common::signing::dkim_sign;
+use common::wait::{self, WAIT};
 use common::{Mail, reply_code};
 use dispatch_milter::config::{Registry, compile_str};
 use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
@@ -64,18 +65,6 @@ fn signed() -> Mail {
     m
 }
 
-/// Wait (at most 5 s) until `done` holds; the lookups run in the background.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Connect, HELO, MAIL FROM: the stage at which DMARC's records are known.
 async fn up_to_mail(policy: &Arc<Policy>, mail: &Mail) -> Session {
     let facts = ConnectionFacts {
@@ -127,9 +116,11 @@ async fn dmarc_records_are_asked_for_at_mail_from_every_level_at_once() {
     let mail = signed();
 
     let mut session = up_to_mail(&policy, &mail).await;
-    until("both DMARC levels to be asked for after MAIL FROM", || {
-        server.queries_for("_dmarc.aligned.test") == 1 && server.queries_for("_dmarc.test") == 1
-    })
+    wait::until(
+        WAIT,
+        "both DMARC levels to be asked for after MAIL FROM",
+        || server.queries_for("_dmarc.aligned.test") == 1 && server.queries_for("_dmarc.test") == 1,
+    )
     .await;
     assert_eq!(
         server.peak_in_flight(),
@@ -160,7 +151,7 @@ async fn a_dkim_key_is_asked_for_when_its_header_arrives_and_only_once() {
     for (n, v) in &mail.headers {
         session.header(n, v);
     }
-    until("the key to be asked for during the headers", || {
+    wait::until(WAIT, "the key to be asked for during the headers", || {
         server.queries_for(key) == 1
     })
     .await;
@@ -180,7 +171,7 @@ async fn an_early_lookup_that_failed_is_asked_again_at_end_of_message() {
     let mail = signed();
 
     let mut session = up_to_mail(&policy, &mail).await;
-    until("the early DMARC lookup", || {
+    wait::until(WAIT, "the early DMARC lookup", || {
         server.queries_for("_dmarc.aligned.test") == 1
     })
     .await;
@@ -200,7 +191,7 @@ async fn a_definite_no_record_answer_is_kept_for_the_message() {
     let mut mail = Mail::new("alice@spf.test", &["bob@rcpt.test"]);
     mail.headers[0].1 = "alice@spf.test".into();
     let mut session = up_to_mail(&policy, &mail).await;
-    until("the early DMARC lookup", || {
+    wait::until(WAIT, "the early DMARC lookup", || {
         server.queries_for("_dmarc.spf.test") == 1
     })
     .await;
@@ -219,7 +210,7 @@ async fn the_from_domain_is_asked_for_when_the_header_arrives() {
     let mut mail = signed();
     mail.from = "bounces@spf.test".into();
     let mut session = up_to_mail(&policy, &mail).await;
-    until("the MAIL FROM domain's tree", || {
+    wait::until(WAIT, "the MAIL FROM domain's tree", || {
         server.queries_for("_dmarc.spf.test") == 1
     })
     .await;
@@ -229,7 +220,7 @@ async fn the_from_domain_is_asked_for_when_the_header_arrives() {
     for (n, v) in &mail.headers {
         session.header(n, v);
     }
-    until("the From: domain's tree", || {
+    wait::until(WAIT, "the From: domain's tree", || {
         server.queries_for("_dmarc.aligned.test") == 1
     })
     .await;
@@ -252,7 +243,7 @@ async fn a_record_that_does_not_parse_gives_the_same_verdict_as_without_early_lo
     let mut mail = Mail::new("alice@sub.aligned.test", &["bob@rcpt.test"]);
     mail.headers[0].1 = "alice@sub.aligned.test".into();
     let mut session = up_to_mail(&policy, &mail).await;
-    until("the early DMARC lookup", || {
+    wait::until(WAIT, "the early DMARC lookup", || {
         server.queries_for("_dmarc.sub.aligned.test") == 1
     })
     .await;
@@ -330,8 +321,11 @@ async fn a_message_asks_for_at_most_eight_keys_early() {
     for (n, v) in &mail.headers {
         session.header(n, v);
     }
-    until("eight key lookups", || keys() == 8).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait::until(WAIT, "eight key lookups", || keys() == 8).await;
+    // Every header has been given, so a ninth lookup would have started
+    // with the first eight; a short period shows that none follows.
+    let capped = wait::holds_for(Duration::from_millis(200), || keys() == 8).await;
+    assert!(capped, "the cap holds: {} key lookups", keys());
     assert_eq!(keys(), 8, "the cap holds");
     session.body(mail.body.clone().into());
     let outcome = session.eom().await;

@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::dns_server::*;
+use common::wait::{self, WAIT};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::{Edns, Message, Query, ResponseCode};
@@ -670,9 +671,7 @@ async fn failures_change_while_running_and_stop_on_drop() {
         let opts = server.resolver_opts(FAIL_TIMEOUT);
         let slow = build_resolver(config.clone(), server.resolver_opts(TEST_BOUND));
         let pending = tokio::spawn(async move { slow.ipv4_lookup("slow.example.org.").await });
-        while server.in_flight() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait::until(WAIT, "the slow query in flight", || server.in_flight() > 0).await;
         drop(server);
 
         // The listeners and the connection are gone, and nothing answers.
@@ -803,13 +802,10 @@ async fn truncation_on_the_wire() {
 
         // Non-DNS input is counted, not answered.
         socket.send_to(b"hello", server.addr()).await.unwrap();
-        tokio::time::timeout(ANSWER_TIMEOUT, async {
-            while server.malformed_queries() == 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        wait::until(ANSWER_TIMEOUT, "the malformed query counted", || {
+            server.malformed_queries() > 0
         })
-        .await
-        .expect("malformed query not counted");
+        .await;
     })
     .await;
 }

@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use common::wait::{self, WAIT};
 use common::{Mail, Probes, compile_with, reply_code, run_mail};
 use dispatch_milter::engine::{StageReply, Verdict};
 use dispatch_milter::message::ConnectionFacts;
@@ -12,17 +13,6 @@ use std::time::Duration;
 
 fn probes() -> Arc<Probes> {
     Arc::new(Probes::default())
-}
-
-/// Wait (bounded) until `cond` holds; false when it never did.
-async fn eventually(cond: impl Fn() -> bool) -> bool {
-    for _ in 0..500 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -86,7 +76,10 @@ async fn a_reject_cancels_a_pending_slow_check() {
         (554, "5.7.1", "bad message")
     );
     // The slow check's future was dropped, not left running.
-    assert!(eventually(|| p.dropped.load(Ordering::SeqCst) == 1).await);
+    wait::until(WAIT, "the slow check dropped", || {
+        p.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
     assert_eq!(p.running.load(Ordering::SeqCst), 0);
     let slow = outcome
         .report
@@ -311,13 +304,13 @@ async fn checks_start_when_their_inputs_exist() {
         dispatch_milter::engine::Session::new(policy.clone(), 0, ConnectionFacts::default());
     assert_eq!(s.connect().await, StageReply::Continue);
     assert!(
-        eventually(|| p.started.load(Ordering::SeqCst) == 1).await,
+        wait::within(WAIT, || p.started.load(Ordering::SeqCst) == 1).await,
         "connect check started at connect"
     );
     s.helo("h.test", None).await;
     s.mail("<a@x.test>", &[], None).await;
     assert!(
-        eventually(|| p.started.load(Ordering::SeqCst) == 2).await,
+        wait::within(WAIT, || p.started.load(Ordering::SeqCst) == 2).await,
         "mail check started at MAIL"
     );
     s.rcpt("<b@y.test>", &[]).await;
@@ -395,7 +388,10 @@ async fn rcpt_checks_refuse_one_recipient_and_mail_checks_the_transaction() {
         other => panic!("MAIL should be refused, got {other:?}"),
     }
     // The refused transaction's pending check was cancelled.
-    assert!(eventually(|| p.dropped.load(Ordering::SeqCst) == 1).await);
+    wait::until(WAIT, "the pending check cancelled", || {
+        p.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -417,14 +413,26 @@ async fn abort_cancels_the_messages_checks() {
     let mut s = dispatch_milter::engine::Session::new(policy, 0, ConnectionFacts::default());
     s.connect().await;
     s.mail("<a@x.test>", &[], None).await;
-    assert!(eventually(|| p.running.load(Ordering::SeqCst) == 1).await);
+    wait::until(WAIT, "the check running", || {
+        p.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
     s.abort();
-    assert!(eventually(|| p.dropped.load(Ordering::SeqCst) == 1).await);
+    wait::until(WAIT, "the check cancelled by abort", || {
+        p.dropped.load(Ordering::SeqCst) == 1
+    })
+    .await;
     // Dropping a session (client gone) cancels its checks too.
     s.mail("<a@x.test>", &[], None).await;
-    assert!(eventually(|| p.running.load(Ordering::SeqCst) == 1).await);
+    wait::until(WAIT, "the check running", || {
+        p.running.load(Ordering::SeqCst) == 1
+    })
+    .await;
     drop(s);
-    assert!(eventually(|| p.dropped.load(Ordering::SeqCst) == 2).await);
+    wait::until(WAIT, "the check cancelled by the session's end", || {
+        p.dropped.load(Ordering::SeqCst) == 2
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -569,7 +577,7 @@ async fn no_stage_waits_past_the_pipeline_deadline() {
         "{hang:?}"
     );
     assert!(
-        eventually(|| p.dropped.load(Ordering::SeqCst) == 1).await,
+        wait::within(WAIT, || p.dropped.load(Ordering::SeqCst) == 1).await,
         "the check was aborted"
     );
 }

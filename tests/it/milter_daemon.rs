@@ -4,6 +4,7 @@
 use crate::common;
 
 use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::wait::{self, WAIT};
 use indymilter_test::{EomAction, MacroStage, Status};
 use std::ffi::CString;
 use std::time::Duration;
@@ -254,15 +255,12 @@ async fn abort_mid_message_and_client_gone_mid_message_leak_nothing() {
     gone.mail(["<a@example.net>"]).await.unwrap();
     gone.rcpt(["<alice@example.org>"]).await.unwrap();
     drop(gone);
-    let mut waited = Duration::ZERO;
-    while d.daemon().messages_in_flight() != 0 {
-        assert!(
-            waited < Duration::from_secs(5),
-            "the vanished client's message stayed in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    wait::until(
+        WAIT,
+        "the vanished client's message leaves the flight",
+        || d.daemon().messages_in_flight() == 0,
+    )
+    .await;
     d.shutdown().await;
 }
 
@@ -437,14 +435,10 @@ async fn graceful_shutdown_lets_a_message_in_flight_finish() {
     let daemon = d.daemon.take().expect("running");
     let stopping = tokio::spawn(daemon.shutdown());
     // New connections are refused once shutdown begins.
-    let mut refused = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let refused = wait::within_async(WAIT, async || {
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
     assert!(refused, "the listener still accepts during shutdown");
     assert!(
         !stopping.is_finished(),

@@ -8,6 +8,7 @@
 use crate::common;
 
 use common::daemon::{LISTEN, TestDaemon};
+use common::wait::{self, WAIT};
 use std::process::Output;
 use std::time::Duration;
 
@@ -42,15 +43,12 @@ async fn run_script(policy: &str) -> Output {
         .unwrap_or_else(|_| panic!("miltertest ran longer than {LIMIT:?}"))
         .expect("run miltertest");
     // miltertest has closed its connection: nothing stays in flight.
-    let waited = std::time::Instant::now();
-    while d.daemon().messages_in_flight() != 0 {
-        assert!(
-            waited.elapsed() < Duration::from_secs(5),
-            "a message stayed in flight after miltertest exited:\n{}",
-            describe(&out)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let drained = wait::within(WAIT, || d.daemon().messages_in_flight() == 0).await;
+    assert!(
+        drained,
+        "a message stayed in flight after miltertest exited:\n{}",
+        describe(&out)
+    );
     d.shutdown().await;
     out
 }

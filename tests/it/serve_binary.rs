@@ -9,6 +9,7 @@
 use crate::common;
 
 use common::serve::{Serve, WAIT, field_str, message_of, start_message};
+use common::wait;
 use indymilter_test::{MacroStage, Status, TestConnection};
 use serde_json::Value;
 use std::ffi::CString;
@@ -270,19 +271,16 @@ async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
         assert_eq!(waiting["fields"]["in_flight"], 1, "{waiting}");
 
         // The listener is closed: new connections are refused.
-        let mut refused = false;
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(addr).await.is_err() {
-                refused = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let refused = wait::within_async(WAIT, async || {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await;
         assert!(refused, "the listener still accepts after SIGTERM");
 
-        // The process waits for the message...
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(d.alive(), "exited with a message in flight:\n{}", d.log());
+        // The process waits for the message (it would exit at once if it
+        // did not: the listener is already closed)...
+        let stayed = wait::holds_for(Duration::from_millis(300), || d.alive()).await;
+        assert!(stayed, "exited with a message in flight:\n{}", d.log());
 
         // ...which completes normally, and then the process exits 0.
         assert_eq!(

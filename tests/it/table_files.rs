@@ -10,6 +10,7 @@
 use crate::common;
 
 use common::serve::{BIN, Serve, WAIT, field_str, message_of, start_message};
+use common::wait;
 use indymilter_test::{MacroStage, Status};
 use std::ffi::CString;
 use std::io::{BufReader, Write};
@@ -79,17 +80,15 @@ fn check(config: &Path) -> (Option<i32>, String) {
         let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut text);
         text
     });
-    let deadline = Instant::now() + PROMPTLY;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("`check` did not finish within {PROMPTLY:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let mut status = None;
+    let exited = wait::within_blocking(PROMPTLY, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let Some(status) = status.filter(|_| exited) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("`check` did not finish within {PROMPTLY:?}");
     };
     let text = reader.join().expect("stderr reader");
     (status.code(), text)
@@ -249,6 +248,7 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
 
     // Four rewrites of 620 ms: the file is partial 600 ms of each, so the
     // daemon's once-a-second look at it always has a partial file to find.
+    // (These sleeps are the slow writer being played, not waits.)
     for _ in 0..4 {
         let mut f = std::fs::File::create(&table).expect("truncate");
         std::thread::sleep(Duration::from_millis(300));
@@ -260,14 +260,8 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // The finished file is applied once it stays unchanged.
-    let deadline = Instant::now() + WAIT;
-    while !mailboxes.contains("new@example.org") {
-        assert!(
-            Instant::now() < deadline,
-            "the finished file was not applied within {WAIT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let applied = wait::within_blocking(WAIT, || mailboxes.contains("new@example.org"));
+    assert!(applied, "the finished file was not applied within {WAIT:?}");
     stop.store(true, Ordering::Relaxed);
     hammer.join().expect("lookup thread");
     let (lookups, misses) = (
@@ -573,15 +567,12 @@ async fn reloads_do_not_pile_up_watcher_threads() {
         let event = d.reload().await;
         assert_eq!(message_of(&event), "configuration reloaded", "{event}");
     }
-    let deadline = Instant::now() + WAIT;
-    while threads(pid) > before {
-        assert!(
-            Instant::now() < deadline,
-            "{} threads after 5 reloads, {before} before",
-            threads(pid)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ended = wait::within(WAIT, || threads(pid) <= before).await;
+    assert!(
+        ended,
+        "{} threads after 5 reloads, {before} before",
+        threads(pid)
+    );
     let status = d.terminate(PROMPTLY).await;
     assert_eq!(status.code(), Some(0), "{}", d.log());
 }
