@@ -249,3 +249,35 @@ fn no_module_depends_on_itself_through_others() {
         visit(node, &graph, &mut Vec::new(), &mut done);
     }
 }
+
+/// The layer table of docs/architecture.md, printed with
+/// `cargo test --test it architecture::layers -- --nocapture`: a module's
+/// layer is one more than the highest layer it uses. Also proves that the
+/// graph layers completely (nothing is left over, which a cycle would do).
+#[test]
+fn layers() {
+    let graph = module_graph();
+    let mut layer: std::collections::BTreeMap<String, usize> = Default::default();
+    while layer.len() < graph.len() {
+        let before = layer.len();
+        for (module, uses) in &graph {
+            if layer.contains_key(module) {
+                continue;
+            }
+            let known: Option<Vec<usize>> = uses.iter().map(|u| layer.get(u).copied()).collect();
+            if let Some(below) = known {
+                layer.insert(module.clone(), below.iter().max().map_or(0, |m| m + 1));
+            }
+        }
+        assert!(layer.len() > before, "modules in a cycle: {graph:?}");
+    }
+    let top = layer.values().max().copied().unwrap_or(0);
+    for n in 0..=top {
+        let at: Vec<&str> = layer
+            .iter()
+            .filter(|(_, l)| **l == n)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        println!("| {n} | {} |", at.join(", "));
+    }
+}
