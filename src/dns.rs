@@ -113,7 +113,7 @@ fn negative_until(error: &NetError) -> Option<std::time::Instant> {
 }
 
 /// Keep an answer or "no such record" until `valid_until`; never a failure.
-fn keep<T: Clone>(
+fn keep<T: Clone + Send + Sync + 'static>(
     table: &TtlCache<Result<Vec<T>, DnsError>>,
     key: &str,
     answer: &Result<Vec<T>, DnsError>,

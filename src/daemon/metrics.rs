@@ -1,19 +1,25 @@
 //! Prometheus metrics for the milter: counters for messages, check results, reloads and
 //! refused connections, a histogram of check durations and a gauge of open milter
 //! connections, kept in a `prometheus-client` registry and served as OpenMetrics text by
-//! a tiny HTTP/1.1 responder.
+//! hyper's HTTP/1.1 server, one request per connection.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::convert::Infallible;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -237,12 +243,11 @@ impl Metrics {
 struct Limits {
     /// Largest request head (request line and headers) read; larger gets a 431.
     head_bytes: usize,
-    /// Time allowed for the whole request head, not per read, against slow-loris clients.
+    /// Time allowed for the whole request head, not per read, against slow-loris
+    /// clients; it runs from the accept, so a client that sends nothing is closed too.
     read_timeout: Duration,
-    /// Time allowed to write a response to a client that does not read it.
+    /// Time allowed after that to answer a client that does not read the response.
     write_timeout: Duration,
-    /// Time spent draining unread input after responding (see `respond`).
-    linger: Duration,
     /// Connections served at once; further ones wait in the listen backlog.
     max_connections: usize,
 }
@@ -252,7 +257,6 @@ impl Limits {
         head_bytes: 8 * 1024,
         read_timeout: Duration::from_secs(5),
         write_timeout: Duration::from_secs(5),
-        linger: Duration::from_secs(1),
         max_connections: 64,
     };
 }
@@ -288,218 +292,70 @@ async fn serve_with(metrics: Arc<Metrics>, listener: TcpListener, limits: Limits
     }
 }
 
-/// What became of reading a request head.
-#[derive(Debug, PartialEq, Eq)]
-enum Head {
-    /// A complete head; the bytes up to and including the blank line.
-    Complete(Vec<u8>),
-    /// The limit was reached without a blank line.
-    TooLarge,
-    /// The client closed before finishing the head (maybe after sending nothing).
-    Incomplete { empty: bool },
-}
-
-async fn handle_connection(metrics: Arc<Metrics>, mut stream: TcpStream, limits: Limits) {
-    let head = match tokio::time::timeout(
-        limits.read_timeout,
-        read_head(&mut stream, limits.head_bytes),
-    )
-    .await
-    {
-        Ok(Ok(head)) => head,
-        // A client that stalls or errors gets no response: there is nobody to read it.
-        Ok(Err(err)) => {
-            tracing::debug!(error = %err, "metrics: reading request failed");
-            return;
-        }
-        Err(_elapsed) => {
-            tracing::debug!("metrics: request head timed out");
-            return;
-        }
-    };
-    let response = match head {
-        Head::Complete(bytes) => route(&metrics, &bytes),
-        Head::TooLarge => Response::text(431, "Request Header Fields Too Large"),
-        Head::Incomplete { empty: true } => return,
-        Head::Incomplete { empty: false } => Response::text(400, "Bad Request"),
-    };
-    respond(stream, response, limits).await;
-}
-
-/// Reads until the blank line that ends the head, at most `limit` bytes.
-async fn read_head(stream: &mut TcpStream, limit: usize) -> std::io::Result<Head> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        // Never read past the limit, so the buffer stays bounded.
-        let room = limit.saturating_sub(buf.len()).min(chunk.len());
-        if room == 0 {
-            return Ok(Head::TooLarge);
-        }
-        let n = stream.read(&mut chunk[..room]).await?;
-        if n == 0 {
-            return Ok(Head::Incomplete {
-                empty: buf.is_empty(),
-            });
-        }
-        // Resume the search a little before the new bytes: the terminator may straddle.
-        let from = buf.len().saturating_sub(2);
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&buf, from) {
-            buf.truncate(end);
-            return Ok(Head::Complete(buf));
-        }
+/// One request per connection, answered by hyper's HTTP/1 server. hyper parses the
+/// head (CRLF or bare LF line ends, RFC 9112 §2.2) and answers what it cannot parse
+/// itself: 400 for a malformed request, 431 for a head over `head_bytes`. A client
+/// that stalls gets no response: there is nobody to read it.
+async fn handle_connection(metrics: Arc<Metrics>, stream: TcpStream, limits: Limits) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let response = route(&metrics, &request);
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.read_timeout)
+        // The head is bounded in bytes, as before hyper: its buffer never grows past
+        // the limit (8 KiB is hyper's smallest buffer), and the number of header
+        // lines is bounded only by what fits, the shortest line being "a:" CRLF.
+        .max_header_size(limits.head_bytes)
+        .max_buf_size(limits.head_bytes.max(8 * 1024))
+        .max_headers(limits.head_bytes / 4)
+        // One request per connection (hyper then sends `Connection: close`), and
+        // header names spelled the usual way (Content-Type, not content-type).
+        .keep_alive(false)
+        .title_case_headers(true);
+    let connection = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(limits.read_timeout + limits.write_timeout, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::debug!(error = %err, "metrics: connection failed"),
+        Err(_elapsed) => tracing::debug!("metrics: connection timed out"),
     }
 }
 
-/// Index just past the empty line ending the head, searching from `from`. Accepts
-/// bare LF line ends as well as CRLF, as RFC 9112 section 2.2 allows a recipient to.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    None
+fn text(status: StatusCode) -> Response<String> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let mut response = Response::new(format!("{reason}\n"));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
-    /// For 405: the methods that are allowed.
-    allow: Option<&'static str>,
-}
-
-impl Response {
-    fn text(status: u16, reason: &str) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: format!("{reason}\n").into_bytes(),
-            allow: None,
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
-/// Maps a complete request head to a response. Only the request line matters: the
-/// headers are read (to honour the size limit) but not interpreted.
-fn route(metrics: &Metrics, head: &[u8]) -> Response {
-    let Some((method, target, version)) = parse_request_line(head) else {
-        return Response::text(400, "Bad Request");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Response::text(505, "HTTP Version Not Supported");
-    }
-    if method != "GET" {
-        let mut response = Response::text(405, "Method Not Allowed");
-        response.allow = Some("GET");
+/// Maps a request to a response by its method and path. Headers and body select
+/// nothing; a query string neither (Prometheus may append scrape `params`).
+fn route<B>(metrics: &Metrics, request: &Request<B>) -> Response<String> {
+    if request.method() != Method::GET {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED);
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return response;
     }
-    // Prometheus may append query parameters (scrape config `params`); they select nothing here.
-    let path = target.split('?').next().unwrap_or(target);
-    if path != "/metrics" {
-        return Response::text(404, "Not Found");
+    if request.uri().path() != "/metrics" {
+        return text(StatusCode::NOT_FOUND);
     }
     match metrics.try_render() {
-        Ok(text) => Response {
-            status: 200,
-            content_type: CONTENT_TYPE,
-            body: text.into_bytes(),
-            allow: None,
-        },
-        Err(_) => Response::text(500, "Internal Server Error"),
-    }
-}
-
-/// Splits `METHOD SP target SP HTTP-version` from the first line; None if it is not
-/// one (not UTF-8, wrong number of parts, or a method that is not an HTTP token).
-fn parse_request_line(head: &[u8]) -> Option<(&str, &str, &str)> {
-    let line_end = head.iter().position(|&b| b == b'\n')?;
-    let line = head[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&head[..line_end]);
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || target.is_empty() {
-        return None;
-    }
-    let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if method.is_empty() || !method.bytes().all(is_tchar) {
-        return None;
-    }
-    Some((method, target, version))
-}
-
-/// Writes the response, closes our side, then drains what the client may still send.
-/// Closing a socket with unread input makes the kernel send a reset, which can discard
-/// the response before the client reads it (after a 431 or a 400 for instance), so
-/// the input is read and dropped for a short while first.
-async fn respond(mut stream: TcpStream, response: Response, limits: Limits) {
-    let mut bytes = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len(),
-    );
-    if let Some(allow) = response.allow {
-        bytes.push_str("Allow: ");
-        bytes.push_str(allow);
-        bytes.push_str("\r\n");
-    }
-    bytes.push_str("\r\n");
-    let mut bytes = bytes.into_bytes();
-    bytes.extend_from_slice(&response.body);
-
-    let write = async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    };
-    match tokio::time::timeout(limits.write_timeout, write).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::debug!(error = %err, "metrics: writing response failed");
-            return;
+        Ok(body) => {
+            let mut response = Response::new(body);
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
         }
-        Err(_elapsed) => {
-            tracing::debug!("metrics: writing response timed out");
-            return;
-        }
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR),
     }
-
-    let drain = async {
-        let mut sink = [0u8; 4096];
-        // Bounded in bytes as well as time, so a client streaming input cannot keep us here.
-        let mut budget: usize = 64 * 1024;
-        while budget > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-            }
-        }
-    };
-    let _ = tokio::time::timeout(limits.linger, drain).await;
 }
 
 #[cfg(test)]

@@ -10,3 +10,4 @@ mod common;
 mod daemon;
 mod header_flood;
 mod postfix;
+mod ttl_cache;

@@ -2,6 +2,8 @@ use super::*;
 
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::task::JoinHandle;
 
 /// Every client-side step in the tests is bounded, so a broken server fails the
@@ -211,28 +213,6 @@ async fn label_values_are_escaped() {
     );
 }
 
-#[test]
-fn head_end_finds_crlf_and_lf_terminators() {
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 0), Some(18));
-    assert_eq!(head_end(b"GET / HTTP/1.1\n\nrest", 0), Some(16));
-    assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
-    assert_eq!(head_end(b"", 0), None);
-    assert_eq!(head_end(b"\n", 5), None);
-}
-
-#[test]
-fn request_line_parsing_rejects_garbage() {
-    assert_eq!(
-        parse_request_line(b"GET /metrics HTTP/1.1\r\n\r\n"),
-        Some(("GET", "/metrics", "HTTP/1.1"))
-    );
-    assert_eq!(parse_request_line(b"GET /metrics\r\n\r\n"), None);
-    assert_eq!(parse_request_line(b"GET  /metrics HTTP/1.1\r\n\r\n"), None);
-    assert_eq!(parse_request_line(b"G(T / HTTP/1.1\r\n\r\n"), None);
-    assert_eq!(parse_request_line(b"\xff\xfe / HTTP/1.1\r\n\r\n"), None);
-    assert_eq!(parse_request_line(b"\r\n\r\n"), None);
-}
-
 /// Binds a loopback port and serves on it; the handle aborts the server.
 async fn start(metrics: Arc<Metrics>, limits: Limits) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -316,6 +296,71 @@ async fn http_query_string_is_ignored() {
     let (addr, server) = start(metrics_with_a_message(), Limits::DEFAULT).await;
     let response = exchange(addr, b"GET /metrics?module=x HTTP/1.1\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+    server.abort();
+}
+
+/// The head ends at an empty line, with CRLF or bare LF line ends (RFC 9112
+/// §2.2 lets a recipient accept LF); the end is found wherever the reads split it.
+#[tokio::test]
+async fn http_head_ends_with_crlf_or_lf() {
+    let (addr, server) = start(metrics_with_a_message(), Limits::DEFAULT).await;
+    for request in [
+        &b"GET /metrics HTTP/1.1\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\n\n",
+        b"GET /metrics HTTP/1.1\nHost: x\n\n",
+    ] {
+        let response = exchange(addr, request).await;
+        assert!(
+            response.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{request:?} -> {response:?}"
+        );
+    }
+    // The blank line split across two writes.
+    let run = async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r")
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        tokio::task::yield_now().await;
+        stream.write_all(b"\n").await.unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    };
+    let response = tokio::time::timeout(CLIENT_TIMEOUT, run)
+        .await
+        .expect("server neither answered nor closed");
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response:?}");
+    // A head that has not ended is not answered: the client closed first.
+    let response = exchange(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await;
+    assert!(!response.starts_with("HTTP/1.1 200"), "{response:?}");
+    server.abort();
+}
+
+/// A request line that is not `METHOD SP target SP HTTP-version` (a missing
+/// version, two spaces, a method that is not an HTTP token, bytes that are not
+/// text, nothing at all) is never served.
+#[tokio::test]
+async fn http_malformed_request_lines_are_refused() {
+    let (addr, server) = start(metrics_with_a_message(), Limits::DEFAULT).await;
+    for request in [
+        &b"GET /metrics\r\n\r\n"[..],
+        b"GET  /metrics HTTP/1.1\r\n\r\n",
+        b"G(T /metrics HTTP/1.1\r\n\r\n",
+        b"\xff\xfe /metrics HTTP/1.1\r\n\r\n",
+        b"\r\n\r\n",
+    ] {
+        let response = exchange(addr, request).await;
+        assert!(
+            response.is_empty()
+                || response.starts_with("HTTP/1.1 4")
+                || response.starts_with("HTTP/1.1 5"),
+            "{request:?} -> {response:?}"
+        );
+    }
+    assert_metrics_served(addr).await;
     server.abort();
 }
 
