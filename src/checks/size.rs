@@ -3,8 +3,17 @@
 //! FROM. Option: `max_size` (required; bytes, or "512K", "10M", "1G").
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult};
+use crate::config::options::Size;
 use crate::stage::Stage;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[checks.NAME]` with `kind = "size"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SizeOptions {
+    max_size: Size,
+}
 
 pub struct SizeCheck {
     max_size: u64,
@@ -12,20 +21,13 @@ pub struct SizeCheck {
 
 impl SizeCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let Some(raw) = ctx.options.value("max_size") else {
-            let (span, what) = (ctx.options.span(), ctx.options.what().to_string());
-            ctx.options
-                .error(span, format!("{what} needs `max_size`, such as \"10M\""));
-            return None;
-        };
-        let max_size = ctx.options.size("max_size")?;
+        let SizeOptions {
+            max_size: Size(max_size),
+        } = ctx.options.parse()?;
         // A limit of zero refuses every message, surely a typo.
         if max_size == 0 {
-            let msg = format!(
-                "`max_size` in {} must be more than 0, such as \"10M\"",
-                ctx.options.what()
-            );
-            ctx.options.error(raw.span(), msg);
+            ctx.options
+                .invalid("max_size", "must be more than 0, such as \"10M\"");
             return None;
         }
         Some(Arc::new(SizeCheck { max_size }))

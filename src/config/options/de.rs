@@ -1,0 +1,373 @@
+//! A serde deserializer over one block's options, so that each kind reads its
+//! keys into a struct of its own (`#[derive(Deserialize)]`,
+//! `#[serde(deny_unknown_fields)]`) while every error keeps the line and
+//! column of the key it is about and reads like the hand-written messages did:
+//! "`max_size` in check \"size\" must be a size such as …, found string \"ten\"".
+//!
+//! toml's own deserializer cannot be used here: the block has already been
+//! parsed once into spanned values (the compiler needs `kind` before it knows
+//! which struct to read), and a `toml::Value` forgets its spans. This one
+//! walks the parsed values, knows which top-level key it is inside, and
+//! returns errors that say what is wrong as a phrase the caller places after
+//! the key's name.
+
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Unexpected, Visitor};
+use std::cell::Cell;
+use std::fmt;
+use toml::Value;
+
+/// What is wrong with one value, without where it is: the caller knows the
+/// key and its span.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Problem {
+    /// A phrase that follows the key's name: "must be a string, found …".
+    Predicate(String),
+    /// A key inside a nested table that the struct does not know.
+    UnknownKey {
+        key: String,
+        expected: &'static [&'static str],
+    },
+    /// A required key is missing (in a nested table when `path` is not empty).
+    Missing(&'static str),
+}
+
+/// A [`Problem`] and the path below the top-level key where it was found
+/// (`["lists", "0", "zone"]` for `lists[0].zone`), innermost last.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OptionError {
+    pub problem: Problem,
+    pub path: Vec<String>,
+}
+
+impl OptionError {
+    fn predicate(text: String) -> Self {
+        OptionError {
+            problem: Problem::Predicate(text),
+            path: Vec::new(),
+        }
+    }
+
+    fn within(mut self, segment: String) -> Self {
+        self.path.insert(0, segment);
+        self
+    }
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.problem {
+            Problem::Predicate(p) => write!(f, "{p}"),
+            Problem::UnknownKey { key, .. } => write!(f, "unknown key `{key}`"),
+            Problem::Missing(key) => write!(f, "needs `{key}`"),
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+impl de::Error for OptionError {
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        OptionError::predicate(msg.to_string())
+    }
+
+    fn invalid_type(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        OptionError::predicate(format!("must be {exp}, found {}", Found(unexp)))
+    }
+
+    fn invalid_value(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        OptionError::predicate(format!("must be {exp}, found {}", Found(unexp)))
+    }
+
+    fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
+        OptionError::predicate(format!("must be {exp}, found {len} entries"))
+    }
+
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        let choices: Vec<String> = expected.iter().map(|v| format!("\"{v}\"")).collect();
+        OptionError::predicate(format!("must be {}, found \"{variant}\"", one_of(&choices)))
+    }
+
+    fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
+        OptionError {
+            problem: Problem::UnknownKey {
+                key: field.to_string(),
+                expected,
+            },
+            path: Vec::new(),
+        }
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        OptionError {
+            problem: Problem::Missing(field),
+            path: Vec::new(),
+        }
+    }
+
+    fn duplicate_field(field: &'static str) -> Self {
+        OptionError::predicate(format!("names `{field}` twice"))
+    }
+}
+
+/// "a", "a or b", "a, b or c".
+pub(crate) fn one_of(choices: &[String]) -> String {
+    match choices {
+        [] => String::new(),
+        [only] => only.clone(),
+        [init @ .., last] => format!("{} or {last}", init.join(", ")),
+    }
+}
+
+/// serde's description of a wrong value, in the words of a configuration file.
+struct Found<'a>(Unexpected<'a>);
+
+impl fmt::Display for Found<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Unexpected::Str(s) => write!(f, "\"{s}\""),
+            Unexpected::Signed(i) => write!(f, "{i}"),
+            Unexpected::Unsigned(u) => write!(f, "{u}"),
+            Unexpected::Float(x) => write!(f, "{x}"),
+            Unexpected::Bool(b) => write!(f, "{b}"),
+            Unexpected::Seq => write!(f, "a list"),
+            Unexpected::Map => write!(f, "a table"),
+            ref other => write!(f, "{other}"),
+        }
+    }
+}
+
+/// Deserializes one parsed TOML value.
+pub(crate) struct ValueDeserializer<'v>(pub &'v Value);
+
+impl<'de> IntoDeserializer<'de, OptionError> for ValueDeserializer<'_> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
+    type Error = OptionError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OptionError> {
+        match self.0 {
+            Value::String(s) => visitor.visit_str(s),
+            Value::Integer(i) => visitor.visit_i64(*i),
+            Value::Float(x) => visitor.visit_f64(*x),
+            Value::Boolean(b) => visitor.visit_bool(*b),
+            // Dates are no option's type: offer them as the text written.
+            Value::Datetime(d) => visitor.visit_string(d.to_string()),
+            Value::Array(items) => visitor.visit_seq(Items {
+                items: items.iter(),
+                index: 0,
+            }),
+            Value::Table(table) => visitor.visit_map(Entries {
+                entries: table.iter(),
+                current: None,
+            }),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OptionError> {
+        // A key that is present has a value: TOML has no null.
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, OptionError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, OptionError> {
+        match self.0 {
+            // Options name their choices with plain words.
+            Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
+            other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        identifier ignored_any
+    }
+}
+
+fn unexpected(v: &Value) -> Unexpected<'_> {
+    match v {
+        Value::String(s) => Unexpected::Str(s),
+        Value::Integer(i) => Unexpected::Signed(*i),
+        Value::Float(x) => Unexpected::Float(*x),
+        Value::Boolean(b) => Unexpected::Bool(*b),
+        Value::Datetime(_) => Unexpected::Other("a date"),
+        Value::Array(_) => Unexpected::Seq,
+        Value::Table(_) => Unexpected::Map,
+    }
+}
+
+/// The items of a list; an error names the item's position.
+struct Items<'v> {
+    items: std::slice::Iter<'v, Value>,
+    index: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Items<'_> {
+    type Error = OptionError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, OptionError> {
+        let Some(item) = self.items.next() else {
+            return Ok(None);
+        };
+        let index = self.index;
+        self.index += 1;
+        seed.deserialize(ValueDeserializer(item))
+            .map(Some)
+            .map_err(|e| e.within(format!("[{index}]")))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.items.len())
+    }
+}
+
+/// The entries of a nested table; an error names the entry's key.
+struct Entries<'v> {
+    entries: toml::map::Iter<'v, String, Value>,
+    current: Option<(&'v String, &'v Value)>,
+}
+
+impl<'de> de::MapAccess<'de> for Entries<'_> {
+    type Error = OptionError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, OptionError> {
+        let Some((key, value)) = self.entries.next() else {
+            return Ok(None);
+        };
+        self.current = Some((key, value));
+        let key_de: de::value::StrDeserializer<'_, OptionError> = key.as_str().into_deserializer();
+        seed.deserialize(key_de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, OptionError> {
+        let Some((key, value)) = self.current.take() else {
+            return Err(de::Error::custom("a value without its key"));
+        };
+        seed.deserialize(ValueDeserializer(value))
+            .map_err(|e| e.within(key.clone()))
+    }
+}
+
+/// The top level of a block: the entries not yet taken. serde's error cannot
+/// carry a span, so the key whose value was being read when an error came up
+/// is left in `failed_at` for the caller to place the message.
+pub(crate) struct BlockDeserializer<'v, 'f> {
+    pub entries: Vec<(&'v str, &'v Value)>,
+    pub failed_at: &'f Cell<Option<&'v str>>,
+}
+
+impl<'de> de::Deserializer<'de> for BlockDeserializer<'_, '_> {
+    type Error = OptionError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OptionError> {
+        visitor.visit_map(BlockEntries {
+            entries: self.entries.into_iter(),
+            current: None,
+            failed_at: self.failed_at,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+struct BlockEntries<'v, 'f> {
+    entries: std::vec::IntoIter<(&'v str, &'v Value)>,
+    current: Option<(&'v str, &'v Value)>,
+    failed_at: &'f Cell<Option<&'v str>>,
+}
+
+impl<'de> de::MapAccess<'de> for BlockEntries<'_, '_> {
+    type Error = OptionError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, OptionError> {
+        let Some((key, value)) = self.entries.next() else {
+            // Past the last key, what fails is the block (a missing key).
+            self.failed_at.set(None);
+            return Ok(None);
+        };
+        self.current = Some((key, value));
+        self.failed_at.set(Some(key));
+        let key_de: de::value::StrDeserializer<'_, OptionError> = key.into_deserializer();
+        seed.deserialize(key_de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, OptionError> {
+        let Some((key, value)) = self.current.take() else {
+            return Err(de::Error::custom("a value without its key"));
+        };
+        self.failed_at.set(Some(key));
+        seed.deserialize(ValueDeserializer(value))
+    }
+}
+
+/// The names of a struct's fields, as its `Deserialize` implementation gives
+/// them to `deserialize_struct`: what a block may contain, known before any
+/// value is read, so unknown keys are reported all together with a
+/// suggestion, and a partial read takes only its own keys.
+pub(crate) fn field_names<'de, T: de::Deserialize<'de>>() -> &'static [&'static str] {
+    struct Probe<'f>(&'f mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}

@@ -1,0 +1,517 @@
+//! The options of one check, modifier or table block. A kind reads its keys
+//! into a struct of its own with [`Options::parse`] (serde, with
+//! `deny_unknown_fields`); the compiler takes the keys every kind shares
+//! first, with [`Options::take`]. Every key read is remembered, so unknown
+//! keys are named with their line and column and the closest known one.
+
+mod de;
+mod types;
+
+use de::{BlockDeserializer, OptionError, Problem};
+pub use types::{Interval, OneOrMany, Size};
+
+use super::error::{Diagnostics, did_you_mean};
+use serde::de::DeserializeOwned;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::time::Duration;
+use toml::{Spanned, Value};
+
+pub type RawOptions = BTreeMap<Spanned<String>, Spanned<Value>>;
+
+pub struct Options<'d, 'a> {
+    /// What the block is, for messages: `check "spam"`.
+    what: String,
+    span: Range<usize>,
+    entries: RawOptions,
+    known: BTreeSet<&'static str>,
+    /// Whether `parse` has reported the unknown keys already.
+    reported_unknown: bool,
+    diag: &'d mut Diagnostics<'a>,
+}
+
+impl<'d, 'a> Options<'d, 'a> {
+    pub fn new(
+        what: String,
+        span: Range<usize>,
+        entries: RawOptions,
+        diag: &'d mut Diagnostics<'a>,
+    ) -> Self {
+        Options {
+            what,
+            span,
+            entries,
+            known: BTreeSet::new(),
+            reported_unknown: false,
+            diag,
+        }
+    }
+
+    /// `check "spam"`, `modifier "plus"`: the subject of error messages.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The span of the whole block, for errors about a missing key.
+    pub fn span(&self) -> Range<usize> {
+        self.span.clone()
+    }
+
+    pub fn diag(&mut self) -> &mut Diagnostics<'a> {
+        self.diag
+    }
+
+    /// Report an error at a span.
+    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.diag.error(span, message);
+    }
+
+    /// The raw value of a key, marking the key as known.
+    pub fn value(&mut self, key: &'static str) -> Option<Spanned<Value>> {
+        self.known.insert(key);
+        self.entries
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn typed<T>(
+        &mut self,
+        key: &'static str,
+        expected: &str,
+        get: impl Fn(&Value) -> Option<T>,
+    ) -> Option<Spanned<T>> {
+        let v = self.value(key)?;
+        match get(v.get_ref()) {
+            Some(t) => Some(Spanned::new(v.span(), t)),
+            None => {
+                let msg = format!(
+                    "`{key}` in {} must be {expected}, found {}",
+                    self.what,
+                    v.get_ref().type_str()
+                );
+                self.diag.error(v.span(), msg);
+                None
+            }
+        }
+    }
+
+    pub fn string(&mut self, key: &'static str) -> Option<Spanned<String>> {
+        self.typed(key, "a string", |v| v.as_str().map(str::to_string))
+    }
+
+    pub fn required_string(&mut self, key: &'static str) -> Option<Spanned<String>> {
+        let found = self.entries.iter().any(|(k, _)| k.get_ref() == key);
+        if !found {
+            self.known.insert(key);
+            let msg = format!("{} needs `{key}`", self.what);
+            self.diag.error(self.span.clone(), msg);
+            return None;
+        }
+        self.string(key)
+    }
+
+    pub fn bool(&mut self, key: &'static str) -> Option<bool> {
+        self.typed(key, "true or false", Value::as_bool)
+            .map(Spanned::into_inner)
+    }
+
+    pub fn integer(&mut self, key: &'static str) -> Option<Spanned<i64>> {
+        self.typed(key, "an integer", Value::as_integer)
+    }
+
+    /// A non-negative number that may be written as an integer or a float.
+    pub fn number(&mut self, key: &'static str) -> Option<Spanned<f64>> {
+        self.typed(key, "a number", |v| {
+            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+        })
+    }
+
+    /// A size such as `10485760`, `"10M"` or `"512K"` (powers of 1024).
+    pub fn size(&mut self, key: &'static str) -> Option<u64> {
+        let v = self.value(key)?;
+        let parsed = match v.get_ref() {
+            Value::Integer(i) if *i >= 0 => Some(*i as u64),
+            Value::String(s) => parse_size(s),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let msg = format!(
+                "`{key}` in {} must be a size such as 10485760, \"512K\", \"10M\" or \"1G\"",
+                self.what
+            );
+            self.diag.error(v.span(), msg);
+        }
+        parsed
+    }
+
+    /// A duration written with units: `"5s"`, `"250ms"`, `"2m"`.
+    pub fn duration(&mut self, key: &'static str) -> Option<Duration> {
+        let v = self.string(key)?;
+        match humantime::parse_duration(v.get_ref()) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                let msg = format!(
+                    "`{key}` in {} must be a duration with units such as \"5s\" or \"250ms\", found \"{}\"",
+                    self.what,
+                    v.get_ref()
+                );
+                self.diag.error(v.span(), msg);
+                None
+            }
+        }
+    }
+
+    /// A list of strings; a single string is accepted as a list of one.
+    pub fn string_list(&mut self, key: &'static str) -> Option<Spanned<Vec<String>>> {
+        self.typed(key, "a string or a list of strings", |v| match v {
+            Value::String(s) => Some(vec![s.clone()]),
+            Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+            _ => None,
+        })
+    }
+
+    /// A regular expression (Rust `regex` syntax), compiled once here.
+    pub fn regex(&mut self, key: &'static str) -> Option<regex::Regex> {
+        let v = self.string(key)?;
+        match regex::Regex::new(v.get_ref()) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = super::error::regex_error_text(&e);
+                let msg = format!(
+                    "invalid regex \"{}\" in {}: {detail}",
+                    v.get_ref(),
+                    self.what
+                );
+                self.diag.error(v.span(), msg);
+                None
+            }
+        }
+    }
+
+    /// Read the keys that are still untaken into `T`, the kind's own
+    /// options: a struct with `#[serde(deny_unknown_fields)]`. Keys that `T`
+    /// does not name are reported (with the closest one `T` has), and so is
+    /// the first value that does not fit, at its line and column. `None`
+    /// when anything is wrong.
+    pub fn parse<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let fields = de::field_names::<T>();
+        let mut unknown = false;
+        let untaken: Vec<Spanned<String>> = self
+            .entries
+            .keys()
+            .filter(|k| !self.known.contains(k.get_ref().as_str()))
+            .cloned()
+            .collect();
+        for key in untaken {
+            if !fields.contains(&key.get_ref().as_str()) {
+                let message = format!("unknown key `{}` in {}", key.get_ref(), self.what);
+                // The keys every kind shares are known here too, and a
+                // misspelt `timeout` is as likely as a misspelt own key.
+                let candidates = fields.iter().copied().chain(self.known.iter().copied());
+                let hint = suggestion(key.get_ref(), candidates);
+                self.diag.push(Some(key.span()), message, Some(hint));
+                unknown = true;
+            }
+        }
+        let parsed = self.deserialize::<T>(fields);
+        // Unknown keys are reported here: `finish` must not repeat them.
+        let all: Vec<String> = self.entries.keys().map(|k| k.get_ref().clone()).collect();
+        for key in all {
+            if let Some(field) = fields.iter().find(|f| **f == key) {
+                self.known.insert(field);
+            }
+        }
+        self.reported_unknown = true;
+        if unknown { None } else { parsed }
+    }
+
+    /// Read the keys `T` names (a struct every kind shares, such as a check's
+    /// `timeout` and `on_*`), leaving the others to the kind.
+    pub fn take<T: DeserializeOwned>(&mut self) -> Option<T> {
+        let fields = de::field_names::<T>();
+        let parsed = self.deserialize::<T>(fields);
+        self.known.extend(fields.iter().copied());
+        parsed
+    }
+
+    /// Deserialize the untaken entries that `fields` names.
+    fn deserialize<T: DeserializeOwned>(&mut self, fields: &'static [&'static str]) -> Option<T> {
+        let failed_at = Cell::new(None);
+        let entries: Vec<(&str, &Value)> = self
+            .entries
+            .iter()
+            .map(|(k, v)| (k.get_ref().as_str(), v.get_ref()))
+            .filter(|(k, _)| fields.contains(k) && !self.known.contains(k))
+            .collect();
+        let result = T::deserialize(BlockDeserializer {
+            entries,
+            failed_at: &failed_at,
+        });
+        match result {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let key = failed_at.get().map(str::to_string);
+                self.report(key.as_deref(), e);
+                None
+            }
+        }
+    }
+
+    /// Place a deserialization error: at the value of the key it is about,
+    /// or at the block for a missing key.
+    fn report(&mut self, key: Option<&str>, e: OptionError) {
+        let what = self.what.clone();
+        let Some(key) = key else {
+            let message = match e.problem {
+                Problem::Missing(field) => format!("{what} needs `{field}`"),
+                other => format!(
+                    "{what}: {}",
+                    OptionError {
+                        problem: other,
+                        path: e.path
+                    }
+                ),
+            };
+            self.diag.error(self.span.clone(), message);
+            return;
+        };
+        let span = self.span_of(key).unwrap_or_else(|| self.span.clone());
+        let mut path = key.to_string();
+        for segment in &e.path {
+            if !segment.starts_with('[') {
+                path.push('.');
+            }
+            path.push_str(segment);
+        }
+        match e.problem {
+            Problem::Predicate(p) => self.diag.error(span, format!("`{path}` in {what} {p}")),
+            Problem::Missing(field) => self
+                .diag
+                .error(span, format!("`{path}` in {what} needs `{field}`")),
+            Problem::UnknownKey { key, expected } => {
+                let hint = suggestion(&key, expected.iter().copied());
+                self.diag.push(
+                    Some(span),
+                    format!("unknown key `{key}` in `{path}` of {what}"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+
+    /// The span of a key's value.
+    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .map(|(_, v)| v.span())
+    }
+
+    /// Report that a key's value, read well, still cannot be used:
+    /// "`KEY` in WHAT PREDICATE", at the value (or the block when the key is
+    /// absent). For checks a kind makes after [`parse`](Self::parse).
+    pub fn invalid(&mut self, key: &str, predicate: impl std::fmt::Display) {
+        let span = self.span_of(key).unwrap_or_else(|| self.span.clone());
+        let message = format!("`{key}` in {} {predicate}", self.what);
+        self.diag.error(span, message);
+    }
+
+    /// Report every key that no accessor asked for, with a suggestion.
+    pub fn finish(self) {
+        let Options {
+            what,
+            entries,
+            known,
+            diag,
+            reported_unknown,
+            ..
+        } = self;
+        if reported_unknown {
+            return;
+        }
+        for (key, _) in entries.iter() {
+            if known.contains(key.get_ref().as_str()) {
+                continue;
+            }
+            let message = format!("unknown key `{}` in {what}", key.get_ref());
+            let hint = suggestion(key.get_ref(), known.iter().copied());
+            diag.push(Some(key.span()), message, Some(hint));
+        }
+    }
+}
+
+/// "did you mean `x`?", or the keys there are.
+fn suggestion<'k>(key: &str, known: impl Iterator<Item = &'k str> + Clone) -> String {
+    match did_you_mean(key, known.clone()) {
+        Some(s) => format!("did you mean `{s}`?"),
+        None => format!("known keys here: {}", known.collect::<Vec<_>>().join(", ")),
+    }
+}
+
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (s, 1),
+        Some((i, _)) => {
+            let mult = match s[i..].trim().to_ascii_uppercase().as_str() {
+                "" | "B" => 1,
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                _ => return None,
+            };
+            (&s[..i], mult)
+        }
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+    use std::path::Path;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        max_size: Size,
+        every: Option<Interval>,
+        names: Option<OneOrMany>,
+        mode: Option<Mode>,
+        #[serde(default)]
+        lists: Vec<List>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    enum Mode {
+        Strict,
+        Relaxed,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct List {
+        zone: String,
+        weight: Option<f64>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Shared {
+        timeout: Option<Interval>,
+    }
+
+    /// Parse `text` as the block of `check "c"`, take `Shared`, then parse
+    /// `Example`: what came out and every error, as the user would read it.
+    fn read(text: &str) -> (Option<Example>, String) {
+        let entries: RawOptions = toml::from_str(text).expect("valid TOML");
+        let path = Path::new("c.toml");
+        let mut diag = Diagnostics::new(path, text);
+        let mut options = Options::new("check \"c\"".into(), 0..text.len(), entries, &mut diag);
+        let _: Option<Shared> = options.take();
+        let parsed = options.parse::<Example>();
+        options.finish();
+        let errors = if diag.has_errors() {
+            diag.into_errors().to_string()
+        } else {
+            String::new()
+        };
+        (parsed, errors)
+    }
+
+    #[test]
+    fn a_block_is_read_into_its_struct() {
+        let (parsed, errors) = read(
+            "timeout = \"2s\"\nmax_size = \"10M\"\nevery = \"250ms\"\nnames = \"a\"\n\
+             mode = \"relaxed\"\nlists = [{ zone = \"z.test\", weight = 2 }]\n",
+        );
+        assert_eq!(errors, "");
+        assert_eq!(
+            parsed,
+            Some(Example {
+                max_size: Size(10 << 20),
+                every: Some(Interval(Duration::from_millis(250))),
+                names: Some(OneOrMany(vec!["a".into()])),
+                mode: Some(Mode::Relaxed),
+                lists: vec![List {
+                    zone: "z.test".into(),
+                    weight: Some(2.0),
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn a_wrong_value_is_named_at_its_position_with_what_was_found() {
+        let (parsed, errors) = read("max_size = \"ten\"\n");
+        assert_eq!(parsed, None);
+        assert_eq!(
+            errors,
+            "c.toml:1:12: `max_size` in check \"c\" must be a size such as 10485760, \
+             \"512K\", \"10M\" or \"1G\", found \"ten\""
+        );
+        let (_, errors) = read("max_size = 1\nevery = 5\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:9: `every` in check \"c\" must be a duration with units such as \
+             \"5s\" or \"250ms\", found 5"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_all_named_with_the_closest_known_one() {
+        let (parsed, errors) = read("max_size = 1\ntiemout = \"1s\"\nmax_sise = 2\n");
+        assert_eq!(parsed, None);
+        assert_eq!(
+            errors,
+            "c.toml:2:1: unknown key `tiemout` in check \"c\"\n  hint: did you mean `timeout`?\n\
+             c.toml:3:1: unknown key `max_sise` in check \"c\"\n  hint: did you mean `max_size`?"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_named_at_the_block() {
+        let (_, errors) = read("every = \"1s\"\n");
+        assert_eq!(errors, "c.toml:1:1: check \"c\" needs `max_size`");
+    }
+
+    #[test]
+    fn errors_inside_lists_and_tables_name_the_path() {
+        let (_, errors) = read("max_size = 1\nlists = [{ zone = \"a\" }, { zone = 5 }]\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:9: `lists[1].zone` in check \"c\" must be a string, found 5"
+        );
+        let (_, errors) = read("max_size = 1\nlists = [{ zone = \"a\", wieght = 1 }]\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:9: unknown key `wieght` in `lists[0]` of check \"c\"\n  \
+             hint: did you mean `weight`?"
+        );
+        let (_, errors) = read("max_size = 1\nlists = [{ weight = 1 }]\n");
+        assert_eq!(errors, "c.toml:2:9: `lists[0]` in check \"c\" needs `zone`");
+    }
+
+    #[test]
+    fn a_choice_lists_the_words_it_knows() {
+        let (_, errors) = read("max_size = 1\nmode = \"strikt\"\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:8: `mode` in check \"c\" must be \"strict\" or \"relaxed\", found \"strikt\""
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("512K"), Some(512 * 1024));
+        assert_eq!(parse_size("10M"), Some(10 << 20));
+        assert_eq!(parse_size("1 GiB"), Some(1 << 30));
+        assert_eq!(parse_size("ten"), None);
+        assert_eq!(parse_size("10X"), None);
+    }
+}
