@@ -318,6 +318,22 @@ impl<'d, 'a> Options<'d, 'a> {
         self.diag.error(span, message);
     }
 
+    /// Compile the regular expression (Rust `regex` syntax) read from `key`,
+    /// reporting a bad one at the key's value: "invalid regex \"(yes\" in
+    /// check \"c\": unclosed group".
+    pub fn compile_regex(&mut self, key: &str, pattern: &str) -> Option<regex::Regex> {
+        match regex::Regex::new(pattern) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                let detail = super::error::regex_error_text(&e);
+                let span = self.span_of(key).unwrap_or_else(|| self.span.clone());
+                let msg = format!("invalid regex \"{pattern}\" in {}: {detail}", self.what);
+                self.diag.error(span, msg);
+                None
+            }
+        }
+    }
+
     /// Report every key that no accessor asked for, with a suggestion.
     pub fn finish(self) {
         let Options {
