@@ -364,42 +364,129 @@ fn split_key(line: &str) -> (&str, &str) {
     }
 }
 
+/// A table option as written: the name of a `[tables.NAME]` block
+/// (`table = "aliases"`) or an inline table written in place
+/// (`table = { alice = ["alice@example.org"] }`). A kind's option struct
+/// holds it; [`TableRef::resolve`] turns it into the table.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TableRef {
+    Named(String),
+    Inline(HashMap<String, Vec<String>>),
+}
+
+impl<'de> serde::Deserialize<'de> for TableRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        use std::fmt;
+
+        /// The values of one inline key: a string, a list of strings, or
+        /// `true` for a key without values.
+        struct Values(Vec<String>);
+        impl<'de> serde::Deserialize<'de> for Values {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Values;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a string, a list of strings or true")
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<Values, E> {
+                        Ok(Values(vec![v.to_string()]))
+                    }
+                    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Values, E> {
+                        if v {
+                            Ok(Values(Vec::new()))
+                        } else {
+                            Err(E::invalid_value(de::Unexpected::Bool(v), &self))
+                        }
+                    }
+                    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(s) = seq.next_element::<String>()? {
+                            out.push(s);
+                        }
+                        Ok(Values(out))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TableRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the name of a table or an inline table of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TableRef, E> {
+                Ok(TableRef::Named(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TableRef, A::Error> {
+                let mut entries = HashMap::new();
+                while let Some((key, Values(values))) = map.next_entry::<String, Values>()? {
+                    entries.insert(key, values);
+                }
+                Ok(TableRef::Inline(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl TableRef {
+    /// The table this names, or `None` after reporting an unknown name at
+    /// `key`'s value.
+    pub(crate) fn resolve(
+        self,
+        options: &mut Options<'_, '_>,
+        tables: &TableSet,
+        key: &str,
+    ) -> Option<Arc<Table>> {
+        match self {
+            TableRef::Named(name) => match tables.get(&name) {
+                Some(t) => Some(t.clone()),
+                None => {
+                    let hint = crate::config::error::did_you_mean(
+                        &name,
+                        tables.keys().map(String::as_str),
+                    )
+                    .map(|s| format!("did you mean \"{s}\"?"))
+                    .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
+                    let span = options.span_of(key).unwrap_or_else(|| options.span());
+                    options
+                        .diag()
+                        .error_hint(span, format!("unknown table \"{name}\""), hint);
+                    None
+                }
+            },
+            TableRef::Inline(map) => Some(Arc::new(Table::inline(
+                &format!("{} {key}", options.what()),
+                map,
+            ))),
+        }
+    }
+}
+
 /// Read a table option: either the name of a `[tables.NAME]` block or an
 /// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
+/// For kinds that read keys one by one; a kind with an option struct holds a
+/// [`TableRef`].
 pub(crate) fn table_option(
     options: &mut Options<'_, '_>,
     tables: &TableSet,
     key: &'static str,
 ) -> Option<Arc<Table>> {
     let value = options.value(key)?;
-    match value.get_ref() {
-        Value::String(name) => match tables.get(name) {
-            Some(t) => Some(t.clone()),
-            None => {
-                let hint =
-                    crate::config::error::did_you_mean(name, tables.keys().map(String::as_str))
-                        .map(|s| format!("did you mean \"{s}\"?"))
-                        .unwrap_or_else(|| "define it in a [tables.NAME] block".to_string());
-                options
-                    .diag()
-                    .error_hint(value.span(), format!("unknown table \"{name}\""), hint);
-                None
-            }
-        },
-        other => match inline_entries(other) {
-            Some(map) => Some(Arc::new(Table::inline(
-                &format!("{} {key}", options.what()),
-                map,
-            ))),
-            None => {
-                let msg = format!(
-                    "`{key}` in {} must name a table or be an inline table of strings",
-                    options.what()
-                );
-                options.error(value.span(), msg);
-                None
-            }
-        },
+    match <TableRef as serde::Deserialize>::deserialize(value.get_ref().clone()) {
+        Ok(table) => table.resolve(options, tables, key),
+        Err(_) => {
+            let msg = format!(
+                "`{key}` in {} must name a table or be an inline table of strings",
+                options.what()
+            );
+            options.error(value.span(), msg);
+            None
+        }
     }
 }
 
