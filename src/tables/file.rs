@@ -3,7 +3,6 @@
 //! only once it has settled and reads back whole.
 
 use super::{Entries, defaults, parse_map_file};
-use crate::config::options::Options;
 use std::fs::Metadata;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -19,22 +18,6 @@ pub(super) struct FileMap {
     pub(super) _stop: mpsc::Sender<()>,
     /// Not joined: the thread ends on its own once `_stop` is dropped.
     pub(super) _watcher: std::thread::JoinHandle<()>,
-}
-
-/// `max_size` of a file table: the default when absent; `None` (with the
-/// error reported) when it is not a size or is zero.
-pub(super) fn max_size_option(options: &mut Options<'_, '_>) -> Option<u64> {
-    let Some(value) = options.value("max_size") else {
-        return Some(defaults::MAX_SIZE);
-    };
-    match options.size("max_size")? {
-        0 => {
-            let message = format!("`max_size` in {} must be more than 0", options.what());
-            options.error(value.span(), message);
-            None
-        }
-        n => Some(n),
-    }
 }
 
 /// Why a table file could not be read.

@@ -12,13 +12,15 @@
 mod file;
 
 use crate::address::{Address, normalize_domain};
-use crate::config::options::Options;
-use file::{FileMap, Timing, max_size_option};
+use crate::config::options::{Options, Size};
+use file::{FileMap, Timing};
 use regex::Regex;
+use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
-use toml::Value;
 use unicode_normalization::UnicodeNormalization;
 
 /// File table settings, and why each is what it is. Only `MAX_SIZE` is an
@@ -174,128 +176,134 @@ impl Table {
         options: &mut Options<'_, '_>,
         base_dir: &Path,
     ) -> Option<Table> {
-        let kind = options.required_string("type")?;
-        let table = match kind.get_ref().as_str() {
-            "inline" => {
-                let entries = options.value("entries");
-                let Some(entries) = entries else {
-                    let span = options.span();
-                    options.error(span, format!("table \"{name}\" needs `entries`"));
-                    return None;
-                };
-                let map = inline_entries(entries.get_ref()).or_else(|| {
-                    options.error(
-                        entries.span(),
-                        "`entries` of an inline table must be a table of strings or lists of strings, like { \"alice\" = [\"alice@example.org\"] }",
-                    );
-                    None
-                })?;
-                Table::inline(name, map)
+        let TableType { kind } = options.take()?;
+        let source = match kind {
+            TableKind::Inline => {
+                let InlineOptions { entries } = options.parse()?;
+                return Some(Table::inline(name, entries.into_values()));
             }
-            "file" => {
-                let max_size = max_size_option(options);
-                let path = options.required_string("path")?;
-                let max_size = max_size?;
-                let full = base_dir.join(path.get_ref());
+            TableKind::File => {
+                let FileOptions { path, max_size } = options.parse()?;
+                let max_size = match max_size {
+                    None => defaults::MAX_SIZE,
+                    Some(Size(0)) => {
+                        options.invalid("max_size", "must be more than 0");
+                        return None;
+                    }
+                    Some(Size(n)) => n,
+                };
+                let full = base_dir.join(&path);
                 match FileMap::load(name, &full, max_size, Timing::DEFAULT) {
-                    Ok(map) => Table {
-                        name: name.to_string(),
-                        source: Source::File(map),
-                    },
+                    Ok(map) => Source::File(map),
                     Err(e) => {
-                        let message = if Path::new(path.get_ref()).is_absolute() {
-                            format!("cannot read table file \"{}\": {e}", path.get_ref())
+                        let message = if Path::new(&path).is_absolute() {
+                            format!("cannot read table file \"{path}\": {e}")
                         } else {
                             format!(
-                                "cannot read table file \"{}\" (relative to the configuration's directory): {e}",
-                                path.get_ref()
+                                "cannot read table file \"{path}\" (relative to the configuration's directory): {e}"
                             )
                         };
+                        let span = options.span_of("path").unwrap_or_else(|| options.span());
                         match e.hint() {
-                            Some(hint) => options.diag().error_hint(path.span(), message, hint),
-                            None => options.error(path.span(), message),
+                            Some(hint) => options.diag().error_hint(span, message, hint),
+                            None => options.error(span, message),
                         }
                         return None;
                     }
                 }
             }
-            "regex" => {
-                let entries = options.value("entries");
-                let Some(entries) = entries else {
-                    let span = options.span();
-                    options.error(span, format!("table \"{name}\" needs `entries`"));
-                    return None;
-                };
-                let Some(pairs) = regex_pairs(entries.get_ref()) else {
-                    options.error(
-                        entries.span(),
-                        "`entries` of a regex table must be a list of [\"pattern\", \"replacement\"] pairs",
-                    );
-                    return None;
-                };
+            TableKind::Regex => {
+                let RegexOptions { entries } = options.parse()?;
                 let mut rules = Vec::new();
-                for (pattern, replacement) in pairs {
+                for RegexRule(pattern, replacement) in entries {
                     match Regex::new(&format!("(?i){pattern}")) {
                         Ok(re) => rules.push((re, replacement)),
-                        Err(e) => options.error(
-                            entries.span(),
-                            format!(
-                                "invalid regex \"{pattern}\" in table \"{name}\": {}",
-                                crate::config::error::regex_error_text(&e)
-                            ),
-                        ),
+                        Err(e) => {
+                            let span = options.span_of("entries").unwrap_or_else(|| options.span());
+                            options.error(
+                                span,
+                                format!(
+                                    "invalid regex \"{pattern}\" in table \"{name}\": {}",
+                                    crate::config::error::regex_error_text(&e)
+                                ),
+                            )
+                        }
                     }
                 }
-                Table {
-                    name: name.to_string(),
-                    source: Source::Regex(rules),
-                }
-            }
-            other => {
-                options.error(
-                    kind.span(),
-                    format!(
-                        "unknown table type \"{other}\": use \"inline\", \"file\" or \"regex\""
-                    ),
-                );
-                return None;
+                Source::Regex(rules)
             }
         };
-        Some(table)
+        Some(Table {
+            name: name.to_string(),
+            source,
+        })
     }
 }
 
-fn inline_entries(value: &Value) -> Option<HashMap<String, Vec<String>>> {
-    let table = value.as_table()?;
-    table
-        .iter()
-        .map(|(k, v)| {
-            let values = match v {
-                Value::String(s) => vec![s.clone()],
-                Value::Array(a) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()?,
-                Value::Boolean(true) => Vec::new(),
-                _ => return None,
-            };
-            Some((k.clone(), values))
-        })
-        .collect()
+/// The key every table block has: which kind of table it is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TableType {
+    #[serde(rename = "type")]
+    kind: TableKind,
 }
 
-fn regex_pairs(value: &Value) -> Option<Vec<(String, String)>> {
-    value
-        .as_array()?
-        .iter()
-        .map(|pair| {
-            let pair = pair.as_array()?;
-            match pair.as_slice() {
-                [Value::String(p), Value::String(r)] => Some((p.clone(), r.clone())),
-                _ => None,
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TableKind {
+    Inline,
+    File,
+    Regex,
+}
+
+/// `type = "inline"`: the entries in the configuration itself.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InlineOptions {
+    entries: InlineEntries,
+}
+
+/// `type = "file"`: a Postfix-style map file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOptions {
+    path: String,
+    max_size: Option<Size>,
+}
+
+/// `type = "regex"`: `[pattern, replacement]` pairs, tried in order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegexOptions {
+    entries: Vec<RegexRule>,
+}
+
+/// One `["pattern", "replacement"]` pair of a regex table.
+struct RegexRule(String, String);
+
+impl<'de> Deserialize<'de> for RegexRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RegexRule;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [\"pattern\", \"replacement\"] pair")
             }
-        })
-        .collect()
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<RegexRule, A::Error> {
+                let pattern: String = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let replacement: String = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                if seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(3, &self));
+                }
+                Ok(RegexRule(pattern, replacement))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Values on a table line are separated by commas and/or white space.
@@ -374,44 +382,8 @@ pub(crate) enum TableRef {
     Inline(HashMap<String, Vec<String>>),
 }
 
-impl<'de> serde::Deserialize<'de> for TableRef {
+impl<'de> Deserialize<'de> for TableRef {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{self, MapAccess, Visitor};
-        use std::fmt;
-
-        /// The values of one inline key: a string, a list of strings, or
-        /// `true` for a key without values.
-        struct Values(Vec<String>);
-        impl<'de> serde::Deserialize<'de> for Values {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> Visitor<'de> for V {
-                    type Value = Values;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str("a string, a list of strings or true")
-                    }
-                    fn visit_str<E: de::Error>(self, v: &str) -> Result<Values, E> {
-                        Ok(Values(vec![v.to_string()]))
-                    }
-                    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Values, E> {
-                        if v {
-                            Ok(Values(Vec::new()))
-                        } else {
-                            Err(E::invalid_value(de::Unexpected::Bool(v), &self))
-                        }
-                    }
-                    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
-                        let mut out = Vec::new();
-                        while let Some(s) = seq.next_element::<String>()? {
-                            out.push(s);
-                        }
-                        Ok(Values(out))
-                    }
-                }
-                d.deserialize_any(V)
-            }
-        }
-
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = TableRef;
@@ -421,16 +393,81 @@ impl<'de> serde::Deserialize<'de> for TableRef {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<TableRef, E> {
                 Ok(TableRef::Named(v.to_string()))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TableRef, A::Error> {
-                let mut entries = HashMap::new();
-                while let Some((key, Values(values))) = map.next_entry::<String, Values>()? {
-                    entries.insert(key, values);
-                }
-                Ok(TableRef::Inline(entries))
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<TableRef, A::Error> {
+                read_inline(map).map(TableRef::Inline)
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// The entries of an inline table, `{ "alice" = ["alice@example.org"] }`.
+struct InlineEntries(HashMap<String, Vec<String>>);
+
+impl InlineEntries {
+    fn into_values(self) -> HashMap<String, Vec<String>> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineEntries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = InlineEntries;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a table of strings or lists of strings, like { \"alice\" = [\"alice@example.org\"] }",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<InlineEntries, A::Error> {
+                read_inline(map).map(InlineEntries)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Each key of an inline table with its values: a string, a list of
+/// strings, or `true` for a key without values.
+fn read_inline<'de, A: MapAccess<'de>>(
+    mut map: A,
+) -> Result<HashMap<String, Vec<String>>, A::Error> {
+    struct Values(Vec<String>);
+    impl<'de> Deserialize<'de> for Values {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Values;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string, a list of strings or true")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Values, E> {
+                    Ok(Values(vec![v.to_string()]))
+                }
+                fn visit_bool<E: de::Error>(self, v: bool) -> Result<Values, E> {
+                    if v {
+                        Ok(Values(Vec::new()))
+                    } else {
+                        Err(E::invalid_value(de::Unexpected::Bool(v), &self))
+                    }
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Values, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(s) = seq.next_element::<String>()? {
+                        out.push(s);
+                    }
+                    Ok(Values(out))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let mut entries = HashMap::new();
+    while let Some((key, Values(values))) = map.next_entry::<String, Values>()? {
+        entries.insert(key, values);
+    }
+    Ok(entries)
 }
 
 impl TableRef {
@@ -477,7 +514,7 @@ pub(crate) fn table_option(
     key: &'static str,
 ) -> Option<Arc<Table>> {
     let value = options.value(key)?;
-    match <TableRef as serde::Deserialize>::deserialize(value.get_ref().clone()) {
+    match TableRef::deserialize(value.get_ref().clone()) {
         Ok(table) => table.resolve(options, tables, key),
         Err(_) => {
             let msg = format!(

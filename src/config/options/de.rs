@@ -79,7 +79,7 @@ impl de::Error for OptionError {
     }
 
     fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
-        OptionError::predicate(format!("must be {exp}, found {len} entries"))
+        OptionError::predicate(format!("must be {exp}, found a list of {len}"))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
