@@ -54,6 +54,11 @@ pub enum Unreadable {
     Unterminated,
     #[error("an address without a domain")]
     NoDomain,
+    /// A domain is atoms or a domain literal (RFC 5322 §3.4.1): a quoted
+    /// string or white space there (`a@"x y"`, `a@[ 192.0.2.1 ]`) names no
+    /// domain DNS could be asked about.
+    #[error("a domain with quotes or white space")]
+    BadDomain,
     #[error("an empty address <>")]
     Empty,
     #[error("words beside an address that is not in <...>")]
@@ -135,6 +140,9 @@ impl Member {
         };
         if at + 1 == addr_spec.len() {
             return Some(Err(Unreadable::NoDomain));
+        }
+        if addr_spec[at + 1..].contains(['"', ' ', '\t', '\r', '\n']) {
+            return Some(Err(Unreadable::BadDomain));
         }
         Some(Ok(Mailbox {
             addr_spec,
@@ -338,6 +346,8 @@ mod tests {
             specs("<a@ok.example><b@evil.example>"),
             [Err(Unreadable::SeveralAngles)]
         );
+        assert_eq!(specs("a@\"\t\""), [Err(Unreadable::BadDomain)]);
+        assert_eq!(specs("<a@[ 192.0.2.1 ]>"), [Err(Unreadable::BadDomain)]);
         // One bad member does not hide the others.
         assert_eq!(
             specs("a@one.example, junk, b@two.example"),
