@@ -62,7 +62,10 @@ pub struct RawListener {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"a table like { code = 550, status = "5.7.1", text = "..." }"#
+)]
 pub struct RawReply {
     pub code: Option<u16>,
     pub status: Option<String>,

@@ -2,6 +2,41 @@
 //! and the names pipelines and dispatch blocks use resolved to indexes.
 
 use super::*;
+use crate::config::options::Interval;
+use serde::Deserialize;
+
+/// The keys every check has, whatever its kind (`kind` itself is read
+/// first, on its own, since it says what the rest may be).
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckCommon {
+    timeout: Option<Interval>,
+    on_pass: Option<String>,
+    on_fail: Option<String>,
+    on_softfail: Option<String>,
+    on_neutral: Option<String>,
+    on_none: Option<String>,
+    on_temperror: Option<String>,
+    on_permerror: Option<String>,
+    reply: Option<RawReply>,
+    tempfail_reply: Option<RawReply>,
+    decide_at: Option<String>,
+}
+
+impl CheckCommon {
+    /// The `on_*` keys with what each says, in the order of [`Status::ALL`].
+    fn actions(&self) -> [(&'static str, Option<String>); 7] {
+        Status::ALL.map(|status| match status {
+            Status::Pass => ("on_pass", self.on_pass.clone()),
+            Status::Fail => ("on_fail", self.on_fail.clone()),
+            Status::Softfail => ("on_softfail", self.on_softfail.clone()),
+            Status::Neutral => ("on_neutral", self.on_neutral.clone()),
+            Status::None => ("on_none", self.on_none.clone()),
+            Status::Temperror => ("on_temperror", self.on_temperror.clone()),
+            Status::Permerror => ("on_permerror", self.on_permerror.clone()),
+        })
+    }
+}
 
 impl Compiler<'_, '_> {
     pub(super) fn check(&mut self, name: Spanned<String>, block: Spanned<RawOptions>) {
@@ -38,38 +73,33 @@ impl Compiler<'_, '_> {
             self.broken.insert(name.into_inner());
             return;
         };
-        let timeout = options
-            .duration("timeout")
-            .unwrap_or(defaults::CHECK_TIMEOUT);
         // What the administrator wrote per result; defaults come once the
         // check is built, since a kind may have its own.
+        let common: CheckCommon = options.take().unwrap_or_default();
+        let timeout = common
+            .timeout
+            .map_or(defaults::CHECK_TIMEOUT, |Interval(d)| d);
         let mut configured: [Option<Action>; 7] = [None; 7];
-        for (i, status) in Status::ALL.iter().enumerate() {
-            let key: &'static str = match status {
-                Status::Pass => "on_pass",
-                Status::Fail => "on_fail",
-                Status::Softfail => "on_softfail",
-                Status::Neutral => "on_neutral",
-                Status::None => "on_none",
-                Status::Temperror => "on_temperror",
-                Status::Permerror => "on_permerror",
-            };
-            if let Some(v) = options.string(key) {
-                match parse_action(v.get_ref()) {
-                    Some(a) => configured[i] = Some(a),
-                    None => options.error(
-                        v.span(),
-                        format!(
-                            "invalid action \"{}\" for `{key}`: use \"ignore\", \"reject\", \"tempfail\", \"quarantine\", \"error_action\", \"score\" or \"score N\"",
-                            v.get_ref()
-                        ),
+        for (i, (key, written)) in common.actions().into_iter().enumerate() {
+            let Some(written) = written else { continue };
+            match parse_action(&written) {
+                Some(a) => configured[i] = Some(a),
+                None => options.invalid(
+                    key,
+                    format_args!(
+                        "must be \"ignore\", \"reject\", \"tempfail\", \"quarantine\", \"error_action\", \"score\" or \"score N\", found \"{written}\""
                     ),
-                }
+                ),
             }
         }
-        let reject_reply = reply_option(&mut options, "reply", ReplyClass::Permanent);
-        let tempfail_reply = reply_option(&mut options, "tempfail_reply", ReplyClass::Temporary);
-        let decide_at = options.string("decide_at");
+        let reject_reply = reply_option(&mut options, "reply", common.reply, ReplyClass::Permanent);
+        let tempfail_reply = reply_option(
+            &mut options,
+            "tempfail_reply",
+            common.tempfail_reply,
+            ReplyClass::Temporary,
+        );
+        let decide_at = common.decide_at;
         let mut ctx = CheckBuildContext {
             name: name.get_ref(),
             options: &mut options,
@@ -79,26 +109,22 @@ impl Compiler<'_, '_> {
         };
         let built = builder(&mut ctx);
         let decides = match (&built, decide_at) {
-            (Some(check), Some(stage)) => match Stage::parse(stage.get_ref()) {
+            (Some(check), Some(stage)) => match Stage::parse(&stage) {
                 Some(s) if s >= check.inputs() => s,
                 Some(_) => {
-                    options.error(
-                        stage.span(),
-                        format!(
-                            "`decide_at` \"{}\" comes before the stage this check's inputs exist (\"{}\")",
-                            stage.get_ref(),
+                    options.invalid(
+                        "decide_at",
+                        format_args!(
+                            "\"{stage}\" comes before the stage this check's inputs exist (\"{}\")",
                             check.inputs()
                         ),
                     );
                     check.decides()
                 }
                 None => {
-                    options.error(
-                        stage.span(),
-                        format!(
-                            "invalid stage \"{}\": use connect, helo, mail, rcpt or eom",
-                            stage.get_ref()
-                        ),
+                    options.invalid(
+                        "decide_at",
+                        format_args!("must be connect, helo, mail, rcpt or eom, found \"{stage}\""),
                     );
                     check.decides()
                 }

@@ -306,26 +306,19 @@ impl Compiler<'_, '_> {
     }
 }
 
+/// A check's `reply` or `tempfail_reply`, checked against the class of
+/// reply it is for.
 fn reply_option(
     options: &mut Options<'_, '_>,
     key: &'static str,
+    spec: Option<RawReply>,
     class: ReplyClass,
 ) -> Option<Reply> {
-    let v = options.value(key)?;
-    let spec: RawReply = match v.get_ref().clone().try_into() {
-        Ok(spec) => spec,
-        Err(e) => {
-            options.error(
-                v.span(),
-                format!("`{key}` must be a table like {{ code = 550, status = \"5.7.1\", text = \"...\" }}: {}", e.message().trim()),
-            );
-            return None;
-        }
-    };
-    match build_reply(&spec, class) {
+    match build_reply(&spec?, class) {
         Ok(r) => Some(r),
         Err(e) => {
-            options.error(v.span(), format!("invalid `{key}`: {e}"));
+            let span = options.span_of(key).unwrap_or_else(|| options.span());
+            options.error(span, format!("invalid `{key}`: {e}"));
             None
         }
     }

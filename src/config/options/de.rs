@@ -71,11 +71,11 @@ impl de::Error for OptionError {
     }
 
     fn invalid_type(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        OptionError::predicate(format!("must be {exp}, found {}", Found(unexp)))
+        OptionError::predicate(format!("must be {}, found {}", plain(exp), Found(unexp)))
     }
 
     fn invalid_value(unexp: Unexpected<'_>, exp: &dyn de::Expected) -> Self {
-        OptionError::predicate(format!("must be {exp}, found {}", Found(unexp)))
+        OptionError::predicate(format!("must be {}, found {}", plain(exp), Found(unexp)))
     }
 
     fn invalid_length(len: usize, exp: &dyn de::Expected) -> Self {
@@ -107,6 +107,26 @@ impl de::Error for OptionError {
     fn duplicate_field(field: &'static str) -> Self {
         OptionError::predicate(format!("names `{field}` twice"))
     }
+}
+
+/// What serde expects, in the words of a configuration file: Rust's type
+/// names mean nothing to an administrator.
+fn plain(exp: &dyn de::Expected) -> String {
+    let text = exp.to_string();
+    let words = match text.as_str() {
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number of 0 or more",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a sequence" => "a list",
+        "a map" => "a table",
+        _ if text.starts_with("struct ") => "a table",
+        _ => return text,
+    };
+    words.to_string()
 }
 
 /// "a", "a or b", "a, b or c".
