@@ -25,18 +25,8 @@ impl ModifierFailed {
     }
 }
 
-/// The sender after `modifiers`' rewrites. The error is text because
-/// engine/mod.rs, which is being changed elsewhere, logs it as a `&str`;
-/// it becomes [`ModifierFailed`] with that change (issue 17).
+/// The sender after `modifiers`' rewrites.
 pub(super) fn rewrite_sender(
-    policy: &Policy,
-    modifiers: &[ModifierId],
-    sender: &Address,
-) -> Result<Address, String> {
-    rewrite_sender_typed(policy, modifiers, sender).map_err(|e| e.to_string())
-}
-
-fn rewrite_sender_typed(
     policy: &Policy,
     modifiers: &[ModifierId],
     sender: &Address,

@@ -463,8 +463,8 @@ impl Session {
         reply
     }
 
-    fn internal_error(&mut self, stage: &str, error: &str) -> StageReply {
-        tracing::error!(stage, error, queue_id = ?self.queue_id, pipeline = %self.pipeline().name, "modifier failed; applying the error action");
+    fn internal_error(&mut self, stage: &str, error: &dyn std::fmt::Display) -> StageReply {
+        tracing::error!(stage, %error, queue_id = ?self.queue_id, pipeline = %self.pipeline().name, "modifier failed; applying the error action");
         match &self.pipeline().settings.error_action {
             ErrorAction::Tempfail(r) => StageReply::Tempfail(r.clone()),
             ErrorAction::Reject(r) => StageReply::Reject(r.clone()),
@@ -479,7 +479,7 @@ impl Session {
                 recipient,
                 "RCPT without MAIL; answering with the error action"
             );
-            return self.internal_error("rcpt", "RCPT TO before MAIL FROM");
+            return self.internal_error("rcpt", &"RCPT TO before MAIL FROM");
         };
         let policy = self.policy.clone();
         let pipeline = &policy.pipelines[self.pipeline];
