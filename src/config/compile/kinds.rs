@@ -38,6 +38,39 @@ impl CheckCommon {
     }
 }
 
+/// The key that says what a check or modifier block is.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Kind {
+    kind: String,
+}
+
+/// A block's `kind` and the builder for it, or `None` after saying that it
+/// is missing or unknown. Without a kind every other key would read as
+/// unknown, so nothing else of the block is reported.
+fn kind_of<'r, B>(
+    options: &mut Options<'_, '_>,
+    builders: &'r std::collections::BTreeMap<String, B>,
+    noun: &str,
+) -> Option<(String, &'r B)> {
+    let Kind { kind } = options.take()?;
+    if let Some(builder) = builders.get(&kind) {
+        return Some((kind, builder));
+    }
+    let hint = match did_you_mean(&kind, builders.keys().map(String::as_str)) {
+        Some(s) => format!("did you mean \"{s}\"?"),
+        None => format!(
+            "known kinds: {}",
+            builders.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let span = options.span_of("kind").unwrap_or_else(|| options.span());
+    options
+        .diag()
+        .error_hint(span, format!("unknown {noun} kind \"{kind}\""), hint);
+    None
+}
+
 impl Compiler<'_, '_> {
     pub(super) fn check(&mut self, name: Spanned<String>, block: Spanned<RawOptions>) {
         let what = format!("check \"{}\"", name.get_ref());
@@ -45,31 +78,7 @@ impl Compiler<'_, '_> {
         let registry = self.registry;
         let tables = &self.tables;
         let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
-        let Some(kind) = options.required_string("kind") else {
-            // Without a kind every other key would read as unknown: say only
-            // what is missing.
-            self.broken.insert(name.into_inner());
-            return;
-        };
-        let Some(builder) = registry.checks.get(kind.get_ref()) else {
-            let hint =
-                match did_you_mean(kind.get_ref(), registry.checks.keys().map(String::as_str)) {
-                    Some(s) => format!("did you mean \"{s}\"?"),
-                    None => format!(
-                        "known kinds: {}",
-                        registry
-                            .checks
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
-            options.diag().error_hint(
-                kind.span(),
-                format!("unknown check kind \"{}\"", kind.get_ref()),
-                hint,
-            );
+        let Some((kind, builder)) = kind_of(&mut options, &registry.checks, "check") else {
             self.broken.insert(name.into_inner());
             return;
         };
@@ -151,7 +160,7 @@ impl Compiler<'_, '_> {
         self.check_ids.insert(name.get_ref().clone(), id);
         self.checks.push(CheckInstance {
             name: name.into_inner().into(),
-            kind: kind.into_inner().into(),
+            kind: kind.into(),
             inputs: check.inputs(),
             decides,
             check,
@@ -168,31 +177,7 @@ impl Compiler<'_, '_> {
         let registry = self.registry;
         let tables = &self.tables;
         let mut options = Options::new(what, span, block.into_inner(), &mut self.diag);
-        let Some(kind) = options.required_string("kind") else {
-            self.broken.insert(name.into_inner());
-            return;
-        };
-        let Some(builder) = registry.modifiers.get(kind.get_ref()) else {
-            let hint = match did_you_mean(
-                kind.get_ref(),
-                registry.modifiers.keys().map(String::as_str),
-            ) {
-                Some(s) => format!("did you mean \"{s}\"?"),
-                None => format!(
-                    "known kinds: {}",
-                    registry
-                        .modifiers
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            options.diag().error_hint(
-                kind.span(),
-                format!("unknown modifier kind \"{}\"", kind.get_ref()),
-                hint,
-            );
+        let Some((kind, builder)) = kind_of(&mut options, &registry.modifiers, "modifier") else {
             self.broken.insert(name.into_inner());
             return;
         };
@@ -212,7 +197,7 @@ impl Compiler<'_, '_> {
         self.modifier_ids.insert(name.get_ref().clone(), id);
         self.modifiers.push(ModifierInstance {
             name: name.into_inner(),
-            kind: kind.into_inner(),
+            kind,
             modifier,
         });
     }
