@@ -29,14 +29,14 @@ pub mod defaults {
     /// server does not answer.
     pub const TIMEOUT: Duration = Duration::from_secs(4);
     /// Tries in all, the first included.
-    pub const ATTEMPTS: usize = 2;
+    pub(crate) const ATTEMPTS: usize = 2;
     /// Answers kept in the shared cache; DNSBL and SPF lookups repeat a lot.
     pub const CACHE_SIZE: u64 = 10_000;
 }
 
 /// Parsed records (and "no such record") shared by every message until
 /// their DNS TTL runs out, keyed by name as mail-auth spells it.
-pub type SharedTxt = crate::ttl_cache::TtlCache<mail_auth::Txt>;
+pub(crate) type SharedTxt = crate::ttl_cache::TtlCache<mail_auth::Txt>;
 
 /// The compiled `[dns]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]

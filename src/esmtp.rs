@@ -16,7 +16,7 @@ const MAX_PARAMETER: usize = 512;
 /// A parameter that is not printable ASCII without spaces, or is longer
 /// than an RFC 3461 value can be, is dropped: it is client text, and the
 /// MTA validated the ones it would accept before the milter saw them.
-pub fn kept_rcpt_parameters(args: &[String]) -> Option<String> {
+pub(crate) fn kept_rcpt_parameters(args: &[String]) -> Option<String> {
     let mut kept: Vec<&str> = Vec::new();
     for name in ["NOTIFY", "ORCPT"] {
         let found = args.iter().find(|a| {

@@ -33,7 +33,7 @@ pub enum ReadError {
 }
 
 /// What a file is, for an error, when it is not a regular file.
-pub fn not_regular(meta: &Metadata) -> Option<&'static str> {
+pub(crate) fn not_regular(meta: &Metadata) -> Option<&'static str> {
     let t = meta.file_type();
     if t.is_file() {
         None
@@ -54,7 +54,7 @@ pub fn not_regular(meta: &Metadata) -> Option<&'static str> {
 
 /// Open a regular file for reading without blocking, with its metadata
 /// (of the file opened, not of whatever the path names a moment later).
-pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
+pub(crate) fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -68,7 +68,7 @@ pub fn open_regular(path: &Path) -> Result<(File, Metadata), OpenError> {
 }
 
 /// A whole regular file of at most `max` bytes, or why not.
-pub fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
+pub(crate) fn read_regular(path: &Path, max: u64) -> Result<Vec<u8>, ReadError> {
     let (file, meta) = open_regular(path)?;
     if meta.len() > max {
         return Err(ReadError::TooLarge { max });

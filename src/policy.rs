@@ -17,8 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub type CheckId = usize;
-pub type ModifierId = usize;
+pub(crate) type CheckId = usize;
+pub(crate) type ModifierId = usize;
 
 pub struct Policy {
     pub file: PathBuf,
@@ -41,7 +41,7 @@ impl Policy {
     }
 
     /// The pipeline whose `daemon_names` lists `daemon_name`, if one does.
-    pub fn pipeline_for_daemon_name(&self, daemon_name: &str) -> Option<usize> {
+    pub(crate) fn pipeline_for_daemon_name(&self, daemon_name: &str) -> Option<usize> {
         self.pipelines
             .iter()
             .position(|p| p.settings.daemon_names.iter().any(|n| n == daemon_name))
@@ -79,7 +79,7 @@ pub struct CheckInstance {
 }
 
 impl CheckInstance {
-    pub fn action_for(&self, status: Status) -> Action {
+    pub(crate) fn action_for(&self, status: Status) -> Action {
         let idx = Status::ALL.iter().position(|s| *s == status).unwrap_or(0);
         self.actions[idx]
     }
@@ -184,7 +184,7 @@ pub struct EditKinds {
 }
 
 impl EditKinds {
-    pub fn union(self, o: EditKinds) -> EditKinds {
+    pub(crate) fn union(self, o: EditKinds) -> EditKinds {
         EditKinds {
             add_header: self.add_header || o.add_header,
             change_header: self.change_header || o.change_header,

@@ -14,9 +14,9 @@ pub mod defaults {
     pub const LISTEN: &str = "inet:127.0.0.1:7357";
     /// Well above Postfix's default process limit of 100 smtpd processes,
     /// each of which holds one milter connection.
-    pub const MAX_CONNECTIONS: usize = 1000;
+    pub(crate) const MAX_CONNECTIONS: usize = 1000;
     /// How long messages in flight may take to finish after SIGTERM.
-    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
     /// How long the MTA may leave a connection silent (and how long a reply
     /// may take to write) before the daemon closes it. Postfix keeps its
     /// milter connection for the whole SMTP session, and the session may be
@@ -28,11 +28,11 @@ pub mod defaults {
     /// a connection that never speaks in minutes rather than the two hours
     /// of libmilter's and indymilter's default (7,210 s). Sendmail waits up
     /// to an hour for SMTP commands (`Timeout.command`): raise it there.
-    pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(600);
+    pub(crate) const CONNECTION_TIMEOUT: Duration = Duration::from_secs(600);
     /// Descriptors kept free beyond one per connection when the daemon
     /// checks the open file limit at start: the listening and metrics
     /// sockets, DNS sockets, table files and `command` check pipes.
-    pub const SPARE_FILES: u64 = 64;
+    pub(crate) const SPARE_FILES: u64 = 64;
 }
 
 /// Where the daemon listens for the MTA.

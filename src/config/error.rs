@@ -81,7 +81,7 @@ impl<'a> Diagnostics<'a> {
         self.push(Some(span), message.into(), None);
     }
 
-    pub fn error_hint(
+    pub(crate) fn error_hint(
         &mut self,
         span: Range<usize>,
         message: impl Into<String>,
@@ -100,11 +100,11 @@ impl<'a> Diagnostics<'a> {
         });
     }
 
-    pub fn has_errors(&self) -> bool {
+    pub(crate) fn has_errors(&self) -> bool {
         !self.errors.is_empty()
     }
 
-    pub fn into_errors(mut self) -> ConfigErrors {
+    pub(crate) fn into_errors(mut self) -> ConfigErrors {
         self.errors
             .sort_by_key(|e| e.position.unwrap_or((usize::MAX, usize::MAX)));
         ConfigErrors(self.errors)
@@ -120,14 +120,14 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 
 /// The regex crate's error, reduced to its last line without the `error: `
 /// prefix, so it reads well after our own message.
-pub fn regex_error_text(e: &regex::Error) -> String {
+pub(crate) fn regex_error_text(e: &regex::Error) -> String {
     let text = e.to_string();
     let last = text.lines().last().unwrap_or_default().trim();
     last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
 /// The closest of `candidates` to `word`, for "did you mean" hints.
-pub fn did_you_mean<'c>(
+pub(crate) fn did_you_mean<'c>(
     word: &str,
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {

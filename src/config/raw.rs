@@ -8,11 +8,11 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use toml::Spanned;
 
-pub type Named<T> = BTreeMap<Spanned<String>, Spanned<T>>;
+pub(crate) type Named<T> = BTreeMap<Spanned<String>, Spanned<T>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(crate) struct RawConfig {
     #[serde(default)]
     pub checks: Named<RawOptions>,
     #[serde(default)]
@@ -28,7 +28,7 @@ pub struct RawConfig {
 /// `[dns]`: the resolver every DNS check shares.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawDns {
+pub(crate) struct RawDns {
     pub nameservers: Option<Spanned<Vec<Spanned<String>>>>,
     pub timeout: Option<Spanned<String>>,
     pub attempts: Option<Spanned<i64>>,
@@ -38,7 +38,7 @@ pub struct RawDns {
 /// `[server]`: how the daemon listens and runs. Changes here need a restart.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(crate) struct RawServer {
     #[serde(default)]
     pub listen: Vec<Spanned<RawListener>>,
     pub max_connections: Option<Spanned<i64>>,
@@ -53,7 +53,7 @@ pub struct RawServer {
 /// `[[server.listen]]`: one socket the MTA connects to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListener {
+pub(crate) struct RawListener {
     pub address: Spanned<String>,
     pub pipeline: Option<Spanned<String>>,
     pub socket_mode: Option<Spanned<String>>,
@@ -66,7 +66,7 @@ pub struct RawListener {
     deny_unknown_fields,
     expecting = r#"a table like { code = 550, status = "5.7.1", text = "..." }"#
 )]
-pub struct RawReply {
+pub(crate) struct RawReply {
     pub code: Option<u16>,
     pub status: Option<String>,
     pub text: Option<String>,
@@ -75,7 +75,7 @@ pub struct RawReply {
 /// One pipeline: its settings plus the top level of its dispatch tree.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPipeline {
+pub(crate) struct RawPipeline {
     pub quarantine_score: Option<Spanned<f64>>,
     pub reject_score: Option<Spanned<f64>>,
     pub error_action: Option<Spanned<String>>,
@@ -118,7 +118,7 @@ pub struct RawPipeline {
 
 impl RawPipeline {
     /// Split off the dispatch tree's top level as a block of its own.
-    pub fn take_tree(&mut self) -> RawBlock {
+    pub(crate) fn take_tree(&mut self) -> RawBlock {
         RawBlock {
             matches: self.matches.take(),
             table: self.table.take(),
@@ -144,7 +144,7 @@ impl RawPipeline {
 /// compiler checks that.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBlock {
+pub(crate) struct RawBlock {
     /// Senders or recipients: `user@example.org`, `example.org`, `<>`, `postmaster`.
     #[serde(rename = "match")]
     pub matches: Option<Spanned<Vec<Spanned<String>>>>,
@@ -174,12 +174,12 @@ pub struct RawBlock {
 }
 
 impl RawBlock {
-    pub fn has_dispatch(&self) -> bool {
+    pub(crate) fn has_dispatch(&self) -> bool {
         !self.source.is_empty() || !self.destination.is_empty() || self.default.is_some()
     }
 
     /// The span of the first outcome key, if the block has one.
-    pub fn outcome_span(&self) -> Option<std::ops::Range<usize>> {
+    pub(crate) fn outcome_span(&self) -> Option<std::ops::Range<usize>> {
         self.action
             .as_ref()
             .map(Spanned::span)
@@ -189,7 +189,7 @@ impl RawBlock {
             .or_else(|| self.copy.as_ref().map(Spanned::span))
     }
 
-    pub fn selector_span(&self) -> Option<std::ops::Range<usize>> {
+    pub(crate) fn selector_span(&self) -> Option<std::ops::Range<usize>> {
         self.matches
             .as_ref()
             .map(Spanned::span)

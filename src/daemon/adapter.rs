@@ -50,7 +50,7 @@ const MACROS: [(MacroStage, &str); 6] = [
 
 /// Which pipeline a listener's connections use.
 #[derive(Clone, Debug)]
-pub struct Binding {
+pub(crate) struct Binding {
     /// A fixed pipeline, or `None` to choose by `{daemon_name}`.
     pub pipeline: Option<String>,
     /// For logs: the listener's address.
@@ -58,7 +58,7 @@ pub struct Binding {
 }
 
 /// Per connection: what was negotiated, and the engine session.
-pub struct Connection {
+pub(crate) struct Connection {
     policy: Arc<Policy>,
     granted: Actions,
     leading_space: bool,
@@ -91,7 +91,7 @@ fn text(s: &CStr) -> String {
 }
 
 /// The milter actions that a set of edit kinds needs.
-pub fn actions_for(kinds: EditKinds) -> Actions {
+pub(crate) fn actions_for(kinds: EditKinds) -> Actions {
     let mut a = Actions::empty();
     if kinds.add_header {
         a |= Actions::ADD_HEADER;
@@ -185,7 +185,7 @@ pub fn wire_header_value(name: &str, value: &str, leading_space: bool) -> String
     out
 }
 
-pub fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection> {
+pub(crate) fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Connection> {
     let (s1, s2, s3, s4, s5, s6, s7, s8, s9) = (
         shared.clone(),
         shared.clone(),

@@ -29,7 +29,7 @@ pub enum Bound {
 
 impl Bound {
     /// The address actually bound (port 0 resolved), for logs and tests.
-    pub fn local_address(&self) -> ListenAddress {
+    pub(crate) fn local_address(&self) -> ListenAddress {
         match self {
             Bound::Tcp(l) => match l.local_addr() {
                 Ok(a) => ListenAddress::Inet(a),
@@ -152,12 +152,12 @@ fn group_id(name: &str) -> Option<u32> {
 }
 
 /// The stream type of every listener: TCP or UNIX, counted while open.
-pub type MilterStream = Counted<indymilter::EitherStream<TcpStream, UnixStream>>;
+pub(crate) type MilterStream = Counted<indymilter::EitherStream<TcpStream, UnixStream>>;
 
 /// A listener for indymilter that sets `TCP_NODELAY`, holds at most
 /// `max_connections` connections open (closing any connection past that at
 /// once), and stops accepting (and closes its socket) once `stop` turns true.
-pub struct MilterListener {
+pub(crate) struct MilterListener {
     inner: Option<Bound>,
     stopped: Pin<Box<dyn Future<Output = ()> + Send>>,
     limit: ConnectionLimit,
@@ -287,7 +287,7 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// One listener's count of open connections against its `max_connections`.
 /// Only the accept loop adds to the count, so it never passes the limit;
 /// each connection's guard takes itself off when the connection closes.
-pub struct ConnectionLimit {
+pub(crate) struct ConnectionLimit {
     max: usize,
     open: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -366,7 +366,7 @@ impl Drop for OpenGuard {
 /// drops the stream when the session ends for any reason (QUIT, the MTA
 /// closing, a timeout, shutdown), so the count runs from accept to close,
 /// including connections that never send a command.
-pub struct Counted<S> {
+pub(crate) struct Counted<S> {
     stream: S,
     _open: OpenGuard,
 }

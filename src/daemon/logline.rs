@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 /// `alice@example.org=accept nobody@example.org=reject(550)`.
-pub fn recipients_field(report: &MessageReport) -> String {
+pub(crate) fn recipients_field(report: &MessageReport) -> String {
     let mut out = String::new();
     for r in &report.recipients {
         if !out.is_empty() {
@@ -22,7 +22,7 @@ pub fn recipients_field(report: &MessageReport) -> String {
 }
 
 /// `spf=pass/ignore/1.2ms dnsbl=fail/reject/20.0ms`.
-pub fn checks_field(report: &MessageReport) -> String {
+pub(crate) fn checks_field(report: &MessageReport) -> String {
     let mut out = String::new();
     for c in &report.checks {
         if !out.is_empty() {
@@ -37,7 +37,7 @@ pub fn checks_field(report: &MessageReport) -> String {
     out
 }
 
-pub fn log_message(
+pub(crate) fn log_message(
     client: &str,
     verdict: &str,
     outcome: &MessageOutcome,
@@ -72,7 +72,7 @@ pub fn log_message(
 /// The line for a message that ended before end of message: refused at MAIL
 /// or for every recipient (verdict reject or tempfail), or abandoned by the
 /// client (verdict aborted).
-pub fn log_ended(client: &str, verdict: &str, report: &MessageReport, connected: Instant) {
+pub(crate) fn log_ended(client: &str, verdict: &str, report: &MessageReport, connected: Instant) {
     let reply = match &report.mail_reply {
         Some(StageReply::Reject(r) | StageReply::Tempfail(r)) => r.to_string(),
         _ => String::new(),
@@ -101,7 +101,7 @@ pub fn log_ended(client: &str, verdict: &str, report: &MessageReport, connected:
 /// spaces, quotes or line breaks, and none of them may split a log line or
 /// forge a field. The message itself comes first, unquoted, with control
 /// characters escaped.
-pub struct KeyValueFields;
+pub(crate) struct KeyValueFields;
 
 impl<'w> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format::Writer<'w>>
     for KeyValueFields
@@ -117,7 +117,7 @@ impl<'w> tracing_subscriber::field::MakeVisitor<tracing_subscriber::fmt::format:
     }
 }
 
-pub struct KeyValueVisitor<'w> {
+pub(crate) struct KeyValueVisitor<'w> {
     writer: tracing_subscriber::fmt::format::Writer<'w>,
     first: bool,
     result: std::fmt::Result,
@@ -163,7 +163,7 @@ impl tracing_subscriber::field::VisitFmt for KeyValueVisitor<'_> {
 /// A value as it stands in a `key=value` line: as it is when it is a plain
 /// word of printable characters, else in double quotes with `"`, `\` and
 /// control characters escaped.
-pub fn quote_value(value: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn quote_value(value: &str) -> std::borrow::Cow<'_, str> {
     let plain = !value.is_empty()
         && !value.chars().any(|c| {
             c.is_whitespace() || c.is_control() || is_deceptive(c) || matches!(c, '"' | '\\' | '=')

@@ -182,23 +182,23 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn connection_opened(&self) {
+    pub(crate) fn connection_opened(&self) {
         self.connections_open.inc();
     }
 
-    pub fn connection_closed(&self) {
+    pub(crate) fn connection_closed(&self) {
         self.connections_open.dec();
     }
 
     /// a listener starts: its refused-connections series exists from now on, at 0
-    pub fn listener_started(&self, listener: &str) {
+    pub(crate) fn listener_started(&self, listener: &str) {
         drop(self.connections_refused.get_or_create(&ListenerLabels {
             listener: listener.to_owned(),
         }));
     }
 
     /// a connection closed at once because its listener was full
-    pub fn connection_refused(&self, listener: &str) {
+    pub(crate) fn connection_refused(&self, listener: &str) {
         self.connections_refused
             .get_or_create(&ListenerLabels {
                 listener: listener.to_owned(),

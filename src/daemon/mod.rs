@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 /// file that is still being written is waited for up to 10 s
 /// (`tables::defaults::LOAD_WAIT`), so this leaves room for that and fails
 /// only a load that hangs.
-pub const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const RELOAD_DEADLINE: Duration = Duration::from_secs(30);
 
 fn load_failure(path: &Path, message: String) -> ConfigErrors {
     ConfigErrors(vec![crate::config::ConfigError {
@@ -82,7 +82,7 @@ impl Daemon {
         Daemon::start_with_policy(Arc::new(policy), config_path, registry).await
     }
 
-    pub async fn start_with_policy(
+    pub(crate) async fn start_with_policy(
         policy: Arc<Policy>,
         config_path: &Path,
         registry: Registry,
@@ -288,7 +288,7 @@ impl Daemon {
     /// Resolves when a listener stopped on its own: its accept loop failed
     /// (for example out of file descriptors). The daemon should then exit
     /// non-zero so the service manager restarts it.
-    pub async fn listener_failed(&mut self) -> String {
+    pub(crate) async fn listener_failed(&mut self) -> String {
         match self.listener_failed.recv().await {
             Some(e) => e,
             None => std::future::pending().await,
@@ -302,7 +302,7 @@ impl Daemon {
     }
 
     /// As `shutdown`, but `hurry` (a second signal) ends the grace period at once.
-    pub async fn shutdown_or(self, hurry: impl std::future::Future) {
+    pub(crate) async fn shutdown_or(self, hurry: impl std::future::Future) {
         let _ = self.stop_accepting.send(true);
         let grace = self.server.shutdown_grace;
         let in_flight = self.shared.messages_in_flight();
@@ -342,7 +342,7 @@ impl Daemon {
 
 /// Descriptors that `max_connections` on every listener needs: one per
 /// connection, plus [`SPARE_FILES`](crate::server_config::defaults::SPARE_FILES).
-pub fn needed_files(listeners: usize, max_connections: usize) -> u64 {
+pub(crate) fn needed_files(listeners: usize, max_connections: usize) -> u64 {
     (max_connections as u64)
         .saturating_mul(listeners.max(1) as u64)
         .saturating_add(crate::server_config::defaults::SPARE_FILES)
@@ -351,7 +351,7 @@ pub fn needed_files(listeners: usize, max_connections: usize) -> u64 {
 /// How many connections each listener may hold when the process may open
 /// `files` descriptors: `max_connections`, or fewer when that does not fit.
 /// 0 means not even one fits.
-pub fn connections_within(files: u64, listeners: usize, max_connections: usize) -> usize {
+pub(crate) fn connections_within(files: u64, listeners: usize, max_connections: usize) -> usize {
     let room =
         files.saturating_sub(crate::server_config::defaults::SPARE_FILES) / listeners.max(1) as u64;
     usize::try_from(room).map_or(max_connections, |room| room.min(max_connections))
@@ -483,7 +483,7 @@ pub fn runtime(server: &ServerSettings) -> std::io::Result<tokio::runtime::Runti
 /// for a task, and glibc malloc freeing across threads. Measured behind
 /// Postfix on two cores: one thread instead of two took a fifth off the
 /// milter's CPU per message (docs/benchmarks.md, "Worker threads").
-pub fn default_worker_threads(cpus: usize) -> usize {
+pub(crate) fn default_worker_threads(cpus: usize) -> usize {
     (cpus / 2).max(1)
 }
 

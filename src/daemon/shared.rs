@@ -42,7 +42,7 @@ impl Shared {
 
     /// A message started (MAIL FROM accepted). The guard ends it when dropped:
     /// at end of message, abort, or when the connection goes away.
-    pub fn message_started(self: &Arc<Self>) -> MessageGuard {
+    pub(crate) fn message_started(self: &Arc<Self>) -> MessageGuard {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         MessageGuard(self.clone())
     }
@@ -52,7 +52,7 @@ impl Shared {
     }
 
     /// Wait until no message is in flight.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.messages_in_flight() == 0 {
@@ -63,7 +63,7 @@ impl Shared {
     }
 }
 
-pub struct MessageGuard(Arc<Shared>);
+pub(crate) struct MessageGuard(Arc<Shared>);
 
 impl Drop for MessageGuard {
     fn drop(&mut self) {

@@ -50,7 +50,7 @@ pub struct MessageOutcome {
 /// The reply `split_transactions` gives to a recipient whose branch differs
 /// from the first accepted one: RFC 5321 §4.5.3.1.10 tells clients to send
 /// the rest in a new transaction.
-pub fn split_reply() -> Reply {
+pub(crate) fn split_reply() -> Reply {
     Reply::fixed(
         452,
         "4.5.3",
@@ -359,7 +359,7 @@ impl Session {
 
     /// Record the TLS facts when they arrive apart from HELO (for example
     /// with MAIL FROM macros).
-    pub fn set_tls(&mut self, tls: Option<TlsInfo>) {
+    pub(crate) fn set_tls(&mut self, tls: Option<TlsInfo>) {
         if tls.is_some() {
             Arc::make_mut(&mut self.facts).tls = tls;
         }

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 
 /// Whether a result outlives the message it was started for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     /// Inputs are connection facts only (client, HELO, TLS): reused by every
     /// message of the session.
     Connection,
@@ -41,7 +41,7 @@ pub enum Mode {
 
 /// A finished check.
 #[derive(Clone, Debug)]
-pub struct Finished {
+pub(crate) struct Finished {
     pub id: CheckId,
     pub result: CheckResult,
     pub elapsed: Duration,
@@ -73,7 +73,7 @@ struct Message {
 
 type InlineRun = (CheckId, Pin<Box<dyn Future<Output = Message> + Send>>);
 
-pub struct Runner {
+pub(crate) struct Runner {
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Message>,
     /// Inline checks, polled by `wait_for`.
@@ -103,7 +103,7 @@ impl Runner {
         }
     }
 
-    pub fn is_idle(&self, id: CheckId) -> bool {
+    pub(crate) fn is_idle(&self, id: CheckId) -> bool {
         matches!(self.slots[id].state, State::Idle)
     }
 
@@ -121,7 +121,7 @@ impl Runner {
             .count()
     }
 
-    pub fn in_flight_peak(&self) -> usize {
+    pub(crate) fn in_flight_peak(&self) -> usize {
         self.in_flight_peak
     }
 
@@ -318,7 +318,7 @@ impl Runner {
 
     /// Abort every message-scoped check still running and forget all
     /// message-scoped results; connection-scoped ones stay.
-    pub fn end_message(&mut self) {
+    pub(crate) fn end_message(&mut self) {
         for id in 0..self.slots.len() {
             if self.slots[id].scope == Scope::Message {
                 self.abort(id);
@@ -331,7 +331,7 @@ impl Runner {
 
     /// Abort the message-scoped checks still running, keeping finished results.
     /// Returns the ids that were cancelled.
-    pub fn cancel_running(&mut self) -> Vec<CheckId> {
+    pub(crate) fn cancel_running(&mut self) -> Vec<CheckId> {
         let mut cancelled = Vec::new();
         for id in 0..self.slots.len() {
             if self.slots[id].scope == Scope::Message

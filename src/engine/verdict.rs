@@ -112,7 +112,7 @@ impl Decision {
     }
 
     /// Keep the more severe of the two; on a tie keep `self` (the earlier).
-    pub fn merge(&mut self, other: Decision) {
+    pub(crate) fn merge(&mut self, other: Decision) {
         if other.verdict() > self.verdict() {
             *self = other;
         }
@@ -148,7 +148,7 @@ pub enum StageReply {
 }
 
 impl StageReply {
-    pub fn from_decision(d: &Decision) -> StageReply {
+    pub(crate) fn from_decision(d: &Decision) -> StageReply {
         match d {
             Decision::Reject { reply, .. } => StageReply::Reject(reply.clone()),
             Decision::Tempfail { reply, .. } => StageReply::Tempfail(reply.clone()),

@@ -33,32 +33,32 @@ pub mod defaults {
     /// room to spare, while something like `/dev/zero` behind a symbolic
     /// link is refused long before memory runs out (a parsed table takes a
     /// few times its file's size).
-    pub const MAX_SIZE: u64 = 64 << 20;
+    pub(crate) const MAX_SIZE: u64 = 64 << 20;
     /// How often a file table's watcher looks at the file's stamp (size,
     /// modification and change time, inode).
-    pub const POLL: Duration = Duration::from_secs(1);
+    pub(crate) const POLL: Duration = Duration::from_secs(1);
     /// How long a changed file must have stayed unchanged before it is read:
     /// longer than the pauses of an editor or script that rewrites the file
     /// in place, and than the one-second time stamps of some file systems.
     /// A file last modified at least this long ago counts as settled at once.
-    pub const SETTLE: Duration = Duration::from_secs(2);
+    pub(crate) const SETTLE: Duration = Duration::from_secs(2);
     /// The same for a file that now has no entries while the table has some:
     /// a shell's `> file` empties the file at once, and the program writing
     /// into it may take several seconds before its first buffered write.
-    pub const SETTLE_EMPTY: Duration = Duration::from_secs(10);
+    pub(crate) const SETTLE_EMPTY: Duration = Duration::from_secs(10);
     /// A watcher read that takes longer than this is logged (the old
     /// contents are served meanwhile).
-    pub const SLOW_READ: Duration = Duration::from_secs(5);
+    pub(crate) const SLOW_READ: Duration = Duration::from_secs(5);
     /// How long loading a configuration waits for a table file that keeps
     /// changing before it gives up with an error.
-    pub const LOAD_WAIT: Duration = Duration::from_secs(10);
+    pub(crate) const LOAD_WAIT: Duration = Duration::from_secs(10);
     /// A file that goes on changing this long without ever settling is
     /// logged once, because its new contents are not being applied.
-    pub const KEEPS_CHANGING: Duration = Duration::from_secs(60);
+    pub(crate) const KEEPS_CHANGING: Duration = Duration::from_secs(60);
 }
 
 /// The configuration's tables by name.
-pub type TableSet = BTreeMap<String, Arc<Table>>;
+pub(crate) type TableSet = BTreeMap<String, Arc<Table>>;
 
 /// A lookup table: inline, a map file kept current, or regex rules.
 #[derive(Debug)]

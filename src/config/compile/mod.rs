@@ -23,7 +23,6 @@ use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use toml::Spanned;
 
 mod kinds;
@@ -77,27 +76,27 @@ pub mod defaults {
 
     /// A check's own timeout. Well under Postfix's 30 s per milter command, so
     /// a slow check becomes temperror before the MTA gives up on us.
-    pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+    pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
     /// The header that carries the quarantine reason, because Postfix 3.7
     /// drops the reason a milter gives with QUARANTINE.
-    pub const QUARANTINE_HEADER: &str = "X-Quarantine-Reason";
-    pub const QUARANTINE_REASON: &str = "quarantined by policy";
+    pub(crate) const QUARANTINE_HEADER: &str = "X-Quarantine-Reason";
+    pub(crate) const QUARANTINE_REASON: &str = "quarantined by policy";
     /// Body bytes kept per message for body checks; the same as Postfix's
     /// default `message_size_limit` (10240000), rounded to 10 MiB.
-    pub const MAX_BODY_SIZE: u64 = 10 << 20;
+    pub(crate) const MAX_BODY_SIZE: u64 = 10 << 20;
     /// Header fields kept per message. Legitimate mail carries tens, a
     /// long-travelled list message a few hundred; Postfix stops counting
     /// Received: at 50 (`hopcount_limit`). A client sending more is
     /// flooding, and each field costs memory until end of message.
-    pub const MAX_HEADERS: usize = 1000;
+    pub(crate) const MAX_HEADERS: usize = 1000;
     /// Header bytes kept per message (names and values). Postfix cuts one
     /// header at `header_size_limit` (102400 bytes); ten such headers is
     /// far past real mail. With `max_connections` messages at once this
     /// bounds what headers can hold: 100 connections, 100 MiB.
-    pub const MAX_HEADER_BYTES: u64 = 1 << 20;
+    pub(crate) const MAX_HEADER_BYTES: u64 = 1 << 20;
     /// The longest a stage waits for checks: below Postfix's 30 s
     /// `milter_command_timeout`, so the MTA hears from us before it gives up.
-    pub const STAGE_DEADLINE: Duration = Duration::from_secs(20);
+    pub(crate) const STAGE_DEADLINE: Duration = Duration::from_secs(20);
 
     /// Our name in Authentication-Results: this host's name, as RFC 8601
     /// §2.5 suggests; "localhost" if the system has none.
@@ -322,11 +321,6 @@ fn reply_option(
             None
         }
     }
-}
-
-/// Time a duration value for display in `check`'s summary.
-pub fn describe_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]

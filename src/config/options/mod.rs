@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::time::Duration;
 use toml::{Spanned, Value};
 
-pub type RawOptions = BTreeMap<Spanned<String>, Spanned<Value>>;
+pub(crate) type RawOptions = BTreeMap<Spanned<String>, Spanned<Value>>;
 
 pub struct Options<'d, 'a> {
     /// What the block is, for messages: `check "spam"`.
@@ -54,11 +54,11 @@ impl<'d, 'a> Options<'d, 'a> {
     }
 
     /// The span of the whole block, for errors about a missing key.
-    pub fn span(&self) -> Range<usize> {
+    pub(crate) fn span(&self) -> Range<usize> {
         self.span.clone()
     }
 
-    pub fn diag(&mut self) -> &mut Diagnostics<'a> {
+    pub(crate) fn diag(&mut self) -> &mut Diagnostics<'a> {
         self.diag
     }
 
@@ -101,7 +101,7 @@ impl<'d, 'a> Options<'d, 'a> {
         self.typed(key, "a string", |v| v.as_str().map(str::to_string))
     }
 
-    pub fn required_string(&mut self, key: &'static str) -> Option<Spanned<String>> {
+    pub(crate) fn required_string(&mut self, key: &'static str) -> Option<Spanned<String>> {
         let found = self.entries.iter().any(|(k, _)| k.get_ref() == key);
         if !found {
             self.known.insert(key);
@@ -164,7 +164,7 @@ impl<'d, 'a> Options<'d, 'a> {
     }
 
     /// A list of strings; a single string is accepted as a list of one.
-    pub fn string_list(&mut self, key: &'static str) -> Option<Spanned<Vec<String>>> {
+    pub(crate) fn string_list(&mut self, key: &'static str) -> Option<Spanned<Vec<String>>> {
         self.typed(key, "a string or a list of strings", |v| match v {
             Value::String(s) => Some(vec![s.clone()]),
             Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
@@ -302,7 +302,7 @@ impl<'d, 'a> Options<'d, 'a> {
     }
 
     /// The span of a key's value.
-    pub fn span_of(&self, key: &str) -> Option<Range<usize>> {
+    pub(crate) fn span_of(&self, key: &str) -> Option<Range<usize>> {
         self.entries
             .iter()
             .find(|(k, _)| k.get_ref() == key)
