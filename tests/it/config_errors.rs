@@ -4,7 +4,7 @@
 //! followed by one newline so the file ends like any text file).
 //!
 //! After a deliberate change to the messages, regenerate the expected files
-//! with `UPDATE_GOLDEN=1 cargo test --test config_errors` and review the diff:
+//! with `UPDATE_GOLDEN=1 cargo test --test it config_errors` and review the diff:
 //! each message must name file:line:col, read well, and say what to do.
 
 use dispatch_milter::config;

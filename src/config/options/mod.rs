@@ -28,6 +28,8 @@ pub struct Options<'d, 'a> {
     known: BTreeSet<&'static str>,
     /// Whether `parse` has reported the unknown keys already.
     reported_unknown: bool,
+    /// An example value per key, shown when the key is missing.
+    examples: BTreeMap<&'static str, &'static str>,
     diag: &'d mut Diagnostics<'a>,
 }
 
@@ -44,7 +46,24 @@ impl<'d, 'a> Options<'d, 'a> {
             entries,
             known: BTreeSet::new(),
             reported_unknown: false,
+            examples: BTreeMap::new(),
             diag,
+        }
+    }
+
+    /// Give an example of `key`'s value, for the message when it is missing:
+    /// "check \"size\" needs `max_size`, such as \"10M\"". Call before
+    /// [`parse`](Self::parse).
+    pub fn example(&mut self, key: &'static str, example: &'static str) -> &mut Self {
+        self.examples.insert(key, example);
+        self
+    }
+
+    /// "needs `key`", with the key's example when there is one.
+    fn needs(&self, key: &str) -> String {
+        match self.examples.get(key) {
+            Some(example) => format!("needs `{key}`, such as {example}"),
+            None => format!("needs `{key}`"),
         }
     }
 
@@ -215,7 +234,7 @@ impl<'d, 'a> Options<'d, 'a> {
                 unknown = true;
             }
         }
-        let parsed = self.deserialize::<T>(fields);
+        let parsed = self.deserialize::<T>(fields, Partial::Refused);
         // Unknown keys are reported here: `finish` must not repeat them.
         let all: Vec<String> = self.entries.keys().map(|k| k.get_ref().clone()).collect();
         for key in all {
@@ -228,33 +247,56 @@ impl<'d, 'a> Options<'d, 'a> {
     }
 
     /// Read the keys `T` names (a struct every kind shares, such as a check's
-    /// `timeout` and `on_*`), leaving the others to the kind.
+    /// `timeout` and `on_*`), leaving the others to the kind. A wrong value
+    /// is reported and left out, so that the rest is still read and checked:
+    /// the block's errors are all named in one run.
     pub fn take<T: DeserializeOwned>(&mut self) -> Option<T> {
         let fields = de::field_names::<T>();
-        let parsed = self.deserialize::<T>(fields);
+        let parsed = self.deserialize::<T>(fields, Partial::Accepted);
         self.known.extend(fields.iter().copied());
         parsed
     }
 
-    /// Deserialize the untaken entries that `fields` names.
-    fn deserialize<T: DeserializeOwned>(&mut self, fields: &'static [&'static str]) -> Option<T> {
-        let failed_at = Cell::new(None);
-        let entries: Vec<(&str, &Value)> = self
-            .entries
-            .iter()
-            .map(|(k, v)| (k.get_ref().as_str(), v.get_ref()))
-            .filter(|(k, _)| fields.contains(k) && !self.known.contains(k))
-            .collect();
-        let result = T::deserialize(BlockDeserializer {
-            entries,
-            failed_at: &failed_at,
-        });
-        match result {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let key = failed_at.get().map(str::to_string);
-                self.report(key.as_deref(), e);
-                None
+    /// Deserialize the untaken entries that `fields` names. A wrong value
+    /// is reported and the block read again without it, so that every wrong
+    /// value of a block is named in one run, as a careful reader would list
+    /// them; a key left out that way is not then reported as missing.
+    fn deserialize<T: DeserializeOwned>(
+        &mut self,
+        fields: &'static [&'static str],
+        partial: Partial,
+    ) -> Option<T> {
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let failed_at = Cell::new(None);
+            let entries: Vec<(&str, &Value)> = self
+                .entries
+                .iter()
+                .map(|(k, v)| (k.get_ref().as_str(), v.get_ref()))
+                .filter(|(k, _)| fields.contains(k) && !self.known.contains(k))
+                .filter(|(k, _)| !failed.iter().any(|f| f == k))
+                .collect();
+            let error = match T::deserialize(BlockDeserializer {
+                entries,
+                failed_at: &failed_at,
+            }) {
+                Ok(t) if failed.is_empty() || partial == Partial::Accepted => return Some(t),
+                Ok(_) => return None,
+                Err(e) => e,
+            };
+            match failed_at.get().map(str::to_string) {
+                Some(key) => {
+                    self.report(Some(&key), error);
+                    failed.push(key);
+                }
+                None => {
+                    let left_out = matches!(&error.problem,
+                        Problem::Missing(field) if failed.iter().any(|f| f == field));
+                    if !left_out {
+                        self.report(None, error);
+                    }
+                    return None;
+                }
             }
         }
     }
@@ -265,7 +307,7 @@ impl<'d, 'a> Options<'d, 'a> {
         let what = self.what.clone();
         let Some(key) = key else {
             let message = match e.problem {
-                Problem::Missing(field) => format!("{what} needs `{field}`"),
+                Problem::Missing(field) => format!("{what} {}", self.needs(field)),
                 other => format!(
                     "{what}: {}",
                     OptionError {
@@ -356,6 +398,14 @@ impl<'d, 'a> Options<'d, 'a> {
             diag.push(Some(key.span()), message, Some(hint));
         }
     }
+}
+
+/// Whether a read that left wrong values out (after reporting them) gives
+/// what remains.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Partial {
+    Accepted,
+    Refused,
 }
 
 /// "did you mean `x`?", or the keys there are.
@@ -476,6 +526,21 @@ mod tests {
             "c.toml:2:9: `every` in check \"c\" must be a duration with units such as \
              \"5s\" or \"250ms\", found 5"
         );
+    }
+
+    #[test]
+    fn every_wrong_value_of_a_block_is_named() {
+        // The first wrong value must not hide the others, and a required key
+        // whose value was wrong is not then called missing.
+        let (parsed, errors) = read("max_size = \"ten\"\nevery = 5\nmode = \"x\"\n");
+        assert_eq!(parsed, None);
+        let lines: Vec<&str> = errors.lines().collect();
+        assert_eq!(lines.len(), 3, "{errors}");
+        assert!(lines[0].starts_with("c.toml:1:12: `max_size`"), "{errors}");
+        assert!(lines[1].starts_with("c.toml:2:9: `every`"), "{errors}");
+        assert!(lines[2].starts_with("c.toml:3:8: `mode`"), "{errors}");
+        let (_, errors) = read("max_size = 1\nlists = [{ zone = 5 }]\nevery = 5\n");
+        assert_eq!(errors.lines().count(), 2, "{errors}");
     }
 
     #[test]
