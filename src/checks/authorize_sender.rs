@@ -15,8 +15,26 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::address::{Address, normalize_domain};
 use crate::message::address_list::address_list;
 use crate::stage::Stage;
-use crate::tables::{Table, table_option};
+use crate::tables::{Table, TableRef};
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[checks.NAME]` with `kind = "authorize_sender"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeSenderOptions {
+    /// SASL user name to the addresses that user may send as.
+    table: TableRef,
+    #[serde(default = "yes")]
+    check_envelope: bool,
+    #[serde(default = "yes")]
+    check_header_from: bool,
+}
+
+/// Both parts are checked unless one is turned off.
+fn yes() -> bool {
+    true
+}
 
 pub struct AuthorizeSenderCheck {
     table: Arc<Table>,
@@ -82,36 +100,19 @@ pub fn from_addresses(value: &str) -> Option<Vec<Address>> {
 
 impl AuthorizeSenderCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let what = ctx.options.what().to_string();
-        let mut ok = true;
-
-        let table = if ctx.options.value("table").is_some() {
-            table_option(ctx.options, ctx.tables, "table")
-        } else {
-            let span = ctx.options.span();
-            ctx.options.error(
-                span,
-                format!("{what} needs `table`: a table that maps user names to the addresses they may use"),
-            );
-            None
-        };
-        ok &= table.is_some();
-
-        let mut flag = |key: &'static str| {
-            let present = ctx.options.value(key).is_some();
-            match ctx.options.bool(key) {
-                Some(b) => Some(b),
-                None if present => None,
-                None => Some(true),
-            }
-        };
-        let check_envelope = flag("check_envelope");
-        let check_header_from = flag("check_header_from");
-        let (Some(check_envelope), Some(check_header_from)) = (check_envelope, check_header_from)
-        else {
-            return None;
-        };
+        let options: AuthorizeSenderOptions = ctx
+            .options
+            .example(
+                "table",
+                "\"senders\" or { alice = [\"alice@example.org\"] }",
+            )
+            .parse()?;
+        let table = options.table.resolve(ctx.options, ctx.tables, "table");
+        let (check_envelope, check_header_from) =
+            (options.check_envelope, options.check_header_from);
+        let mut ok = table.is_some();
         if !check_envelope && !check_header_from {
+            let what = ctx.options.what().to_string();
             let span = ctx.options.span();
             ctx.options.error(
                 span,

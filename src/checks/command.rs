@@ -19,8 +19,12 @@
 //! sets the score N and the reason "text".
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use crate::config::options::OneOrMany;
 use crate::message::Message;
 use crate::stage::Stage;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
@@ -47,54 +51,97 @@ pub struct CommandCheck {
     env: Vec<(String, String)>,
 }
 
-/// Read `env = { NAME = "value" }`; `None` after reporting an error.
-fn env_option(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Vec<(String, String)>> {
-    let Some(raw) = ctx.options.value("env") else {
-        return Some(Vec::new());
-    };
-    let what = ctx.options.what().to_string();
-    let Some(table) = raw.get_ref().as_table() else {
-        ctx.options.error(
-            raw.span(),
-            format!(
-                "`env` in {what} must be a table of strings such as {{ LANG = \"C.UTF-8\" }}, found a {}",
-                raw.get_ref().type_str()
-            ),
-        );
-        return None;
-    };
-    let mut vars = Vec::new();
-    let mut ok = true;
-    for (name, value) in table {
-        let problem = if name.is_empty() || name.contains(['=', '\0']) {
-            Some(format!(
-                "`env` in {what} has an invalid variable name {name:?}"
-            ))
-        } else if name.starts_with("DISPATCH_") {
-            Some(format!(
-                "`env` in {what} may not set \"{name}\": the check sets DISPATCH_* variables itself; use another name"
-            ))
-        } else {
-            match value.as_str() {
-                Some(v) if v.contains('\0') => Some(format!(
-                    "`env` variable \"{name}\" in {what} may not contain a NUL character"
-                )),
-                Some(v) => {
-                    vars.push((name.clone(), v.to_string()));
-                    None
-                }
-                None => Some(format!(
-                    "`env` variable \"{name}\" in {what} must be a string, found a {}; quote it",
-                    value.type_str()
-                )),
+/// `[checks.NAME]` with `kind = "command"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandOptions {
+    program: String,
+    args: Option<OneOrMany>,
+    #[serde(default)]
+    stage: CommandStage,
+    #[serde(default)]
+    env: Env,
+}
+
+/// When the program runs: at MAIL (no message on stdin) or at end of message.
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case", expecting = "\"mail\" or \"eom\"")]
+enum CommandStage {
+    Mail,
+    #[default]
+    Eom,
+}
+
+/// `env = { NAME = "value" }`: extra variables for the program, checked
+/// after reading (names, `DISPATCH_*`, NUL characters).
+#[derive(Default)]
+struct Env(Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Env {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Env;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of strings such as { LANG = \"C.UTF-8\" }")
             }
-        };
-        if let Some(msg) = problem {
-            ctx.options.error(raw.span(), msg);
-            ok = false;
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Env, A::Error> {
+                let mut vars = Vec::new();
+                while let Some((name, EnvValue(value))) = map.next_entry::<String, EnvValue>()? {
+                    vars.push((name, value));
+                }
+                Ok(Env(vars))
+            }
         }
+        d.deserialize_any(V)
     }
-    ok.then_some(vars)
+}
+
+/// The value of one `env` variable: a string; a number must be quoted, so
+/// that what the program sees is exactly what was written.
+struct EnvValue(String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (quote numbers and true or false)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The variables of `env` a program may be given; `None` after reporting
+/// every one that it may not.
+fn check_env(ctx: &mut CheckBuildContext<'_, '_, '_>, env: Env) -> Option<Vec<(String, String)>> {
+    let what = ctx.options.what().to_string();
+    let span = ctx
+        .options
+        .span_of("env")
+        .unwrap_or_else(|| ctx.options.span());
+    let mut ok = true;
+    for (name, value) in &env.0 {
+        let problem = if name.is_empty() || name.contains(['=', '\0']) {
+            format!("`env` in {what} has an invalid variable name {name:?}")
+        } else if name.starts_with("DISPATCH_") {
+            format!(
+                "`env` in {what} may not set \"{name}\": the check sets DISPATCH_* variables itself; use another name"
+            )
+        } else if value.contains('\0') {
+            format!("`env.{name}` in {what} may not contain a NUL character")
+        } else {
+            continue;
+        };
+        ctx.options.error(span.clone(), problem);
+        ok = false;
+    }
+    ok.then_some(env.0)
 }
 
 /// Why a configured program cannot be run, if it cannot.
@@ -141,56 +188,35 @@ impl Drop for GroupKill {
 
 impl CommandCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
+        let options: CommandOptions = ctx
+            .options
+            .example("program", "\"/usr/local/libexec/filter\"")
+            .parse()?;
         let what = ctx.options.what().to_string();
-        let mut ok = true;
-
         // The daemon's working directory is not the config's directory:
         // resolve a relative path now, so it cannot silently mean something
         // else later.
-        let program = ctx
-            .options
-            .required_string("program")
-            .map(|p| toml::Spanned::new(p.span(), ctx.base_dir.join(p.get_ref())));
-        if let Some(p) = &program
-            && let Some(problem) = program_problem(p.get_ref(), &what)
-        {
-            ctx.options.error(p.span(), problem);
+        let program = ctx.base_dir.join(&options.program);
+        let mut ok = true;
+        if let Some(problem) = program_problem(&program, &what) {
+            let span = ctx
+                .options
+                .span_of("program")
+                .unwrap_or_else(|| ctx.options.span());
+            ctx.options.error(span, problem);
             ok = false;
         }
-        ok &= program.is_some();
-
-        let args_present = ctx.options.value("args").is_some();
-        let args = ctx.options.string_list("args");
-        ok &= !args_present || args.is_some();
-
-        let stage_present = ctx.options.value("stage").is_some();
-        let stage = match ctx.options.string("stage") {
-            None if stage_present => None,
-            None => Some(Stage::Eom),
-            Some(s) => match s.get_ref().as_str() {
-                "mail" => Some(Stage::Mail),
-                "eom" => Some(Stage::Eom),
-                other => {
-                    ctx.options.error(
-                        s.span(),
-                        format!("`stage` in {what} must be \"mail\" or \"eom\", found \"{other}\""),
-                    );
-                    None
-                }
-            },
-        };
-        ok &= stage.is_some();
-
-        let env = env_option(ctx);
-        ok &= env.is_some();
-
-        let (true, Some(program), Some(stage), Some(env)) = (ok, program, stage, env) else {
+        let env = check_env(ctx, options.env);
+        let (true, Some(env)) = (ok, env) else {
             return None;
         };
         Some(Arc::new(CommandCheck {
-            program: program.into_inner(),
-            args: args.map(|a| a.into_inner()).unwrap_or_default(),
-            stage,
+            program,
+            args: options.args.map(|a| a.0).unwrap_or_default(),
+            stage: match options.stage {
+                CommandStage::Mail => Stage::Mail,
+                CommandStage::Eom => Stage::Eom,
+            },
             env,
         }))
     }
@@ -762,7 +788,17 @@ mod tests {
             "{e}"
         );
         let e = build_err(CommandCheck::build, &config(&prog, "env = { N = 1 }"));
-        assert!(e.contains("\"N\"") && e.contains("must be a string"), "{e}");
+        assert!(
+            e.contains("`env.N`") && e.contains("must be a string"),
+            "{e}"
+        );
+        let e = build_err(
+            CommandCheck::build,
+            &config(&prog, "env = { N = \"a\\u0000b\" }"),
+        );
+        assert!(e.contains("`env.N`") && e.contains("NUL"), "{e}");
+        let e = build_err(CommandCheck::build, &config(&prog, "stage = 1"));
+        assert!(e.contains("must be \"mail\" or \"eom\", found 1"), "{e}");
         let e = build_err(
             CommandCheck::build,
             &config(&prog, "env = { DISPATCH_SENDER = \"x\" }"),
@@ -771,7 +807,10 @@ mod tests {
         let e = build_err(CommandCheck::build, &config(&prog, "env = \"A=1\""));
         assert!(e.contains("`env`"), "{e}");
         let e = build_err(CommandCheck::build, &config(&prog, "args = [1]"));
-        assert!(e.contains("`args`"), "{e}");
+        assert!(
+            e.contains("`args[0]` in check \"t\" must be a string, found 1"),
+            "{e}"
+        );
     }
 
     #[tokio::test]

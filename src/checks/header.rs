@@ -10,10 +10,24 @@
 //! case-insensitively; patterns are case-sensitive unless they use `(?i)`.
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
-use crate::config::options::Options;
+use crate::edits::valid_header_name;
 use crate::stage::Stage;
 use regex::Regex;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::fmt;
 use std::sync::Arc;
+
+/// `[checks.NAME]` with `kind = "header"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderOptions {
+    header: Option<String>,
+    pattern: Option<String>,
+    match_result: Option<StatusName>,
+    missing: Option<StatusName>,
+    reason: Option<String>,
+}
 
 pub struct HeaderCheck {
     /// `None` means every header, matched as "Name: value".
@@ -29,83 +43,64 @@ pub fn parse_status(s: &str) -> Option<Status> {
     Status::ALL.into_iter().find(|st| st.as_str() == s)
 }
 
-/// Read an optional status option. `Err` means it was present but invalid
-/// (and the error is already reported).
-fn status_option(options: &mut Options<'_, '_>, key: &'static str) -> Result<Option<Status>, ()> {
-    let Some(raw) = options.value(key) else {
-        return Ok(None);
-    };
-    if let Some(status) = raw.get_ref().as_str().and_then(parse_status) {
-        return Ok(Some(status));
-    }
-    let allowed = Status::ALL
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let found = match raw.get_ref().as_str() {
-        Some(s) => format!("\"{s}\""),
-        None => format!("a {}", raw.get_ref().type_str()),
-    };
-    let msg = format!(
-        "`{key}` in {} must be one of {allowed}, found {found}",
-        options.what()
-    );
-    options.error(raw.span(), msg);
-    Err(())
-}
+/// A status written by its name, "fail" or "softfail": the names of
+/// [`Status`], which lives with Authentication-Results and knows no serde.
+struct StatusName(Status);
 
-/// A field name is printable ASCII without a colon (RFC 5322 §3.6.8).
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')
+impl<'de> Deserialize<'de> for StatusName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusName;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let names: Vec<String> = Status::ALL.iter().map(|s| format!("\"{s}\"")).collect();
+                write!(f, "one of {}", names.join(", "))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusName, E> {
+                parse_status(v)
+                    .map(StatusName)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl HeaderCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
+        let options: HeaderOptions = ctx.options.parse()?;
         let what = ctx.options.what().to_string();
         let mut ok = true;
 
-        let header_present = ctx.options.value("header").is_some();
-        let header = ctx.options.string("header");
-        ok &= !header_present || header.is_some();
-        if let Some(h) = &header
-            && !valid_header_name(h.get_ref())
+        if let Some(h) = &options.header
+            && !valid_header_name(h)
         {
-            ctx.options.error(
-                h.span(),
-                format!(
-                    "`header` in {what} must be a header name such as \"Subject\", without a colon or spaces, found {:?}",
-                    h.get_ref()
-                ),
+            ctx.options.invalid(
+                "header",
+                format!("must be a header name such as \"Subject\", without a colon or spaces, found {h:?}"),
             );
             ok = false;
         }
 
-        let pattern_present = ctx.options.value("pattern").is_some();
-        let pattern = ctx.options.regex("pattern");
-        ok &= !pattern_present || pattern.is_some();
+        let pattern = match &options.pattern {
+            Some(p) => {
+                let re = ctx.options.compile_regex("pattern", p);
+                ok &= re.is_some();
+                re
+            }
+            None => None,
+        };
 
-        let match_raw = ctx.options.value("match_result");
-        let match_result = status_option(ctx.options, "match_result");
-        let missing_raw = ctx.options.value("missing");
-        let missing = status_option(ctx.options, "missing");
-        ok &= match_result.is_ok() && missing.is_ok();
-
-        let reason_present = ctx.options.value("reason").is_some();
-        let reason = ctx.options.string("reason");
-        ok &= !reason_present || reason.is_some();
-        if let Some(r) = &reason
-            && (r.get_ref().trim().is_empty() || r.get_ref().contains(|c: char| c.is_control()))
+        if let Some(r) = &options.reason
+            && (r.trim().is_empty() || r.contains(|c: char| c.is_control()))
         {
             // The reason may go into an SMTP reply, which is one line.
-            ctx.options.error(
-                r.span(),
-                format!("`reason` in {what} must be non-empty text on one line"),
-            );
+            ctx.options
+                .invalid("reason", "must be non-empty text on one line");
             ok = false;
         }
 
-        if !pattern_present && !header_present {
+        if options.pattern.is_none() && options.header.is_none() {
             let span = ctx.options.span();
             ctx.options.error(
                 span,
@@ -113,23 +108,17 @@ impl HeaderCheck {
             );
             ok = false;
         }
-        if let Some(raw) = &match_raw
-            && !pattern_present
-        {
-            ctx.options.error(
-                raw.span(),
-                format!("`match_result` in {what} needs `pattern`; to act on the mere presence of the header, use pattern = \"\""),
+        if options.match_result.is_some() && options.pattern.is_none() {
+            ctx.options.invalid(
+                "match_result",
+                "needs `pattern`; to act on the mere presence of the header, use pattern = \"\"",
             );
             ok = false;
         }
-        if let Some(raw) = &missing_raw
-            && !header_present
-        {
-            ctx.options.error(
-                raw.span(),
-                format!(
-                    "`missing` in {what} needs `header`: name the header whose absence it is about"
-                ),
+        if options.missing.is_some() && options.header.is_none() {
+            ctx.options.invalid(
+                "missing",
+                "needs `header`: name the header whose absence it is about",
             );
             ok = false;
         }
@@ -138,11 +127,11 @@ impl HeaderCheck {
             return None;
         }
         Some(Arc::new(HeaderCheck {
-            header: header.map(|h| h.into_inner()),
+            header: options.header,
             pattern,
-            match_result: match_result.ok().flatten().unwrap_or(Status::Fail),
-            missing: missing.ok().flatten().unwrap_or(Status::None),
-            reason: reason.map(|r| r.into_inner().trim().to_string()),
+            match_result: options.match_result.map_or(Status::Fail, |s| s.0),
+            missing: options.missing.map_or(Status::None, |s| s.0),
+            reason: options.reason.map(|r| r.trim().to_string()),
         }))
     }
 
@@ -351,6 +340,9 @@ mod tests {
         assert!(e.contains("invalid regex"), "{e}");
         let e = build_err(HeaderCheck::build, "header = \"X-Bad:\"");
         assert!(e.contains("`header`"), "{e}");
+        // The rule add_header and remove_header use too: no space either.
+        let e = build_err(HeaderCheck::build, "header = \"X Bad\"");
+        assert!(e.contains("found \"X Bad\""), "{e}");
         let e = build_err(
             HeaderCheck::build,
             "header = \"X\"\nmissing = \"fail\"\nreason = \"a\\r\\nb\"",
