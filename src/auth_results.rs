@@ -1,7 +1,11 @@
 //! Authentication-Results (RFC 8601): the result vocabulary that every
-//! method shares ([`Status`]), and reading the one part of a received
-//! header that the daemon acts on: its authserv-id (§2.2), to delete every
-//! header that claims to come from us, however the sender spelled the claim.
+//! method shares ([`Status`]), and the one typed model of a header value
+//! ([`AuthResults`], [`ResInfo`], [`Property`]) with its one builder (its
+//! `Display`) and its one parser ([`parse`], §2.2). The engine builds our
+//! header from the checks' typed results and ARC sealing copies that
+//! value; the sanitizer reads the authserv-id of received headers with the
+//! same reader, to delete every header that claims to come from us,
+//! however the sender spelled the claim.
 
 use crate::address::normalize_domain;
 use serde::Serialize;
@@ -50,69 +54,546 @@ impl fmt::Display for Status {
     }
 }
 
+/// One Authentication-Results value (RFC 8601 §2.2): who evaluated the
+/// message, and what each method found; no results reads `none`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthResults {
+    /// The authserv-id: for the headers we write, our host name.
+    pub authserv_id: String,
+    /// The authres-version after the id (absent means 1).
+    pub version: Option<u32>,
+    pub results: Vec<ResInfo>,
+}
+
+/// One method's result (a `resinfo` of §2.2), such as
+/// `dkim=pass header.d=example.org header.s=s1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResInfo {
+    /// The method (§2.7), a keyword such as `spf`.
+    pub method: String,
+    /// The method's version (`dkim/1`).
+    pub method_version: Option<u32>,
+    /// The result keyword. Ours are [`Status`] words; a received header
+    /// may hold others from the registry (`policy`, `hardfail`).
+    pub result: String,
+    /// A comment after the result: `dmarc=pass (p=reject)`.
+    pub comment: Option<String>,
+    /// The reasonspec, written quoted.
+    pub reason: Option<String>,
+    pub properties: Vec<Property>,
+}
+
+/// One propspec: `smtp.mailfrom=example.org`, perhaps followed by a
+/// comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Property {
+    /// `smtp`, `header`, `body`, `policy` (§2.3) or another keyword.
+    pub ptype: String,
+    pub name: String,
+    /// The value as meant, without the quoting it is written with.
+    pub value: String,
+    /// A comment after the value: `policy.iprev=192.0.2.1 (mx.example.org)`.
+    pub comment: Option<String>,
+}
+
+impl AuthResults {
+    pub fn new(authserv_id: impl Into<String>, results: Vec<ResInfo>) -> Self {
+        AuthResults {
+            authserv_id: authserv_id.into(),
+            version: None,
+            results,
+        }
+    }
+}
+
+impl ResInfo {
+    pub fn new(method: &str, status: Status) -> Self {
+        ResInfo {
+            method: method.to_string(),
+            method_version: None,
+            result: status.as_str().to_string(),
+            comment: None,
+            reason: None,
+            properties: Vec::new(),
+        }
+    }
+
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
+        self.comment = Some(comment.into());
+        self
+    }
+
+    pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    pub fn with_property(mut self, property: Property) -> Self {
+        self.properties.push(property);
+        self
+    }
+
+    /// The result as one of our [`Status`] words, however it is cased.
+    pub fn status(&self) -> Option<Status> {
+        Status::ALL
+            .into_iter()
+            .find(|s| self.result.eq_ignore_ascii_case(s.as_str()))
+    }
+}
+
+impl Property {
+    pub fn new(ptype: &str, name: &str, value: impl Into<String>) -> Self {
+        Property {
+            ptype: ptype.to_string(),
+            name: name.to_string(),
+            value: value.into(),
+            comment: None,
+        }
+    }
+
+    pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
+        self.comment = Some(comment.into());
+        self
+    }
+}
+
+// The builder: the one writer of Authentication-Results text. What it
+// writes is clean (no control characters; comments and quoted strings
+// escaped), so it reads back as the same value (`parse(build(x)) == x`).
+
+impl fmt::Display for AuthResults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&pvalue(&self.authserv_id))?;
+        if let Some(v) = self.version {
+            write!(f, " {v}")?;
+        }
+        if self.results.is_empty() {
+            return f.write_str("; none");
+        }
+        f.write_str("; ")?;
+        Results(&self.results).fmt(f)
+    }
+}
+
+impl fmt::Display for ResInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.method)?;
+        if let Some(v) = self.method_version {
+            write!(f, "/{v}")?;
+        }
+        write!(f, "={}", self.result)?;
+        if let Some(c) = &self.comment {
+            write_comment(f, c)?;
+        }
+        if let Some(r) = &self.reason {
+            write!(f, " reason={}", quoted(r))?;
+        }
+        for p in &self.properties {
+            write!(f, " {}.{}={}", p.ptype, p.name, property_value(&p.value))?;
+            if let Some(c) = &p.comment {
+                write_comment(f, c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Results as they follow the authserv-id: `spf=pass ...; dkim=pass ...`.
+pub struct Results<'a>(pub &'a [ResInfo]);
+
+impl fmt::Display for Results<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, r) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            r.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// A check's results, serialized as the text they are written as.
+pub(crate) fn serialize_results<S: serde::Serializer>(
+    results: &Option<Vec<ResInfo>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match results {
+        Some(r) => s.serialize_some(&Results(r).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// ` (text)`, with parentheses and backslashes escaped and control
+/// characters dropped (RFC 5322 §3.2.2).
+fn write_comment(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    f.write_str(" (")?;
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if matches!(c, '(' | ')' | '\\') {
+            f.write_str("\\")?;
+        }
+        write!(f, "{c}")?;
+    }
+    f.write_str(")")
+}
+
+/// A property's value: an IP address as itself (§2.7.3 writes
+/// `policy.iprev=192.0.2.200`, and an IPv6 address is not a token), any
+/// other value as a `value` of §2.2.
+fn property_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.parse::<std::net::IpAddr>().is_ok() {
+        value.into()
+    } else {
+        pvalue(value).into()
+    }
+}
+
+/// A `value` of RFC 8601 §2.2: an RFC 2045 token when `s` is one, else a
+/// quoted-string.
+pub fn pvalue(s: &str) -> String {
+    let token = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !TSPECIALS.contains(c));
+    if token { s.to_string() } else { quoted(s) }
+}
+
+/// An RFC 5322 quoted-string; control characters are dropped.
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Why a value is not an Authentication-Results value; `at` is a byte
+/// offset into the text read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("a comment opened at byte {at} never closes")]
+    UnterminatedComment { at: usize },
+    #[error("a quoted string opened at byte {at} never closes")]
+    UnterminatedQuote { at: usize },
+    #[error("expected {expected} at byte {at}")]
+    Expected { expected: &'static str, at: usize },
+    #[error("the number at byte {at} is too large")]
+    Number { at: usize },
+    #[error("a second reason at byte {at}")]
+    SecondReason { at: usize },
+}
+
+/// Reads an Authentication-Results value (RFC 8601 §2.2): CFWS anywhere
+/// between the parts (comments nest and hold quoted pairs), the
+/// authserv-id and version, then `none` or the results. The first comment
+/// after a result or after a property value is kept; other comments are
+/// white space. Property values are read leniently (an address such as
+/// `user@example.org` or an IPv6 address reads as itself).
+pub fn parse(value: &str) -> Result<AuthResults, ParseError> {
+    let mut lx = Lexer { s: value, pos: 0 };
+    lx.skip_cfws()?;
+    let authserv_id = lx.value()?;
+    lx.skip_cfws()?;
+    let version = if lx.peek().is_some_and(|c| c.is_ascii_digit()) {
+        let v = lx.number()?;
+        lx.skip_cfws()?;
+        Some(v)
+    } else {
+        None
+    };
+    lx.expect(';', "\";\"")?;
+    lx.skip_cfws()?;
+    let mark = lx.pos;
+    if lx.keyword_run().eq_ignore_ascii_case("none") {
+        lx.skip_cfws()?;
+        if lx.peek().is_none() {
+            return Ok(AuthResults {
+                authserv_id,
+                version,
+                results: Vec::new(),
+            });
+        }
+    }
+    lx.pos = mark;
+    Ok(AuthResults {
+        authserv_id,
+        version,
+        results: lx.results()?,
+    })
+}
+
+/// Reads results as they follow the authserv-id (`spf=pass ...; dkim=...`),
+/// without the id: what a check's results are written as.
+pub fn parse_results(text: &str) -> Result<Vec<ResInfo>, ParseError> {
+    Lexer { s: text, pos: 0 }.results()
+}
+
 /// The authserv-id an Authentication-Results value starts with: after
 /// optional CFWS (white space, folding and comments, which nest and may
 /// hold quoted pairs), a `value` of RFC 2045 §5.1, that is a token or a
 /// quoted string, whose quoted pairs stand for their character. `None` when
-/// the value does not start that way.
+/// the value does not start that way. The rest of the value is not read:
+/// the sanitizer must recognise our id in headers that are otherwise
+/// malformed.
 pub fn authserv_id(value: &str) -> Option<String> {
-    let rest = skip_cfws(value)?;
-    if let Some(quoted) = rest.strip_prefix('"') {
-        let mut id = String::new();
-        let mut chars = quoted.chars();
-        loop {
-            match chars.next()? {
-                '"' => return Some(id),
-                // A fold right after the backslash is unfolded before the
-                // pair is read (RFC 5322 §2.2.3): the break is no part of
-                // the id, and no id holds a line break.
-                '\\' => match chars.next()? {
-                    '\r' | '\n' => {}
-                    c => id.push(c),
-                },
-                // Folding inside a quoted string is white space.
-                '\r' | '\n' => {}
-                c => id.push(c),
-            }
-        }
-    }
-    let end = rest
-        .find(|c: char| c.is_whitespace() || c.is_control() || TSPECIALS.contains(c))
-        .unwrap_or(rest.len());
-    (end > 0).then(|| rest[..end].to_string())
+    let mut lx = Lexer { s: value, pos: 0 };
+    lx.skip_cfws().ok()?;
+    lx.value().ok()
 }
 
 /// RFC 2045 §5.1: the characters a token cannot hold.
 const TSPECIALS: &str = "()<>@,;:\\\"/[]?=";
 
-/// What follows leading white space and comments; `None` for a comment
-/// that never closes.
-fn skip_cfws(s: &str) -> Option<&str> {
-    let mut rest = s;
-    loop {
-        rest = rest.trim_start();
-        let Some(comment) = rest.strip_prefix('(') else {
-            return Some(rest);
-        };
-        let mut depth = 1u32;
-        let mut chars = comment.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '\\' => {
-                    chars.next()?;
-                }
-                '(' => depth += 1,
-                ')' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break i + 1;
-                    }
-                }
-                _ => {}
+/// A cursor over the text; every step moves by whole characters, so no
+/// slice falls inside one.
+struct Lexer<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    fn peek(&self) -> Option<char> {
+        self.s.get(self.pos..)?.chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+
+    fn expect(&mut self, c: char, expected: &'static str) -> Result<(), ParseError> {
+        if self.peek() == Some(c) {
+            self.bump();
+            Ok(())
+        } else {
+            Err(ParseError::Expected {
+                expected,
+                at: self.pos,
+            })
+        }
+    }
+
+    /// The longest run of characters that `keep` accepts.
+    fn run(&mut self, keep: impl Fn(char) -> bool) -> &'a str {
+        let s: &'a str = self.s;
+        let start = self.pos;
+        while self.peek().is_some_and(&keep) {
+            self.bump();
+        }
+        s.get(start..self.pos).unwrap_or_default()
+    }
+
+    fn skip_cfws(&mut self) -> Result<(), ParseError> {
+        self.cfws(&mut None)
+    }
+
+    /// White space, folding and comments; the text of the first comment
+    /// goes to `first` if it is empty.
+    fn cfws(&mut self, first: &mut Option<String>) -> Result<(), ParseError> {
+        loop {
+            self.run(char::is_whitespace);
+            if self.peek() != Some('(') {
+                return Ok(());
             }
+            let at = self.pos;
+            self.bump();
+            let unterminated = ParseError::UnterminatedComment { at };
+            let mut depth = 1usize;
+            let mut text = String::new();
+            loop {
+                match self.bump().ok_or_else(|| unterminated.clone())? {
+                    '\\' => match self.bump().ok_or_else(|| unterminated.clone())? {
+                        '\r' | '\n' => {}
+                        c => text.push(c),
+                    },
+                    '(' => {
+                        depth += 1;
+                        text.push('(');
+                    }
+                    ')' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                        text.push(')');
+                    }
+                    // Folding is white space; the break itself is no text.
+                    '\r' | '\n' => {}
+                    c => text.push(c),
+                }
+            }
+            if first.is_none() {
+                *first = Some(text);
+            }
+        }
+    }
+
+    /// A quoted-string, at its opening quote: what it stands for.
+    fn quoted(&mut self) -> Result<String, ParseError> {
+        let at = self.pos;
+        let unterminated = ParseError::UnterminatedQuote { at };
+        self.bump();
+        let mut out = String::new();
+        loop {
+            match self.bump().ok_or_else(|| unterminated.clone())? {
+                '"' => return Ok(out),
+                // A fold right after the backslash is unfolded before the
+                // pair is read (RFC 5322 §2.2.3): the break is no part of
+                // the value, and no value holds a line break.
+                '\\' => match self.bump().ok_or_else(|| unterminated.clone())? {
+                    '\r' | '\n' => {}
+                    c => out.push(c),
+                },
+                // Folding inside a quoted string is white space.
+                '\r' | '\n' => {}
+                c => out.push(c),
+            }
+        }
+    }
+
+    /// A `value` of RFC 2045 §5.1: a token or a quoted-string.
+    fn value(&mut self) -> Result<String, ParseError> {
+        if self.peek() == Some('"') {
+            return self.quoted();
+        }
+        let at = self.pos;
+        let token = self.run(|c| !(c.is_whitespace() || c.is_control() || TSPECIALS.contains(c)));
+        if token.is_empty() {
+            return Err(ParseError::Expected {
+                expected: "a token or a quoted string",
+                at,
+            });
+        }
+        Ok(token.to_string())
+    }
+
+    /// A property's value: a `value`, an address whose local part may be
+    /// quoted (kept as written), or anything up to white space, a comment
+    /// or the next `;` (IPv6 addresses, base64 that is not quoted).
+    fn pvalue(&mut self) -> Result<String, ParseError> {
+        let at = self.pos;
+        let raw = |c: char| !(c.is_whitespace() || c.is_control() || "();\"".contains(c));
+        if self.peek() == Some('"') {
+            let meant = self.quoted()?;
+            if self.peek() != Some('@') {
+                return Ok(meant);
+            }
+            self.run(raw);
+            return Ok(self.s.get(at..self.pos).unwrap_or_default().to_string());
+        }
+        let value = self.run(raw);
+        if value.is_empty() {
+            return Err(ParseError::Expected {
+                expected: "a property value",
+                at,
+            });
+        }
+        Ok(value.to_string())
+    }
+
+    /// An ldh-str (§2.2 `Keyword`), possibly empty; `_` is accepted too,
+    /// as some writers use it.
+    fn keyword_run(&mut self) -> &'a str {
+        self.run(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    }
+
+    fn keyword(&mut self, expected: &'static str) -> Result<String, ParseError> {
+        let at = self.pos;
+        match self.keyword_run() {
+            "" => Err(ParseError::Expected { expected, at }),
+            k => Ok(k.to_string()),
+        }
+    }
+
+    fn number(&mut self) -> Result<u32, ParseError> {
+        let at = self.pos;
+        let digits = self.run(|c| c.is_ascii_digit());
+        if digits.is_empty() {
+            return Err(ParseError::Expected {
+                expected: "a version number",
+                at,
+            });
+        }
+        digits.parse().map_err(|_| ParseError::Number { at })
+    }
+
+    /// `resinfo *(";" resinfo)` to the end of the text.
+    fn results(&mut self) -> Result<Vec<ResInfo>, ParseError> {
+        let mut out = Vec::new();
+        loop {
+            out.push(self.resinfo()?);
+            if self.peek().is_none() {
+                return Ok(out);
+            }
+            self.expect(';', "\";\"")?;
+        }
+    }
+
+    /// One resinfo, up to the end or the next `;`.
+    fn resinfo(&mut self) -> Result<ResInfo, ParseError> {
+        self.skip_cfws()?;
+        let method = self.keyword("a method")?;
+        self.skip_cfws()?;
+        let method_version = if self.peek() == Some('/') {
+            self.bump();
+            self.skip_cfws()?;
+            let v = self.number()?;
+            self.skip_cfws()?;
+            Some(v)
+        } else {
+            None
         };
-        rest = &comment[end..];
+        self.expect('=', "\"=\" after the method")?;
+        self.skip_cfws()?;
+        let result = self.keyword("a result")?;
+        let mut comment = None;
+        self.cfws(&mut comment)?;
+        let mut info = ResInfo {
+            method,
+            method_version,
+            result,
+            comment,
+            reason: None,
+            properties: Vec::new(),
+        };
+        loop {
+            if matches!(self.peek(), None | Some(';')) {
+                return Ok(info);
+            }
+            let at = self.pos;
+            let word = self.keyword("a reason or a property")?;
+            self.skip_cfws()?;
+            if self.peek() == Some('=') && word.eq_ignore_ascii_case("reason") {
+                if info.reason.is_some() {
+                    return Err(ParseError::SecondReason { at });
+                }
+                self.bump();
+                self.skip_cfws()?;
+                info.reason = Some(self.value()?);
+                self.cfws(&mut info.comment)?;
+                continue;
+            }
+            self.expect('.', "\".\" after the property type")?;
+            self.skip_cfws()?;
+            let name = self.keyword("a property name")?;
+            self.skip_cfws()?;
+            self.expect('=', "\"=\" after the property")?;
+            self.skip_cfws()?;
+            let value = self.pvalue()?;
+            let mut comment = None;
+            self.cfws(&mut comment)?;
+            info.properties.push(Property {
+                ptype: word,
+                name,
+                value,
+                comment,
+            });
+        }
     }
 }
 
@@ -200,10 +681,289 @@ mod tests {
         }
     }
 
+    #[test]
+    fn builds_what_the_checks_write() {
+        let from = Property::new("header", "from", "example.org");
+        let ours = AuthResults::new(
+            "mx.example.org",
+            vec![
+                ResInfo::new("spf", Status::Pass).with_property(Property::new(
+                    "smtp",
+                    "helo",
+                    "[192.0.2.1]",
+                )),
+                ResInfo::new("dkim", Status::Neutral)
+                    .with_reason("2 more signatures not checked (at most 5 are)"),
+                ResInfo::new("dkim", Status::Pass)
+                    .with_property(Property::new("header", "d", "a.example"))
+                    .with_property(Property::new("header", "b", "ab/cd+ef")),
+                ResInfo::new("dmarc", Status::Pass)
+                    .with_comment("p=reject dis=none")
+                    .with_property(from),
+                ResInfo::new("iprev", Status::Pass).with_property(
+                    Property::new("policy", "iprev", "2001:db8::1").with_comment("mx.a.example"),
+                ),
+                ResInfo::new("arc", Status::None),
+            ],
+        );
+        let text = "mx.example.org; spf=pass smtp.helo=\"[192.0.2.1]\"; \
+            dkim=neutral reason=\"2 more signatures not checked (at most 5 are)\"; \
+            dkim=pass header.d=a.example header.b=\"ab/cd+ef\"; \
+            dmarc=pass (p=reject dis=none) header.from=example.org; \
+            iprev=pass policy.iprev=2001:db8::1 (mx.a.example); arc=none";
+        assert_eq!(ours.to_string(), text);
+        assert_eq!(parse(text), Ok(ours));
+        assert_eq!(
+            AuthResults::new("mx.example.org", Vec::new()).to_string(),
+            "mx.example.org; none"
+        );
+        // What cannot stand in a comment or a quoted string is escaped or
+        // dropped, so the text still reads as what was meant.
+        let hostile = ResInfo::new("x", Status::Fail)
+            .with_comment("a) (b\\\r\n")
+            .with_reason("say \"hi\"\0");
+        assert_eq!(
+            hostile.to_string(),
+            "x=fail (a\\) \\(b\\\\) reason=\"say \\\"hi\\\"\""
+        );
+    }
+
+    /// The examples of RFC 8601 Appendix B, comments everywhere included.
+    #[test]
+    fn reads_the_rfc_examples() {
+        let r = parse("example.org 1; none").unwrap();
+        assert_eq!(
+            (r.authserv_id.as_str(), r.version),
+            ("example.org", Some(1))
+        );
+        assert!(r.results.is_empty());
+
+        let r = parse(
+            "example.com;\r\n  auth=pass (cram-md5) smtp.auth=sender@example.net;\r\n  spf=pass smtp.mailfrom=example.net",
+        )
+        .unwrap();
+        assert_eq!(r.results.len(), 2);
+        assert_eq!(r.results[0].comment.as_deref(), Some("cram-md5"));
+        assert_eq!(r.results[0].properties[0].value, "sender@example.net");
+        assert_eq!(r.results[1].status(), Some(Status::Pass));
+
+        let r = parse(
+            "foo.example.net (foobar) 1 (baz);\r\n    dkim (Because I like it) / 1 (One yay) = (wait for it) fail\r\n      policy (A dot can go here) . (like that) expired\r\n      (this surprised me) = (as I wasn't expecting it) 1362471462",
+        )
+        .unwrap();
+        assert_eq!(r.version, Some(1));
+        let dkim = &r.results[0];
+        assert_eq!(
+            (dkim.method.as_str(), dkim.method_version),
+            ("dkim", Some(1))
+        );
+        assert_eq!(dkim.result, "fail");
+        // Comments before a value are white space; only one after it is
+        // the property's.
+        assert_eq!(
+            dkim.properties,
+            [Property::new("policy", "expired", "1362471462")]
+        );
+
+        // A quoted local part stays as written; `reason` may be a token.
+        let r = parse("mx; x=pass reason=why smtp.mailfrom=\"a b\"@example.org").unwrap();
+        assert_eq!(r.results[0].reason.as_deref(), Some("why"));
+        assert_eq!(r.results[0].properties[0].value, "\"a b\"@example.org");
+        // A method may be called `none`.
+        assert_eq!(parse("mx; none=pass").unwrap().results[0].method, "none");
+    }
+
+    #[test]
+    fn malformed_values_are_errors() {
+        use ParseError::*;
+        for (value, error) in [
+            (
+                "",
+                Expected {
+                    expected: "a token or a quoted string",
+                    at: 0,
+                },
+            ),
+            (
+                "mx.example.org",
+                Expected {
+                    expected: "\";\"",
+                    at: 14,
+                },
+            ),
+            (
+                "mx;",
+                Expected {
+                    expected: "a method",
+                    at: 3,
+                },
+            ),
+            (
+                "mx; none junk",
+                Expected {
+                    expected: "\"=\" after the method",
+                    at: 9,
+                },
+            ),
+            (
+                "mx; spf",
+                Expected {
+                    expected: "\"=\" after the method",
+                    at: 7,
+                },
+            ),
+            (
+                "mx; spf=",
+                Expected {
+                    expected: "a result",
+                    at: 8,
+                },
+            ),
+            (
+                "mx; spf=pass smtp",
+                Expected {
+                    expected: "\".\" after the property type",
+                    at: 17,
+                },
+            ),
+            (
+                "mx; spf=pass smtp.mailfrom=",
+                Expected {
+                    expected: "a property value",
+                    at: 27,
+                },
+            ),
+            (
+                "mx; spf=pass; ",
+                Expected {
+                    expected: "a method",
+                    at: 14,
+                },
+            ),
+            ("(open mx; none", UnterminatedComment { at: 0 }),
+            ("mx; spf=pass (a (b) c", UnterminatedComment { at: 13 }),
+            ("mx; spf=pass (a \\", UnterminatedComment { at: 13 }),
+            ("\"mx; none", UnterminatedQuote { at: 0 }),
+            ("mx; x=y reason=\"open", UnterminatedQuote { at: 15 }),
+            ("mx; x=y a.b=\"c\\\"", UnterminatedQuote { at: 12 }),
+            ("mx 99999999999; none", Number { at: 3 }),
+            ("mx; x/4294967296=y", Number { at: 6 }),
+            ("mx; x=y reason=a reason=b", SecondReason { at: 17 }),
+        ] {
+            assert_eq!(parse(value), Err(error), "{value:?}");
+        }
+        assert!(parse_results("spf=pass smtp.mailfrom=a.example; dkim=none").is_ok());
+        assert!(parse_results("").is_err());
+    }
+
+    /// Deep nesting, long runs and many results take time in proportion to
+    /// their length and no stack.
+    #[test]
+    fn huge_values() {
+        let n = 100_000;
+        let deep = format!("mx; x=y {}{}", "(".repeat(n), ")".repeat(n));
+        let r = parse(&deep).unwrap();
+        assert_eq!(
+            r.results[0].comment.as_ref().map(String::len),
+            Some(2 * (n - 1))
+        );
+        let open = format!("mx; x=y {}", "(".repeat(n));
+        assert_eq!(parse(&open), Err(ParseError::UnterminatedComment { at: 8 }));
+        let many = format!(
+            "mx; {}",
+            vec!["spf=pass smtp.mailfrom=a.example"; n].join("; ")
+        );
+        assert_eq!(parse(&many).unwrap().results.len(), n);
+        let long = format!("mx; x=y a.b={}", "v".repeat(10 * n));
+        assert_eq!(
+            parse(&long).unwrap().results[0].properties[0].value.len(),
+            10 * n
+        );
+        let quotes = format!("mx; x=y a.b=\"{}", "\\\"".repeat(n));
+        assert!(matches!(
+            parse(&quotes),
+            Err(ParseError::UnterminatedQuote { .. })
+        ));
+        let digits = format!("mx {}; none", "9".repeat(n));
+        assert_eq!(parse(&digits), Err(ParseError::Number { at: 3 }));
+    }
+
+    fn keyword() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9][a-zA-Z0-9_-]{0,8}"
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof!["[ -~]{0,12}", "\\PC{0,8}", "[a-z.]{1,12}"]
+    }
+
+    fn property() -> impl Strategy<Value = Property> {
+        let value = prop_oneof![
+            text(),
+            any::<std::net::IpAddr>().prop_map(|ip| ip.to_string()),
+            "[a-z]{1,6}@[a-z.]{1,8}",
+        ];
+        (keyword(), keyword(), value, proptest::option::of(text())).prop_map(
+            |(ptype, name, value, comment)| Property {
+                ptype,
+                name,
+                value,
+                comment,
+            },
+        )
+    }
+
+    fn resinfo() -> impl Strategy<Value = ResInfo> {
+        (
+            keyword(),
+            proptest::option::of(any::<u32>()),
+            keyword(),
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::collection::vec(property(), 0..4),
+        )
+            .prop_map(
+                |(method, method_version, result, comment, reason, properties)| ResInfo {
+                    method,
+                    method_version,
+                    result,
+                    comment,
+                    reason,
+                    properties,
+                },
+            )
+    }
+
+    fn auth_results() -> impl Strategy<Value = AuthResults> {
+        (
+            text(),
+            proptest::option::of(any::<u32>()),
+            proptest::collection::vec(resinfo(), 0..4),
+        )
+            .prop_map(|(authserv_id, version, results)| AuthResults {
+                authserv_id,
+                version,
+                results,
+            })
+    }
+
     proptest! {
         #[test]
         fn never_panics(value in any::<String>()) {
             let _ = claims(&value, "mx.example.org");
+            let _ = parse(&value);
+            let _ = parse_results(&value);
+        }
+
+        #[test]
+        fn what_is_built_reads_back(x in auth_results()) {
+            let text = x.to_string();
+            prop_assert_eq!(parse(&text), Ok(x.clone()), "{}", text);
+            // The sanitizer reads the same id, and the text is already
+            // what a header value is sanitized into.
+            prop_assert_eq!(authserv_id(&text), Some(x.authserv_id.clone()));
+            prop_assert_eq!(crate::edits::sanitize_value(&text), text.clone());
+            prop_assert_eq!(parse_results(&Results(&x.results).to_string()).ok(),
+                (!x.results.is_empty()).then(|| x.results.clone()));
         }
 
         #[test]

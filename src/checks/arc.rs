@@ -27,7 +27,7 @@ use std::sync::Arc;
 /// The check result for validated facts.
 pub fn result(f: &ArcFacts) -> CheckResult {
     let mut r = CheckResult::with_reason(f.status, f.reason.clone());
-    r.auth_results = Some(format!("arc={}", f.status));
+    r.auth_results = Some(vec![crate::auth_results::ResInfo::new("arc", f.status)]);
     r
 }
 
@@ -122,7 +122,7 @@ mod tests {
             r.reason.as_deref(),
             Some("ARC pass, 2 set(s), newest seal by list.example")
         );
-        assert_eq!(r.auth_results.as_deref(), Some("arc=pass"));
+        assert_eq!(r.auth_text().as_deref(), Some("arc=pass"));
         let f = facts_from(&DkimResult::Fail(Error::Arc(ArcError::InvalidCV)), 1, None);
         assert_eq!(f.status, Status::Fail);
         assert!(
@@ -131,7 +131,7 @@ mod tests {
             f.reason
         );
         let f = facts_from(&DkimResult::None, 0, None);
-        assert_eq!(result(&f).auth_results.as_deref(), Some("arc=none"));
+        assert_eq!(result(&f).auth_text().as_deref(), Some("arc=none"));
         assert_eq!(f.reason, "no ARC chain");
     }
 
@@ -159,6 +159,6 @@ mod tests {
         }));
         let r = run(&check, i).await;
         assert_eq!(r.status, Status::None);
-        assert_eq!(r.auth_results.as_deref(), Some("arc=none"));
+        assert_eq!(r.auth_text().as_deref(), Some("arc=none"));
     }
 }

@@ -55,9 +55,9 @@
 //! check is configured). DMARC judges
 //! signatures with the defaults above, whatever a `dkim` check's options.
 
-use super::spf::pvalue;
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early, Status};
 use crate::auth::dkim::{DkimFacts, MAX_SIGNATURES, SignatureFacts, TRUNCATED};
+use crate::auth_results::{Property, ResInfo};
 use crate::dns::Dns;
 use crate::stage::Stage;
 use mail_auth::common::crypto::CryptoError;
@@ -169,23 +169,21 @@ fn b_prefix(b: &[u8]) -> String {
 }
 
 /// `dkim=pass header.d=example.org header.s=sel header.b=AbCdEfGh`.
-fn fragment(f: &SignatureFacts, v: &Verdict) -> String {
+fn fragment(f: &SignatureFacts, v: &Verdict) -> ResInfo {
+    let r = ResInfo::new("dkim", v.status);
     match &f.signature {
         Some(sig) => {
-            let mut s = format!(
-                "dkim={} header.d={} header.s={}",
-                v.status,
-                pvalue(&sig.d),
-                pvalue(&sig.s)
-            );
+            let r = r
+                .with_property(Property::new("header", "d", sig.d.as_str()))
+                .with_property(Property::new("header", "s", sig.s.as_str()));
             let b = b_prefix(&sig.b);
-            if !b.is_empty() {
-                s.push_str(" header.b=");
-                s.push_str(&pvalue(&b));
+            if b.is_empty() {
+                r
+            } else {
+                r.with_property(Property::new("header", "b", b))
             }
-            s
         }
-        None => format!("dkim={} reason={}", v.status, super::spf::quoted(&v.reason)),
+        None => r.with_reason(v.reason.as_str()),
     }
 }
 
@@ -200,7 +198,7 @@ fn who(f: &SignatureFacts) -> String {
 pub fn summarise(memo: &DkimFacts, j: Judge) -> CheckResult {
     if memo.signatures.is_empty() {
         let mut r = CheckResult::with_reason(Status::None, "no DKIM signature");
-        r.auth_results = Some("dkim=none".into());
+        r.auth_results = Some(vec![ResInfo::new("dkim", Status::None)]);
         return r;
     }
     let verdicts: Vec<Verdict> = memo.signatures.iter().map(|f| judge(f, j)).collect();
@@ -231,19 +229,18 @@ pub fn summarise(memo: &DkimFacts, j: Judge) -> CheckResult {
         _ => (Status::None, "no DKIM signature".to_string()),
     };
     let mut r = CheckResult::with_reason(status, reason);
-    let mut fragments: Vec<String> = memo
+    let mut fragments: Vec<ResInfo> = memo
         .signatures
         .iter()
         .zip(&verdicts)
         .map(|(f, v)| fragment(f, v))
         .collect();
     if memo.unchecked > 0 {
-        fragments.push(format!(
-            "dkim=neutral reason={}",
-            super::spf::quoted(&unchecked_reason(memo.unchecked))
-        ));
+        fragments.push(
+            ResInfo::new("dkim", Status::Neutral).with_reason(unchecked_reason(memo.unchecked)),
+        );
     }
-    r.auth_results = Some(fragments.join("; "));
+    r.auth_results = Some(fragments);
     r
 }
 

@@ -98,6 +98,7 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early,
 use crate::address::normalize_domain;
 use crate::auth::dkim::DkimFacts;
 use crate::auth::dmarc::{evaluate, lookups, record};
+use crate::auth_results::{Property, ResInfo};
 use crate::dns::Dns;
 use crate::message::address_list::{Unreadable, address_list};
 use crate::stage::Stage;
@@ -183,25 +184,25 @@ fn apply_test_and_pct(
     }
 }
 
-fn with_auth(mut r: CheckResult, fragment: String) -> CheckResult {
-    r.auth_results = Some(fragment);
+fn with_auth(mut r: CheckResult, result: ResInfo) -> CheckResult {
+    r.auth_results = Some(vec![result]);
     r
 }
 
 /// `with_auth` for a result whose policy comment ends with what became of
 /// the message (`dmarc=pass (p=reject dis=none) header.from=...`): the
-/// comment is `comment` inside the parentheses, the engine inserts the
-/// disposition before the closing one.
+/// comment is `comment`, to which the engine adds the disposition.
 fn with_policy_auth(
     r: CheckResult,
-    method_result: &str,
+    result: Status,
     comment: &str,
-    header_from: &str,
+    header_from: Property,
 ) -> CheckResult {
-    let open = format!("{method_result} ({comment}");
-    let at = open.len();
-    let mut r = with_auth(r, format!("{open}) {header_from}"));
-    r.auth_disposition_at = Some(at);
+    let result = ResInfo::new("dmarc", result)
+        .with_comment(comment)
+        .with_property(header_from);
+    let mut r = with_auth(r, result);
+    r.auth_disposition = true;
     r
 }
 
@@ -404,7 +405,7 @@ impl DmarcCheck {
             Err(why) => {
                 return with_auth(
                     CheckResult::permerror(why.to_string()),
-                    "dmarc=permerror".into(),
+                    ResInfo::new("dmarc", Status::Permerror),
                 );
             }
         };
@@ -432,7 +433,7 @@ impl DmarcCheck {
             },
         )
         .await;
-        let header_from = format!("header.from={}", pvalue(&author));
+        let header_from = Property::new("header", "from", author.as_str());
         match evaluated {
             Outcome::Pass {
                 spf,
@@ -451,14 +452,14 @@ impl DmarcCheck {
                         Status::Pass,
                         format!("DMARC pass for {author} ({how})"),
                     ),
-                    "dmarc=pass",
+                    Status::Pass,
                     &format!("{}={policy}", tag.as_str()),
-                    &header_from,
+                    header_from,
                 )
             }
             Outcome::NoPolicy => with_auth(
                 CheckResult::with_reason(Status::None, format!("no DMARC policy for {author}")),
-                format!("dmarc=none {header_from}"),
+                ResInfo::new("dmarc", Status::None).with_property(header_from),
             ),
             Outcome::Unusable { policy_domain } => with_auth(
                 CheckResult::with_reason(
@@ -467,11 +468,13 @@ impl DmarcCheck {
                         "the DMARC record of {policy_domain} has an invalid policy and no valid rua: no policy applies to {author}"
                     ),
                 ),
-                format!("dmarc=permerror (unusable policy record) {header_from}"),
+                ResInfo::new("dmarc", Status::Permerror)
+                    .with_comment("unusable policy record")
+                    .with_property(header_from),
             ),
             Outcome::TempError(e) => with_auth(
                 CheckResult::temperror(format!("DMARC temperror for {author}: {e}")),
-                format!("dmarc=temperror {header_from}"),
+                ResInfo::new("dmarc", Status::Temperror).with_property(header_from),
             ),
             Outcome::Fail {
                 tag,
@@ -484,9 +487,9 @@ impl DmarcCheck {
                     let why = format!("DMARC fail overridden by trusted ARC sealer {sealer}");
                     return with_policy_auth(
                         CheckResult::with_reason(Status::Pass, why),
-                        "dmarc=fail",
+                        Status::Fail,
                         &format!("overridden by trusted ARC sealer {sealer}"),
-                        &header_from,
+                        header_from,
                     );
                 }
                 let tag = tag.as_str();
@@ -508,9 +511,9 @@ impl DmarcCheck {
                         status_for(self.mode, applied),
                         format!("DMARC fail for {author} ({tag}={policy}{note})"),
                     ),
-                    "dmarc=fail",
+                    Status::Fail,
                     &format!("{tag}={policy}{comment}"),
-                    &header_from,
+                    header_from,
                 )
             }
         }
@@ -696,7 +699,7 @@ mod tests {
             r.reason.as_deref(),
             Some("DMARC needs exactly one From header, found 0")
         );
-        assert_eq!(r.auth_results.as_deref(), Some("dmarc=permerror"));
+        assert_eq!(r.auth_text().as_deref(), Some("dmarc=permerror"));
         let r = with_from(&["a@example.org", "b@example.org"]).await;
         assert_eq!(r.status, Status::Permerror);
         let r = with_from(&["a@example.org, b@example.net"]).await;

@@ -15,6 +15,7 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
+use crate::auth_results::{Property, ResInfo};
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -52,10 +53,12 @@ fn usable_names(names: &[String]) -> Vec<String> {
 /// the confirmed name goes in a comment.
 fn result(status: Status, ip: IpAddr, name: Option<&str>, reason: String) -> CheckResult {
     let mut r = CheckResult::with_reason(status, reason);
-    r.auth_results = Some(match name {
-        Some(n) => format!("iprev={status} policy.iprev={ip} ({n})"),
-        None => format!("iprev={status} policy.iprev={ip}"),
-    });
+    let property = Property::new("policy", "iprev", ip.to_string());
+    let property = match name {
+        Some(n) => property.with_comment(n),
+        None => property,
+    };
+    r.auth_results = Some(vec![ResInfo::new("iprev", status).with_property(property)]);
     r
 }
 
@@ -197,12 +200,12 @@ mod tests {
         let ip: IpAddr = "192.0.2.10".parse().unwrap();
         let r = result(Status::Pass, ip, Some("mail.example.net"), "x".into());
         assert_eq!(
-            r.auth_results.as_deref(),
+            r.auth_text().as_deref(),
             Some("iprev=pass policy.iprev=192.0.2.10 (mail.example.net)")
         );
         let r = result(Status::Fail, ip, None, "x".into());
         assert_eq!(
-            r.auth_results.as_deref(),
+            r.auth_text().as_deref(),
             Some("iprev=fail policy.iprev=192.0.2.10")
         );
     }

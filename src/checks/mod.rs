@@ -5,6 +5,7 @@
 
 use crate::auth::Evidence;
 pub use crate::auth_results::Status;
+use crate::auth_results::{ResInfo, Results};
 use crate::config::options::Options;
 use crate::message::{ConnectionFacts, Envelope, Message};
 use crate::stage::Stage;
@@ -71,14 +72,17 @@ pub struct CheckResult {
     pub reason: Option<String>,
     /// A score the check suggests, used by the `score` action without a number.
     pub score: Option<f64>,
-    /// A `method=result` fragment for Authentication-Results (RFC 8601 §2.2),
-    /// such as `spf=pass smtp.mailfrom=example.org`.
-    pub auth_results: Option<String>,
-    /// Where in `auth_results` the message's disposition goes (` dis=none`
-    /// or ` dis=quarantine`, as OpenDMARC writes it), as a byte offset:
-    /// only the engine knows what the whole policy did with the message.
+    /// The check's results for Authentication-Results (RFC 8601 §2.2),
+    /// such as `spf=pass smtp.mailfrom=example.org`; `None` when the check
+    /// reports none of its own.
+    #[serde(serialize_with = "crate::auth_results::serialize_results")]
+    pub auth_results: Option<Vec<ResInfo>>,
+    /// Whether the comment of each of `auth_results` ends with the
+    /// message's disposition (` dis=none` or ` dis=quarantine`, as
+    /// OpenDMARC writes it): only the engine knows what the whole policy
+    /// did with the message.
     #[serde(skip)]
-    pub auth_disposition_at: Option<usize>,
+    pub auth_disposition: bool,
     /// Headers to add when the message is accepted (`Received-SPF`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub add_headers: Vec<(String, String)>,
@@ -91,7 +95,7 @@ impl CheckResult {
             reason: None,
             score: None,
             auth_results: None,
-            auth_disposition_at: None,
+            auth_disposition: false,
             add_headers: Vec::new(),
         }
     }
@@ -101,6 +105,12 @@ impl CheckResult {
             reason: Some(reason.into()),
             ..CheckResult::new(status)
         }
+    }
+
+    /// The results as Authentication-Results writes them (without the
+    /// disposition), as tests and logs read them.
+    pub fn auth_text(&self) -> Option<String> {
+        self.auth_results.as_deref().map(|r| Results(r).to_string())
     }
 
     pub fn pass() -> Self {

@@ -70,28 +70,10 @@ const IDENTITIES: [(&str, Identity); 3] = [
     ("both", Identity::Both),
 ];
 
-/// A `value` of RFC 8601 §2.2 (RFC 2045 token or quoted-string).
-pub fn pvalue(s: &str) -> String {
-    const TSPECIALS: &str = "()<>@,;:\\\"/[]?=";
-    let token = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_graphic() && !TSPECIALS.contains(c));
-    if token { s.to_string() } else { quoted(s) }
-}
-
-/// An RFC 5322 quoted-string; control characters are dropped.
-pub fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars().filter(|c| !c.is_control()) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
+// The `value` and quoted-string writers of Authentication-Results, which
+// Received-SPF and reasons use too.
+use crate::auth_results::{Property, ResInfo};
+pub use crate::auth_results::{pvalue, quoted};
 
 /// An RFC 5322 dot-atom when `s` is one, else a quoted-string.
 fn dot_atom_or_quoted(s: &str) -> String {
@@ -133,22 +115,23 @@ fn printable(s: &str, max: usize) -> String {
     clean.trim().to_string()
 }
 
-/// The identity property of an Authentication-Results fragment.
-fn property(o: &SpfOutcome) -> Option<String> {
+/// The identity property of an Authentication-Results result.
+fn property(o: &SpfOutcome) -> Option<Property> {
     match o.checked {
-        Checked::Helo if !o.helo.is_empty() => Some(format!("smtp.helo={}", pvalue(&o.helo))),
+        Checked::Helo if !o.helo.is_empty() => Some(Property::new("smtp", "helo", o.helo.as_str())),
         Checked::MailFrom if !o.domain.is_empty() => {
-            Some(format!("smtp.mailfrom={}", pvalue(&o.domain)))
+            Some(Property::new("smtp", "mailfrom", o.domain.as_str()))
         }
         _ => None,
     }
 }
 
 /// `spf=pass smtp.mailfrom=example.org`.
-pub fn fragment(o: &SpfOutcome) -> String {
+pub fn fragment(o: &SpfOutcome) -> ResInfo {
+    let r = ResInfo::new("spf", o.status());
     match property(o) {
-        Some(p) => format!("spf={} {p}", o.status()),
-        None => format!("spf={}", o.status()),
+        Some(p) => r.with_property(p),
+        None => r,
     }
 }
 
@@ -331,8 +314,7 @@ impl SpfCheck {
                 .into_iter()
                 .chain([deciding])
                 .map(fragment)
-                .collect::<Vec<_>>()
-                .join("; "),
+                .collect(),
         );
         if self.received_spf {
             result

@@ -2,6 +2,7 @@
 //! scores, recipients), dry run, and the one ordered edit list.
 
 use super::*;
+use crate::auth_results::{AuthResults, ResInfo};
 use crate::edits::InvalidHeaderName;
 use crate::policy::PipelineSettings;
 
@@ -170,10 +171,11 @@ impl Session {
     /// then ours goes on top, followed by extra trace headers checks asked
     /// for (Received-SPF). A check that reports a method but ended without
     /// a fragment (timed out, panicked) is shown as `method=temperror`.
-    /// A fragment that asks for it gets the message's disposition (DMARC's
+    /// A check that asks for it gets the message's disposition (DMARC's
     /// `dis=`): `quarantine` when the message goes on hold, `none` when it
     /// is delivered (edits, and so this header, exist for nothing else;
     /// in dry run the message is delivered whatever the policy said).
+    /// Returns the header added, for ARC sealing to copy.
     fn authentication_results(
         &self,
         pipeline: &Pipeline,
@@ -181,12 +183,12 @@ impl Session {
         decision: &Decision,
         checks: &[CheckId],
         edits: &mut EditList,
-    ) -> Result<(), InvalidHeaderName> {
+    ) -> Result<Option<AuthResults>, InvalidHeaderName> {
         let disposition = match decision.verdict() {
             Verdict::Quarantine if !pipeline.settings.dry_run => "quarantine",
             _ => "none",
         };
-        let mut fragments = Vec::new();
+        let mut results = Vec::new();
         let mut extra = Vec::new();
         for &id in checks {
             if let Some(f) = self.runner.finished(id) {
@@ -194,12 +196,14 @@ impl Session {
                     &f.result.auth_results,
                     self.policy.checks[id].check.auth_method(),
                 ) {
-                    (Some(frag), _) => {
-                        let frag =
-                            with_disposition(frag, f.result.auth_disposition_at, disposition);
-                        fragments.push(crate::edits::sanitize_value(&frag))
+                    (Some(own), _) => {
+                        let start = results.len();
+                        results.extend(own.iter().cloned());
+                        if f.result.auth_disposition {
+                            add_disposition(&mut results[start..], disposition);
+                        }
                     }
-                    (None, Some(method)) => fragments.push(format!("{method}={}", f.result.status)),
+                    (None, Some(method)) => results.push(ResInfo::new(method, f.result.status)),
                     (None, None) => {}
                 }
                 extra.extend(f.result.add_headers.iter().cloned());
@@ -211,17 +215,18 @@ impl Session {
             edits.insert_header(0, name, value)?;
         }
         let Some(authserv_id) = pipeline.settings.authserv_id.as_deref() else {
-            return Ok(());
+            return Ok(None);
         };
         edits.delete_headers_where("Authentication-Results", &message.content.headers, |v| {
             crate::auth_results::claims(v, authserv_id)
         });
-        if !fragments.is_empty() {
-            // The daemon folds long values when it sends them.
-            let value = format!("{authserv_id}; {}", fragments.join("; "));
-            edits.insert_header(0, "Authentication-Results", &value)?;
+        if results.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let ours = AuthResults::new(authserv_id, results);
+        // The daemon folds long values when it sends them.
+        edits.insert_header(0, "Authentication-Results", &ours.to_string())?;
+        Ok(Some(ours))
     }
 
     /// The edit list: sender, recipients, header modifiers, quarantine. Any
@@ -294,7 +299,7 @@ impl Session {
             }
         }
 
-        self.authentication_results(pipeline, message, decision, checks, &mut edits)?;
+        let ours = self.authentication_results(pipeline, message, decision, checks, &mut edits)?;
         // Headers only we write: a copy the client sent would pass for our
         // own verdict with whoever reads the delivered message.
         let settings = &pipeline.settings;
@@ -313,6 +318,7 @@ impl Session {
             message: &message.content,
             queue_id: self.queue_id.as_deref(),
             pipeline: &pipeline.name,
+            auth_results: ours.as_ref(),
         };
         for id in signers_last(&self.policy, eom_modifiers(pipeline, message)) {
             let instance = &self.policy.modifiers[id];
@@ -525,18 +531,12 @@ fn eom_modifiers(pipeline: &Pipeline, message: &MessageState) -> Vec<ModifierId>
     }
     ids
 }
-
-/// `fragment` with ` dis=<disposition>` inserted at `at` (see
-/// `CheckResult::auth_disposition_at`); unchanged without an offset or with
-/// one that does not fall on a character boundary of the fragment.
-fn with_disposition<'a>(
-    fragment: &'a str,
-    at: Option<usize>,
-    disposition: &str,
-) -> std::borrow::Cow<'a, str> {
-    match at.and_then(|at| Some((fragment.get(..at)?, fragment.get(at..)?))) {
-        Some((head, tail)) => format!("{head} dis={disposition}{tail}").into(),
-        None => fragment.into(),
+/// DMARC's `dis=` (as OpenDMARC writes it) at the end of each result's
+/// comment: `dmarc=pass (p=reject dis=none) header.from=example.org`.
+fn add_disposition(results: &mut [ResInfo], disposition: &str) {
+    for comment in results.iter_mut().filter_map(|r| r.comment.as_mut()) {
+        comment.push_str(" dis=");
+        comment.push_str(disposition);
     }
 }
 
@@ -553,21 +553,22 @@ fn signers_last(policy: &Policy, ids: Vec<ModifierId>) -> Vec<ModifierId> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_disposition;
+    use super::{ResInfo, add_disposition};
+    use crate::auth_results::{Property, Results, Status};
 
     #[test]
-    fn the_disposition_goes_where_the_check_said() {
-        let f = "dmarc=pass (p=reject) header.from=example.org";
-        let at = "dmarc=pass (p=reject".len();
+    fn the_disposition_ends_the_comment() {
+        let from = Property::new("header", "from", "example.org");
+        let mut results = vec![
+            ResInfo::new("dmarc", Status::Pass)
+                .with_comment("p=reject")
+                .with_property(from.clone()),
+            ResInfo::new("dmarc", Status::None).with_property(from),
+        ];
+        add_disposition(&mut results, "none");
         assert_eq!(
-            with_disposition(f, Some(at), "none"),
-            "dmarc=pass (p=reject dis=none) header.from=example.org"
+            Results(&results).to_string(),
+            "dmarc=pass (p=reject dis=none) header.from=example.org; dmarc=none header.from=example.org"
         );
-        assert_eq!(with_disposition(f, None, "none"), f);
-        // An offset outside the text or inside a character changes nothing.
-        assert_eq!(with_disposition(f, Some(f.len() + 1), "none"), f);
-        let g = "dmarc=fail (overridden by é.example)";
-        let inside = g.find('é').map(|i| i + 1);
-        assert_eq!(with_disposition(g, inside, "quarantine"), g);
     }
 }

@@ -282,6 +282,7 @@ mod tests {
             message: &message,
             queue_id,
             pipeline: "inbound",
+            auth_results: None,
         };
         let mut edits = EditList::new();
         m.edit_message(&ctx, &mut edits).unwrap();

@@ -12,9 +12,10 @@
 //! same list as `dkim_sign`). Canonicalization is relaxed/relaxed.
 //!
 //! The ARC-Authentication-Results copies the `Authentication-Results` this
-//! hop adds (the pipeline's checks), or reads `DOMAIN; none` without one.
-//! A message that already carries an ARC chain gets `cv=` from this hop's
-//! `arc` check, read from that header: `pass` seals with `cv=pass`; a
+//! hop adds (the pipeline's checks, handed over by the engine as a typed
+//! value), or reads `DOMAIN; none` without one. A message that already
+//! carries an ARC chain gets `cv=` from this hop's `arc` result in that
+//! value: `pass` seals with `cv=pass`; a
 //! `temperror` makes the modifier fail (the pipeline's `error_action`, a
 //! tempfail by default, so the client retries); any other result, or no
 //! `arc` result at all, leaves the message unsealed (logged), because a seal
@@ -26,7 +27,8 @@ use super::dkim_sign::{
 };
 use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
-use crate::edits::{Edit, EditList};
+use crate::auth_results::AuthResults;
+use crate::edits::EditList;
 use mail_auth::arc::{ArcSealer, Set};
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Header as AuthHeader, HeaderWriter};
@@ -89,29 +91,13 @@ impl ArcSealModifier {
     }
 }
 
-/// The Authentication-Results this hop adds, from the edit list.
-fn our_auth_results(edits: &EditList) -> Option<&str> {
-    edits.edits().iter().find_map(|e| match e {
-        Edit::InsertHeader { name, value, .. } | Edit::AddHeader { name, value }
-            if name.eq_ignore_ascii_case("Authentication-Results") =>
-        {
-            Some(value.as_str())
-        }
-        _ => None,
-    })
-}
-
-/// The `arc=` result of an Authentication-Results value, lowercased.
-fn arc_result(auth_results: &str) -> Option<String> {
-    auth_results.split(';').skip(1).find_map(|fragment| {
-        let (method, rest) = fragment.trim().split_once('=')?;
-        method.trim().eq_ignore_ascii_case("arc").then(|| {
-            rest.split(|c: char| c.is_whitespace() || c == '(')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase()
-        })
-    })
+/// The first `arc=` result of our Authentication-Results, lowercased.
+fn arc_result(auth_results: &AuthResults) -> Option<String> {
+    auth_results
+        .results
+        .iter()
+        .find(|r| r.method.eq_ignore_ascii_case("arc"))
+        .map(|r| r.result.to_ascii_lowercase())
 }
 
 /// What to do about the chain a message already carries.
@@ -124,7 +110,7 @@ enum Chain<'x> {
 
 fn existing_chain<'x>(
     parsed: &'x AuthenticatedMessage<'x>,
-    ours: Option<&str>,
+    ours: Option<&AuthResults>,
 ) -> Result<Chain<'x>, String> {
     let sets = parsed.as_headers.len();
     if sets == 0
@@ -230,7 +216,7 @@ impl Modifier for ArcSealModifier {
         parsed
             .body_hashes
             .push((Canonicalization::Relaxed, HashAlgorithm::Sha256, 0, ours_bh));
-        let ours = our_auth_results(edits);
+        let ours = ctx.auth_results;
         let output = match existing_chain(&parsed, ours)? {
             Chain::Seal(output) => output,
             Chain::Skip(why) => {
@@ -245,9 +231,10 @@ impl Modifier for ArcSealModifier {
         // already be what relaxed canonicalization makes of the header:
         // single spaces, nothing at the ends.
         let copied = match ours {
-            Some(value) => value.split_whitespace().collect::<Vec<_>>().join(" "),
-            None => format!("{}; none", self.domain),
+            Some(ours) => ours.to_string(),
+            None => AuthResults::new(self.domain.as_str(), Vec::new()).to_string(),
         };
+        let copied = copied.split_whitespace().collect::<Vec<_>>().join(" ");
         let results = AuthenticationResults::new(&copied);
         let present = |name: &str| headers.iter().any(|h| h.name().eq_ignore_ascii_case(name));
         let template = header_template(&self.headers, &[], present);
@@ -294,22 +281,15 @@ mod tests {
 
     #[test]
     fn arc_results_are_read_from_our_header() {
+        let arc = |value: &str| arc_result(&crate::auth_results::parse(value).unwrap());
         assert_eq!(
-            arc_result("mx.test; spf=pass smtp.mailfrom=a.test; arc=pass (2 sets)").as_deref(),
+            arc("mx.test; spf=pass smtp.mailfrom=a.test; arc=pass (2 sets)").as_deref(),
             Some("pass")
         );
-        assert_eq!(arc_result("mx.test; ARC=Fail").as_deref(), Some("fail"));
-        assert_eq!(arc_result("mx.test; dkim=pass header.d=a.test"), None);
+        assert_eq!(arc("mx.test; ARC=Fail").as_deref(), Some("fail"));
+        assert_eq!(arc("mx.test; dkim=pass header.d=a.test"), None);
         // The authserv-id is not a result.
-        assert_eq!(arc_result("arc=pass"), None);
-
-        let mut edits = EditList::new();
-        assert_eq!(our_auth_results(&edits), None);
-        edits.add_header("X-Other", "1").unwrap();
-        edits
-            .insert_header(0, "Authentication-Results", "mx.test; arc=none")
-            .unwrap();
-        assert_eq!(our_auth_results(&edits), Some("mx.test; arc=none"));
+        assert_eq!(arc("arc; none"), None);
     }
 
     #[test]

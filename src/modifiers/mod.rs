@@ -33,6 +33,8 @@ pub struct MessageContext<'m> {
     pub queue_id: Option<&'m str>,
     /// The name of the pipeline the message is in.
     pub pipeline: &'m str,
+    /// The Authentication-Results this hop adds, if it adds one.
+    pub auth_results: Option<&'m crate::auth_results::AuthResults>,
 }
 
 /// Which parts of a message a modifier can change; used to negotiate milter

@@ -97,6 +97,7 @@ mod tests {
             message: &msg,
             queue_id: None,
             pipeline: "p",
+            auth_results: None,
         };
         let mut edits = EditList::new();
         m.edit_message(&ctx, &mut edits).unwrap();

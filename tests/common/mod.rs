@@ -76,7 +76,9 @@ impl Check for ProbeCheck {
             let mut r =
                 CheckResult::with_reason(self.status, format!("probe said {}", self.status));
             r.score = self.score;
-            r.auth_results = self.auth_results.clone();
+            r.auth_results = self.auth_results.as_deref().map(|text| {
+                dispatch_milter::auth_results::parse_results(text).expect("probe auth_results")
+            });
             r
         })
     }

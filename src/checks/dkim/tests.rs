@@ -128,7 +128,7 @@ fn the_best_signature_decides_and_every_one_is_reported() {
         Some("DKIM pass for other.example (s=s2)")
     );
     assert_eq!(
-        r.auth_results.as_deref(),
+        r.auth_text().as_deref(),
         Some(
             "dkim=fail header.d=example.org header.s=sel header.b=\"+/8AECAw\"; \
              dkim=pass header.d=other.example header.s=s2 header.b=AQIDBAUG"
@@ -155,7 +155,7 @@ fn the_best_signature_decides_and_every_one_is_reported() {
     assert_eq!(r.status, Status::Fail);
     // Signatures past the cap are reported once, without a verdict.
     assert!(
-        r.auth_results.as_deref().is_some_and(|a| a
+        r.auth_text().as_deref().is_some_and(|a| a
             .ends_with("; dkim=neutral reason=\"2 more signatures not checked (at most 5 are)\"")),
         "{:?}",
         r.auth_results
@@ -167,7 +167,7 @@ fn the_best_signature_decides_and_every_one_is_reported() {
 
     let r = summarise(&DkimFacts::default(), Judge::default());
     assert_eq!(r.status, Status::None);
-    assert_eq!(r.auth_results.as_deref(), Some("dkim=none"));
+    assert_eq!(r.auth_text().as_deref(), Some("dkim=none"));
 }
 
 #[test]
@@ -235,7 +235,7 @@ async fn an_unsigned_message_is_none_and_a_truncated_one_temperror() {
     assert_eq!(r.status, Status::Temperror);
     assert_eq!(r.reason.as_deref(), Some(TRUNCATED));
     assert_eq!(
-        r.auth_results.as_deref(),
+        r.auth_text().as_deref(),
         Some("dkim=temperror header.d=example.org header.s=sel header.b=AAAA")
     );
 }

@@ -29,12 +29,21 @@ fn outcome(checked: Checked, result: Status) -> SpfOutcome {
 fn reasons_and_fragments_name_the_identity() {
     let o = outcome(Checked::MailFrom, Status::Fail);
     assert_eq!(reason(&o), "SPF fail for example.org from 192.0.2.99");
-    assert_eq!(fragment(&o), "spf=fail smtp.mailfrom=example.org");
+    assert_eq!(
+        fragment(&o).to_string(),
+        "spf=fail smtp.mailfrom=example.org"
+    );
     let o = outcome(Checked::Helo, Status::Pass);
-    assert_eq!(fragment(&o), "spf=pass smtp.helo=mx.example.net");
+    assert_eq!(
+        fragment(&o).to_string(),
+        "spf=pass smtp.helo=mx.example.net"
+    );
     let mut o = outcome(Checked::Helo, Status::None);
     o.helo = "[192.0.2.1]".into();
-    assert_eq!(fragment(&o), "spf=none smtp.helo=\"[192.0.2.1]\"");
+    assert_eq!(
+        fragment(&o).to_string(),
+        "spf=none smtp.helo=\"[192.0.2.1]\""
+    );
 }
 
 #[test]
@@ -205,7 +214,7 @@ async fn the_null_sender_without_helo_is_none_without_dns() {
     let r = run(&check(Identity::MailFrom), i).await;
     assert_eq!(r.status, Status::None);
     assert_eq!(r.reason.as_deref(), Some("SPF none: no HELO name"));
-    assert_eq!(r.auth_results.as_deref(), Some("spf=none"));
+    assert_eq!(r.auth_text().as_deref(), Some("spf=none"));
 }
 
 #[tokio::test]
