@@ -329,6 +329,16 @@ pub fn compile_resolving(server: &dns_server::DnsServer, path: &Path, src: &str)
     }
 }
 
+/// The 1-based line and column of the first `needle` in `text`.
+pub fn position(text: &str, needle: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            return (i + 1, col + 1);
+        }
+    }
+    panic!("{needle:?} not in the text");
+}
+
 pub fn reply_code(r: &StageReply) -> u16 {
     match r {
         StageReply::Continue => 250,
