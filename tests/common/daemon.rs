@@ -42,6 +42,16 @@ impl TestDaemon {
         Self::start_with(config, super::registry(Arc::new(super::Probes::default()))).await
     }
 
+    /// [`TestDaemon::start`] with the resolver asking only `server`.
+    pub async fn start_resolving(
+        config: &str,
+        server: &super::dns_server::DnsServer,
+    ) -> TestDaemon {
+        let mut registry = super::registry(Arc::new(super::Probes::default()));
+        registry.set_nameservers(vec![server.addr()]);
+        Self::start_with(config, registry).await
+    }
+
     pub async fn start_with(
         config: &str,
         registry: dispatch_milter::config::Registry,
@@ -107,6 +117,20 @@ pub async fn open(addr: SocketAddr) -> TestConnection {
         .open_tcp(addr)
         .await
         .expect("milter connection")
+}
+
+/// [`open`], then [`greet`]: a connection ready for MAIL FROM.
+pub async fn open_greeted(addr: SocketAddr, daemon_name: &str) -> TestConnection {
+    let mut conn = open(addr).await;
+    greet(&mut conn, daemon_name).await;
+    conn
+}
+
+/// A reject status with this reply text.
+pub fn reject_with(reply: &str) -> indymilter_test::Status {
+    indymilter_test::Status::Reject {
+        message: Some(std::ffi::CString::new(reply).expect("no NUL")),
+    }
 }
 
 /// Connect and HELO as a client from 192.0.2.10, with `{daemon_name}`.

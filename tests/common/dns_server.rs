@@ -246,6 +246,14 @@ impl DnsServer {
         server
     }
 
+    /// [`DnsServer::start`], then loads every zone of `tests/zones/auth/`
+    /// (the sender-authentication zones: SPF, DKIM keys, DMARC, ARC).
+    pub async fn start_with_auth_zones() -> DnsServer {
+        let server = Self::start().await;
+        server.load_zone_dir(zones_dir().join("auth"));
+        server
+    }
+
     /// The address both transports listen on (127.0.0.1, ephemeral port).
     pub fn addr(&self) -> SocketAddr {
         self.addr

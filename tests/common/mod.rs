@@ -6,7 +6,8 @@ use dispatch_milter::checks::{
     BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status,
 };
 use dispatch_milter::config::{ConfigErrors, Registry, compile_str};
-use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
+use dispatch_milter::edits::Edit;
+use dispatch_milter::engine::{CheckReport, MessageOutcome, Session, StageReply};
 use dispatch_milter::message::{AuthInfo, ConnectionFacts, TlsInfo};
 use dispatch_milter::policy::Policy;
 use dispatch_milter::stage::Stage;
@@ -182,6 +183,14 @@ pub struct Mail {
 }
 
 impl Mail {
+    /// A message from `from`, sent by a client at `ip`, to bob@rcpt.test
+    /// (the recipient of the zones in tests/zones/auth).
+    pub fn from_client(from: &str, ip: &'static str) -> Mail {
+        let mut m = Mail::new(from, &["bob@rcpt.test"]);
+        m.client_ip = ip;
+        m
+    }
+
     pub fn new(from: &str, to: &[&str]) -> Mail {
         Mail {
             client_ip: "192.0.2.10",
@@ -263,6 +272,73 @@ pub async fn run_mail(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Run 
         outcome: Some(outcome),
         session,
     }
+}
+
+/// [`run_mail`] for a message that must reach end of message: MAIL FROM
+/// and at least one recipient are accepted.
+pub async fn run_to_eom(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> MessageOutcome {
+    let run = run_mail(policy, pipeline, mail).await;
+    assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
+    run.outcome.expect("the message reached end of message")
+}
+
+/// The report of the check named `name`; fails listing what was reported.
+pub fn reported<'o>(outcome: &'o MessageOutcome, name: &str) -> &'o CheckReport {
+    outcome
+        .report
+        .checks
+        .iter()
+        .find(|c| &*c.name == name)
+        .unwrap_or_else(|| panic!("check {name} reported: {:?}", outcome.report.checks))
+}
+
+/// The (result, reason) of the check named `name`.
+pub fn check_result(outcome: &MessageOutcome, name: &str) -> (String, String) {
+    let c = reported(outcome, name);
+    (c.result.to_string(), c.reason.clone().unwrap_or_default())
+}
+
+/// Every header the edits insert with this name, in edit order.
+pub fn inserted(outcome: &MessageOutcome, header: &str) -> Vec<String> {
+    outcome
+        .edits
+        .iter()
+        .filter_map(|e| match e {
+            Edit::InsertHeader { name, value, .. } if name.eq_ignore_ascii_case(header) => {
+                Some(value.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `[dns]` block of a policy tested against a loopback DNS server: one
+/// quick attempt, so a dropped query is a temperror at once.
+pub const QUICK_DNS: &str = "[dns]\ntimeout = \"500ms\"\nattempts = 1\n";
+
+/// The built-in kinds, resolving only through `server`.
+pub fn resolving_registry(server: &dns_server::DnsServer) -> Registry {
+    let mut registry = Registry::builtin();
+    registry.set_nameservers(vec![server.addr()]);
+    registry
+}
+
+/// Compile `src` (read as the file `path`) resolving only through `server`.
+pub fn compile_resolving(server: &dns_server::DnsServer, path: &Path, src: &str) -> Arc<Policy> {
+    match compile_str(path, src, &resolving_registry(server)) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("config should compile:\n{e}\n{src}"),
+    }
+}
+
+/// The 1-based line and column of the first `needle` in `text`.
+pub fn position(text: &str, needle: &str) -> (usize, usize) {
+    for (i, line) in text.lines().enumerate() {
+        if let Some(col) = line.find(needle) {
+            return (i + 1, col + 1);
+        }
+    }
+    panic!("{needle:?} not in the text");
 }
 
 pub fn reply_code(r: &StageReply) -> u16 {

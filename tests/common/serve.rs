@@ -307,3 +307,19 @@ pub async fn start_message(addr: SocketAddr, daemon_name: Option<&str>) -> TestC
     );
     conn
 }
+
+/// What a new session (with `{daemon_name}` when given) gets for one
+/// recipient.
+pub async fn rcpt_answer(addr: SocketAddr, daemon_name: Option<&str>, rcpt: &str) -> Status {
+    let mut conn = start_message(addr, daemon_name).await;
+    let status = conn.rcpt([rcpt]).await.expect("rcpt");
+    conn.close().await.expect("close");
+    status
+}
+
+/// Threads of a running process, from /proc.
+pub fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
+}

@@ -86,6 +86,17 @@ pub fn arc_seal(mail: &mut Mail, sealer: &str) {
     prepend(mail, parse_headers(&set.to_header()));
 }
 
+/// A message from origin.test, signed there, that the list at
+/// forwarder.test (client 192.0.2.50) changed (a footer) and ARC-sealed.
+pub fn forwarded() -> Mail {
+    let mut m = Mail::from_client("list-bounces@forwarder.test", "192.0.2.50");
+    m.headers[0].1 = "Alice <alice@origin.test>".into();
+    dkim_sign(&mut m, "origin.test", false);
+    m.body.push_str("--\r\nlist footer\r\n");
+    arc_seal(&mut m, "forwarder.test");
+    m
+}
+
 /// Add the next ARC set, sealed by `sealer`, on top of the chain the
 /// message carries, as a hop that validated that chain with the result
 /// `chain` would: `cv=pass` for a pass, `cv=fail` otherwise (mail-auth's

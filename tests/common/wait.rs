@@ -90,3 +90,16 @@ pub async fn holds_for(period: Duration, mut still: impl FnMut() -> bool) -> boo
         poll = next_poll(poll);
     }
 }
+
+/// Fail the test if `fut` takes longer than `limit` (guards run on unwind):
+/// the bound on a whole test or a whole command, not a wait for an event.
+pub async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no result within {limit:?}"),
+    }
+}

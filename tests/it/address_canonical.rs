@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::daemon::{LISTEN, TestDaemon, open_greeted};
 use common::{Mail, compile_with, run_mail};
 use dispatch_milter::engine::StageReply;
 use dispatch_milter::policy::Policy;
@@ -278,8 +278,7 @@ async fn quoted_local_parts_are_refused_over_the_milter_protocol() {
     let path = dir.path().join("boxes");
     std::fs::write(&path, BOXES).unwrap();
     let d = TestDaemon::start(&format!("{LISTEN}{}", config(path.to_str().unwrap()))).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     assert_eq!(
         conn.mail(["<someone@example.net>"]).await.unwrap(),
         Status::Continue

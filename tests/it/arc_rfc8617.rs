@@ -10,14 +10,11 @@ use crate::common;
 
 use common::dns_server::DnsServer;
 use common::signing::{arc_seal, arc_seal_next};
-use common::{Mail, run_mail};
-use dispatch_milter::config::{Registry, compile_str};
+use common::{Mail, QUICK_DNS, check_result, run_to_eom};
 use dispatch_milter::edits::Edit;
-use dispatch_milter::engine::{MessageOutcome, StageReply};
 use dispatch_milter::policy::Policy;
 use mail_auth::DkimResult;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Validates the chain and seals as forwarder.test when it may.
@@ -43,12 +40,6 @@ struct Hop {
     policy: Arc<Policy>,
 }
 
-async fn dns() -> DnsServer {
-    let server = DnsServer::start().await;
-    server.load_zone_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zones/auth"));
-    server
-}
-
 fn hop(server: &DnsServer) -> Hop {
     let dir = tempfile::tempdir().expect("temp dir");
     let key = dir.path().join("sealer.pem");
@@ -58,20 +49,17 @@ fn hop(server: &DnsServer) -> Hop {
     )
     .expect("copy the key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let mut registry = Registry::builtin();
-    registry.set_nameservers(vec![server.addr()]);
-    let src = format!("[dns]\ntimeout = \"500ms\"\nattempts = 1\n{VALIDATE_AND_SEAL}");
-    let policy = match compile_str(&dir.path().join("t.toml"), &src, &registry) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("config should compile:\n{e}"),
-    };
+    let policy = common::compile_resolving(
+        server,
+        &dir.path().join("t.toml"),
+        &format!("{QUICK_DNS}{VALIDATE_AND_SEAL}"),
+    );
     Hop { _dir: dir, policy }
 }
 
 /// A message from origin.test that a list at forwarder.test sealed.
 fn sealed_once() -> Mail {
-    let mut m = Mail::new("list-bounces@forwarder.test", &["bob@rcpt.test"]);
-    m.client_ip = "192.0.2.50";
+    let mut m = Mail::from_client("list-bounces@forwarder.test", "192.0.2.50");
     m.headers[0].1 = "Alice <alice@origin.test>".into();
     arc_seal(&mut m, "forwarder.test");
     m
@@ -85,15 +73,8 @@ struct Seen {
 }
 
 async fn through(hop: &Hop, mail: &Mail) -> Seen {
-    let run = run_mail(&hop.policy, "p", mail).await;
-    assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
-    let outcome: MessageOutcome = run.outcome.expect("end of message");
-    let arc = outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == "arc")
-        .expect("the arc check reported");
+    let outcome = run_to_eom(&hop.policy, "p", mail).await;
+    let (status, reason) = check_result(&outcome, "arc");
     let sealed = outcome
         .edits
         .iter()
@@ -105,8 +86,8 @@ async fn through(hop: &Hop, mail: &Mail) -> Seen {
         })
         .collect();
     Seen {
-        status: arc.result.to_string(),
-        reason: arc.reason.clone().unwrap_or_default(),
+        status,
+        reason,
         sealed,
     }
 }
@@ -142,7 +123,7 @@ fn seals(mail: &Mail) -> Vec<String> {
 #[tokio::test]
 async fn a_good_chain_of_two_sets_passes_and_is_sealed_again() {
     // The baseline the failures below depart from (§5.2).
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     arc_seal_next(&mut m, "forwarder.test", DkimResult::Pass);
@@ -163,7 +144,7 @@ async fn a_good_chain_of_two_sets_passes_and_is_sealed_again() {
 async fn a_chain_marked_cv_fail_upstream_fails_and_is_not_sealed() {
     // §5.2 step 2 (and §4.1.3): once a hop wrote cv=fail, the chain is
     // failed for everyone after it, even though every signature verifies.
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     arc_seal_next(
@@ -180,7 +161,7 @@ async fn a_chain_marked_cv_fail_upstream_fails_and_is_not_sealed() {
 async fn the_first_set_must_say_cv_none() {
     // §4.1.3 / §5.2: i=1 carries cv=none; a first set claiming a chain
     // before it (cv=pass) is invalid.
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     for (name, value) in &mut m.headers {
@@ -205,7 +186,7 @@ async fn a_gap_in_the_instances_fails() {
     // §4.2.1 and §5.2 step 3: instances run 1 to N without gaps. A chain
     // of three sets with the middle one removed (1 and 3 remain) fails,
     // although each remaining signature is intact.
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     arc_seal_next(&mut m, "forwarder.test", DkimResult::Pass);
@@ -221,7 +202,7 @@ async fn a_gap_in_the_instances_fails() {
 async fn an_instance_given_twice_fails() {
     // §4.2.1: exactly one of each header per instance. The first set
     // copied (all three headers twice) is not a chain.
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     let set: Vec<(String, String)> = m
@@ -241,7 +222,7 @@ async fn fifty_sets_pass_and_are_not_sealed_again_and_fifty_one_fail() {
     // §4.2.1: instance values run from 1 to 50. A chain of 50 good sets
     // passes, but a 51st set cannot be added, so our sealer leaves the
     // message as it is; a message that carries 51 sets fails.
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let hop = hop(&server);
     let mut m = sealed_once();
     for _ in 2..=50 {

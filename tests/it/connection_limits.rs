@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::daemon::{LISTEN, TestDaemon, greet, open, open_greeted};
 use common::raw_milter::{ALL_ACTIONS, CONTINUE, OPTNEG, RawMilter};
 use common::wait::{self, WAIT};
 use indymilter_test::Status;
@@ -172,8 +172,7 @@ async fn idle_connections_count_beside_a_message_that_is_served_at_once() {
     wait_for_gauge(&d, 50).await;
 
     let started = Instant::now();
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     // The message's connection is the 51st.
     assert_eq!(gauge(&d), Some(51));
     conn.mail(["<someone@example.net>"]).await.unwrap();

@@ -15,9 +15,9 @@ use crate::common;
 use common::tools::PYTHON;
 
 use common::dns_server::DnsServer;
-use dispatch_milter::config::{Registry, compile_str};
+use common::inserted;
 use dispatch_milter::daemon::adapter::wire_header_value;
-use dispatch_milter::edits::{Edit, EditList};
+use dispatch_milter::edits::EditList;
 use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
 use dispatch_milter::message::{ConnectionFacts, Header};
 use dispatch_milter::modifiers::dkim_sign::{base64_decode, base64_encode};
@@ -168,8 +168,6 @@ async fn dns() -> DnsServer {
 /// `l=` is judged by the RFC here, not by local policy) and lets every
 /// message through to its Authentication-Results, and the given modifiers.
 fn policy(server: &DnsServer, dir: &Path, modifiers: &str, modify: &str) -> Arc<Policy> {
-    let mut registry = Registry::builtin();
-    registry.set_nameservers(vec![server.addr()]);
     let src = format!(
         r#"[dns]
 timeout = "2s"
@@ -189,10 +187,7 @@ checks = ["dkim"]
 modify = [{modify}]
 "#
     );
-    match compile_str(&dir.join("milter.toml"), &src, &registry) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("config should compile:\n{e}\n{src}"),
-    }
+    common::compile_resolving(server, &dir.join("milter.toml"), &src)
 }
 
 /// A header's name and the bytes after its colon.
@@ -256,17 +251,9 @@ async fn run(policy: &Arc<Policy>, message: &[u8]) -> MessageOutcome {
 /// Authentication-Results header we add.
 async fn ours(policy: &Arc<Policy>, message: &[u8]) -> Vec<String> {
     let outcome = run(policy, message).await;
-    let ar = outcome
-        .edits
-        .iter()
-        .find_map(|e| match e {
-            Edit::InsertHeader { name, value, .. }
-                if name.eq_ignore_ascii_case("Authentication-Results") =>
-            {
-                Some(value.clone())
-            }
-            _ => None,
-        })
+    let ar = inserted(&outcome, "Authentication-Results")
+        .into_iter()
+        .next()
         .unwrap_or_else(|| panic!("no Authentication-Results: {:?}", outcome.report.checks));
     ar.split(';')
         .filter_map(|part| part.trim().strip_prefix("dkim="))
@@ -867,13 +854,11 @@ async fn rfc6376_3_4_1_subject_without_space_and_8bit_header_verify_through_the_
     let signed = prepend(&sigs[1], &prepend(&sigs[0], &msg));
     let (headers, body) = split(&signed);
 
-    let mut registry = common::registry(Arc::new(common::Probes::default()));
-    registry.set_nameservers(vec![server.addr()]);
-    let mut d = TestDaemon::start_with(
+    let mut d = TestDaemon::start_resolving(
         &format!(
             "{LISTEN}[dns]\ntimeout = \"2s\"\nattempts = 1\n[checks.dkim]\nkind = \"dkim\"\n[pipelines.mx]\nauthserv_id = \"mx.test\"\nchecks = [\"dkim\"]\n"
         ),
-        registry,
+        &server,
     )
     .await;
     let mut conn = TestConnection::configure()

@@ -9,11 +9,11 @@
 use crate::common;
 
 use common::dns_server::DnsServer;
-use common::{Mail, run_mail};
+use common::{Mail, QUICK_DNS, check_result, inserted, run_to_eom};
 use dispatch_milter::config::{ConfigErrors, Registry, compile_str};
 use dispatch_milter::daemon::adapter::wire_header_value;
 use dispatch_milter::edits::{Edit, EditList};
-use dispatch_milter::engine::{MessageOutcome, StageReply, Verdict};
+use dispatch_milter::engine::{MessageOutcome, Verdict};
 use dispatch_milter::message::Header;
 use dispatch_milter::modifiers::dkim_sign::LoadedKey;
 use dispatch_milter::policy::Policy;
@@ -46,11 +46,8 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 fn try_policy(dir: &Path, server: Option<&DnsServer>, body: &str) -> Result<Policy, ConfigErrors> {
-    let mut registry = Registry::builtin();
-    if let Some(server) = server {
-        registry.set_nameservers(vec![server.addr()]);
-    }
-    let src = format!("[dns]\ntimeout = \"500ms\"\nattempts = 1\n\n{body}");
+    let registry = server.map_or_else(Registry::builtin, common::resolving_registry);
+    let src = format!("{QUICK_DNS}\n{body}");
     compile_str(&dir.join("milter.toml"), &src, &registry)
 }
 
@@ -136,9 +133,7 @@ fn apply(edits: &[Edit], mail: &Mail) -> Mail {
 }
 
 async fn deliver(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Delivered {
-    let run = run_mail(policy, pipeline, mail).await;
-    assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
-    let outcome = run.outcome.expect("the message reached end of message");
+    let outcome = run_to_eom(policy, pipeline, mail).await;
     let delivered = apply(&outcome.edits, mail);
     Delivered {
         outcome,
@@ -167,20 +162,6 @@ fn as_written(outcome: &MessageOutcome, mail: &Mail) -> Mail {
         }
     }
     out
-}
-
-/// Every header the edits insert with this name, in edit order.
-fn inserted(outcome: &MessageOutcome, header: &str) -> Vec<String> {
-    outcome
-        .edits
-        .iter()
-        .filter_map(|e| match e {
-            Edit::InsertHeader { name, value, .. } if name.eq_ignore_ascii_case(header) => {
-                Some(value.clone())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 fn values<'m>(mail: &'m Mail, header: &str) -> Vec<&'m str> {
@@ -236,15 +217,7 @@ async fn dkim_verdicts(dir: &Path, server: &DnsServer, mail: &Mail) -> Vec<Strin
 /// The `arc` check's (result, reason) for `mail` on the receiving side.
 async fn arc_verdict(dir: &Path, server: &DnsServer, mail: &Mail) -> (String, String) {
     let p = policy(dir, server, VERIFY);
-    let d = deliver(&p, "in", mail).await;
-    let c = d
-        .outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == "arc")
-        .expect("the arc check ran");
-    (c.result.to_string(), c.reason.clone().unwrap_or_default())
+    check_result(&deliver(&p, "in", mail).await.outcome, "arc")
 }
 
 const TWO_ALGORITHMS: &str = r#"

@@ -20,10 +20,8 @@ use crate::common;
 
 use common::dns_server::{DnsServer, Failure, RecordType};
 use common::signing::dkim_sign;
-use common::{Mail, run_mail};
-use dispatch_milter::config::{Registry, compile_str};
-use dispatch_milter::edits::Edit;
-use dispatch_milter::engine::{MessageOutcome, StageReply, Verdict};
+use common::{Mail, QUICK_DNS, check_result, inserted, run_to_eom};
+use dispatch_milter::engine::{MessageOutcome, Verdict};
 use dispatch_milter::policy::Policy;
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -88,17 +86,12 @@ impl World {
     }
 
     fn policy_with(&self, dmarc_options: &str, pipeline_options: &str) -> Arc<Policy> {
-        let mut registry = Registry::builtin();
-        registry.set_nameservers(vec![self.server.addr()]);
         let src = format!(
-            "[dns]\ntimeout = \"500ms\"\nattempts = 1\n{CHECKS}\
+            "{QUICK_DNS}{CHECKS}\
              [checks.dmarc]\nkind = \"dmarc\"\n{dmarc_options}\n\
              [pipelines.p]\nauthserv_id = \"mx.test\"\n{pipeline_options}\nchecks = [\"spf\", \"dkim\", \"dmarc\"]\n"
         );
-        match compile_str(Path::new("t.toml"), &src, &registry) {
-            Ok(p) => Arc::new(p),
-            Err(e) => panic!("config should compile:\n{e}\n{src}"),
-        }
+        common::compile_resolving(&self.server, Path::new("t.toml"), &src)
     }
 
     /// A message from `mail_from` with `From: <from>` (a whole header value
@@ -128,21 +121,13 @@ impl World {
         for d in signers {
             dkim_sign(&mut m, d, false);
         }
-        let run = run_mail(policy, "p", &m).await;
-        assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
-        run.outcome.expect("the message reached end of message")
+        run_to_eom(policy, "p", &m).await
     }
 }
 
 /// The `dmarc` check's (result, reason).
 fn dmarc(o: &MessageOutcome) -> (String, String) {
-    let c = o
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == "dmarc")
-        .unwrap_or_else(|| panic!("dmarc reported: {:?}", o.report.checks));
-    (c.result.to_string(), c.reason.clone().unwrap_or_default())
+    check_result(o, "dmarc")
 }
 
 fn result(o: &MessageOutcome) -> String {
@@ -151,16 +136,9 @@ fn result(o: &MessageOutcome) -> String {
 
 /// The `dmarc=` part of the Authentication-Results header we added.
 fn ar(o: &MessageOutcome) -> String {
-    o.edits
-        .iter()
-        .find_map(|e| match e {
-            Edit::InsertHeader { name, value, .. }
-                if name.eq_ignore_ascii_case("Authentication-Results") =>
-            {
-                Some(value.clone())
-            }
-            _ => None,
-        })
+    inserted(o, "Authentication-Results")
+        .into_iter()
+        .next()
         .and_then(|v| {
             v.split(';')
                 .map(str::trim)

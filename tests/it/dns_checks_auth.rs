@@ -7,74 +7,19 @@
 use crate::common;
 
 use common::dns_server::{DnsServer, Failure, RecordType};
-use common::signing::{arc_seal, dkim_sign};
+use common::signing::{dkim_sign, forwarded};
 use common::wait::{self, WAIT};
-use common::{Mail, reply_code, run_mail};
-use dispatch_milter::config::{Registry, compile_str};
+use common::{Mail, QUICK_DNS, check_result, inserted, reply_code, run_mail, run_to_eom};
 use dispatch_milter::edits::Edit;
 use dispatch_milter::engine::{MessageOutcome, Session, StageReply, Verdict};
 use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-
-fn auth_zones() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/zones/auth")
-}
-
-/// A DNS server with every zone of tests/zones/auth/.
-async fn dns() -> DnsServer {
-    let server = DnsServer::start().await;
-    server.load_zone_dir(auth_zones());
-    server
-}
 
 /// Compile a policy whose resolver asks only `server`, quickly.
 fn policy(server: &DnsServer, body: &str) -> Arc<Policy> {
-    let mut registry = Registry::builtin();
-    registry.set_nameservers(vec![server.addr()]);
-    let src = format!("[dns]\ntimeout = \"500ms\"\nattempts = 1\n\n{body}");
-    match compile_str(Path::new("t.toml"), &src, &registry) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("config should compile:\n{e}\n{src}"),
-    }
-}
-
-fn mail(from: &str, ip: &'static str) -> Mail {
-    let mut m = Mail::new(from, &["bob@rcpt.test"]);
-    m.client_ip = ip;
-    m
-}
-
-/// The report of one check: (result, reason).
-fn check(outcome: &MessageOutcome, name: &str) -> (String, String) {
-    let c = outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == name)
-        .unwrap_or_else(|| panic!("check {name} reported: {:?}", outcome.report.checks));
-    (c.result.to_string(), c.reason.clone().unwrap_or_default())
-}
-
-/// Every header the edits insert with this name.
-fn inserted(outcome: &MessageOutcome, header: &str) -> Vec<String> {
-    outcome
-        .edits
-        .iter()
-        .filter_map(|e| match e {
-            Edit::InsertHeader { name, value, .. } if name.eq_ignore_ascii_case(header) => {
-                Some(value.clone())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-async fn eom(policy: &Arc<Policy>, mail: &Mail) -> MessageOutcome {
-    let run = run_mail(policy, "p", mail).await;
-    assert_eq!(run.mail, StageReply::Continue, "MAIL FROM refused");
-    run.outcome.expect("the message reached end of message")
+    common::compile_resolving(server, Path::new("t.toml"), &format!("{QUICK_DNS}\n{body}"))
 }
 
 // ----- SPF -----
@@ -91,62 +36,72 @@ checks = ["spf"]
 
 #[tokio::test]
 async fn spf_results_take_their_configured_actions() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, SPF_POLICY);
 
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
     assert_eq!(o.decision.verdict(), Verdict::Accept);
-    assert_eq!(check(&o, "spf").0, "pass");
+    assert_eq!(check_result(&o, "spf").0, "pass");
     assert_eq!(
         inserted(&o, "Authentication-Results"),
         ["mx.test; spf=pass smtp.mailfrom=spf.test"]
     );
 
     // A fail is decided at end of message, with the configured reply.
-    let run = run_mail(&p, "p", &mail("alice@spf.test", "192.0.2.99")).await;
+    let run = run_mail(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.99")).await;
     assert_eq!(run.mail, StageReply::Continue);
     let o = run.outcome.expect("EOM");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
     let reply = o.decision.reply().cloned().expect("a reply");
     assert_eq!((reply.code, reply.status.as_str()), (550, "5.7.23"));
     assert_eq!(
-        check(&o, "spf"),
+        check_result(&o, "spf"),
         (
             "fail".into(),
             "SPF fail for spf.test from 192.0.2.99".into()
         )
     );
 
-    let o = eom(&p, &mail("alice@softfail.spf.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "spf").0, "softfail");
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@softfail.spf.test", "192.0.2.99"),
+    )
+    .await;
+    assert_eq!(check_result(&o, "spf").0, "softfail");
     assert_eq!(o.decision.verdict(), Verdict::Quarantine);
     assert!(o.edits.iter().any(|e| matches!(e, Edit::Quarantine { .. })));
 
-    let o = eom(&p, &mail("alice@neutral.spf.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "spf").0, "neutral");
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@neutral.spf.test", "192.0.2.99"),
+    )
+    .await;
+    assert_eq!(check_result(&o, "spf").0, "neutral");
     assert_eq!(o.decision.verdict(), Verdict::Accept);
 
     // No SPF record at all.
-    let o = eom(&p, &mail("alice@rcpt.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "spf").0, "none");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@rcpt.test", "192.0.2.99")).await;
+    assert_eq!(check_result(&o, "spf").0, "none");
     assert_eq!(o.decision.verdict(), Verdict::Accept);
 }
 
 #[tokio::test]
 async fn spf_dns_failures_are_temperrors_and_take_the_error_action() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, SPF_POLICY);
     server.set_failure("spf.test", Failure::ServFail);
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "spf").0, "temperror");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check_result(&o, "spf").0, "temperror");
     assert_eq!(o.decision.verdict(), Verdict::Tempfail);
     assert_eq!(o.decision.reply().map(|r| r.code), Some(451));
 
     // The server does not answer at all: the lookup times out.
     server.set_failure("spf.test", Failure::Drop);
     let p = policy(&server, SPF_POLICY);
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "spf").0, "temperror");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check_result(&o, "spf").0, "temperror");
     assert_eq!(o.decision.verdict(), Verdict::Tempfail);
     assert!(server.queries_for_type("spf.test", RecordType::TXT) >= 2);
 }
@@ -158,26 +113,45 @@ async fn spf_dns_failures_are_temperrors_and_take_the_error_action() {
 /// longer read for the rest of the TTL.
 #[tokio::test]
 async fn a_senders_spf_explanation_does_not_replace_another_domains_record() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     server.add_zone("evil.test");
     server.add_txt("evil.test", "v=spf1 -all exp=spf.test");
     let p = policy(&server, SPF_POLICY);
     // The failing sender first: its explanation is spf.test's TXT record.
-    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "spf").0, "fail");
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("mallory@evil.test", "192.0.2.10"),
+    )
+    .await;
+    assert_eq!(check_result(&o, "spf").0, "fail");
     for _ in 0..2 {
-        let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
-        assert_eq!(check(&o, "spf").0, "pass", "{:?}", check(&o, "spf"));
+        let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
+        assert_eq!(
+            check_result(&o, "spf").0,
+            "pass",
+            "{:?}",
+            check_result(&o, "spf")
+        );
     }
-    let o = eom(&p, &mail("mallory@evil.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "spf").0, "fail");
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "spf").0, "fail", "the kept record still decides");
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("mallory@evil.test", "192.0.2.10"),
+    )
+    .await;
+    assert_eq!(check_result(&o, "spf").0, "fail");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(
+        check_result(&o, "spf").0,
+        "fail",
+        "the kept record still decides"
+    );
 }
 
 #[tokio::test]
 async fn spf_can_refuse_at_mail_from_with_decide_at() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -188,7 +162,7 @@ async fn spf_can_refuse_at_mail_from_with_decide_at() {
         checks = ["spf"]
         "#,
     );
-    let run = run_mail(&p, "p", &mail("alice@spf.test", "192.0.2.99")).await;
+    let run = run_mail(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.99")).await;
     assert!(matches!(run.mail, StageReply::Reject(_)), "{:?}", run.mail);
     assert_eq!(reply_code(&run.mail), 550);
     assert!(run.outcome.is_none());
@@ -196,7 +170,7 @@ async fn spf_can_refuse_at_mail_from_with_decide_at() {
 
 #[tokio::test]
 async fn the_null_sender_is_checked_by_its_helo_identity() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -209,9 +183,9 @@ async fn the_null_sender_is_checked_by_its_helo_identity() {
         "#,
     );
     // run_mail says HELO client.example.net, whose record allows 192.0.2.10.
-    let o = eom(&p, &mail("", "192.0.2.10")).await;
+    let o = run_to_eom(&p, "p", &Mail::from_client("", "192.0.2.10")).await;
     assert_eq!(
-        check(&o, "spf"),
+        check_result(&o, "spf"),
         (
             "pass".into(),
             "SPF pass for client.example.net from 192.0.2.10".into()
@@ -237,14 +211,14 @@ async fn the_null_sender_is_checked_by_its_helo_identity() {
         received[0]
     );
 
-    let o = eom(&p, &mail("", "192.0.2.99")).await;
-    assert_eq!(check(&o, "spf").0, "fail");
+    let o = run_to_eom(&p, "p", &Mail::from_client("", "192.0.2.99")).await;
+    assert_eq!(check_result(&o, "spf").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 #[tokio::test]
 async fn identity_both_checks_helo_first_and_a_helo_fail_is_final() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -256,17 +230,22 @@ async fn identity_both_checks_helo_first_and_a_helo_fail_is_final() {
         checks = ["spf"]
         "#,
     );
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "spf").0, "pass");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
+    assert_eq!(check_result(&o, "spf").0, "pass");
     assert_eq!(
         inserted(&o, "Authentication-Results"),
         ["mx.test; spf=pass smtp.helo=client.example.net; spf=pass smtp.mailfrom=spf.test"]
     );
     server.reset_stats();
     // MAIL FROM would be neutral, but HELO already failed.
-    let o = eom(&p, &mail("alice@neutral.spf.test", "192.0.2.99")).await;
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@neutral.spf.test", "192.0.2.99"),
+    )
+    .await;
     assert_eq!(
-        check(&o, "spf"),
+        check_result(&o, "spf"),
         (
             "fail".into(),
             "SPF fail for client.example.net from 192.0.2.99".into()
@@ -287,14 +266,14 @@ checks = ["dkim"]
 
 #[tokio::test]
 async fn dkim_pass_fail_and_none() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DKIM_POLICY);
 
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
-    let o = eom(&p, &m).await;
+    let o = run_to_eom(&p, "p", &m).await;
     assert_eq!(
-        check(&o, "dkim"),
+        check_result(&o, "dkim"),
         ("pass".into(), "DKIM pass for dkim.test (s=sel)".into())
     );
     assert_eq!(o.decision.verdict(), Verdict::Accept);
@@ -306,15 +285,15 @@ async fn dkim_pass_fail_and_none() {
 
     // The body changed after signing.
     m.body.push_str("a footer\r\n");
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "fail");
     assert!(reason.contains("body hash mismatch"), "{reason}");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 
-    let o = eom(&p, &mail("alice@dkim.test", "192.0.2.10")).await;
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@dkim.test", "192.0.2.10")).await;
     assert_eq!(
-        check(&o, "dkim"),
+        check_result(&o, "dkim"),
         ("none".into(), "no DKIM signature".into())
     );
     assert_eq!(
@@ -325,27 +304,27 @@ async fn dkim_pass_fail_and_none() {
 
 #[tokio::test]
 async fn dkim_key_lookup_failure_is_temperror() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DKIM_POLICY);
     server.set_failure("sel._domainkey.dkim.test", Failure::ServFail);
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "temperror");
     assert!(reason.contains("DNS failure"), "{reason}");
     assert_eq!(o.decision.verdict(), Verdict::Tempfail);
 
     // A key that is not published at all is a permanent error.
-    let mut m = mail("alice@rcpt.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@rcpt.test", "192.0.2.10");
     dkim_sign(&mut m, "rcpt.test", false);
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "dkim").0, "permerror");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "dkim").0, "permerror");
 }
 
 #[tokio::test]
 async fn dkim_weak_keys_and_length_limits() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     // ring signs with 2048-bit keys at least, so "weak" is shown by asking
     // for more than the test key has.
     let p = policy(
@@ -358,10 +337,10 @@ async fn dkim_weak_keys_and_length_limits() {
         checks = ["dkim"]
         "#,
     );
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "fail");
     assert!(
         reason.contains("weak key (2048 bits, at least 4096 required)"),
@@ -369,12 +348,12 @@ async fn dkim_weak_keys_and_length_limits() {
     );
 
     // l= covers only the signed part: what is appended is not signed.
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", true);
     m.body.push_str("appended by someone else\r\n");
     let p = policy(&server, DKIM_POLICY);
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "neutral");
     assert!(reason.contains("l= tag"), "{reason}");
     assert_eq!(o.decision.verdict(), Verdict::Accept);
@@ -389,8 +368,8 @@ async fn dkim_weak_keys_and_length_limits() {
         checks = ["dkim"]
         "#,
     );
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "dkim").0, "pass");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "dkim").0, "pass");
 }
 
 /// `l=0` signs no body at all: whatever body follows is unsigned, so it is
@@ -398,25 +377,25 @@ async fn dkim_weak_keys_and_length_limits() {
 /// `l=`"), and a tag list with `l=` twice is invalid (RFC 6376 §3.2, §3.5).
 #[tokio::test]
 async fn dkim_l0_signs_no_body_and_two_l_tags_are_invalid() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DKIM_POLICY);
     // mail-auth's signer writes no l= for an empty body, so the signature
     // is made here (relaxed/relaxed, the test key).
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     sign_l0(&mut m);
     // A replay of a signature of no body over any other body.
     m.body = "Send the money to account 123.\r\n".into();
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "neutral", "{reason}");
     assert!(reason.contains("only the first 0 bytes"), "{reason}");
 
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", true);
     m.headers[0].1 = m.headers[0].1.replacen("l=", "l=0; l=", 1);
     assert!(m.headers[0].1.contains("l=0; l=7;"), "{:?}", m.headers[0]);
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "permerror", "{reason}");
     assert!(
         reason.contains("the l= tag appears more than once"),
@@ -457,7 +436,7 @@ fn sign_l0(m: &mut Mail) {
 /// down) are verified, the rest reported once and never looked up.
 #[tokio::test]
 async fn dkim_verifies_at_most_five_signatures() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -469,7 +448,7 @@ async fn dkim_verifies_at_most_five_signatures() {
         checks = ["dkim"]
         "#,
     );
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
     let good = m.headers[0].1.clone();
     assert!(good.contains("s=sel;"), "{good}");
@@ -477,8 +456,8 @@ async fn dkim_verifies_at_most_five_signatures() {
         let forged = good.replacen("s=sel;", &format!("s=nokey{i};"), 1);
         m.headers.insert(0, ("DKIM-Signature".into(), forged));
     }
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     // The valid signature is the 41st: never checked.
     assert_eq!(result, "permerror", "{reason}");
     let ar = &inserted(&o, "Authentication-Results")[0];
@@ -500,7 +479,7 @@ async fn dkim_verifies_at_most_five_signatures() {
 
 #[tokio::test]
 async fn dkim_cannot_verify_a_truncated_body() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -511,13 +490,13 @@ async fn dkim_cannot_verify_a_truncated_body() {
         checks = ["dkim"]
         "#,
     );
-    let mut m = mail("alice@dkim.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     m.body = "a body longer than sixteen bytes\r\n".into();
     dkim_sign(&mut m, "dkim.test", false);
     server.reset_stats();
-    let o = eom(&p, &m).await;
+    let o = run_to_eom(&p, "p", &m).await;
     assert_eq!(
-        check(&o, "dkim"),
+        check_result(&o, "dkim"),
         (
             "temperror".into(),
             "body larger than max_body_size; cannot verify".into()
@@ -545,15 +524,15 @@ checks = ["spf", "dkim", "dmarc"]
 
 #[tokio::test]
 async fn dmarc_passes_with_an_aligned_dkim_signature() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DMARC_POLICY);
     // The envelope is another domain's (SPF passes for it, unaligned).
-    let mut m = mail("bounce@spf.test", "192.0.2.10");
+    let mut m = Mail::from_client("bounce@spf.test", "192.0.2.10");
     m.headers[0].1 = "Alice <alice@aligned.test>".into();
     dkim_sign(&mut m, "aligned.test", false);
-    let o = eom(&p, &m).await;
+    let o = run_to_eom(&p, "p", &m).await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "pass".into(),
             "DMARC pass for aligned.test (DKIM aligned)".into()
@@ -567,22 +546,27 @@ async fn dmarc_passes_with_an_aligned_dkim_signature() {
     );
 
     // Unsigned, the same message fails p=reject.
-    let mut m = mail("bounce@spf.test", "192.0.2.10");
+    let mut m = Mail::from_client("bounce@spf.test", "192.0.2.10");
     m.headers[0].1 = "Alice <alice@aligned.test>".into();
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "dmarc").0, "fail");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
 #[tokio::test]
 async fn dmarc_failures_follow_the_published_policy() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DMARC_POLICY);
 
     // SPF fails for the author's own domain and nothing is signed.
-    let o = eom(&p, &mail("alice@reject.test", "192.0.2.99")).await;
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@reject.test", "192.0.2.99"),
+    )
+    .await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "fail".into(),
             "DMARC fail for reject.test (p=reject)".into()
@@ -596,8 +580,13 @@ async fn dmarc_failures_follow_the_published_policy() {
         o.decision.reason()
     );
 
-    let o = eom(&p, &mail("alice@quarantine.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "dmarc").0, "softfail");
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@quarantine.test", "192.0.2.99"),
+    )
+    .await;
+    assert_eq!(check_result(&o, "dmarc").0, "softfail");
     assert_eq!(o.decision.verdict(), Verdict::Quarantine);
     assert!(
         o.edits
@@ -605,9 +594,9 @@ async fn dmarc_failures_follow_the_published_policy() {
             .any(|e| matches!(e, Edit::Quarantine { reason } if reason.contains("p=quarantine")))
     );
 
-    let o = eom(&p, &mail("alice@none.test", "192.0.2.99")).await;
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@none.test", "192.0.2.99")).await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         ("neutral".into(), "DMARC fail for none.test (p=none)".into())
     );
     assert_eq!(o.decision.verdict(), Verdict::Accept);
@@ -618,9 +607,9 @@ async fn dmarc_failures_follow_the_published_policy() {
     );
 
     // pct=0: the policy applies to no message, the milder one to all.
-    let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@pct.test", "192.0.2.99")).await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "softfail".into(),
             "DMARC fail for pct.test (p=reject, pct=0, not sampled: quarantine applied)".into()
@@ -629,13 +618,13 @@ async fn dmarc_failures_follow_the_published_policy() {
     assert_eq!(o.decision.verdict(), Verdict::Quarantine);
 
     // A domain without a DMARC record.
-    let o = eom(&p, &mail("alice@spf.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "dmarc").0, "none");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.99")).await;
+    assert_eq!(check_result(&o, "dmarc").0, "none");
 }
 
 #[tokio::test]
 async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -646,8 +635,8 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
         checks = ["dmarc"]
         "#,
     );
-    let o = eom(&p, &mail("alice@pct.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "dmarc").0, "fail");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@pct.test", "192.0.2.99")).await;
+    assert_eq!(check_result(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 
     let p = policy(
@@ -661,33 +650,33 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
         checks = ["dmarc"]
         "#,
     );
-    let o = eom(&p, &mail("alice@none.test", "192.0.2.99")).await;
-    assert_eq!(check(&o, "dmarc").0, "fail");
+    let o = run_to_eom(&p, "p", &Mail::from_client("alice@none.test", "192.0.2.99")).await;
+    assert_eq!(check_result(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Quarantine);
 }
 
 #[tokio::test]
 async fn dmarc_relaxed_and_strict_spf_alignment() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DMARC_POLICY);
     // SPF passes for mail.<domain>, a subdomain of the author domain.
-    let mut m = mail("bounce@mail.relaxed.test", "192.0.2.10");
+    let mut m = Mail::from_client("bounce@mail.relaxed.test", "192.0.2.10");
     m.headers[0].1 = "<alice@relaxed.test>".into();
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "spf").0, "pass");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "spf").0, "pass");
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "pass".into(),
             "DMARC pass for relaxed.test (SPF aligned)".into()
         )
     );
 
-    let mut m = mail("bounce@mail.strict.test", "192.0.2.10");
+    let mut m = Mail::from_client("bounce@mail.strict.test", "192.0.2.10");
     m.headers[0].1 = "<alice@strict.test>".into();
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "spf").0, "pass");
-    assert_eq!(check(&o, "dmarc").0, "fail");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "spf").0, "pass");
+    assert_eq!(check_result(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
@@ -740,15 +729,15 @@ async fn eom_after_mail_lookups(
 
 #[tokio::test]
 async fn dmarc_reuses_the_spf_result_of_the_message() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     // nocache.spf.test has TTL 0: the resolver's cache hides no lookup.
     let p = policy(&server, DMARC_POLICY);
     for _ in 0..2 {
-        let m = mail("alice@nocache.spf.test", "192.0.2.10");
+        let m = Mail::from_client("alice@nocache.spf.test", "192.0.2.10");
         // The spf check's lookup, started at MAIL FROM.
         let o = eom_after_mail_lookups(&server, "nocache.spf.test", &p, &m).await;
-        assert_eq!(check(&o, "spf").0, "pass");
-        assert_eq!(check(&o, "dmarc").0, "none");
+        assert_eq!(check_result(&o, "spf").0, "pass");
+        assert_eq!(check_result(&o, "dmarc").0, "none");
     }
     // Once per message, although both checks needed it.
     assert_eq!(
@@ -767,12 +756,12 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
         checks = ["dmarc"]
         "#,
     );
-    let mut m = mail("alice@nocache.spf.test", "192.0.2.10");
+    let mut m = Mail::from_client("alice@nocache.spf.test", "192.0.2.10");
     m.headers[0].1 = "<alice@aligned.test>".into();
     dkim_sign(&mut m, "aligned.test", false);
     // DMARC's early lookup of the MAIL FROM domain's policy.
     let o = eom_after_mail_lookups(&server, "_dmarc.nocache.spf.test", &p, &m).await;
-    assert_eq!(check(&o, "dmarc").0, "pass");
+    assert_eq!(check_result(&o, "dmarc").0, "pass");
     assert_eq!(
         server.queries_for_type("nocache.spf.test", RecordType::TXT),
         1
@@ -781,20 +770,9 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
 
 // ----- ARC -----
 
-/// A message from origin.test, signed there, that a list at forwarder.test
-/// changed (a footer) and sealed, delivered by the list.
-fn forwarded() -> Mail {
-    let mut m = mail("list-bounces@forwarder.test", "192.0.2.50");
-    m.headers[0].1 = "Alice <alice@origin.test>".into();
-    dkim_sign(&mut m, "origin.test", false);
-    m.body.push_str("--\r\nlist footer\r\n");
-    arc_seal(&mut m, "forwarder.test");
-    m
-}
-
 #[tokio::test]
 async fn an_arc_chain_is_verified_and_reported() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
         r#"
@@ -805,9 +783,9 @@ async fn an_arc_chain_is_verified_and_reported() {
         checks = ["arc"]
         "#,
     );
-    let o = eom(&p, &forwarded()).await;
+    let o = run_to_eom(&p, "p", &forwarded()).await;
     assert_eq!(
-        check(&o, "arc"),
+        check_result(&o, "arc"),
         (
             "pass".into(),
             "ARC pass, 1 set(s), newest seal by forwarder.test".into()
@@ -821,11 +799,19 @@ async fn an_arc_chain_is_verified_and_reported() {
     // Changed after sealing: the newest AMS no longer matches.
     let mut m = forwarded();
     m.body.push_str("tampered\r\n");
-    let o = eom(&p, &m).await;
-    assert_eq!(check(&o, "arc").0, "fail");
+    let o = run_to_eom(&p, "p", &m).await;
+    assert_eq!(check_result(&o, "arc").0, "fail");
 
-    let o = eom(&p, &mail("alice@origin.test", "192.0.2.10")).await;
-    assert_eq!(check(&o, "arc"), ("none".into(), "no ARC chain".into()));
+    let o = run_to_eom(
+        &p,
+        "p",
+        &Mail::from_client("alice@origin.test", "192.0.2.10"),
+    )
+    .await;
+    assert_eq!(
+        check_result(&o, "arc"),
+        ("none".into(), "no ARC chain".into())
+    );
 }
 
 const FORWARDING_POLICY: &str = r#"
@@ -848,13 +834,13 @@ checks = ["spf", "dkim", "dmarc", "arc"]
 
 #[tokio::test]
 async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let untrusted = policy(&server, &FORWARDING_POLICY.replace("TRUSTED", ""));
-    let o = eom(&untrusted, &forwarded()).await;
-    assert_eq!(check(&o, "dkim").0, "fail");
-    assert_eq!(check(&o, "arc").0, "pass");
+    let o = run_to_eom(&untrusted, "p", &forwarded()).await;
+    assert_eq!(check_result(&o, "dkim").0, "fail");
+    assert_eq!(check_result(&o, "arc").0, "pass");
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "fail".into(),
             "DMARC fail for origin.test (p=reject)".into()
@@ -866,9 +852,9 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
         &server,
         &FORWARDING_POLICY.replace("TRUSTED", "trusted_arc_sealers = [\"forwarder.test\"]"),
     );
-    let o = eom(&trusted, &forwarded()).await;
+    let o = run_to_eom(&trusted, "p", &forwarded()).await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "pass".into(),
             "DMARC fail overridden by trusted ARC sealer forwarder.test".into()
@@ -892,9 +878,9 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
     // A chain that does not verify overrides nothing.
     let mut m = forwarded();
     m.body.push_str("tampered\r\n");
-    let o = eom(&trusted, &m).await;
-    assert_eq!(check(&o, "arc").0, "fail");
-    assert_eq!(check(&o, "dmarc").0, "fail");
+    let o = run_to_eom(&trusted, "p", &m).await;
+    assert_eq!(check_result(&o, "arc").0, "fail");
+    assert_eq!(check_result(&o, "dmarc").0, "fail");
     assert_eq!(o.decision.verdict(), Verdict::Reject);
 }
 
@@ -904,18 +890,18 @@ async fn a_trusted_arc_sealer_overrides_a_dmarc_failure() {
 /// author's p=reject asked for a rejection).
 #[tokio::test]
 async fn a_key_name_that_cannot_exist_is_a_permanent_error() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DMARC_POLICY);
-    let mut m = mail("alice@reject.test", "192.0.2.99");
+    let mut m = Mail::from_client("alice@reject.test", "192.0.2.99");
     dkim_sign(&mut m, "reject.test", false);
     let long = "a".repeat(64);
     m.headers[0].1 = m.headers[0].1.replacen("s=sel", &format!("s={long}"), 1);
     assert!(m.headers[0].1.contains(&long), "{:?}", m.headers[0]);
-    let o = eom(&p, &m).await;
-    let (result, reason) = check(&o, "dkim");
+    let o = run_to_eom(&p, "p", &m).await;
+    let (result, reason) = check_result(&o, "dkim");
     assert_eq!(result, "permerror", "{reason}");
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "fail".into(),
             "DMARC fail for reject.test (p=reject)".into()
@@ -934,14 +920,14 @@ async fn a_key_name_that_cannot_exist_is_a_permanent_error() {
 /// DMARC permerror (the message cannot be judged), never a temperror.
 #[tokio::test]
 async fn a_from_domain_that_cannot_exist_has_no_dmarc_record_of_its_own() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let p = policy(&server, DMARC_POLICY);
     let long = "a".repeat(64);
-    let mut m = mail("alice@reject.test", "192.0.2.99");
+    let mut m = Mail::from_client("alice@reject.test", "192.0.2.99");
     m.headers[0].1 = format!("Alice <alice@{long}.reject.test>");
-    let o = eom(&p, &m).await;
+    let o = run_to_eom(&p, "p", &m).await;
     assert_eq!(
-        check(&o, "dmarc"),
+        check_result(&o, "dmarc"),
         (
             "permerror".into(),
             format!("the From domain {long}.reject.test is not a DNS name")

@@ -7,8 +7,7 @@ use crate::common;
 
 use common::dns_server::{DnsServer, Failure, dnsbl_name, reverse_name, zones_dir};
 use common::wait::{self, WAIT};
-use common::{Mail, Run, reply_code, run_mail};
-use dispatch_milter::config::{Registry, compile_str};
+use common::{Mail, QUICK_DNS, Run, reply_code, reported, run_mail};
 use dispatch_milter::engine::{CheckReport, Session, StageReply, Verdict};
 use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
@@ -28,20 +27,14 @@ async fn server() -> DnsServer {
 /// Compile `checks` (TOML blocks) with a pipeline "p" running `names`, the
 /// resolver pointed at `server` only.
 fn policy(server: &DnsServer, checks: &str, names: &[&str], pipeline_extra: &str) -> Arc<Policy> {
-    let mut registry = Registry::builtin();
-    registry.set_nameservers(vec![server.addr()]);
     let list = names
         .iter()
         .map(|n| format!("\"{n}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let src = format!(
-        "[dns]\ntimeout = \"500ms\"\nattempts = 1\n\n{checks}\n\n[pipelines.p]\nchecks = [{list}]\n{pipeline_extra}\n"
-    );
-    match compile_str(Path::new("t.toml"), &src, &registry) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("config should compile:\n{e}\n{src}"),
-    }
+    let src =
+        format!("{QUICK_DNS}\n{checks}\n\n[pipelines.p]\nchecks = [{list}]\n{pipeline_extra}\n");
+    common::compile_resolving(server, Path::new("t.toml"), &src)
 }
 
 fn mail_from(client_ip: &'static str, from: &str) -> Mail {
@@ -362,12 +355,7 @@ async fn dnsbl_lists_are_asked_at_once_from_connect() {
         StageReply::Continue
     );
     let outcome = session.eom().await;
-    let c = outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == "bls")
-        .expect("report");
+    let c = reported(&outcome, "bls");
     assert_eq!(c.result, "pass");
     assert_eq!(c.started, Stage::Connect);
     assert_eq!(c.decided, Stage::Mail);

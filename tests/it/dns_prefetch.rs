@@ -8,11 +8,10 @@
 
 use crate::common;
 
-use common::dns_server::{DnsServer, Failure, zones_dir};
+use common::dns_server::{DnsServer, Failure};
 use common::signing::dkim_sign;
 use common::wait::{self, WAIT};
-use common::{Mail, reply_code};
-use dispatch_milter::config::{Registry, compile_str};
+use common::{Mail, reply_code, reported};
 use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
 use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
@@ -37,23 +36,12 @@ authserv_id = "mx.test"
 checks = ["dkim", "dmarc"]
 "#;
 
-async fn dns() -> DnsServer {
-    let server = DnsServer::start().await;
-    server.load_zone_dir(zones_dir().join("auth"));
-    server
-}
-
 fn policy(server: &DnsServer) -> Arc<Policy> {
     policy_from(server, POLICY)
 }
 
 fn policy_from(server: &DnsServer, text: &str) -> Arc<Policy> {
-    let mut registry = Registry::builtin();
-    registry.set_nameservers(vec![server.addr()]);
-    match compile_str(Path::new("t.toml"), text, &registry) {
-        Ok(p) => Arc::new(p),
-        Err(e) => panic!("config should compile:\n{e}"),
-    }
+    common::compile_resolving(server, Path::new("t.toml"), text)
 }
 
 /// A message from aligned.test (p=reject), DKIM-signed there: DMARC passes
@@ -95,19 +83,9 @@ async fn rest_of_message(session: &mut Session, mail: &Mail) -> MessageOutcome {
     session.eom().await
 }
 
-fn result_of(outcome: &MessageOutcome, check: &str) -> String {
-    outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == check)
-        .map(|c| c.result.to_string())
-        .unwrap_or_else(|| panic!("no {check} in {:?}", outcome.report.checks))
-}
-
 #[tokio::test]
 async fn dmarc_records_are_asked_for_at_mail_from_every_level_at_once() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     // Slow answers, so both levels of the tree are in flight together if
     // (and only if) they were asked for at once.
     server.set_delay("_dmarc.aligned.test", Duration::from_millis(300));
@@ -129,8 +107,8 @@ async fn dmarc_records_are_asked_for_at_mail_from_every_level_at_once() {
     );
 
     let outcome = rest_of_message(&mut session, &mail).await;
-    assert_eq!(result_of(&outcome, "dmarc"), "pass");
-    assert_eq!(result_of(&outcome, "dkim"), "pass");
+    assert_eq!(reported(&outcome, "dmarc").result, "pass");
+    assert_eq!(reported(&outcome, "dkim").result, "pass");
     // End of message used the early answers: nothing asked twice, although
     // the resolver keeps no cache.
     assert_eq!(server.queries_for("_dmarc.aligned.test"), 1);
@@ -139,7 +117,7 @@ async fn dmarc_records_are_asked_for_at_mail_from_every_level_at_once() {
 
 #[tokio::test]
 async fn a_dkim_key_is_asked_for_when_its_header_arrives_and_only_once() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let policy = policy(&server);
     let mail = signed();
     let key = "sel._domainkey.aligned.test";
@@ -157,15 +135,15 @@ async fn a_dkim_key_is_asked_for_when_its_header_arrives_and_only_once() {
     .await;
     session.body(mail.body.clone().into());
     let outcome = session.eom().await;
-    assert_eq!(result_of(&outcome, "dkim"), "pass");
-    assert_eq!(result_of(&outcome, "dmarc"), "pass");
+    assert_eq!(reported(&outcome, "dkim").result, "pass");
+    assert_eq!(reported(&outcome, "dmarc").result, "pass");
     // dkim, dmarc and the key-size check all read the key: one query.
     assert_eq!(server.queries_for(key), 1);
 }
 
 #[tokio::test]
 async fn an_early_lookup_that_failed_is_asked_again_at_end_of_message() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     server.set_failure("_dmarc.aligned.test", Failure::ServFail);
     let policy = policy(&server);
     let mail = signed();
@@ -178,13 +156,13 @@ async fn an_early_lookup_that_failed_is_asked_again_at_end_of_message() {
     // The failure was passing: end of message must not inherit it.
     server.clear_failure("_dmarc.aligned.test");
     let outcome = rest_of_message(&mut session, &mail).await;
-    assert_eq!(result_of(&outcome, "dmarc"), "pass");
+    assert_eq!(reported(&outcome, "dmarc").result, "pass");
     assert_eq!(server.queries_for("_dmarc.aligned.test"), 2);
 }
 
 #[tokio::test]
 async fn a_definite_no_record_answer_is_kept_for_the_message() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let policy = policy(&server);
     // spf.test publishes no DMARC record: the early "no such record" is
     // the answer at end of message too.
@@ -196,14 +174,14 @@ async fn a_definite_no_record_answer_is_kept_for_the_message() {
     })
     .await;
     let outcome = rest_of_message(&mut session, &mail).await;
-    assert_eq!(result_of(&outcome, "dmarc"), "none");
+    assert_eq!(reported(&outcome, "dmarc").result, "none");
     assert_eq!(server.queries_for("_dmarc.spf.test"), 1);
     assert_eq!(server.queries_for("_dmarc.test"), 1);
 }
 
 #[tokio::test]
 async fn the_from_domain_is_asked_for_when_the_header_arrives() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let policy = policy(&server);
     // The envelope names another domain than the author: its tree is asked
     // for at MAIL FROM, the author's when the From: header comes.
@@ -226,7 +204,7 @@ async fn the_from_domain_is_asked_for_when_the_header_arrives() {
     .await;
     session.body(mail.body.clone().into());
     let outcome = session.eom().await;
-    assert_eq!(result_of(&outcome, "dmarc"), "pass");
+    assert_eq!(reported(&outcome, "dmarc").result, "pass");
     assert_eq!(server.queries_for("_dmarc.aligned.test"), 1);
     // The shared top level was asked for once, for both trees.
     assert_eq!(server.queries_for("_dmarc.test"), 1);
@@ -234,7 +212,7 @@ async fn the_from_domain_is_asked_for_when_the_header_arrives() {
 
 #[tokio::test]
 async fn a_record_that_does_not_parse_gives_the_same_verdict_as_without_early_lookups() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     // A bad value (fo=9) is discarded in favour of the default (RFC 9989
     // §4.8): the subdomain's own p=none applies. Fetched early, the record
     // must still be the one that applies, not the parent's p=reject.
@@ -248,12 +226,12 @@ async fn a_record_that_does_not_parse_gives_the_same_verdict_as_without_early_lo
     })
     .await;
     let outcome = rest_of_message(&mut session, &mail).await;
-    assert_eq!(result_of(&outcome, "dmarc"), "neutral");
+    assert_eq!(reported(&outcome, "dmarc").result, "neutral");
 }
 
 #[tokio::test]
 async fn a_key_lookup_that_times_out_is_waited_for_once_not_twice() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     // Two signatures: one names a key whose query is never answered, the
     // other verifies. Waiting for the lost query at end of message must
     // count as the lookup: asking again would take a second DNS timeout and
@@ -274,7 +252,7 @@ async fn a_key_lookup_that_times_out_is_waited_for_once_not_twice() {
 
     let mut session = up_to_mail(&policy, &mail).await;
     let outcome = rest_of_message(&mut session, &mail).await;
-    assert_eq!(result_of(&outcome, "dkim"), "pass");
+    assert_eq!(reported(&outcome, "dkim").result, "pass");
     // One lookup of an unanswered name costs the resolver a few queries
     // (it tries more than one way); measure that with the same settings.
     let probe = "probe._domainkey.aligned.test";
@@ -294,7 +272,7 @@ async fn a_key_lookup_that_times_out_is_waited_for_once_not_twice() {
 
 #[tokio::test]
 async fn a_message_asks_for_at_most_eight_keys_early() {
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let policy = policy(&server);
     let mut mail = Mail::new("alice@aligned.test", &["bob@rcpt.test"]);
     // Fifty well-formed signatures, each naming its own key; none can
@@ -329,7 +307,7 @@ async fn a_message_asks_for_at_most_eight_keys_early() {
     assert_eq!(keys(), 8, "the cap holds");
     session.body(mail.body.clone().into());
     let outcome = session.eom().await;
-    assert_eq!(result_of(&outcome, "dkim"), "fail");
+    assert_eq!(reported(&outcome, "dkim").result, "fail");
     assert_eq!(keys(), 8);
 }
 
@@ -343,7 +321,7 @@ async fn a_missing_record_is_shared_between_messages_for_its_negative_ttl() {
     use dispatch_milter::auth::keys::KeyStore;
     use dispatch_milter::dns::{Dns, DnsSettings};
 
-    let server = dns().await;
+    let server = DnsServer::start_with_auth_zones().await;
     let settings = |cache_size| DnsSettings {
         nameservers: Some(vec![server.addr()]),
         timeout: Duration::from_secs(2),

@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 async fn start(server: &DnsServer) -> TestDaemon {
-    let mut registry = common::registry(std::sync::Arc::new(common::Probes::default()));
-    registry.set_nameservers(vec![server.addr()]);
-    TestDaemon::start_with(&format!("{LISTEN}{}", common::mx_checks("")), registry).await
+    TestDaemon::start_resolving(&format!("{LISTEN}{}", common::mx_checks("")), server).await
 }
 
 /// The test zones, the DNSBL zones, and a zone for `org` so that the

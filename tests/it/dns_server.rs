@@ -22,9 +22,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 const FAIL_TIMEOUT: Duration = Duration::from_millis(300);
 
 async fn bounded<F: Future<Output = ()>>(test: F) {
-    tokio::time::timeout(TEST_BOUND, test)
-        .await
-        .expect("test did not finish in time");
+    wait::bounded(TEST_BOUND, "the test", test).await
 }
 
 fn resolver(server: &DnsServer) -> TokioResolver {

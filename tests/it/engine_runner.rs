@@ -81,13 +81,7 @@ async fn a_reject_cancels_a_pending_slow_check() {
     })
     .await;
     assert_eq!(p.running.load(Ordering::SeqCst), 0);
-    let slow = outcome
-        .report
-        .checks
-        .iter()
-        .find(|c| &*c.name == "slow")
-        .expect("reported");
-    assert_eq!(slow.result, "cancelled");
+    assert_eq!(common::reported(&outcome, "slow").result, "cancelled");
 }
 
 #[tokio::test]
@@ -116,15 +110,7 @@ async fn timeout_and_panic_become_temperror_and_the_error_action() {
     assert_eq!(outcome.decision.verdict(), Verdict::Tempfail);
     assert_eq!(outcome.decision.reply().map(|r| r.code), Some(451));
     assert!(outcome.edits.is_empty());
-    let by_name = |n: &str| {
-        outcome
-            .report
-            .checks
-            .iter()
-            .find(|c| &*c.name == n)
-            .cloned()
-            .expect(n)
-    };
+    let by_name = |n: &str| common::reported(&outcome, n).clone();
     assert_eq!(by_name("hang").result, "temperror");
     assert!(
         by_name("hang")

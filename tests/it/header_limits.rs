@@ -6,15 +6,14 @@
 
 use crate::common;
 
-use common::daemon::{TestDaemon, greet, open, tagging_policy};
+use common::daemon::{TestDaemon, open_greeted, tagging_policy};
 use common::errors_of;
 use indymilter_test::{MacroStage, Status};
 use std::ffi::CString;
 
 /// One message with `count` headers of `value`; the end-of-message status.
 async fn send(d: &TestDaemon, count: usize, value: &str) -> Status {
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<b@example.org>"]).await.unwrap();
     conn.macros(MacroStage::Data, [("i", "Q1")]).await.unwrap();

@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::daemon::{LISTEN, TestDaemon, greet, open};
+use common::daemon::{LISTEN, TestDaemon, greet, open, open_greeted, reject_with};
 use common::wait::{self, WAIT};
 use indymilter_test::{EomAction, MacroStage, Status};
 use std::ffi::CString;
@@ -11,12 +11,6 @@ use std::time::Duration;
 
 fn c(s: &str) -> CString {
     CString::new(s).unwrap()
-}
-
-fn reject_with(msg: &str) -> Status {
-    Status::Reject {
-        message: Some(c(msg)),
-    }
 }
 
 const MX: &str = r#"
@@ -58,8 +52,7 @@ fn config(extra: &str) -> String {
 #[tokio::test]
 async fn one_recipient_refused_at_rcpt_the_other_delivered_with_headers() {
     let mut d = TestDaemon::start(&config("")).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     assert_eq!(
         conn.mail(["<someone@example.net>"]).await.unwrap(),
         Status::Continue
@@ -104,8 +97,7 @@ replacement = "$1@example.org"
 "#;
     let cfg = config(extra).replace("modify = [\"tag\"]", "modify = [\"masq\"]");
     let mut d = TestDaemon::start(&cfg).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     assert_eq!(
         conn.mail(["<joe@internal.example.org>"]).await.unwrap(),
         Status::Continue
@@ -195,8 +187,7 @@ async fn a_replacement_recipient_gets_notify_and_orcpt_where_the_mta_takes_them(
 #[tokio::test]
 async fn quarantine_with_reason_header_and_discard_only_where_configured() {
     let mut d = TestDaemon::start(&config("")).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<hold@example.org>"]).await.unwrap();
     conn.rcpt(["<alice@example.org>"]).await.unwrap();
@@ -231,8 +222,7 @@ async fn quarantine_with_reason_header_and_discard_only_where_configured() {
 #[tokio::test]
 async fn abort_mid_message_and_client_gone_mid_message_leak_nothing() {
     let mut d = TestDaemon::start(&config("")).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<alice@example.org>"]).await.unwrap();
     assert_eq!(d.daemon().messages_in_flight(), 1);
@@ -250,8 +240,7 @@ async fn abort_mid_message_and_client_gone_mid_message_leak_nothing() {
     assert_eq!(d.daemon().messages_in_flight(), 0);
 
     // A client that vanishes mid-message.
-    let mut gone = open(d.addr()).await;
-    greet(&mut gone, "mx").await;
+    let mut gone = open_greeted(d.addr(), "mx").await;
     gone.mail(["<a@example.net>"]).await.unwrap();
     gone.rcpt(["<alice@example.org>"]).await.unwrap();
     drop(gone);
@@ -279,8 +268,7 @@ checks = ["hang"]
 "#
     );
     let mut d = TestDaemon::start(&cfg).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<b@example.org>"]).await.unwrap();
     let (actions, status) = conn.eom().await.unwrap();
@@ -313,8 +301,7 @@ reply = {{ code = 554, status = "5.7.1", text = "submission pipeline" }}
 "#
     );
     let mut d = TestDaemon::start(&cfg).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "submission").await;
+    let mut conn = open_greeted(d.addr(), "submission").await;
     conn.mail(["<a@example.org>"]).await.unwrap();
     assert_eq!(
         conn.rcpt(["<b@example.net>"]).await.unwrap(),
@@ -322,8 +309,7 @@ reply = {{ code = 554, status = "5.7.1", text = "submission pipeline" }}
     );
     drop(conn);
 
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "smtpd").await;
+    let mut conn = open_greeted(d.addr(), "smtpd").await;
     conn.mail(["<a@example.org>"]).await.unwrap();
     assert_eq!(
         conn.rcpt(["<b@example.net>"]).await.unwrap(),
@@ -339,8 +325,7 @@ reply = {{ code = 554, status = "5.7.1", text = "submission pipeline" }}
 async fn dry_run_refuses_nothing_and_adds_its_header() {
     let cfg = config("").replace("[pipelines.mx]\n", "[pipelines.mx]\ndry_run = true\n");
     let mut d = TestDaemon::start(&cfg).await;
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     assert_eq!(
         conn.rcpt(["<nobody@example.org>"]).await.unwrap(),
@@ -370,8 +355,7 @@ async fn dry_run_refuses_nothing_and_adds_its_header() {
 #[tokio::test]
 async fn reload_valid_and_invalid_while_a_session_is_open() {
     let mut d = TestDaemon::start(&config("")).await;
-    let mut old = open(d.addr()).await;
-    greet(&mut old, "mx").await;
+    let mut old = open_greeted(d.addr(), "mx").await;
 
     // A new config that refuses everything.
     let strict = format!(
@@ -387,8 +371,7 @@ async fn reload_valid_and_invalid_while_a_session_is_open() {
         Status::Continue
     );
     // ...new sessions get the new one.
-    let mut new = open(d.addr()).await;
-    greet(&mut new, "mx").await;
+    let mut new = open_greeted(d.addr(), "mx").await;
     new.mail(["<a@example.net>"]).await.unwrap();
     assert_eq!(
         new.rcpt(["<alice@example.org>"]).await.unwrap(),
@@ -407,8 +390,7 @@ async fn reload_valid_and_invalid_while_a_session_is_open() {
         errors.contains("milter-config.toml:4:11: check \"nope\" is not defined"),
         "{errors}"
     );
-    let mut after = open(d.addr()).await;
-    greet(&mut after, "mx").await;
+    let mut after = open_greeted(d.addr(), "mx").await;
     after.mail(["<a@example.net>"]).await.unwrap();
     assert_eq!(
         after.rcpt(["<alice@example.org>"]).await.unwrap(),
@@ -427,8 +409,7 @@ async fn graceful_shutdown_lets_a_message_in_flight_finish() {
     );
     let mut d = TestDaemon::start(&cfg).await;
     let addr = d.addr();
-    let mut conn = open(addr).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(addr, "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<alice@example.org>"]).await.unwrap();
 
@@ -569,8 +550,7 @@ async fn metrics_are_served_and_count_what_happened() {
     );
     let mut d = TestDaemon::start(&cfg).await;
     let metrics_addr = d.daemon().metrics_address.expect("metrics listener");
-    let mut conn = open(d.addr()).await;
-    greet(&mut conn, "mx").await;
+    let mut conn = open_greeted(d.addr(), "mx").await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<alice@example.org>"]).await.unwrap();
     conn.eom().await.unwrap();

@@ -32,9 +32,7 @@ checks = ["zen", "iprev", "spf"]
 "#;
 
 async fn start(server: &DnsServer) -> TestDaemon {
-    let mut registry = common::registry(std::sync::Arc::new(common::Probes::default()));
-    registry.set_nameservers(vec![server.addr()]);
-    TestDaemon::start_with(&format!("{LISTEN}{POLICY}"), registry).await
+    TestDaemon::start_resolving(&format!("{LISTEN}{POLICY}"), server).await
 }
 
 /// Negotiate, connect from `ip`, HELO.
@@ -172,9 +170,7 @@ checks = ["iprev", "spf"]
 "#;
     let server = DnsServer::start_with_test_zones().await;
     server.set_default_failure(Some(Failure::Drop));
-    let mut registry = common::registry(std::sync::Arc::new(common::Probes::default()));
-    registry.set_nameservers(vec![server.addr()]);
-    let mut d = TestDaemon::start_with(&format!("{LISTEN}{SLOW}"), registry).await;
+    let mut d = TestDaemon::start_resolving(&format!("{LISTEN}{SLOW}"), &server).await;
     let mut conn = client(&d, "192.0.2.22").await;
     assert_eq!(
         conn.mail(["<alice@example.org>"]).await.unwrap(),

@@ -19,11 +19,10 @@ use crate::common;
 use common::Mail;
 use common::daemon::{LISTEN, TestDaemon, open};
 use common::dns_server::{DnsServer, Failure, zones_dir};
-use common::signing;
+use common::signing::{self, forwarded};
 use indymilter_test::{EomAction, EomActions, MacroStage, Status};
 use std::ffi::CString;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// Short DNS timeouts: a dropped query costs 300 ms, not the default
 /// seconds, so the temperror cases stay quick.
@@ -68,9 +67,7 @@ async fn dns(failures: &[(&str, Failure)]) -> DnsServer {
 
 /// Start the daemon with `policy`, resolving only through `server`.
 async fn daemon(server: &DnsServer, policy: &str) -> TestDaemon {
-    let mut registry = common::registry(Arc::new(common::Probes::default()));
-    registry.set_nameservers(vec![server.addr()]);
-    TestDaemon::start_with(&format!("{LISTEN}{DNS}{policy}"), registry).await
+    TestDaemon::start_resolving(&format!("{LISTEN}{DNS}{policy}"), server).await
 }
 
 /// Play one SMTP transaction the way Postfix talks to a milter, stopping at
@@ -162,13 +159,6 @@ fn tempfail(reply: &str) -> Status {
     Status::Tempfail {
         message: Some(CString::new(reply).unwrap()),
     }
-}
-
-/// A message from `from`, sent by a client at `ip`, to bob@rcpt.test.
-fn mail(from: &str, ip: &'static str) -> Mail {
-    let mut m = Mail::new(from, &["bob@rcpt.test"]);
-    m.client_ip = ip;
-    m
 }
 
 /// Our Authentication-Results (inserted at index 0), unfolded.
@@ -275,17 +265,6 @@ fn dkim_signed(mut mail: Mail, domain: &str) -> Mail {
     mail
 }
 
-/// A message from origin.test, signed there, that the list at
-/// forwarder.test (192.0.2.50) changed (a footer) and ARC-sealed.
-fn forwarded() -> Mail {
-    let mut m = mail("list-bounces@forwarder.test", "192.0.2.50");
-    m.headers[0].1 = "Alice <alice@origin.test>".into();
-    let mut m = dkim_signed(m, "origin.test");
-    m.body.push_str("--\r\nlist footer\r\n");
-    signing::arc_seal(&mut m, "forwarder.test");
-    m
-}
-
 /// A signed header changed after the last hop signed or sealed it. The
 /// body hash still matches, so the verifier fetches the key (a changed body
 /// fails before any lookup) and the signature does not verify with it.
@@ -321,14 +300,14 @@ async fn dnsbl_pass_fail_temperror() {
                 // Not listed (NXDOMAIN). The kind adds no fragment, so there
                 // is no Authentication-Results at all.
                 name: "dnsbl pass",
-                mail: mail("alice@example.org", "192.0.2.22"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.22"),
                 failures: vec![],
                 asked: "22.2.0.192.zen.test",
                 expect: Expect::Accepted(None),
             },
             Case {
                 name: "dnsbl fail",
-                mail: mail("alice@example.org", "192.0.2.10"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.10"),
                 failures: vec![],
                 asked: "10.2.0.192.zen.test",
                 expect: Expect::Refused(
@@ -338,7 +317,7 @@ async fn dnsbl_pass_fail_temperror() {
             },
             Case {
                 name: "dnsbl temperror (SERVFAIL)",
-                mail: mail("alice@example.org", "192.0.2.22"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.22"),
                 failures: vec![("22.2.0.192.zen.test", Failure::ServFail)],
                 asked: "22.2.0.192.zen.test",
                 expect: Expect::Refused(Stage::Mail, tempfail(DEFAULT_TEMPFAIL)),
@@ -358,7 +337,7 @@ async fn dnsbl_decided_at_rcpt_refuses_the_recipient() {
         vec![
             Case {
                 name: "dnsbl@rcpt fail",
-                mail: mail("alice@example.org", "192.0.2.10"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.10"),
                 failures: vec![],
                 asked: "10.2.0.192.zen.test",
                 expect: Expect::Refused(
@@ -368,7 +347,7 @@ async fn dnsbl_decided_at_rcpt_refuses_the_recipient() {
             },
             Case {
                 name: "dnsbl@rcpt temperror (SERVFAIL)",
-                mail: mail("alice@example.org", "192.0.2.22"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.22"),
                 failures: vec![("22.2.0.192.zen.test", Failure::ServFail)],
                 asked: "22.2.0.192.zen.test",
                 expect: Expect::Refused(Stage::Rcpt, tempfail(DEFAULT_TEMPFAIL)),
@@ -402,7 +381,7 @@ async fn iprev_pass_fail_temperror() {
             Case {
                 // PTR mail2.example.org, whose A records include 192.0.2.11.
                 name: "iprev pass",
-                mail: mail("alice@example.org", "192.0.2.11"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.11"),
                 failures: vec![],
                 asked: "mail2.example.org",
                 expect: Expect::Accepted(Some(
@@ -412,7 +391,7 @@ async fn iprev_pass_fail_temperror() {
             Case {
                 // PTR unconfirmed.example.org, which points elsewhere.
                 name: "iprev fail",
-                mail: mail("alice@example.org", "192.0.2.20"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.20"),
                 failures: vec![],
                 asked: "unconfirmed.example.org",
                 expect: Expect::Refused(
@@ -423,7 +402,7 @@ async fn iprev_pass_fail_temperror() {
             Case {
                 // The PTR answers; the forward lookup of its name times out.
                 name: "iprev temperror (forward lookup dropped)",
-                mail: mail("alice@example.org", "192.0.2.11"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.11"),
                 failures: vec![("mail2.example.org", Failure::Drop)],
                 asked: "11.2.0.192.in-addr.arpa",
                 expect: Expect::Refused(
@@ -458,7 +437,7 @@ async fn require_mx_pass_fail_temperror() {
             Case {
                 // MX mail.example.org; the kind adds no fragment.
                 name: "require_mx pass",
-                mail: mail("alice@example.org", "192.0.2.10"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.10"),
                 failures: vec![],
                 asked: "example.org",
                 expect: Expect::Accepted(None),
@@ -466,7 +445,7 @@ async fn require_mx_pass_fail_temperror() {
             Case {
                 // example.net publishes a null MX (RFC 7505).
                 name: "require_mx fail",
-                mail: mail("alice@example.net", "192.0.2.10"),
+                mail: Mail::from_client("alice@example.net", "192.0.2.10"),
                 failures: vec![],
                 asked: "example.net",
                 expect: Expect::Refused(
@@ -476,7 +455,7 @@ async fn require_mx_pass_fail_temperror() {
             },
             Case {
                 name: "require_mx temperror (REFUSED)",
-                mail: mail("alice@example.org", "192.0.2.10"),
+                mail: Mail::from_client("alice@example.org", "192.0.2.10"),
                 failures: vec![("example.org", Failure::Refused)],
                 asked: "example.org",
                 expect: Expect::Refused(
@@ -509,21 +488,21 @@ async fn spf_pass_fail_temperror() {
             Case {
                 // spf.test: "v=spf1 ip4:192.0.2.10 -all".
                 name: "spf pass",
-                mail: mail("alice@spf.test", "192.0.2.10"),
+                mail: Mail::from_client("alice@spf.test", "192.0.2.10"),
                 failures: vec![],
                 asked: "spf.test",
                 expect: Expect::Accepted(Some("spf=pass smtp.mailfrom=spf.test")),
             },
             Case {
                 name: "spf fail",
-                mail: mail("alice@spf.test", "192.0.2.99"),
+                mail: Mail::from_client("alice@spf.test", "192.0.2.99"),
                 failures: vec![],
                 asked: "spf.test",
                 expect: Expect::Refused(Stage::Eom, reject("550 5.7.23 SPF validation failed")),
             },
             Case {
                 name: "spf temperror (SERVFAIL)",
-                mail: mail("alice@spf.test", "192.0.2.10"),
+                mail: Mail::from_client("alice@spf.test", "192.0.2.10"),
                 failures: vec![("spf.test", Failure::ServFail)],
                 asked: "spf.test",
                 expect: Expect::Refused(Stage::Eom, tempfail(DEFAULT_TEMPFAIL)),
@@ -543,14 +522,14 @@ async fn spf_decided_at_mail_refuses_at_mail_from() {
         vec![
             Case {
                 name: "spf@mail fail",
-                mail: mail("alice@spf.test", "192.0.2.99"),
+                mail: Mail::from_client("alice@spf.test", "192.0.2.99"),
                 failures: vec![],
                 asked: "spf.test",
                 expect: Expect::Refused(Stage::Mail, reject("550 5.7.23 SPF validation failed")),
             },
             Case {
                 name: "spf@mail temperror (SERVFAIL)",
-                mail: mail("alice@spf.test", "192.0.2.10"),
+                mail: Mail::from_client("alice@spf.test", "192.0.2.10"),
                 failures: vec![("spf.test", Failure::ServFail)],
                 asked: "spf.test",
                 expect: Expect::Refused(Stage::Mail, tempfail(DEFAULT_TEMPFAIL)),
@@ -579,7 +558,10 @@ async fn dkim_pass_fail_temperror() {
         vec![
             Case {
                 name: "dkim pass",
-                mail: dkim_signed(mail("alice@dkim.test", "192.0.2.10"), "dkim.test"),
+                mail: dkim_signed(
+                    Mail::from_client("alice@dkim.test", "192.0.2.10"),
+                    "dkim.test",
+                ),
                 failures: vec![],
                 asked: "sel._domainkey.dkim.test",
                 expect: Expect::Accepted(Some(
@@ -589,7 +571,7 @@ async fn dkim_pass_fail_temperror() {
             Case {
                 name: "dkim fail",
                 mail: tampered(dkim_signed(
-                    mail("alice@dkim.test", "192.0.2.10"),
+                    Mail::from_client("alice@dkim.test", "192.0.2.10"),
                     "dkim.test",
                 )),
                 failures: vec![],
@@ -599,7 +581,10 @@ async fn dkim_pass_fail_temperror() {
             Case {
                 // The key's answer is junk the resolver cannot parse.
                 name: "dkim temperror (garbage answer)",
-                mail: dkim_signed(mail("alice@dkim.test", "192.0.2.10"), "dkim.test"),
+                mail: dkim_signed(
+                    Mail::from_client("alice@dkim.test", "192.0.2.10"),
+                    "dkim.test",
+                ),
                 failures: vec![("sel._domainkey.dkim.test", Failure::Garbage)],
                 asked: "sel._domainkey.dkim.test",
                 expect: Expect::Refused(Stage::Eom, tempfail(DEFAULT_TEMPFAIL)),
@@ -624,7 +609,7 @@ checks = ["dmarc"]
 /// From alice@aligned.test (p=reject), signed by aligned.test; the envelope
 /// is spf.test's, so only the DKIM signature can align.
 fn aligned() -> Mail {
-    let mut m = mail("bounce@spf.test", "192.0.2.10");
+    let mut m = Mail::from_client("bounce@spf.test", "192.0.2.10");
     m.headers[0].1 = "Alice <alice@aligned.test>".into();
     dkim_signed(m, "aligned.test")
 }
@@ -647,7 +632,7 @@ async fn dmarc_pass_fail_temperror() {
                 // reject.test publishes p=reject; SPF fails for 192.0.2.99
                 // and nothing is signed.
                 name: "dmarc fail",
-                mail: mail("alice@reject.test", "192.0.2.99"),
+                mail: Mail::from_client("alice@reject.test", "192.0.2.99"),
                 failures: vec![],
                 asked: "_dmarc.reject.test",
                 expect: Expect::Refused(

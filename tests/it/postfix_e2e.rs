@@ -890,16 +890,9 @@ fn as_received(delivery: &Delivery) -> common::Mail {
 
 /// The Authentication-Results that the `dkim` check adds for `mail`.
 async fn dkim_results(dns: &common::dns_server::DnsServer, mail: &common::Mail) -> String {
-    let mut registry = dispatch_milter::config::Registry::builtin();
-    registry.set_nameservers(vec![dns.addr()]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dispatch_milter::config::compile_str(
-        &dir.path().join("verify.toml"),
-        VERIFY_DKIM,
-        &registry,
-    )
-    .unwrap_or_else(|e| panic!("verify config should compile:\n{e}"));
-    let run = common::run_mail(&Arc::new(policy), "in", mail).await;
+    let policy = common::compile_resolving(dns, &dir.path().join("verify.toml"), VERIFY_DKIM);
+    let run = common::run_mail(&policy, "in", mail).await;
     let outcome = run.outcome.expect("the message reached end of message");
     let results: Vec<String> = outcome
         .edits

@@ -5,9 +5,8 @@
 
 use crate::common;
 
-use common::daemon::{TestDaemon, greet, open};
+use common::daemon::{TestDaemon, open_greeted, reject_with};
 use indymilter_test::Status;
-use std::ffi::CString;
 
 /// Listener 0 chooses by `{daemon_name}`; listener 1 is bound to the
 /// submission pipeline, whose policy refuses everything. Renaming it in the
@@ -34,14 +33,11 @@ reply = {{ code = 554, status = "5.7.1", text = "submission needs AUTH" }}
 }
 
 fn refused() -> Status {
-    Status::Reject {
-        message: Some(CString::new("554 5.7.1 submission needs AUTH").unwrap()),
-    }
+    reject_with("554 5.7.1 submission needs AUTH")
 }
 
 async fn rcpt_status(d: &TestDaemon, listener: usize, daemon_name: &str) -> Status {
-    let mut conn = open(d.tcp(listener)).await;
-    greet(&mut conn, daemon_name).await;
+    let mut conn = open_greeted(d.tcp(listener), daemon_name).await;
     conn.mail(["<a@example.net>"]).await.unwrap();
     conn.rcpt(["<b@example.org>"]).await.unwrap()
 }

@@ -8,11 +8,12 @@
 
 use crate::common;
 
-use common::serve::{Serve, WAIT, field_str, message_of, start_message};
+use common::daemon::reject_with;
+use common::position;
+use common::serve::{Serve, WAIT, field_str, message_of, rcpt_answer, start_message, threads};
 use common::wait;
 use indymilter_test::{MacroStage, Status, TestConnection};
 use serde_json::Value;
-use std::ffi::CString;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -64,12 +65,6 @@ fn v2() -> String {
     policy("other.example", V2_TEXT)
 }
 
-fn reject_with(reply: &str) -> Status {
-    Status::Reject {
-        message: Some(CString::new(reply).expect("no NUL")),
-    }
-}
-
 /// Wait for "ready" and return the one TCP address it lists; check that
 /// "listening" named the same address before it.
 async fn ready(d: &mut Serve) -> SocketAddr {
@@ -88,9 +83,7 @@ async fn ready(d: &mut Serve) -> SocketAddr {
 
 /// Run a test body with an overall time limit.
 async fn bounded(body: impl std::future::Future<Output = ()>) {
-    tokio::time::timeout(TEST_LIMIT, body)
-        .await
-        .expect("the test took longer than its limit");
+    wait::bounded(TEST_LIMIT, "the test", body).await
 }
 
 /// Headers, body and end of message with queue id `qid`; returns the EOM
@@ -109,14 +102,6 @@ async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
         .await
         .expect("macros");
     let (_, status) = conn.eom().await.expect("eom");
-    status
-}
-
-/// What a new connection gets for a recipient.
-async fn rcpt_answer(addr: SocketAddr, rcpt: &str) -> Status {
-    let mut conn = start_message(addr, None).await;
-    let status = conn.rcpt([rcpt]).await.expect("rcpt");
-    conn.close().await.expect("close");
     status
 }
 
@@ -189,23 +174,13 @@ async fn serve_answers_over_milter_and_logs_one_json_line_per_message() {
     .await;
 }
 
-/// The 1-based line and column of the first `needle` in `text`.
-fn position(text: &str, needle: &str) -> (usize, usize) {
-    for (i, line) in text.lines().enumerate() {
-        if let Some(col) = line.find(needle) {
-            return (i + 1, col + 1);
-        }
-    }
-    panic!("{needle:?} not in the text");
-}
-
 #[tokio::test]
 async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     bounded(async {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
         assert_eq!(
-            rcpt_answer(addr, "<x@blocked.example>").await,
+            rcpt_answer(addr, None, "<x@blocked.example>").await,
             reject_with(&format!("550 5.7.1 {V1_TEXT}"))
         );
 
@@ -215,11 +190,11 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
         assert_eq!(message_of(&event), "configuration reloaded", "{event}");
         assert_eq!(field_str(&event, "config"), d.config.display().to_string());
         assert_eq!(
-            rcpt_answer(addr, "<x@blocked.example>").await,
+            rcpt_answer(addr, None, "<x@blocked.example>").await,
             Status::Continue
         );
         assert_eq!(
-            rcpt_answer(addr, "<x@other.example>").await,
+            rcpt_answer(addr, None, "<x@other.example>").await,
             reject_with(&format!("550 5.7.1 {V2_TEXT}"))
         );
 
@@ -239,11 +214,11 @@ async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
         assert!(errors.contains(&at), "expected {at} in {errors:?}");
         assert!(errors.contains("nope"), "{errors}");
         assert_eq!(
-            rcpt_answer(addr, "<x@other.example>").await,
+            rcpt_answer(addr, None, "<x@other.example>").await,
             reject_with(&format!("550 5.7.1 {V2_TEXT}"))
         );
         assert_eq!(
-            rcpt_answer(addr, "<x@blocked.example>").await,
+            rcpt_answer(addr, None, "<x@blocked.example>").await,
             Status::Continue
         );
         assert!(d.alive(), "a failed reload does not stop the daemon");
@@ -317,7 +292,7 @@ async fn sigint_without_messages_in_flight_exits_zero_promptly() {
         let addr = ready(&mut d).await;
         // A finished session first, so there is something to have cleaned up.
         assert_eq!(
-            rcpt_answer(addr, "<alice@example.org>").await,
+            rcpt_answer(addr, None, "<alice@example.org>").await,
             Status::Continue
         );
         let sent = Instant::now();
@@ -454,13 +429,6 @@ async fn what_loading_the_config_warns_about_is_printed_at_start() {
         assert_eq!(d.wait_exit(WAIT).await.code(), Some(0), "{}", d.log());
     })
     .await;
-}
-
-/// Threads of a running process, from /proc.
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
 }
 
 /// `[server] worker_threads` sizes the runtime the daemon runs on: two

@@ -9,7 +9,9 @@
 
 use crate::common;
 
-use common::serve::{BIN, Serve, WAIT, field_str, message_of, start_message};
+use common::daemon::reject_with;
+use common::position;
+use common::serve::{BIN, Serve, WAIT, field_str, message_of, rcpt_answer, start_message, threads};
 use common::wait;
 use indymilter_test::{MacroStage, Status};
 use std::ffi::CString;
@@ -276,14 +278,6 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
     assert!(mailboxes.contains("user0@example.org"));
 }
 
-/// What a new `{daemon_name}` session gets for one recipient.
-async fn rcpt_answer(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status {
-    let mut conn = start_message(addr, Some(daemon_name)).await;
-    let status = conn.rcpt([rcpt]).await.expect("rcpt");
-    conn.close().await.expect("close");
-    status
-}
-
 /// A whole message through a `{daemon_name}` session; its EOM status.
 async fn whole_message(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status {
     let mut conn = start_message(addr, Some(daemon_name)).await;
@@ -323,16 +317,6 @@ async fn metrics(addr: SocketAddr) -> String {
     body
 }
 
-/// The 1-based line and column of the first `needle` in `text`.
-fn position(text: &str, needle: &str) -> (usize, usize) {
-    for (i, line) in text.lines().enumerate() {
-        if let Some(col) = line.find(needle) {
-            return (i + 1, col + 1);
-        }
-    }
-    panic!("{needle:?} not in the text");
-}
-
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("local addr").port()
@@ -341,9 +325,7 @@ fn free_port() -> u16 {
 const REFUSED: &str = "550 5.1.1 no such mailbox";
 
 fn refused() -> Status {
-    Status::Reject {
-        message: Some(CString::new(REFUSED).expect("no NUL")),
-    }
+    reject_with(REFUSED)
 }
 
 /// Two pipelines: `mx` (the fallback) accepts the recipients in the
@@ -406,11 +388,11 @@ async fn a_table_file_replaced_by_a_fifo_stalls_nothing() {
     let mut d = Serve::start(&config);
     let addr = d.ready().await;
     assert_eq!(
-        rcpt_answer(addr, "mx", "<alice@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<alice@example.org>").await,
         Status::Continue
     );
     assert_eq!(
-        rcpt_answer(addr, "mx", "<bob@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<bob@example.org>").await,
         refused()
     );
 
@@ -421,7 +403,7 @@ async fn a_table_file_replaced_by_a_fifo_stalls_nothing() {
 
     // Lookups go on from the contents the table had...
     assert_eq!(
-        rcpt_answer(addr, "mx", "<alice@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<alice@example.org>").await,
         Status::Continue
     );
     // ...and the watcher, once the FIFO has stayed put, refuses it.
@@ -439,11 +421,11 @@ async fn a_table_file_replaced_by_a_fifo_stalls_nothing() {
     // Mail through the table, mail that needs no table, and the metrics
     // port are all answered.
     assert_eq!(
-        rcpt_answer(addr, "mx", "<alice@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<alice@example.org>").await,
         Status::Continue
     );
     assert_eq!(
-        rcpt_answer(addr, "mx", "<bob@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<bob@example.org>").await,
         refused()
     );
     assert_eq!(
@@ -463,7 +445,7 @@ async fn a_reload_to_a_fifo_table_is_refused_and_sigterm_still_works() {
     let mut d = Serve::start(&config);
     let addr = d.ready().await;
     assert_eq!(
-        rcpt_answer(addr, "mx", "<bob@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<bob@example.org>").await,
         refused()
     );
 
@@ -488,11 +470,11 @@ async fn a_reload_to_a_fifo_table_is_refused_and_sigterm_still_works() {
 
     // The old configuration serves on, and SIGTERM stops the daemon.
     assert_eq!(
-        rcpt_answer(addr, "mx", "<alice@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<alice@example.org>").await,
         Status::Continue
     );
     assert_eq!(
-        rcpt_answer(addr, "mx", "<bob@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<bob@example.org>").await,
         refused()
     );
     let status = d.terminate(PROMPTLY).await;
@@ -533,7 +515,7 @@ async fn sigterm_is_answered_while_a_reload_hangs() {
         Status::Continue
     );
     assert_eq!(
-        rcpt_answer(addr, "mx", "<alice@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<alice@example.org>").await,
         Status::Continue
     );
     let status = d.terminate(PROMPTLY).await;
@@ -545,13 +527,6 @@ async fn sigterm_is_answered_while_a_reload_hangs() {
         "the load cannot have finished:\n{}",
         d.log()
     );
-}
-
-/// Threads of a running process, from /proc.
-fn threads(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.count())
-        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
 }
 
 /// Each loaded file table has a watcher thread; a reload replaces the
@@ -582,18 +557,9 @@ async fn reloads_do_not_pile_up_watcher_threads() {
 /// stands in for a file on a file system that does not answer.)
 #[tokio::test]
 async fn a_reload_that_takes_too_long_fails_and_the_old_configuration_stays() {
+    use common::daemon::{LISTEN, TestDaemon};
     use dispatch_milter::checks::CheckBuildContext;
-    use dispatch_milter::daemon::Daemon;
-    use dispatch_milter::server_config::ListenAddress;
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("milter-config.toml");
-    let listen = "[[server.listen]]\naddress = \"inet:127.0.0.1:0\"\n";
-    std::fs::write(
-        &config,
-        format!("{listen}[pipelines.mx]\n[pipelines.mx.default]\naction = \"accept\"\n"),
-    )
-    .expect("write config");
     let mut registry = dispatch_milter::config::Registry::builtin();
     registry.add_check(
         "stall",
@@ -602,23 +568,18 @@ async fn a_reload_that_takes_too_long_fails_and_the_old_configuration_stays() {
             None
         }),
     );
-    let daemon = Daemon::start(&config, registry)
-        .await
-        .unwrap_or_else(|e| panic!("starts: {e}"));
-    let addr = match &daemon.addresses[0] {
-        ListenAddress::Inet(a) => *a,
-        other => panic!("{other} is not TCP"),
-    };
-
-    std::fs::write(
-        &config,
-        format!(
-            "{listen}[checks.slow]\nkind = \"stall\"\n[pipelines.mx]\nchecks = [\"slow\"]\n[pipelines.mx.default]\naction = \"reject\"\n"
-        ),
+    let mut d = TestDaemon::start_with(
+        &format!("{LISTEN}[pipelines.mx]\n[pipelines.mx.default]\naction = \"accept\"\n"),
+        registry,
     )
-    .expect("rewrite config");
+    .await;
+    let addr = d.addr();
+
+    d.rewrite_config(&format!(
+        "{LISTEN}[checks.slow]\nkind = \"stall\"\n[pipelines.mx]\nchecks = [\"slow\"]\n[pipelines.mx.default]\naction = \"reject\"\n"
+    ));
     let started = Instant::now();
-    let errors = match daemon.reload_within(Duration::from_millis(300)).await {
+    let errors = match d.daemon().reload_within(Duration::from_millis(300)).await {
         Ok(()) => panic!("a load that takes 3 s finished within 300 ms"),
         Err(e) => e.to_string(),
     };
@@ -631,11 +592,11 @@ async fn a_reload_that_takes_too_long_fails_and_the_old_configuration_stays() {
         errors,
         format!(
             "{}: loading the configuration took longer than 300ms; is a file it names on a file system that does not answer?",
-            config.display()
+            d.config.display()
         )
     );
     // While that thread still hangs, another reload starts no second one.
-    let again = match daemon.reload_within(Duration::from_millis(300)).await {
+    let again = match d.daemon().reload_within(Duration::from_millis(300)).await {
         Ok(()) => panic!("a second load while the first still runs"),
         Err(e) => e.to_string(),
     };
@@ -644,8 +605,8 @@ async fn a_reload_that_takes_too_long_fails_and_the_old_configuration_stays() {
         "{again}"
     );
     assert_eq!(
-        rcpt_answer(addr, "mx", "<anyone@example.org>").await,
+        rcpt_answer(addr, Some("mx"), "<anyone@example.org>").await,
         Status::Continue
     );
-    daemon.shutdown().await;
+    d.shutdown().await;
 }
