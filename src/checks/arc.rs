@@ -22,6 +22,7 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Early}
 use crate::auth::arc::ArcFacts;
 use crate::dns::Dns;
 use crate::stage::Stage;
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// The check result for validated facts.
@@ -31,20 +32,30 @@ pub fn result(f: &ArcFacts) -> CheckResult {
     r
 }
 
+/// `[checks.NAME]` with `kind = "arc"`: no keys of its own, only the
+/// ones every check shares.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArcOptions {}
+
 pub struct ArcCheck {
     dns: Arc<Dns>,
 }
 
 impl ArcCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        match ctx.dns.get() {
-            Ok(dns) => Some(Arc::new(ArcCheck { dns })),
+        let options = ctx.options.parse::<ArcOptions>();
+        // The resolver's own error is named even when a key is unknown.
+        let dns = match ctx.dns.get() {
+            Ok(dns) => dns,
             Err(e) => {
                 let span = ctx.options.span();
                 ctx.options.error(span, e);
-                None
+                return None;
             }
-        }
+        };
+        let ArcOptions {} = options?;
+        Some(Arc::new(ArcCheck { dns }))
     }
 }
 

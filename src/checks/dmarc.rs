@@ -99,25 +99,33 @@ use crate::address::normalize_domain;
 use crate::auth::dkim::DkimFacts;
 use crate::auth::dmarc::{evaluate, lookups, record};
 use crate::auth_results::{Property, ResInfo};
+use crate::config::options::OneOrMany;
 use crate::dns::Dns;
 use crate::message::address_list::{Unreadable, address_list};
 use crate::stage::Stage;
 use evaluate::{Authenticated, Identifier, Outcome};
 use lookups::MessageDns;
 use record::Request;
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// What the `policy` option selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "\"published\" or \"local\"")]
 pub enum PolicyMode {
     Published,
     Local,
 }
 
-const POLICY_MODES: [(&str, PolicyMode); 2] = [
-    ("published", PolicyMode::Published),
-    ("local", PolicyMode::Local),
-];
+/// `[checks.NAME]` with `kind = "dmarc"`; defaults in the module comment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DmarcOptions {
+    policy: Option<PolicyMode>,
+    honour_pct: Option<bool>,
+    trusted_arc_sealers: Option<OneOrMany>,
+}
 
 pub struct DmarcCheck {
     dns: Arc<Dns>,
@@ -311,56 +319,8 @@ fn author_domain_of(value: &str) -> Result<String, NoAuthor> {
 
 impl DmarcCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let mut ok = true;
-        let what = ctx.options.what().to_string();
-        let mode = match ctx.options.value("policy") {
-            None => PolicyMode::Published,
-            Some(raw) => match POLICY_MODES
-                .iter()
-                .find(|(name, _)| Some(*name) == raw.get_ref().as_str())
-            {
-                Some(&(_, m)) => m,
-                None => {
-                    let found = match raw.get_ref().as_str() {
-                        Some(s) => format!("\"{s}\""),
-                        None => format!("a {}", raw.get_ref().type_str()),
-                    };
-                    ctx.options.error(
-                        raw.span(),
-                        format!(
-                            "`policy` in {what} must be \"published\" or \"local\", found {found}"
-                        ),
-                    );
-                    ok = false;
-                    PolicyMode::Published
-                }
-            },
-        };
-        let honour_present = ctx.options.value("honour_pct").is_some();
-        let honour_pct = ctx.options.bool("honour_pct");
-        ok &= !honour_present || honour_pct.is_some();
-        let mut trusted_arc_sealers = Vec::new();
-        if ctx.options.value("trusted_arc_sealers").is_some() {
-            match ctx.options.string_list("trusted_arc_sealers") {
-                Some(list) => {
-                    for d in list.get_ref() {
-                        match normalize_domain(d) {
-                            Ok(n) if !n.starts_with('[') => trusted_arc_sealers.push(n),
-                            _ => {
-                                ctx.options.error(
-                                    list.span(),
-                                    format!(
-                                        "`trusted_arc_sealers` in {what}: \"{d}\" is not a domain"
-                                    ),
-                                );
-                                ok = false;
-                            }
-                        }
-                    }
-                }
-                None => ok = false,
-            }
-        }
+        let options = ctx.options.parse::<DmarcOptions>();
+        // The resolver's own error is named even when an option is wrong.
         let dns = match ctx.dns.get() {
             Ok(dns) => dns,
             Err(e) => {
@@ -369,12 +329,31 @@ impl DmarcCheck {
                 return None;
             }
         };
+        let DmarcOptions {
+            policy,
+            honour_pct,
+            trusted_arc_sealers,
+        } = options?;
+        let mut sealers = Vec::new();
+        let mut ok = true;
+        for d in trusted_arc_sealers.unwrap_or_default().0 {
+            match normalize_domain(&d) {
+                Ok(n) if !n.starts_with('[') => sealers.push(n),
+                _ => {
+                    ctx.options.invalid(
+                        "trusted_arc_sealers",
+                        format_args!("must be domain names, found \"{d}\""),
+                    );
+                    ok = false;
+                }
+            }
+        }
         ok.then(|| {
             Arc::new(DmarcCheck {
                 dns,
-                mode,
+                mode: policy.unwrap_or(PolicyMode::Published),
                 honour_pct: honour_pct.unwrap_or(true),
-                trusted_arc_sealers,
+                trusted_arc_sealers: sealers,
             }) as Arc<dyn Check>
         })
     }
@@ -653,12 +632,26 @@ mod tests {
             e.contains("\"published\" or \"local\", found \"strict\""),
             "{e}"
         );
+        let e = build_err(DmarcCheck::build, "policy = 1");
+        assert_eq!(
+            e,
+            "`policy` in check \"t\" must be \"published\" or \"local\", found 1"
+        );
         let e = build_err(DmarcCheck::build, "honour_pct = \"no\"");
-        assert!(e.contains("honour_pct"), "{e}");
+        assert_eq!(
+            e,
+            "`honour_pct` in check \"t\" must be true or false, found \"no\""
+        );
         let e = build_err(DmarcCheck::build, "trusted_arc_sealers = [\"a..b\"]");
-        assert!(e.contains("\"a..b\" is not a domain"), "{e}");
+        assert_eq!(
+            e,
+            "`trusted_arc_sealers` in check \"t\" must be domain names, found \"a..b\""
+        );
         let e = build_err(DmarcCheck::build, "trusted_arc_sealers = 3");
-        assert!(e.contains("trusted_arc_sealers"), "{e}");
+        assert_eq!(
+            e,
+            "`trusted_arc_sealers` in check \"t\" must be a string or a list of strings, found 3"
+        );
         let e = build_err(DmarcCheck::build, "on_policy_reject = \"reject\"");
         assert!(e.contains("unknown key `on_policy_reject`"), "{e}");
         let check = try_build(

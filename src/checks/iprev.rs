@@ -19,12 +19,19 @@ use crate::auth_results::{Property, ResInfo};
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The most PTR names whose addresses are looked up: a client with more is
 /// unusual, and each name costs a query.
 pub const MAX_NAMES: usize = 10;
+
+/// `[checks.NAME]` with `kind = "iprev"`: no keys of its own, only the
+/// ones every check shares.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IprevOptions {}
 
 pub struct IprevCheck {
     dns: Arc<Dns>,
@@ -69,15 +76,19 @@ fn name_list(names: &[String]) -> String {
 
 impl IprevCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        match ctx.dns.get() {
-            Ok(dns) => Some(Arc::new(IprevCheck { dns })),
+        let options = ctx.options.parse::<IprevOptions>();
+        // The resolver's own error is named even when a key is unknown.
+        let dns = match ctx.dns.get() {
+            Ok(dns) => dns,
             Err(e) => {
                 let span = ctx.options.span();
                 let what = ctx.options.what().to_string();
                 ctx.options.error(span, format!("{what}: {e}"));
-                None
+                return None;
             }
-        }
+        };
+        let IprevOptions {} = options?;
+        Some(Arc::new(IprevCheck { dns }))
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {

@@ -3,8 +3,17 @@
 //! `mechanisms` (optional string list such as ["PLAIN", "LOGIN"], any case).
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
+use crate::config::options::OneOrMany;
 use crate::stage::Stage;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[checks.NAME]` with `kind = "require_auth"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequireAuthOptions {
+    mechanisms: Option<OneOrMany>,
+}
 
 pub struct RequireAuthCheck {
     /// Allowed mechanisms, upper-cased (SASL names are case-insensitive,
@@ -14,25 +23,19 @@ pub struct RequireAuthCheck {
 
 impl RequireAuthCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let present = ctx.options.value("mechanisms").is_some();
-        let mechanisms = match ctx.options.string_list("mechanisms") {
-            None if present => return None,
+        let RequireAuthOptions { mechanisms } = ctx.options.parse()?;
+        let mechanisms = match mechanisms {
             None => None,
-            Some(list) => {
-                let span = list.span();
-                let list: Vec<String> = list
-                    .into_inner()
-                    .iter()
-                    .map(|m| m.trim().to_ascii_uppercase())
-                    .collect();
+            Some(OneOrMany(list)) => {
+                let list: Vec<String> =
+                    list.iter().map(|m| m.trim().to_ascii_uppercase()).collect();
                 // An empty list would refuse every client, which is never what
                 // someone who wrote the key meant.
                 if list.is_empty() || list.iter().any(String::is_empty) {
-                    let msg = format!(
-                        "`mechanisms` in {} must list SASL mechanism names such as [\"PLAIN\", \"LOGIN\"]; remove it to allow any mechanism",
-                        ctx.options.what()
+                    ctx.options.invalid(
+                        "mechanisms",
+                        "must list SASL mechanism names such as [\"PLAIN\", \"LOGIN\"]; remove it to allow any mechanism",
                     );
-                    ctx.options.error(span, msg);
                     return None;
                 }
                 Some(list)
@@ -147,8 +150,17 @@ mod tests {
     #[test]
     fn bad_mechanisms_are_config_errors() {
         let e = build_err(RequireAuthCheck::build, "mechanisms = []");
-        assert!(e.contains("`mechanisms`"), "{e}");
+        assert_eq!(
+            e,
+            "`mechanisms` in check \"t\" must list SASL mechanism names such as \
+             [\"PLAIN\", \"LOGIN\"]; remove it to allow any mechanism"
+        );
         let e = build_err(RequireAuthCheck::build, "mechanisms = [1]");
-        assert!(e.contains("`mechanisms`"), "{e}");
+        assert_eq!(
+            e,
+            "`mechanisms[0]` in check \"t\" must be a string, found 1"
+        );
+        let e = build_err(RequireAuthCheck::build, "mechanism = \"PLAIN\"");
+        assert!(e.starts_with("unknown key `mechanism`"), "{e}");
     }
 }

@@ -14,7 +14,14 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::address::{Address, normalize_domain};
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[checks.NAME]` with `kind = "require_mx"`: no keys of its own, only the
+/// ones every check shares.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequireMxOptions {}
 
 pub struct RequireMxCheck {
     dns: Arc<Dns>,
@@ -67,15 +74,19 @@ fn sender_domain(sender: &Address) -> Result<String, CheckResult> {
 
 impl RequireMxCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        match ctx.dns.get() {
-            Ok(dns) => Some(Arc::new(RequireMxCheck { dns })),
+        let options = ctx.options.parse::<RequireMxOptions>();
+        // The resolver's own error is named even when a key is unknown.
+        let dns = match ctx.dns.get() {
+            Ok(dns) => dns,
             Err(e) => {
                 let span = ctx.options.span();
                 let what = ctx.options.what().to_string();
                 ctx.options.error(span, format!("{what}: {e}"));
-                None
+                return None;
             }
-        }
+        };
+        let RequireMxOptions {} = options?;
+        Some(Arc::new(RequireMxCheck { dns }))
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {

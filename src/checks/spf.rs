@@ -51,24 +51,29 @@ use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status
 use crate::auth::spf::{Checked, SpfOutcome, receiver};
 use crate::dns::Dns;
 use crate::stage::Stage;
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// Longest SPF explanation (`exp=`) quoted in a reason.
 const MAX_EXPLANATION: usize = 200;
 
 /// What the `identity` option selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "\"mail_from\", \"helo\" or \"both\"")]
 pub enum Identity {
     MailFrom,
     Helo,
     Both,
 }
 
-const IDENTITIES: [(&str, Identity); 3] = [
-    ("mail_from", Identity::MailFrom),
-    ("helo", Identity::Helo),
-    ("both", Identity::Both),
-];
+/// `[checks.NAME]` with `kind = "spf"`; defaults in the module comment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpfOptions {
+    identity: Option<Identity>,
+    received_spf: Option<bool>,
+}
 
 // The `value` and quoted-string writers of Authentication-Results, which
 // Received-SPF and reasons use too.
@@ -244,32 +249,8 @@ pub struct SpfCheck {
 
 impl SpfCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
-        let mut ok = true;
-        let identity = match ctx.options.value("identity") {
-            None => Identity::MailFrom,
-            Some(raw) => match IDENTITIES
-                .iter()
-                .find(|(name, _)| Some(*name) == raw.get_ref().as_str())
-            {
-                Some(&(_, identity)) => identity,
-                None => {
-                    let found = match raw.get_ref().as_str() {
-                        Some(s) => format!("\"{s}\""),
-                        None => format!("a {}", raw.get_ref().type_str()),
-                    };
-                    let msg = format!(
-                        "`identity` in {} must be one of \"mail_from\", \"helo\", \"both\", found {found}",
-                        ctx.options.what()
-                    );
-                    ctx.options.error(raw.span(), msg);
-                    ok = false;
-                    Identity::MailFrom
-                }
-            },
-        };
-        let received_present = ctx.options.value("received_spf").is_some();
-        let received_spf = ctx.options.bool("received_spf");
-        ok &= !received_present || received_spf.is_some();
+        let options = ctx.options.parse::<SpfOptions>();
+        // The resolver's own error is named even when an option is wrong.
         let dns = match ctx.dns.get() {
             Ok(dns) => dns,
             Err(e) => {
@@ -278,13 +259,15 @@ impl SpfCheck {
                 return None;
             }
         };
-        ok.then(|| {
-            Arc::new(SpfCheck {
-                dns,
-                identity,
-                received_spf: received_spf.unwrap_or(false),
-            }) as Arc<dyn Check>
-        })
+        let SpfOptions {
+            identity,
+            received_spf,
+        } = options?;
+        Some(Arc::new(SpfCheck {
+            dns,
+            identity: identity.unwrap_or(Identity::MailFrom),
+            received_spf: received_spf.unwrap_or(false),
+        }))
     }
 
     async fn evaluate(&self, input: &CheckInput) -> CheckResult {

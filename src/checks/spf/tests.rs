@@ -147,15 +147,20 @@ fn pvalues_are_tokens_or_quoted() {
 #[test]
 fn options_are_validated() {
     let e = build_err(SpfCheck::build, "identity = \"envelope\"");
-    assert!(e.contains("\"mail_from\", \"helo\", \"both\""), "{e}");
-    assert!(e.contains("\"envelope\""), "{e}");
+    assert_eq!(
+        e,
+        "`identity` in check \"t\" must be \"mail_from\", \"helo\" or \"both\", found \"envelope\""
+    );
     let e = build_err(SpfCheck::build, "identity = 1");
-    assert!(
-        e.contains("found a integer") || e.contains("integer"),
-        "{e}"
+    assert_eq!(
+        e,
+        "`identity` in check \"t\" must be \"mail_from\", \"helo\" or \"both\", found 1"
     );
     let e = build_err(SpfCheck::build, "received_spf = \"yes\"");
-    assert!(e.contains("received_spf"), "{e}");
+    assert_eq!(
+        e,
+        "`received_spf` in check \"t\" must be true or false, found \"yes\""
+    );
     let e = build_err(SpfCheck::build, "identiy = \"helo\"");
     assert!(e.contains("unknown key `identiy`"), "{e}");
     for ok in [
