@@ -38,13 +38,15 @@
 
 use super::{BoxFuture, Check, CheckBuildContext, CheckInput, CheckResult, Status};
 use crate::address::normalize_domain;
-use crate::config::error::did_you_mean;
+use crate::config::options::OneOrMany;
 use crate::dns::{Dns, DnsError};
 use crate::stage::Stage;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use toml::Value;
 
 /// The most `From:` domains looked up per list; a message rarely has more
 /// than one author and each further domain costs a query per list.
@@ -53,10 +55,62 @@ pub const MAX_FROM_DOMAINS: usize = 5;
 /// The longest zone: the IPv6 nibble form takes 64 of a name's 253 octets.
 const MAX_ZONE_LEN: usize = 253 - 64;
 
-/// The keys of one list table, for the unknown-key hint.
-const LIST_KEYS: [&str; 5] = ["zone", "type", "score", "codes", "name"];
+/// An example of `lists`, for the messages that say what it should be.
+const LISTS_EXAMPLE: &str = "[{ zone = \"zen.spamhaus.org\", type = \"ip\" }]";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `[checks.NAME]` with `kind = "dnsbl"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DnsblOptions {
+    lists: Lists,
+}
+
+/// `lists`: the list tables, in order. Its own type so that a value that is
+/// not a list is told what a list looks like.
+struct Lists(Vec<ListOptions>);
+
+impl<'de> Deserialize<'de> for Lists {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Lists;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of tables such as {LISTS_EXAMPLE}")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Lists, A::Error> {
+                let mut lists = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(list) = seq.next_element::<ListOptions>()? {
+                    lists.push(list);
+                }
+                Ok(Lists(lists))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One table of `lists`, as written. `zone` and `type` are required, but
+/// read as options so that a missing one is named with what it may be, for
+/// every list in one run; the rest is checked in [`DnsblCheck::list`].
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table such as { zone = \"zen.spamhaus.org\", type = \"ip\" }"
+)]
+struct ListOptions {
+    zone: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<ListType>,
+    score: Option<f64>,
+    codes: Option<OneOrMany>,
+    name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(
+    rename_all = "snake_case",
+    expecting = "\"ip\", \"helo\", \"sender\" or \"from\""
+)]
 enum ListType {
     Ip,
     Helo,
@@ -65,13 +119,6 @@ enum ListType {
 }
 
 impl ListType {
-    const ALL: [ListType; 4] = [
-        ListType::Ip,
-        ListType::Helo,
-        ListType::Sender,
-        ListType::From,
-    ];
-
     fn as_str(self) -> &'static str {
         match self {
             ListType::Ip => "ip",
@@ -79,10 +126,6 @@ impl ListType {
             ListType::Sender => "sender",
             ListType::From => "from",
         }
-    }
-
-    fn parse(s: &str) -> Option<ListType> {
-        ListType::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
     /// The stage at which what this list looks up is known.
@@ -386,258 +429,130 @@ pub struct DnsblCheck {
     inputs: Stage,
 }
 
-/// An error about one list entry, with an optional hint.
-struct EntryError(String, Option<String>);
-
-/// Parse one table of `lists`. `n` is its 1-based position.
-fn parse_list(value: &Value, n: usize, what: &str) -> Result<List, Vec<EntryError>> {
-    let Value::Table(table) = value else {
-        return Err(vec![EntryError(
-            format!(
-                "list {n} of `lists` in {what} must be a table such as {{ zone = \"zen.spamhaus.org\", type = \"ip\" }}, found a {}",
-                value.type_str()
-            ),
-            None,
-        )]);
-    };
+/// Check one table of `lists` (`i` is its index, as in `lists[1].zone`);
+/// every problem is reported at `lists`, and `None` returned when there
+/// was one.
+fn check_list(
+    ctx: &mut CheckBuildContext<'_, '_, '_>,
+    i: usize,
+    list: ListOptions,
+) -> Option<List> {
+    let what = ctx.options.what().to_string();
+    let span = ctx
+        .options
+        .span_of("lists")
+        .unwrap_or_else(|| ctx.options.span());
     let mut errors = Vec::new();
-    let zone_text = table.get("zone").and_then(Value::as_str);
-    let whose = match zone_text {
-        Some(z) => format!("list {n} (\"{}\") of `lists` in {what}", z.escape_debug()),
-        None => format!("list {n} of `lists` in {what}"),
+    // `at` is the path below the list (".zone"); `problem` starts with its
+    // own separator, a space or the colon before a code's error.
+    let mut err = |at: &str, problem: String| {
+        errors.push(format!("`lists[{i}]{at}` in {what}{problem}"));
     };
-    for key in table.keys() {
-        if !LIST_KEYS.contains(&key.as_str()) {
-            let hint = match did_you_mean(key, LIST_KEYS) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("known keys here: {}", LIST_KEYS.join(", ")),
-            };
-            errors.push(EntryError(
-                format!("unknown key `{}` in {whose}", key.escape_debug()),
-                Some(hint),
-            ));
-        }
-    }
-    let mut err = |msg: String| errors.push(EntryError(msg, None));
 
-    let zone = match table.get("zone") {
+    let zone = match &list.zone {
         None => {
-            err(format!(
-                "{whose} needs `zone`, such as \"zen.spamhaus.org\""
-            ));
+            err(
+                "",
+                " needs `zone`, such as \"zen.spamhaus.org\"".to_string(),
+            );
             None
         }
-        Some(Value::String(z)) => {
-            let normalized = normalize_domain(z).ok().filter(|d| !d.starts_with('['));
-            match normalized {
-                _ if z.trim().parse::<IpAddr>().is_ok() => {
-                    err(format!(
-                        "`zone` in {whose} must be a DNS zone, not an address"
-                    ));
-                    None
-                }
-                Some(d) if d.len() <= MAX_ZONE_LEN && fits_dns(&d) => Some(d),
-                Some(_) => {
-                    err(format!(
-                        "`zone` in {whose} is too long: at most {MAX_ZONE_LEN} characters and 63 per label"
-                    ));
-                    None
-                }
-                None => {
-                    err(format!(
-                        "`zone` in {whose} is not a valid domain: \"{}\"",
-                        z.escape_debug()
-                    ));
-                    None
-                }
+        Some(z) if z.trim().parse::<IpAddr>().is_ok() => {
+            err(
+                ".zone",
+                format!(
+                    " must be a DNS zone, not an address, found \"{}\"",
+                    z.escape_debug()
+                ),
+            );
+            None
+        }
+        Some(z) => match normalize_domain(z).ok().filter(|d| !d.starts_with('[')) {
+            Some(d) if d.len() <= MAX_ZONE_LEN && fits_dns(&d) => Some(d),
+            Some(_) => {
+                err(
+                    ".zone",
+                    format!(" is too long: at most {MAX_ZONE_LEN} characters and 63 per label"),
+                );
+                None
             }
-        }
-        Some(other) => {
-            err(format!(
-                "`zone` in {whose} must be a string, found {}",
-                other.type_str()
-            ));
-            None
-        }
-    };
-
-    let allowed_types = ListType::ALL
-        .iter()
-        .map(|t| format!("\"{}\"", t.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let kind = match table.get("type") {
-        None => {
-            err(format!(
-                "{whose} needs `type`: one of {allowed_types} (what is looked up)"
-            ));
-            None
-        }
-        Some(v) => match v.as_str().and_then(ListType::parse) {
-            Some(t) => Some(t),
             None => {
-                let found = match v.as_str() {
-                    Some(s) => format!("\"{}\"", s.escape_debug()),
-                    None => format!("a {}", v.type_str()),
-                };
-                err(format!(
-                    "`type` in {whose} must be one of {allowed_types}, found {found}"
-                ));
+                err(
+                    ".zone",
+                    format!(" is not a valid domain: \"{}\"", z.escape_debug()),
+                );
                 None
             }
         },
     };
 
-    let score = match table.get("score") {
-        None => Some(None),
-        Some(Value::Integer(i)) => Some(Some(*i as f64)),
-        Some(Value::Float(f)) if f.is_finite() => Some(Some(*f)),
-        Some(other) => {
-            err(format!(
-                "`score` in {whose} must be a number, found {}",
-                match other {
-                    Value::Float(f) => f.to_string(),
-                    v => format!("a {}", v.type_str()),
-                }
-            ));
+    if list.kind.is_none() {
+        err(
+            "",
+            " needs `type`: \"ip\", \"helo\", \"sender\" or \"from\" (what is looked up)"
+                .to_string(),
+        );
+    }
+
+    if let Some(score) = list.score
+        && !score.is_finite()
+    {
+        err(".score", format!(" must be a finite number, found {score}"));
+    }
+
+    let codes = match list.codes {
+        None => None,
+        Some(OneOrMany(items)) if items.is_empty() => {
+            err(
+                ".codes",
+                " is empty, so nothing could count as a listing; remove it to accept any 127.0.0.0/8 answer"
+                    .to_string(),
+            );
             None
         }
-    };
-
-    let codes = match table.get("codes") {
-        None => Some(None),
-        Some(v) => {
-            let items: Option<Vec<&str>> = match v {
-                Value::String(s) => Some(vec![s.as_str()]),
-                Value::Array(a) => a.iter().map(Value::as_str).collect(),
-                _ => None,
-            };
-            match items {
-                None => {
-                    err(format!(
-                        "`codes` in {whose} must be a list of strings such as [\"127.0.0.2\", \"127.0.0.4-127.0.0.7\"]"
-                    ));
-                    None
-                }
-                Some(items) if items.is_empty() => {
-                    err(format!(
-                        "`codes` in {whose} is empty, so nothing could count as a listing; remove it to accept any 127.0.0.0/8 answer"
-                    ));
-                    None
-                }
-                Some(items) => {
-                    let mut ranges = Vec::new();
-                    let mut good = true;
-                    for item in items {
-                        match parse_code(item) {
-                            Ok(r) => ranges.push(r),
-                            Err(e) => {
-                                err(format!("`codes` in {whose}: {e}"));
-                                good = false;
-                            }
-                        }
-                    }
-                    good.then_some(Some(ranges))
+        Some(OneOrMany(items)) => {
+            let mut ranges = Vec::new();
+            for item in &items {
+                match parse_code(item) {
+                    Ok(r) => ranges.push(r),
+                    Err(e) => err(".codes", format!(": {e}")),
                 }
             }
+            Some(ranges)
         }
     };
 
-    let label = match table.get("name") {
-        None => Some(None),
-        Some(Value::String(s)) if !s.trim().is_empty() && !s.contains(|c: char| c.is_control()) => {
-            Some(Some(s.trim().to_string()))
-        }
-        Some(_) => {
-            err(format!(
-                "`name` in {whose} must be non-empty text on one line"
-            ));
-            None
-        }
-    };
-
-    match (zone, kind, score, codes, label) {
-        (Some(zone), Some(kind), Some(score), Some(codes), Some(label)) if errors.is_empty() => {
-            Ok(List {
-                label: label.unwrap_or_else(|| zone.clone()),
-                zone,
-                kind,
-                score,
-                codes,
-            })
-        }
-        _ => Err(errors),
+    if let Some(name) = &list.name
+        && (name.trim().is_empty() || name.contains(|c: char| c.is_control()))
+    {
+        err(".name", " must be non-empty text on one line".to_string());
     }
+
+    if !errors.is_empty() {
+        for message in errors {
+            ctx.options.error(span.clone(), message);
+        }
+        return None;
+    }
+    let zone = zone?;
+    Some(List {
+        label: list
+            .name
+            .map(|n| n.trim().to_string())
+            .unwrap_or_else(|| zone.clone()),
+        zone,
+        kind: list.kind?,
+        score: list.score,
+        codes,
+    })
 }
 
 impl DnsblCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let what = ctx.options.what().to_string();
-        let example = "lists = [{ zone = \"zen.spamhaus.org\", type = \"ip\" }]";
-        let lists = match ctx.options.value("lists") {
-            None => {
-                let span = ctx.options.span();
-                ctx.options
-                    .error(span, format!("{what} needs `lists`, such as {example}"));
-                None
-            }
-            Some(raw) => {
-                let span = raw.span();
-                match raw.get_ref() {
-                    Value::Array(items) if !items.is_empty() => {
-                        let mut lists: Vec<List> = Vec::new();
-                        let mut ok = true;
-                        for (i, item) in items.iter().enumerate() {
-                            match parse_list(item, i + 1, &what) {
-                                Ok(list) => {
-                                    if let Some(first) = lists
-                                        .iter()
-                                        .position(|l| l.zone == list.zone && l.kind == list.kind)
-                                    {
-                                        ctx.options.error(
-                                            span.clone(),
-                                            format!(
-                                                "list {} of `lists` in {what} repeats list {} (zone \"{}\", type \"{}\")",
-                                                i + 1,
-                                                first + 1,
-                                                list.zone,
-                                                list.kind.as_str()
-                                            ),
-                                        );
-                                        ok = false;
-                                    }
-                                    lists.push(list);
-                                }
-                                Err(errors) => {
-                                    ok = false;
-                                    for EntryError(message, hint) in errors {
-                                        ctx.options.diag().push(Some(span.clone()), message, hint);
-                                    }
-                                }
-                            }
-                        }
-                        ok.then_some(lists)
-                    }
-                    Value::Array(_) => {
-                        ctx.options.error(
-                            span,
-                            format!("`lists` in {what} is empty: name at least one list, such as {example}"),
-                        );
-                        None
-                    }
-                    other => {
-                        ctx.options.error(
-                            span,
-                            format!(
-                                "`lists` in {what} must be an array of tables, such as {example}; found a {}",
-                                other.type_str()
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
-        };
+        let options: Option<DnsblOptions> = ctx.options.example("lists", LISTS_EXAMPLE).parse();
+        // The resolver is asked for even when the lists are wrong, so that
+        // a broken resolver configuration is named in the same run.
         let dns = match ctx.dns.get() {
             Ok(dns) => Some(dns),
             Err(e) => {
@@ -646,7 +561,47 @@ impl DnsblCheck {
                 None
             }
         };
-        let (lists, dns) = (lists?, dns?);
+        let Lists(raw) = options?.lists;
+        if raw.is_empty() {
+            ctx.options.invalid(
+                "lists",
+                format!("is empty: name at least one list, such as {LISTS_EXAMPLE}"),
+            );
+            return None;
+        }
+        // Each good list with its index in `lists`, which a repeat names
+        // even when a list between the two was wrong.
+        let mut lists: Vec<(usize, List)> = Vec::new();
+        let mut ok = true;
+        for (i, list) in raw.into_iter().enumerate() {
+            let Some(list) = check_list(ctx, i, list) else {
+                ok = false;
+                continue;
+            };
+            if let Some((first, _)) = lists
+                .iter()
+                .find(|(_, l)| l.zone == list.zone && l.kind == list.kind)
+            {
+                let span = ctx
+                    .options
+                    .span_of("lists")
+                    .unwrap_or_else(|| ctx.options.span());
+                ctx.options.error(
+                    span,
+                    format!(
+                        "`lists[{i}]` in {what} repeats `lists[{first}]` (zone \"{}\", type \"{}\")",
+                        list.zone,
+                        list.kind.as_str()
+                    ),
+                );
+                ok = false;
+            }
+            lists.push((i, list));
+        }
+        let (true, Some(dns)) = (ok, dns) else {
+            return None;
+        };
+        let lists: Vec<List> = lists.into_iter().map(|(_, l)| l).collect();
         let inputs = lists
             .iter()
             .map(|l| l.kind.stage())

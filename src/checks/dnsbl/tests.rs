@@ -228,10 +228,10 @@ fn option_errors() {
     let e = build_err(DnsblCheck::build, "lists = []");
     assert!(e.contains("is empty"), "{e}");
     let e = build_err(DnsblCheck::build, r#"lists = "zen.example""#);
-    assert!(e.contains("array of tables"), "{e}");
+    assert!(e.contains("must be a list of tables such as"), "{e}");
     let e = build_err(DnsblCheck::build, r#"lists = ["zen.example"]"#);
     assert!(
-        e.contains("list 1 of `lists`") && e.contains("must be a table"),
+        e.contains("`lists[0]`") && e.contains("must be a table such as"),
         "{e}"
     );
     let e = build_err(DnsblCheck::build, r#"lists = [{ type = "ip" }]"#);
@@ -246,7 +246,7 @@ fn option_errors() {
         r#"lists = [{ zone = "zen.example", type = "ip" }, { zone = "bad..zone", type = "ip" }]"#,
     );
     assert!(
-        e.contains("list 2") && e.contains("not a valid domain"),
+        e.contains("`lists[1].zone`") && e.contains("not a valid domain"),
         "{e}"
     );
     let e = build_err(
@@ -263,7 +263,28 @@ fn option_errors() {
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", score = "high" }]"#,
     );
-    assert!(e.contains("`score`") && e.contains("number"), "{e}");
+    assert!(
+        e.contains("`lists[0].score` in check \"t\" must be a number, found \"high\""),
+        "{e}"
+    );
+    let e = build_err(
+        DnsblCheck::build,
+        r#"lists = [{ zone = "zen.example", type = "ip", score = inf }]"#,
+    );
+    assert!(
+        e.contains("`lists[0].score`") && e.contains("finite"),
+        "{e}"
+    );
+    // A missing key is named in every list of one run, with what it may be.
+    let e = build_err(
+        DnsblCheck::build,
+        r#"lists = [{ type = "ip" }, { zone = "zen.example" }]"#,
+    );
+    assert!(
+        e.contains("`lists[0]` in check \"t\" needs `zone`")
+            && e.contains("`lists[1]` in check \"t\" needs `type`"),
+        "{e}"
+    );
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", codes = ["127.0.0.2", "127.0.0.x"] }]"#,
@@ -273,27 +294,42 @@ fn option_errors() {
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", codes = [] }]"#,
     );
-    assert!(e.contains("`codes`") && e.contains("empty"), "{e}");
+    assert!(e.contains("`lists[0].codes`") && e.contains("empty"), "{e}");
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", codes = [2] }]"#,
     );
-    assert!(e.contains("list of strings"), "{e}");
+    assert!(
+        e.contains("`lists[0].codes[0]` in check \"t\" must be a string, found 2"),
+        "{e}"
+    );
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", name = "" }]"#,
     );
-    assert!(e.contains("`name`"), "{e}");
+    assert!(e.contains("`lists[0].name`"), "{e}");
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip", scroe = 1 }]"#,
     );
-    assert!(e.contains("unknown key `scroe`"), "{e}");
+    assert!(e.contains("unknown key `scroe` in `lists[0]`"), "{e}");
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip" }, { zone = "Zen.Example.", type = "ip" }]"#,
     );
-    assert!(e.contains("repeats list 1"), "{e}");
+    assert!(
+        e.contains("`lists[1]` in check \"t\" repeats `lists[0]`"),
+        "{e}"
+    );
+    // A wrong list between the two does not shift the numbers.
+    let e = build_err(
+        DnsblCheck::build,
+        r#"lists = [{ zone = "zen.example", type = "ip" }, { zone = "x" }, { zone = "zen.example", type = "ip" }]"#,
+    );
+    assert!(
+        e.contains("`lists[2]` in check \"t\" repeats `lists[0]`"),
+        "{e}"
+    );
     let e = build_err(
         DnsblCheck::build,
         r#"lists = [{ zone = "zen.example", type = "ip" }]
