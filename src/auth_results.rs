@@ -728,6 +728,26 @@ mod tests {
         );
     }
 
+    /// `dispatch-milter test` prints a check's results as the text they
+    /// are written as, as it did when checks handed over text.
+    #[test]
+    fn a_check_result_serializes_its_results_as_text() {
+        let mut r = crate::checks::CheckResult::pass();
+        let json = |r: &crate::checks::CheckResult| {
+            serde_json::to_value(r).unwrap()["auth_results"].clone()
+        };
+        assert_eq!(json(&r), serde_json::Value::Null);
+        r.auth_results = Some(vec![
+            ResInfo::new("spf", Status::Pass).with_property(Property::new(
+                "smtp",
+                "mailfrom",
+                "a.example",
+            )),
+            ResInfo::new("arc", Status::None),
+        ]);
+        assert_eq!(json(&r), "spf=pass smtp.mailfrom=a.example; arc=none");
+    }
+
     /// The examples of RFC 8601 Appendix B, comments everywhere included.
     #[test]
     fn reads_the_rfc_examples() {
@@ -952,6 +972,39 @@ mod tests {
             let _ = claims(&value, "mx.example.org");
             let _ = parse(&value);
             let _ = parse_results(&value);
+        }
+
+        /// What is read from a received header is built into text that
+        /// reads back as the same value (the builder drops what cannot be
+        /// written, once).
+        #[test]
+        fn what_is_read_builds_to_a_fixed_point(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    Just(" a.b=x"),
+                    Just(" a.b=\"q\\\"\0\r\n é\""),
+                    Just(" s.m=\"l p\"@d.example"),
+                    Just(" p.i=2001:db8::1"),
+                    Just(" h.b=a/b+="),
+                    Just(" u.v=é"),
+                    Just(" (c\0 (n) \\) \r\n x)"),
+                    Just(" reason=\"r\0\\\\\""),
+                    Just("; m=r"),
+                    Just("; m/2=r (c)"),
+                    Just("\r\n "),
+                ],
+                0..12,
+            ),
+        ) {
+            let tail = pieces.concat();
+            let value = format!("mx.example.org; spf=pass {tail}");
+            if let Ok(read) = parse(&value) {
+                prop_assert_eq!(Some(read.authserv_id.clone()), authserv_id(&value));
+                let once = read.to_string();
+                let again = parse(&once);
+                prop_assert!(again.is_ok(), "{:?} from {:?}", once, value);
+                prop_assert_eq!(again.map(|a| a.to_string()), Ok(once));
+            }
         }
 
         #[test]

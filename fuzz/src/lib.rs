@@ -12,7 +12,7 @@ use dispatch_milter::address::{Address, normalize_domain};
 use dispatch_milter::auth::dmarc::evaluate::walk_domains;
 use dispatch_milter::auth::dmarc::record::{PolicyTag, Record};
 use dispatch_milter::auth::keys::domain_key_name;
-use dispatch_milter::auth_results::{authserv_id, claims};
+use dispatch_milter::auth_results::{authserv_id, claims, parse};
 use dispatch_milter::checks::authorize_sender::from_addresses;
 use dispatch_milter::checks::dmarc::canonical;
 use dispatch_milter::checks::spf::pvalue;
@@ -101,8 +101,9 @@ pub fn address(data: &[u8]) {
     }
 }
 
-/// The authserv-id of a received Authentication-Results value, and our
-/// own writer of such values (`pvalue`), which must read back.
+/// The authserv-id of a received Authentication-Results value, the parser
+/// of whole values, and our own writers of such values (the builder and
+/// `pvalue`), which must read back.
 pub fn auth_results(data: &[u8]) {
     let value = text(data);
     if let Some(id) = authserv_id(&value) {
@@ -121,6 +122,16 @@ pub fn auth_results(data: &[u8]) {
     }
     for ours in ["mx.example.org", "xn--bcher-kva.example", "bücher.example"] {
         claims(&value, ours);
+    }
+    // A value that reads has the same id as the sanitizer reads, and what
+    // is built from it reads back as what is built again.
+    if let Ok(read) = parse(&value) {
+        assert_eq!(Some(&read.authserv_id), authserv_id(&value).as_ref());
+        let once = read.to_string();
+        match parse(&once) {
+            Ok(again) => assert_eq!(again.to_string(), once, "from {value:?}"),
+            Err(e) => panic!("{once:?}, built from {value:?}, does not read: {e}"),
+        }
     }
     // What we write as a `value` reads back as what we meant.
     let meant: String = value.chars().filter(|c| !c.is_control()).collect();
