@@ -11,8 +11,7 @@ use common::signing::{dkim_sign, forwarded};
 use common::wait::{self, WAIT};
 use common::{Mail, QUICK_DNS, check_result, inserted, reply_code, run_mail, run_to_eom};
 use dispatch_milter::edits::Edit;
-use dispatch_milter::engine::{MessageOutcome, Session, StageReply, Verdict};
-use dispatch_milter::message::ConnectionFacts;
+use dispatch_milter::engine::{MessageOutcome, StageReply, Verdict};
 use dispatch_milter::policy::Policy;
 use std::path::Path;
 use std::sync::Arc;
@@ -693,18 +692,8 @@ async fn eom_after_mail_lookups(
     mail: &Mail,
 ) -> MessageOutcome {
     let before = server.queries_for(asked_at_mail);
-    let facts = ConnectionFacts {
-        client_ip: mail.client_ip.parse().ok(),
-        ..ConnectionFacts::default()
-    };
-    let mut session = Session::new(policy.clone(), 0, facts);
-    assert_eq!(session.connect().await, StageReply::Continue);
-    assert_eq!(
-        session.helo("client.example.net", None).await,
-        StageReply::Continue
-    );
-    let reply = session.mail(&format!("<{}>", mail.from), &[], None).await;
-    assert_eq!(reply, StageReply::Continue);
+    let mut session =
+        common::session_at_mail(policy, common::client_at(mail.client_ip), &mail.from).await;
     let answered = wait::within(WAIT, || {
         server.queries_for(asked_at_mail) > before && server.in_flight() == 0
     })
@@ -714,17 +703,7 @@ async fn eom_after_mail_lookups(
         "{asked_at_mail} not asked and answered after MAIL FROM: {:?}",
         server.query_log()
     );
-    for to in &mail.to {
-        assert_eq!(
-            session.rcpt(&format!("<{to}>"), &[]).await,
-            StageReply::Continue
-        );
-    }
-    for (name, value) in &mail.headers {
-        session.header(name, value);
-    }
-    session.body(mail.body.clone().into());
-    session.eom().await
+    common::finish_session(&mut session, mail).await
 }
 
 #[tokio::test]

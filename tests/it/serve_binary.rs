@@ -10,9 +10,11 @@ use crate::common;
 
 use common::daemon::reject_with;
 use common::position;
-use common::serve::{Serve, WAIT, field_str, message_of, rcpt_answer, start_message, threads};
+use common::serve::{
+    Serve, WAIT, field_str, finish_message, message_of, rcpt_answer, start_message, threads,
+};
 use common::wait;
-use indymilter_test::{MacroStage, Status, TestConnection};
+use indymilter_test::Status;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -84,25 +86,6 @@ async fn ready(d: &mut Serve) -> SocketAddr {
 /// Run a test body with an overall time limit.
 async fn bounded(body: impl std::future::Future<Output = ()>) {
     wait::bounded(TEST_LIMIT, "the test", body).await
-}
-
-/// Headers, body and end of message with queue id `qid`; returns the EOM
-/// status.
-async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
-    assert_eq!(
-        conn.header("Subject", "hello").await.expect("header"),
-        Status::Continue
-    );
-    assert_eq!(conn.eoh().await.expect("eoh"), Status::Continue);
-    assert_eq!(
-        conn.body("hello\r\n").await.expect("body"),
-        Status::Continue
-    );
-    conn.macros(MacroStage::Eom, [("i", qid)])
-        .await
-        .expect("macros");
-    let (_, status) = conn.eom().await.expect("eom");
-    status
 }
 
 #[tokio::test]
