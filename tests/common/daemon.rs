@@ -126,6 +126,25 @@ pub async fn open_greeted(addr: SocketAddr, daemon_name: &str) -> TestConnection
     conn
 }
 
+/// The Authentication-Results headers the daemon inserted at the top
+/// (index 0), unfolded: the daemon folds with "\n " in place of a space.
+pub fn inserted_auth_results(actions: &indymilter_test::EomActions) -> Vec<String> {
+    actions
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            indymilter_test::EomAction::InsertHeader {
+                index: 0,
+                name,
+                value,
+            } if name.as_c_str() == c"Authentication-Results" => {
+                Some(value.to_string_lossy().replace('\n', ""))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// A reject status with this reply text.
 pub fn reject_with(reply: &str) -> indymilter_test::Status {
     indymilter_test::Status::Reject {

@@ -274,6 +274,45 @@ pub async fn run_mail(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> Run 
     }
 }
 
+/// What the MTA tells of a client at `ip`, and nothing else.
+pub fn client_at(ip: &str) -> ConnectionFacts {
+    ConnectionFacts {
+        client_ip: ip.parse().ok(),
+        ..ConnectionFacts::default()
+    }
+}
+
+/// A session of the policy's first pipeline through connect, HELO
+/// client.example.net (without TLS) and MAIL FROM `<from>`, each continued:
+/// for tests that look at what happens between the stages.
+pub async fn session_at_mail(policy: &Arc<Policy>, facts: ConnectionFacts, from: &str) -> Session {
+    let mut session = Session::new(policy.clone(), 0, facts);
+    assert_eq!(session.connect().await, StageReply::Continue);
+    assert_eq!(
+        session.helo("client.example.net", None).await,
+        StageReply::Continue
+    );
+    let reply = session.mail(&format!("<{from}>"), &[], None).await;
+    assert_eq!(reply, StageReply::Continue);
+    session
+}
+
+/// The rest of `mail` on a session past MAIL FROM: every recipient
+/// continued, then its headers, body and end of message.
+pub async fn finish_session(session: &mut Session, mail: &Mail) -> MessageOutcome {
+    for to in &mail.to {
+        assert_eq!(
+            session.rcpt(&format!("<{to}>"), &[]).await,
+            StageReply::Continue
+        );
+    }
+    for (name, value) in &mail.headers {
+        session.header(name, value);
+    }
+    session.body(mail.body.clone().into());
+    session.eom().await
+}
+
 /// [`run_mail`] for a message that must reach end of message: MAIL FROM
 /// and at least one recipient are accepted.
 pub async fn run_to_eom(policy: &Arc<Policy>, pipeline: &str, mail: &Mail) -> MessageOutcome {

@@ -323,3 +323,41 @@ pub fn threads(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
 }
+
+/// Headers, body and end of message with queue id `qid` on a connection
+/// past RCPT TO, each continued up to EOM; the EOM status.
+pub async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
+    assert_eq!(
+        conn.header("Subject", "hello").await.expect("header"),
+        Status::Continue
+    );
+    assert_eq!(conn.eoh().await.expect("eoh"), Status::Continue);
+    assert_eq!(
+        conn.body("hello\r\n").await.expect("body"),
+        Status::Continue
+    );
+    conn.macros(MacroStage::Eom, [("i", qid)])
+        .await
+        .expect("macros");
+    let (_, status) = conn.eom().await.expect("eom");
+    status
+}
+
+/// GET /metrics over HTTP, the way Prometheus scrapes; the whole answer,
+/// status line included. Connecting and reading are bounded by [`WAIT`].
+pub async fn scrape_metrics(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut http = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .expect("metrics connect in time")
+        .expect("metrics connect");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("metrics request");
+    let mut body = String::new();
+    tokio::time::timeout(WAIT, http.read_to_string(&mut body))
+        .await
+        .expect("metrics answer in time")
+        .expect("metrics answer");
+    body
+}

@@ -12,7 +12,6 @@ use common::wait::{self, WAIT};
 use indymilter_test::Status;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Every message is accepted with a header, so a served message shows.
@@ -63,15 +62,7 @@ async fn wait_for_gauge(d: &TestDaemon, n: i64) {
 
 /// GET /metrics over HTTP, the way Prometheus scrapes.
 async fn scrape(addr: SocketAddr) -> String {
-    let mut http = TcpStream::connect(addr).await.expect("metrics connect");
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("metrics request");
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, http.read_to_string(&mut body))
-        .await
-        .expect("metrics answer")
-        .expect("metrics read");
+    let body = common::serve::scrape_metrics(addr).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }

@@ -18,8 +18,8 @@ use common::dns_server::DnsServer;
 use common::inserted;
 use dispatch_milter::daemon::adapter::wire_header_value;
 use dispatch_milter::edits::EditList;
-use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
-use dispatch_milter::message::{ConnectionFacts, Header};
+use dispatch_milter::engine::{MessageOutcome, StageReply};
+use dispatch_milter::message::Header;
 use dispatch_milter::modifiers::dkim_sign::{base64_decode, base64_encode};
 use dispatch_milter::policy::Policy;
 use std::io::Write;
@@ -221,20 +221,8 @@ fn split(message: &[u8]) -> (Vec<RawHeader>, Vec<u8>) {
 
 /// The message through the engine, headers passed as the MTA does.
 async fn run(policy: &Arc<Policy>, message: &[u8]) -> MessageOutcome {
-    let facts = ConnectionFacts {
-        client_ip: "192.0.2.10".parse().ok(),
-        ..ConnectionFacts::default()
-    };
-    let mut session = Session::new(policy.clone(), 0, facts);
-    assert_eq!(session.connect().await, StageReply::Continue);
-    assert_eq!(
-        session.helo("client.example.net", None).await,
-        StageReply::Continue
-    );
-    assert_eq!(
-        session.mail("<alice@example.org>", &[], None).await,
-        StageReply::Continue
-    );
+    let mut session =
+        common::session_at_mail(policy, common::client_at("192.0.2.10"), "alice@example.org").await;
     assert_eq!(
         session.rcpt("<bob@rcpt.test>", &[]).await,
         StageReply::Continue

@@ -11,11 +11,24 @@ use common::signing::{dkim_sign, forwarded};
 use common::wait::{self, WAIT};
 use common::{Mail, QUICK_DNS, check_result, inserted, reply_code, run_mail, run_to_eom};
 use dispatch_milter::edits::Edit;
-use dispatch_milter::engine::{MessageOutcome, Session, StageReply, Verdict};
-use dispatch_milter::message::ConnectionFacts;
+use dispatch_milter::engine::{MessageOutcome, StageReply, Verdict};
 use dispatch_milter::policy::Policy;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Our name in Authentication-Results, as a pipeline setting.
+const AUTHSERV: &str = r#"authserv_id = "mx.test""#;
+
+/// The policy of one check, named after its `kind`, with `options`, run by
+/// pipeline `p` with `pipeline` settings (one TOML line each).
+fn single_check(kind: &str, options: &[&str], pipeline: &[&str]) -> String {
+    let lines = |l: &[&str]| l.iter().map(|l| format!("{l}\n")).collect::<String>();
+    format!(
+        "[checks.{kind}]\nkind = \"{kind}\"\n{}[pipelines.p]\n{}checks = [\"{kind}\"]\n",
+        lines(options),
+        lines(pipeline)
+    )
+}
 
 /// Compile a policy whose resolver asks only `server`, quickly.
 fn policy(server: &DnsServer, body: &str) -> Arc<Policy> {
@@ -154,13 +167,7 @@ async fn spf_can_refuse_at_mail_from_with_decide_at() {
     let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
-        r#"
-        [checks.spf]
-        kind = "spf"
-        decide_at = "mail"
-        [pipelines.p]
-        checks = ["spf"]
-        "#,
+        &single_check("spf", &[r#"decide_at = "mail""#], &[]),
     );
     let run = run_mail(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.99")).await;
     assert!(matches!(run.mail, StageReply::Reject(_)), "{:?}", run.mail);
@@ -173,14 +180,7 @@ async fn the_null_sender_is_checked_by_its_helo_identity() {
     let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
-        r#"
-        [checks.spf]
-        kind = "spf"
-        received_spf = true
-        [pipelines.p]
-        authserv_id = "mx.test"
-        checks = ["spf"]
-        "#,
+        &single_check("spf", &["received_spf = true"], &[AUTHSERV]),
     );
     // run_mail says HELO client.example.net, whose record allows 192.0.2.10.
     let o = run_to_eom(&p, "p", &Mail::from_client("", "192.0.2.10")).await;
@@ -221,14 +221,7 @@ async fn identity_both_checks_helo_first_and_a_helo_fail_is_final() {
     let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
-        r#"
-        [checks.spf]
-        kind = "spf"
-        identity = "both"
-        [pipelines.p]
-        authserv_id = "mx.test"
-        checks = ["spf"]
-        "#,
+        &single_check("spf", &[r#"identity = "both""#], &[AUTHSERV]),
     );
     let o = run_to_eom(&p, "p", &Mail::from_client("alice@spf.test", "192.0.2.10")).await;
     assert_eq!(check_result(&o, "spf").0, "pass");
@@ -329,13 +322,7 @@ async fn dkim_weak_keys_and_length_limits() {
     // for more than the test key has.
     let p = policy(
         &server,
-        r#"
-        [checks.dkim]
-        kind = "dkim"
-        min_rsa_bits = 4096
-        [pipelines.p]
-        checks = ["dkim"]
-        "#,
+        &single_check("dkim", &["min_rsa_bits = 4096"], &[]),
     );
     let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
@@ -358,16 +345,7 @@ async fn dkim_weak_keys_and_length_limits() {
     assert!(reason.contains("l= tag"), "{reason}");
     assert_eq!(o.decision.verdict(), Verdict::Accept);
 
-    let p = policy(
-        &server,
-        r#"
-        [checks.dkim]
-        kind = "dkim"
-        allow_l_tag = true
-        [pipelines.p]
-        checks = ["dkim"]
-        "#,
-    );
+    let p = policy(&server, &single_check("dkim", &["allow_l_tag = true"], &[]));
     let o = run_to_eom(&p, "p", &m).await;
     assert_eq!(check_result(&o, "dkim").0, "pass");
 }
@@ -439,14 +417,7 @@ async fn dkim_verifies_at_most_five_signatures() {
     let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
-        r#"
-        [checks.dkim]
-        kind = "dkim"
-        on_permerror = "ignore"
-        [pipelines.p]
-        authserv_id = "mx.test"
-        checks = ["dkim"]
-        "#,
+        &single_check("dkim", &[r#"on_permerror = "ignore""#], &[AUTHSERV]),
     );
     let mut m = Mail::from_client("alice@dkim.test", "192.0.2.10");
     dkim_sign(&mut m, "dkim.test", false);
@@ -627,13 +598,7 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
     let server = DnsServer::start_with_auth_zones().await;
     let p = policy(
         &server,
-        r#"
-        [checks.dmarc]
-        kind = "dmarc"
-        honour_pct = false
-        [pipelines.p]
-        checks = ["dmarc"]
-        "#,
+        &single_check("dmarc", &["honour_pct = false"], &[]),
     );
     let o = run_to_eom(&p, "p", &Mail::from_client("alice@pct.test", "192.0.2.99")).await;
     assert_eq!(check_result(&o, "dmarc").0, "fail");
@@ -641,14 +606,11 @@ async fn dmarc_pct_can_be_ignored_and_the_policy_replaced() {
 
     let p = policy(
         &server,
-        r#"
-        [checks.dmarc]
-        kind = "dmarc"
-        policy = "local"
-        on_fail = "quarantine"
-        [pipelines.p]
-        checks = ["dmarc"]
-        "#,
+        &single_check(
+            "dmarc",
+            &[r#"policy = "local""#, r#"on_fail = "quarantine""#],
+            &[],
+        ),
     );
     let o = run_to_eom(&p, "p", &Mail::from_client("alice@none.test", "192.0.2.99")).await;
     assert_eq!(check_result(&o, "dmarc").0, "fail");
@@ -693,18 +655,8 @@ async fn eom_after_mail_lookups(
     mail: &Mail,
 ) -> MessageOutcome {
     let before = server.queries_for(asked_at_mail);
-    let facts = ConnectionFacts {
-        client_ip: mail.client_ip.parse().ok(),
-        ..ConnectionFacts::default()
-    };
-    let mut session = Session::new(policy.clone(), 0, facts);
-    assert_eq!(session.connect().await, StageReply::Continue);
-    assert_eq!(
-        session.helo("client.example.net", None).await,
-        StageReply::Continue
-    );
-    let reply = session.mail(&format!("<{}>", mail.from), &[], None).await;
-    assert_eq!(reply, StageReply::Continue);
+    let mut session =
+        common::session_at_mail(policy, common::client_at(mail.client_ip), &mail.from).await;
     let answered = wait::within(WAIT, || {
         server.queries_for(asked_at_mail) > before && server.in_flight() == 0
     })
@@ -714,17 +666,7 @@ async fn eom_after_mail_lookups(
         "{asked_at_mail} not asked and answered after MAIL FROM: {:?}",
         server.query_log()
     );
-    for to in &mail.to {
-        assert_eq!(
-            session.rcpt(&format!("<{to}>"), &[]).await,
-            StageReply::Continue
-        );
-    }
-    for (name, value) in &mail.headers {
-        session.header(name, value);
-    }
-    session.body(mail.body.clone().into());
-    session.eom().await
+    common::finish_session(&mut session, mail).await
 }
 
 #[tokio::test]
@@ -747,15 +689,7 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
 
     // Without an spf check, dmarc evaluates SPF itself, once.
     server.reset_stats();
-    let p = policy(
-        &server,
-        r#"
-        [checks.dmarc]
-        kind = "dmarc"
-        [pipelines.p]
-        checks = ["dmarc"]
-        "#,
-    );
+    let p = policy(&server, &single_check("dmarc", &[], &[]));
     let mut m = Mail::from_client("alice@nocache.spf.test", "192.0.2.10");
     m.headers[0].1 = "<alice@aligned.test>".into();
     dkim_sign(&mut m, "aligned.test", false);
@@ -773,16 +707,7 @@ async fn dmarc_reuses_the_spf_result_of_the_message() {
 #[tokio::test]
 async fn an_arc_chain_is_verified_and_reported() {
     let server = DnsServer::start_with_auth_zones().await;
-    let p = policy(
-        &server,
-        r#"
-        [checks.arc]
-        kind = "arc"
-        [pipelines.p]
-        authserv_id = "mx.test"
-        checks = ["arc"]
-        "#,
-    );
+    let p = policy(&server, &single_check("arc", &[], &[AUTHSERV]));
     let o = run_to_eom(&p, "p", &forwarded()).await;
     assert_eq!(
         check_result(&o, "arc"),

@@ -11,8 +11,8 @@ use crate::common;
 use common::dns_server::{DnsServer, Failure};
 use common::signing::dkim_sign;
 use common::wait::{self, WAIT};
-use common::{Mail, reply_code, reported};
-use dispatch_milter::engine::{MessageOutcome, Session, StageReply};
+use common::{Mail, reported};
+use dispatch_milter::engine::{Session, StageReply};
 use dispatch_milter::message::ConnectionFacts;
 use dispatch_milter::policy::Policy;
 use std::path::Path;
@@ -56,31 +56,10 @@ fn signed() -> Mail {
 /// Connect, HELO, MAIL FROM: the stage at which DMARC's records are known.
 async fn up_to_mail(policy: &Arc<Policy>, mail: &Mail) -> Session {
     let facts = ConnectionFacts {
-        client_ip: "192.0.2.10".parse().ok(),
         client_name: Some("client.example.net".into()),
-        ..ConnectionFacts::default()
+        ..common::client_at("192.0.2.10")
     };
-    let mut session = Session::new(policy.clone(), 0, facts);
-    assert_eq!(session.connect().await, StageReply::Continue);
-    assert_eq!(
-        session.helo("client.example.net", None).await,
-        StageReply::Continue
-    );
-    let reply = session.mail(&format!("<{}>", mail.from), &[], None).await;
-    assert_eq!(reply, StageReply::Continue);
-    session
-}
-
-async fn rest_of_message(session: &mut Session, mail: &Mail) -> MessageOutcome {
-    for to in &mail.to {
-        let reply = session.rcpt(&format!("<{to}>"), &[]).await;
-        assert_eq!(reply_code(&reply), 250);
-    }
-    for (n, v) in &mail.headers {
-        session.header(n, v);
-    }
-    session.body(mail.body.clone().into());
-    session.eom().await
+    common::session_at_mail(policy, facts, &mail.from).await
 }
 
 #[tokio::test]
@@ -106,7 +85,7 @@ async fn dmarc_records_are_asked_for_at_mail_from_every_level_at_once() {
         "the tree walk's two levels should be in flight together"
     );
 
-    let outcome = rest_of_message(&mut session, &mail).await;
+    let outcome = common::finish_session(&mut session, &mail).await;
     assert_eq!(reported(&outcome, "dmarc").result, "pass");
     assert_eq!(reported(&outcome, "dkim").result, "pass");
     // End of message used the early answers: nothing asked twice, although
@@ -155,7 +134,7 @@ async fn an_early_lookup_that_failed_is_asked_again_at_end_of_message() {
     .await;
     // The failure was passing: end of message must not inherit it.
     server.clear_failure("_dmarc.aligned.test");
-    let outcome = rest_of_message(&mut session, &mail).await;
+    let outcome = common::finish_session(&mut session, &mail).await;
     assert_eq!(reported(&outcome, "dmarc").result, "pass");
     assert_eq!(server.queries_for("_dmarc.aligned.test"), 2);
 }
@@ -173,7 +152,7 @@ async fn a_definite_no_record_answer_is_kept_for_the_message() {
         server.queries_for("_dmarc.spf.test") == 1
     })
     .await;
-    let outcome = rest_of_message(&mut session, &mail).await;
+    let outcome = common::finish_session(&mut session, &mail).await;
     assert_eq!(reported(&outcome, "dmarc").result, "none");
     assert_eq!(server.queries_for("_dmarc.spf.test"), 1);
     assert_eq!(server.queries_for("_dmarc.test"), 1);
@@ -225,7 +204,7 @@ async fn a_record_that_does_not_parse_gives_the_same_verdict_as_without_early_lo
         server.queries_for("_dmarc.sub.aligned.test") == 1
     })
     .await;
-    let outcome = rest_of_message(&mut session, &mail).await;
+    let outcome = common::finish_session(&mut session, &mail).await;
     assert_eq!(reported(&outcome, "dmarc").result, "neutral");
 }
 
@@ -251,7 +230,7 @@ async fn a_key_lookup_that_times_out_is_waited_for_once_not_twice() {
     assert_ne!(mail.headers[0].1, good, "the selector was replaced");
 
     let mut session = up_to_mail(&policy, &mail).await;
-    let outcome = rest_of_message(&mut session, &mail).await;
+    let outcome = common::finish_session(&mut session, &mail).await;
     assert_eq!(reported(&outcome, "dkim").result, "pass");
     // One lookup of an unanswered name costs the resolver a few queries
     // (it tries more than one way); measure that with the same settings.

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::daemon::{LISTEN, TestDaemon, open};
+use common::daemon::{LISTEN, TestDaemon, inserted_auth_results, open};
 use common::dns_server::{DnsServer, Failure};
 use indymilter_test::{EomAction, MacroStage, Status};
 use std::ffi::CString;
@@ -68,24 +68,6 @@ async fn a_listed_client_is_refused_at_mail_with_the_configured_reply() {
     );
     drop(conn);
     d.shutdown().await;
-}
-
-/// The Authentication-Results headers inserted at the top, unfolded.
-fn inserted_auth_results(actions: &indymilter_test::EomActions) -> Vec<String> {
-    actions
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            EomAction::InsertHeader {
-                index: 0,
-                name,
-                value,
-            } if name.as_c_str() == c"Authentication-Results" => {
-                Some(value.to_string_lossy().replace('\n', ""))
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@
 use crate::common;
 
 use common::Mail;
-use common::daemon::{LISTEN, TestDaemon, open};
+use common::daemon::{LISTEN, TestDaemon, inserted_auth_results, open};
 use common::dns_server::{DnsServer, Failure, zones_dir};
 use common::signing::{self, forwarded};
 use indymilter_test::{EomAction, EomActions, MacroStage, Status};
@@ -163,17 +163,7 @@ fn tempfail(reply: &str) -> Status {
 
 /// Our Authentication-Results (inserted at index 0), unfolded.
 fn our_auth_results(actions: &EomActions) -> Option<String> {
-    actions.actions.iter().find_map(|a| match a {
-        EomAction::InsertHeader {
-            index: 0,
-            name,
-            value,
-        } if name.as_c_str() == c"Authentication-Results" => {
-            // The daemon folds with "\n " in place of a space.
-            Some(value.to_string_lossy().replace('\n', ""))
-        }
-        _ => None,
-    })
+    inserted_auth_results(actions).into_iter().next()
 }
 
 fn quarantine_reason(actions: &EomActions) -> Option<String> {

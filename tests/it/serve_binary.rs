@@ -10,9 +10,11 @@ use crate::common;
 
 use common::daemon::reject_with;
 use common::position;
-use common::serve::{Serve, WAIT, field_str, message_of, rcpt_answer, start_message, threads};
+use common::serve::{
+    Serve, WAIT, field_str, finish_message, message_of, rcpt_answer, start_message, threads,
+};
 use common::wait;
-use indymilter_test::{MacroStage, Status, TestConnection};
+use indymilter_test::{Status, TestConnection};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -65,6 +67,17 @@ fn v2() -> String {
     policy("other.example", V2_TEXT)
 }
 
+/// A message to alice@example.org, past RCPT TO and left open: a message
+/// in flight for as long as the connection is kept.
+async fn message_in_flight(addr: SocketAddr) -> TestConnection {
+    let mut conn = start_message(addr, None).await;
+    assert_eq!(
+        conn.rcpt(["<alice@example.org>"]).await.unwrap(),
+        Status::Continue
+    );
+    conn
+}
+
 /// Wait for "ready" and return the one TCP address it lists; check that
 /// "listening" named the same address before it.
 async fn ready(d: &mut Serve) -> SocketAddr {
@@ -84,25 +97,6 @@ async fn ready(d: &mut Serve) -> SocketAddr {
 /// Run a test body with an overall time limit.
 async fn bounded(body: impl std::future::Future<Output = ()>) {
     wait::bounded(TEST_LIMIT, "the test", body).await
-}
-
-/// Headers, body and end of message with queue id `qid`; returns the EOM
-/// status.
-async fn finish_message(conn: &mut TestConnection, qid: &str) -> Status {
-    assert_eq!(
-        conn.header("Subject", "hello").await.expect("header"),
-        Status::Continue
-    );
-    assert_eq!(conn.eoh().await.expect("eoh"), Status::Continue);
-    assert_eq!(
-        conn.body("hello\r\n").await.expect("body"),
-        Status::Continue
-    );
-    conn.macros(MacroStage::Eom, [("i", qid)])
-        .await
-        .expect("macros");
-    let (_, status) = conn.eom().await.expect("eom");
-    status
 }
 
 #[tokio::test]
@@ -234,11 +228,7 @@ async fn sigterm_waits_for_the_message_in_flight_and_refuses_new_connections() {
     bounded(async {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
-        let mut conn = start_message(addr, None).await;
-        assert_eq!(
-            conn.rcpt(["<alice@example.org>"]).await.unwrap(),
-            Status::Continue
-        );
+        let mut conn = message_in_flight(addr).await;
 
         d.signal("TERM");
         d.wait_for("shutting down").await;
@@ -370,11 +360,7 @@ async fn a_second_sigterm_ends_the_grace_period_at_once() {
     bounded(async {
         let mut d = Serve::start_with(&v1());
         let addr = ready(&mut d).await;
-        let mut conn = start_message(addr, None).await;
-        assert_eq!(
-            conn.rcpt(["<alice@example.org>"]).await.unwrap(),
-            Status::Continue
-        );
+        let conn = message_in_flight(addr).await;
         d.signal("TERM");
         d.wait_for("waiting for messages in flight").await;
         // The grace period is 10 s; the second signal must not wait for it.
@@ -447,11 +433,7 @@ async fn worker_threads_sizes_the_runtime() {
         for n in [1, 4] {
             let mut d = Serve::start_with(&with(n));
             let addr = ready(&mut d).await;
-            let mut conn = start_message(addr, None).await;
-            assert_eq!(
-                conn.rcpt(["<alice@example.org>"]).await.unwrap(),
-                Status::Continue
-            );
+            let mut conn = message_in_flight(addr).await;
             assert_eq!(finish_message(&mut conn, "QID1").await, Status::Continue);
             conn.close().await.unwrap();
             d.wait_for("message").await;

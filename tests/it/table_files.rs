@@ -11,9 +11,12 @@ use crate::common;
 
 use common::daemon::reject_with;
 use common::position;
-use common::serve::{BIN, Serve, WAIT, field_str, message_of, rcpt_answer, start_message, threads};
+use common::serve::{
+    BIN, Serve, WAIT, field_str, finish_message, message_of, rcpt_answer, scrape_metrics,
+    start_message, threads,
+};
 use common::wait;
-use indymilter_test::{MacroStage, Status};
+use indymilter_test::Status;
 use std::ffi::CString;
 use std::io::{BufReader, Write};
 use std::net::SocketAddr;
@@ -282,39 +285,9 @@ fn a_table_rewritten_in_place_never_loses_a_key_it_keeps() {
 async fn whole_message(addr: SocketAddr, daemon_name: &str, rcpt: &str) -> Status {
     let mut conn = start_message(addr, Some(daemon_name)).await;
     assert_eq!(conn.rcpt([rcpt]).await.expect("rcpt"), Status::Continue);
-    assert_eq!(
-        conn.header("Subject", "hello").await.expect("header"),
-        Status::Continue
-    );
-    assert_eq!(conn.eoh().await.expect("eoh"), Status::Continue);
-    assert_eq!(
-        conn.body("hello\r\n").await.expect("body"),
-        Status::Continue
-    );
-    conn.macros(MacroStage::Eom, [("i", "QID1")])
-        .await
-        .expect("macros");
-    let (_, status) = conn.eom().await.expect("eom");
+    let status = finish_message(&mut conn, "QID1").await;
     conn.close().await.expect("close");
     status
-}
-
-/// GET /metrics; the body.
-async fn metrics(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut http = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr))
-        .await
-        .expect("metrics connect in time")
-        .expect("metrics connect");
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .expect("metrics request");
-    let mut body = String::new();
-    tokio::time::timeout(WAIT, http.read_to_string(&mut body))
-        .await
-        .expect("metrics answer in time")
-        .expect("metrics answer");
-    body
 }
 
 fn free_port() -> u16 {
@@ -432,7 +405,7 @@ async fn a_table_file_replaced_by_a_fifo_stalls_nothing() {
         whole_message(addr, "submission", "<anyone@example.net>").await,
         Status::Continue
     );
-    let body = metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
+    let body = scrape_metrics(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
 
     let status = d.terminate(PROMPTLY).await;
