@@ -22,7 +22,12 @@ pub enum Address {
     /// RFC 5321 §4.1.1.3.
     Local(LocalPart),
     /// `local@domain`.
-    Mailbox { local: LocalPart, domain: String },
+    Mailbox {
+        /// The part before the `@`.
+        local: LocalPart,
+        /// The domain, normalized: lowercase A-labels without a final dot.
+        domain: String,
+    },
 }
 
 /// A local part: as spelled, as the mailbox it names, and as a matching key.

@@ -11,38 +11,64 @@ use serde::Serialize;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Edit {
     /// Append a header at the end of the header block.
-    AddHeader { name: String, value: String },
+    AddHeader {
+        /// The header's name, without the colon.
+        name: String,
+        /// The header's value, as it follows the colon.
+        value: String,
+    },
     /// Insert a header at a 0-based position (0 is the very top, before the
     /// MTA's own `Received:`).
     InsertHeader {
+        /// Where the header goes among the headers, 0-based.
         index: u32,
+        /// The header's name, without the colon.
         name: String,
+        /// The header's value, as it follows the colon.
         value: String,
     },
     /// Replace the `index`-th (1-based, counted per name) header of this name.
     ChangeHeader {
+        /// The name of the header to replace.
         name: String,
+        /// Which header of that name, 1-based.
         index: u32,
+        /// The new value, as it follows the colon.
         value: String,
     },
     /// Delete the `index`-th (1-based, counted per name) header of this name.
-    DeleteHeader { name: String, index: u32 },
+    DeleteHeader {
+        /// The name of the header to delete.
+        name: String,
+        /// Which header of that name, 1-based.
+        index: u32,
+    },
     /// Add a recipient, with ESMTP parameters when there are any.
     AddRecipient {
+        /// The new recipient's address.
         address: String,
+        /// ESMTP parameters for its RCPT TO, such as `NOTIFY=NEVER`.
         #[serde(skip_serializing_if = "Option::is_none")]
         args: Option<String>,
     },
     /// Remove a recipient, spelled as the MTA gave it at RCPT TO.
-    DeleteRecipient { address: String },
+    DeleteRecipient {
+        /// The recipient to remove, as the MTA gave it.
+        address: String,
+    },
     /// Replace the envelope sender, with ESMTP parameters when there are any.
     ChangeSender {
+        /// The new envelope sender.
         address: String,
+        /// ESMTP parameters for its MAIL FROM, such as `BODY=8BITMIME`.
         #[serde(skip_serializing_if = "Option::is_none")]
         args: Option<String>,
     },
     /// Put the whole message on hold (Postfix hold queue, Sendmail quarantine).
-    Quarantine { reason: String },
+    Quarantine {
+        /// Why, as the MTA records it.
+        reason: String,
+    },
 }
 
 impl Edit {

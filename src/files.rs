@@ -12,6 +12,7 @@ use std::path::Path;
 /// Why a file could not be opened for reading.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    /// The operating system's error, such as a missing file or no permission.
     #[error(transparent)]
     Io(std::io::Error),
     /// What it is instead of a regular file: "a FIFO", "a directory", ...
@@ -22,11 +23,15 @@ pub enum OpenError {
 /// Why a whole file could not be read by [`read_regular`].
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// It could not be opened, or is not a regular file.
     #[error(transparent)]
     Open(#[from] OpenError),
     /// Larger than the cap, before or while reading it.
     #[error("it is larger than {max} bytes")]
-    TooLarge { max: u64 },
+    TooLarge {
+        /// The cap, in bytes.
+        max: u64,
+    },
     /// Reading failed after the file was opened.
     #[error(transparent)]
     Read(std::io::Error),

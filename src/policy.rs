@@ -20,22 +20,32 @@ use std::time::Duration;
 pub(crate) type CheckId = usize;
 pub(crate) type ModifierId = usize;
 
+/// The whole compiled configuration that a connection runs under: replaced as one
+/// piece on reload, so a connection keeps the policy it started with.
 pub struct Policy {
+    /// The configuration file this policy was compiled from.
     pub file: PathBuf,
+    /// The `[server]` settings: listeners, limits, logging.
     pub server: crate::server_config::ServerSettings,
+    /// Every `[checks.NAME]` block, in config order; a `CheckId` indexes this.
     pub checks: Vec<CheckInstance>,
+    /// Every `[modifiers.NAME]` block, in config order; a `ModifierId` indexes this.
     pub modifiers: Vec<ModifierInstance>,
+    /// The `[tables.NAME]` that checks, modifiers and dispatch look up.
     pub tables: TableSet,
+    /// The pipelines in config order; the first is the default.
     pub pipelines: Vec<Pipeline>,
     /// The resolver's settings, when a check uses DNS.
     pub resolver: Option<crate::dns::DnsSettings>,
 }
 
 impl Policy {
+    /// The pipeline called `name`, if the config has one.
     pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
         self.pipelines.iter().find(|p| p.name == name)
     }
 
+    /// The position of the pipeline called `name` in `pipelines`, if it exists.
     pub fn pipeline_index(&self, name: &str) -> Option<usize> {
         self.pipelines.iter().position(|p| p.name == name)
     }
@@ -64,17 +74,25 @@ impl Policy {
     }
 }
 
+/// A `[checks.NAME]` block, compiled: the check itself and what each of its results does.
 pub struct CheckInstance {
     /// Shared with every report and task of the check: cloned per message.
     pub name: Arc<str>,
+    /// The check's kind as written in `kind`, such as `"spf"`.
     pub kind: Arc<str>,
+    /// The compiled check that the engine runs.
     pub check: Arc<dyn Check>,
+    /// How long the check may run before it counts as `temperror`.
     pub timeout: Duration,
     /// Indexed by `Status` position in `Status::ALL`.
     pub actions: [Action; 7],
+    /// The reply sent when the check's action is `reject`.
     pub reject_reply: Reply,
+    /// The reply sent when the check's action is `tempfail`.
     pub tempfail_reply: Reply,
+    /// The earliest stage at which the check's inputs exist and it can start.
     pub inputs: Stage,
+    /// The stage at which its result can refuse mail, never earlier than `inputs`.
     pub decides: Stage,
 }
 
@@ -85,9 +103,13 @@ impl CheckInstance {
     }
 }
 
+/// A `[modifiers.NAME]` block, compiled.
 pub struct ModifierInstance {
+    /// The block's NAME, as pipelines list it and logs show it.
     pub name: String,
+    /// The modifier's kind as written in `kind`, such as `"dkim_sign"`.
     pub kind: String,
+    /// The compiled modifier that the engine runs at end of message.
     pub modifier: Arc<dyn Modifier>,
 }
 
@@ -95,19 +117,31 @@ pub struct ModifierInstance {
 /// check whose action is `error_action`).
 #[derive(Clone, Debug, PartialEq)]
 pub enum ErrorAction {
+    /// Answer with this 4xx reply, so the client retries.
     Tempfail(Reply),
+    /// Refuse with this 5xx reply.
     Reject(Reply),
 }
 
+/// The settings of one `[pipelines.NAME]` block, with defaults filled in.
 #[derive(Clone, Debug)]
 pub struct PipelineSettings {
+    /// At end of message, a total score at or above this quarantines the message.
     pub quarantine_score: Option<f64>,
+    /// At end of message, a total score at or above this rejects the message.
     pub reject_score: Option<f64>,
+    /// What internal failures (timeouts, panics, modifier errors) do, with the reply.
     pub error_action: ErrorAction,
+    /// Decide and log, keep header edits, but refuse and reroute nothing.
     pub dry_run: bool,
+    /// Answer `452 4.5.3` to a recipient whose branch differs from the first accepted one.
     pub split_transactions: bool,
+    /// The header added to a quarantined message with the reason, since Postfix drops
+    /// the reason a milter gives with a quarantine.
     pub quarantine_header: String,
+    /// The body bytes kept for checks that read the body.
     pub max_body_size: u64,
+    /// What happens to a body larger than `max_body_size`.
     pub oversize_action: OversizeAction,
     /// How many header fields, and bytes of them, a message may carry.
     pub header_limits: HeaderLimits,
@@ -129,7 +163,9 @@ pub enum OversizeAction {
     /// Keep the first `max_body_size` bytes; body checks see that much and
     /// the message is marked truncated.
     Truncate,
+    /// 452 4.3.1, so the client can try again later.
     Tempfail,
+    /// 552 5.3.4 (RFC 3463: message too big for system).
     Reject,
 }
 
@@ -137,9 +173,11 @@ pub enum OversizeAction {
 /// gets: a refusal, never an accept with headers or checks skipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderLimits {
+    /// Header fields kept per message.
     pub count: usize,
     /// Names and values, as received.
     pub bytes: u64,
+    /// What a message past either limit gets.
     pub action: LimitAction,
 }
 
@@ -152,11 +190,17 @@ pub enum LimitAction {
     Tempfail,
 }
 
+/// A `[pipelines.NAME]` block, compiled: its settings and its dispatch tree.
 pub struct Pipeline {
+    /// The name that listeners and `test --pipeline` use to select it.
     pub name: String,
+    /// Its settings, with defaults filled in.
     pub settings: PipelineSettings,
+    /// The pipeline's global checks, which every branch runs first.
     pub checks: Vec<CheckId>,
+    /// The pipeline's global modifiers, which run before source and destination ones.
     pub modifiers: Vec<ModifierId>,
+    /// The top of the dispatch tree: which source block a message belongs to.
     pub sources: SourceDispatch,
     /// Every branch of the tree, indexed by `Branch::id`.
     pub branches: Vec<Arc<Branch>>,
@@ -174,12 +218,17 @@ pub struct Pipeline {
 /// can use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EditKinds {
+    /// Add headers.
     pub add_header: bool,
     /// Change or delete headers.
     pub change_header: bool,
+    /// Add recipients.
     pub add_recipient: bool,
+    /// Delete recipients.
     pub delete_recipient: bool,
+    /// Change the envelope sender.
     pub change_sender: bool,
+    /// Quarantine the message.
     pub quarantine: bool,
 }
 
@@ -198,14 +247,19 @@ impl EditKinds {
 
 /// A source block, compiled: what applies to all mail from this source.
 pub struct SourceNode {
+    /// Where it stands in the config, for people: `source example.org`.
     pub label: String,
+    /// The source block's own checks.
     pub checks: Vec<CheckId>,
+    /// The source block's own modifiers.
     pub modifiers: Vec<ModifierId>,
+    /// Which destination branch each recipient of this source takes.
     pub destinations: Dispatch<Arc<Branch>>,
 }
 
 /// A leaf of the tree: what happens to a recipient.
 pub struct Branch {
+    /// The branch's position in `Pipeline::branches`.
     pub id: usize,
     /// Where it stands in the config, for people: `source example.org > destination joe@example.com`.
     pub label: String,
@@ -213,21 +267,31 @@ pub struct Branch {
     pub checks: Vec<CheckId>,
     /// The destination's own modifiers (global and source ones run earlier).
     pub modifiers: Vec<ModifierId>,
+    /// What the recipient gets: accepted, refused, quarantined or discarded.
     pub outcome: Outcome,
+    /// The address that replaces the recipient, when the destination has a `redirect`.
     pub redirect: Option<Address>,
+    /// The addresses that receive a copy, from the destination's `copy`.
     pub copy: Vec<Address>,
 }
 
+/// What a destination does with a recipient, as written in its `action`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
+    /// Deliver as the checks decide.
     Accept,
+    /// Refuse the recipient with this 5xx reply.
     Reject(Reply),
+    /// Refuse the recipient with this 4xx reply, so the client retries.
     Tempfail(Reply),
+    /// Accept, and hold the message in the MTA's quarantine with this reason.
     Quarantine(String),
+    /// Accept the recipient and drop it at end of message.
     Discard,
 }
 
 impl Outcome {
+    /// The action's name as written in the config: `"accept"`, `"reject"` and so on.
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Accept => "accept",
@@ -242,16 +306,24 @@ impl Outcome {
 /// How a block was chosen, for the `test` report and logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchedBy {
+    /// The client's SASL login name, from `auth_users`.
     AuthUser,
+    /// The client's address, from `networks`.
     Network,
+    /// The MTA's `{daemon_name}`, from `daemon_names`.
     DaemonName,
+    /// The full address, from `addresses`.
     Address,
+    /// The address's domain, from `domains`.
     Domain,
+    /// Membership in a table, from `tables`.
     Table,
+    /// No selector matched; the default block applies.
     Default,
 }
 
 impl MatchedBy {
+    /// The lower-case words used for this in the `test` report and in logs.
     pub fn as_str(self) -> &'static str {
         match self {
             MatchedBy::AuthUser => "auth user",
@@ -269,13 +341,18 @@ impl MatchedBy {
 /// domain, then table membership (address keys before domain keys, then
 /// config order), then the default.
 pub struct Dispatch<T> {
+    /// Full addresses (as normalized keys) and what each selects.
     pub by_address: HashMap<String, T>,
+    /// Domains and what each selects.
     pub by_domain: HashMap<String, T>,
+    /// Tables and what membership in each selects, in config order.
     pub tables: Vec<(Arc<Table>, T)>,
+    /// What applies when nothing else matches.
     pub default: T,
 }
 
 impl<T> Dispatch<T> {
+    /// The entry for `address` and how it was chosen, by the precedence above.
     pub fn select(&self, address: &Address) -> (&T, MatchedBy) {
         if let Some(t) = self.by_address.get(&address.key()) {
             return (t, MatchedBy::Address);
@@ -301,24 +378,33 @@ impl<T> Dispatch<T> {
 /// Source dispatch: facts about the connection first (they cannot be forged
 /// by the client), then the envelope sender.
 pub struct SourceDispatch {
+    /// SASL login names (as normalized keys) and the source each selects.
     pub by_auth_user: HashMap<String, Arc<SourceNode>>,
     /// `auth_users = ["*"]`: any authenticated user.
     pub any_auth_user: Option<Arc<SourceNode>>,
     /// Sorted by prefix length, longest first.
     pub by_network: Vec<(IpNet, Arc<SourceNode>)>,
+    /// `{daemon_name}` values and the source each selects.
     pub by_daemon_name: HashMap<String, Arc<SourceNode>>,
+    /// The envelope sender's dispatch, when no connection fact matched.
     pub by_sender: Dispatch<Arc<SourceNode>>,
 }
 
 /// What the source dispatch looks at.
 pub struct SourceFacts<'a> {
+    /// The client's SASL login name, if it authenticated.
     pub auth_user: Option<&'a str>,
+    /// The client's IP address, if the MTA sent one.
     pub client_ip: Option<IpAddr>,
+    /// The MTA's `{daemon_name}` macro, if it sent one.
     pub daemon_name: Option<&'a str>,
+    /// The envelope sender (MAIL FROM).
     pub sender: &'a Address,
 }
 
 impl SourceDispatch {
+    /// The source block for these facts and how it was chosen: auth user, then
+    /// network, then daemon name, then the envelope sender.
     pub fn select(&self, facts: &SourceFacts<'_>) -> (&Arc<SourceNode>, MatchedBy) {
         if let Some(user) = facts.auth_user {
             if let Some(n) = self.by_auth_user.get(&crate::tables::normalize_key(user)) {

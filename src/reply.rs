@@ -50,15 +50,28 @@ pub enum ReplyError {
         "reply code {code} does not fit a {}: use {}xx (for example {}50)",
         .class.used_for(), .class.digit(), .class.digit()
     )]
-    Code { class: ReplyClass, code: u16 },
+    Code {
+        /// What the reply is for.
+        class: ReplyClass,
+        /// The code as written.
+        code: u16,
+    },
     /// Not three dot-separated numbers.
     #[error("enhanced status \"{status}\" is not of the form {}.X.Y (RFC 3463)", .class.digit())]
-    MalformedStatus { class: ReplyClass, status: String },
+    MalformedStatus {
+        /// What the reply is for.
+        class: ReplyClass,
+        /// The enhanced status as written.
+        status: String,
+    },
     /// Its class digit does not agree with the reply code.
     #[error("enhanced status \"{status}\" does not match reply code {code}: use {}.x.x", .class.digit())]
     StatusMismatch {
+        /// What the reply is for.
         class: ReplyClass,
+        /// The reply code as written.
         code: u16,
+        /// The enhanced status as written.
         status: String,
     },
     /// The text would break the reply line.

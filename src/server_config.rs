@@ -52,7 +52,9 @@ pub enum ListenAddressError {
         "invalid address \"{address}\": write inet:IP:PORT, such as inet:127.0.0.1:7357 or inet:[::1]:7357"
     )]
     Inet {
+        /// The address as written.
         address: String,
+        /// Why the part after `inet:` is not an IP address and port.
         #[source]
         source: std::net::AddrParseError,
     },
@@ -60,10 +62,16 @@ pub enum ListenAddressError {
     #[error(
         "invalid address \"{address}\": write unix: and an absolute path, such as unix:/run/dispatch-milter/milter.sock"
     )]
-    Unix { address: String },
+    Unix {
+        /// The address as written.
+        address: String,
+    },
     /// Neither `inet:` nor `unix:`.
     #[error("invalid address \"{address}\": use inet:IP:PORT or unix:/absolute/path")]
-    Scheme { address: String },
+    Scheme {
+        /// The address as written.
+        address: String,
+    },
 }
 
 impl ListenAddress {

@@ -4,17 +4,24 @@
 use serde::Serialize;
 use std::fmt;
 
+/// A stage of the SMTP transaction as the milter sees it, ordered as they happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
+    /// The client connected.
     Connect,
+    /// The client sent HELO or EHLO.
     Helo,
+    /// The client sent MAIL FROM.
     Mail,
+    /// The client sent a RCPT TO.
     Rcpt,
+    /// End of message: the headers and body are in.
     Eom,
 }
 
 impl Stage {
+    /// Every stage, in order.
     pub const ALL: [Stage; 5] = [
         Stage::Connect,
         Stage::Helo,
@@ -23,6 +30,7 @@ impl Stage {
         Stage::Eom,
     ];
 
+    /// The stage's name as the config and reports write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
@@ -33,6 +41,7 @@ impl Stage {
         }
     }
 
+    /// The stage written `s`, if it is one of the names `as_str` gives.
     pub fn parse(s: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|st| st.as_str() == s)
     }

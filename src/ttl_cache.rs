@@ -15,6 +15,7 @@ use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
 use std::time::{Duration, Instant};
 
+/// DNS answers by name, each kept until its TTL runs out, at most a fixed number.
 pub struct TtlCache<V> {
     /// `None` when the size is 0: nothing to keep, no cache to build.
     entries: Option<Cache<Box<str>, Kept<V>>>,
@@ -48,6 +49,7 @@ impl<V> Expiry<Box<str>, Kept<V>> for UntilOfEntry {
 }
 
 impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
+    /// A cache that keeps at most `capacity` answers; 0 keeps none.
     pub fn new(capacity: u64) -> TtlCache<V> {
         let entries = (capacity > 0).then(|| {
             Cache::builder()
@@ -67,6 +69,7 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         self.entries.as_ref()?.get(key).map(|kept| kept.value)
     }
 
+    /// Keep `value` for `key` until `valid_until`; an answer already expired is not kept.
     pub fn put(&self, key: &str, value: V, valid_until: Instant) {
         if let Some(entries) = &self.entries
             && valid_until > Instant::now()
@@ -90,6 +93,7 @@ impl<V: Clone + Send + Sync + 'static> TtlCache<V> {
         })
     }
 
+    /// Whether no answer is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

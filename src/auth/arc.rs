@@ -13,7 +13,9 @@ use mail_auth::{AuthenticatedMessage, DkimResult, DnsError, Error, Parameters};
 /// What ARC validation found, owned so it can be shared.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ArcFacts {
+    /// The chain validation result: `pass`, `fail`, `none`, or an error.
     pub status: Status,
+    /// Why the chain got that result, in words for the check's reason.
     pub reason: String,
     /// How many ARC sets the message carries.
     pub sets: usize,

@@ -54,6 +54,8 @@ impl SignatureFacts {
 /// The DKIM verification of a message: a fact of its evidence.
 #[derive(Clone, Debug, Default)]
 pub struct DkimFacts {
+    /// Each signature looked at, with its result: malformed ones first, then the
+    /// others in header order.
     pub signatures: Vec<SignatureFacts>,
     /// The body was cut at `max_body_size`: nothing was verified.
     pub truncated: bool,

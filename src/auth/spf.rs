@@ -46,13 +46,16 @@ pub fn receiver() -> &'static str {
 /// Which identity one evaluation was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Checked {
+    /// The HELO/EHLO name (RFC 7208 §2.3).
     Helo,
+    /// The envelope sender given at MAIL FROM (§2.4).
     MailFrom,
 }
 
 /// One SPF evaluation, owned so it can be memoised and shared with DMARC.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpfOutcome {
+    /// Which identity was checked.
     pub checked: Checked,
     /// The domain whose record was evaluated (empty when none could be).
     pub domain: String,
@@ -78,6 +81,7 @@ pub struct SpfOutcome {
 }
 
 impl SpfOutcome {
+    /// The check status this outcome gives: the SPF result itself.
     pub fn status(&self) -> Status {
         self.result
     }
@@ -115,6 +119,7 @@ pub(crate) fn not_evaluated(
 /// What check_host() is asked (RFC 7208 §4.1).
 #[derive(Clone, Copy, Debug)]
 pub struct SpfQuery<'a> {
+    /// Which identity to check.
     pub checked: Checked,
     /// The SMTP client's address.
     pub ip: IpAddr,

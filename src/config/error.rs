@@ -5,12 +5,16 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+/// One configuration error: where it is and what is wrong.
 #[derive(Clone, Debug)]
 pub struct ConfigError {
+    /// The file the error is in.
     pub file: PathBuf,
     /// 1-based line and column, when the error points into a file.
     pub position: Option<(usize, usize)>,
+    /// What is wrong, lowercase and without a trailing period.
     pub message: String,
+    /// What to do about it, printed on its own line after `hint:`.
     pub hint: Option<String>,
 }
 
@@ -55,6 +59,7 @@ pub struct Diagnostics<'a> {
 }
 
 impl<'a> Diagnostics<'a> {
+    /// Diagnostics for `source`, the text of `file`.
     pub fn new(file: &'a Path, source: &'a str) -> Self {
         Diagnostics {
             file,
@@ -63,6 +68,7 @@ impl<'a> Diagnostics<'a> {
         }
     }
 
+    /// The file the errors are reported against.
     pub fn file(&self) -> &Path {
         self.file
     }
@@ -77,6 +83,7 @@ impl<'a> Diagnostics<'a> {
         (line, col)
     }
 
+    /// Record an error at the start of `span`.
     pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.push(Some(span), message.into(), None);
     }
@@ -90,6 +97,7 @@ impl<'a> Diagnostics<'a> {
         self.push(Some(span), message.into(), Some(hint.into()));
     }
 
+    /// Record an error, at the start of `span` when there is one, with an optional hint.
     pub fn push(&mut self, span: Option<Range<usize>>, message: String, hint: Option<String>) {
         let position = span.map(|s| self.position(s.start));
         self.errors.push(ConfigError {

@@ -25,6 +25,7 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Every built-in check and modifier kind, under the name `kind` takes in the config.
     pub fn builtin() -> Registry {
         Registry {
             checks: builtin_checks()
@@ -44,10 +45,12 @@ impl Registry {
         self.nameservers = Some(servers);
     }
 
+    /// Make `kind = "<kind>"` build checks with `builder`, replacing a built-in of that name.
     pub fn add_check(&mut self, kind: &str, builder: CheckBuilder) {
         self.checks.insert(kind.to_string(), builder);
     }
 
+    /// Make `kind = "<kind>"` build modifiers with `builder`, replacing a built-in of that name.
     pub fn add_modifier(&mut self, kind: &str, builder: ModifierBuilder) {
         self.modifiers.insert(kind.to_string(), builder);
     }

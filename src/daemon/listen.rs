@@ -23,7 +23,9 @@ use tokio::sync::watch;
 
 /// A bound socket, before the milter runs on it.
 pub enum Bound {
+    /// A TCP listener, from `inet:IP:PORT`.
     Tcp(TcpListener),
+    /// A Unix socket listener, from `unix:/path`, with its socket file.
     Unix(UnixListener, SocketFile),
 }
 
@@ -49,6 +51,7 @@ impl Drop for SocketFile {
     }
 }
 
+/// Why a listen address could not be bound, in words for the administrator.
 #[derive(Debug)]
 pub struct BindError(pub String);
 
@@ -58,6 +61,7 @@ impl std::fmt::Display for BindError {
     }
 }
 
+/// Bind the listener's address; a Unix socket gets the mode and owner its settings name.
 pub async fn bind(settings: &ListenerSettings) -> Result<Bound, BindError> {
     match &settings.address {
         ListenAddress::Inet(addr) => TcpListener::bind(addr).await.map(Bound::Tcp).map_err(|e| {

@@ -92,6 +92,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// All the daemon's metrics, registered and at zero.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix(PREFIX);
 

@@ -38,9 +38,12 @@ fn load_failure(path: &Path, message: String) -> ConfigErrors {
     }])
 }
 
+/// Why the daemon could not start.
 #[derive(Debug)]
 pub enum StartError {
+    /// The configuration has errors.
     Config(ConfigErrors),
+    /// A listener or the metrics endpoint could not be bound.
     Bind(String),
     /// The open file limit leaves no room for connections.
     Limits(String),
@@ -59,6 +62,7 @@ impl std::fmt::Display for StartError {
 pub struct Daemon {
     /// The bound addresses, in config order (port 0 resolved).
     pub addresses: Vec<ListenAddress>,
+    /// The bound metrics endpoint (port 0 resolved), when `[server] metrics` is set.
     pub metrics_address: Option<SocketAddr>,
     shared: Arc<Shared>,
     registry: Registry,
@@ -277,10 +281,12 @@ impl Daemon {
         }
     }
 
+    /// How many messages are between MAIL FROM and their end right now.
     pub fn messages_in_flight(&self) -> usize {
         self.shared.messages_in_flight()
     }
 
+    /// The daemon's counters and histograms, as the metrics endpoint serves them.
     pub fn metrics(&self) -> Arc<metrics::Metrics> {
         self.shared.metrics.clone()
     }

@@ -8,14 +8,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
+/// What every connection of the daemon shares: the current policy, the metrics
+/// and the count of messages in flight.
 pub struct Shared {
     policy: RwLock<Arc<Policy>>,
+    /// The daemon's counters and histograms.
     pub metrics: Arc<Metrics>,
     in_flight: AtomicUsize,
     idle: Notify,
 }
 
 impl Shared {
+    /// Shared state that starts with `policy` and no message in flight.
     pub fn new(policy: Arc<Policy>, metrics: Arc<Metrics>) -> Shared {
         Shared {
             policy: RwLock::new(policy),
@@ -33,6 +37,7 @@ impl Shared {
         }
     }
 
+    /// Make `policy` the one new sessions get; sessions already open keep theirs.
     pub fn replace(&self, policy: Arc<Policy>) {
         match self.policy.write() {
             Ok(mut p) => *p = policy,
@@ -47,6 +52,7 @@ impl Shared {
         MessageGuard(self.clone())
     }
 
+    /// How many messages are between MAIL FROM and their end right now.
     pub fn messages_in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }

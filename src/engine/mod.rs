@@ -44,6 +44,7 @@ pub struct MessageOutcome {
     pub policy_decision: Decision,
     /// The edits to send, in order; empty unless the message goes on.
     pub edits: Vec<Edit>,
+    /// What goes into the log line and the `test` report.
     pub report: MessageReport,
 }
 
@@ -117,6 +118,8 @@ struct MessageState {
     headers_over_limit: bool,
 }
 
+/// One milter connection running one pipeline: the messages of the connection,
+/// one after another, with what the connection's checks found kept across them.
 pub struct Session {
     policy: Arc<Policy>,
     pipeline: usize,
@@ -147,10 +150,12 @@ impl Session {
         }
     }
 
+    /// The pipeline this session runs.
     pub fn pipeline(&self) -> &Pipeline {
         &self.policy.pipelines[self.pipeline]
     }
 
+    /// What the MTA told us about the connection: client, HELO, TLS, macros.
     pub fn facts(&self) -> &ConnectionFacts {
         &self.facts
     }

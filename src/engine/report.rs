@@ -12,23 +12,30 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::sync::Arc;
 
+/// One check's part in a message: its result, what that did, and how long it took.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
     /// Shared with the check's configuration: a report costs no copy of it.
     #[serde(serialize_with = "as_str")]
     pub name: Arc<str>,
+    /// The check's kind, such as `"spf"`.
     #[serde(serialize_with = "as_str")]
     pub kind: Arc<str>,
     /// pass, fail, ..., or `cancelled` when a reject made it moot.
     pub result: &'static str,
+    /// The check's own explanation of its result, if it gave one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// What the result did under the check's config: `ignore`, `reject`, `score`, ...
     pub action: Cow<'static, str>,
+    /// The points the result added to the message's score, when its action scores.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
     /// The stage the check started at and the stage its result was used at.
     pub started: Stage,
+    /// The stage its result was used at.
     pub decided: Stage,
+    /// How long the check ran, in milliseconds (to the microsecond).
     pub elapsed_ms: f64,
     /// Position in the config, to list checks in a stable order.
     #[serde(skip)]
@@ -75,6 +82,7 @@ impl CheckReport {
     }
 }
 
+/// One recipient of a message: the branch it took and what it got.
 #[derive(Clone, Debug, Serialize)]
 pub struct RecipientReport {
     /// As given at RCPT TO.
@@ -82,15 +90,19 @@ pub struct RecipientReport {
     /// accept, reject, tempfail, split (452 4.5.3 under split_transactions)
     /// or error.
     pub outcome: String,
+    /// The destination branches it took, as their config labels joined by ", ".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub branch: Option<String>,
+    /// How the (first) branch was chosen: `address`, `domain`, `table` or `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matched_by: Option<String>,
+    /// The reply it got at RCPT TO or end of message, when refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
     /// Where the mail goes after rewrites, aliases and redirect.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub delivered_to: Vec<String>,
+    /// The addresses a `copy` sent the message to as well.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<String>,
 }
@@ -134,22 +146,31 @@ impl RecipientReport {
     }
 }
 
+/// What happened to one message, as the log line and `test` show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MessageReport {
+    /// The name of the pipeline that ran.
     pub pipeline: String,
+    /// The MTA's queue id, once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue_id: Option<String>,
+    /// The envelope sender as given at MAIL FROM.
     pub sender: String,
     /// The sender after rewrites, when it changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_rewritten: Option<String>,
+    /// The source block that applied, as its config label.
     pub source: String,
+    /// How the source was chosen: `auth user`, `network`, `daemon name`, `address`, ...
     pub source_matched_by: String,
     /// Set when MAIL FROM itself was refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mail_reply: Option<StageReply>,
+    /// Every recipient given at RCPT TO, in order.
     pub recipients: Vec<RecipientReport>,
+    /// Every check that ran or was due, in config order.
     pub checks: Vec<CheckReport>,
+    /// The total score: the sum of what the scoring checks added.
     pub score: f64,
 }
 

@@ -35,7 +35,9 @@ pub(crate) enum Scope {
 /// waits for it (see the module documentation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// A tokio task of its own, which makes progress while nobody waits for it.
     Task,
+    /// Polled inside the task that waits for it, with no spawn or channel hop.
     Inline,
 }
 

@@ -6,19 +6,26 @@ use crate::reply::Reply;
 use serde::Serialize;
 use std::fmt;
 
+/// What happens to a message or a recipient, ordered by severity so that the
+/// greatest of several wins.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
+    /// Deliver.
     Accept,
     /// Drop the message for good. Below quarantine: when one part of the
     /// policy wants the mail kept on hold, it is kept.
     Discard,
+    /// Accept, and hold in the MTA's quarantine (Postfix's hold queue).
     Quarantine,
+    /// Refuse with a 4xx reply, so the client retries.
     Tempfail,
+    /// Refuse with a 5xx reply.
     Reject,
 }
 
 impl Verdict {
+    /// The lower-case word used in logs, reports and the config.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Accept => "accept",
@@ -41,24 +48,36 @@ impl fmt::Display for Verdict {
 /// decided (for quarantine: the reason the MTA records).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
+    /// Deliver.
     Accept,
+    /// Accept and drop the message for good.
     Discard {
+        /// What decided it, for the logs.
         reason: Option<String>,
     },
+    /// Accept and hold the message in the MTA's quarantine.
     Quarantine {
+        /// The reason the MTA records with the quarantine.
         reason: Option<String>,
     },
+    /// Refuse with a 4xx reply, so the client retries.
     Tempfail {
+        /// The reply the client gets.
         reply: Reply,
+        /// What decided it, for the logs.
         reason: Option<String>,
     },
+    /// Refuse with a 5xx reply.
     Reject {
+        /// The reply the client gets.
         reply: Reply,
+        /// What decided it, for the logs.
         reason: Option<String>,
     },
 }
 
 impl Decision {
+    /// A plain accept, with no reason.
     pub fn accept() -> Decision {
         Decision::Accept
     }
@@ -83,6 +102,7 @@ impl Decision {
         }
     }
 
+    /// The verdict alone, without reply or reason.
     pub fn verdict(&self) -> Verdict {
         match self {
             Decision::Accept => Verdict::Accept,
@@ -101,6 +121,7 @@ impl Decision {
         }
     }
 
+    /// What decided this, if known; an accept has none.
     pub fn reason(&self) -> Option<&str> {
         match self {
             Decision::Accept => None,
@@ -142,8 +163,11 @@ impl Serialize for Decision {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "reply", rename_all = "lowercase")]
 pub enum StageReply {
+    /// Go on to the next stage: nothing refused yet.
     Continue,
+    /// Refuse with this 5xx reply.
     Reject(Reply),
+    /// Refuse with this 4xx reply, so the client retries.
     Tempfail(Reply),
 }
 
@@ -156,6 +180,7 @@ impl StageReply {
         }
     }
 
+    /// Whether the stage lets the transaction go on.
     pub fn is_continue(&self) -> bool {
         matches!(self, StageReply::Continue)
     }

@@ -50,8 +50,10 @@ impl Mailbox {
 /// Why one member of an address list cannot be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum Unreadable {
+    /// A quoted string, comment, domain literal or `<...>` is not closed.
     #[error("a quoted string, comment, domain literal or <...> is not closed")]
     Unterminated,
+    /// An address without `@domain`.
     #[error("an address without a domain")]
     NoDomain,
     /// A domain is atoms or a domain literal (RFC 5322 §3.4.1): a quoted
@@ -59,12 +61,16 @@ pub enum Unreadable {
     /// domain DNS could be asked about.
     #[error("a domain with quotes or white space")]
     BadDomain,
+    /// An empty `<>`, which names no one.
     #[error("an empty address <>")]
     Empty,
+    /// Words beside an address that is not in `<...>` (`Joe joe@example.org`).
     #[error("words beside an address that is not in <...>")]
     PhraseWithoutAngle,
+    /// Text after the `<...>` of a member.
     #[error("text after <...>")]
     TextAfterAngle,
+    /// More than one `<...>` in one member.
     #[error("several <...> in one member")]
     SeveralAngles,
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+/// The TLS session of the connection, as the MTA's macros describe it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct TlsInfo {
     /// `{tls_version}`, for example `TLSv1.3`.
@@ -18,6 +19,7 @@ pub struct TlsInfo {
     pub cipher: Option<String>,
 }
 
+/// The client's SMTP AUTH login, as the MTA's macros describe it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AuthInfo {
     /// `{auth_authen}`: the SASL login name.
@@ -29,15 +31,21 @@ pub struct AuthInfo {
 /// Facts about the SMTP client, filled in as the stages reveal them.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ConnectionFacts {
+    /// The client's IP address, if it connected over IP.
     pub client_ip: Option<IpAddr>,
+    /// The client's host name as the MTA resolved it; `None` when it has none.
     pub client_name: Option<String>,
     /// `{daemon_name}`: which MTA service the client talks to.
     pub daemon_name: Option<String>,
+    /// The name the client gave at HELO/EHLO.
     pub helo: Option<String>,
+    /// The TLS session, when the client used STARTTLS.
     pub tls: Option<TlsInfo>,
+    /// The SMTP AUTH login, when the client authenticated.
     pub auth: Option<AuthInfo>,
 }
 
+/// The envelope of one message: the sender and recipients of the SMTP transaction.
 #[derive(Clone, Debug)]
 pub struct Envelope {
     /// The sender as the client gave it at MAIL FROM: what SPF, DMARC,
@@ -114,6 +122,7 @@ impl Header {
         }
     }
 
+    /// The header's name as received, without the colon.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -175,6 +184,7 @@ pub struct Body {
 }
 
 impl Body {
+    /// Append a chunk of body as received from the MTA.
     pub fn push(&mut self, chunk: Bytes) {
         if !chunk.is_empty() {
             self.len += chunk.len();
@@ -182,10 +192,12 @@ impl Body {
         }
     }
 
+    /// The body's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the body is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -227,8 +239,10 @@ impl From<&[u8]> for Body {
     }
 }
 
+/// One message as the engine sees it: its headers and buffered body.
 #[derive(Clone, Debug, Default)]
 pub struct Message {
+    /// The header fields in the order received.
     pub headers: Vec<Header>,
     /// The body as buffered, at most the pipeline's body limit.
     pub body: Body,

@@ -331,7 +331,10 @@ pub enum MapFileError {
     /// A line that starts with white space, before any key: there is
     /// nothing for it to continue (1-based line number).
     #[error("line {line}: continuation line without a key")]
-    OrphanContinuation { line: usize },
+    OrphanContinuation {
+        /// The 1-based number of the line.
+        line: usize,
+    },
 }
 
 /// Parse a Postfix-style map file: `key value, value`; `#` comments and blank

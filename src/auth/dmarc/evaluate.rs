@@ -45,11 +45,14 @@ pub const MAX_IDENTIFIER_WALKS: usize = 8;
 pub struct Identifier {
     /// Lower case A-labels, no final dot.
     pub domain: String,
+    /// Whether the identifier authenticated (SPF pass, a valid DKIM signature).
     pub state: Authenticated,
 }
 
+/// Whether an identifier authenticated, as far as DMARC is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Authenticated {
+    /// It authenticated (SPF pass, or a DKIM signature that verified).
     Pass,
     /// Unknown for now (a DNS failure while verifying): it might pass.
     Temporary,
@@ -71,12 +74,16 @@ pub struct Message<'a> {
 /// Where the applying record was found and which tag applies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tag {
+    /// `p`: the Author Domain has a record of its own.
     P,
+    /// `sp`: the record is a parent domain's, and the Author Domain exists.
     Sp,
+    /// `np`: the record is a parent domain's, and the Author Domain does not exist.
     Np,
 }
 
 impl Tag {
+    /// The tag's name as written in the record.
     pub fn as_str(self) -> &'static str {
         match self {
             Tag::P => "p",
@@ -93,23 +100,35 @@ pub enum Outcome {
     NoPolicy,
     /// A record applies but is unusable (§4.10.1: an invalid policy tag
     /// and no valid `rua`): no DMARC processing either.
-    Unusable { policy_domain: String },
-    Pass {
+    Unusable {
+        /// The domain whose record applies.
         policy_domain: String,
+    },
+    /// The message passes: an aligned identifier authenticated.
+    Pass {
+        /// The domain whose record applies.
+        policy_domain: String,
+        /// An aligned SPF identifier passed.
         spf: bool,
+        /// An aligned DKIM signature passed.
         dkim: bool,
         /// The tag that would apply (`p`, or `sp` for a subdomain;
         /// existence is not looked up for a pass) and its policy.
         tag: Tag,
+        /// What the domain owner asks for failing mail.
         policy: Request,
     },
+    /// No aligned identifier authenticated.
     Fail {
+        /// The domain whose record applies.
         policy_domain: String,
         /// The tag that applies and its policy, before `t` and `pct`.
         tag: Tag,
+        /// What the domain owner asks for such mail.
         policy: Request,
         /// The record's `t` and legacy `pct`, for the caller to apply.
         test: Option<bool>,
+        /// The legacy percentage of failing mail the policy is to be applied to.
         pct: Option<u8>,
     },
     /// A lookup needed for the result did not complete (§5.3.6).

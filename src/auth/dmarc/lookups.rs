@@ -117,7 +117,9 @@ impl DmarcDns {
 
 /// The evaluation's view: the message's store and the shared resolver.
 pub struct MessageDns<'a> {
+    /// The answers this message has already had, so one name is asked once.
     pub store: &'a DmarcDns,
+    /// The shared resolver that asks for the rest.
     pub dns: &'a Dns,
 }
 

@@ -10,8 +10,11 @@
 /// A Domain Owner Assessment Policy (`p`, `sp`, `np`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Request {
+    /// The domain owner asks for nothing to be done with failing mail.
     None,
+    /// Treat failing mail as suspicious, such as by quarantining it.
     Quarantine,
+    /// Refuse failing mail.
     Reject,
 }
 
@@ -36,6 +39,7 @@ impl Request {
         }
     }
 
+    /// The value as written in the record.
     pub fn as_str(self) -> &'static str {
         match self {
             Request::None => "none",
@@ -54,15 +58,20 @@ impl std::fmt::Display for Request {
 /// `adkim` and `aspf`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Alignment {
+    /// `r`, the default: the organizational domains must be the same.
     Relaxed,
+    /// `s`: the domains must be identical.
     Strict,
 }
 
 /// `psd` (§4.7): whether the record's domain is a Public Suffix Domain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Psd {
+    /// `psd=y`: the domain is a Public Suffix Domain.
     Yes,
+    /// `psd=n`: it is not, and is its own organizational domain.
     No,
+    /// `psd=u`, absent or not valid: the tree walk goes on past it.
     Unknown,
 }
 
@@ -70,8 +79,11 @@ pub enum Psd {
 /// tell "absent" (defaults apply) from "present but not valid".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyTag {
+    /// The tag is not in the record.
     Absent,
+    /// The tag is there with this valid value.
     Valid(Request),
+    /// The tag is there but its value is not one of the three.
     Invalid,
 }
 
@@ -83,11 +95,17 @@ pub enum PolicyTag {
 /// send reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
+    /// `p`: the policy for the domain itself.
     pub p: PolicyTag,
+    /// `sp`: the policy for its existing subdomains.
     pub sp: PolicyTag,
+    /// `np`: the policy for its subdomains that do not exist.
     pub np: PolicyTag,
+    /// DKIM identifier alignment mode.
     pub adkim: Alignment,
+    /// SPF identifier alignment mode.
     pub aspf: Alignment,
+    /// Whether the domain is a Public Suffix Domain.
     pub psd: Psd,
     /// `t=y` (test mode) is `Some(true)`, `t=n` is `Some(false)`; absent
     /// or not valid is `None`, which means `n` (§4.7) but leaves a legacy
@@ -104,8 +122,11 @@ pub struct Record {
 /// defaults to `p`, `np` to `sp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policies {
+    /// For the domain itself.
     pub p: Request,
+    /// For its existing subdomains.
     pub sp: Request,
+    /// For its subdomains that do not exist.
     pub np: Request,
 }
 

@@ -23,25 +23,40 @@ fn err<T>(what: impl Into<String>) -> Result<T, SyntaxError> {
 /// §4.6.2: the result a matching mechanism gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Qualifier {
+    /// `+`, the default: the host is authorized.
     Pass,
+    /// `-`: the host is not authorized.
     Fail,
+    /// `~`: probably not authorized; accept but mark.
     Softfail,
+    /// `?`: no statement either way.
     Neutral,
 }
 
 /// The macro letters of §7.2 (`c`, `r`, `t` only in explanations).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Letter {
+    /// `s`: the whole sender address.
     Sender,
+    /// `l`: the local part of the sender.
     Local,
+    /// `o`: the domain of the sender.
     SenderDomain,
+    /// `d`: the domain being checked (changes under `include` and `redirect`).
     Domain,
+    /// `i`: the client IP, IPv6 as dot-separated nibbles.
     Ip,
+    /// `p`: the validated domain name of the client IP (deprecated, §7.3).
     Validated,
+    /// `v`: `in-addr` for IPv4, `ip6` for IPv6.
     IpVersion,
+    /// `h`: the HELO/EHLO name.
     Helo,
+    /// `c`: the client IP in its usual text form (explanations only).
     ClientIp,
+    /// `r`: the name of the receiving host (explanations only).
     Receiver,
+    /// `t`: the current time in seconds since the epoch (explanations only).
     Timestamp,
 }
 
@@ -51,12 +66,15 @@ pub enum Segment {
     /// Text as written (`%%`, `%_`, `%-` already turned into `%`, ` `,
     /// `%20`).
     Literal(String),
+    /// A `%{...}` macro to expand.
     Macro {
+        /// Which value to expand.
         letter: Letter,
         /// An uppercase letter: URL-escape the value (§7.3).
         escape: bool,
         /// Keep this many right-hand parts (nonzero, §7.3).
         keep: Option<u32>,
+        /// An `r`: reverse the parts before keeping the right-hand ones (§7.3).
         reverse: bool,
         /// Characters to split the value at; empty means `.`.
         delimiters: String,
@@ -71,8 +89,11 @@ pub struct MacroString(pub Vec<Segment>);
 /// spaces (§7.1, §6.2).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Context {
+    /// A domain-spec of a mechanism or `redirect`.
     DomainSpec,
+    /// The `exp` text fetched from DNS, where spaces and `c`, `r`, `t` are allowed.
     Explanation,
+    /// The value of a modifier this parser does not know, which is checked but unused.
     UnknownModifier,
 }
 
@@ -221,19 +242,30 @@ pub fn parse_domain_spec(text: &str) -> Result<MacroString, SyntaxError> {
 /// The prefix lengths of `a` and `mx` (§5.6); absent ones compare all bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DualCidr {
+    /// The IPv4 prefix length, 32 when absent.
     pub v4: u8,
+    /// The IPv6 prefix length, 128 when absent.
     pub v6: u8,
 }
 
+/// A mechanism of §5: what a directive matches the client against.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mechanism {
+    /// `all`: matches every client.
     All,
+    /// `include:domain`: matches when the domain's record passes.
     Include(MacroString),
+    /// `a`: matches an address of the domain (default: the current one).
     A(Option<MacroString>, DualCidr),
+    /// `mx`: matches an address of one of the domain's mail exchangers.
     Mx(Option<MacroString>, DualCidr),
+    /// `ptr`: matches when a validated name of the client IP is in the domain (deprecated).
     Ptr(Option<MacroString>),
+    /// `ip4:network/len`: matches a client in that IPv4 network.
     Ip4(Ipv4Addr, u8),
+    /// `ip6:network/len`: matches a client in that IPv6 network.
     Ip6(Ipv6Addr, u8),
+    /// `exists:domain`: matches when the expanded name has an A record.
     Exists(MacroString),
 }
 
@@ -247,19 +279,26 @@ impl Mechanism {
     }
 }
 
+/// One term of a record that matches (§4.6.1): a qualifier and a mechanism.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Directive {
+    /// The result when the mechanism matches.
     pub qualifier: Qualifier,
+    /// What the client is matched against.
     pub mechanism: Mechanism,
     /// The mechanism as written, without its qualifier (for `mechanism=`
     /// in `Received-SPF`, §9.1).
     pub text: String,
 }
 
+/// A parsed SPF record (§4.5): its directives in order and the modifiers that count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
+    /// The directives, tried left to right until one matches.
     pub directives: Vec<Directive>,
+    /// The `redirect=` domain, used when no directive matches.
     pub redirect: Option<MacroString>,
+    /// The `exp=` domain, whose TXT record explains a `fail`.
     pub explanation: Option<MacroString>,
 }
 

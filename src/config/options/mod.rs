@@ -20,6 +20,8 @@ use toml::{Spanned, Value};
 
 pub(crate) type RawOptions = BTreeMap<Spanned<String>, Spanned<Value>>;
 
+/// The keys of one block that a kind reads, with what it has read so far, so that
+/// every wrong or unknown key is reported against the block's file.
 pub struct Options<'d, 'a> {
     /// What the block is, for messages: `check "spam"`.
     what: String,
@@ -34,6 +36,8 @@ pub struct Options<'d, 'a> {
 }
 
 impl<'d, 'a> Options<'d, 'a> {
+    /// The keys `entries` of the block `what` (such as `check "spam"`) at `span`,
+    /// reporting into `diag`.
     pub fn new(
         what: String,
         span: Range<usize>,
@@ -116,6 +120,7 @@ impl<'d, 'a> Options<'d, 'a> {
         }
     }
 
+    /// `key` as a string; a value of another type is reported and gives `None`.
     pub fn string(&mut self, key: &'static str) -> Option<Spanned<String>> {
         self.typed(key, "a string", |v| v.as_str().map(str::to_string))
     }
@@ -131,11 +136,13 @@ impl<'d, 'a> Options<'d, 'a> {
         self.string(key)
     }
 
+    /// `key` as `true` or `false`; a value of another type is reported and gives `None`.
     pub fn bool(&mut self, key: &'static str) -> Option<bool> {
         self.typed(key, "true or false", Value::as_bool)
             .map(Spanned::into_inner)
     }
 
+    /// `key` as an integer; a value of another type is reported and gives `None`.
     pub fn integer(&mut self, key: &'static str) -> Option<Spanned<i64>> {
         self.typed(key, "an integer", Value::as_integer)
     }
@@ -416,6 +423,8 @@ fn suggestion<'k>(key: &str, known: impl Iterator<Item = &'k str> + Clone) -> St
     }
 }
 
+/// A byte count such as `1048576`, `"512K"`, `"64MiB"` or `"1G"` (binary units);
+/// `None` when it is not one.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (digits, mult) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
