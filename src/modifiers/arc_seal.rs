@@ -21,21 +21,32 @@
 //! cannot repair a broken chain and must not vouch for one nobody checked.
 
 use super::dkim_sign::{
-    DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, header_list_option, header_template,
-    load_key_option, split_headers, valid_selector,
+    self, DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, checked, header_names, header_template,
+    load_key_option, signing_domain, split_headers,
 };
 use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
-use crate::address::normalize_domain;
+use crate::config::options::OneOrMany;
 use crate::edits::{Edit, EditList};
 use mail_auth::arc::{ArcSealer, Set};
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Header as AuthHeader, HeaderWriter};
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// RFC 8617 allows at most 50 ARC sets (instances 1 to 50).
 const MAX_SETS: usize = 50;
+
+/// `[modifiers.NAME]` with `kind = "arc_seal"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArcSealOptions {
+    domain: String,
+    selector: String,
+    key: String,
+    headers: Option<OneOrMany>,
+}
 
 pub struct ArcSealModifier {
     name: String,
@@ -47,38 +58,28 @@ pub struct ArcSealModifier {
 
 impl ArcSealModifier {
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        let domain = ctx.options.required_string("domain").and_then(|d| {
-            match normalize_domain(d.get_ref()) {
-                Ok(norm) => Some(norm),
-                Err(_) => {
-                    let msg = format!(
-                        "`domain` in {} is not a domain: \"{}\"",
-                        ctx.options.what(),
-                        d.get_ref().escape_debug()
-                    );
-                    ctx.options.error(d.span(), msg);
-                    None
-                }
-            }
-        });
-        let selector = ctx.options.required_string("selector").and_then(|s| {
-            if valid_selector(s.get_ref()) {
-                Some(s.into_inner())
-            } else {
-                let msg = format!(
-                    "`selector` in {} must be DNS labels of letters, digits, \"-\" and \"_\", found \"{}\"",
-                    ctx.options.what(),
-                    s.get_ref().escape_debug()
-                );
-                ctx.options.error(s.span(), msg);
-                None
-            }
-        });
-        let key = ctx
+        let ArcSealOptions {
+            domain,
+            selector,
+            key,
+            headers,
+        } = ctx
             .options
-            .required_string("key")
-            .and_then(|k| load_key_option(ctx, k.span(), k.get_ref(), &mut KeyCache::default()));
-        let headers = header_list_option(ctx, "headers", &DEFAULT_HEADERS, true);
+            .example("domain", "\"example.org\"")
+            .example("selector", "\"arc2026\"")
+            .example("key", "\"keys/arc.pem\"")
+            .parse()?;
+        // Every value is checked before any early return, so all mistakes
+        // in the block are reported in one pass.
+        let domain = checked(ctx, "domain", signing_domain(&domain));
+        let selector = checked(ctx, "selector", dkim_sign::selector(selector));
+        let span = ctx
+            .options
+            .span_of("key")
+            .unwrap_or_else(|| ctx.options.span());
+        let key = load_key_option(ctx, span, &key, &mut KeyCache::default());
+        let headers = header_names(headers, &DEFAULT_HEADERS, true);
+        let headers = checked(ctx, "headers", headers);
         Some(Arc::new(ArcSealModifier {
             name: ctx.name.to_string(),
             domain: domain?,
@@ -314,9 +315,12 @@ mod tests {
 
     #[test]
     fn option_errors() {
+        // serde names the first missing key of a block.
         let errors = errors_of("");
         assert!(has_error(&errors, "needs `domain`"), "{errors:?}");
+        let errors = errors_of("domain = 'a.test'");
         assert!(has_error(&errors, "needs `selector`"), "{errors:?}");
+        let errors = errors_of("domain = 'a.test'\nselector = 's'");
         assert!(has_error(&errors, "needs `key`"), "{errors:?}");
         let errors = errors_of(
             "domain = 'not a domain'\nselector = 's;1'\nkey = 'nope.pem'\nheaders = ['Subject']",
