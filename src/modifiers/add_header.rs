@@ -4,7 +4,7 @@
 //! {sender} {recipients} {client_ip} {client_name} {helo} {queue_id}
 //! {pipeline} {auth_user} {daemon_name}; `{{` and `}}` are literal braces.
 
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::edits::{EditList, valid_header_name};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -232,7 +232,11 @@ impl Modifier for AddHeaderModifier {
         }
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // EditList strips CR, LF and NUL from the value, so envelope data in
         // a placeholder cannot start a header line of its own.
         let value = self.render(ctx);

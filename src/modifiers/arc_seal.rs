@@ -21,10 +21,10 @@
 //! cannot repair a broken chain and must not vouch for one nobody checked.
 
 use super::dkim_sign::{
-    self, DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, checked, header_names, header_template,
+    self, DEFAULT_HEADERS, KeyCache, LoadedKey, checked, header_names, header_template,
     load_key_option, signing_domain, split_headers,
 };
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::config::options::OneOrMany;
 use crate::edits::{Edit, EditList};
 use mail_auth::arc::{ArcSealer, Set};
@@ -126,7 +126,7 @@ enum Chain<'x> {
 fn existing_chain<'x>(
     parsed: &'x AuthenticatedMessage<'x>,
     ours: Option<&str>,
-) -> Result<Chain<'x>, String> {
+) -> Result<Chain<'x>, EditError> {
     let sets = parsed.as_headers.len();
     if sets == 0
         && parsed.ams_headers.is_empty()
@@ -143,10 +143,7 @@ fn existing_chain<'x>(
     match result.as_str() {
         "pass" => {}
         "temperror" => {
-            return Err(
-                "the message's ARC chain could not be validated (temperror), so the seal's cv= is unknown; the client should try again"
-                    .to_string(),
-            );
+            return Err(EditError::ArcTemperror);
         }
         other => {
             return Ok(Chain::Skip(format!(
@@ -206,14 +203,18 @@ impl Modifier for ArcSealModifier {
         true
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         let headers = edits.resulting_headers(&ctx.message.headers);
         // mail-auth reads the header block alone (given the body, it would
         // hash it for every canonicalization, hash and l= any signature of
         // the message names, none of which the seal needs).
         let head = crate::message::header_block(&headers);
         let mut parsed = AuthenticatedMessage::parse_with_opts(&head, None, false)
-            .ok_or("the message cannot be parsed for sealing")?;
+            .ok_or(EditError::Unparsable)?;
         // mail-auth's sealer takes the AMS body hash (relaxed, sha256, no
         // l=) from the parsed message when it is there and computes its own,
         // wrong for some bodies (crate::dkim_canon says why), when not: it
@@ -240,7 +241,7 @@ impl Modifier for ArcSealModifier {
             }
         };
         if ctx.message.body_truncated {
-            return Err(TRUNCATED.to_string());
+            return Err(EditError::Truncated);
         }
         // The seal signs this text in relaxed form as written, so it must
         // already be what relaxed canonicalization makes of the header:
@@ -259,18 +260,14 @@ impl Modifier for ArcSealModifier {
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
             .seal(&parsed, &results, &output)
-            .map_err(|e| {
-                format!(
-                    "sealing as d={} s={} failed: {e}",
-                    self.domain, self.selector
-                )
+            .map_err(|source| EditError::Seal {
+                domain: self.domain.clone(),
+                selector: self.selector.clone(),
+                source,
             })?;
         let set_headers = split_headers(&set.to_header());
         if set_headers.len() != 3 {
-            return Err(format!(
-                "mail-auth wrote {} ARC headers instead of 3",
-                set_headers.len()
-            ));
+            return Err(EditError::ArcHeaderCount(set_headers.len()));
         }
         // Bottom first, so the set reads ARC-Seal, ARC-Message-Signature,
         // ARC-Authentication-Results from the top.

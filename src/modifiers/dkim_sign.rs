@@ -44,7 +44,7 @@ mod key;
 
 pub use key::{KeyError, KeyKind, LoadedKey, base64_decode, base64_encode, valid_selector};
 
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
 use crate::config::options::{Interval, OneOrMany};
 use crate::edits::{EditList, valid_header_name};
@@ -78,9 +78,6 @@ pub const DEFAULT_HEADERS: [&str; 13] = [
     "Content-Transfer-Encoding",
     "List-Id",
 ];
-
-/// The reason a truncated body gives, for both signers.
-pub(crate) const TRUNCATED: &str = "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size";
 
 /// Keys already loaded while building one modifier, so a file named twice
 /// is read and reported once. A failed load is remembered as `None`.
@@ -513,7 +510,11 @@ impl Modifier for DkimSignModifier {
         true
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // What the MTA will deliver, every earlier edit applied.
         let headers = edits.resulting_headers(&ctx.message.headers);
         // The signing domain comes from the headers: the whole message (a
@@ -539,7 +540,7 @@ impl Modifier for DkimSignModifier {
         }
         // Only now: mail this modifier would not sign anyway goes on.
         if ctx.message.body_truncated {
-            return Err(TRUNCATED.to_string());
+            return Err(EditError::Truncated);
         }
         let body = ctx.message.body.contiguous();
         let now = std::time::SystemTime::now()
@@ -551,15 +552,14 @@ impl Modifier for DkimSignModifier {
         for entry in entries {
             let signature = self
                 .sign(entry, &added, &headers, &body, now)
-                .map_err(|e| {
-                    format!(
-                        "signing as d={} s={} failed: {e}",
-                        entry.domain, entry.selector
-                    )
+                .map_err(|source| EditError::Sign {
+                    domain: entry.domain.clone(),
+                    selector: entry.selector.clone(),
+                    source,
                 })?;
             let header = signature.to_header();
             let Some((name, value)) = split_headers(&header).into_iter().next() else {
-                return Err("mail-auth wrote no DKIM-Signature header".to_string());
+                return Err(EditError::NoSignatureHeader);
             };
             edits.insert_header(0, &name, &value)?;
             added.insert(0, Header::new(name, value));
@@ -641,7 +641,7 @@ impl DkimSignModifier {
 
 /// Why one signature could not be made.
 #[derive(Debug, thiserror::Error)]
-enum SignError {
+pub enum SignError {
     /// None of the names to sign is in the message.
     #[error("no header to sign")]
     NoHeaders,

@@ -3,7 +3,7 @@
 //! unfolded value), only the instances whose value matches.
 
 use super::add_header::check_header_name;
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::edits::EditList;
 use regex::Regex;
 use serde::Deserialize;
@@ -48,7 +48,11 @@ impl Modifier for RemoveHeaderModifier {
         }
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // delete_headers_where emits the highest index first, so each delete
         // leaves the indexes of the ones still to come valid.
         edits.delete_headers_where(&self.name, &ctx.message.headers, |value| {
