@@ -133,16 +133,6 @@ pub struct InvalidHeaderName {
     pub name: String,
 }
 
-/// Until the `Modifier` trait's `edit_message` has a typed error (it is
-/// implemented in `modifiers::arc_seal`, which is being changed elsewhere),
-/// modifiers report errors as text, and `?` on a header edit needs this.
-/// Remove it with that change (issue 17).
-impl From<InvalidHeaderName> for String {
-    fn from(e: InvalidHeaderName) -> String {
-        e.to_string()
-    }
-}
-
 /// A header field name per RFC 5322 §3.6.8: printable ASCII, no colon.
 pub fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| (33..=126).contains(&b) && b != b':')

@@ -102,7 +102,7 @@ impl AuthorizeSenderCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options: AuthorizeSenderOptions = ctx
             .options
-            .example(
+            .required(
                 "table",
                 "\"senders\" or { alice = [\"alice@example.org\"] }",
             )

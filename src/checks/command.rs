@@ -190,7 +190,7 @@ impl CommandCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options: CommandOptions = ctx
             .options
-            .example("program", "\"/usr/local/libexec/filter\"")
+            .required("program", "\"/usr/local/libexec/filter\"")
             .parse()?;
         let what = ctx.options.what().to_string();
         // The daemon's working directory is not the config's directory:

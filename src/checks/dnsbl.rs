@@ -550,7 +550,7 @@ fn check_list(
 impl DnsblCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let what = ctx.options.what().to_string();
-        let options: Option<DnsblOptions> = ctx.options.example("lists", LISTS_EXAMPLE).parse();
+        let options: Option<DnsblOptions> = ctx.options.required("lists", LISTS_EXAMPLE).parse();
         // The resolver is asked for even when the lists are wrong, so that
         // a broken resolver configuration is named in the same run.
         let dns = match ctx.dns.get() {

@@ -23,7 +23,7 @@ impl SizeCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let SizeOptions {
             max_size: Size(max_size),
-        } = ctx.options.example("max_size", "\"10M\"").parse()?;
+        } = ctx.options.required("max_size", "\"10M\"").parse()?;
         // A limit of zero refuses every message, surely a typo.
         if max_size == 0 {
             ctx.options

@@ -4,6 +4,7 @@
 use super::*;
 use crate::auth_results::{AuthResults, ResInfo};
 use crate::edits::InvalidHeaderName;
+use crate::modifiers::EditError;
 use crate::policy::PipelineSettings;
 
 const DRY_RUN_HEADER: &str = "X-Dispatch-Dry-Run";
@@ -15,10 +16,13 @@ enum EditsError {
     NoMessage,
     #[error(transparent)]
     Header(#[from] InvalidHeaderName),
-    /// A modifier's header edits failed. Its error is text until the
-    /// `Modifier` trait's `edit_message` gets a typed one (issue 17).
+    /// A modifier's header edits failed.
     #[error("modifier \"{modifier}\": {error}")]
-    Modifier { modifier: String, error: String },
+    Modifier {
+        modifier: String,
+        #[source]
+        error: EditError,
+    },
 }
 
 impl Session {

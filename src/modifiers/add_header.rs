@@ -4,8 +4,9 @@
 //! {sender} {recipients} {client_ip} {client_name} {helo} {queue_id}
 //! {pipeline} {auth_user} {daemon_name}; `{{` and `}}` are literal braces.
 
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::edits::{EditList, valid_header_name};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// What an absent value reads as, so the header always has the same shape.
@@ -140,10 +141,22 @@ fn parse_template(template: &str) -> Result<Vec<Part>, TemplateError> {
     Ok(parts)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum Position {
     Top,
+    #[default]
     Bottom,
+}
+
+/// `[modifiers.NAME]` with `kind = "add_header"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddHeaderOptions {
+    name: String,
+    value: String,
+    #[serde(default)]
+    position: Position,
 }
 
 /// The `add_header` modifier.
@@ -156,48 +169,31 @@ pub struct AddHeaderModifier {
 impl AddHeaderModifier {
     /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        // Every key is read before any early return, so all mistakes in the
+        let AddHeaderOptions {
+            name,
+            value,
+            position,
+        } = ctx
+            .options
+            .required("name", "\"X-Scanned-By\"")
+            .required("value", "\"dispatch-milter on {daemon_name}\"")
+            .parse()?;
+        // Both values are checked before returning, so all mistakes in the
         // block are reported in one pass.
-        let name = header_name_option(ctx);
-        let template = Self::template(ctx);
-        let position = Self::position(ctx);
-        Some(Arc::new(AddHeaderModifier {
-            name: name?,
-            template: template?,
-            position: position?,
-        }))
-    }
-
-    fn template(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<Part>> {
-        let value = ctx.options.required_string("value")?;
-        match parse_template(value.get_ref()) {
+        let name_ok = check_header_name(ctx, &name);
+        let template = match parse_template(&value) {
             Ok(parts) => Some(parts),
             Err(e) => {
-                let msg = format!("`value` in {} {e}", ctx.options.what());
-                ctx.options.error(value.span(), msg);
+                ctx.options.invalid("value", e);
                 None
             }
-        }
-    }
-
-    fn position(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Position> {
-        if ctx.options.value("position").is_none() {
-            return Some(Position::Bottom);
-        }
-        let position = ctx.options.string("position")?;
-        match position.get_ref().as_str() {
-            "bottom" => Some(Position::Bottom),
-            "top" => Some(Position::Top),
-            other => {
-                let msg = format!(
-                    "`position` in {} must be \"top\" or \"bottom\", found \"{}\"",
-                    ctx.options.what(),
-                    other.escape_debug()
-                );
-                ctx.options.error(position.span(), msg);
-                None
-            }
-        }
+        };
+        let template = template.filter(|_| name_ok)?;
+        Some(Arc::new(AddHeaderModifier {
+            name,
+            template,
+            position,
+        }))
     }
 
     fn render(&self, ctx: &MessageContext<'_>) -> String {
@@ -212,20 +208,20 @@ impl AddHeaderModifier {
     }
 }
 
-/// The required `name` option, checked to be a valid header field name. Also
-/// used by `remove_header`.
-pub(crate) fn header_name_option(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<String> {
-    let name = ctx.options.required_string("name")?;
-    if !valid_header_name(name.get_ref()) {
-        let msg = format!(
-            "`name` in {} must be a header name such as \"X-Spam-Flag\" (printable ASCII without spaces or colons), found \"{}\"",
-            ctx.options.what(),
-            name.get_ref().escape_debug()
-        );
-        ctx.options.error(name.span(), msg);
-        return None;
+/// Whether the `name` option is a valid header field name, reporting it
+/// when not. Also used by `remove_header`.
+pub(crate) fn check_header_name(ctx: &mut ModifierBuildContext<'_, '_, '_>, name: &str) -> bool {
+    if valid_header_name(name) {
+        return true;
     }
-    Some(name.into_inner())
+    ctx.options.invalid(
+        "name",
+        format_args!(
+            "must be a header name such as \"X-Spam-Flag\" (printable ASCII without spaces or colons), found \"{}\"",
+            name.escape_debug()
+        ),
+    );
+    false
 }
 
 impl Modifier for AddHeaderModifier {
@@ -236,7 +232,11 @@ impl Modifier for AddHeaderModifier {
         }
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // EditList strips CR, LF and NUL from the value, so envelope data in
         // a placeholder cannot start a header line of its own.
         let value = self.render(ctx);
@@ -448,9 +448,12 @@ mod tests {
             &errors_of("name = 'X'\nvalue = 'v'\nposition = 'middle'"),
             "\"top\" or \"bottom\""
         ));
-        // All problems of a block at once.
-        let errors = errors_of("name = ''\nvalue = '{x}'\nposition = 1");
+        // All problems of a block at once: every value of the wrong kind,
+        // and once each has the right kind, every value that is still wrong.
+        let errors = errors_of("name = 1\nvalue = 2\nposition = 1");
         assert_eq!(errors.len(), 3, "{errors:?}");
+        let errors = errors_of("name = ''\nvalue = '{x}'\nposition = 'top'");
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 
     #[test]

@@ -7,9 +7,17 @@
 use super::rewrite_sender::table_target;
 use super::{AliasLimit, Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::Address;
-use crate::tables::{Table, table_option};
+use crate::tables::{Table, TableRef};
+use serde::Deserialize;
 use std::collections::HashSet;
 use std::sync::Arc;
+
+/// `[modifiers.NAME]` with `kind = "alias"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasOptions {
+    table: TableRef,
+}
 
 /// How many alias levels one recipient may go through, as Postfix's
 /// `virtual_alias_recursion_limit`.
@@ -30,16 +38,14 @@ pub struct AliasModifier {
 impl AliasModifier {
     /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        if ctx.options.value("table").is_none() {
-            let span = ctx.options.span();
-            let msg = format!(
-                "{} needs `table`, the name of a [tables.NAME] block or an inline table such as {{ \"sales@example.org\" = [\"alice@example.org\"] }}",
-                ctx.options.what()
-            );
-            ctx.options.error(span, msg);
-            return None;
-        }
-        let table = table_option(ctx.options, ctx.tables, "table")?;
+        let AliasOptions { table } = ctx
+            .options
+            .required(
+                "table",
+                "\"aliases\" (a [tables.NAME] block) or an inline table { \"sales@example.org\" = [\"alice@example.org\"] }",
+            )
+            .parse()?;
+        let table = table.resolve(ctx.options, ctx.tables, "table")?;
         Some(Arc::new(AliasModifier { table }))
     }
 
@@ -447,7 +453,11 @@ mod tests {
         );
         let (m, errors) = build("table = 3", &TableSet::new(), AliasModifier::build);
         assert!(
-            m.is_none() && has_error(&errors, "must name a table"),
+            m.is_none()
+                && has_error(
+                    &errors,
+                    "must be the name of a table or an inline table of strings, found 3"
+                ),
             "{errors:?}"
         );
     }

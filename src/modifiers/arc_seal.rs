@@ -22,22 +22,33 @@
 //! cannot repair a broken chain and must not vouch for one nobody checked.
 
 use super::dkim_sign::{
-    DEFAULT_HEADERS, KeyCache, LoadedKey, TRUNCATED, header_list_option, header_template,
-    load_key_option, split_headers, valid_selector,
+    self, DEFAULT_HEADERS, KeyCache, LoadedKey, checked, header_names, header_template,
+    load_key_option, signing_domain, split_headers,
 };
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
-use crate::address::normalize_domain;
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::auth_results::AuthResults;
+use crate::config::options::OneOrMany;
 use crate::edits::EditList;
 use mail_auth::arc::{ArcSealer, Set};
 use mail_auth::common::crypto::HashAlgorithm;
 use mail_auth::common::headers::{Header as AuthHeader, HeaderWriter};
 use mail_auth::dkim::Canonicalization;
 use mail_auth::{ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimResult};
+use serde::Deserialize;
 use std::sync::Arc;
 
 /// RFC 8617 allows at most 50 ARC sets (instances 1 to 50).
 const MAX_SETS: usize = 50;
+
+/// `[modifiers.NAME]` with `kind = "arc_seal"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArcSealOptions {
+    domain: String,
+    selector: String,
+    key: String,
+    headers: Option<OneOrMany>,
+}
 
 pub struct ArcSealModifier {
     name: String,
@@ -49,38 +60,28 @@ pub struct ArcSealModifier {
 
 impl ArcSealModifier {
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        let domain = ctx.options.required_string("domain").and_then(|d| {
-            match normalize_domain(d.get_ref()) {
-                Ok(norm) => Some(norm),
-                Err(_) => {
-                    let msg = format!(
-                        "`domain` in {} is not a domain: \"{}\"",
-                        ctx.options.what(),
-                        d.get_ref().escape_debug()
-                    );
-                    ctx.options.error(d.span(), msg);
-                    None
-                }
-            }
-        });
-        let selector = ctx.options.required_string("selector").and_then(|s| {
-            if valid_selector(s.get_ref()) {
-                Some(s.into_inner())
-            } else {
-                let msg = format!(
-                    "`selector` in {} must be DNS labels of letters, digits, \"-\" and \"_\", found \"{}\"",
-                    ctx.options.what(),
-                    s.get_ref().escape_debug()
-                );
-                ctx.options.error(s.span(), msg);
-                None
-            }
-        });
-        let key = ctx
+        let ArcSealOptions {
+            domain,
+            selector,
+            key,
+            headers,
+        } = ctx
             .options
-            .required_string("key")
-            .and_then(|k| load_key_option(ctx, k.span(), k.get_ref(), &mut KeyCache::default()));
-        let headers = header_list_option(ctx, "headers", &DEFAULT_HEADERS, true);
+            .required("domain", "\"example.org\"")
+            .required("selector", "\"arc2026\"")
+            .required("key", "\"keys/arc.pem\"")
+            .parse()?;
+        // Every value is checked before any early return, so all mistakes
+        // in the block are reported in one pass.
+        let domain = checked(ctx, "domain", signing_domain(&domain));
+        let selector = checked(ctx, "selector", dkim_sign::selector(selector));
+        let span = ctx
+            .options
+            .span_of("key")
+            .unwrap_or_else(|| ctx.options.span());
+        let key = load_key_option(ctx, span, &key, &mut KeyCache::default());
+        let headers = header_names(headers, &DEFAULT_HEADERS, true);
+        let headers = checked(ctx, "headers", headers);
         Some(Arc::new(ArcSealModifier {
             name: ctx.name.to_string(),
             domain: domain?,
@@ -111,7 +112,7 @@ enum Chain<'x> {
 fn existing_chain<'x>(
     parsed: &'x AuthenticatedMessage<'x>,
     ours: Option<&AuthResults>,
-) -> Result<Chain<'x>, String> {
+) -> Result<Chain<'x>, EditError> {
     let sets = parsed.as_headers.len();
     if sets == 0
         && parsed.ams_headers.is_empty()
@@ -128,10 +129,7 @@ fn existing_chain<'x>(
     match result.as_str() {
         "pass" => {}
         "temperror" => {
-            return Err(
-                "the message's ARC chain could not be validated (temperror), so the seal's cv= is unknown; the client should try again"
-                    .to_string(),
-            );
+            return Err(EditError::ArcTemperror);
         }
         other => {
             return Ok(Chain::Skip(format!(
@@ -191,14 +189,18 @@ impl Modifier for ArcSealModifier {
         true
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         let headers = edits.resulting_headers(&ctx.message.headers);
         // mail-auth reads the header block alone (given the body, it would
         // hash it for every canonicalization, hash and l= any signature of
         // the message names, none of which the seal needs).
         let head = crate::message::header_block(&headers);
         let mut parsed = AuthenticatedMessage::parse_with_opts(&head, None, false)
-            .ok_or("the message cannot be parsed for sealing")?;
+            .ok_or(EditError::Unparsable)?;
         // mail-auth's sealer takes the AMS body hash (relaxed, sha256, no
         // l=) from the parsed message when it is there and computes its own,
         // wrong for some bodies (crate::dkim_canon says why), when not: it
@@ -225,7 +227,7 @@ impl Modifier for ArcSealModifier {
             }
         };
         if ctx.message.body_truncated {
-            return Err(TRUNCATED.to_string());
+            return Err(EditError::Truncated);
         }
         // The seal signs this text in relaxed form as written, so it must
         // already be what relaxed canonicalization makes of the header:
@@ -245,18 +247,14 @@ impl Modifier for ArcSealModifier {
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
             .seal(&parsed, &results, &output)
-            .map_err(|e| {
-                format!(
-                    "sealing as d={} s={} failed: {e}",
-                    self.domain, self.selector
-                )
+            .map_err(|source| EditError::Seal {
+                domain: self.domain.clone(),
+                selector: self.selector.clone(),
+                source,
             })?;
         let set_headers = split_headers(&set.to_header());
         if set_headers.len() != 3 {
-            return Err(format!(
-                "mail-auth wrote {} ARC headers instead of 3",
-                set_headers.len()
-            ));
+            return Err(EditError::ArcHeaderCount(set_headers.len()));
         }
         // Bottom first, so the set reads ARC-Seal, ARC-Message-Signature,
         // ARC-Authentication-Results from the top.
@@ -294,9 +292,12 @@ mod tests {
 
     #[test]
     fn option_errors() {
+        // serde names the first missing key of a block.
         let errors = errors_of("");
         assert!(has_error(&errors, "needs `domain`"), "{errors:?}");
+        let errors = errors_of("domain = 'a.test'");
         assert!(has_error(&errors, "needs `selector`"), "{errors:?}");
+        let errors = errors_of("domain = 'a.test'\nselector = 's'");
         assert!(has_error(&errors, "needs `key`"), "{errors:?}");
         let errors = errors_of(
             "domain = 'not a domain'\nselector = 's;1'\nkey = 'nope.pem'\nheaders = ['Subject']",

@@ -44,18 +44,21 @@ mod key;
 
 pub use key::{KeyError, KeyKind, LoadedKey, base64_decode, base64_encode, valid_selector};
 
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::address::normalize_domain;
+use crate::config::options::{Interval, OneOrMany};
 use crate::edits::{EditList, valid_header_name};
 use crate::message::Header;
 use crate::message::address_list::{Unreadable, address_list};
 use mail_auth::common::crypto::{self, HashAlgorithm};
 use mail_auth::common::headers::{HeaderWriter, Writable};
 use mail_auth::dkim::{Canonicalization, Signature};
+use serde::Deserialize;
+use serde::de::{self, SeqAccess, Visitor};
 use std::collections::HashMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use toml::Value;
 
 /// What is signed by default: the headers that carry what a reader sees
 /// and how replies thread (RFC 6376 §5.4.1), plus the MIME headers that
@@ -75,9 +78,6 @@ pub const DEFAULT_HEADERS: [&str; 13] = [
     "Content-Transfer-Encoding",
     "List-Id",
 ];
-
-/// The reason a truncated body gives, for both signers.
-pub(crate) const TRUNCATED: &str = "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size";
 
 /// Keys already loaded while building one modifier, so a file named twice
 /// is read and reported once. A failed load is remembered as `None`.
@@ -117,43 +117,70 @@ pub(crate) fn load_key_option(
     loaded
 }
 
-/// A header name list option, checked, without duplicates (compared
-/// case-insensitively), with `From` required when `need_from`.
-pub(crate) fn header_list_option(
-    ctx: &mut ModifierBuildContext<'_, '_, '_>,
-    key: &'static str,
+/// A value of a signer's option that is read well but cannot be used; the
+/// text follows "`KEY` in MODIFIER".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ValueProblem {
+    #[error("is not a domain: \"{}\"", .0.escape_debug())]
+    Domain(String),
+    #[error(
+        "must be DNS labels of letters, digits, \"-\" and \"_\", found \"{}\"",
+        .0.escape_debug()
+    )]
+    Selector(String),
+    #[error("holds \"{}\", which is not a header name", .0.escape_debug())]
+    HeaderName(String),
+    #[error("must include \"From\": a signature must cover it (RFC 6376 §5.4)")]
+    NoFrom,
+}
+
+/// A signing domain (`d=`), normalised to A-labels and lowercase.
+pub(crate) fn signing_domain(domain: &str) -> Result<String, ValueProblem> {
+    normalize_domain(domain).map_err(|_| ValueProblem::Domain(domain.to_string()))
+}
+
+/// A selector (`s=`), as written.
+pub(crate) fn selector(selector: String) -> Result<String, ValueProblem> {
+    if valid_selector(&selector) {
+        Ok(selector)
+    } else {
+        Err(ValueProblem::Selector(selector))
+    }
+}
+
+/// A list of header names (`default` when absent), checked, without
+/// duplicates (compared case-insensitively), with `From` required when
+/// `need_from`.
+pub(crate) fn header_names(
+    list: Option<OneOrMany>,
     default: &[&str],
     need_from: bool,
-) -> Option<Vec<String>> {
-    if ctx.options.value(key).is_none() {
-        return Some(default.iter().map(|s| s.to_string()).collect());
-    }
-    let list = ctx.options.string_list(key)?;
-    let span = list.span();
+) -> Result<Vec<String>, ValueProblem> {
+    let Some(OneOrMany(list)) = list else {
+        return Ok(default.iter().map(|s| s.to_string()).collect());
+    };
     let mut names: Vec<String> = Vec::new();
-    for name in list.into_inner() {
+    for name in list {
         if !valid_header_name(&name) {
-            let msg = format!(
-                "`{key}` in {} holds \"{}\", which is not a header name",
-                ctx.options.what(),
-                name.escape_debug()
-            );
-            ctx.options.error(span, msg);
-            return None;
+            return Err(ValueProblem::HeaderName(name));
         }
         if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
             names.push(name);
         }
     }
     if need_from && !names.iter().any(|n| n.eq_ignore_ascii_case("From")) {
-        let msg = format!(
-            "`{key}` in {} must include \"From\": a signature must cover it (RFC 6376 §5.4)",
-            ctx.options.what()
-        );
-        ctx.options.error(span, msg);
-        return None;
+        return Err(ValueProblem::NoFrom);
     }
-    Some(names)
+    Ok(names)
+}
+
+/// Report `result`'s problem at `key`: `None` then.
+pub(crate) fn checked<T>(
+    ctx: &mut ModifierBuildContext<'_, '_, '_>,
+    key: &str,
+    result: Result<T, ValueProblem>,
+) -> Option<T> {
+    result.map_err(|e| ctx.options.invalid(key, e)).ok()
 }
 
 /// Split header text as mail-auth writes it (`Name: value` with `\r\n\t`
@@ -198,10 +225,70 @@ pub(crate) fn header_template(
 
 // ----- the modifier -----
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum SignDomain {
+    #[default]
     From,
     Sender,
+}
+
+/// `[modifiers.NAME]` with `kind = "dkim_sign"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DkimSignOptions {
+    keys: KeyList,
+    #[serde(default)]
+    sign_domain: SignDomain,
+    #[serde(default)]
+    subdomains: bool,
+    headers: Option<OneOrMany>,
+    oversign: Option<OneOrMany>,
+    expire: Option<Interval>,
+    canonicalization: Option<String>,
+}
+
+/// One entry of `keys`, as written.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a table { domain = \"...\", selector = \"...\", key = \"...\" }"
+)]
+struct RawKey {
+    domain: String,
+    selector: String,
+    key: String,
+}
+
+/// `keys`: a list of at least one entry.
+struct KeyList(Vec<RawKey>);
+
+impl<'de> Deserialize<'de> for KeyList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = KeyList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a non-empty list of tables such as { domain = \"example.org\", selector = \"s2026\", key = \"keys/example.org.pem\" }",
+                )
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<KeyList, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = seq.next_element::<RawKey>()? {
+                    keys.push(key);
+                }
+                if keys.is_empty() {
+                    return Err(de::Error::invalid_value(
+                        de::Unexpected::Other("an empty list"),
+                        &self,
+                    ));
+                }
+                Ok(KeyList(keys))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 struct KeyEntry {
@@ -227,218 +314,117 @@ impl DkimSignModifier {
     /// Build it from its options, loading every key; `None` after
     /// reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        // Every key is read before any early return, so all mistakes in the
-        // block are reported in one pass.
-        let keys = Self::keys(ctx);
-        let sign_domain = Self::sign_domain(ctx);
-        let subdomains = match ctx.options.value("subdomains") {
-            None => Some(false),
-            Some(_) => ctx.options.bool("subdomains"),
-        };
-        let headers = header_list_option(ctx, "headers", &DEFAULT_HEADERS, true);
-        let oversign = header_list_option(ctx, "oversign", &["From"], false);
-        let expire = match ctx.options.value("expire") {
-            None => Some(None),
-            Some(_) => ctx
-                .options
-                .duration("expire")
-                .map(|d| Some(d.as_secs().max(1))),
-        };
-        let body_canonicalization = Self::canonicalization(ctx);
+        let DkimSignOptions {
+            keys,
+            sign_domain,
+            subdomains,
+            headers,
+            oversign,
+            expire,
+            canonicalization,
+        } = ctx
+            .options
+            .required(
+                "keys",
+                "keys = [{ domain = \"example.org\", selector = \"s2026\", key = \"keys/example.org.pem\" }]",
+            )
+            .parse()?;
+        // Every value is checked before any early return, so all mistakes
+        // in the block are reported in one pass.
+        let keys = Self::keys(ctx, keys);
+        let headers = header_names(headers, &DEFAULT_HEADERS, true);
+        let headers = checked(ctx, "headers", headers);
+        let oversign = header_names(oversign, &["From"], false);
+        let oversign = checked(ctx, "oversign", oversign);
+        let body_canonicalization = Self::canonicalization(ctx, canonicalization);
         Some(Arc::new(DkimSignModifier {
             name: ctx.name.to_string(),
             keys: keys?,
-            sign_domain: sign_domain?,
-            subdomains: subdomains?,
+            sign_domain,
+            subdomains,
             headers: headers?,
             oversign: oversign?,
-            expire: expire?,
+            expire: expire.map(|Interval(d)| d.as_secs().max(1)),
             body_canonicalization: body_canonicalization?,
         }))
     }
 
-    fn keys(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<KeyEntry>> {
+    /// Check every entry of `keys` and load its key file.
+    fn keys(ctx: &mut ModifierBuildContext<'_, '_, '_>, keys: KeyList) -> Option<Vec<KeyEntry>> {
+        let span = ctx
+            .options
+            .span_of("keys")
+            .unwrap_or_else(|| ctx.options.span());
         let what = ctx.options.what().to_string();
-        let Some(value) = ctx.options.value("keys") else {
-            let span = ctx.options.span();
-            ctx.options.error(
-                span,
-                format!(
-                    "{what} needs `keys`, such as keys = [{{ domain = \"example.org\", selector = \"s2026\", key = \"keys/example.org.pem\" }}]"
-                ),
-            );
-            return None;
-        };
-        let span = value.span();
-        let items = match value.get_ref() {
-            Value::Array(items) if !items.is_empty() => items.clone(),
-            _ => {
-                ctx.options.error(
-                    span,
-                    format!(
-                        "`keys` in {what} must be a non-empty list of tables such as {{ domain = \"example.org\", selector = \"s2026\", key = \"keys/example.org.pem\" }}"
-                    ),
-                );
-                return None;
-            }
-        };
         let mut cache = KeyCache::default();
-        let mut seen = Vec::new();
+        let mut seen: Vec<(String, String)> = Vec::new();
         let mut entries = Vec::new();
         let mut ok = true;
-        for (n, item) in items.iter().enumerate() {
-            match Self::key_entry(ctx, span.clone(), n + 1, item, &mut cache, &mut seen) {
-                Some(entry) => entries.push(entry),
-                None => ok = false,
+        for (i, raw) in keys.0.into_iter().enumerate() {
+            let mut report = |ctx: &mut ModifierBuildContext<'_, '_, '_>, message: String| {
+                ctx.options.error(span.clone(), message);
+                ok = false;
+            };
+            let domain = signing_domain(&raw.domain)
+                .map_err(|e| report(ctx, format!("`keys[{i}].domain` in {what} {e}")))
+                .ok();
+            let selector = selector(raw.selector)
+                .map_err(|e| report(ctx, format!("`keys[{i}].selector` in {what} {e}")))
+                .ok();
+            if let (Some(d), Some(s)) = (&domain, &selector) {
+                let pair = (d.clone(), s.to_ascii_lowercase());
+                if seen.contains(&pair) {
+                    report(
+                        ctx,
+                        format!(
+                            "`keys[{i}]` in {what} repeats domain \"{d}\" with selector \"{s}\": each signature of a domain needs its own selector"
+                        ),
+                    );
+                }
+                seen.push(pair);
+            }
+            let key = load_key_option(ctx, span.clone(), &raw.key, &mut cache);
+            if let (Some(domain), Some(selector), Some(key)) = (domain, selector, key) {
+                entries.push(KeyEntry {
+                    domain,
+                    selector,
+                    key,
+                });
+            } else {
+                ok = false;
             }
         }
         ok.then_some(entries)
     }
 
-    fn key_entry(
+    fn canonicalization(
         ctx: &mut ModifierBuildContext<'_, '_, '_>,
-        span: std::ops::Range<usize>,
-        n: usize,
-        item: &Value,
-        cache: &mut KeyCache,
-        seen: &mut Vec<(String, String)>,
-    ) -> Option<KeyEntry> {
-        let what = format!("entry {n} of `keys` in {}", ctx.options.what());
-        let Value::Table(table) = item else {
-            ctx.options.error(
-                span,
-                format!(
-                    "{what} must be a table {{ domain = \"...\", selector = \"...\", key = \"...\" }}, found {}",
-                    item.type_str()
-                ),
-            );
-            return None;
-        };
-        let mut ok = true;
-        for k in table.keys() {
-            if !["domain", "selector", "key"].contains(&k.as_str()) {
-                ctx.options.error(
-                    span.clone(),
-                    format!("unknown key `{k}` in {what}: use domain, selector and key"),
-                );
-                ok = false;
-            }
-        }
-        let field = |ctx: &mut ModifierBuildContext<'_, '_, '_>, name: &str| match table.get(name) {
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(other) => {
-                ctx.options.error(
-                    span.clone(),
-                    format!(
-                        "`{name}` in {what} must be a string, found {}",
-                        other.type_str()
-                    ),
-                );
-                None
-            }
-            None => {
-                ctx.options
-                    .error(span.clone(), format!("{what} needs `{name}`"));
-                None
-            }
-        };
-        let domain = field(ctx, "domain");
-        let selector = field(ctx, "selector");
-        let key_path = field(ctx, "key");
-        let domain = domain.and_then(|d| match normalize_domain(&d) {
-            Ok(norm) => Some(norm),
-            Err(_) => {
-                ctx.options.error(
-                    span.clone(),
-                    format!(
-                        "`domain` in {what} is not a domain: \"{}\"",
-                        d.escape_debug()
-                    ),
-                );
-                None
-            }
-        });
-        let selector = selector.and_then(|s| {
-            if valid_selector(&s) {
-                Some(s)
-            } else {
-                ctx.options.error(
-                    span.clone(),
-                    format!(
-                        "`selector` in {what} must be DNS labels of letters, digits, \"-\" and \"_\", found \"{}\"",
-                        s.escape_debug()
-                    ),
-                );
-                None
-            }
-        });
-        if let (Some(d), Some(s)) = (&domain, &selector) {
-            let pair = (d.clone(), s.to_ascii_lowercase());
-            if seen.contains(&pair) {
-                ctx.options.error(
-                    span.clone(),
-                    format!(
-                        "{what} repeats domain \"{d}\" with selector \"{s}\": each signature of a domain needs its own selector"
-                    ),
-                );
-                ok = false;
-            }
-            seen.push(pair);
-        }
-        let key = key_path.and_then(|p| load_key_option(ctx, span.clone(), &p, cache));
-        if !ok {
-            return None;
-        }
-        Some(KeyEntry {
-            domain: domain?,
-            selector: selector?,
-            key: key?,
-        })
-    }
-
-    fn sign_domain(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<SignDomain> {
-        if ctx.options.value("sign_domain").is_none() {
-            return Some(SignDomain::From);
-        }
-        let v = ctx.options.string("sign_domain")?;
-        match v.get_ref().as_str() {
-            "from" => Some(SignDomain::From),
-            "sender" => Some(SignDomain::Sender),
-            other => {
-                let msg = format!(
-                    "`sign_domain` in {} must be \"from\" or \"sender\", found \"{}\"",
-                    ctx.options.what(),
-                    other.escape_debug()
-                );
-                ctx.options.error(v.span(), msg);
-                None
-            }
-        }
-    }
-
-    fn canonicalization(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Canonicalization> {
-        if ctx.options.value("canonicalization").is_none() {
+        written: Option<String>,
+    ) -> Option<Canonicalization> {
+        let Some(written) = written else {
             return Some(Canonicalization::Relaxed);
-        }
-        let v = ctx.options.string("canonicalization")?;
+        };
         // RFC 6376 §3.5: a lone name is the header's, the body's is simple.
-        match v.get_ref().to_ascii_lowercase().as_str() {
+        match written.to_ascii_lowercase().as_str() {
             "relaxed/relaxed" => Some(Canonicalization::Relaxed),
             "relaxed/simple" | "relaxed" => Some(Canonicalization::Simple),
             other => {
-                let msg = if other.starts_with("simple") {
-                    format!(
-                        "`canonicalization` in {} cannot be \"{other}\": the MTA and the milter protocol refold header lines, which simple header canonicalization does not survive; use \"relaxed/relaxed\" or \"relaxed/simple\"",
-                        ctx.options.what()
-                    )
+                if other.starts_with("simple") {
+                    ctx.options.invalid(
+                        "canonicalization",
+                        format_args!(
+                            "cannot be \"{other}\": the MTA and the milter protocol refold header lines, which simple header canonicalization does not survive; use \"relaxed/relaxed\" or \"relaxed/simple\""
+                        ),
+                    );
                 } else {
-                    format!(
-                        "`canonicalization` in {} must be \"relaxed/relaxed\" or \"relaxed/simple\", found \"{}\"",
-                        ctx.options.what(),
-                        other.escape_debug()
-                    )
-                };
-                ctx.options.error(v.span(), msg);
+                    ctx.options.invalid(
+                        "canonicalization",
+                        format_args!(
+                            "must be \"relaxed/relaxed\" or \"relaxed/simple\", found \"{}\"",
+                            other.escape_debug()
+                        ),
+                    );
+                }
                 None
             }
         }
@@ -524,7 +510,11 @@ impl Modifier for DkimSignModifier {
         true
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // What the MTA will deliver, every earlier edit applied.
         let headers = edits.resulting_headers(&ctx.message.headers);
         // The signing domain comes from the headers: the whole message (a
@@ -550,7 +540,7 @@ impl Modifier for DkimSignModifier {
         }
         // Only now: mail this modifier would not sign anyway goes on.
         if ctx.message.body_truncated {
-            return Err(TRUNCATED.to_string());
+            return Err(EditError::Truncated);
         }
         let body = ctx.message.body.contiguous();
         let now = std::time::SystemTime::now()
@@ -562,15 +552,14 @@ impl Modifier for DkimSignModifier {
         for entry in entries {
             let signature = self
                 .sign(entry, &added, &headers, &body, now)
-                .map_err(|e| {
-                    format!(
-                        "signing as d={} s={} failed: {e}",
-                        entry.domain, entry.selector
-                    )
+                .map_err(|source| EditError::Sign {
+                    domain: entry.domain.clone(),
+                    selector: entry.selector.clone(),
+                    source,
                 })?;
             let header = signature.to_header();
             let Some((name, value)) = split_headers(&header).into_iter().next() else {
-                return Err("mail-auth wrote no DKIM-Signature header".to_string());
+                return Err(EditError::NoSignatureHeader);
             };
             edits.insert_header(0, &name, &value)?;
             added.insert(0, Header::new(name, value));
@@ -652,7 +641,7 @@ impl DkimSignModifier {
 
 /// Why one signature could not be made.
 #[derive(Debug, thiserror::Error)]
-enum SignError {
+pub enum SignError {
     /// None of the names to sign is in the message.
     #[error("no header to sign")]
     NoHeaders,

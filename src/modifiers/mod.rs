@@ -7,7 +7,7 @@
 
 use crate::address::Address;
 use crate::config::options::Options;
-use crate::edits::EditList;
+use crate::edits::{EditList, InvalidHeaderName};
 use crate::message::{ConnectionFacts, Envelope, Message};
 use crate::tables::TableSet;
 use std::sync::Arc;
@@ -114,6 +114,55 @@ pub enum AliasLimit {
     Addresses(usize),
 }
 
+/// Why a modifier's header edits failed at end of message. The message then
+/// gets the pipeline's error action and no edit at all is sent: a message
+/// half edited, or sent on unsigned when it should be signed, is worse.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    /// A header edit whose name is not a field name.
+    #[error(transparent)]
+    Header(#[from] InvalidHeaderName),
+    /// The body was cut at `max_body_size`; a signature over part of it
+    /// would not verify.
+    #[error(
+        "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size"
+    )]
+    Truncated,
+    /// mail-auth could not read the header block to seal it.
+    #[error("the message cannot be parsed for sealing")]
+    Unparsable,
+    /// This hop's `arc` check could not validate the chain (a temporary
+    /// failure), so the seal's `cv=` is unknown.
+    #[error(
+        "the message's ARC chain could not be validated (temperror), so the seal's cv= is unknown; the client should try again"
+    )]
+    ArcTemperror,
+    /// One DKIM signature could not be made.
+    #[error("signing as d={domain} s={selector} failed: {source}")]
+    Sign {
+        domain: String,
+        selector: String,
+        source: dkim_sign::SignError,
+    },
+    /// The ARC set could not be made.
+    #[error("sealing as d={domain} s={selector} failed: {source}")]
+    Seal {
+        domain: String,
+        selector: String,
+        source: mail_auth::Error,
+    },
+    /// mail-auth's signature gave no header text.
+    #[error("mail-auth wrote no DKIM-Signature header")]
+    NoSignatureHeader,
+    /// mail-auth's ARC set did not give its three headers.
+    #[error("mail-auth wrote {0} ARC headers instead of 3")]
+    ArcHeaderCount(usize),
+    /// The failure of a modifier kind registered from outside this crate,
+    /// in its own words.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// One modifier: what it may change, and the changes themselves.
 pub trait Modifier: Send + Sync + 'static {
     /// What the modifier may change, for milter negotiation.
@@ -144,10 +193,12 @@ pub trait Modifier: Send + Sync + 'static {
         Ok(None)
     }
 
-    /// Header edits at end of message. The error is still text: the trait
-    /// is implemented in `arc_seal`, which is being changed elsewhere, and
-    /// gets a typed error with it (issue 17).
-    fn edit_message(&self, _ctx: &MessageContext<'_>, _edits: &mut EditList) -> Result<(), String> {
+    /// Header edits at end of message.
+    fn edit_message(
+        &self,
+        _ctx: &MessageContext<'_>,
+        _edits: &mut EditList,
+    ) -> Result<(), EditError> {
         Ok(())
     }
 }
@@ -223,5 +274,53 @@ mod tests {
         }
         assert_eq!(AliasLimit::Depth(10).to_string(), "10 levels");
         assert_eq!(AliasLimit::Addresses(1000).to_string(), "1000 addresses");
+    }
+
+    /// The texts the log and the error action's reason show, as they read
+    /// when the errors were plain strings.
+    #[test]
+    fn edit_error_texts() {
+        let s = String::from;
+        let cases = [
+            (
+                EditError::Header(InvalidHeaderName { name: s("X Bad") }),
+                "invalid header name \"X Bad\"",
+            ),
+            (
+                EditError::Truncated,
+                "the body is larger than the pipeline's max_body_size and was not kept whole, so it cannot be signed; raise max_body_size",
+            ),
+            (
+                EditError::Unparsable,
+                "the message cannot be parsed for sealing",
+            ),
+            (
+                EditError::ArcTemperror,
+                "the message's ARC chain could not be validated (temperror), so the seal's cv= is unknown; the client should try again",
+            ),
+            (
+                EditError::Sign {
+                    domain: s("example.org"),
+                    selector: s("s2026"),
+                    source: dkim_sign::SignError::NoHeaders,
+                },
+                "signing as d=example.org s=s2026 failed: no header to sign",
+            ),
+            (
+                EditError::NoSignatureHeader,
+                "mail-auth wrote no DKIM-Signature header",
+            ),
+            (
+                EditError::ArcHeaderCount(2),
+                "mail-auth wrote 2 ARC headers instead of 3",
+            ),
+            (
+                EditError::Other("backend unavailable".into()),
+                "backend unavailable",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(error.to_string(), text);
+        }
     }
 }

@@ -2,11 +2,20 @@
 //! (required, compared case-insensitively) or, with `pattern` (a regex on the
 //! unfolded value), only the instances whose value matches.
 
-use super::add_header::header_name_option;
-use super::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use super::add_header::check_header_name;
+use super::{EditError, Effects, MessageContext, Modifier, ModifierBuildContext};
 use crate::edits::EditList;
 use regex::Regex;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[modifiers.NAME]` with `kind = "remove_header"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RemoveHeaderOptions {
+    name: String,
+    pattern: Option<String>,
+}
 
 /// The `remove_header` modifier.
 pub struct RemoveHeaderModifier {
@@ -17,17 +26,17 @@ pub struct RemoveHeaderModifier {
 impl RemoveHeaderModifier {
     /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        let name = header_name_option(ctx);
-        // `regex` returns `None` for a bad pattern too (already reported);
-        // only an absent key means "remove them all".
-        let pattern = match ctx.options.value("pattern") {
+        let RemoveHeaderOptions { name, pattern } =
+            ctx.options.required("name", "\"X-Spam-Flag\"").parse()?;
+        // Both values are checked before returning, so all mistakes in the
+        // block are reported in one pass. No pattern: remove them all.
+        let name_ok = check_header_name(ctx, &name);
+        let pattern = match pattern {
             None => Some(None),
-            Some(_) => ctx.options.regex("pattern").map(Some),
+            Some(p) => ctx.options.compile_regex("pattern", &p).map(Some),
         };
-        Some(Arc::new(RemoveHeaderModifier {
-            name: name?,
-            pattern: pattern?,
-        }))
+        let pattern = pattern.filter(|_| name_ok)?;
+        Some(Arc::new(RemoveHeaderModifier { name, pattern }))
     }
 }
 
@@ -39,7 +48,11 @@ impl Modifier for RemoveHeaderModifier {
         }
     }
 
-    fn edit_message(&self, ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
+    fn edit_message(
+        &self,
+        ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
         // delete_headers_where emits the highest index first, so each delete
         // leaves the indexes of the ones still to come valid.
         edits.delete_headers_where(&self.name, &ctx.message.headers, |value| {

@@ -7,9 +7,20 @@
 
 use super::{Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::Address;
-use crate::tables::{Table, table_option};
+use crate::tables::{Table, TableRef};
 use regex::Regex;
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// The keys of `rewrite_sender` and `rewrite_rcpt`: `pattern` and
+/// `replacement`, or `table`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RewriteOptions {
+    pattern: Option<String>,
+    replacement: Option<String>,
+    table: Option<TableRef>,
+}
 
 /// The `rewrite_sender` modifier.
 pub struct RewriteSenderModifier {
@@ -49,46 +60,43 @@ impl Rewrite {
     /// Read `pattern` + `replacement` or `table`; exactly one form is allowed
     /// so the administrator never has to guess which one wins.
     pub(crate) fn from_options(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Rewrite> {
+        let RewriteOptions {
+            pattern,
+            replacement,
+            table,
+        } = ctx.options.parse()?;
         let opts = &mut *ctx.options;
-        // `value` marks all three keys as known even on the error paths, so
-        // the unknown-key pass does not pile confusing errors on top.
-        let pattern = opts.value("pattern");
-        let replacement = opts.value("replacement");
-        let table = opts.value("table");
         let what = opts.what().to_string();
         match (pattern, replacement, table) {
-            (Some(_), _, Some(t)) => {
+            (Some(_), _, Some(_)) => {
+                let span = opts.span_of("table").unwrap_or_else(|| opts.span());
                 opts.error(
-                    t.span(),
+                    span,
                     format!("{what} has both `pattern` and `table`: keep only one of them"),
                 );
                 None
             }
-            (None, Some(r), Some(_)) => {
-                opts.error(
-                    r.span(),
-                    format!(
-                        "`replacement` in {what} only goes with `pattern`: remove it, the table gives the new address"
-                    ),
+            (None, Some(_), Some(_)) => {
+                opts.invalid(
+                    "replacement",
+                    "only goes with `pattern`: remove it, the table gives the new address",
                 );
                 None
             }
-            (None, None, Some(_)) => table_option(opts, ctx.tables, "table").map(Rewrite::Table),
-            (Some(p), None, None) => {
-                opts.error(
-                    p.span(),
-                    format!(
-                        "`pattern` in {what} needs a `replacement`, the new address such as \"$1@example.org\""
-                    ),
+            (None, None, Some(table)) => {
+                table.resolve(opts, ctx.tables, "table").map(Rewrite::Table)
+            }
+            (Some(_), None, None) => {
+                opts.invalid(
+                    "pattern",
+                    "needs a `replacement`, the new address such as \"$1@example.org\"",
                 );
                 None
             }
-            (None, Some(r), None) => {
-                opts.error(
-                    r.span(),
-                    format!(
-                        "`replacement` in {what} needs a `pattern` to match the address against"
-                    ),
+            (None, Some(_), None) => {
+                opts.invalid(
+                    "replacement",
+                    "needs a `pattern` to match the address against",
                 );
                 None
             }
@@ -100,17 +108,15 @@ impl Rewrite {
                 );
                 None
             }
-            (Some(_), Some(_), None) => {
-                let pattern = opts.regex("pattern");
-                let replacement = opts.string("replacement");
-                let (pattern, replacement) = (pattern?, replacement?);
-                if let Err(e) = check_group_refs(&pattern, replacement.get_ref()) {
-                    opts.error(replacement.span(), format!("`replacement` in {what} {e}"));
+            (Some(pattern), Some(replacement), None) => {
+                let pattern = opts.compile_regex("pattern", &pattern)?;
+                if let Err(e) = check_group_refs(&pattern, &replacement) {
+                    opts.invalid("replacement", e);
                     return None;
                 }
                 Some(Rewrite::Pattern {
                     pattern,
-                    replacement: replacement.into_inner(),
+                    replacement,
                 })
             }
         }

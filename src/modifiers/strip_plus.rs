@@ -5,7 +5,17 @@
 
 use super::{Effects, Modifier, ModifierBuildContext, RewriteError};
 use crate::address::{Address, quote_local};
+use serde::Deserialize;
 use std::sync::Arc;
+
+/// `[modifiers.NAME]` with `kind = "strip_plus"`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StripPlusOptions {
+    separator: Option<String>,
+    #[serde(default)]
+    sender: bool,
+}
 
 /// The `strip_plus` modifier.
 pub struct StripPlusModifier {
@@ -16,23 +26,16 @@ pub struct StripPlusModifier {
 impl StripPlusModifier {
     /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
-        // The typed accessors return `None` both for an absent key and for a
-        // wrongly typed one (already reported); only absence means default.
-        let separators = match ctx.options.value("separator") {
-            None => Some(vec!['+']),
-            Some(_) => Self::separators(ctx),
+        let StripPlusOptions { separator, sender } = ctx.options.parse()?;
+        let separators = match separator {
+            None => vec!['+'],
+            Some(s) => Self::separators(ctx, &s)?,
         };
-        let sender = match ctx.options.value("sender") {
-            None => Some(false),
-            Some(_) => ctx.options.bool("sender"),
-        };
-        let (separators, sender) = (separators?, sender?);
         Some(Arc::new(StripPlusModifier { separators, sender }))
     }
 
-    fn separators(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Vec<char>> {
-        let s = ctx.options.string("separator")?;
-        let chars: Vec<char> = s.get_ref().chars().collect();
+    fn separators(ctx: &mut ModifierBuildContext<'_, '_, '_>, s: &str) -> Option<Vec<char>> {
+        let chars: Vec<char> = s.chars().collect();
         // `@` would cut into the domain, a quote would unbalance quoting, and
         // white space or control characters never occur in a plain local part.
         let usable = !chars.is_empty()
@@ -40,12 +43,13 @@ impl StripPlusModifier {
                 .iter()
                 .all(|&c| c != '@' && c != '"' && !c.is_whitespace() && !c.is_control());
         if !usable {
-            let msg = format!(
-                "`separator` in {} must be one or more characters such as \"+\" or \"+-\", without @, quotes or white space, found \"{}\"",
-                ctx.options.what(),
-                s.get_ref().escape_debug()
+            ctx.options.invalid(
+                "separator",
+                format_args!(
+                    "must be one or more characters such as \"+\" or \"+-\", without @, quotes or white space, found \"{}\"",
+                    s.escape_debug()
+                ),
             );
-            ctx.options.error(s.span(), msg);
             return None;
         }
         Some(chars)

@@ -507,28 +507,5 @@ impl TableRef {
     }
 }
 
-/// Read a table option: either the name of a `[tables.NAME]` block or an
-/// inline TOML table written in place (`table = { alice = ["alice@example.org"] }`).
-/// For kinds that read keys one by one; a kind with an option struct holds a
-/// [`TableRef`].
-pub(crate) fn table_option(
-    options: &mut Options<'_, '_>,
-    tables: &TableSet,
-    key: &'static str,
-) -> Option<Arc<Table>> {
-    let value = options.value(key)?;
-    match TableRef::deserialize(value.get_ref().clone()) {
-        Ok(table) => table.resolve(options, tables, key),
-        Err(_) => {
-            let msg = format!(
-                "`{key}` in {} must name a table or be an inline table of strings",
-                options.what()
-            );
-            options.error(value.span(), msg);
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;

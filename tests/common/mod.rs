@@ -96,23 +96,24 @@ pub fn registry(probes: Arc<Probes>) -> Registry {
     reg.add_check(
         "probe",
         Arc::new(move |ctx: &mut CheckBuildContext<'_, '_, '_>| {
-            let status = ctx
-                .options
-                .string("status")
-                .and_then(|s| parse_status(s.get_ref()))
+            let ProbeOptions {
+                status,
+                delay_ms,
+                inputs,
+                panic,
+                score,
+                auth_results,
+            } = ctx.options.parse()?;
+            let status = status
+                .as_deref()
+                .and_then(parse_status)
                 .unwrap_or(Status::Pass);
-            let delay = ctx
-                .options
-                .integer("delay_ms")
-                .map_or(0, |d| *d.get_ref() as u64);
-            let inputs = ctx
-                .options
-                .string("inputs")
-                .and_then(|s| Stage::parse(s.get_ref()))
+            let delay = delay_ms.unwrap_or(0);
+            let inputs = inputs
+                .as_deref()
+                .and_then(Stage::parse)
                 .unwrap_or(Stage::Eom);
-            let panics = ctx.options.bool("panic").unwrap_or(false);
-            let score = ctx.options.number("score").map(|s| *s.get_ref());
-            let auth_results = ctx.options.string("auth_results").map(|s| s.into_inner());
+            let panics = panic.unwrap_or(false);
             Some(Arc::new(ProbeCheck {
                 status,
                 delay: Duration::from_millis(delay),
@@ -125,6 +126,18 @@ pub fn registry(probes: Arc<Probes>) -> Registry {
         }),
     );
     reg
+}
+
+/// The options of the `probe` check, read like a built-in kind's.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeOptions {
+    status: Option<String>,
+    delay_ms: Option<u64>,
+    inputs: Option<String>,
+    panic: Option<bool>,
+    score: Option<f64>,
+    auth_results: Option<String>,
 }
 
 pub fn try_compile(src: &str) -> Result<Policy, ConfigErrors> {

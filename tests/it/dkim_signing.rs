@@ -607,7 +607,12 @@ async fn bad_key_files_are_config_errors_naming_the_file() {
         e.contains(&format!("key file \"{}\"", file("nope.pem"))),
         "{e}"
     );
-    assert!(e.contains("entry 4 of `keys` in modifier \"sign\" repeats domain \"example.com\" with selector \"a\""), "{e}");
+    assert!(
+        e.contains(
+            "`keys[3]` in modifier \"sign\" repeats domain \"example.com\" with selector \"a\""
+        ),
+        "{e}"
+    );
     assert_eq!(e.lines().count(), 3, "{e}");
 
     let e = config_errors(

@@ -7,7 +7,9 @@ use common::{Mail, Probes, compile, registry, run_mail};
 use dispatch_milter::config::compile_str;
 use dispatch_milter::edits::{Edit, EditList};
 use dispatch_milter::engine::{StageReply, Verdict};
-use dispatch_milter::modifiers::{Effects, MessageContext, Modifier, ModifierBuildContext};
+use dispatch_milter::modifiers::{
+    EditError, Effects, MessageContext, Modifier, ModifierBuildContext,
+};
 use dispatch_milter::reply::{Reply, ReplyClass};
 use std::path::Path;
 use std::sync::Arc;
@@ -362,11 +364,13 @@ impl Modifier for FailingModifier {
         }
     }
 
-    fn edit_message(&self, _ctx: &MessageContext<'_>, edits: &mut EditList) -> Result<(), String> {
-        edits
-            .add_header("X-Half", "done")
-            .map_err(|e| e.to_string())?;
-        Err("backend unavailable".into())
+    fn edit_message(
+        &self,
+        _ctx: &MessageContext<'_>,
+        edits: &mut EditList,
+    ) -> Result<(), EditError> {
+        edits.add_header("X-Half", "done")?;
+        Err(EditError::Other("backend unavailable".into()))
     }
 }
 

@@ -144,7 +144,9 @@ struct Found<'a>(Unexpected<'a>);
 impl fmt::Display for Found<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Unexpected::Str(s) => write!(f, "\"{s}\""),
+            // Escaped: the value is whatever the file holds, control
+            // characters included, and the message goes to a terminal.
+            Unexpected::Str(s) => write!(f, "\"{}\"", s.escape_debug()),
             Unexpected::Signed(i) => write!(f, "{i}"),
             Unexpected::Unsigned(u) => write!(f, "{u}"),
             Unexpected::Float(x) => write!(f, "{x}"),

@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-use std::time::Duration;
 use toml::{Spanned, Value};
 
 pub(crate) type RawOptions = BTreeMap<Spanned<String>, Spanned<Value>>;
@@ -55,12 +54,20 @@ impl<'d, 'a> Options<'d, 'a> {
         }
     }
 
-    /// Give an example of `key`'s value, for the message when it is missing:
-    /// "check \"size\" needs `max_size`, such as \"10M\"". Call before
-    /// [`parse`](Self::parse).
-    pub fn example(&mut self, key: &'static str, example: &'static str) -> &mut Self {
+    /// Say that `key` is required, with an example of its value: before
+    /// [`parse`](Self::parse) reads anything, every required key that is
+    /// absent is named at the block ("check \"size\" needs `max_size`, such
+    /// as \"10M\""), all of them in one run, where serde would stop at the
+    /// first. The kind's struct holds the key as a plain (not `Option`) field.
+    pub fn required(&mut self, key: &'static str, example: &'static str) -> &mut Self {
         self.examples.insert(key, example);
         self
+    }
+
+    /// A required key (one given to [`required`](Self::required)) that the
+    /// block lacks, already reported by `parse`.
+    fn reported_missing(&self, key: &str) -> bool {
+        self.examples.contains_key(key) && self.span_of(key).is_none()
     }
 
     /// "needs `key`", with the key's example when there is one.
@@ -90,132 +97,6 @@ impl<'d, 'a> Options<'d, 'a> {
         self.diag.error(span, message);
     }
 
-    /// The raw value of a key, marking the key as known.
-    pub fn value(&mut self, key: &'static str) -> Option<Spanned<Value>> {
-        self.known.insert(key);
-        self.entries
-            .iter()
-            .find(|(k, _)| k.get_ref() == key)
-            .map(|(_, v)| v.clone())
-    }
-
-    fn typed<T>(
-        &mut self,
-        key: &'static str,
-        expected: &str,
-        get: impl Fn(&Value) -> Option<T>,
-    ) -> Option<Spanned<T>> {
-        let v = self.value(key)?;
-        match get(v.get_ref()) {
-            Some(t) => Some(Spanned::new(v.span(), t)),
-            None => {
-                let msg = format!(
-                    "`{key}` in {} must be {expected}, found {}",
-                    self.what,
-                    v.get_ref().type_str()
-                );
-                self.diag.error(v.span(), msg);
-                None
-            }
-        }
-    }
-
-    /// `key` as a string; a value of another type is reported and gives `None`.
-    pub fn string(&mut self, key: &'static str) -> Option<Spanned<String>> {
-        self.typed(key, "a string", |v| v.as_str().map(str::to_string))
-    }
-
-    pub(crate) fn required_string(&mut self, key: &'static str) -> Option<Spanned<String>> {
-        let found = self.entries.iter().any(|(k, _)| k.get_ref() == key);
-        if !found {
-            self.known.insert(key);
-            let msg = format!("{} needs `{key}`", self.what);
-            self.diag.error(self.span.clone(), msg);
-            return None;
-        }
-        self.string(key)
-    }
-
-    /// `key` as `true` or `false`; a value of another type is reported and gives `None`.
-    pub fn bool(&mut self, key: &'static str) -> Option<bool> {
-        self.typed(key, "true or false", Value::as_bool)
-            .map(Spanned::into_inner)
-    }
-
-    /// `key` as an integer; a value of another type is reported and gives `None`.
-    pub fn integer(&mut self, key: &'static str) -> Option<Spanned<i64>> {
-        self.typed(key, "an integer", Value::as_integer)
-    }
-
-    /// A non-negative number that may be written as an integer or a float.
-    pub fn number(&mut self, key: &'static str) -> Option<Spanned<f64>> {
-        self.typed(key, "a number", |v| {
-            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
-        })
-    }
-
-    /// A size such as `10485760`, `"10M"` or `"512K"` (powers of 1024).
-    pub fn size(&mut self, key: &'static str) -> Option<u64> {
-        let v = self.value(key)?;
-        let parsed = match v.get_ref() {
-            Value::Integer(i) if *i >= 0 => Some(*i as u64),
-            Value::String(s) => parse_size(s),
-            _ => None,
-        };
-        if parsed.is_none() {
-            let msg = format!(
-                "`{key}` in {} must be a size such as 10485760, \"512K\", \"10M\" or \"1G\"",
-                self.what
-            );
-            self.diag.error(v.span(), msg);
-        }
-        parsed
-    }
-
-    /// A duration written with units: `"5s"`, `"250ms"`, `"2m"`.
-    pub fn duration(&mut self, key: &'static str) -> Option<Duration> {
-        let v = self.string(key)?;
-        match humantime::parse_duration(v.get_ref()) {
-            Ok(d) if !d.is_zero() => Some(d),
-            _ => {
-                let msg = format!(
-                    "`{key}` in {} must be a duration with units such as \"5s\" or \"250ms\", found \"{}\"",
-                    self.what,
-                    v.get_ref()
-                );
-                self.diag.error(v.span(), msg);
-                None
-            }
-        }
-    }
-
-    /// A list of strings; a single string is accepted as a list of one.
-    pub(crate) fn string_list(&mut self, key: &'static str) -> Option<Spanned<Vec<String>>> {
-        self.typed(key, "a string or a list of strings", |v| match v {
-            Value::String(s) => Some(vec![s.clone()]),
-            Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
-            _ => None,
-        })
-    }
-
-    /// A regular expression (Rust `regex` syntax), compiled once here.
-    pub fn regex(&mut self, key: &'static str) -> Option<regex::Regex> {
-        let v = self.string(key)?;
-        match regex::Regex::new(v.get_ref()) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                let detail = super::error::regex_error_text(&e);
-                let msg = format!(
-                    "invalid regex \"{}\" in {}: {detail}",
-                    v.get_ref(),
-                    self.what
-                );
-                self.diag.error(v.span(), msg);
-                None
-            }
-        }
-    }
-
     /// Read the keys that are still untaken into `T`, the kind's own
     /// options: a struct with `#[serde(deny_unknown_fields)]`. Keys that `T`
     /// does not name are reported (with the closest one `T` has), and so is
@@ -241,6 +122,16 @@ impl<'d, 'a> Options<'d, 'a> {
                 unknown = true;
             }
         }
+        let absent: Vec<&'static str> = self
+            .examples
+            .keys()
+            .copied()
+            .filter(|key| self.reported_missing(key))
+            .collect();
+        for key in &absent {
+            let message = format!("{} {}", self.what, self.needs(key));
+            self.diag.error(self.span.clone(), message);
+        }
         let parsed = self.deserialize::<T>(fields, Partial::Refused);
         // Unknown keys are reported here: `finish` must not repeat them.
         let all: Vec<String> = self.entries.keys().map(|k| k.get_ref().clone()).collect();
@@ -250,7 +141,11 @@ impl<'d, 'a> Options<'d, 'a> {
             }
         }
         self.reported_unknown = true;
-        if unknown { None } else { parsed }
+        if unknown || !absent.is_empty() {
+            None
+        } else {
+            parsed
+        }
     }
 
     /// Read the keys `T` names (a struct every kind shares, such as a check's
@@ -298,7 +193,8 @@ impl<'d, 'a> Options<'d, 'a> {
                 }
                 None => {
                     let left_out = matches!(&error.problem,
-                        Problem::Missing(field) if failed.iter().any(|f| f == field));
+                        Problem::Missing(field)
+                            if failed.iter().any(|f| f == field) || self.reported_missing(field));
                     if !left_out {
                         self.report(None, error);
                     }
@@ -448,6 +344,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
     use std::path::Path;
+    use std::time::Duration;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

@@ -207,42 +207,71 @@ fn mail_auth_headers_split_into_one_line_values() {
 
 #[test]
 fn option_errors() {
-    assert!(has_error(&errors_of(""), "needs `keys`"));
+    assert!(has_error(&errors_of(""), "needs `keys`, such as keys = [{"));
     assert!(has_error(
         &errors_of("keys = []"),
         "non-empty list of tables"
     ));
-    assert!(has_error(&errors_of("keys = ['x']"), "must be a table"));
-    let errors = errors_of(
-        "keys = [{ domain = 'bad domain', selector = 'a b', key = 'missing.pem', algo = 'x' }]",
-    );
+    assert!(has_error(
+        &errors_of("keys = ['x']"),
+        "`keys[0]` in modifier \"t\" must be a table { domain"
+    ));
+    let errors =
+        errors_of("keys = [{ domain = 'example.org', selector = 's', key = 'k.pem', algo = 'x' }]");
     assert!(
-        has_error(&errors, "unknown key `algo` in entry 1"),
+        has_error(&errors, "unknown key `algo` in `keys[0]`"),
         "{errors:?}"
     );
-    assert!(has_error(&errors, "`domain` in entry 1"), "{errors:?}");
-    assert!(has_error(&errors, "`selector` in entry 1"), "{errors:?}");
+    // Entries of the right shape have every problem named.
+    let errors = errors_of(
+        "keys = [{ domain = 'bad domain', selector = 'a b', key = 'missing.pem' }, \
+         { domain = 'Example.org', selector = 's', key = 'missing.pem' }, \
+         { domain = 'example.org', selector = 'S', key = 'missing.pem' }]",
+    );
+    assert!(has_error(&errors, "`keys[0].domain`"), "{errors:?}");
+    assert!(has_error(&errors, "`keys[0].selector`"), "{errors:?}");
+    assert!(
+        has_error(
+            &errors,
+            "`keys[2]` in modifier \"t\" repeats domain \"example.org\""
+        ),
+        "{errors:?}"
+    );
     assert!(
         has_error(&errors, "key file \"/nonexistent-config-dir/missing.pem\""),
         "{errors:?}"
     );
+    // A file named twice is reported once.
+    assert_eq!(errors.len(), 4, "{errors:?}");
     let errors = errors_of("keys = [{ domain = 'example.org' }]");
-    assert!(has_error(&errors, "needs `selector`"), "{errors:?}");
-    assert!(has_error(&errors, "needs `key`"), "{errors:?}");
-    let errors = errors_of(
-        "keys = [{ domain = 'example.org', selector = 's', key = 1 }]\nsign_domain = 'envelope'\nsubdomains = 'yes'\nheaders = ['Subject']\noversign = ['Bad Name']\nexpire = 'soon'\ncanonicalization = 'simple/simple'",
+    assert!(
+        has_error(&errors, "`keys[0]` in modifier \"t\" needs `selector`"),
+        "{errors:?}"
     );
-    assert!(has_error(&errors, "`key` in entry 1"), "{errors:?}");
+    // Every value of the wrong kind at once, ...
+    let errors = errors_of(
+        "keys = [{ domain = 'example.org', selector = 's', key = 1 }]\nsign_domain = 'envelope'\nsubdomains = 'yes'\nheaders = 1\noversign = [2]\nexpire = 'soon'\ncanonicalization = 3",
+    );
+    assert!(has_error(&errors, "`keys[0].key`"), "{errors:?}");
     assert!(has_error(&errors, "\"from\" or \"sender\""), "{errors:?}");
     assert!(has_error(&errors, "`subdomains`"), "{errors:?}");
+    assert!(has_error(&errors, "`headers`"), "{errors:?}");
+    assert!(has_error(&errors, "`oversign[0]`"), "{errors:?}");
+    assert!(has_error(&errors, "`expire`"), "{errors:?}");
+    assert!(has_error(&errors, "`canonicalization`"), "{errors:?}");
+    assert_eq!(errors.len(), 7, "{errors:?}");
+    // ... and once each has the right kind, every value still wrong.
+    let errors = errors_of(
+        "keys = [{ domain = 'example.org', selector = 's', key = 'missing.pem' }]\nheaders = ['Subject']\noversign = ['Bad Name']\ncanonicalization = 'simple/simple'",
+    );
+    assert!(has_error(&errors, "key file"), "{errors:?}");
     assert!(has_error(&errors, "must include \"From\""), "{errors:?}");
     assert!(has_error(&errors, "not a header name"), "{errors:?}");
-    assert!(has_error(&errors, "`expire`"), "{errors:?}");
     assert!(
         has_error(&errors, "simple header canonicalization"),
         "{errors:?}"
     );
-    assert_eq!(errors.len(), 7, "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
     let errors = errors_of(
         "keys = [{ domain = 'example.org', selector = 's', key = 'k' }]\ncanonicalization = 'loose'",
     );
