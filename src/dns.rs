@@ -149,15 +149,6 @@ pub enum DnsSetupError {
     Resolver(#[source] NetError),
 }
 
-/// The checks being changed elsewhere (spf, dkim, dmarc, arc) report this
-/// error through `Options::error`, which takes text; remove this with their
-/// conversion (issue 17).
-impl From<DnsSetupError> for String {
-    fn from(e: DnsSetupError) -> String {
-        e.to_string()
-    }
-}
-
 /// Builds the resolver the first time a check asks for it, so a policy
 /// without DNS checks never needs /etc/resolv.conf.
 pub struct DnsProvider {

@@ -92,9 +92,10 @@ impl<'d, 'a> Options<'d, 'a> {
         self.diag
     }
 
-    /// Report an error at a span.
-    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
-        self.diag.error(span, message);
+    /// Report an error at a span: a message, or any error type in its
+    /// own words (a resolver that cannot be set up, a key file).
+    pub fn error(&mut self, span: Range<usize>, message: impl std::fmt::Display) {
+        self.diag.error(span, message.to_string());
     }
 
     /// Read the keys that are still untaken into `T`, the kind's own
@@ -432,6 +433,42 @@ mod tests {
             "c.toml:2:9: `every` in check \"c\" must be a duration with units such as \
              \"5s\" or \"250ms\", found 5"
         );
+    }
+
+    #[test]
+    fn every_absent_required_key_is_named_with_its_example() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Signer {
+            domain: String,
+            selector: String,
+            key: String,
+        }
+        let text = "domain = \"example.org\"\n";
+        let entries: RawOptions = toml::from_str(text).expect("valid TOML");
+        let mut diag = Diagnostics::new(Path::new("c.toml"), text);
+        let mut options = Options::new("modifier \"m\"".into(), 0..text.len(), entries, &mut diag);
+        let parsed = options
+            .required("domain", "\"example.org\"")
+            .required("selector", "\"s1\"")
+            .required("key", "\"k.pem\"")
+            .parse::<Signer>();
+        options.finish();
+        assert!(parsed.is_none());
+        assert_eq!(
+            diag.into_errors().to_string(),
+            "c.toml:1:1: modifier \"m\" needs `key`, such as \"k.pem\"\n\
+             c.toml:1:1: modifier \"m\" needs `selector`, such as \"s1\""
+        );
+    }
+
+    #[test]
+    fn a_found_value_is_escaped() {
+        // A bell or an escape sequence in the file must not reach the
+        // terminal that shows the error.
+        let (_, errors) = read("max_size = \"1\\u001b[2J\"\n");
+        assert!(errors.ends_with(r#"found "1\u{1b}[2J""#), "{errors}");
     }
 
     #[test]
