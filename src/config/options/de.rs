@@ -184,8 +184,9 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
                 index: 0,
             }),
             Value::Table(table) => visitor.visit_map(Entries {
-                entries: table.iter(),
+                entries: table.iter().map(|(k, v)| (k.as_str(), v)),
                 current: None,
+                failed_at: None,
             }),
         }
     }
@@ -263,39 +264,6 @@ impl<'de> de::SeqAccess<'de> for Items<'_> {
     }
 }
 
-/// The entries of a nested table; an error names the entry's key.
-struct Entries<'v> {
-    entries: toml::map::Iter<'v, String, Value>,
-    current: Option<(&'v String, &'v Value)>,
-}
-
-impl<'de> de::MapAccess<'de> for Entries<'_> {
-    type Error = OptionError;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, OptionError> {
-        let Some((key, value)) = self.entries.next() else {
-            return Ok(None);
-        };
-        self.current = Some((key, value));
-        let key_de: de::value::StrDeserializer<'_, OptionError> = key.as_str().into_deserializer();
-        seed.deserialize(key_de).map(Some)
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, OptionError> {
-        let Some((key, value)) = self.current.take() else {
-            return Err(de::Error::custom("a value without its key"));
-        };
-        seed.deserialize(ValueDeserializer(value))
-            .map_err(|e| e.within(key.clone()))
-    }
-}
-
 /// The top level of a block: the entries not yet taken. serde's error cannot
 /// carry a span, so the key whose value was being read when an error came up
 /// is left in `failed_at` for the caller to place the message.
@@ -308,10 +276,10 @@ impl<'de> de::Deserializer<'de> for BlockDeserializer<'_, '_> {
     type Error = OptionError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OptionError> {
-        visitor.visit_map(BlockEntries {
+        visitor.visit_map(Entries {
             entries: self.entries.into_iter(),
             current: None,
-            failed_at: self.failed_at,
+            failed_at: Some(self.failed_at),
         })
     }
 
@@ -322,26 +290,31 @@ impl<'de> de::Deserializer<'de> for BlockDeserializer<'_, '_> {
     }
 }
 
-struct BlockEntries<'v, 'f> {
-    entries: std::vec::IntoIter<(&'v str, &'v Value)>,
+/// The entries of a table: of a nested one, where an error names the
+/// entry's key in its path, or of the block itself, where the key being read
+/// is left in `failed_at` for the caller (which knows the key's span).
+struct Entries<'v, 'f, I> {
+    entries: I,
     current: Option<(&'v str, &'v Value)>,
-    failed_at: &'f Cell<Option<&'v str>>,
+    failed_at: Option<&'f Cell<Option<&'v str>>>,
 }
 
-impl<'de> de::MapAccess<'de> for BlockEntries<'_, '_> {
+impl<'de, 'v, I: Iterator<Item = (&'v str, &'v Value)>> de::MapAccess<'de> for Entries<'v, '_, I> {
     type Error = OptionError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, OptionError> {
-        let Some((key, value)) = self.entries.next() else {
+        let next = self.entries.next();
+        if let Some(failed_at) = self.failed_at {
             // Past the last key, what fails is the block (a missing key).
-            self.failed_at.set(None);
+            failed_at.set(next.map(|(key, _)| key));
+        }
+        let Some((key, value)) = next else {
             return Ok(None);
         };
         self.current = Some((key, value));
-        self.failed_at.set(Some(key));
         let key_de: de::value::StrDeserializer<'_, OptionError> = key.into_deserializer();
         seed.deserialize(key_de).map(Some)
     }
@@ -353,8 +326,14 @@ impl<'de> de::MapAccess<'de> for BlockEntries<'_, '_> {
         let Some((key, value)) = self.current.take() else {
             return Err(de::Error::custom("a value without its key"));
         };
-        self.failed_at.set(Some(key));
-        seed.deserialize(ValueDeserializer(value))
+        let read = seed.deserialize(ValueDeserializer(value));
+        match self.failed_at {
+            Some(failed_at) => {
+                failed_at.set(Some(key));
+                read
+            }
+            None => read.map_err(|e| e.within(key.to_string())),
+        }
     }
 }
 
