@@ -15,16 +15,29 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// The message or sender is what it claims to be; for a non-method
+    /// check, nothing wrong was found.
     Pass,
+    /// Definitely not authorised or not acceptable; rejected unless an
+    /// `on_fail` key says otherwise.
     Fail,
+    /// Probably not authorised (SPF `~all`, a DMARC `p=quarantine`), weaker
+    /// than `fail`.
     Softfail,
+    /// Neither pass nor fail, such as SPF `?all`, a DMARC `p=none` or a DKIM
+    /// signature over only part of the body.
     Neutral,
+    /// Nothing to evaluate: no record published, no signature present.
     None,
+    /// A transient error such as a DNS timeout; a later retry may succeed.
     Temperror,
+    /// A permanent error, such as a malformed record, that a retry will not
+    /// cure.
     Permerror,
 }
 
 impl Status {
+    /// Every result, in declaration order (the order `Ord` sorts them in).
     pub const ALL: [Status; 7] = [
         Status::Pass,
         Status::Fail,
@@ -35,6 +48,8 @@ impl Status {
         Status::Permerror,
     ];
 
+    /// The lowercase keyword, as headers write it and as the `on_<result>`
+    /// keys name it: `pass`, `softfail`, `temperror`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Pass => "pass",
@@ -62,6 +77,7 @@ pub struct AuthResults {
     pub authserv_id: String,
     /// The authres-version after the id (absent means 1).
     pub version: Option<u32>,
+    /// Each method's result in order; empty is written as `none`.
     pub results: Vec<ResInfo>,
 }
 
@@ -80,6 +96,8 @@ pub struct ResInfo {
     pub comment: Option<String>,
     /// The reasonspec, written quoted.
     pub reason: Option<String>,
+    /// The properties after the result and reason, in the order written,
+    /// such as `header.d=example.org`.
     pub properties: Vec<Property>,
 }
 
@@ -89,6 +107,7 @@ pub struct ResInfo {
 pub struct Property {
     /// `smtp`, `header`, `body`, `policy` (§2.3) or another keyword.
     pub ptype: String,
+    /// The property within its type: `mailfrom` in `smtp.mailfrom`.
     pub name: String,
     /// The value as meant, without the quoting it is written with.
     pub value: String,
@@ -97,6 +116,7 @@ pub struct Property {
 }
 
 impl AuthResults {
+    /// A value with the given authserv-id and results and no version.
     pub fn new(authserv_id: impl Into<String>, results: Vec<ResInfo>) -> Self {
         AuthResults {
             authserv_id: authserv_id.into(),
@@ -107,6 +127,8 @@ impl AuthResults {
 }
 
 impl ResInfo {
+    /// A result of `method` with the `status` keyword, without version,
+    /// comment, reason or properties.
     pub fn new(method: &str, status: Status) -> Self {
         ResInfo {
             method: method.to_string(),
@@ -118,16 +140,19 @@ impl ResInfo {
         }
     }
 
+    /// Sets the comment written after the result, replacing any before.
     pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
         self.comment = Some(comment.into());
         self
     }
 
+    /// Sets the `reason=` text, replacing any before.
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self
     }
 
+    /// Appends a property after those already present.
     pub fn with_property(mut self, property: Property) -> Self {
         self.properties.push(property);
         self
@@ -142,6 +167,7 @@ impl ResInfo {
 }
 
 impl Property {
+    /// `ptype.name=value`, without a comment.
     pub fn new(ptype: &str, name: &str, value: impl Into<String>) -> Self {
         Property {
             ptype: ptype.to_string(),
@@ -151,6 +177,7 @@ impl Property {
         }
     }
 
+    /// Sets the comment written after the value, replacing any before.
     pub fn with_comment(mut self, comment: impl Into<String>) -> Self {
         self.comment = Some(comment.into());
         self
@@ -275,16 +302,38 @@ pub fn quoted(s: &str) -> String {
 /// offset into the text read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// A `(` without its matching `)`.
     #[error("a comment opened at byte {at} never closes")]
-    UnterminatedComment { at: usize },
+    UnterminatedComment {
+        /// Where the `(` is.
+        at: usize,
+    },
+    /// A `"` without its closing `"`.
     #[error("a quoted string opened at byte {at} never closes")]
-    UnterminatedQuote { at: usize },
+    UnterminatedQuote {
+        /// Where the opening `"` is.
+        at: usize,
+    },
+    /// A required part is missing or malformed.
     #[error("expected {expected} at byte {at}")]
-    Expected { expected: &'static str, at: usize },
+    Expected {
+        /// The part wanted, in words: `a version number`.
+        expected: &'static str,
+        /// Where it should have started.
+        at: usize,
+    },
+    /// A version number that does not fit in a `u32`.
     #[error("the number at byte {at} is too large")]
-    Number { at: usize },
+    Number {
+        /// Where the digits start.
+        at: usize,
+    },
+    /// A result with two `reason=` parts (§2.2 allows one).
     #[error("a second reason at byte {at}")]
-    SecondReason { at: usize },
+    SecondReason {
+        /// Where the second `reason` keyword starts.
+        at: usize,
+    },
 }
 
 /// Reads an Authentication-Results value (RFC 8601 §2.2): CFWS anywhere

@@ -4,6 +4,8 @@
 //! the protocol-free engine that runs checks in parallel and modifiers in
 //! order, and the offline commands. The binary only parses arguments.
 
+#![warn(missing_docs)]
+
 pub mod address;
 pub mod auth;
 pub mod auth_results;

@@ -299,6 +299,7 @@ impl KeyStore {
         lock(&self.entries).len()
     }
 
+    /// Whether this message has asked for no names yet.
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0

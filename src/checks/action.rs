@@ -5,10 +5,17 @@
 /// What to do with a check result.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Action {
+    /// Nothing: the result does not change the verdict.
     Ignore,
+    /// Refuse with a permanent error, the check's `reply` (5xx).
     Reject,
+    /// Refuse with a temporary error, the check's `tempfail_reply` (4xx),
+    /// so the client retries later.
     Tempfail,
+    /// Accept the message but have the MTA hold it (Postfix hold queue,
+    /// Sendmail quarantine); decided at end of message.
     Quarantine,
+
     /// Add to the message's score; `None` uses the score the check suggested.
     Score(Option<f64>),
     /// Whatever the pipeline's `error_action` says (the default for

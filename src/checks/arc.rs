@@ -38,11 +38,14 @@ pub fn result(f: &ArcFacts) -> CheckResult {
 #[serde(deny_unknown_fields)]
 struct ArcOptions {}
 
+/// The `arc` check: validates the message's ARC chain (RFC 8617).
 pub struct ArcCheck {
     dns: Arc<Dns>,
 }
 
 impl ArcCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<ArcOptions>();
         // The resolver's own error is named even when a key is unknown.

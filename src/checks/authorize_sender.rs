@@ -36,6 +36,8 @@ fn yes() -> bool {
     true
 }
 
+/// The `authorize_sender` check: the addresses an authenticated user may send
+/// as, by table.
 pub struct AuthorizeSenderCheck {
     table: Arc<Table>,
     check_envelope: bool,
@@ -99,6 +101,7 @@ pub fn from_addresses(value: &str) -> Option<Vec<Address>> {
 }
 
 impl AuthorizeSenderCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options: AuthorizeSenderOptions = ctx
             .options

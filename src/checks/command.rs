@@ -44,6 +44,8 @@ const REASON_LIMIT: usize = 200;
 /// sysexits.h EX_TEMPFAIL.
 const EX_TEMPFAIL: i32 = 75;
 
+/// The `command` check: the external program to run, its arguments and
+/// environment.
 pub struct CommandCheck {
     program: PathBuf,
     args: Vec<String>,
@@ -187,6 +189,7 @@ impl Drop for GroupKill {
 }
 
 impl CommandCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options: CommandOptions = ctx
             .options

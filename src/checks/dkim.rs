@@ -66,13 +66,20 @@ use mail_auth::{DkimResult, DnsError, Error};
 use serde::Deserialize;
 use std::sync::Arc;
 
+/// The default of `min_rsa_bits`: RFC 8301 §3.2's minimum RSA key length.
 pub const DEFAULT_MIN_RSA_BITS: usize = 1024;
+/// The default of `allow_l_tag`: a signature that covers only part of the
+/// body (`l=`) is not a pass.
 pub const DEFAULT_ALLOW_L_TAG: bool = false;
 
 /// How local policy judges signatures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Judge {
+    /// The `min_rsa_bits` option: a signature that verifies with a shorter
+    /// RSA key is a `fail` ("weak key").
     pub min_rsa_bits: usize,
+    /// The `allow_l_tag` option: whether a verified signature with a body
+    /// length limit is a `pass` rather than `neutral`.
     pub allow_l_tag: bool,
 }
 
@@ -88,7 +95,10 @@ impl Default for Judge {
 /// Local policy's verdict on one signature.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
+    /// The signature's result, as reported for it in Authentication-Results.
     pub status: Status,
+    /// Why, in a few words ("signature verified", "body hash mismatch (body
+    /// altered)"); the check's reason when this signature decides.
     pub reason: String,
 }
 
@@ -258,12 +268,16 @@ fn unchecked_reason(unchecked: usize) -> String {
     format!("{unchecked} more signatures not checked (at most {MAX_SIGNATURES} are)")
 }
 
+/// The `dkim` check: verifies the message's DKIM signatures (RFC 6376) and
+/// judges each by local policy.
 pub struct DkimCheck {
     dns: Arc<Dns>,
     judge: Judge,
 }
 
 impl DkimCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let judge = Self::judge(ctx);
         // The resolver's own error is named even when an option is wrong.

@@ -114,7 +114,12 @@ use std::sync::Arc;
 #[serde(rename_all = "snake_case")]
 #[serde(expecting = "\"published\" or \"local\"")]
 pub enum PolicyMode {
+    /// `"published"` (the default): a failing message's status follows the
+    /// policy the domain publishes (reject: `fail`, quarantine: `softfail`,
+    /// none: `neutral`).
     Published,
+    /// `"local"`: every DMARC failure is `fail`, whatever the domain
+    /// publishes; `on_fail` decides.
     Local,
 }
 
@@ -127,6 +132,8 @@ struct DmarcOptions {
     trusted_arc_sealers: Option<OneOrMany>,
 }
 
+/// The `dmarc` check: whether the From: domain's DMARC policy accepts the
+/// message, given the SPF and DKIM results aligned with that domain.
 pub struct DmarcCheck {
     dns: Arc<Dns>,
     mode: PolicyMode,
@@ -318,6 +325,8 @@ fn author_domain_of(value: &str) -> Result<String, NoAuthor> {
 }
 
 impl DmarcCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<DmarcOptions>();
         // The resolver's own error is named even when an option is wrong.

@@ -423,6 +423,8 @@ impl List {
     }
 }
 
+/// The `dnsbl` check: the DNS block lists to query and what is looked up in
+/// them.
 pub struct DnsblCheck {
     lists: Vec<List>,
     dns: Arc<Dns>,
@@ -548,6 +550,8 @@ fn check_list(
 }
 
 impl DnsblCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let what = ctx.options.what().to_string();
         let options: Option<DnsblOptions> = ctx.options.required("lists", LISTS_EXAMPLE).parse();

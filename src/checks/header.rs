@@ -29,6 +29,8 @@ struct HeaderOptions {
     reason: Option<String>,
 }
 
+/// The `header` check: a regex against one header or all, or a test that a
+/// header is present.
 pub struct HeaderCheck {
     /// `None` means every header, matched as "Name: value".
     header: Option<String>,
@@ -67,6 +69,7 @@ impl<'de> Deserialize<'de> for StatusName {
 }
 
 impl HeaderCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options: HeaderOptions = ctx.options.parse()?;
         let what = ctx.options.what().to_string();

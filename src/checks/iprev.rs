@@ -33,6 +33,7 @@ pub const MAX_NAMES: usize = 10;
 #[serde(deny_unknown_fields)]
 struct IprevOptions {}
 
+/// The `iprev` check: forward-confirmed reverse DNS of the SMTP client.
 pub struct IprevCheck {
     dns: Arc<Dns>,
 }
@@ -75,6 +76,8 @@ fn name_list(names: &[String]) -> String {
 }
 
 impl IprevCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<IprevOptions>();
         // The resolver's own error is named even when a key is unknown.

@@ -30,6 +30,8 @@ pub mod require_tls;
 pub mod size;
 pub mod spf;
 
+/// The future a check's `run` returns: boxed, `Send` and `'static`, so the
+/// engine can spawn it on the runtime.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// What a check sees: a snapshot of everything known when it was started.
@@ -67,6 +69,7 @@ pub struct Early<'a> {
 /// What a check found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct CheckResult {
+    /// The outcome; the check's `on_<result>` keys pick the action.
     pub status: Status,
     /// Why, in a few words; may end up in an SMTP reply and in logs.
     pub reason: Option<String>,
@@ -89,6 +92,7 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
+    /// A bare result: no reason, score, Authentication-Results or headers.
     pub fn new(status: Status) -> Self {
         CheckResult {
             status,
@@ -100,6 +104,7 @@ impl CheckResult {
         }
     }
 
+    /// A result with a reason and nothing else.
     pub fn with_reason(status: Status, reason: impl Into<String>) -> Self {
         CheckResult {
             reason: Some(reason.into()),
@@ -113,18 +118,24 @@ impl CheckResult {
         self.auth_results.as_deref().map(|r| Results(r).to_string())
     }
 
+    /// `pass`, without a reason.
     pub fn pass() -> Self {
         CheckResult::new(Status::Pass)
     }
 
+    /// `fail`, with the reason that may reach the SMTP reply.
     pub fn fail(reason: impl Into<String>) -> Self {
         CheckResult::with_reason(Status::Fail, reason)
     }
 
+    /// `temperror`: something transient (DNS, a program) failed; the reason
+    /// says what.
     pub fn temperror(reason: impl Into<String>) -> Self {
         CheckResult::with_reason(Status::Temperror, reason)
     }
 
+    /// `permerror`: what the check needs is permanently broken (a malformed
+    /// record); the reason says what.
     pub fn permerror(reason: impl Into<String>) -> Self {
         CheckResult::with_reason(Status::Permerror, reason)
     }
@@ -181,9 +192,14 @@ pub trait Check: Send + Sync + 'static {
 /// keys `kind`, `timeout`, `on_*`, `reply`, `tempfail_reply` are taken before)
 /// and the named tables.
 pub struct CheckBuildContext<'o, 'd, 'a> {
+    /// The check's name, the `NAME` of `[checks.NAME]`.
     pub name: &'o str,
+    /// The block's kind-specific keys, read and validated through it; errors
+    /// are recorded there with the key's position.
     pub options: &'o mut Options<'d, 'a>,
+    /// The `[tables.*]` the configuration defines, for keys that name one.
     pub tables: &'o TableSet,
+
     /// The configuration file's directory: relative paths resolve against it.
     pub base_dir: &'o std::path::Path,
     /// The shared resolver, built on first use.

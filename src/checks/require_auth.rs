@@ -15,6 +15,7 @@ struct RequireAuthOptions {
     mechanisms: Option<OneOrMany>,
 }
 
+/// The `require_auth` check: the client must have authenticated with SMTP AUTH.
 pub struct RequireAuthCheck {
     /// Allowed mechanisms, upper-cased (SASL names are case-insensitive,
     /// RFC 4422 §3.1); `None` allows any.
@@ -22,6 +23,7 @@ pub struct RequireAuthCheck {
 }
 
 impl RequireAuthCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let RequireAuthOptions { mechanisms } = ctx.options.parse()?;
         let mechanisms = match mechanisms {

@@ -23,6 +23,8 @@ use std::sync::Arc;
 #[serde(deny_unknown_fields)]
 struct RequireMxOptions {}
 
+/// The `require_mx` check: the envelope sender's domain must be able to
+/// receive mail.
 pub struct RequireMxCheck {
     dns: Arc<Dns>,
 }
@@ -73,6 +75,8 @@ fn sender_domain(sender: &Address) -> Result<String, CheckResult> {
 }
 
 impl RequireMxCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<RequireMxOptions>();
         // The resolver's own error is named even when a key is unknown.

@@ -40,6 +40,8 @@ struct RequireTlsOptions {
     min_version: Option<ConfigVersion>,
 }
 
+/// The `require_tls` check: the client must use TLS, perhaps of a minimum
+/// version.
 pub struct RequireTlsCheck {
     /// The lowest acceptable rank and its name, for reasons.
     min_version: Option<(u8, &'static str)>,
@@ -73,6 +75,7 @@ fn passed(version: &str) -> CheckResult {
 }
 
 impl RequireTlsCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let RequireTlsOptions { min_version } = ctx.options.parse()?;
         Some(Arc::new(RequireTlsCheck {

@@ -15,11 +15,13 @@ struct SizeOptions {
     max_size: Size,
 }
 
+/// The `size` check: the largest message accepted, in bytes.
 pub struct SizeCheck {
     max_size: u64,
 }
 
 impl SizeCheck {
+    /// Build it from its options; `None` after reporting what is wrong.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let SizeOptions {
             max_size: Size(max_size),

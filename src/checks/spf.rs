@@ -62,8 +62,13 @@ const MAX_EXPLANATION: usize = 200;
 #[serde(rename_all = "snake_case")]
 #[serde(expecting = "\"mail_from\", \"helo\" or \"both\"")]
 pub enum Identity {
+    /// `"mail_from"` (the default): the MAIL FROM domain, or the HELO name
+    /// for the null sender `<>` (RFC 7208 §2.4).
     MailFrom,
+    /// `"helo"`: the HELO/EHLO name only (RFC 7208 §2.3).
     Helo,
+    /// `"both"`: HELO first, whose `fail` is final; otherwise the MAIL FROM
+    /// result decides, and both are reported.
     Both,
 }
 
@@ -241,6 +246,8 @@ fn received_spf_by(o: &SpfOutcome, receiver: &str) -> String {
     )
 }
 
+/// The `spf` check: whether the client may send for the domain it claims
+/// (RFC 7208).
 pub struct SpfCheck {
     dns: Arc<Dns>,
     identity: Identity,
@@ -248,6 +255,8 @@ pub struct SpfCheck {
 }
 
 impl SpfCheck {
+    /// Build it from its options and the shared resolver; `None` after
+    /// reporting what is wrong, a broken resolver configuration included.
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<SpfOptions>();
         // The resolver's own error is named even when an option is wrong.

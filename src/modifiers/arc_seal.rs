@@ -50,6 +50,8 @@ struct ArcSealOptions {
     headers: Option<OneOrMany>,
 }
 
+/// The `arc_seal` modifier: adds this hop's ARC set, signed as its `domain`
+/// and `selector`.
 pub struct ArcSealModifier {
     name: String,
     domain: String,
@@ -59,6 +61,8 @@ pub struct ArcSealModifier {
 }
 
 impl ArcSealModifier {
+    /// Build it from its options, loading the key; `None` after reporting
+    /// what is wrong.
     pub fn build(ctx: &mut ModifierBuildContext<'_, '_, '_>) -> Option<Arc<dyn Modifier>> {
         let ArcSealOptions {
             domain,

@@ -60,8 +60,11 @@ pub enum RewriteError {
         .pattern.escape_debug(), .address.escape_debug(), .result.escape_debug()
     )]
     PatternResult {
+        /// The regex that matched, as configured.
         pattern: String,
+        /// The address it matched, as the MTA spelled it.
         address: String,
+        /// What the replacement made of it.
         result: String,
     },
     /// A rewrite table's entry for the address has no value.
@@ -69,15 +72,23 @@ pub enum RewriteError {
         "table \"{}\" has no address for \"{}\": give the entry a value",
         .table.escape_debug(), .address.escape_debug()
     )]
-    EmptyEntry { table: String, address: String },
+    EmptyEntry {
+        /// The table's name.
+        table: String,
+        /// The address looked up, as the MTA spelled it.
+        address: String,
+    },
     /// A table value that is not `local@domain` (or `@domain`).
     #[error(
         "table \"{}\" maps \"{}\" to \"{}\", which is not an address with a domain: fix the table entry",
         .table.escape_debug(), .address.escape_debug(), .value.escape_debug()
     )]
     TableValue {
+        /// The table's name.
         table: String,
+        /// The address whose entry holds the value, as spelled.
         address: String,
+        /// The value as the table holds it.
         value: String,
     },
     /// An alias entry with no targets: dropping the recipient would lose
@@ -86,7 +97,12 @@ pub enum RewriteError {
         "table \"{}\" has no addresses for \"{}\": list at least one target",
         .table.escape_debug(), .address.escape_debug()
     )]
-    NoAliasTargets { table: String, address: String },
+    NoAliasTargets {
+        /// The alias table's name.
+        table: String,
+        /// The alias whose entry is empty, as spelled.
+        address: String,
+    },
     /// An alias expansion past one of its limits; `address` is the
     /// recipient whose expansion failed.
     #[error(
@@ -94,8 +110,11 @@ pub enum RewriteError {
         .address.escape_debug(), .table.escape_debug()
     )]
     AliasLimit {
+        /// The recipient being expanded, as the MTA spelled it.
         address: String,
+        /// The alias table's name.
         table: String,
+        /// Which limit, and its value.
         limit: AliasLimit,
     },
 }
@@ -140,17 +159,24 @@ pub enum EditError {
     /// One DKIM signature could not be made.
     #[error("signing as d={domain} s={selector} failed: {source}")]
     Sign {
+        /// The signing domain, `d=`.
         domain: String,
+        /// The key's selector, `s=`.
         selector: String,
+        /// The signer's error.
         source: dkim_sign::SignError,
     },
     /// The ARC set could not be made.
     #[error("sealing as d={domain} s={selector} failed: {source}")]
     Seal {
+        /// The sealing domain, `d=`.
         domain: String,
+        /// The key's selector, `s=`.
         selector: String,
+        /// mail-auth's error.
         source: mail_auth::Error,
     },
+
     /// mail-auth's signature gave no header text.
     #[error("mail-auth wrote no DKIM-Signature header")]
     NoSignatureHeader,

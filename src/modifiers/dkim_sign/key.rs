@@ -131,18 +131,31 @@ fn rsa_spki(rsa_public_key: &[u8]) -> Vec<u8> {
 pub enum KeyError {
     /// A private-key block whose END line is missing.
     #[error("has no \"-----END {label}-----\" line")]
-    Unterminated { label: String },
+    Unterminated {
+        /// The block's label, such as `RSA PRIVATE KEY`.
+        label: String,
+    },
+    /// A passphrase-protected key (`ENCRYPTED PRIVATE KEY`, or legacy
+    /// OpenSSL `Proc-Type: 4,ENCRYPTED` headers).
     #[error(
         "holds an encrypted key, and the milter cannot ask for a passphrase: write it out unencrypted with `openssl pkey -in FILE -out NEWFILE`"
     )]
     Encrypted,
+    /// A private-key block whose contents do not decode.
     #[error("has a \"{label}\" block that is not valid base64")]
-    Base64 { label: String },
+    Base64 {
+        /// The block's label.
+        label: String,
+    },
     /// PEM blocks, but none holds a private key; `label` is the first.
     #[error(
         "holds a \"{label}\" PEM block and no private key: give the private key (\"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\")"
     )]
-    NoPrivateKey { label: String },
+    NoPrivateKey {
+        /// The label of the first block, such as `CERTIFICATE`.
+        label: String,
+    },
+    /// No `-----BEGIN` line at all.
     #[error(
         "is not a PEM file (no \"-----BEGIN\" line): give a PEM private key such as `openssl genpkey` writes"
     )]
@@ -150,27 +163,39 @@ pub enum KeyError {
     /// PKCS#8 of an algorithm other than RSA and Ed25519.
     #[error("holds a key of another type: DKIM signs with RSA or Ed25519 (RFC 8463)")]
     OtherAlgorithm,
+    /// A `PRIVATE KEY` block whose DER is not a PKCS#8 structure.
     #[error("holds a \"PRIVATE KEY\" block that is not valid PKCS#8")]
     Pkcs8,
+    /// An `EC PRIVATE KEY` block (ECDSA), which DKIM has no algorithm for.
     #[error("holds an EC key: DKIM signs with RSA or Ed25519 (RFC 8463)")]
     Ec,
     /// A private-key block of a kind not read here.
     #[error(
         "holds a \"{label}\" block: give an RSA or Ed25519 key in PKCS#1 (\"BEGIN RSA PRIVATE KEY\") or PKCS#8 (\"BEGIN PRIVATE KEY\") form"
     )]
-    UnknownBlock { label: String },
+    UnknownBlock {
+        /// The block's label.
+        label: String,
+    },
+    /// An RSA key whose modulus cannot be read from its DER.
     #[error("holds an RSA key that cannot be parsed")]
     RsaUnparsable,
     /// Below the 1024 bits RFC 8301 §3.2 allows.
     #[error(
         "holds an RSA key of {bits} bits, too short: DKIM signers must use at least 1024 bits (RFC 8301 §3.2) and this milter needs 2048; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
     )]
-    RsaTooShort { bits: usize },
+    RsaTooShort {
+        /// The key's modulus length.
+        bits: usize,
+    },
     /// Outside the 2048 to 4096 bits ring signs with.
     #[error(
         "holds an RSA key of {bits} bits: the ring crypto backend signs with 2048 to 4096 bits; generate a new key with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`"
     )]
-    RsaSize { bits: usize },
+    RsaSize {
+        /// The key's modulus length.
+        bits: usize,
+    },
     /// mail-auth (ring) refused the RSA key.
     #[error("holds an RSA key that cannot be used: {0}")]
     RsaUnusable(#[source] mail_auth::Error),
@@ -180,15 +205,21 @@ pub enum KeyError {
     /// The file's metadata cannot be read (it does not exist, ...).
     #[error("cannot be read: {0}")]
     Metadata(#[source] std::io::Error),
+    /// A directory, device, socket or the like.
     #[error("is not a regular file")]
     NotRegular,
     /// Any user on the host could sign with it.
     #[error(
         "is readable by every user (mode {mode:04o}): anyone on this host could sign as your domain; run `chmod 600` (or `chmod 640` with the milter's group)"
     )]
-    WorldReadable { mode: u32 },
+    WorldReadable {
+        /// The file's permission bits (`0o644`).
+        mode: u32,
+    },
+    /// Opening or reading the file failed, or it is larger than 1 MiB.
     #[error("cannot be read: {0}")]
     Read(#[source] crate::files::ReadError),
+    /// Bytes that are not UTF-8, such as a DER key.
     #[error(
         "is not a PEM file (it is not text): give a PEM private key such as `openssl genpkey` writes"
     )]
@@ -254,7 +285,11 @@ fn pem_private_key(text: &str) -> Result<(String, Vec<u8>), KeyError> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
     /// RSA of `bits` bits.
-    Rsa { bits: usize },
+    Rsa {
+        /// The modulus length.
+        bits: usize,
+    },
+
     /// Ed25519 (RFC 8463).
     Ed25519,
 }
