@@ -204,11 +204,11 @@ impl fmt::Display for AuthResults {
 
 impl fmt::Display for ResInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.method)?;
+        Keyword(&self.method).fmt(f)?;
         if let Some(v) = self.method_version {
             write!(f, "/{v}")?;
         }
-        write!(f, "={}", self.result)?;
+        write!(f, "={}", Keyword(&self.result))?;
         if let Some(c) = &self.comment {
             write_comment(f, c)?;
         }
@@ -216,7 +216,13 @@ impl fmt::Display for ResInfo {
             write!(f, " reason={}", quoted(r))?;
         }
         for p in &self.properties {
-            write!(f, " {}.{}={}", p.ptype, p.name, property_value(&p.value))?;
+            write!(
+                f,
+                " {}.{}={}",
+                Keyword(&p.ptype),
+                Keyword(&p.name),
+                property_value(p)
+            )?;
             if let Some(c) = &p.comment {
                 write_comment(f, c)?;
             }
@@ -264,14 +270,33 @@ fn write_comment(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     f.write_str(")")
 }
 
-/// A property's value: an IP address as itself (§2.7.3 writes
-/// `policy.iprev=192.0.2.200`, and an IPv6 address is not a token), any
-/// other value as a `value` of §2.2.
-fn property_value(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.parse::<std::net::IpAddr>().is_ok() {
-        value.into()
+/// A property's value as a `value` of §2.2, except `policy.iprev`: the
+/// client's address is written as itself, as §2.7.3 does
+/// (`policy.iprev=192.0.2.200`; an IPv6 address is not a token, and the
+/// peers that read this header expect it bare). Only there: a HELO name or a
+/// `d=` that merely looks like an IPv6 address is client text and is quoted.
+fn property_value<'v>(p: &'v Property) -> std::borrow::Cow<'v, str> {
+    let iprev = p.ptype.eq_ignore_ascii_case("policy") && p.name.eq_ignore_ascii_case("iprev");
+    if iprev && p.value.parse::<std::net::IpAddr>().is_ok() {
+        p.value.as_str().into()
     } else {
-        pvalue(value).into()
+        pvalue(&p.value).into()
+    }
+}
+
+/// A method, result, ptype or property name: a keyword of §2.2. They are
+/// our own constants, but a kind registered from outside the crate can set
+/// them, and a `;` or `(` there would change what the header says.
+struct Keyword<'a>(&'a str);
+
+impl fmt::Display for Keyword<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -766,6 +791,20 @@ mod tests {
             AuthResults::new("mx.example.org", Vec::new()).to_string(),
             "mx.example.org; none"
         );
+        // Only the client's address in policy.iprev is written bare: a HELO
+        // or a d= that looks like an IPv6 address is client text, and a
+        // colon is no part of a token.
+        let helo = ResInfo::new("spf", Status::None)
+            .with_property(Property::new("smtp", "helo", "2001:db8::1"))
+            .with_property(Property::new("header", "d", "::ffff:192.0.2.1"));
+        assert_eq!(
+            helo.to_string(),
+            "spf=none smtp.helo=\"2001:db8::1\" header.d=\"::ffff:192.0.2.1\""
+        );
+        // A keyword cannot carry a `;` or a comment into the header.
+        let forged = ResInfo::new("x; dkim", Status::Pass)
+            .with_property(Property::new("smtp(", "mail;", "a"));
+        assert_eq!(forged.to_string(), "xdkim=pass smtp.mail=a");
         // What cannot stand in a comment or a quoted string is escaped or
         // dropped, so the text still reads as what was meant.
         let hostile = ResInfo::new("x", Status::Fail)

@@ -177,8 +177,9 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
             Value::Integer(i) => visitor.visit_i64(*i),
             Value::Float(x) => visitor.visit_f64(*x),
             Value::Boolean(b) => visitor.visit_bool(*b),
-            // Dates are no option's type: offer them as the text written.
-            Value::Datetime(d) => visitor.visit_string(d.to_string()),
+            // Dates are no option's type, and read as text they would pass
+            // for a header name or a selector: refuse them.
+            Value::Datetime(_) => Err(de::Error::invalid_type(unexpected(self.0), &visitor)),
             Value::Array(items) => visitor.visit_seq(Items {
                 items: items.iter(),
                 index: 0,
@@ -204,6 +205,20 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
         visitor.visit_newtype_struct(self)
     }
 
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, OptionError> {
+        match self.0 {
+            // A table, never a list of its values in field order (serde's
+            // derive would accept `[["zone", "ip"]]` for `[{ zone, type }]`).
+            Value::Table(_) => self.deserialize_any(visitor),
+            other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
+        }
+    }
+
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -219,7 +234,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
 
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map
         identifier ignored_any
     }
 }

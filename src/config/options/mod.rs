@@ -29,8 +29,9 @@ pub struct Options<'d, 'a> {
     known: BTreeSet<&'static str>,
     /// Whether `parse` has reported the unknown keys already.
     reported_unknown: bool,
-    /// An example value per key, shown when the key is missing.
-    examples: BTreeMap<&'static str, &'static str>,
+    /// The required keys with an example value each, in the order the
+    /// kind declared them (the order their absence is reported in).
+    examples: Vec<(&'static str, &'static str)>,
     diag: &'d mut Diagnostics<'a>,
 }
 
@@ -49,7 +50,7 @@ impl<'d, 'a> Options<'d, 'a> {
             entries,
             known: BTreeSet::new(),
             reported_unknown: false,
-            examples: BTreeMap::new(),
+            examples: Vec::new(),
             diag,
         }
     }
@@ -60,20 +61,20 @@ impl<'d, 'a> Options<'d, 'a> {
     /// as \"10M\""), all of them in one run, where serde would stop at the
     /// first. The kind's struct holds the key as a plain (not `Option`) field.
     pub fn required(&mut self, key: &'static str, example: &'static str) -> &mut Self {
-        self.examples.insert(key, example);
+        self.examples.push((key, example));
         self
     }
 
     /// A required key (one given to [`required`](Self::required)) that the
     /// block lacks, already reported by `parse`.
     fn reported_missing(&self, key: &str) -> bool {
-        self.examples.contains_key(key) && self.span_of(key).is_none()
+        self.examples.iter().any(|(k, _)| *k == key) && self.span_of(key).is_none()
     }
 
     /// "needs `key`", with the key's example when there is one.
     fn needs(&self, key: &str) -> String {
-        match self.examples.get(key) {
-            Some(example) => format!("needs `{key}`, such as {example}"),
+        match self.examples.iter().find(|(k, _)| *k == key) {
+            Some((_, example)) => format!("needs `{key}`, such as {example}"),
             None => format!("needs `{key}`"),
         }
     }
@@ -125,8 +126,8 @@ impl<'d, 'a> Options<'d, 'a> {
         }
         let absent: Vec<&'static str> = self
             .examples
-            .keys()
-            .copied()
+            .iter()
+            .map(|(key, _)| *key)
             .filter(|key| self.reported_missing(key))
             .collect();
         for key in &absent {
@@ -458,8 +459,24 @@ mod tests {
         assert!(parsed.is_none());
         assert_eq!(
             diag.into_errors().to_string(),
-            "c.toml:1:1: modifier \"m\" needs `key`, such as \"k.pem\"\n\
-             c.toml:1:1: modifier \"m\" needs `selector`, such as \"s1\""
+            "c.toml:1:1: modifier \"m\" needs `selector`, such as \"s1\"\n\
+             c.toml:1:1: modifier \"m\" needs `key`, such as \"k.pem\""
+        );
+    }
+
+    #[test]
+    fn dates_and_positional_lists_are_not_options() {
+        // A TOML date read as text would pass for a header name or a
+        // selector; a list would fill a table's fields in order.
+        let (_, errors) = read("max_size = 1\nnames = 1979-05-27\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:9: `names` in check \"c\" must be a string or a list of strings, found a date"
+        );
+        let (_, errors) = read("max_size = 1\nlists = [[\"z.test\", 2]]\n");
+        assert_eq!(
+            errors,
+            "c.toml:2:9: `lists[0]` in check \"c\" must be a table, found a list"
         );
     }
 
