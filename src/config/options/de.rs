@@ -158,36 +158,47 @@ impl fmt::Display for Found<'_> {
     }
 }
 
-/// Deserializes one parsed TOML value.
-pub(crate) struct ValueDeserializer<'v>(pub &'v Value);
+/// Deserializes one parsed TOML value. `skip` names items of a list that are
+/// read as if they were not there (the caller has reported them already).
+pub(crate) struct ValueDeserializer<'v, 's> {
+    value: &'v Value,
+    skip: &'s [usize],
+}
 
-impl<'de> IntoDeserializer<'de, OptionError> for ValueDeserializer<'_> {
+impl<'v> ValueDeserializer<'v, 'static> {
+    fn new(value: &'v Value) -> Self {
+        ValueDeserializer { value, skip: &[] }
+    }
+}
+
+impl<'de> IntoDeserializer<'de, OptionError> for ValueDeserializer<'_, '_> {
     type Deserializer = Self;
     fn into_deserializer(self) -> Self {
         self
     }
 }
 
-impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
+impl<'de> de::Deserializer<'de> for ValueDeserializer<'_, '_> {
     type Error = OptionError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, OptionError> {
-        match self.0 {
+        match self.value {
             Value::String(s) => visitor.visit_str(s),
             Value::Integer(i) => visitor.visit_i64(*i),
             Value::Float(x) => visitor.visit_f64(*x),
             Value::Boolean(b) => visitor.visit_bool(*b),
             // Dates are no option's type, and read as text they would pass
             // for a header name or a selector: refuse them.
-            Value::Datetime(_) => Err(de::Error::invalid_type(unexpected(self.0), &visitor)),
+            Value::Datetime(_) => Err(de::Error::invalid_type(unexpected(self.value), &visitor)),
             Value::Array(items) => visitor.visit_seq(Items {
-                items: items.iter(),
-                index: 0,
+                items: items.iter().enumerate(),
+                skip: self.skip,
             }),
             Value::Table(table) => visitor.visit_map(Entries {
                 entries: table.iter().map(|(k, v)| (k.as_str(), v)),
                 current: None,
                 failed_at: None,
+                skip: None,
             }),
         }
     }
@@ -211,7 +222,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, OptionError> {
-        match self.0 {
+        match self.value {
             // A table, never a list of its values in field order (serde's
             // derive would accept `[["zone", "ip"]]` for `[{ zone, type }]`).
             Value::Table(_) => self.deserialize_any(visitor),
@@ -225,7 +236,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'_> {
         _variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, OptionError> {
-        match self.0 {
+        match self.value {
             // Options name their choices with plain words.
             Value::String(s) => visitor.visit_enum(s.as_str().into_deserializer()),
             other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
@@ -252,24 +263,23 @@ fn unexpected(v: &Value) -> Unexpected<'_> {
 }
 
 /// The items of a list; an error names the item's position.
-struct Items<'v> {
-    items: std::slice::Iter<'v, Value>,
-    index: usize,
+struct Items<'v, 's> {
+    items: std::iter::Enumerate<std::slice::Iter<'v, Value>>,
+    skip: &'s [usize],
 }
 
-impl<'de> de::SeqAccess<'de> for Items<'_> {
+impl<'de> de::SeqAccess<'de> for Items<'_, '_> {
     type Error = OptionError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, OptionError> {
-        let Some(item) = self.items.next() else {
+        let skip = self.skip;
+        let Some((index, item)) = self.items.find(|(i, _)| !skip.contains(i)) else {
             return Ok(None);
         };
-        let index = self.index;
-        self.index += 1;
-        seed.deserialize(ValueDeserializer(item))
+        seed.deserialize(ValueDeserializer::new(item))
             .map(Some)
             .map_err(|e| e.within(format!("[{index}]")))
     }
@@ -285,7 +295,14 @@ impl<'de> de::SeqAccess<'de> for Items<'_> {
 pub(crate) struct BlockDeserializer<'v, 'f> {
     pub entries: Vec<(&'v str, &'v Value)>,
     pub failed_at: &'f Cell<Option<&'v str>>,
+    /// Per key, the items of its list to read as if absent.
+    pub skip: &'f SkipItems,
 }
+
+/// Per top-level key, the positions of list items already reported as
+/// wrong: the block is read again without them, so that each wrong item of
+/// `lists` or `keys` is named, not only the first.
+pub(crate) type SkipItems = std::collections::BTreeMap<String, Vec<usize>>;
 
 impl<'de> de::Deserializer<'de> for BlockDeserializer<'_, '_> {
     type Error = OptionError;
@@ -295,6 +312,7 @@ impl<'de> de::Deserializer<'de> for BlockDeserializer<'_, '_> {
             entries: self.entries.into_iter(),
             current: None,
             failed_at: Some(self.failed_at),
+            skip: Some(self.skip),
         })
     }
 
@@ -312,6 +330,7 @@ struct Entries<'v, 'f, I> {
     entries: I,
     current: Option<(&'v str, &'v Value)>,
     failed_at: Option<&'f Cell<Option<&'v str>>>,
+    skip: Option<&'f SkipItems>,
 }
 
 impl<'de, 'v, I: Iterator<Item = (&'v str, &'v Value)>> de::MapAccess<'de> for Entries<'v, '_, I> {
@@ -341,7 +360,11 @@ impl<'de, 'v, I: Iterator<Item = (&'v str, &'v Value)>> de::MapAccess<'de> for E
         let Some((key, value)) = self.current.take() else {
             return Err(de::Error::custom("a value without its key"));
         };
-        let read = seed.deserialize(ValueDeserializer(value));
+        let skip = self
+            .skip
+            .and_then(|skip| skip.get(key))
+            .map_or(&[][..], Vec::as_slice);
+        let read = seed.deserialize(ValueDeserializer { value, skip });
         match self.failed_at {
             Some(failed_at) => {
                 failed_at.set(Some(key));

@@ -7,7 +7,7 @@
 mod de;
 mod types;
 
-use de::{BlockDeserializer, OptionError, Problem};
+use de::{BlockDeserializer, OptionError, Problem, SkipItems};
 pub use types::{Interval, OneOrMany, Size};
 
 use super::error::{Diagnostics, did_you_mean};
@@ -171,6 +171,7 @@ impl<'d, 'a> Options<'d, 'a> {
         partial: Partial,
     ) -> Option<T> {
         let mut failed: Vec<String> = Vec::new();
+        let mut skip = SkipItems::new();
         loop {
             let failed_at = Cell::new(None);
             let entries: Vec<(&str, &Value)> = self
@@ -183,12 +184,30 @@ impl<'d, 'a> Options<'d, 'a> {
             let error = match T::deserialize(BlockDeserializer {
                 entries,
                 failed_at: &failed_at,
+                skip: &skip,
             }) {
-                Ok(t) if failed.is_empty() || partial == Partial::Accepted => return Some(t),
+                Ok(t) if failed.is_empty() && skip.is_empty() => return Some(t),
+                Ok(t) if partial == Partial::Accepted => return Some(t),
                 Ok(_) => return None,
                 Err(e) => e,
             };
             match failed_at.get().map(str::to_string) {
+                // A wrong item of a list: named, then the block is read again
+                // without it, so that the items after it are read too.
+                Some(key) if let Some(index) = item_index(&error) => {
+                    let skipped = skip.entry(key.clone()).or_default();
+                    if skipped.contains(&index) {
+                        failed.push(key);
+                    } else {
+                        skipped.push(index);
+                        self.report(Some(&key), error);
+                    }
+                }
+                // An error about the whole list once items were left out
+                // ("must not be empty") comes of leaving them out.
+                Some(key) if error.path.is_empty() && skip.contains_key(&key) => {
+                    failed.push(key);
+                }
                 Some(key) => {
                     self.report(Some(&key), error);
                     failed.push(key);
@@ -303,6 +322,13 @@ impl<'d, 'a> Options<'d, 'a> {
             diag.push(Some(key.span()), message, Some(hint));
         }
     }
+}
+
+/// The position of the list item an error is in, when the error is inside
+/// an item of a key's list (`lists[2].zone`: 2).
+fn item_index(error: &OptionError) -> Option<usize> {
+    let first = error.path.first()?;
+    first.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
 }
 
 /// Whether a read that left wrong values out (after reporting them) gives
@@ -477,6 +503,27 @@ mod tests {
         assert_eq!(
             errors,
             "c.toml:2:9: `lists[0]` in check \"c\" must be a table, found a list"
+        );
+    }
+
+    #[test]
+    fn every_wrong_item_of_a_list_is_named() {
+        let (parsed, errors) = read(
+            "max_size = 1\nlists = [{ zone = 5 }, { zone = \"a\" }, { zone = \"b\", wieght = 1 }, 7]\n",
+        );
+        assert_eq!(parsed, None);
+        let lines: Vec<&str> = errors
+            .lines()
+            .filter(|l| !l.starts_with("  hint"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "c.toml:2:9: `lists[0].zone` in check \"c\" must be a string, found 5",
+                "c.toml:2:9: unknown key `wieght` in `lists[2]` of check \"c\"",
+                "c.toml:2:9: `lists[3]` in check \"c\" must be a table, found 7",
+            ],
+            "{errors}"
         );
     }
 
