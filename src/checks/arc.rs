@@ -49,14 +49,7 @@ impl ArcCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<ArcOptions>();
         // The resolver's own error is named even when a key is unknown.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                ctx.options.error(span, e);
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         let ArcOptions {} = options?;
         Some(Arc::new(ArcCheck { dns }))
     }

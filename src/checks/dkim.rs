@@ -281,14 +281,7 @@ impl DkimCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let judge = Self::judge(ctx);
         // The resolver's own error is named even when an option is wrong.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                ctx.options.error(span, e);
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         Some(Arc::new(DkimCheck { dns, judge: judge? }))
     }
 

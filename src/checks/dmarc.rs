@@ -330,14 +330,7 @@ impl DmarcCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<DmarcOptions>();
         // The resolver's own error is named even when an option is wrong.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                ctx.options.error(span, e);
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         let DmarcOptions {
             policy,
             honour_pct,

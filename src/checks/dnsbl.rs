@@ -557,14 +557,7 @@ impl DnsblCheck {
         let options: Option<DnsblOptions> = ctx.options.required("lists", LISTS_EXAMPLE).parse();
         // The resolver is asked for even when the lists are wrong, so that
         // a broken resolver configuration is named in the same run.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => Some(dns),
-            Err(e) => {
-                let span = ctx.options.span();
-                ctx.options.error(span, format!("{what}: {e}"));
-                None
-            }
-        };
+        let dns = ctx.resolver();
         let Lists(raw) = options?.lists;
         if raw.is_empty() {
             ctx.options.invalid(

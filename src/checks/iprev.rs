@@ -81,15 +81,7 @@ impl IprevCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<IprevOptions>();
         // The resolver's own error is named even when a key is unknown.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                let what = ctx.options.what().to_string();
-                ctx.options.error(span, format!("{what}: {e}"));
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         let IprevOptions {} = options?;
         Some(Arc::new(IprevCheck { dns }))
     }

@@ -206,6 +206,24 @@ pub struct CheckBuildContext<'o, 'd, 'a> {
     pub dns: &'o crate::dns::DnsProvider,
 }
 
+impl CheckBuildContext<'_, '_, '_> {
+    /// The shared resolver, or `None` after naming at the block why it
+    /// cannot be set up ("check \"spf\": cannot read /etc/resolv.conf: …").
+    /// Kinds ask for it even when an option is wrong, so that a broken
+    /// resolver configuration is named in the same run.
+    pub fn resolver(&mut self) -> Option<Arc<crate::dns::Dns>> {
+        match self.dns.get() {
+            Ok(dns) => Some(dns),
+            Err(e) => {
+                let span = self.options.span();
+                let what = self.options.what().to_string();
+                self.options.error(span, format_args!("{what}: {e}"));
+                None
+            }
+        }
+    }
+}
+
 /// Builds one check from its options; reports errors through the options and
 /// returns `None` when the block is invalid.
 pub type CheckBuilder =

@@ -80,15 +80,7 @@ impl RequireMxCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<RequireMxOptions>();
         // The resolver's own error is named even when a key is unknown.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                let what = ctx.options.what().to_string();
-                ctx.options.error(span, format!("{what}: {e}"));
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         let RequireMxOptions {} = options?;
         Some(Arc::new(RequireMxCheck { dns }))
     }

@@ -260,14 +260,7 @@ impl SpfCheck {
     pub fn build(ctx: &mut CheckBuildContext<'_, '_, '_>) -> Option<Arc<dyn Check>> {
         let options = ctx.options.parse::<SpfOptions>();
         // The resolver's own error is named even when an option is wrong.
-        let dns = match ctx.dns.get() {
-            Ok(dns) => dns,
-            Err(e) => {
-                let span = ctx.options.span();
-                ctx.options.error(span, e);
-                return None;
-            }
-        };
+        let dns = ctx.resolver()?;
         let SpfOptions {
             identity,
             received_spf,
