@@ -102,11 +102,12 @@ impl<'d, 'a> Options<'d, 'a> {
     /// Read the keys that are still untaken into `T`, the kind's own
     /// options: a struct with `#[serde(deny_unknown_fields)]`. Keys that `T`
     /// does not name are reported (with the closest one `T` has), and so is
-    /// the first value that does not fit, at its line and column. `None`
-    /// when anything is wrong.
+    /// every value that does not fit, at its line and column. `None` when a
+    /// value is wrong or a required key is absent; after unknown keys alone,
+    /// what was read, so that the kind's own checks still run (the unknown
+    /// keys have made the configuration fail already).
     pub fn parse<T: DeserializeOwned>(&mut self) -> Option<T> {
         let fields = de::field_names::<T>();
-        let mut unknown = false;
         let untaken: Vec<Spanned<String>> = self
             .entries
             .keys()
@@ -121,7 +122,6 @@ impl<'d, 'a> Options<'d, 'a> {
                 let candidates = fields.iter().copied().chain(self.known.iter().copied());
                 let hint = suggestion(key.get_ref(), candidates);
                 self.diag.push(Some(key.span()), message, Some(hint));
-                unknown = true;
             }
         }
         let absent: Vec<&'static str> = self
@@ -143,11 +143,10 @@ impl<'d, 'a> Options<'d, 'a> {
             }
         }
         self.reported_unknown = true;
-        if unknown || !absent.is_empty() {
-            None
-        } else {
-            parsed
-        }
+        // An unknown key takes nothing from the keys that were read, so the
+        // kind still checks what they mean and every such error is named in
+        // the same run; the unknown key has made the configuration fail.
+        if absent.is_empty() { parsed } else { None }
     }
 
     /// Read the keys `T` names (a struct every kind shares, such as a check's
@@ -553,7 +552,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_all_named_with_the_closest_known_one() {
         let (parsed, errors) = read("max_size = 1\ntiemout = \"1s\"\nmax_sise = 2\n");
-        assert_eq!(parsed, None);
+        // What was read is still given, so that the kind checks what it
+        // means in the same run; the errors have failed the file.
+        assert_eq!(parsed.map(|p| p.max_size), Some(Size(1)));
         assert_eq!(
             errors,
             "c.toml:2:1: unknown key `tiemout` in check \"c\"\n  hint: did you mean `timeout`?\n\
