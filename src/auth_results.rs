@@ -301,12 +301,18 @@ impl fmt::Display for Keyword<'_> {
 }
 
 /// A `value` of RFC 8601 §2.2: an RFC 2045 token when `s` is one, else a
-/// quoted-string.
+/// quoted-string. Control characters are dropped first, so that the choice
+/// is made on what is written: a value that becomes a token once they are
+/// gone is written as the token, as it will be when it is read and built
+/// again (the fuzzer found `"a\0b"` written quoted, then read back as `ab`
+/// and written bare).
 pub fn pvalue(s: &str) -> String {
-    let token = !s.is_empty()
-        && s.chars()
+    let clean: String = s.chars().filter(|c| !c.is_control()).collect();
+    let token = !clean.is_empty()
+        && clean
+            .chars()
             .all(|c| c.is_ascii_graphic() && !TSPECIALS.contains(c));
-    if token { s.to_string() } else { quoted(s) }
+    if token { clean } else { quoted(&clean) }
 }
 
 /// An RFC 5322 quoted-string; control characters are dropped.
