@@ -261,12 +261,21 @@ pub(crate) fn serialize_results<S: serde::Serializer>(
 /// characters dropped (RFC 5322 §3.2.2).
 fn write_comment(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
     f.write_str(" (")?;
-    for c in text.chars().filter(|c| !c.is_control()) {
-        if matches!(c, '(' | ')' | '\\') {
-            f.write_str("\\")?;
+    // Runs of plain text are written whole: this runs for every message.
+    let mut run = 0;
+    for (i, c) in text.char_indices() {
+        let escaped = matches!(c, '(' | ')' | '\\');
+        if escaped || c.is_control() {
+            f.write_str(&text[run..i])?;
+            if escaped {
+                f.write_str("\\")?;
+                run = i;
+            } else {
+                run = i + c.len_utf8();
+            }
         }
-        write!(f, "{c}")?;
     }
+    f.write_str(&text[run..])?;
     f.write_str(")")
 }
 
@@ -291,10 +300,12 @@ struct Keyword<'a>(&'a str);
 
 impl fmt::Display for Keyword<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                write!(f, "{c}")?;
-            }
+        let keyword = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if self.0.chars().all(keyword) {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars().filter(|c| keyword(*c)) {
+            write!(f, "{c}")?;
         }
         Ok(())
     }
@@ -307,12 +318,18 @@ impl fmt::Display for Keyword<'_> {
 /// again (the fuzzer found `"a\0b"` written quoted, then read back as `ab`
 /// and written bare).
 pub fn pvalue(s: &str) -> String {
+    // Bytes, not chars: a non-ASCII byte is no token byte either way, and
+    // this runs for every property of every message.
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !TSPECIALS.as_bytes().contains(&b))
+    };
+    if token(s) {
+        return s.to_string();
+    }
     let clean: String = s.chars().filter(|c| !c.is_control()).collect();
-    let token = !clean.is_empty()
-        && clean
-            .chars()
-            .all(|c| c.is_ascii_graphic() && !TSPECIALS.contains(c));
-    if token { clean } else { quoted(&clean) }
+    if token(&clean) { clean } else { quoted(&clean) }
 }
 
 /// An RFC 5322 quoted-string; control characters are dropped.
