@@ -171,7 +171,18 @@ impl<'d, 'a> Options<'d, 'a> {
     ) -> Option<T> {
         let mut failed: Vec<String> = Vec::new();
         let mut skip = SkipItems::new();
+        // Each wrong value costs one more read of the block: a file with
+        // thousands of wrong list items must not take minutes to refuse.
+        let mut named = 0;
         loop {
+            if named == MAX_NAMED_PER_BLOCK {
+                let message = format!(
+                    "{}: more wrong values than the {MAX_NAMED_PER_BLOCK} named here",
+                    self.what
+                );
+                self.diag.error(self.span.clone(), message);
+                return None;
+            }
             let failed_at = Cell::new(None);
             let entries: Vec<(&str, &Value)> = self
                 .entries
@@ -200,6 +211,7 @@ impl<'d, 'a> Options<'d, 'a> {
                     } else {
                         skipped.push(index);
                         self.report(Some(&key), error);
+                        named += 1;
                     }
                 }
                 // An error about the whole list once items were left out
@@ -210,6 +222,7 @@ impl<'d, 'a> Options<'d, 'a> {
                 Some(key) => {
                     self.report(Some(&key), error);
                     failed.push(key);
+                    named += 1;
                 }
                 None => {
                     let left_out = matches!(&error.problem,
@@ -322,6 +335,11 @@ impl<'d, 'a> Options<'d, 'a> {
         }
     }
 }
+
+/// How many wrong values of one block are named before the rest are only
+/// counted as more: enough for any mistake made by hand, and a bound on the
+/// reads of a block (each named value is one more).
+const MAX_NAMED_PER_BLOCK: usize = 32;
 
 /// The position of the list item an error is in, when the error is inside
 /// an item of a key's list (`lists[2].zone`: 2).
@@ -524,6 +542,20 @@ mod tests {
             ],
             "{errors}"
         );
+    }
+
+    #[test]
+    fn a_block_with_very_many_wrong_items_is_refused_in_bounded_work() {
+        let items = vec!["{ zone = 5 }"; 5000].join(", ");
+        let (parsed, errors) = read(&format!("max_size = 1\nlists = [{items}]\n"));
+        assert_eq!(parsed, None);
+        let lines: Vec<&str> = errors.lines().collect();
+        assert_eq!(lines.len(), MAX_NAMED_PER_BLOCK + 1, "{errors}");
+        assert_eq!(
+            lines[0],
+            "c.toml:1:1: check \"c\": more wrong values than the 32 named here"
+        );
+        assert!(lines[32].contains("`lists[31].zone`"), "{errors}");
     }
 
     #[test]
