@@ -19,8 +19,22 @@ fn ip4(s: &str) -> Ipv4Addr {
 
 #[test]
 fn ipv4_reversal() {
-    assert_eq!(reverse_ipv4(ip4("192.0.2.10")), "10.2.0.192");
-    assert_eq!(reverse_ipv4(ip4("127.0.0.2")), "2.0.0.127");
+    let name = |ip: &str| Target::Ip(IpAddr::V4(ip4(ip))).query_name("bl.example");
+    assert_eq!(name("192.0.2.10").as_deref(), Some("10.2.0.192.bl.example"));
+    assert_eq!(name("127.0.0.2").as_deref(), Some("2.0.0.127.bl.example"));
+    assert_eq!(name("0.0.0.0").as_deref(), Some("0.0.0.0.bl.example"));
+    assert_eq!(
+        name("255.100.9.10").as_deref(),
+        Some("10.9.100.255.bl.example")
+    );
+    // Every octet is written as Display writes it.
+    for octet in 0..=255u8 {
+        let ip = Ipv4Addr::new(1, octet, 2, octet);
+        assert_eq!(
+            Target::Ip(IpAddr::V4(ip)).query_name("z"),
+            Some(format!("{octet}.2.{octet}.1.z"))
+        );
+    }
 }
 
 #[test]
