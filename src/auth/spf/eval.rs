@@ -198,7 +198,7 @@ impl<'a> Evaluation<'a> {
         let Some(query) = name_from_labels(name) else {
             return Err(DnsError::NotFound);
         };
-        self.dns.records_of_type(query, rtype).await
+        self.dns.kept_records_of_type(name, query, rtype).await
     }
 
     /// Addresses of the client's family at `name` (§5: A for IPv4, AAAA
