@@ -10,12 +10,12 @@ use super::metrics::Metrics;
 use crate::server_config::{ListenAddress, ListenerSettings};
 use indymilter::Listener;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -269,10 +269,13 @@ impl Listener for MilterListener {
             };
             match self.limit.admit() {
                 Some(guard) => {
-                    return Poll::Ready(Ok(Counted {
-                        stream,
-                        _open: guard,
-                    }));
+                    let quickack = match &stream {
+                        indymilter::EitherStream::Tcp(s) => {
+                            Some(std::os::fd::AsRawFd::as_raw_fd(s))
+                        }
+                        indymilter::EitherStream::Unix(_) => None,
+                    };
+                    return Poll::Ready(Ok(Counted::new(stream, quickack, guard)));
                 }
                 // Dropping the stream closes it: the MTA sees the connection
                 // end before negotiation and applies its
@@ -370,18 +373,196 @@ impl Drop for OpenGuard {
 /// drops the stream when the session ends for any reason (QUIT, the MTA
 /// closing, a timeout, shutdown), so the count runs from accept to close,
 /// including connections that never send a command.
+///
+/// It also shapes the traffic (see the module comment): the modification
+/// replies of end of message wait in `out` until the final reply follows
+/// them, and on TCP every read that returned data re-arms `TCP_QUICKACK`.
 pub(crate) struct Counted<S> {
     stream: S,
+    /// Reply bytes accepted from indymilter and not yet written; `sent` of
+    /// them are already on the socket.
+    out: Vec<u8>,
+    sent: usize,
+    /// Where the bytes accepted so far stand in the milter framing.
+    framing: Framing,
+    /// The TCP socket to re-arm `TCP_QUICKACK` on after each read; `None`
+    /// for a UNIX socket (no ACKs there).
+    quickack: Option<std::os::fd::RawFd>,
     _open: OpenGuard,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+/// Reply kinds that only modify the message (milter protocol version 6:
+/// add, delete recipient, add recipient with arguments, change sender, add,
+/// insert, change header, replace body, quarantine). They are sent only at
+/// end of message, and a final reply (accept, continue, reject, tempfail,
+/// discard, reply code) always follows them, so nothing is lost by holding
+/// them until it comes. Progress (`p`) is not one of them: it exists to be
+/// seen at once.
+const MODIFICATIONS: &[u8] = b"+-2ehimbq";
+
+/// How many bytes `Counted` keeps at most before it writes them whatever
+/// the framing says: a series of large body replacements is written as it
+/// comes, in pieces of this size, and never buffered whole.
+const HOLD_LIMIT: usize = 64 * 1024;
+
+/// A buffer that grew past this (huge replies) is given back after it is
+/// written, so an idle connection does not keep it.
+const KEEP_CAPACITY: usize = 8 * 1024;
+
+/// The framing of a byte stream of milter packets (a 4-byte big-endian
+/// length, which counts the kind byte and the payload, the kind byte, the
+/// payload), fed in pieces of any size. Only the lengths are read: the
+/// payload is skipped by counting.
+#[derive(Clone, Copy, Debug, Default)]
+struct Framing {
+    header: [u8; 5],
+    /// Header bytes seen of the current packet (0 between packets).
+    header_len: usize,
+    /// Payload bytes still to come of the current packet.
+    payload_left: usize,
+    /// The kind of the last complete packet.
+    last_kind: Option<u8>,
+    /// A zero length was seen: a packet without a kind, which indymilter
+    /// never writes. From then on nothing is held.
+    lost: bool,
+}
+
+impl Framing {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                if self.payload_left == 0 {
+                    self.last_kind = Some(self.header[4]);
+                }
+                continue;
+            }
+            let n = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let len = u32::from_be_bytes([
+                    self.header[0],
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                ]);
+                if len == 0 {
+                    self.lost = true;
+                }
+                // u32 always fits in usize on the targets we build for (64-bit
+                // and 32-bit Unix).
+                self.payload_left = usize::try_from(len.saturating_sub(1)).unwrap_or(usize::MAX);
+                self.last_kind = if self.payload_left == 0 {
+                    Some(self.header[4])
+                } else {
+                    None
+                };
+            }
+        }
+    }
+
+    /// The bytes so far end with whole packets, the last a modification: a
+    /// final reply is still to come.
+    fn awaits_final_reply(&self) -> bool {
+        !self.lost
+            && self.header_len == 0
+            && self.payload_left == 0
+            && self.last_kind.is_some_and(|k| MODIFICATIONS.contains(&k))
+    }
+
+    /// The bytes so far end with a whole packet that is not a modification.
+    fn ends_with_final_reply(&self) -> bool {
+        !self.lost
+            && self.header_len == 0
+            && self.payload_left == 0
+            && self.last_kind.is_some_and(|k| !MODIFICATIONS.contains(&k))
+    }
+}
+
+impl<S> Counted<S> {
+    fn new(stream: S, quickack: Option<std::os::fd::RawFd>, open: OpenGuard) -> Counted<S> {
+        Counted {
+            stream,
+            out: Vec::new(),
+            sent: 0,
+            framing: Framing::default(),
+            quickack,
+            _open: open,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Counted<S> {
+    /// Write all of `out`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.sent = 0;
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Ask the kernel to acknowledge what it received at once, and to leave
+/// the delayed-ACK ("pingpong") mode it enters again each time we send.
+/// Best effort: a socket that refuses it still works, only slower.
+#[cfg(target_os = "linux")]
+fn quickack(fd: std::os::fd::RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is the socket of the stream that `Counted` owns, open as
+    // long as it; the option value is a c_int that outlives the call, and
+    // its size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quickack(_fd: std::os::fd::RawFd) {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Counted<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let me = self.get_mut();
+        // Never wait for a command with replies unsent: indymilter does not
+        // read with a modification held (a final reply always follows), but
+        // if it ever did, the MTA and we would wait for each other.
+        if !me.out.is_empty()
+            && let Poll::Ready(Err(e)) = me.poll_drain(cx)
+        {
+            return Poll::Ready(Err(e));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut me.stream).poll_read(cx, buf))?;
+        if buf.filled().len() > before
+            && let Some(fd) = me.quickack
+        {
+            quickack(fd);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -391,33 +572,353 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        let me = self.get_mut();
+        if me.out.len() >= HOLD_LIMIT {
+            ready!(me.poll_drain(cx))?;
+        }
+        if me.out.is_empty() {
+            // Nothing held: whole replies that need no holding, and large
+            // pieces, go straight to the socket, without a copy.
+            let mut after = me.framing;
+            after.feed(buf);
+            if buf.len() >= HOLD_LIMIT || after.ends_with_final_reply() {
+                let n = ready!(Pin::new(&mut me.stream).poll_write(cx, buf))?;
+                if n == buf.len() {
+                    me.framing = after;
+                } else {
+                    me.framing.feed(&buf[..n]);
+                }
+                return Poll::Ready(Ok(n));
+            }
+        }
+        let n = buf.len().min(HOLD_LIMIT - me.out.len());
+        me.out.extend_from_slice(&buf[..n]);
+        me.framing.feed(&buf[..n]);
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let me = self.get_mut();
+        if me.framing.awaits_final_reply() {
+            // Held: the final reply that must follow goes out with these.
+            return Poll::Ready(Ok(()));
+        }
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let me = self.get_mut();
+        ready!(me.poll_drain(cx))?;
+        Pin::new(&mut me.stream).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{group_id, user_id};
+    use super::{
+        ConnectionLimit, Counted, Framing, HOLD_LIMIT, Metrics, group_id, quickack, user_id,
+    };
+    use indymilter::message::{Message, write};
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+
+    /// A packet as indymilter writes it.
+    fn packet(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = u32::try_from(payload.len() + 1)
+            .expect("small")
+            .to_be_bytes()
+            .to_vec();
+        p.push(kind);
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn framing_follows_packets_split_anywhere() {
+        let stream = [
+            packet(b'h', b"X-Seen\0yes\0"),
+            packet(b'i', b"\0\0\0\0A\0b\0"),
+            packet(b'c', b""),
+        ]
+        .concat();
+        // Every split point, byte by byte too: the state after each packet
+        // is the same.
+        for cut in 0..=stream.len() {
+            let mut f = Framing::default();
+            f.feed(&stream[..cut]);
+            f.feed(&stream[cut..]);
+            assert!(
+                f.ends_with_final_reply() && !f.awaits_final_reply(),
+                "cut at {cut}"
+            );
+        }
+        let mut f = Framing::default();
+        let first = packet(b'h', b"X-Seen\0yes\0");
+        for (i, b) in first.iter().enumerate() {
+            assert!(!f.awaits_final_reply(), "inside the packet, at {i}");
+            f.feed(&[*b]);
+        }
+        assert!(f.awaits_final_reply());
+        // A kind alone (no payload) completes at its header.
+        f.feed(&packet(b'p', b""));
+        assert!(f.ends_with_final_reply());
+        for kind in *b"+-2ehimbq" {
+            let mut f = Framing::default();
+            f.feed(&packet(kind, b"x"));
+            assert!(f.awaits_final_reply(), "{}", kind as char);
+        }
+        for kind in *b"acdrtysOp" {
+            let mut f = Framing::default();
+            f.feed(&packet(kind, b"x"));
+            assert!(f.ends_with_final_reply(), "{}", kind as char);
+        }
+    }
+
+    #[test]
+    fn framing_of_a_huge_payload_and_a_lost_stream() {
+        let mut f = Framing::default();
+        let len = (1u32 << 20) + 1;
+        f.feed(&len.to_be_bytes());
+        f.feed(b"b");
+        for _ in 0..1024 {
+            assert!(!f.awaits_final_reply());
+            f.feed(&[0u8; 1024]);
+        }
+        assert!(f.awaits_final_reply());
+        // The largest length a header can say is counted, not allocated.
+        let mut f = Framing::default();
+        f.feed(&[0xff, 0xff, 0xff, 0xff, b'h']);
+        f.feed(&[0u8; 4096]);
+        assert!(!f.awaits_final_reply() && !f.ends_with_final_reply());
+        // A zero length is not what indymilter writes: hold nothing after it.
+        let mut f = Framing::default();
+        f.feed(&[0, 0, 0, 0, 0]);
+        f.feed(&packet(b'h', b"x"));
+        assert!(!f.awaits_final_reply() && !f.ends_with_final_reply());
+    }
+
+    /// Records each write it is given, accepting at most `max` bytes a call.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+        shutdown: bool,
+        max: Option<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = self.max.map_or(buf.len(), |m| m.min(buf.len()));
+            self.writes.push(buf[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shutdown = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl tokio::io::AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            _buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn counted<S>(stream: S) -> Counted<S> {
+        let mut limit = ConnectionLimit::new(10, Arc::new(Metrics::new()), "test".into());
+        let guard = limit.admit().expect("room");
+        Counted::new(stream, None, guard)
+    }
+
+    /// Write `replies` the way indymilter does: through its 8 KiB
+    /// `BufStream`, each reply flushed.
+    async fn write_replies<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(
+        stream: &mut BufStream<Counted<S>>,
+        replies: &[(u8, Vec<u8>)],
+    ) {
+        for (kind, payload) in replies {
+            write(stream, Message::new(*kind, payload.clone()))
+                .await
+                .expect("write");
+        }
+    }
+
+    #[tokio::test]
+    async fn end_of_message_replies_go_out_in_one_write() {
+        let mut s = BufStream::new(counted(Recorder::default()));
+        let eom = [
+            (b'h', b"X-Seen\0yes\0".to_vec()),
+            (
+                b'i',
+                b"\0\0\0\0Authentication-Results\0mx; spf=pass\0".to_vec(),
+            ),
+            (b'c', Vec::new()),
+        ];
+        write_replies(&mut s, &eom[..2]).await;
+        assert!(
+            s.get_ref().stream.writes.is_empty(),
+            "modifications are held"
+        );
+        write_replies(&mut s, &eom[2..]).await;
+        let r = &s.get_ref().stream;
+        let all: Vec<u8> = eom.iter().flat_map(|(k, p)| packet(*k, p)).collect();
+        assert_eq!(r.writes, vec![all]);
+        // Every other reply goes out at its own flush, one write each.
+        for kind in *b"Opcartdys" {
+            write_replies(&mut s, &[(kind, b"x".to_vec())]).await;
+            let r = &s.get_ref().stream;
+            assert_eq!(
+                r.writes.last(),
+                Some(&packet(kind, b"x")),
+                "{}",
+                kind as char
+            );
+        }
+        assert_eq!(s.get_ref().stream.writes.len(), 10);
+        assert!(s.get_ref().out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn progress_sends_held_modifications_with_it() {
+        let mut s = BufStream::new(counted(Recorder::default()));
+        write_replies(&mut s, &[(b'h', b"A\0b\0".to_vec()), (b'p', Vec::new())]).await;
+        let expected = [packet(b'h', b"A\0b\0"), packet(b'p', b"")].concat();
+        assert_eq!(s.get_ref().stream.writes, vec![expected]);
+    }
+
+    #[tokio::test]
+    async fn a_reply_split_across_writes_and_a_short_socket() {
+        // The framing is followed whatever the pieces: here a reply given a
+        // byte at a time, to a socket that takes 3 bytes a call.
+        let mut c = counted(Recorder {
+            max: Some(3),
+            ..Recorder::default()
+        });
+        let h = packet(b'h', b"X-Seen\0yes\0");
+        for b in &h {
+            c.write_all(&[*b]).await.expect("write");
+        }
+        c.flush().await.expect("flush");
+        assert!(c.stream.writes.is_empty(), "the modification is held");
+        let final_reply = packet(b'a', b"");
+        c.write_all(&final_reply[..2]).await.expect("write");
+        c.flush().await.expect("flush");
+        // A flush that ends inside a packet holds nothing: what is written
+        // is written.
+        let sent: Vec<u8> = c.stream.writes.concat();
+        assert_eq!(sent, [&h[..], &final_reply[..2]].concat());
+        c.write_all(&final_reply[2..]).await.expect("write");
+        c.flush().await.expect("flush");
+        assert_eq!(c.stream.writes.concat(), [h, final_reply].concat());
+        assert!(c.stream.writes.iter().all(|w| w.len() <= 3));
+    }
+
+    #[tokio::test]
+    async fn huge_replies_are_written_in_pieces_not_held_whole() {
+        let mut s = BufStream::new(counted(Recorder::default()));
+        let body = vec![b'x'; 1024 * 1024 - 1];
+        let replies = [
+            (b'b', body.clone()),
+            (b'b', body.clone()),
+            (b'a', Vec::new()),
+        ];
+        write_replies(&mut s, &replies).await;
+        let r = &s.get_ref().stream;
+        let all: Vec<u8> = replies.iter().flat_map(|(k, p)| packet(*k, p)).collect();
+        assert_eq!(r.writes.concat(), all);
+        assert!(
+            r.writes.iter().all(|w| w.len() <= body.len()),
+            "no write is larger than a reply"
+        );
+        assert!(s.get_ref().out.capacity() <= HOLD_LIMIT);
+        // The tail of the last body replacement waited for the final reply.
+        assert!(
+            r.writes
+                .last()
+                .is_some_and(|w| w.ends_with(&packet(b'a', b"")))
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_writes_what_is_held() {
+        let mut s = BufStream::new(counted(Recorder::default()));
+        write_replies(&mut s, &[(b'h', b"A\0b\0".to_vec())]).await;
+        assert!(s.get_ref().stream.writes.is_empty());
+        s.shutdown().await.expect("shutdown");
+        let r = &s.get_ref().stream;
+        assert_eq!(r.writes, vec![packet(b'h', b"A\0b\0")]);
+        assert!(r.shutdown);
+    }
+
+    /// Over a real socket pair: the peer finds nothing to read while the
+    /// modifications are held, then all of end of message in one read.
+    #[tokio::test]
+    async fn over_a_socket_the_peer_reads_end_of_message_at_once() {
+        let (ours, mut peer) = tokio::net::UnixStream::pair().expect("socketpair");
+        let mut s = BufStream::new(counted(ours));
+        let eom = [
+            (b'h', b"X-Seen\0yes\0".to_vec()),
+            (b'h', b"X-Other\0no\0".to_vec()),
+            (b'c', Vec::new()),
+        ];
+        write_replies(&mut s, &eom[..2]).await;
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(
+            peer.try_read(&mut buf).map_err(|e| e.kind()),
+            Err(io::ErrorKind::WouldBlock)
+        );
+        write_replies(&mut s, &eom[2..]).await;
+        let n = peer.read(&mut buf).await.expect("read");
+        let all: Vec<u8> = eom.iter().flat_map(|(k, p)| packet(*k, p)).collect();
+        assert_eq!(&buf[..n], &all[..]);
+    }
+
+    #[tokio::test]
+    async fn quickack_is_accepted_by_a_tcp_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&client);
+        quickack(fd);
+        #[cfg(target_os = "linux")]
+        {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: fd is `client`'s open socket; v and len outlive the call.
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_QUICKACK,
+                    (&raw mut v).cast(),
+                    &raw mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            assert_eq!(v, 1);
+        }
+    }
 
     #[test]
     fn socket_owners_by_name_or_number() {
