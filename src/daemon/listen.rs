@@ -1,10 +1,47 @@
-//! The sockets the MTA connects to: TCP with `TCP_NODELAY` (at end of
-//! message a milter writes several replies in a row, and Nagle's algorithm
-//! would hold the last one for the MTA's delayed ACK, about 40 ms), and UNIX
-//! sockets with the configured mode and owner, a stale file replaced and the
-//! file removed at exit. Each listener counts its open connections and closes
-//! a connection past `max_connections` at once (see `ConnectionLimit`), and
-//! every listener stops accepting when shutdown begins.
+//! The sockets the MTA connects to, and how the bytes cross them.
+//!
+//! UNIX sockets get the configured mode and owner; a stale file is replaced
+//! and the file removed at exit. Each listener counts its open connections
+//! and closes a connection past `max_connections` at once (see
+//! `ConnectionLimit`), and every listener stops accepting when shutdown
+//! begins.
+//!
+//! Reads and writes. indymilter reads and writes each connection through an
+//! 8 KiB `BufStream`: a command (length, kind, payload: three reads in its
+//! code) costs about one `read` of the socket, and a reply (three writes,
+//! then a flush) one `write`. What that cannot see is that the replies of
+//! end of message belong together: each modification (add a header, ...) is
+//! flushed on its own, then the final reply. `Counted` follows the milter
+//! framing of what it is given and holds a flush that ends with a
+//! modification, so they all leave with the final reply, in one write (one
+//! segment, one wake-up of the MTA). It holds at most `HOLD_LIMIT` bytes;
+//! every other reply (progress included) is written at its flush, and
+//! shutdown writes what is held.
+//!
+//! Options of an accepted TCP connection (UNIX sockets have no ACKs and no
+//! Nagle):
+//!
+//! - `TCP_NODELAY`: a reply is one write, to be sent at once. With Nagle's
+//!   algorithm, a reply written while the previous one is still
+//!   unacknowledged waits for the MTA's delayed ACK, about 40 ms.
+//! - `TCP_QUICKACK`, set again after a read that leaves the MTA with more
+//!   to send: the MTA side may have Nagle on, and then a small write waits
+//!   until the one before it is acknowledged. Linux delays that ACK (up to
+//!   40 ms) hoping to send it with our reply, but there is no reply to a
+//!   macro packet or to a command negotiated without one. Sendmail writes
+//!   each macro packet and its command as two writes, so every command
+//!   waited about 40 ms (six times a message). Postfix writes a command with
+//!   its macros at once, but sends the DATA stage's macros alone when the
+//!   milter skips DATA, and the message's headers and body then waited for
+//!   their ACK: about 40 ms at end of message (a packet capture shows it;
+//!   docs/benchmarks.md section 2). The option makes the kernel acknowledge
+//!   at once, but it does not stay set (each reply we send makes the kernel
+//!   delay ACKs again), so it is set after each such read. After a read that
+//!   ends with a whole command we answer, it is not: the MTA waits for the
+//!   reply, which carries the ACK, and the system call and a bare ACK
+//!   packet are saved. Which commands we answer is read from our own
+//!   negotiation reply (the no-reply flags). One `setsockopt` per macro
+//!   packet or unanswered command that arrives alone.
 
 use super::metrics::Metrics;
 use crate::server_config::{ListenAddress, ListenerSettings};
@@ -158,7 +195,8 @@ fn group_id(name: &str) -> Option<u32> {
 /// The stream type of every listener: TCP or UNIX, counted while open.
 pub(crate) type MilterStream = Counted<indymilter::EitherStream<TcpStream, UnixStream>>;
 
-/// A listener for indymilter that sets `TCP_NODELAY`, holds at most
+/// A listener for indymilter that sets `TCP_NODELAY` (and has `Counted`
+/// re-arm `TCP_QUICKACK`; see the module comment), holds at most
 /// `max_connections` connections open (closing any connection past that at
 /// once), and stops accepting (and closes its socket) once `stop` turns true.
 pub(crate) struct MilterListener {
@@ -385,8 +423,10 @@ pub(crate) struct Counted<S> {
     sent: usize,
     /// Where the bytes accepted so far stand in the milter framing.
     framing: Framing,
-    /// The TCP socket to re-arm `TCP_QUICKACK` on after each read; `None`
-    /// for a UNIX socket (no ACKs there).
+    /// Where the bytes read so far stand in it (TCP only).
+    inbound: Framing,
+    /// The TCP socket to re-arm `TCP_QUICKACK` on after a read; `None` for
+    /// a UNIX socket (no ACKs there).
     quickack: Option<std::os::fd::RawFd>,
     _open: OpenGuard,
 }
@@ -425,6 +465,13 @@ struct Framing {
     /// A zero length was seen: a packet without a kind, which indymilter
     /// never writes. From then on nothing is held.
     lost: bool,
+    /// Payload bytes seen of the current packet.
+    pos: usize,
+    /// Bytes 8 to 11 of an `O` packet's payload: the protocol options.
+    word: [u8; 4],
+    /// The protocol options of the last complete negotiation packet (`O`):
+    /// in our replies, which commands the MTA expects no reply to.
+    options: Option<u32>,
 }
 
 impl Framing {
@@ -432,10 +479,21 @@ impl Framing {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
+                if self.header[4] == b'O' && self.pos < 12 {
+                    for (i, b) in bytes[..n].iter().enumerate() {
+                        if let Some(w) = (self.pos + i).checked_sub(8).filter(|w| *w < 4) {
+                            self.word[w] = *b;
+                        }
+                    }
+                }
+                self.pos += n;
                 self.payload_left -= n;
                 bytes = &bytes[n..];
                 if self.payload_left == 0 {
                     self.last_kind = Some(self.header[4]);
+                    if self.header[4] == b'O' && self.pos >= 12 {
+                        self.options = Some(u32::from_be_bytes(self.word));
+                    }
                 }
                 continue;
             }
@@ -445,6 +503,7 @@ impl Framing {
             bytes = &bytes[n..];
             if self.header_len == 5 {
                 self.header_len = 0;
+                self.pos = 0;
                 let len = u32::from_be_bytes([
                     self.header[0],
                     self.header[1],
@@ -475,6 +534,15 @@ impl Framing {
             && self.last_kind.is_some_and(|k| MODIFICATIONS.contains(&k))
     }
 
+    /// The kind of the packet the bytes so far end with, if they end with a
+    /// whole one.
+    fn ends_with(&self) -> Option<u8> {
+        if self.lost || self.header_len != 0 || self.payload_left != 0 {
+            return None;
+        }
+        self.last_kind
+    }
+
     /// The bytes so far end with a whole packet that is not a modification.
     fn ends_with_final_reply(&self) -> bool {
         !self.lost
@@ -484,6 +552,33 @@ impl Framing {
     }
 }
 
+/// Whether the MTA, having sent the commands `inbound` has seen, now waits
+/// for our reply: the last is whole and is a command we answer, given the
+/// protocol `options` we negotiated (no-reply flags, milter protocol 6).
+/// Then our reply carries the ACK; otherwise (a macro packet, a command
+/// without reply, a packet still arriving) the MTA may have more to send
+/// and must not wait for our delayed ACK.
+fn awaits_our_reply(inbound: &Framing, options: Option<u32>) -> bool {
+    let Some(kind) = inbound.ends_with() else {
+        return false;
+    };
+    let no_reply_flag = match kind {
+        b'O' | b'E' => return true,
+        b'C' => 0x1000,
+        b'H' => 0x2000,
+        b'M' => 0x4000,
+        b'R' => 0x8000,
+        b'T' => 0x1_0000,
+        b'U' => 0x2_0000,
+        b'N' => 0x4_0000,
+        b'B' => 0x8_0000,
+        b'L' => 0x80,
+        // Macros, abort, quit, quit and reuse, anything else: no reply.
+        _ => return false,
+    };
+    options.unwrap_or(0) & no_reply_flag == 0
+}
+
 impl<S> Counted<S> {
     fn new(stream: S, quickack: Option<std::os::fd::RawFd>, open: OpenGuard) -> Counted<S> {
         Counted {
@@ -491,6 +586,7 @@ impl<S> Counted<S> {
             out: Vec::new(),
             sent: 0,
             framing: Framing::default(),
+            inbound: Framing::default(),
             quickack,
             _open: open,
         }
@@ -557,10 +653,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Counted<S> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut me.stream).poll_read(cx, buf))?;
-        if buf.filled().len() > before
-            && let Some(fd) = me.quickack
+        if let Some(fd) = me.quickack
+            && buf.filled().len() > before
         {
-            quickack(fd);
+            me.inbound.feed(&buf.filled()[before..]);
+            if !awaits_our_reply(&me.inbound, me.framing.options) {
+                quickack(fd);
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -617,7 +716,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 #[cfg(test)]
 mod tests {
     use super::{
-        ConnectionLimit, Counted, Framing, HOLD_LIMIT, Metrics, group_id, quickack, user_id,
+        ConnectionLimit, Counted, Framing, HOLD_LIMIT, Metrics, awaits_our_reply, group_id,
+        quickack, user_id,
     };
     use indymilter::message::{Message, write};
     use std::io;
@@ -699,6 +799,74 @@ mod tests {
         f.feed(&[0, 0, 0, 0, 0]);
         f.feed(&packet(b'h', b"x"));
         assert!(!f.awaits_final_reply() && !f.ends_with_final_reply());
+    }
+
+    /// A negotiation reply: version 6, all actions, these protocol options.
+    fn negotiation(options: u32) -> Vec<u8> {
+        let mut payload = 6u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&0x1ffu32.to_be_bytes());
+        payload.extend_from_slice(&options.to_be_bytes());
+        packet(b'O', &payload)
+    }
+
+    #[test]
+    fn the_negotiated_options_are_read_from_our_reply_in_any_pieces() {
+        let o = negotiation(0x1000 | 0x80 | 0x20);
+        for cut in 0..=o.len() {
+            let mut f = Framing::default();
+            f.feed(&o[..cut]);
+            f.feed(&o[cut..]);
+            assert_eq!(f.options, Some(0x10a0), "cut at {cut}");
+        }
+        // A short negotiation packet says nothing.
+        let mut f = Framing::default();
+        f.feed(&packet(b'O', &[0, 0, 0, 6]));
+        assert_eq!(f.options, None);
+    }
+
+    #[test]
+    fn quick_ack_unless_the_mta_waits_for_our_reply() {
+        let read = |bytes: &[u8]| {
+            let mut f = Framing::default();
+            f.feed(bytes);
+            f
+        };
+        let mail = packet(b'M', b"<a@example.org>\0");
+        let macros = packet(b'D', b"Mi\0ABC\0");
+        // A command we answer: our reply carries the ACK.
+        assert!(awaits_our_reply(&read(&mail), None));
+        assert!(awaits_our_reply(
+            &read(&[macros.clone(), mail.clone()].concat()),
+            None
+        ));
+        // A macro packet alone, its command still to come: ACK now.
+        assert!(!awaits_our_reply(&read(&macros), None));
+        // A packet still arriving: ACK now.
+        assert!(!awaits_our_reply(&read(&mail[..7]), None));
+        // A command negotiated without reply (SMFIP_NR_MAIL): ACK now.
+        assert!(!awaits_our_reply(&read(&mail), Some(0x4000)));
+        assert!(awaits_our_reply(&read(&mail), Some(0x1000)));
+        for (kind, flag) in [
+            (b'C', 0x1000),
+            (b'H', 0x2000),
+            (b'M', 0x4000),
+            (b'R', 0x8000),
+            (b'T', 0x1_0000),
+            (b'U', 0x2_0000),
+            (b'N', 0x4_0000),
+            (b'B', 0x8_0000),
+            (b'L', 0x80),
+        ] {
+            let p = packet(kind, b"x");
+            assert!(awaits_our_reply(&read(&p), Some(!flag)), "{}", kind as char);
+            assert!(!awaits_our_reply(&read(&p), Some(flag)), "{}", kind as char);
+        }
+        for kind in *b"OE" {
+            assert!(awaits_our_reply(&read(&packet(kind, b"x")), Some(u32::MAX)));
+        }
+        for kind in *b"DAQK" {
+            assert!(!awaits_our_reply(&read(&packet(kind, b"x")), None));
+        }
     }
 
     /// Records each write it is given, accepting at most `max` bytes a call.
