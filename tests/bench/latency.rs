@@ -326,3 +326,180 @@ async fn postfix_stage_latency() {
         assert!(!log.contains("\"ERROR\""), "daemon errors:\n{log}");
     }
 }
+
+// ------------------------------------------------ Sendmail's write pattern ---
+
+/// One milter packet, written on its own (one `write`).
+async fn send_packet(s: &mut TcpStream, kind: u8, payload: &[u8]) {
+    let mut p = u32::try_from(payload.len() + 1)
+        .expect("small packet")
+        .to_be_bytes()
+        .to_vec();
+    p.push(kind);
+    p.extend_from_slice(payload);
+    s.write_all(&p).await.expect("write to the milter");
+}
+
+/// Replies until one that ends the command (anything but a modification or
+/// progress).
+async fn read_reply(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let len = postfix::bounded(postfix::STEP, "milter reply", s.read_u32())
+            .await
+            .expect("milter reply") as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).await.expect("milter reply");
+        if !b"+-2ehimbqp".contains(&p[0]) {
+            let data = p.split_off(1);
+            return (p[0], data);
+        }
+    }
+}
+
+fn nul(parts: &[&str]) -> Vec<u8> {
+    parts
+        .iter()
+        .flat_map(|p| [p.as_bytes(), b"\0"].concat())
+        .collect()
+}
+
+/// One message on one milter connection the way Sendmail's milter.c sends
+/// it: Nagle on, and each stage's macro packet and its command as two
+/// writes. Returns the milliseconds from the first macro packet to the end
+/// of message's final reply.
+async fn sendmail_like_message(addr: SocketAddr) -> f64 {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // Nagle stays on, as in Sendmail (unless built with MILTER_NO_NAGLE).
+    let mut offer = 6u32.to_be_bytes().to_vec();
+    offer.extend_from_slice(&0x1ffu32.to_be_bytes());
+    offer.extend_from_slice(&0x1f_ffffu32.to_be_bytes());
+    send_packet(&mut s, b'O', &offer).await;
+    let (kind, o) = read_reply(&mut s).await;
+    assert_eq!(kind, b'O');
+    let options = u32::from_be_bytes([o[8], o[9], o[10], o[11]]);
+    let start = Instant::now();
+    // (macro stage, macros, command, payload, no-callback flag, no-reply flag)
+    let steps: Vec<(Option<u8>, Vec<u8>, u8, Vec<u8>, u32, u32)> = vec![
+        (
+            Some(b'C'),
+            nul(&["j", "mx.example.org", "{daemon_name}", "mx"]),
+            b'C',
+            [
+                nul(&["client.example.net"]),
+                vec![b'4', 0, 25],
+                nul(&["127.0.0.1"]),
+            ]
+            .concat(),
+            0x1,
+            0x1000,
+        ),
+        (
+            Some(b'H'),
+            Vec::new(),
+            b'H',
+            nul(&["client.example.net"]),
+            0x2,
+            0x2000,
+        ),
+        (
+            Some(b'M'),
+            nul(&["i", "4AB12C0D3", "{mail_addr}", FROM]),
+            b'M',
+            nul(&[&format!("<{FROM}>")]),
+            0x4,
+            0x4000,
+        ),
+        (
+            Some(b'R'),
+            nul(&["{rcpt_addr}", TO]),
+            b'R',
+            nul(&[&format!("<{TO}>")]),
+            0x8,
+            0x8000,
+        ),
+        (Some(b'T'), Vec::new(), b'T', Vec::new(), 0x200, 0x1_0000),
+        (
+            None,
+            Vec::new(),
+            b'L',
+            nul(&["From", format!(" <{FROM}>").as_str()]),
+            0x20,
+            0x80,
+        ),
+        (None, Vec::new(), b'L', nul(&["Subject", " hi"]), 0x20, 0x80),
+        (Some(b'N'), Vec::new(), b'N', Vec::new(), 0x40, 0x4_0000),
+        (
+            None,
+            Vec::new(),
+            b'B',
+            b"Hello.\r\n".to_vec(),
+            0x10,
+            0x8_0000,
+        ),
+        (Some(b'E'), Vec::new(), b'E', Vec::new(), 0, 0),
+    ];
+    for (stage, macros, command, payload, no_callback, no_reply) in steps {
+        if options & no_callback != 0 {
+            continue;
+        }
+        if let Some(stage) = stage {
+            send_packet(&mut s, b'D', &[&[stage][..], &macros].concat()).await;
+        }
+        send_packet(&mut s, command, &payload).await;
+        if options & no_reply == 0 {
+            let (kind, _) = read_reply(&mut s).await;
+            assert!(
+                b"ca".contains(&kind),
+                "{} answered {}",
+                command as char,
+                kind as char
+            );
+        }
+    }
+    let took = start.elapsed().as_secs_f64() * 1000.0;
+    send_packet(&mut s, b'Q', &[]).await;
+    took
+}
+
+/// Milliseconds per message for a client that writes like Sendmail (see
+/// [`sendmail_like_message`]), over TCP, no DNS delay: what the transport
+/// adds. With `LATENCY_BEFORE`, the older build alongside, message by
+/// message. Not Sendmail itself (which cannot be installed beside Postfix
+/// on Debian), but its write pattern, from its milter.c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_write_pattern() {
+    let messages = env_usize("LATENCY_MESSAGES", 4) * env_usize("LATENCY_ROUNDS", 5);
+    let server = dns().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemons = vec![(
+        "this build",
+        Daemon::start(BIN, dir.path(), "now", server.addr()).await,
+    )];
+    if let Ok(b) = std::env::var("LATENCY_BEFORE") {
+        daemons.push((
+            "LATENCY_BEFORE",
+            Daemon::start(&b, dir.path(), "before", server.addr()).await,
+        ));
+    }
+    for (_, d) in &daemons {
+        sendmail_like_message(d.tcp).await;
+    }
+    let mut times = vec![Vec::new(); daemons.len()];
+    for _ in 0..messages {
+        for (i, (_, d)) in daemons.iter().enumerate() {
+            times[i].push(sendmail_like_message(d.tcp).await);
+        }
+    }
+    println!(
+        "\nA client writing like Sendmail (Nagle on, macros and command as two writes), MX checks, DNS answers not delayed, {messages} messages:"
+    );
+    for (i, (name, _)) in daemons.iter().enumerate() {
+        let t = times[i].clone();
+        let max = t.iter().copied().fold(0.0, f64::max);
+        println!(
+            "{name:<16} first macro packet to the final reply: median {:.1} ms, max {max:.1} ms",
+            median(t)
+        );
+    }
+}
