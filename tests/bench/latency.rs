@@ -329,6 +329,11 @@ async fn postfix_stage_latency() {
 
 // ------------------------------------------------ Sendmail's write pattern ---
 
+/// One command as Sendmail sends it: (macro stage, macros, command,
+/// payload, the protocol flag that skips it, the flag that says it gets no
+/// reply).
+type Step = (Option<u8>, Vec<u8>, u8, Vec<u8>, u32, u32);
+
 /// One milter packet, written on its own (one `write`).
 async fn send_packet(s: &mut TcpStream, kind: u8, payload: &[u8]) {
     let mut p = u32::try_from(payload.len() + 1)
@@ -379,8 +384,7 @@ async fn sendmail_like_message(addr: SocketAddr) -> f64 {
     assert_eq!(kind, b'O');
     let options = u32::from_be_bytes([o[8], o[9], o[10], o[11]]);
     let start = Instant::now();
-    // (macro stage, macros, command, payload, no-callback flag, no-reply flag)
-    let steps: Vec<(Option<u8>, Vec<u8>, u8, Vec<u8>, u32, u32)> = vec![
+    let steps: Vec<Step> = vec![
         (
             Some(b'C'),
             nul(&["j", "mx.example.org", "{daemon_name}", "mx"]),
