@@ -477,6 +477,33 @@ struct Framing {
 impl Framing {
     fn feed(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
+            // Between packets, with a whole header at hand (the usual case):
+            // the length is read in place, and a packet that ends within
+            // `bytes` is passed over at once. A negotiation packet takes the
+            // long way, which reads its options.
+            if self.payload_left == 0
+                && self.header_len == 0
+                && let Some((header, rest)) = bytes.split_first_chunk::<5>()
+                && header[4] != b'O'
+            {
+                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                self.lost |= len == 0;
+                self.header[4] = header[4];
+                let payload = usize::try_from(len.saturating_sub(1)).unwrap_or(usize::MAX);
+                match rest.get(payload..) {
+                    Some(after) => {
+                        self.last_kind = Some(header[4]);
+                        bytes = after;
+                    }
+                    None => {
+                        self.last_kind = None;
+                        self.pos = rest.len();
+                        self.payload_left = payload - rest.len();
+                        return;
+                    }
+                }
+                continue;
+            }
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
                 if self.header[4] == b'O' && self.pos < 12 {
