@@ -9,5 +9,6 @@ mod common;
 
 mod daemon;
 mod header_flood;
+mod latency;
 mod postfix;
 mod ttl_cache;

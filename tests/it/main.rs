@@ -34,6 +34,7 @@ mod milter_daemon;
 mod milter_dns;
 mod milter_dns_matrix;
 mod milter_quit_nc;
+mod milter_transport;
 mod miltertest;
 mod postfix_e2e;
 mod reload_guard;
