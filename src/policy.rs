@@ -74,6 +74,19 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// What the stages before end of message are used for by the pipelines
+    /// a listener can run: the one `named`, or every pipeline when the
+    /// pipeline is chosen per connection by `{daemon_name}` (which happens at
+    /// CONNECT, after the milter negotiation that this answer feeds).
+    pub fn stage_use(&self, named: Option<&str>) -> StageUse {
+        self.pipelines
+            .iter()
+            .filter(|p| named.is_none_or(|name| name == p.name))
+            .fold(StageUse::default(), |acc, p| acc.union(p.stage_use))
+    }
+}
+
 /// A `[checks.NAME]` block, compiled: the check itself and what each of its results does.
 pub struct CheckInstance {
     /// Shared with every report and task of the check: cloned per message.
@@ -97,6 +110,15 @@ pub struct CheckInstance {
 }
 
 impl CheckInstance {
+    /// Whether some result of the check refuses mail: an action `reject`,
+    /// `tempfail`, or `error_action` (which is one or the other). Scores and
+    /// quarantine wait for end of message.
+    pub fn can_refuse(&self) -> bool {
+        self.actions
+            .iter()
+            .any(|a| matches!(a, Action::Reject | Action::Tempfail | Action::Error))
+    }
+
     pub(crate) fn action_for(&self, status: Status) -> Action {
         let idx = Status::ALL.iter().position(|s| *s == status).unwrap_or(0);
         self.actions[idx]
@@ -212,6 +234,122 @@ pub struct Pipeline {
     pub needs_body: bool,
     /// The kinds of edit this pipeline can produce.
     pub edit_kinds: EditKinds,
+    /// Where before end of message this pipeline can refuse, and whether it
+    /// reads HELO: what the daemon negotiates from.
+    pub stage_use: StageUse,
+}
+
+impl Pipeline {
+    /// Work out [`StageUse`] from the compiled tree. `checks` is the
+    /// policy's check list, `has_modifiers` whether any block of the
+    /// pipeline names a modifier.
+    ///
+    /// A stage refuses when a check is first awaited there and one of its
+    /// results refuses, or (RCPT) when a branch's action refuses or
+    /// `split_transactions` answers. The engine awaits at each stage what
+    /// decides by then: connect and HELO the global checks, MAIL the
+    /// source's (global ones included), RCPT the branch's (global, source
+    /// and destination). A check already awaited at an earlier stage made
+    /// its decision there; if it was still running at that stage's deadline
+    /// its later refusal is not lost where the stage has no reply: the
+    /// daemon answers it at the next stage that replies (end of message
+    /// always does).
+    ///
+    /// Refusals that are no policy decision (an address that cannot be
+    /// read, a modifier or table failure) can happen at any stage and do
+    /// not count here: where the stage has no reply they too are answered
+    /// at the next one that replies.
+    pub(crate) fn compute_stage_use(
+        &self,
+        checks: &[CheckInstance],
+        has_modifiers: bool,
+    ) -> StageUse {
+        let settings = &self.settings;
+        let awaited = |ids: &[CheckId], by: Stage| -> Vec<CheckId> {
+            ids.iter()
+                .copied()
+                .filter(|&id| checks[id].decides <= by)
+                .collect()
+        };
+        // Some check in `now` that was not awaited before can refuse.
+        let refuses = |now: &[CheckId], before: &[CheckId]| {
+            now.iter()
+                .any(|id| !before.contains(id) && checks[*id].can_refuse())
+        };
+        let at_connect = awaited(&self.checks, Stage::Connect);
+        let at_helo = awaited(&self.checks, Stage::Helo);
+        let mut use_ = StageUse {
+            reads_helo: !self.all_checks.is_empty() || has_modifiers,
+            ..StageUse::default()
+        };
+        // Dry run answers CONTINUE at every stage and keeps what it would
+        // have refused for end of message (a split recipient included).
+        if settings.dry_run {
+            return use_;
+        }
+        use_.refuses_at_connect = refuses(&at_connect, &[]);
+        use_.refuses_at_helo = refuses(&at_helo, &at_connect);
+        use_.refuses_at_rcpt = settings.split_transactions;
+        for node in self.sources.nodes() {
+            let at_mail = awaited(&node.checks, Stage::Mail);
+            use_.refuses_at_mail |= refuses(&at_mail, &at_helo);
+            // `refuse_at_eom` answers CONTINUE to every recipient and keeps
+            // the refusal for end of message.
+            if settings.refuse_at_eom {
+                continue;
+            }
+            for branch in node.destinations.entries() {
+                let at_rcpt = awaited(&branch.checks, Stage::Rcpt);
+                use_.refuses_at_rcpt |=
+                    matches!(branch.outcome, Outcome::Reject(_) | Outcome::Tempfail(_))
+                        || refuses(&at_rcpt, &at_mail);
+            }
+        }
+        use_
+    }
+}
+
+/// What a pipeline uses the stages before end of message for, so the daemon
+/// asks the MTA not to wait for a reply where a stage never refuses
+/// (SMFIP_NR_CONN, NR_HELO, NR_MAIL, NR_RCPT) and not to send a stage at all
+/// where nothing reads it (SMFIP_NO_HELO). See [`Pipeline::compute_stage_use`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageUse {
+    /// A global check decides at connect and can refuse.
+    pub refuses_at_connect: bool,
+    /// A global check decides at HELO and can refuse.
+    pub refuses_at_helo: bool,
+    /// A source's check decides at MAIL FROM and can refuse.
+    pub refuses_at_mail: bool,
+    /// A branch refuses recipients, a check first awaited at RCPT TO can
+    /// refuse, or `split_transactions` answers there.
+    pub refuses_at_rcpt: bool,
+    /// Some check or modifier exists that may read the HELO name or the
+    /// TLS facts that come with it.
+    pub reads_helo: bool,
+}
+
+impl StageUse {
+    pub(crate) fn union(self, o: StageUse) -> StageUse {
+        StageUse {
+            refuses_at_connect: self.refuses_at_connect || o.refuses_at_connect,
+            refuses_at_helo: self.refuses_at_helo || o.refuses_at_helo,
+            refuses_at_mail: self.refuses_at_mail || o.refuses_at_mail,
+            refuses_at_rcpt: self.refuses_at_rcpt || o.refuses_at_rcpt,
+            reads_helo: self.reads_helo || o.reads_helo,
+        }
+    }
+
+    /// Whether the policy can refuse at `stage` (end of message always can).
+    pub fn refuses_at(self, stage: Stage) -> bool {
+        match stage {
+            Stage::Connect => self.refuses_at_connect,
+            Stage::Helo => self.refuses_at_helo,
+            Stage::Mail => self.refuses_at_mail,
+            Stage::Rcpt => self.refuses_at_rcpt,
+            Stage::Eom => true,
+        }
+    }
 }
 
 /// Kinds of end-of-message edit, to ask the MTA for exactly what a policy
@@ -352,6 +490,15 @@ pub struct Dispatch<T> {
 }
 
 impl<T> Dispatch<T> {
+    /// Every entry, the default included, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = &T> {
+        self.by_address
+            .values()
+            .chain(self.by_domain.values())
+            .chain(self.tables.iter().map(|(_, t)| t))
+            .chain(std::iter::once(&self.default))
+    }
+
     /// The entry for `address` and how it was chosen, by the precedence above.
     pub fn select(&self, address: &Address) -> (&T, MatchedBy) {
         if let Some(t) = self.by_address.get(&address.key()) {
@@ -403,6 +550,17 @@ pub struct SourceFacts<'a> {
 }
 
 impl SourceDispatch {
+    /// Every source block, the default included, in no particular order (a
+    /// block selected in several ways may come more than once).
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<SourceNode>> {
+        self.by_auth_user
+            .values()
+            .chain(self.any_auth_user.iter())
+            .chain(self.by_network.iter().map(|(_, n)| n))
+            .chain(self.by_daemon_name.values())
+            .chain(self.by_sender.entries())
+    }
+
     /// The source block for these facts and how it was chosen: auth user, then
     /// network, then daemon name, then the envelope sender.
     pub fn select(&self, facts: &SourceFacts<'_>) -> (&Arc<SourceNode>, MatchedBy) {

@@ -4,15 +4,20 @@
 //! Every stage but end of message answers CONTINUE (ACCEPT before EOM would
 //! drop every edit); the edit list is sent at EOM as one batch. Headers and
 //! body chunks never refuse, so where the MTA allows it their replies are
-//! waived at negotiation (see `handle_negotiate`).
+//! waived at negotiation (see `handle_negotiate`), and so are those of the
+//! stages before end of message at which the policy never refuses; a
+//! refusal met there anyway is answered at the next stage that replies
+//! (`deferred`).
 
+use super::deferred::StageReplies;
 use super::logline;
 use super::shared::{MessageGuard, Shared};
 use crate::edits::Edit;
 use crate::engine::{Decision, MessageOutcome, Session, StageReply};
 use crate::message::{AuthInfo, ConnectionFacts, TlsInfo};
-use crate::policy::{EditKinds, Policy};
+use crate::policy::{EditKinds, Policy, StageUse};
 use crate::reply::Reply;
+use crate::stage::Stage;
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext,
     ProtoOpts, SetErrorReply, SocketInfo, Status,
@@ -65,6 +70,11 @@ pub(crate) struct Connection {
     /// The MTA does not wait for replies to headers / body chunks.
     noreply_header: bool,
     noreply_body: bool,
+    /// Stages before end of message without reply, and a refusal met at
+    /// one of them that is still to be answered.
+    replies: StageReplies,
+    /// The MTA does not send HELO (SMFIP_NO_HELO): nothing reads it.
+    no_helo: bool,
     session: Option<Session>,
     message: Option<MessageGuard>,
     started: Instant,
@@ -122,6 +132,55 @@ fn kinds_for(policy: &Policy, binding: &Binding) -> EditKinds {
         .iter()
         .filter(|p| binding.pipeline.as_ref().is_none_or(|name| *name == p.name))
         .fold(EditKinds::default(), |acc, p| acc.union(p.edit_kinds))
+}
+
+/// The protocol options a policy lets a listener waive: no reply at a stage
+/// where none of the listener's pipelines refuses, and no HELO at all where
+/// nothing reads it.
+fn stage_opts(stage_use: StageUse) -> ProtoOpts {
+    let mut opts = ProtoOpts::empty();
+    for (stage, noreply) in [
+        (Stage::Connect, ProtoOpts::NOREPLY_CONNECT),
+        (Stage::Helo, ProtoOpts::NOREPLY_HELO),
+        (Stage::Mail, ProtoOpts::NOREPLY_MAIL),
+        (Stage::Rcpt, ProtoOpts::NOREPLY_RCPT),
+    ] {
+        if !stage_use.refuses_at(stage) {
+            opts |= noreply;
+        }
+    }
+    // Only HELO can go unsent. Connect starts the session and chooses the
+    // pipeline; MAIL FROM and RCPT TO make the envelope that dispatch, the
+    // log line and the edits need; headers and body give the size, the
+    // header limits and the Authentication-Results forgeries to delete,
+    // which every pipeline uses. HELO brings the HELO name and the TLS
+    // facts, read by checks (SPF's HELO identity, DNSBL HELO lists,
+    // require_tls, command) and modifiers ({helo} in a header): only a
+    // listener whose pipelines have no check and no modifier at all leaves
+    // it unread.
+    if !stage_use.reads_helo {
+        opts |= ProtoOpts::NO_HELO;
+    }
+    opts
+}
+
+/// The status for a stage before end of message: what was decided, merged
+/// with a refusal kept from a stage without reply; `Noreply` where the MTA
+/// does not wait (a refusal is then kept for the next stage that replies).
+fn answer(ctx: &mut Context<Connection>, stage: Stage, reply: StageReply) -> Status {
+    let Some(conn) = ctx.data.as_mut() else {
+        // Never negotiated, so every stage replies.
+        return stage_status(ctx, reply);
+    };
+    match conn.replies.settle(stage, reply) {
+        Some(reply) => stage_status(ctx, reply),
+        None => Status::Noreply,
+    }
+}
+
+/// What an internal failure before end of message answers.
+fn failure() -> StageReply {
+    StageReply::Tempfail(Reply::default_tempfail())
 }
 
 /// Set the SMTP reply for a refusal and return the matching status.
@@ -247,6 +306,7 @@ pub(crate) fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Conn
             let shared = s3.clone();
             Box::pin(async move {
                 if let Some(conn) = ctx.data.as_mut() {
+                    conn.replies.end_transaction();
                     if let Some(session) = conn.session.as_mut() {
                         session.abort();
                     }
@@ -266,6 +326,9 @@ pub(crate) fn callbacks(shared: Arc<Shared>, binding: Binding) -> Callbacks<Conn
                 // to CONNECT). Dropping the session aborts its checks;
                 // dropping the guard ends a message the client left
                 // unfinished.
+                if let Some(conn) = ctx.data.as_mut() {
+                    conn.replies.end_session();
+                }
                 if let Some(conn) = ctx.data.as_mut()
                     && let Some(session) = conn.session.as_mut()
                 {
@@ -325,12 +388,19 @@ fn handle_negotiate(
     //   (SMFIP_NR_HDR, SMFIP_NR_BODY: Postfix 2.6+, Sendmail 8.14+).
     // Asking for an option the MTA did not offer fails the negotiation,
     // hence every option only when offered.
+    // - connect, HELO, MAIL FROM and RCPT TO answer CONTINUE wherever no
+    //   pipeline the listener can choose refuses there (SMFIP_NR_CONN,
+    //   NR_HELO, NR_MAIL, NR_RCPT): the pipeline is chosen at CONNECT, after
+    //   this, so every candidate counts. A stage that refuses keeps its
+    //   reply (a recipient table refuses each recipient at RCPT TO);
+    // - HELO is not sent at all where nothing reads it (`stage_opts`).
     let unused_stages =
         ctx.requested_opts & (ProtoOpts::NO_DATA | ProtoOpts::NO_EOH | ProtoOpts::NO_UNKNOWN);
     let wanted_opts = unused_stages
         | ProtoOpts::LEADING_SPACE
         | ProtoOpts::NOREPLY_HEADER
-        | ProtoOpts::NOREPLY_BODY;
+        | ProtoOpts::NOREPLY_BODY
+        | stage_opts(policy.stage_use(binding.pipeline.as_deref()));
     ctx.requested_opts = wanted_opts & opts;
     let leading_space = opts.contains(ProtoOpts::LEADING_SPACE);
     ctx.data = Some(Connection {
@@ -339,6 +409,8 @@ fn handle_negotiate(
         leading_space,
         noreply_header: ctx.requested_opts.contains(ProtoOpts::NOREPLY_HEADER),
         noreply_body: ctx.requested_opts.contains(ProtoOpts::NOREPLY_BODY),
+        replies: StageReplies::new(ctx.requested_opts),
+        no_helo: ctx.requested_opts.contains(ProtoOpts::NO_HELO),
         session: None,
         message: None,
         started: Instant::now(),
@@ -351,23 +423,42 @@ fn handle_negotiate(
 /// A new SMTP session on a connection that already carried one (after
 /// QUIT_NC) is a new MTA connection in all but the socket, so it takes the
 /// configuration loaded now, as a new connection would; unless that needs
-/// milter actions this connection did not negotiate, which cannot be asked
-/// for again without a new negotiation.
+/// milter actions this connection did not negotiate, or refuses at a stage
+/// this connection negotiated without reply, or reads a HELO it is not sent:
+/// none can be asked for again without a new negotiation.
 fn renew_policy(shared: &Shared, binding: &Binding, conn: &mut Connection) {
     let current = shared.current();
     if Arc::ptr_eq(&current, &conn.policy) {
         return;
     }
     let needed = actions_for(kinds_for(&current, binding));
-    if conn.granted.contains(needed) {
-        conn.policy = current;
-    } else {
+    if !conn.granted.contains(needed) {
         tracing::warn!(
             missing = ?(needed - conn.granted),
             listener = %binding.listener,
             "the reloaded configuration needs milter actions this connection did not negotiate; its next session keeps the configuration it negotiated with"
         );
+        return;
     }
+    let stage_use = current.stage_use(binding.pipeline.as_deref());
+    let silent = conn.replies.conflicts(stage_use);
+    if !silent.is_empty() {
+        let stages: Vec<&str> = silent.iter().map(|s| s.as_str()).collect();
+        tracing::warn!(
+            stages = %stages.join(","),
+            listener = %binding.listener,
+            "the reloaded configuration refuses at stages this connection negotiated without reply; its next session keeps the configuration it negotiated with"
+        );
+        return;
+    }
+    if conn.no_helo && stage_use.reads_helo {
+        tracing::warn!(
+            listener = %binding.listener,
+            "the reloaded configuration reads HELO, which this connection negotiated not to be sent; its next session keeps the configuration it negotiated with"
+        );
+        return;
+    }
+    conn.policy = current;
 }
 
 async fn handle_connect(
@@ -382,6 +473,7 @@ async fn handle_connect(
         tracing::error!("connect without negotiation; tempfailing the connection");
         return Status::Tempfail;
     };
+    conn.replies.end_session();
     if conn.sessions > 0 {
         renew_policy(shared, binding, conn);
     }
@@ -408,7 +500,7 @@ async fn handle_connect(
         .choose_pipeline(binding.pipeline.as_deref(), daemon_name.as_deref())
     else {
         tracing::error!(listener = %binding.listener, pipeline = ?binding.pipeline, "the listener's pipeline is missing from the configuration; tempfailing the connection");
-        return Status::Tempfail;
+        return answer(ctx, Stage::Connect, failure());
     };
     let facts = ConnectionFacts {
         client_ip,
@@ -419,7 +511,7 @@ async fn handle_connect(
     let mut session = Session::new(conn.policy.clone(), pipeline, facts);
     let reply = session.connect().await;
     conn.session = Some(session);
-    stage_status(ctx, reply)
+    answer(ctx, Stage::Connect, reply)
 }
 
 fn tls_from(macros: &Macros) -> Option<TlsInfo> {
@@ -429,13 +521,26 @@ fn tls_from(macros: &Macros) -> Option<TlsInfo> {
     })
 }
 
+/// The engine has nothing to do at a stage when the session was refused
+/// or the message ended at MAIL FROM at a stage without reply: the kept
+/// refusal is the answer.
+fn refused_before_message(ctx: &Context<Connection>) -> bool {
+    ctx.data
+        .as_ref()
+        .and_then(|c| c.replies.deferred())
+        .is_some_and(|d| d.before_message())
+}
+
 async fn handle_helo(ctx: &mut Context<Connection>, helo: CString) -> Status {
+    if refused_before_message(ctx) {
+        return answer(ctx, Stage::Helo, StageReply::Continue);
+    }
     let tls = tls_from(&ctx.macros);
     let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) else {
-        return Status::Tempfail;
+        return answer(ctx, Stage::Helo, failure());
     };
     let reply = session.helo(&text(&helo), tls).await;
-    stage_status(ctx, reply)
+    answer(ctx, Stage::Helo, reply)
 }
 
 async fn handle_mail(
@@ -451,8 +556,19 @@ async fn handle_mail(
     let Some(conn) = ctx.data.as_mut() else {
         return Status::Tempfail;
     };
+    // A new transaction: what refused the last one is over.
+    conn.replies.end_transaction();
+    if conn.replies.deferred().is_some() {
+        // The session was refused at a stage without reply.
+        if let Some(session) = conn.session.as_mut() {
+            session.abort();
+        }
+        log_ended(shared, conn);
+        conn.message = None;
+        return answer(ctx, Stage::Mail, StageReply::Continue);
+    }
     let Some(session) = conn.session.as_mut() else {
-        return Status::Tempfail;
+        return answer(ctx, Stage::Mail, failure());
     };
     let mut args = args.iter().map(|a| text(a));
     let sender = args.next().unwrap_or_default();
@@ -462,19 +578,22 @@ async fn handle_mail(
     let reply = session.mail(&sender, &esmtp, auth).await;
     log_ended(shared, conn);
     conn.message = reply.is_continue().then(|| shared.message_started());
-    stage_status(ctx, reply)
+    answer(ctx, Stage::Mail, reply)
 }
 
 async fn handle_rcpt(ctx: &mut Context<Connection>, args: Vec<CString>) -> Status {
+    if refused_before_message(ctx) {
+        return answer(ctx, Stage::Rcpt, StageReply::Continue);
+    }
     let Some(session) = ctx.data.as_mut().and_then(|c| c.session.as_mut()) else {
-        return Status::Tempfail;
+        return answer(ctx, Stage::Rcpt, failure());
     };
     session.set_queue_id(queue_id(&ctx.macros));
     let mut args = args.iter().map(|a| text(a));
     let rcpt = args.next().unwrap_or_default();
     let esmtp: Vec<String> = args.collect();
     let reply = session.rcpt(&rcpt, &esmtp).await;
-    stage_status(ctx, reply)
+    answer(ctx, Stage::Rcpt, reply)
 }
 
 fn handle_header(ctx: &mut Context<Connection>, name: CString, value: CString) -> Status {
@@ -515,6 +634,20 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
     let Some(conn) = data.as_mut() else {
         return Status::Tempfail;
     };
+    // A refusal kept from a stage without reply: end of message always
+    // replies, so this is where it is answered.
+    let deferred = conn.replies.deferred().cloned();
+    conn.replies.end_transaction();
+    if let Some(d) = deferred.as_ref().filter(|d| d.before_message()) {
+        // No message went on in the engine; the refusal was logged where
+        // it was decided (the message's line, or the failure's error).
+        let (StageReply::Reject(r) | StageReply::Tempfail(r)) = &d.reply else {
+            return Status::Tempfail;
+        };
+        tracing::info!(client = %conn.client, queue_id = ?queue_id, stage = %d.stage, reply = %r, "message refused at end of message for a refusal at a stage without reply");
+        conn.message = None;
+        return refuse(reply, r);
+    }
     let Some(session) = conn.session.as_mut() else {
         return Status::Tempfail;
     };
@@ -546,6 +679,13 @@ async fn handle_eom(shared: &Arc<Shared>, ctx: &mut EomContext<Connection>) -> S
     };
     let message_guard = conn.message.take();
     let mut outcome = outcome;
+    // A recipient refused at RCPT TO without reply (its address could not
+    // be read, dispatch failed): the whole message is refused, as the
+    // recipient could not be alone.
+    if let Some(d) = deferred {
+        outcome.decision.merge(d.decision());
+        outcome.policy_decision.merge(d.decision());
+    }
 
     // Dry run let through what the policy refused or held (before an edit
     // failure below turns the message into a tempfail).

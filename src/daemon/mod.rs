@@ -4,6 +4,7 @@
 //! what the `serve` command runs.
 
 pub mod adapter;
+pub mod deferred;
 pub mod listen;
 pub mod logline;
 pub mod metrics;

@@ -98,9 +98,19 @@ impl RawMilter {
     /// Negotiate version 6 with `actions` and no protocol options; returns
     /// the milter's version, actions and options.
     pub async fn negotiate(&mut self, actions: u32) -> io::Result<(u32, u32, u32)> {
+        self.negotiate_offering(actions, 0).await
+    }
+
+    /// Negotiate version 6 offering `actions` and the protocol options
+    /// `opts`; returns the milter's version, actions and options.
+    pub async fn negotiate_offering(
+        &mut self,
+        actions: u32,
+        opts: u32,
+    ) -> io::Result<(u32, u32, u32)> {
         let mut data = 6u32.to_be_bytes().to_vec();
         data.extend_from_slice(&actions.to_be_bytes());
-        data.extend_from_slice(&0u32.to_be_bytes());
+        data.extend_from_slice(&opts.to_be_bytes());
         let (code, reply) = self.command(OPTNEG, &data).await?;
         if code != OPTNEG || reply.len() < 12 {
             return Err(io::Error::new(

@@ -33,6 +33,7 @@ mod load_generator;
 mod milter_daemon;
 mod milter_dns;
 mod milter_dns_matrix;
+mod milter_noreply;
 mod milter_quit_nc;
 mod milter_transport;
 mod miltertest;

@@ -1049,3 +1049,83 @@ pattern = "^other\\.example;"
     })
     .await;
 }
+
+/// A policy that refuses at no stage before end of message, so the daemon
+/// asks Postfix for no reply at connect, HELO, MAIL FROM and RCPT TO; the
+/// sender rewrite fails for one address, an internal failure at MAIL FROM.
+const QUIET_POLICY: &str = r#"
+[[server.listen]]
+address = "inet:127.0.0.1:0"
+
+[[server.listen]]
+address = "inet:127.0.0.1:LOCAL_PORT"
+pipeline = "local"
+
+[modifiers.resend]
+kind = "rewrite_sender"
+table = { "broken@example.net" = "not-an-address" }
+
+[modifiers.tag]
+kind = "add_header"
+name = "X-Dispatch"
+value = "checked by {pipeline}"
+
+[pipelines.mx]
+modify = ["resend", "tag"]
+
+[pipelines.local]
+modify = ["tag"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postfix, swaks and root: apt-get install postfix swaks"]
+async fn a_failure_at_a_stage_without_reply_is_answered_at_the_end_of_data() {
+    let env = Env::start(QUIET_POLICY).await;
+    postfix::bounded(TEST_LIMIT, "test", async {
+        // Postfix does not wait for the milter at MAIL FROM: it accepts it,
+        // and the rewrite's failure refuses the message after the data.
+        let t = smtp_send(
+            env.postfix.mx,
+            "broken@example.net",
+            &["alice@example.org"],
+            &message(
+                "broken@example.net",
+                "alice@example.org",
+                "failed rewrite",
+                "hello",
+            ),
+        )
+        .await;
+        assert_eq!(t.mail.as_ref().map(|r| r.code), Some(250), "{}", t.log);
+        assert_eq!(t.rcpts[0].code, 250, "{}", t.log);
+        assert_eq!(
+            t.end.as_ref().map(|r| r.text()),
+            Some("451 4.7.1 Temporary failure, try again later".to_string()),
+            "{}",
+            t.log
+        );
+        // The next message on a fresh session goes through with its header.
+        let t = smtp_send(
+            env.postfix.mx,
+            "someone@example.net",
+            &["alice@example.org"],
+            &message(
+                "someone@example.net",
+                "alice@example.org",
+                "quiet stages",
+                "hello",
+            ),
+        )
+        .await;
+        assert!(t.queued(), "{}", t.log);
+        let d = env.sink.wait_subject("quiet stages", 1).await;
+        assert_eq!(d[0].mail_from, "someone@example.net");
+        assert!(
+            d[0].data.contains("X-Dispatch: checked by mx"),
+            "{}",
+            d[0].data
+        );
+        env.postfix.wait_queue_empty().await;
+    })
+    .await;
+}

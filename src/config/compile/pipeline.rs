@@ -125,8 +125,9 @@ impl Compiler<'_, '_> {
                 .any(|&id| self.modifiers[id].modifier.needs_body());
         let settings = settings?;
         let edit_kinds = self.edit_kinds(&settings, &branches, &all_checks, &all_modifiers);
-        Some(Pipeline {
+        let mut pipeline = Pipeline {
             edit_kinds,
+            stage_use: StageUse::default(),
             needs_body,
             all_checks,
             name: pipeline_name,
@@ -146,7 +147,9 @@ impl Compiler<'_, '_> {
                 },
             },
             branches,
-        })
+        };
+        pipeline.stage_use = pipeline.compute_stage_use(&self.checks, !all_modifiers.is_empty());
+        Some(pipeline)
     }
 
     /// Which kinds of edit the pipeline can ever produce, so the daemon asks
@@ -437,5 +440,133 @@ impl Compiler<'_, '_> {
             );
         }
         parsed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::compile_str;
+    use crate::config::registry::Registry;
+    use crate::policy::StageUse;
+    use std::path::Path;
+
+    fn stage_use(src: &str) -> StageUse {
+        let policy = compile_str(Path::new("t.toml"), src, &Registry::builtin())
+            .unwrap_or_else(|e| panic!("{e}"));
+        policy.stage_use(None)
+    }
+
+    const QUIET: StageUse = StageUse {
+        refuses_at_connect: false,
+        refuses_at_helo: false,
+        refuses_at_mail: false,
+        refuses_at_rcpt: false,
+        reads_helo: true,
+    };
+
+    #[test]
+    fn an_empty_pipeline_refuses_nowhere_and_reads_no_helo() {
+        let u = stage_use("[pipelines.empty]\nauth_results = false\n");
+        assert_eq!(
+            u,
+            StageUse {
+                reads_helo: false,
+                ..QUIET
+            }
+        );
+    }
+
+    #[test]
+    fn a_check_refuses_at_the_stage_it_is_first_awaited() {
+        let src = |decide_at: &str| {
+            format!(
+                "[checks.tls]\nkind = \"require_tls\"\ndecide_at = \"{decide_at}\"\n\
+                 [pipelines.p]\nchecks = [\"tls\"]\n"
+            )
+        };
+        assert_eq!(
+            stage_use(&src("helo")),
+            StageUse {
+                refuses_at_helo: true,
+                ..QUIET
+            }
+        );
+        assert_eq!(
+            stage_use(&src("mail")),
+            StageUse {
+                refuses_at_mail: true,
+                ..QUIET
+            }
+        );
+        assert_eq!(
+            stage_use(&src("rcpt")),
+            StageUse {
+                refuses_at_rcpt: true,
+                ..QUIET
+            }
+        );
+        assert_eq!(stage_use(&src("eom")), QUIET);
+    }
+
+    #[test]
+    fn a_check_that_only_scores_refuses_nowhere() {
+        let u = stage_use(
+            "[checks.tls]\nkind = \"require_tls\"\ndecide_at = \"mail\"\n\
+             on_fail = \"score 1\"\non_temperror = \"ignore\"\non_permerror = \"score 2\"\n\
+             [pipelines.p]\nchecks = [\"tls\"]\n",
+        );
+        assert_eq!(u, QUIET);
+    }
+
+    #[test]
+    fn a_source_check_refuses_at_mail_and_a_destination_check_at_rcpt() {
+        let u = stage_use(
+            "[checks.auth]\nkind = \"require_auth\"\n\
+             [pipelines.p]\n[[pipelines.p.source]]\nmatch = [\"example.org\"]\nchecks = [\"auth\"]\n",
+        );
+        assert_eq!(
+            u,
+            StageUse {
+                refuses_at_mail: true,
+                ..QUIET
+            }
+        );
+        let u = stage_use(
+            "[checks.auth]\nkind = \"require_auth\"\n\
+             [pipelines.p]\n[[pipelines.p.destination]]\nmatch = [\"example.org\"]\nchecks = [\"auth\"]\n",
+        );
+        assert_eq!(
+            u,
+            StageUse {
+                refuses_at_rcpt: true,
+                ..QUIET
+            }
+        );
+    }
+
+    #[test]
+    fn a_refusing_branch_refuses_at_rcpt_unless_refusals_wait_for_eom() {
+        let tree = "[[pipelines.p.destination]]\nmatch = [\"example.org\"]\n\
+                    [pipelines.p.default]\naction = \"reject\"\n";
+        let u = stage_use(&format!("[pipelines.p]\n{tree}"));
+        assert!(u.refuses_at_rcpt && !u.refuses_at_mail);
+        let u = stage_use(&format!("[pipelines.p]\nrefuse_at_eom = true\n{tree}"));
+        assert!(!u.refuses_at_rcpt);
+        let u = stage_use(&format!("[pipelines.p]\ndry_run = true\n{tree}"));
+        assert!(!u.refuses_at_rcpt);
+        let u = stage_use("[pipelines.p]\nsplit_transactions = true\n");
+        assert!(u.refuses_at_rcpt);
+    }
+
+    #[test]
+    fn every_pipeline_counts_when_the_pipeline_is_chosen_per_connection() {
+        let src = "[checks.auth]\nkind = \"require_auth\"\n\
+                   [pipelines.a]\n[pipelines.b]\ndaemon_names = [\"submission\"]\nchecks = [\"auth\"]\n";
+        let policy = compile_str(Path::new("t.toml"), src, &Registry::builtin())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(policy.stage_use(None).refuses_at_mail);
+        assert!(!policy.stage_use(Some("a")).refuses_at_mail);
+        assert!(!policy.stage_use(Some("a")).reads_helo);
+        assert!(policy.stage_use(Some("b")).refuses_at_mail);
     }
 }
