@@ -5,7 +5,7 @@
 //!
 //!     cargo test --release --test bench postfix:: -- --nocapture
 //!
-//! One run measures five configurations side by side, each with a fresh
+//! One run measures these configurations side by side, each with a fresh
 //! throwaway Postfix (tests/common/postfix.rs: own config and queue
 //! directory, loopback only) that relays everything to a counting SMTP sink
 //! in this process:
@@ -15,11 +15,24 @@
 //!    with an empty policy, as bench/empty.toml: the milter path itself;
 //! 3. `mx`: the daemon with the MX checks of tests/bench/daemon.rs (DNSBL with
 //!    three lists, iprev, SPF, DKIM, DMARC) against the loopback DNS server of
-//!    tests/common/dns_server.rs, which runs in this process;
-//! 4. `submission`: the daemon's submission pipeline signing with
+//!    tests/common/dns_server.rs, which runs in this process; `mx-unix`: the
+//!    same over a unix socket;
+//! 4. the peers (issue 18; postfix/peers.rs), each checking the same message
+//!    against the same DNS server: `rspamd-tcp` and `rspamd-unix`, rspamd's
+//!    proxy worker as a milter with only SPF, DKIM, DMARC and one IP DNSBL;
+//!    `opendkim+opendmarc`, OpenDKIM verifying and OpenDMARC with its own
+//!    SPF check, with Postfix's `reject_rbl_client` as the DNSBL. Each is
+//!    compared with our `mx` or `mx-unix` of the same round. A peer that is
+//!    not installed is skipped and named (`bash bench/install-peers.sh`);
+//! 5. `submission`: the daemon's submission pipeline signing with
 //!    `dkim_sign` (mail sent to Postfix's submission service);
-//! 5. `opendkim`: OpenDKIM (`apt-get install opendkim`) signing with the
-//!    same key, domain and selector, on the same submission service.
+//! 6. `opendkim`: OpenDKIM signing with the same key, domain and selector,
+//!    on the same submission service.
+//!
+//! The run fails unless every message of a checking configuration arrives
+//! with Authentication-Results that say spf, dkim and dmarc `pass` (and
+//! iprev for ours), every signing configuration's with the new signature,
+//! and unless the peers' DNSBL lookups reached the DNS server.
 //!
 //! The load: `smtp-source -s SESSIONS -m MESSAGES -F message`, one message
 //! per SMTP session (smtp-source's default), after a warm-up of
@@ -51,8 +64,11 @@
 //! listener and log level added), `PFBENCH_QUEUE_BASE` (above).
 //!
 //! After the table, each configuration is compared with the empty policy of
-//! the same round: the median and the geometric mean of those ratios, with
-//! a 95 % confidence interval (Student's t on their logarithms).
+//! the same round, and each peer with our MX checks of the same transport
+//! and round (ours / peer in rate, peer / ours in CPU per message): the
+//! median and the geometric mean of those ratios, with a 95 % confidence
+//! interval (Student's t on their logarithms). CPU per message counts every
+//! process of a milter (rspamd's main process and workers).
 
 use crate::common;
 
