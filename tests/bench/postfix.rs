@@ -5,7 +5,7 @@
 //!
 //!     cargo test --release --test bench postfix:: -- --nocapture
 //!
-//! One run measures five configurations side by side, each with a fresh
+//! One run measures these configurations side by side, each with a fresh
 //! throwaway Postfix (tests/common/postfix.rs: own config and queue
 //! directory, loopback only) that relays everything to a counting SMTP sink
 //! in this process:
@@ -15,11 +15,24 @@
 //!    with an empty policy, as bench/empty.toml: the milter path itself;
 //! 3. `mx`: the daemon with the MX checks of tests/bench/daemon.rs (DNSBL with
 //!    three lists, iprev, SPF, DKIM, DMARC) against the loopback DNS server of
-//!    tests/common/dns_server.rs, which runs in this process;
-//! 4. `submission`: the daemon's submission pipeline signing with
+//!    tests/common/dns_server.rs, which runs in this process; `mx-unix`: the
+//!    same over a unix socket;
+//! 4. the peers (issue 18; postfix/peers.rs), each checking the same message
+//!    against the same DNS server: `rspamd-tcp` and `rspamd-unix`, rspamd's
+//!    proxy worker as a milter with only SPF, DKIM, DMARC and one IP DNSBL;
+//!    `opendkim+opendmarc`, OpenDKIM verifying and OpenDMARC with its own
+//!    SPF check, with Postfix's `reject_rbl_client` as the DNSBL. Each is
+//!    compared with our `mx` or `mx-unix` of the same round. A peer that is
+//!    not installed is skipped and named (`bash bench/install-peers.sh`);
+//! 5. `submission`: the daemon's submission pipeline signing with
 //!    `dkim_sign` (mail sent to Postfix's submission service);
-//! 5. `opendkim`: OpenDKIM (`apt-get install opendkim`) signing with the
-//!    same key, domain and selector, on the same submission service.
+//! 6. `opendkim`: OpenDKIM signing with the same key, domain and selector,
+//!    on the same submission service.
+//!
+//! The run fails unless every message of a checking configuration arrives
+//! with Authentication-Results that say spf, dkim and dmarc `pass` (and
+//! iprev for ours), every signing configuration's with the new signature,
+//! and unless the peers' DNSBL lookups reached the DNS server.
 //!
 //! The load: `smtp-source -s SESSIONS -m MESSAGES -F message`, one message
 //! per SMTP session (smtp-source's default), after a warm-up of
@@ -51,15 +64,21 @@
 //! listener and log level added), `PFBENCH_QUEUE_BASE` (above).
 //!
 //! After the table, each configuration is compared with the empty policy of
-//! the same round: the median and the geometric mean of those ratios, with
-//! a 95 % confidence interval (Student's t on their logarithms).
+//! the same round, and each peer with our MX checks of the same transport
+//! and round (ours / peer in rate, peer / ours in CPU per message): the
+//! median and the geometric mean of those ratios, with a 95 % confidence
+//! interval (Student's t on their logarithms). CPU per message counts every
+//! process of a milter (rspamd's main process and workers).
 
 use crate::common;
+
+mod peers;
 
 use common::dns_server::DnsServer;
 use common::postfix::{self, Postfix, Wiring};
 use common::stats::geometric_mean_ci;
 use common::wait;
+use peers::{Listen, cpu_times, tree_cpu};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -73,7 +92,7 @@ use tokio::task::JoinHandle;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dispatch-milter");
 const SMTP_SOURCE: &str = "/usr/sbin/smtp-source";
-const OPENDKIM: &str = "/usr/sbin/opendkim";
+use peers::OPENDKIM;
 
 /// The selector of the signature the message arrives with (verified by the
 /// MX run) and of the one the signers add. Both publish the same test key.
@@ -104,6 +123,11 @@ struct Counts {
     signed: usize,
     /// Messages carrying an Authentication-Results header.
     with_auth_results: usize,
+    /// What every message's Authentication-Results fields must say between
+    /// them (each of these results) to show that the checks ran.
+    needles: Vec<&'static str>,
+    /// Messages whose Authentication-Results say all of [`Counts::needles`].
+    checked: usize,
     /// When the last message was complete.
     last: Option<Instant>,
     /// The first message received, headers and body, CRLF line ends.
@@ -154,10 +178,21 @@ fn record(counts: &Mutex<Counts>, head: &str, whole: Option<String>) {
     };
     let signed = has("DKIM-Signature", &format!("s={OUT_SELECTOR};"));
     let with_ar = has("Authentication-Results", "");
+    let results: String = fields
+        .iter()
+        .filter(|f| {
+            f.split_once(':')
+                .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("Authentication-Results"))
+        })
+        .map(|f| f.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut c = counts.lock().unwrap();
+    let checked = with_ar && c.needles.iter().all(|n| results.contains(n));
     c.delivered += 1;
     c.signed += usize::from(signed);
     c.with_auth_results += usize::from(with_ar);
+    c.checked += usize::from(checked);
     c.last = Some(Instant::now());
     if c.sample.is_none() {
         c.sample = whole;
@@ -269,8 +304,13 @@ impl CountingSink {
         CountingSink { addr, counts, task }
     }
 
-    fn reset(&self) {
-        *self.counts.lock().unwrap() = Counts::default();
+    /// Counts from zero; `needles` are the results every message's
+    /// Authentication-Results must say ([`Counts::checked`]).
+    fn reset(&self, needles: &[&'static str]) {
+        *self.counts.lock().unwrap() = Counts {
+            needles: needles.to_vec(),
+            ..Counts::default()
+        };
     }
 
     fn counts(&self) -> Counts {
@@ -296,6 +336,25 @@ impl CountingSink {
 struct Proc {
     child: Child,
     log: PathBuf,
+    /// A log file of the program's own (rspamd's), for failure messages.
+    own_log: Option<PathBuf>,
+}
+
+impl Drop for Proc {
+    /// After a failure: whatever the program started (rspamd's workers)
+    /// goes with it; `kill_on_drop` only kills the process itself.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            for p in peers::tree_pids(pid as i32) {
+                if p != pid as i32 {
+                    // SAFETY: kill(2) on a process below our own child.
+                    unsafe {
+                        libc::kill(p, libc::SIGKILL);
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Proc {
@@ -308,32 +367,44 @@ impl Proc {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Proc { child, log }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id().expect("running") as i32
+        Proc {
+            child,
+            log,
+            own_log: None,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        let mut log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if let Some(own) = &self.own_log {
+            log.push_str(&std::fs::read_to_string(own).unwrap_or_default());
+        }
+        log
     }
 
     /// Wait until `addr` accepts a connection (one empty milter
-    /// connection, which both milters take in their stride).
-    async fn wait_listening(&mut self, addr: SocketAddr) {
-        let listening = wait::within_async(Duration::from_secs(30), async || {
+    /// connection, which every milter here takes in its stride).
+    async fn wait_listening(&mut self, addr: &Listen) {
+        let listening = wait::within_async(Duration::from_secs(60), async || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("exited with {status} before listening:\n{}", self.log());
             }
-            TcpStream::connect(addr).await.is_ok()
+            match addr {
+                Listen::Tcp(a) => TcpStream::connect(a).await.is_ok(),
+                Listen::Unix(p) => tokio::net::UnixStream::connect(p).await.is_ok(),
+            }
         })
         .await;
         assert!(
             listening,
-            "not listening on {addr} after 30 s:\n{}",
+            "not listening on {addr:?} after 60 s:\n{}",
             self.log()
         );
+    }
+
+    /// CPU seconds so far of the process and everything below it.
+    fn cpu(&self) -> f64 {
+        self.child.id().map_or(0.0, |pid| tree_cpu(pid as i32))
     }
 
     async fn stop(mut self) {
@@ -350,35 +421,6 @@ impl Proc {
             let _ = self.child.kill().await;
         }
     }
-}
-
-/// From /proc/PID/stat: (utime + stime, cutime + cstime) in seconds, the
-/// process's own CPU time and that of its children it has waited for.
-fn cpu_times(pid: i32) -> (f64, f64) {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return (0.0, 0.0);
-    };
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return (0.0, 0.0);
-    };
-    // After the command name: the state is field 3 of proc(5); utime,
-    // stime, cutime, cstime are fields 14 to 17.
-    let f: Vec<f64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    if f.len() < 4 {
-        return (0.0, 0.0);
-    }
-    let hz = clock_ticks();
-    ((f[0] + f[1]) / hz, (f[2] + f[3]) / hz)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
 /// CPU seconds used so far by a Postfix instance: every process of it that
@@ -400,6 +442,15 @@ enum Kind {
     None,
     Empty,
     Mx,
+    /// The MX checks over a unix socket.
+    MxUnix,
+    /// rspamd's proxy worker as a milter over TCP, the same checks.
+    RspamdTcp,
+    /// The same over a unix socket.
+    RspamdUnix,
+    /// OpenDKIM verifying and OpenDMARC (with its own SPF check), two
+    /// milters over TCP, and Postfix's own `reject_rbl_client`.
+    OpenDkimDmarc,
     Submission,
     OpenDkim,
     /// The policy in the n-th file `PFBENCH_CUSTOM` names: to measure one's
@@ -428,6 +479,10 @@ impl Kind {
             Kind::None,
             Kind::Empty,
             Kind::Mx,
+            Kind::MxUnix,
+            Kind::RspamdTcp,
+            Kind::RspamdUnix,
+            Kind::OpenDkimDmarc,
             Kind::Submission,
             Kind::OpenDkim,
         ];
@@ -441,6 +496,10 @@ impl Kind {
             Kind::None => "none".into(),
             Kind::Empty => "empty".into(),
             Kind::Mx => "mx".into(),
+            Kind::MxUnix => "mx-unix".into(),
+            Kind::RspamdTcp => "rspamd-tcp".into(),
+            Kind::RspamdUnix => "rspamd-unix".into(),
+            Kind::OpenDkimDmarc => "opendkim+opendmarc".into(),
             Kind::Submission => "submission".into(),
             Kind::OpenDkim => "opendkim".into(),
             Kind::Custom(n) => custom_files()[n].file_stem().map_or_else(
@@ -454,7 +513,11 @@ impl Kind {
         match self {
             Kind::None => "no milter".into(),
             Kind::Empty => "dispatch-milter, empty policy".into(),
-            Kind::Mx => "dispatch-milter, MX checks".into(),
+            Kind::Mx => "dispatch-milter, MX checks, TCP".into(),
+            Kind::MxUnix => "dispatch-milter, MX checks, unix socket".into(),
+            Kind::RspamdTcp => "rspamd proxy milter, TCP".into(),
+            Kind::RspamdUnix => "rspamd proxy milter, unix socket".into(),
+            Kind::OpenDkimDmarc => "OpenDKIM + OpenDMARC + Postfix RBL, TCP".into(),
             Kind::Submission => "dispatch-milter, submission dkim_sign".into(),
             Kind::OpenDkim => "OpenDKIM 2.11, signing".into(),
             Kind::Custom(n) => format!("dispatch-milter, {}", custom_files()[n].display()),
@@ -464,6 +527,75 @@ impl Kind {
     fn to_submission(self) -> bool {
         matches!(self, Kind::Submission | Kind::OpenDkim)
     }
+
+    /// Our configuration a peer is compared with: the MX checks over the
+    /// same transport.
+    fn ours(self) -> Option<Kind> {
+        match self {
+            Kind::RspamdTcp | Kind::OpenDkimDmarc => Some(Kind::Mx),
+            Kind::RspamdUnix => Some(Kind::MxUnix),
+            _ => None,
+        }
+    }
+
+    fn unix(self) -> bool {
+        matches!(self, Kind::MxUnix | Kind::RspamdUnix)
+    }
+
+    /// Why this configuration cannot run here, if it cannot: a peer that is
+    /// not installed.
+    fn missing(self) -> Option<String> {
+        let needs: &[&str] = match self {
+            Kind::RspamdTcp | Kind::RspamdUnix => &[peers::RSPAMD, peers::UNSHARE],
+            Kind::OpenDkimDmarc => &[peers::OPENDKIM, peers::OPENDMARC, peers::UNSHARE],
+            Kind::OpenDkim => &[peers::OPENDKIM],
+            _ => &[],
+        };
+        let absent: Vec<&str> = needs
+            .iter()
+            .copied()
+            .filter(|p| !Path::new(p).exists())
+            .collect();
+        if matches!(self, Kind::RspamdTcp | Kind::RspamdUnix)
+            && absent.is_empty()
+            && !user_exists(peers::RSPAMD_USER)
+        {
+            return Some(format!("no user {}", peers::RSPAMD_USER));
+        }
+        (!absent.is_empty()).then(|| format!("{} not installed", absent.join(", ")))
+    }
+
+    /// What the Authentication-Results fields of every delivered message
+    /// must say between them: this configuration's proof that its checks
+    /// ran. (The DNSBL leaves no result in a header when the client is not
+    /// listed; for the peers the DNS server's log shows its lookups.)
+    fn proof(self) -> &'static [&'static str] {
+        match self {
+            Kind::Mx | Kind::MxUnix => &["iprev=pass", "spf=pass", "dkim=pass", "dmarc=pass"],
+            Kind::RspamdTcp | Kind::RspamdUnix | Kind::OpenDkimDmarc => {
+                &["spf=pass", "dkim=pass", "dmarc=pass"]
+            }
+            _ => &[],
+        }
+    }
+
+    /// Whether the DNSBL lookups of this configuration must reach the DNS
+    /// server during the run (no cache in the peers' DNSBL paths).
+    fn asks_dnsbl(self) -> bool {
+        matches!(
+            self,
+            Kind::RspamdTcp | Kind::RspamdUnix | Kind::OpenDkimDmarc
+        )
+    }
+}
+
+fn user_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: getpwnam returns a pointer to static storage or null; only
+    // whether it is null is read.
+    !unsafe { libc::getpwnam(c.as_ptr()) }.is_null()
 }
 
 /// bench/empty.toml on another port.
@@ -485,7 +617,7 @@ daemon_names = ["submission"]
 modify = ["sign"]
 "#;
 
-fn daemon_config(kind: Kind, port: u16, dns: SocketAddr, key: &Path) -> String {
+fn daemon_config(kind: Kind, listen: &Listen, dns: SocketAddr, key: &Path) -> String {
     let mx;
     let custom;
     let policy = match kind {
@@ -496,7 +628,7 @@ fn daemon_config(kind: Kind, port: u16, dns: SocketAddr, key: &Path) -> String {
             custom.as_str()
         }
         Kind::Empty => EMPTY,
-        Kind::Mx => {
+        Kind::Mx | Kind::MxUnix => {
             mx = common::mx_checks(r#"nameservers = ["DNS_ADDR"]"#);
             mx.as_str()
         }
@@ -508,7 +640,14 @@ fn daemon_config(kind: Kind, port: u16, dns: SocketAddr, key: &Path) -> String {
         .replace("OUT_SELECTOR", OUT_SELECTOR)
         .replace("KEY_PATH", key.to_str().expect("UTF-8 key path"));
     let server = "[server]\nlog_level = \"warn\"\n";
-    let listen = format!("[[server.listen]]\naddress = \"inet:127.0.0.1:{port}\"\n");
+    let listen = match listen {
+        Listen::Tcp(a) => format!("[[server.listen]]\naddress = \"inet:{a}\"\n"),
+        // Postfix's smtpd runs as user postfix.
+        Listen::Unix(p) => format!(
+            "[[server.listen]]\naddress = \"unix:{}\"\nsocket_mode = \"0666\"\n",
+            p.display()
+        ),
+    };
     // A custom policy may set [server] keys of its own (worker_threads,
     // say): the benchmark's go into the same table.
     if policy.contains("[server]\n") {
@@ -566,7 +705,8 @@ fn public_key() -> String {
 /// 127.0.0.1 has forward-confirmed reverse DNS, and both selectors publish
 /// the test key. 127.0.0.1 is listed on none of the DNSBLs.
 async fn dns() -> DnsServer {
-    let server = DnsServer::start_with_test_zones().await;
+    // Port 53: OpenDMARC and Postfix ask through the C library's resolver.
+    let server = DnsServer::start_on_port_53_with_test_zones().await;
     server.load_zone_dir(common::dns_server::zones_dir().join("dnsbl"));
     server.remove_records("example.org", common::dns_server::RecordType::TXT);
     server.add_txt(
@@ -707,6 +847,8 @@ struct Row {
     dns_queries: f64,
     /// The names asked most often, with how often: where a cache misses.
     dns_most_asked: Vec<(String, usize)>,
+    /// Queries for 127.0.0.1 in the peers' DNSBL zone.
+    dnsbl_queries: usize,
     counts: Counts,
 }
 
@@ -756,62 +898,139 @@ async fn smtp_source(p: &Params, messages: usize, port: u16, message: &Path) {
 
 struct World {
     dns: DnsServer,
+    /// resolv.conf naming only `dns`, for Postfix and the peers.
+    resolv_conf: PathBuf,
     sink: CountingSink,
     dir: tempfile::TempDir,
     key: PathBuf,
     message: PathBuf,
 }
 
-async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
-    let milter_port = postfix::free_port();
-    let milter_addr = SocketAddr::from(([127, 0, 0, 1], milter_port));
-    let mut milter = match kind {
-        Kind::None => None,
+/// Starts the milter(s) of `kind` and waits until they listen; returns
+/// them and the main.cf lines that wire them into Postfix.
+async fn start_milters(w: &World, kind: Kind, round: usize) -> (Vec<Proc>, String) {
+    let dir = w.dir.path();
+    let tcp = || Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], postfix::free_port())));
+    // A new path every time: a socket file left by the previous round
+    // belongs to no one.
+    let unix = |what: &str| Listen::Unix(dir.join(format!("{what}-{round}.sock")));
+    let mut procs: Vec<(Proc, Listen)> = Vec::new();
+    let mut extra = String::new();
+    match kind {
+        Kind::None => {
+            extra.push_str("# The benchmark's baseline: no milters at all.\nsmtpd_milters =\n");
+        }
         Kind::OpenDkim => {
-            let conf = w.dir.path().join("opendkim.conf");
-            std::fs::write(&conf, opendkim_config(milter_port, &w.key)).expect("opendkim.conf");
-            Some(Proc::spawn(
+            let at = tcp();
+            let Listen::Tcp(addr) = at else {
+                unreachable!()
+            };
+            let conf = dir.join("opendkim.conf");
+            std::fs::write(&conf, opendkim_config(addr.port(), &w.key)).expect("opendkim.conf");
+            let proc = Proc::spawn(
                 Command::new(OPENDKIM).arg("-f").arg("-x").arg(&conf),
-                w.dir.path().join("opendkim.log"),
-            ))
+                dir.join("opendkim.log"),
+            );
+            procs.push((proc, at));
+        }
+        Kind::RspamdTcp | Kind::RspamdUnix => {
+            let at = if kind.unix() { unix("rspamd") } else { tcp() };
+            let rdir = dir.join("rspamd");
+            let conf = dir.join("rspamd.conf");
+            std::fs::write(&conf, peers::rspamd_config(&rdir, &at, w.dns.addr()))
+                .expect("rspamd.conf");
+            let mut cmd = postfix::with_resolv_conf(&w.resolv_conf, peers::RSPAMD);
+            cmd.arg("-f")
+                .args(["-u", peers::RSPAMD_USER, "-g", peers::RSPAMD_USER])
+                .arg("-c")
+                .arg(&conf);
+            let mut proc = Proc::spawn(&mut cmd, dir.join("rspamd.stderr"));
+            proc.own_log = Some(rdir.join("rspamd.log"));
+            procs.push((proc, at));
+        }
+        Kind::OpenDkimDmarc => {
+            let (dkim, dmarc) = (tcp(), tcp());
+            let (Listen::Tcp(dkim_addr), Listen::Tcp(dmarc_addr)) = (&dkim, &dmarc) else {
+                unreachable!()
+            };
+            // Lists of hosts OpenDKIM signs for and OpenDMARC ignores:
+            // one documentation address, so that 127.0.0.1 is neither.
+            let hosts = dir.join("not-loopback.hosts");
+            std::fs::write(&hosts, "192.0.2.254\n").expect("hosts file");
+            let dkim_conf = dir.join("opendkim-verify.conf");
+            std::fs::write(
+                &dkim_conf,
+                peers::opendkim_verify_config(dkim_addr.port(), w.dns.addr().ip(), &hosts),
+            )
+            .expect("opendkim-verify.conf");
+            let dmarc_conf = dir.join("opendmarc.conf");
+            std::fs::write(
+                &dmarc_conf,
+                peers::opendmarc_config(dmarc_addr.port(), &hosts),
+            )
+            .expect("opendmarc.conf");
+            let mut cmd = postfix::with_resolv_conf(&w.resolv_conf, OPENDKIM);
+            cmd.arg("-f").arg("-x").arg(&dkim_conf);
+            let dkim_proc = Proc::spawn(&mut cmd, dir.join("opendkim-verify.log"));
+            let mut cmd = postfix::with_resolv_conf(&w.resolv_conf, peers::OPENDMARC);
+            cmd.arg("-f").arg("-c").arg(&dmarc_conf);
+            let dmarc_proc = Proc::spawn(&mut cmd, dir.join("opendmarc.log"));
+            // OpenDKIM first: OpenDMARC reads its Authentication-Results.
+            procs.push((dkim_proc, dkim));
+            procs.push((dmarc_proc, dmarc));
+            extra.push_str(&format!(
+                "# Postfix's own DNSBL check, as such a setup has it.\nsmtpd_client_restrictions = reject_rbl_client {}\n",
+                peers::DNSBL_ZONE
+            ));
         }
         _ => {
-            let conf = w.dir.path().join(format!("{}.toml", kind.name()));
-            std::fs::write(
-                &conf,
-                daemon_config(kind, milter_port, w.dns.addr(), &w.key),
-            )
-            .expect("daemon config");
-            Some(Proc::spawn(
+            let at = if kind.unix() {
+                unix(&kind.name())
+            } else {
+                tcp()
+            };
+            let conf = dir.join(format!("{}.toml", kind.name()));
+            std::fs::write(&conf, daemon_config(kind, &at, w.dns.addr(), &w.key))
+                .expect("daemon config");
+            let proc = Proc::spawn(
                 Command::new(BIN).arg("serve").arg("-c").arg(&conf),
-                w.dir.path().join(format!("{}.log", kind.name())),
-            ))
+                dir.join(format!("{}.log", kind.name())),
+            );
+            procs.push((proc, at));
         }
-    };
-    if let Some(m) = milter.as_mut() {
-        m.wait_listening(milter_addr).await;
     }
+    for (proc, at) in &mut procs {
+        proc.wait_listening(at).await;
+    }
+    if !procs.is_empty() {
+        let milters: Vec<String> = procs.iter().map(|(_, at)| at.postfix()).collect();
+        extra.push_str(&format!("smtpd_milters = {}\n", milters.join(", ")));
+    }
+    // Mail through pickup is not part of the benchmark.
+    extra.push_str("non_smtpd_milters =\n");
+    (procs.into_iter().map(|(p, _)| p).collect(), extra)
+}
+
+async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
+    let (milters, extra) = start_milters(w, kind, round).await;
+    // Overridden by `extra`; the harness wants addresses.
+    let unused = SocketAddr::from(([127, 0, 0, 1], 9));
     let wiring = Wiring {
-        smtpd_milter: milter_addr,
-        non_smtpd_milter: milter_addr,
+        smtpd_milter: unused,
+        non_smtpd_milter: unused,
         relay: w.sink.addr,
     };
-    let extra = if kind == Kind::None {
-        "# The benchmark's baseline: no milters at all.\nsmtpd_milters =\nnon_smtpd_milters =\n"
-    } else {
-        ""
-    };
-    let pf = Postfix::start_in(&p.queue_base, &wiring, extra).await;
+    let pf = Postfix::start_resolving(&p.queue_base, &wiring, &extra, Some(&w.resolv_conf)).await;
     let port = if kind.to_submission() {
         pf.submission.port()
     } else {
         pf.mx.port()
     };
-    let fail = |what: &str, pf: &Postfix, milter: &Option<Proc>| -> ! {
+    let fail = |what: &str, pf: &Postfix, milters: &[Proc]| -> ! {
         panic!(
             "{}: {what}\nmilter log:\n{}\nmaillog (tail):\n{}",
             kind.name(),
-            milter.as_ref().map(Proc::log).unwrap_or_default(),
+            milters.iter().map(Proc::log).collect::<Vec<_>>().join("\n"),
             pf.maillog()
                 .lines()
                 .rev()
@@ -826,10 +1045,10 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
 
     // Warm-up: Postfix starts its smtpd, cleanup and smtp processes, the
     // milter its connections and resolver cache.
-    w.sink.reset();
+    w.sink.reset(kind.proof());
     smtp_source(p, p.warmup, port, &w.message).await;
     if w.sink.wait_for(p.warmup, RUN_LIMIT).await.is_none() {
-        fail("the warm-up messages did not all arrive", &pf, &milter);
+        fail("the warm-up messages did not all arrive", &pf, &milters);
     }
     pf.wait_queue_empty().await;
     // What the previous configuration and the warm-up left for the disk
@@ -840,10 +1059,12 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
     // its rate fell by up to a fifth.
     settle().await;
 
-    w.sink.reset();
+    w.sink.reset(kind.proof());
     w.dns.reset_stats();
     let me = std::process::id() as i32;
-    let milter_cpu0 = milter.as_ref().map(|m| cpu_times(m.pid()).0);
+    let milter_cpu =
+        || -> Option<f64> { (!milters.is_empty()).then(|| milters.iter().map(Proc::cpu).sum()) };
+    let milter_cpu0 = milter_cpu();
     let postfix0 = postfix_cpu(&pf);
     let (harness0, children0) = cpu_times(me);
     let t0 = Instant::now();
@@ -857,17 +1078,16 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
                 p.messages
             ),
             &pf,
-            &milter,
+            &milters,
         );
     };
     let per_message = |seconds: f64| seconds * 1000.0 / p.messages as f64;
     let postfix_ms = per_message(postfix_cpu(&pf) - postfix0);
     // This process has reaped smtp-source (and nothing else) meanwhile.
     let (harness1, children1) = cpu_times(me);
-    let milter_cpu = milter
-        .as_ref()
+    let milter_cpu = milter_cpu()
         .zip(milter_cpu0)
-        .map(|(m, c0)| per_message(cpu_times(m.pid()).0 - c0));
+        .map(|(c1, c0)| per_message(c1 - c0));
     let delivered = counts.last.expect("a delivery") - t0;
     // Nothing more may come: exactly one delivery per message. A duplicate
     // would follow the last delivery closely; half a second shows none does
@@ -887,11 +1107,11 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
                 counts.delivered, p.messages
             ),
             &pf,
-            &milter,
+            &milters,
         );
     }
     drop(pf);
-    if let Some(m) = milter {
+    for m in milters {
         m.stop().await;
     }
     Row {
@@ -905,6 +1125,10 @@ async fn measure(w: &World, kind: Kind, round: usize, p: &Params) -> Row {
         harness_cpu_ms: per_message(harness1 - harness0),
         dns_queries: w.dns.queries() as f64 / p.messages as f64,
         dns_most_asked: most_asked(&w.dns, 5),
+        dnsbl_queries: w.dns.queries_for(&common::dns_server::dnsbl_name(
+            "127.0.0.1".parse().expect("an address"),
+            peers::DNSBL_ZONE,
+        )),
         counts,
     }
 }
@@ -971,6 +1195,60 @@ fn round_ratios(rows: &[Row]) -> String {
     out
 }
 
+/// Our MX checks against each peer of the same transport, round by round:
+/// ours / peer in delivered rate, peer / ours in total CPU per message and
+/// in the milter's own CPU per message (every process of the peer), each as
+/// the median and the geometric mean with a 95 % confidence interval.
+fn peer_ratios(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for peer in Kind::all() {
+        let Some(ours) = peer.ours() else { continue };
+        let pairs: Vec<(f64, f64, f64)> = rows
+            .iter()
+            .filter(|r| r.kind == peer)
+            .filter_map(|r| {
+                let o = rows.iter().find(|o| o.kind == ours && o.round == r.round)?;
+                Some((
+                    o.delivered_rate / r.delivered_rate,
+                    total_cpu_ms(r) / total_cpu_ms(o),
+                    r.milter_cpu_ms? / o.milter_cpu_ms?,
+                ))
+            })
+            .collect();
+        if pairs.is_empty() {
+            if rows.iter().any(|r| r.kind == peer) {
+                writeln!(
+                    out,
+                    "{} / {}: no ratio, {} did not run",
+                    ours.name(),
+                    peer.name(),
+                    ours.name()
+                )
+                .unwrap();
+            }
+            continue;
+        }
+        let show = |v: Vec<f64>| {
+            let each: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+            let mean = geometric_mean_ci(&v).map_or(String::new(), |(m, lo, hi)| {
+                format!(", geometric mean {m:.3} (95 % CI {lo:.3} to {hi:.3})")
+            });
+            format!("median {:.2}{mean} ({})", median(v), each.join(", "))
+        };
+        writeln!(
+            out,
+            "{o} / {p}, same round: rate (ours / peer) {}; CPU per message, all processes ({p} / {o}) {}; milter CPU per message ({p} / {o}) {}",
+            show(pairs.iter().map(|p| p.0).collect()),
+            show(pairs.iter().map(|p| p.1).collect()),
+            show(pairs.iter().map(|p| p.2).collect()),
+            o = ours.name(),
+            p = peer.name(),
+        )
+        .unwrap();
+    }
+    out
+}
+
 /// One line per configuration: the median over the rounds of each figure,
 /// the delivered rates of every round, and the ratios of the medians.
 fn table(rows: &[Row]) -> String {
@@ -982,9 +1260,9 @@ fn table(rows: &[Row]) -> String {
     let rate = |k: Kind| med(k, &|r: &Row| r.delivered_rate);
     let (none, empty, odkim) = (rate(Kind::None), rate(Kind::Empty), rate(Kind::OpenDkim));
     let mut out = String::new();
-    out.push_str("| configuration | msg/s delivered (median) | every round | msg/s accepted | / no milter | / empty | / OpenDKIM | CPU ms/msg: Postfix | milter | smtp-source | sink + DNS | DNS queries/msg |\n");
+    out.push_str("| configuration | msg/s delivered (median) | every round | msg/s accepted | / no milter | / empty | / OpenDKIM | ours / this | CPU ms/msg: Postfix | milter (all its processes) | smtp-source | sink + DNS | DNS queries/msg |\n");
     out.push_str(
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for k in Kind::all() {
         let Some(r) = rate(k) else { continue };
@@ -993,15 +1271,18 @@ fn table(rows: &[Row]) -> String {
             .map(|r| format!("{:.0}", r.delivered_rate))
             .collect();
         let milter = med(k, &|r: &Row| r.milter_cpu_ms.unwrap_or(f64::NAN));
+        // Ours against this peer: the ratio of the median rates.
+        let ours = k.ours().and_then(rate).map(|o| o / r);
         writeln!(
             out,
-            "| {} | {r:.0} | {} | {:.0} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.3} |",
+            "| {} | {r:.0} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.3} |",
             k.label(),
             rounds.join(", "),
             med(k, &|r: &Row| r.accepted_rate).unwrap_or_default(),
             ratio(r, none),
             ratio(r, empty),
             ratio(r, odkim),
+            ours.map_or("-".into(), |o| format!("{o:.2}")),
             med(k, &|r: &Row| r.postfix_cpu_ms).unwrap_or_default(),
             milter
                 .filter(|m| !m.is_nan())
@@ -1018,12 +1299,10 @@ fn table(rows: &[Row]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smtp_source_through_postfix() {
     postfix::require();
-    for tool in [SMTP_SOURCE, OPENDKIM] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: apt-get install postfix opendkim"
-        );
-    }
+    assert!(
+        Path::new(SMTP_SOURCE).exists(),
+        "{SMTP_SOURCE} is missing: apt-get install postfix"
+    );
     let _serial = postfix::serial().await;
     let p = Params {
         sessions: env_usize("PFBENCH_SESSIONS", 20),
@@ -1042,10 +1321,28 @@ async fn smtp_source_through_postfix() {
             twice[0]
         );
     }
-    let kinds: Vec<Kind> = Kind::all()
-        .into_iter()
-        .filter(|k| only.is_empty() || only.split(',').any(|o| o.trim() == k.name()))
+    let wanted: Vec<&str> = only
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
         .collect();
+    if let Some(unknown) = wanted.iter().find(|o| !names.iter().any(|n| n == *o)) {
+        panic!(
+            "PFBENCH_ONLY names {unknown:?}, which is none of {}",
+            names.join(", ")
+        );
+    }
+    let mut kinds: Vec<Kind> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    for k in Kind::all() {
+        if !wanted.is_empty() && !wanted.contains(&k.name().as_str()) {
+            continue;
+        }
+        match k.missing() {
+            None => kinds.push(k),
+            Some(why) => skipped.push(format!("{} ({why})", k.name())),
+        }
+    }
 
     // Not under /tmp: OpenDKIM refuses a config file or key with an
     // ancestor directory that others may write to, sticky bit or not.
@@ -1053,10 +1350,30 @@ async fn smtp_source_through_postfix() {
         .prefix("pfbench.")
         .tempdir_in("/run")
         .expect("tempdir in /run");
+    // Postfix's smtpd (user postfix) reaches the unix sockets in here, and
+    // rspamd's workers (user _rspamd) their own folder.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the benchmark's folder");
+    }
+    if kinds
+        .iter()
+        .any(|k| matches!(k, Kind::RspamdTcp | Kind::RspamdUnix))
+    {
+        let rdir = dir.path().join("rspamd");
+        std::fs::create_dir(&rdir).expect("mkdir rspamd");
+        let (uid, gid) = user_ids(peers::RSPAMD_USER);
+        std::os::unix::fs::chown(&rdir, Some(uid), Some(gid)).expect("chown rspamd's folder");
+    }
     let key = private_key_copy(dir.path(), "rsa2048-pkcs1.pem");
     let message = signed_message(dir.path(), &key).await;
+    let dns = dns().await;
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(&resolv_conf, peers::resolv_conf(dns.addr())).expect("resolv.conf");
     let w = World {
-        dns: dns().await,
+        dns,
+        resolv_conf,
         sink: CountingSink::start().await,
         message,
         key,
@@ -1064,13 +1381,28 @@ async fn smtp_source_through_postfix() {
     };
     let size = std::fs::metadata(&w.message).expect("message").len();
     println!(
-        "\n{rounds} rounds of smtp-source -s {} -m {} (after {} to warm up), one message per session, {size} bytes ({} KiB) DKIM-signed message, through a throwaway Postfix (queue under {}) to a counting sink",
+        "\n{rounds} rounds of smtp-source -s {} -m {} (after {} to warm up), one message per session, {size} bytes ({} KiB) DKIM-signed message, through a throwaway Postfix (queue under {}) to a counting sink; DNS server on {}",
         p.sessions,
         p.messages,
         p.warmup,
         size / 1024,
-        p.queue_base.display()
+        p.queue_base.display(),
+        w.dns.addr()
     );
+    println!("configurations: {}", names_of(&kinds));
+    if skipped.is_empty() {
+        println!("skipped: none");
+    } else {
+        println!(
+            "SKIPPED: {}; to install the peers: {}",
+            skipped.join(", "),
+            peers::INSTALL
+        );
+    }
+    let versions = peers::versions();
+    if !versions.is_empty() {
+        println!("peers installed: {versions}");
+    }
 
     let mut rows = Vec::new();
     // The configurations take turns, round after round, so that a burst of
@@ -1088,7 +1420,7 @@ async fn smtp_source_through_postfix() {
     for (round, kind) in (1..=rounds).flat_map(|r| order(r).into_iter().map(move |k| (r, k))) {
         let row = measure(&w, kind, round, &p).await;
         println!(
-            "round {round}: {:<40} {:>7.0} msg/s delivered, {:>7.0} msg/s accepted",
+            "round {round}: {:<44} {:>7.0} msg/s delivered, {:>7.0} msg/s accepted",
             kind.label(),
             row.delivered_rate,
             row.accepted_rate
@@ -1096,47 +1428,89 @@ async fn smtp_source_through_postfix() {
         if !row.dns_most_asked.is_empty() {
             println!("  DNS queries, most asked: {:?}", row.dns_most_asked);
         }
-        let sample = row.counts.sample.clone().unwrap_or_default();
-        match kind {
-            Kind::Mx => {
-                let ar: Vec<String> = header_fields(sample.split("\r\n\r\n").next().unwrap())
-                    .into_iter()
-                    .filter(|f| {
-                        f.to_ascii_lowercase()
-                            .starts_with("authentication-results:")
-                    })
-                    .collect();
-                if round == 1 {
-                    println!("  sample {ar:?}");
-                }
-                assert_eq!(
-                    row.counts.with_auth_results, p.messages,
-                    "every message checked"
-                );
-                for want in ["iprev=pass", "spf=pass", "dkim=pass", "dmarc=pass"] {
-                    assert!(
-                        ar.iter().any(|a| a.contains(want)),
-                        "{want} expected: {ar:?}"
-                    );
-                }
-            }
-            Kind::Submission | Kind::OpenDkim => {
-                assert_eq!(row.counts.signed, p.messages, "every message signed");
-                let results = verify_dkim(&w.dns, w.dir.path(), &sample).await;
-                if round == 1 {
-                    println!("  sample verified: {results}");
-                }
-                assert!(
-                    results.contains(&format!(
-                        "dkim=pass header.d=example.org header.s={OUT_SELECTOR}"
-                    )),
-                    "the new signature verifies: {results}"
-                );
-            }
-            _ => {}
-        }
+        prove(&w, kind, round, &row, &p).await;
         rows.push(row);
+    }
+    if !skipped.is_empty() {
+        println!(
+            "\nSKIPPED: {}; to install the peers: {}",
+            skipped.join(", "),
+            peers::INSTALL
+        );
     }
     println!("\n{}", table(&rows));
     println!("{}", round_ratios(&rows));
+    println!("{}", peer_ratios(&rows));
+}
+
+fn names_of(kinds: &[Kind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn user_ids(name: &str) -> (u32, u32) {
+    let c = std::ffi::CString::new(name).expect("user name");
+    // SAFETY: getpwnam returns a pointer to static storage or null; it is
+    // read at once, before any other call could overwrite it.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    assert!(!pw.is_null(), "the system user {name:?} does not exist");
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// Fails the run unless `row` shows that `kind`'s checks ran on every
+/// message (or signed every message), from the delivered headers; the
+/// sample's results are printed in the first round.
+async fn prove(w: &World, kind: Kind, round: usize, row: &Row, p: &Params) {
+    let sample = row.counts.sample.clone().unwrap_or_default();
+    let head = sample.split("\r\n\r\n").next().unwrap_or("");
+    let results: Vec<String> = header_fields(head)
+        .into_iter()
+        .filter(|f| {
+            let f = f.to_ascii_lowercase();
+            f.starts_with("authentication-results:") || f.starts_with("x-spamd-result:")
+        })
+        .collect();
+    if !kind.proof().is_empty() {
+        if round == 1 {
+            println!("  sample {results:?}");
+        }
+        assert_eq!(
+            row.counts.checked,
+            p.messages,
+            "{}: every message's Authentication-Results must say {:?}; the sample has {results:?}",
+            kind.name(),
+            kind.proof()
+        );
+    }
+    if kind.asks_dnsbl() {
+        let name = common::dns_server::dnsbl_name(
+            "127.0.0.1".parse().expect("an address"),
+            peers::DNSBL_ZONE,
+        );
+        let asked = row.dnsbl_queries;
+        if round == 1 {
+            println!("  DNSBL: {asked} queries for {name} during the run");
+        }
+        assert!(
+            asked > 0,
+            "{}: its DNSBL check never asked the DNS server for {name}",
+            kind.name()
+        );
+    }
+    if kind.to_submission() {
+        assert_eq!(row.counts.signed, p.messages, "every message signed");
+        let results = verify_dkim(&w.dns, w.dir.path(), &sample).await;
+        if round == 1 {
+            println!("  sample verified: {results}");
+        }
+        assert!(
+            results.contains(&format!(
+                "dkim=pass header.d=example.org header.s={OUT_SELECTOR}"
+            )),
+            "the new signature verifies: {results}"
+        );
+    }
 }

@@ -1,10 +1,12 @@
 //! A real DNS server inside the test process, for integration tests of the
 //! DNS-based checks (DNSBL, reverse DNS, MX, SPF, DKIM, DMARC, ARC).
 //!
-//! It listens on 127.0.0.1 (never any other address), UDP and TCP on the
-//! same ephemeral port, and answers authoritatively from zone data loaded
-//! from master files (RFC 1035 syntax, parsed by hickory-proto's zone
-//! parser) or added at run time. Every message is parsed and built with
+//! It listens on loopback only (never any other address): on 127.0.0.1,
+//! UDP and TCP on the same ephemeral port, or, for clients that cannot be
+//! given a port, on port 53 of 127.53.N.1 ([`DnsServer::start_on_port_53`]).
+//! It answers authoritatively from zone data loaded from master files (RFC
+//! 1035 syntax, parsed by hickory-proto's zone parser) or added at run
+//! time. Every message is parsed and built with
 //! hickory-proto; nothing here reads or writes the wire format by hand
 //! except the two-byte TCP length prefix and the deliberate garbage of
 //! [`Failure::Garbage`].
@@ -110,7 +112,8 @@ pub struct LoggedQuery {
     pub received: std::time::Instant,
 }
 
-/// A DNS server on 127.0.0.1, UDP and TCP on one port; stops when dropped.
+/// A DNS server on a loopback address, UDP and TCP on one port; stops when
+/// dropped.
 pub struct DnsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -239,6 +242,51 @@ impl DnsServer {
         panic!("no port free for both UDP and TCP on 127.0.0.1: {last_error:?}");
     }
 
+    /// Binds UDP and TCP on port 53 of a loopback address of its own,
+    /// 127.53.N.1 for the first N from 0 to 255 where both are free (not
+    /// 127.0.0.1, where a local resolver may listen), and starts serving.
+    /// For clients that cannot be given a port: the C library's stub
+    /// resolver reads only `nameserver ADDRESS` from resolv.conf and always
+    /// asks port 53 (the Postfix benchmark points its peers' resolv.conf
+    /// here). Needs root (or CAP_NET_BIND_SERVICE); panics if no address
+    /// can be bound.
+    pub async fn start_on_port_53() -> DnsServer {
+        let mut last_error = None;
+        for n in 0..=255u8 {
+            let addr = SocketAddr::from((Ipv4Addr::new(127, 53, n, 1), 53));
+            let udp = match UdpSocket::bind(addr).await {
+                Ok(udp) => udp,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            };
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => {
+                    let shared = Arc::new(Shared::default());
+                    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone()));
+                    let tcp_task = tokio::spawn(serve_tcp(tcp, shared.clone()));
+                    return DnsServer {
+                        addr,
+                        shared,
+                        udp_task,
+                        tcp_task,
+                    };
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!("no 127.53.N.1 free for both UDP and TCP on port 53: {last_error:?}");
+    }
+
+    /// [`DnsServer::start_on_port_53`], then loads every `*.zone` file of
+    /// `tests/zones/`.
+    pub async fn start_on_port_53_with_test_zones() -> DnsServer {
+        let server = Self::start_on_port_53().await;
+        server.load_zone_dir(zones_dir());
+        server
+    }
+
     /// [`DnsServer::start`], then loads every `*.zone` file of `tests/zones/`.
     pub async fn start_with_test_zones() -> DnsServer {
         let server = Self::start().await;
@@ -254,7 +302,8 @@ impl DnsServer {
         server
     }
 
-    /// The address both transports listen on (127.0.0.1, ephemeral port).
+    /// The address both transports listen on (127.0.0.1, ephemeral port;
+    /// or 127.53.N.1, port 53).
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

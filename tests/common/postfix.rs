@@ -733,6 +733,29 @@ postlog   unix-dgram n  -       n       -       1       postlogd
     )
 }
 
+/// A command that runs `program` (arguments to be added) in a mount
+/// namespace of its own, in which `resolv_conf` is bind-mounted over
+/// /etc/resolv.conf: for programs whose DNS lookups go through the C
+/// library's stub resolver and cannot be given a name server otherwise.
+/// The rest of the file system is shared; the namespace goes when its last
+/// process exits (a daemon that forks keeps it). `unshare` does not fork,
+/// so the command's process id is the program's. Needs root.
+pub fn with_resolv_conf(
+    resolv_conf: &Path,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--"])
+        .args([
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#,
+        ])
+        .arg(resolv_conf)
+        .arg(program);
+    c
+}
+
 fn user_id(name: &str) -> (u32, u32) {
     let c = std::ffi::CString::new(name).expect("user name");
     // SAFETY: getpwnam returns a pointer to static storage or null; it is
@@ -800,9 +823,23 @@ impl Postfix {
     /// and queue) under `base` instead of /tmp: the benchmark puts it on a
     /// tmpfs, so that the file system's own costs do not blur the figures.
     pub async fn start_in(base: &Path, wiring: &Wiring, extra: &str) -> Postfix {
+        Postfix::start_resolving(base, wiring, extra, None).await
+    }
+
+    /// Like [`Postfix::start_in`]; with `resolv_conf`, the instance runs in
+    /// a mount namespace of its own in which that file is
+    /// /etc/resolv.conf ([`with_resolv_conf`]), so that the lookups Postfix
+    /// itself makes (`reject_rbl_client`) go to the name server it names,
+    /// a loopback DNS server of the test, and nowhere else.
+    pub async fn start_resolving(
+        base: &Path,
+        wiring: &Wiring,
+        extra: &str,
+        resolv_conf: Option<&Path>,
+    ) -> Postfix {
         let mut last = String::new();
         for _ in 0..3 {
-            match Postfix::try_start(base, wiring, extra).await {
+            match Postfix::try_start(base, wiring, extra, resolv_conf).await {
                 Ok(p) => return p,
                 Err(e) if e.contains("Address already in use") => last = e,
                 Err(e) => panic!("{e}"),
@@ -811,7 +848,12 @@ impl Postfix {
         panic!("Postfix could not bind its ports:\n{last}");
     }
 
-    async fn try_start(base: &Path, wiring: &Wiring, extra: &str) -> Result<Postfix, String> {
+    async fn try_start(
+        base: &Path,
+        wiring: &Wiring,
+        extra: &str,
+        resolv_conf: Option<&Path>,
+    ) -> Result<Postfix, String> {
         let tmp = tempfile::Builder::new()
             .prefix("pfx-e2e.")
             // Short: Postfix's UNIX sockets live in the queue directory.
@@ -860,7 +902,15 @@ impl Postfix {
                 p.maillog()
             ));
         }
-        let start = run(p.postfix_cmd().arg("start"), None).await;
+        let mut start_cmd = match resolv_conf {
+            None => p.postfix_cmd(),
+            Some(conf) => {
+                let mut c = with_resolv_conf(conf, POSTFIX);
+                c.arg("-c").arg(&p.config_dir);
+                c
+            }
+        };
+        let start = run(start_cmd.arg("start"), None).await;
         let pid = std::fs::read_to_string(p.queue_dir.join("pid/master.pid"))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
