@@ -595,7 +595,7 @@ fn reply_codes_one_and_several_lines() {
         Reply::ReplyCode(SmtpReply {
             code,
             status,
-            lines: &lines.to_vec(),
+            lines,
         })
         .encode(&mut out)
         .map(|()| out)
@@ -632,7 +632,7 @@ fn reply_codes_the_mta_would_refuse() {
         refused(Reply::ReplyCode(SmtpReply {
             code,
             status,
-            lines: &lines.to_vec(),
+            lines,
         }))
     };
     assert_eq!(
