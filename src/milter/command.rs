@@ -208,12 +208,12 @@ impl<'a> Macros<'a> {
         }
     }
 
-    /// The value of a macro, named with or without braces; the last one
-    /// sent wins if a name repeats (as in libmilter).
+    /// The value of a macro, named with or without braces (or as
+    /// [`Macros::iter`] shows it); the last one sent wins if a name repeats.
     pub fn get(&self, name: &[u8]) -> Option<&'a [u8]> {
-        let name = bare_macro_name(name);
+        let bare = bare_macro_name(name);
         self.iter()
-            .filter(|(n, _)| *n == name)
+            .filter(|(n, _)| *n == bare || *n == name)
             .last()
             .map(|(_, v)| v)
     }

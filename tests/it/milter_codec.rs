@@ -157,7 +157,11 @@ fn describe(c: &Command<'_>) -> String {
         }
         Command::Helo(h) => format!("helo {}", s(h)),
         Command::Mail(a) | Command::Rcpt(a) => {
-            let word = if matches!(c, Command::Mail(_)) { "mail" } else { "rcpt" };
+            let word = if matches!(c, Command::Mail(_)) {
+                "mail"
+            } else {
+                "rcpt"
+            };
             let mut out = format!("{word} {}", s(a.address));
             for arg in a.esmtp() {
                 out.push(' ');
