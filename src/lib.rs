@@ -21,6 +21,7 @@ pub mod esmtp;
 pub mod files;
 pub mod ip;
 pub mod message;
+pub mod milter;
 pub mod modifiers;
 pub mod policy;
 pub mod reply;

@@ -25,6 +25,7 @@ use dispatch_milter::message::unfold;
 use dispatch_milter::message::{
     AuthInfo, Body, ConnectionFacts, Header, TlsInfo, header_block, message_bytes,
 };
+use dispatch_milter::milter;
 use dispatch_milter::modifiers::dkim_sign::{LoadedKey, valid_selector};
 use dispatch_milter::policy::Policy;
 use dispatch_milter::tables::{normalize_key, parse_map_file};
@@ -961,6 +962,134 @@ pub fn engine(data: &[u8]) {
     assert_eq!(first, second, "the same transaction gave other answers");
 }
 
+/// The frames and commands of the milter wire codec, from bytes as the MTA
+/// would send them. The first byte sets the size of the pieces the stream
+/// arrives in (1 to 256 bytes), the second the reader's limit (the default,
+/// or a small one so that refusals are reached); the rest is the stream.
+/// Asserts: the buffer never holds more than the limit and its length
+/// field; the same frames come out of the stream whole and in pieces; every
+/// parsed command says its own letter; macro lookups find every name the
+/// iterator shows; a reply built from the frame's payload either encodes to
+/// frames that read back with its letter, or leaves the buffer untouched.
+pub fn milter_wire(data: &[u8]) {
+    let [piece, limit, stream @ ..] = data else {
+        return;
+    };
+    let piece = 1 + usize::from(*piece);
+    let limit = if limit % 2 == 0 {
+        milter::DEFAULT_FRAME_LIMIT
+    } else {
+        16 + 8 * usize::from(*limit)
+    };
+    let whole = milter_frames(stream, stream.len().max(1), limit);
+    let split = milter_frames(stream, piece, limit);
+    assert_eq!(
+        whole, split,
+        "the stream read otherwise in pieces of {piece}"
+    );
+}
+
+/// Each frame read from `stream` fed `piece` bytes at a time, as (letter,
+/// payload), then the error that ended it, if any.
+fn milter_frames(
+    stream: &[u8],
+    piece: usize,
+    limit: usize,
+) -> (Vec<(u8, Vec<u8>)>, Option<String>) {
+    let mut reader = milter::FrameReader::with_limit(limit);
+    let mut frames = Vec::new();
+    let mut rest = stream;
+    loop {
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e.to_string())),
+            };
+            assert!(frame.payload.len() < limit, "a frame past the limit");
+            milter_command(frame);
+            frames.push((frame.code, frame.payload.to_vec()));
+        }
+        assert!(
+            reader.capacity() <= 4 + limit,
+            "the buffer grew past the limit"
+        );
+        if rest.is_empty() {
+            return (frames, reader.finish().err().map(|e| e.to_string()));
+        }
+        let took = reader.push(&rest[..piece.min(rest.len())]);
+        assert!(took > 0, "no room although every frame was taken");
+        rest = &rest[took..];
+    }
+}
+
+fn milter_command(frame: milter::Frame<'_>) {
+    use milter::{Command, Reply};
+    if let Ok(command) = Command::parse(frame) {
+        assert_eq!(command.code(), frame.code);
+        match command {
+            Command::Macros(m) => {
+                for (name, _) in m.iter() {
+                    assert!(m.get(name).is_some(), "macro {name:?} not found");
+                }
+            }
+            Command::Connect(c) => {
+                let _ = c.address.ip();
+            }
+            Command::Mail(a) | Command::Rcpt(a) => {
+                assert!(a.esmtp().all(|arg| !arg.contains(&0)));
+            }
+            _ => {}
+        }
+    }
+    // The payload, cut at its first NUL, as a reply's strings.
+    let (first, second) = match frame.payload.iter().position(|&b| b == 0) {
+        Some(at) => (&frame.payload[..at], &frame.payload[at + 1..]),
+        None => (frame.payload, &b""[..]),
+    };
+    let lines = [second];
+    for reply in [
+        Reply::AddHeader {
+            name: first,
+            value: second,
+        },
+        Reply::ChangeHeader {
+            index: u32::from(frame.code) << 24,
+            name: first,
+            value: second,
+        },
+        Reply::AddRcptWithArgs {
+            rcpt: first,
+            args: Some(second),
+        },
+        Reply::Quarantine { reason: second },
+        Reply::ReplaceBody(frame.payload),
+        Reply::ReplyCode(milter::SmtpReply {
+            code: 400 + u16::from(frame.code),
+            status: std::str::from_utf8(first).unwrap_or("4.0.0"),
+            lines: &lines,
+        }),
+    ] {
+        let mut out = b"before".to_vec();
+        match reply.encode(&mut out) {
+            Ok(()) => {
+                let mut reader = milter::FrameReader::with_limit(milter::MAX_REPLY_DATA + 1);
+                let mut rest = &out[6..];
+                let mut count = 0;
+                while !rest.is_empty() {
+                    rest = &rest[reader.push(rest)..];
+                    while let Some(f) = reader.next_frame().expect("our own frames read back") {
+                        assert_eq!(f.code, reply.code());
+                        count += 1;
+                    }
+                }
+                assert!(count >= 1 && reader.finish().is_ok());
+            }
+            Err(_) => assert_eq!(out, b"before", "a refused reply left bytes"),
+        }
+    }
+}
+
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
 
@@ -976,4 +1105,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("header_value", header_value),
     ("map_file", map_file),
     ("message", message),
+    ("milter_wire", milter_wire),
 ];

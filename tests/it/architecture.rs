@@ -281,3 +281,13 @@ fn layers() {
         println!("| {n} | {} |", at.join(", "));
     }
 }
+
+/// The milter wire codec (src/milter) is a leaf: bytes in, bytes out. It
+/// knows nothing of the engine, the checks, the policy or the daemon, so
+/// the server layer built on it can be measured and replaced on its own.
+#[test]
+fn the_milter_codec_uses_no_other_module() {
+    let graph = module_graph();
+    let uses = graph.get("milter").expect("src/milter is a module");
+    assert!(uses.is_empty(), "src/milter uses {uses:?}");
+}

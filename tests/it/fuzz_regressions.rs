@@ -86,4 +86,5 @@ replay_tests!(
     header_value,
     map_file,
     message,
+    milter_wire,
 );

@@ -30,6 +30,7 @@ mod engine_runner;
 mod fuzz_regressions;
 mod header_limits;
 mod load_generator;
+mod milter_codec;
 mod milter_daemon;
 mod milter_dns;
 mod milter_dns_matrix;
