@@ -224,22 +224,25 @@ impl DnsServer {
                 .expect("bind UDP on 127.0.0.1");
             let addr = udp.local_addr().expect("UDP local address");
             match TcpListener::bind(addr).await {
-                Ok(tcp) => {
-                    let shared = Arc::new(Shared::default());
-                    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone()));
-                    let tcp_task = tokio::spawn(serve_tcp(tcp, shared.clone()));
-                    return DnsServer {
-                        addr,
-                        shared,
-                        udp_task,
-                        tcp_task,
-                    };
-                }
+                Ok(tcp) => return DnsServer::serve(addr, udp, tcp),
                 // The TCP port was taken: try another UDP port.
                 Err(e) => last_error = Some(e),
             }
         }
         panic!("no port free for both UDP and TCP on 127.0.0.1: {last_error:?}");
+    }
+
+    /// Serves the zones on both sockets, bound to `addr`.
+    fn serve(addr: SocketAddr, udp: UdpSocket, tcp: TcpListener) -> DnsServer {
+        let shared = Arc::new(Shared::default());
+        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone()));
+        let tcp_task = tokio::spawn(serve_tcp(tcp, shared.clone()));
+        DnsServer {
+            addr,
+            shared,
+            udp_task,
+            tcp_task,
+        }
     }
 
     /// Binds UDP and TCP on port 53 of a loopback address of its own,
@@ -262,17 +265,7 @@ impl DnsServer {
                 }
             };
             match TcpListener::bind(addr).await {
-                Ok(tcp) => {
-                    let shared = Arc::new(Shared::default());
-                    let udp_task = tokio::spawn(serve_udp(Arc::new(udp), shared.clone()));
-                    let tcp_task = tokio::spawn(serve_tcp(tcp, shared.clone()));
-                    return DnsServer {
-                        addr,
-                        shared,
-                        udp_task,
-                        tcp_task,
-                    };
-                }
+                Ok(tcp) => return DnsServer::serve(addr, udp, tcp),
                 Err(e) => last_error = Some(e),
             }
         }
